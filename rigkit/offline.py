@@ -1,0 +1,431 @@
+"""Offline stand-ins for GitHub and the Hugging Face Hub.
+
+The sandbox and the tests cannot reach GitHub or the Hub, so this module makes
+what they would have served, from material the package index can give us:
+
+* a bare git mirror of llama.cpp whose tags ``b<N>`` sit at commit number N, so
+  llama.cpp's own build-number logic (``git rev-list --count HEAD``) reports the
+  real upstream build number, built from the llama.cpp tree that the
+  llama-cpp-python sdists vendor;
+* a tiny random-weight llama-architecture GGUF model, split into shards, with
+  the real Qwen2 tokenizer and a Qwen3 chat template that handles tools.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import struct
+import subprocess
+import sys
+import tarfile
+import tempfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import IO, TYPE_CHECKING, NamedTuple
+
+if TYPE_CHECKING:  # numpy and gguf come with the test extra, imported where used
+    import numpy as np
+
+#: sdist version of llama-cpp-python -> (llama.cpp build number, upstream short commit).
+LLAMA_RELEASES: dict[str, tuple[int, str]] = {
+    "0.3.34": (9976, "e3546c794"),
+    "0.3.36": (11312, "0c1e57098"),
+}
+
+#: Where the llama.cpp tree sits inside a llama-cpp-python sdist.
+SDIST_VENDOR_DIR = "vendor/llama.cpp"
+
+#: Tokenizer and chat template the tiny model borrows from the llama.cpp tree.
+VOCAB_PATH = "models/ggml-vocab-qwen2.gguf"
+CHAT_TEMPLATE_PATH = "models/templates/Qwen-Qwen3-0.6B.jinja"
+
+# Fixed identity and clock for every commit we make, so the mirror's shas are the
+# same on every machine and every run (tests and caches can rely on them).
+_GIT_NAME = "rigkit offline mirror"
+_GIT_EMAIL = "mirror@rigkit.invalid"
+_EPOCH = 1_700_000_000
+_GIT_ENV = {
+    "GIT_AUTHOR_NAME": _GIT_NAME,
+    "GIT_AUTHOR_EMAIL": _GIT_EMAIL,
+    "GIT_COMMITTER_NAME": _GIT_NAME,
+    "GIT_COMMITTER_EMAIL": _GIT_EMAIL,
+    # Keep the user's or the machine's git config out of what we build.
+    "GIT_CONFIG_NOSYSTEM": "1",
+    "GIT_CONFIG_GLOBAL": os.devnull,
+}
+
+
+class MirrorRef(NamedTuple):
+    """A revision (tag, branch or sha) of a git repository, read without a checkout."""
+
+    repo: Path
+    ref: str
+
+
+def default_cache_dir() -> Path:
+    """The cache root: ``$RIGKIT_CACHE`` or /var/cache/rigkit."""
+    return Path(os.environ.get("RIGKIT_CACHE", "/var/cache/rigkit"))
+
+
+# --------------------------------------------------------------------------- sdists
+
+
+def sdist_path(version: str, cache: Path) -> Path:
+    """Where :func:`fetch_llama_sdist` leaves the sdist of ``version``."""
+    return cache / f"llama_cpp_python-{version}.tar.gz"
+
+
+def fetch_llama_sdist(version: str, cache: Path) -> Path:
+    """Download the llama-cpp-python ``version`` sdist into ``cache`` (once) and return it."""
+    target = sdist_path(version, cache)
+    if target.is_file():
+        return target
+    cache.mkdir(parents=True, exist_ok=True)
+    # The ordinary client, so the index, proxy and CA settings of the machine apply.
+    subprocess.run(
+        [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
+         f"llama-cpp-python=={version}", "-d", str(cache)],
+        check=True,
+    )
+    if not target.is_file():
+        raise FileNotFoundError(f"pip download did not leave {target.name} in {cache}")
+    return target
+
+
+# --------------------------------------------------------------------------- git mirror
+
+
+def _git(*args: str, cwd: Path | None = None, git_dir: Path | None = None,
+         input: bytes | None = None) -> str:
+    """Run git with the fixed identity; return stdout stripped."""
+    cmd = ["git"]
+    if git_dir is not None:
+        cmd += ["--git-dir", str(git_dir)]
+    env = {**os.environ, **_GIT_ENV}
+    out = subprocess.run(cmd + list(args), cwd=cwd, env=env, input=input,
+                         check=True, capture_output=True)
+    return out.stdout.decode().strip()
+
+
+def mirror_tags(mirror: Path) -> set[str]:
+    """Tag names in the git repository ``mirror`` (empty when it is not one)."""
+    if not (mirror / "HEAD").is_file():
+        return set()
+    try:
+        return set(_git("tag", "--list", git_dir=mirror).split())
+    except subprocess.CalledProcessError:
+        return set()
+
+
+def _quote_path(path: str) -> bytes:
+    """C-style quoted path for a fast-import file command (safe for any name)."""
+    out = bytearray(b'"')
+    for byte in path.encode():
+        if byte in (0x22, 0x5C):  # " and \
+            out += b"\\" + bytes([byte])
+        elif byte < 0x20 or byte >= 0x7F:
+            out += b"\\%03o" % byte
+        else:
+            out.append(byte)
+    return bytes(out + b'"')
+
+
+def _data(payload: bytes) -> bytes:
+    return b"data %d\n" % len(payload) + payload + b"\n"
+
+
+def _commit_header(index: int, message: str, mark: int | None = None) -> bytes:
+    # Commit i gets time EPOCH+i: monotonic, fixed, so shas are reproducible.
+    head = b"commit refs/heads/master\n"
+    if mark is not None:
+        head += b"mark :%d\n" % mark
+    stamp = b"%d +0000" % (_EPOCH + index)
+    who = f"{_GIT_NAME} <{_GIT_EMAIL}>".encode()
+    head += b"author " + who + b" " + stamp + b"\n"
+    head += b"committer " + who + b" " + stamp + b"\n"
+    return head + _data(message.encode())
+
+
+def _sdist_tree(sdist: Path) -> Iterator[tuple[str, int, bytes]]:
+    """(path, git mode, content) for every file of vendor/llama.cpp in ``sdist``."""
+    with tarfile.open(sdist, "r:gz") as tar:
+        prefix: str | None = None
+        for member in tar:
+            parts = member.name.split("/", 1)
+            if len(parts) < 2:
+                continue
+            if prefix is None:
+                prefix = parts[0] + "/" + SDIST_VENDOR_DIR + "/"
+            if not member.name.startswith(prefix):
+                continue
+            rel = member.name[len(prefix):]
+            # The sdist carries the submodule's ".git" pointer file: not part of the tree.
+            if not rel or rel == ".git" or rel.startswith(".git/"):
+                continue
+            if member.issym():
+                yield rel, 0o120000, member.linkname.encode()
+            elif member.isfile() or member.islnk():
+                fh = tar.extractfile(member)
+                assert fh is not None
+                mode = 0o100755 if member.mode & 0o111 else 0o100644
+                yield rel, mode, fh.read()
+
+
+def _write_mirror_stream(out: IO[bytes], versions: list[str], cache: Path) -> None:
+    """Write the fast-import stream of the linear history for ``versions`` (ascending)."""
+    index = 0
+    for version in versions:
+        build, upstream = LLAMA_RELEASES[version]
+        # Empty fillers so that the real tree lands on commit number `build`.
+        while index < build - 1:
+            index += 1
+            out.write(_commit_header(index, f"filler {index}\n"))
+        index += 1
+        message = (f"llama.cpp b{build} (upstream {upstream})\n\n"
+                   f"Tree of {SDIST_VENDOR_DIR} from the llama-cpp-python {version} sdist.\n")
+        out.write(_commit_header(index, message, mark=build))
+        out.write(b"deleteall\n")
+        for rel, mode, content in _sdist_tree(fetch_llama_sdist(version, cache)):
+            out.write(b"M %o inline " % mode + _quote_path(rel) + b"\n" + _data(content))
+        out.write(b"\n")
+        who = f"{_GIT_NAME} <{_GIT_EMAIL}>".encode()
+        # Annotated, so a plain `git describe` finds it as well as `--tags`.
+        out.write(b"tag b%d\nfrom :%d\ntagger " % (build, build) + who
+                  + b" %d +0000\n" % (_EPOCH + index)
+                  + _data(f"llama.cpp b{build} ({upstream})\n".encode()))
+
+
+def make_llama_mirror(dest: Path, versions: list[str], cache: Path) -> Path:
+    """Build (or keep) a bare llama.cpp mirror at ``dest`` with a tag ``b<N>`` per version.
+
+    All versions sit on one linear ``master`` history where ``git rev-list --count b<N>``
+    is N.  A mirror that already has every wanted tag is left untouched; otherwise it is
+    rebuilt (keeping the release tags it had; branches from :func:`add_llama_commit` go).
+    """
+    unknown = [v for v in versions if v not in LLAMA_RELEASES]
+    if unknown:
+        raise KeyError(f"no llama.cpp build number known for llama-cpp-python {unknown}")
+    have = mirror_tags(dest)
+    if all(f"b{LLAMA_RELEASES[v][0]}" in have for v in versions):
+        return dest
+    keep = [v for v, (build, _) in LLAMA_RELEASES.items() if f"b{build}" in have]
+    wanted = sorted(set(versions) | set(keep), key=lambda v: LLAMA_RELEASES[v][0])
+
+    # Build beside dest and swap in at the end, so an interrupted build leaves no half mirror.
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=dest.name + ".", suffix=".tmp", dir=dest.parent))
+    try:
+        _git("init", "--quiet", "--bare", str(work))
+        _git("symbolic-ref", "HEAD", "refs/heads/master", git_dir=work)
+        env = {**os.environ, **_GIT_ENV}
+        proc = subprocess.Popen(["git", "--git-dir", str(work), "fast-import", "--quiet"],
+                                stdin=subprocess.PIPE, env=env)
+        assert proc.stdin is not None
+        try:
+            _write_mirror_stream(proc.stdin, wanted, cache)
+            proc.stdin.close()
+        except BaseException:
+            proc.kill()
+            raise
+        finally:
+            proc.wait()
+        if proc.returncode != 0:
+            raise subprocess.CalledProcessError(proc.returncode, "git fast-import")
+        if dest.exists():
+            shutil.rmtree(dest)
+        work.rename(dest)
+    finally:
+        if work.exists():
+            shutil.rmtree(work)
+    return dest
+
+
+def _slug(message: str) -> str:
+    slug = re.sub(r"[^a-z0-9]+", "-", message.lower()).strip("-")[:60].strip("-")
+    return slug or "rigkit-commit"
+
+
+def add_llama_commit(mirror: Path, base_tag: str, edit: Callable[[Path], None],
+                     message: str) -> str:
+    """Commit ``edit`` applied to the tree of ``base_tag`` onto a branch; return its sha.
+
+    ``edit`` gets the root of a checkout of ``base_tag`` and changes files in place.  The
+    commit becomes branch ``<slug of message>`` in ``mirror``; the same edit and message
+    give the same sha every time (fixed identity and date).
+    """
+    branch = _slug(message)
+    base_count = int(_git("rev-list", "--count", base_tag, git_dir=mirror))
+    with tempfile.TemporaryDirectory(prefix="rigkit-llama-edit-") as tmp:
+        tree = Path(tmp) / "tree"
+        _git("worktree", "add", "--quiet", "--detach", str(tree), base_tag, git_dir=mirror)
+        try:
+            edit(tree)
+            # -f: upstream's .gitignore hides tracked files (and whatever edit adds).
+            _git("add", "-A", "-f", cwd=tree)
+            stamp = f"{_EPOCH + base_count + 1} +0000"
+            subprocess.run(
+                ["git", "commit", "--quiet", "--allow-empty", "-m", message],
+                cwd=tree, check=True, capture_output=True,
+                env={**os.environ, **_GIT_ENV,
+                     "GIT_AUTHOR_DATE": stamp, "GIT_COMMITTER_DATE": stamp},
+            )
+            sha = _git("rev-parse", "HEAD", cwd=tree)
+        finally:
+            _git("worktree", "remove", "--force", str(tree), git_dir=mirror)
+            _git("worktree", "prune", git_dir=mirror)
+    _git("branch", "--force", branch, sha, git_dir=mirror)
+    return sha
+
+
+# --------------------------------------------------------------------------- tiny model
+
+
+def read_llama_file(llama_src: Path | MirrorRef, rel: str) -> bytes:
+    """Bytes of ``rel`` from a llama.cpp source tree or from a revision of a mirror."""
+    if isinstance(llama_src, MirrorRef):
+        env = {**os.environ, **_GIT_ENV}
+        return subprocess.run(
+            ["git", "--git-dir", str(llama_src.repo), "show", f"{llama_src.ref}:{rel}"],
+            env=env, check=True, capture_output=True,
+        ).stdout
+    return (Path(llama_src) / rel).read_bytes()
+
+
+#: Shape of the tiny model: llama architecture, small enough to serve anywhere.
+TINY_LAYERS = 2
+TINY_HIDDEN = 64
+TINY_HEADS = 4
+TINY_KV_HEADS = 2
+TINY_FFN = 128
+TINY_CONTEXT = 4096
+TINY_SEED = 20240601
+
+
+# GGUF scalar value types -> struct format (GGUF spec: little-endian).
+_GGUF_SCALARS = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?",
+                 10: "<Q", 11: "<q", 12: "<d"}
+_GGUF_STRING, _GGUF_ARRAY = 8, 9
+
+
+def _tokenizer_fields(vocab_gguf: bytes) -> dict[str, object]:
+    """Tokenizer key/values of a llama.cpp vocab GGUF, strings kept as raw bytes.
+
+    A direct header parse: gguf.GGUFReader builds a numpy view per array item and
+    needs ~15 s for a 150k-token vocabulary; this needs well under one.
+    """
+    view = memoryview(vocab_gguf)
+    if bytes(view[:4]) != b"GGUF":
+        raise ValueError("not a GGUF file")
+    pos = 4
+
+    def take(fmt: str) -> int | float | bool:
+        nonlocal pos
+        (value,) = struct.unpack_from(fmt, view, pos)
+        pos += struct.calcsize(fmt)
+        return value
+
+    def take_str() -> bytes:
+        nonlocal pos
+        length = int(take("<Q"))
+        pos += length
+        return bytes(view[pos - length:pos])
+
+    def take_value(vtype: int) -> object:
+        if vtype == _GGUF_STRING:
+            return take_str()
+        if vtype == _GGUF_ARRAY:
+            item_type, count = int(take("<I")), int(take("<Q"))
+            return [take_value(item_type) for _ in range(count)]
+        return take(_GGUF_SCALARS[vtype])
+
+    version = take("<I")
+    if version not in (2, 3):
+        raise ValueError(f"unsupported GGUF version {version}")
+    take("<Q")  # tensor count
+    fields: dict[str, object] = {}
+    for _ in range(int(take("<Q"))):
+        key = take_str().decode()
+        value = take_value(int(take("<I")))
+        if key.startswith("tokenizer.ggml."):
+            fields[key] = value.decode() if isinstance(value, bytes) else value
+    return fields
+
+
+def make_tiny_model(llama_src: Path | MirrorRef, out_dir: Path, name: str = "tiny-qwen",
+                    shards: int = 2) -> list[Path]:
+    """Write a random-weight llama GGUF in ``shards`` files; return them, first first.
+
+    Tokenizer: ``models/ggml-vocab-qwen2.gguf``; chat template: the Qwen3 one from
+    ``models/templates/`` (renders tools, ``tool_calls`` and tool results).  Weights come
+    from a fixed seed, so the bytes are the same on every run.  Token embeddings are
+    tied to the output (no ``output.weight``), which keeps the files near 20 MB.
+    """
+    import gguf
+    import numpy as np
+
+    if shards < 1:
+        raise ValueError("shards must be >= 1")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tok = _tokenizer_fields(read_llama_file(llama_src, VOCAB_PATH))
+    template = read_llama_file(llama_src, CHAT_TEMPLATE_PATH).decode()
+    n_vocab = len(tok["tokenizer.ggml.tokens"])  # type: ignore[arg-type]
+
+    rng = np.random.default_rng(TINY_SEED)
+    head_dim = TINY_HIDDEN // TINY_HEADS
+
+    def weight(rows: int, cols: int) -> np.ndarray:
+        # numpy shape (rows, cols) is GGUF ne = [cols, rows]: cols is the input width.
+        return (rng.standard_normal((rows, cols), dtype=np.float32) * 0.02).astype(np.float16)
+
+    tensors: list[tuple[str, np.ndarray]] = [("token_embd.weight", weight(n_vocab, TINY_HIDDEN))]
+    for i in range(TINY_LAYERS):
+        tensors += [
+            (f"blk.{i}.attn_norm.weight", np.ones(TINY_HIDDEN, dtype=np.float32)),
+            (f"blk.{i}.attn_q.weight", weight(TINY_HEADS * head_dim, TINY_HIDDEN)),
+            (f"blk.{i}.attn_k.weight", weight(TINY_KV_HEADS * head_dim, TINY_HIDDEN)),
+            (f"blk.{i}.attn_v.weight", weight(TINY_KV_HEADS * head_dim, TINY_HIDDEN)),
+            (f"blk.{i}.attn_output.weight", weight(TINY_HIDDEN, TINY_HEADS * head_dim)),
+            (f"blk.{i}.ffn_norm.weight", np.ones(TINY_HIDDEN, dtype=np.float32)),
+            (f"blk.{i}.ffn_gate.weight", weight(TINY_FFN, TINY_HIDDEN)),
+            (f"blk.{i}.ffn_up.weight", weight(TINY_FFN, TINY_HIDDEN)),
+            (f"blk.{i}.ffn_down.weight", weight(TINY_HIDDEN, TINY_FFN)),
+        ]
+    tensors.append(("output_norm.weight", np.ones(TINY_HIDDEN, dtype=np.float32)))
+    # Split by tensor count: that is what gguf-py (and llama-gguf-split) support.
+    per_shard = -(-len(tensors) // shards)
+    if shards > 1 and -(-len(tensors) // per_shard) != shards:
+        raise ValueError(f"{len(tensors)} tensors cannot be split into {shards} shards")
+
+    writer = gguf.GGUFWriter(out_dir / f"{name}.gguf", "llama",
+                             split_max_tensors=per_shard if shards > 1 else 0)
+    writer.add_name(name)
+    writer.add_file_type(gguf.LlamaFileType.MOSTLY_F16)
+    writer.add_context_length(TINY_CONTEXT)
+    writer.add_embedding_length(TINY_HIDDEN)
+    writer.add_block_count(TINY_LAYERS)
+    writer.add_feed_forward_length(TINY_FFN)
+    writer.add_head_count(TINY_HEADS)
+    writer.add_head_count_kv(TINY_KV_HEADS)
+    writer.add_rope_dimension_count(head_dim)
+    writer.add_rope_freq_base(1_000_000.0)
+    writer.add_layer_norm_rms_eps(1e-6)
+    writer.add_vocab_size(n_vocab)
+    writer.add_tokenizer_model(str(tok["tokenizer.ggml.model"]))
+    writer.add_tokenizer_pre(str(tok["tokenizer.ggml.pre"]))
+    writer.add_token_list(tok["tokenizer.ggml.tokens"])  # type: ignore[arg-type]
+    writer.add_token_types(tok["tokenizer.ggml.token_type"])  # type: ignore[arg-type]
+    writer.add_token_merges(tok["tokenizer.ggml.merges"])  # type: ignore[arg-type]
+    for key in ("bos_token_id", "eos_token_id", "padding_token_id"):
+        if f"tokenizer.ggml.{key}" in tok:
+            writer.add_uint32(f"tokenizer.ggml.{key}", int(tok[f"tokenizer.ggml.{key}"]))  # type: ignore[arg-type]
+    writer.add_add_bos_token(False)  # Qwen never prepends BOS
+    writer.add_chat_template(template)
+    for tensor_name, array in tensors:
+        writer.add_tensor(tensor_name, array)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return writer.format_shard_names(out_dir / f"{name}.gguf")
