@@ -1,0 +1,3 @@
+"""rigkit: GPU inference hosts (llama.cpp, vLLM, model shards) as pyinfra code."""
+
+__version__ = "0.1.0"

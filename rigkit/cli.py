@@ -1,0 +1,66 @@
+"""The ``rigkit`` command: sandbox hosts, model locks, the model mirror, host status."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+
+
+def _sandbox(args: argparse.Namespace) -> int:
+    from rigkit import sandbox
+
+    try:
+        if args.action == "up":
+            started = time.monotonic()
+            sb = sandbox.up(hosts=args.hosts, boot_timeout=args.boot_timeout)
+            for host in sb.hosts:
+                print(f"{host.name}\t{host.address}")
+            print(f"sandbox up: {len(sb.hosts)} host(s) in {time.monotonic() - started:.1f}s; "
+                  f"run: pyinfra -y inventories/sandbox.py deploys/sample.py", file=sys.stderr)
+        elif args.action == "down":
+            removed = sandbox.down()
+            print(f"sandbox down: removed {len(removed)} host(s)", file=sys.stderr)
+        else:
+            info = sandbox.status()
+            if args.json:
+                print(json.dumps(info, indent=2))
+            elif not info["hosts"]:
+                print("no sandbox hosts (start them with: sudo rigkit sandbox up --hosts 2)")
+            else:
+                for h in info["hosts"]:
+                    state = "up" if h["ssh"] else ("booting" if h["running"] else "stopped")
+                    print(f"{h['name']}\t{h['address']}\t{state}")
+                for name, svc in info["services"].items():
+                    print(f"{name}\tpid {svc['pid']}\t{'running' if svc['running'] else 'stopped'}")
+    except sandbox.SandboxError as exc:
+        print(f"rigkit sandbox {args.action}: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="rigkit", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    sb = sub.add_parser("sandbox", help="local target hosts (systemd-nspawn, one netns each)")
+    sb_sub = sb.add_subparsers(dest="action", required=True)
+    sb_up = sb_sub.add_parser("up", help="start N hosts (idempotent)")
+    sb_up.add_argument("--hosts", type=int, default=2)
+    sb_up.add_argument("--boot-timeout", type=float, default=60.0,
+                       help="seconds a host may take to answer SSH")
+    sb_st = sb_sub.add_parser("status", help="list hosts and services")
+    sb_st.add_argument("--json", action="store_true")
+    sb_sub.add_parser("down", help="stop and remove everything the sandbox created")
+    sb.set_defaults(func=_sandbox)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
