@@ -1,0 +1,235 @@
+"""The model lockfile: every model reference pinned to a commit and per-file sha256.
+
+``rigkit lock INVENTORY`` writes ``<inventory stem>.lock.yaml`` next to the
+inventory::
+
+    # Written by `rigkit lock inventories/prod.py`; do not edit.
+    version: 1
+    models:
+      unsloth/Qwen3-8B-GGUF@main:UD-Q6_K_XL/*.gguf:
+        repo: unsloth/Qwen3-8B-GGUF
+        revision: main
+        include: [UD-Q6_K_XL/*.gguf]
+        sha: 0123456789abcdef0123456789abcdef01234567
+        files:
+        - {path: UD-Q6_K_XL/Qwen3-8B-00001-of-00002.gguf, size: 4000000000, sha256: 9f86d0...}
+
+Keys are :attr:`rigkit.hub.ModelRef.key` (repo, revision, include; not dest or
+endpoint, so hosts placing the same files elsewhere or fetching from a mirror
+share one entry).  Deploys call :func:`check`, which fails naming
+``rigkit lock <inventory>`` when an entry is missing or stale.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+import yaml
+
+from rigkit.hub import HubClient, HubError, ModelRef, first_shard, read_token
+
+LOCK_VERSION = 1
+
+
+class LockError(Exception):
+    """The lockfile is missing, unreadable or does not match the inventory."""
+
+
+@dataclass(frozen=True)
+class LockedFile:
+    path: str
+    size: int
+    sha256: str
+
+
+@dataclass(frozen=True)
+class LockEntry:
+    repo: str
+    revision: str
+    include: tuple[str, ...]
+    sha: str
+    files: tuple[LockedFile, ...]
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(f.size for f in self.files)
+
+    def model_path(self, dest: str) -> str:
+        """Absolute path of the file llama-server's ``-m`` takes (first shard)."""
+        return os.path.join(dest, first_shard(f.path for f in self.files))
+
+    def to_data(self) -> dict:
+        return {
+            "repo": self.repo,
+            "revision": self.revision,
+            "include": list(self.include),
+            "sha": self.sha,
+            "files": [{"path": f.path, "size": f.size, "sha256": f.sha256} for f in self.files],
+        }
+
+    @classmethod
+    def from_data(cls, key: str, d: Mapping[str, Any]) -> "LockEntry":
+        try:
+            return cls(
+                repo=str(d["repo"]),
+                revision=str(d["revision"]),
+                include=tuple(str(p) for p in d["include"]),
+                sha=str(d["sha"]),
+                files=tuple(LockedFile(str(f["path"]), int(f["size"]), str(f["sha256"])) for f in d["files"]),
+            )
+        except (KeyError, TypeError, ValueError) as e:
+            raise LockError(f"lock entry {key!r} is malformed ({type(e).__name__}: {e})") from None
+
+
+def lock_path_for(inventory_path: str | os.PathLike) -> Path:
+    p = Path(inventory_path)
+    return p.with_name(f"{p.stem}.lock.yaml")
+
+
+def load(path: str | os.PathLike) -> dict[str, LockEntry]:
+    p = Path(path)
+    try:
+        data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+    except FileNotFoundError:
+        raise LockError(f"lockfile {p} does not exist") from None
+    except yaml.YAMLError as e:
+        raise LockError(f"lockfile {p} is not valid YAML: {e}") from None
+    if data.get("version") != LOCK_VERSION:
+        raise LockError(f"lockfile {p}: expected 'version: {LOCK_VERSION}', got {data.get('version')!r}")
+    return {k: LockEntry.from_data(k, v) for k, v in (data.get("models") or {}).items()}
+
+
+def dump(entries: Mapping[str, LockEntry], path: str | os.PathLike, *, inventory: str = "INVENTORY") -> None:
+    p = Path(path)
+    body = {"version": LOCK_VERSION, "models": {k: entries[k].to_data() for k in sorted(entries)}}
+    text = f"# Written by `rigkit lock {inventory}`; do not edit.\n" + yaml.safe_dump(
+        body, sort_keys=False, default_flow_style=False, width=200
+    )
+    tmp = p.with_name(p.name + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, p)
+
+
+def check(refs: Iterable[ModelRef], lock: Mapping[str, LockEntry], *, inventory: str = "INVENTORY") -> dict[str, LockEntry]:
+    """Lock entry per reference key; raises :class:`LockError` naming the fix when any is missing or stale."""
+    problems = []
+    out: dict[str, LockEntry] = {}
+    for ref in refs:
+        e = lock.get(ref.key)
+        if e is None:
+            problems.append(f"{ref.key}: no lock entry")
+        elif (e.repo, e.revision, e.include) != (ref.repo, ref.revision, ref.include):
+            problems.append(f"{ref.key}: lock entry is for {e.repo}@{e.revision} {list(e.include)}")
+        elif not e.files:
+            problems.append(f"{ref.key}: lock entry lists no files")
+        else:
+            out[ref.key] = e
+    if problems:
+        raise LockError(
+            "model lock does not match the inventory:\n  " + "\n  ".join(problems)
+            + f"\nrun: rigkit lock {inventory}"
+        )
+    return out
+
+
+def entries_for_inventory(inventory_path: str) -> tuple[list[ModelRef], dict[str, LockEntry]]:
+    """What a deploy calls: the inventory's refs and their checked lock entries."""
+    refs = collect_model_refs(inventory_path)
+    lp = lock_path_for(inventory_path)
+    try:
+        lock = load(lp)
+    except LockError as e:
+        raise LockError(f"{e}\nrun: rigkit lock {inventory_path}") from None
+    return refs, check(refs, lock, inventory=inventory_path)
+
+
+# --------------------------------------------------------------------------- #
+# Inventory hook (the typed host-data layer will replace this)
+# --------------------------------------------------------------------------- #
+
+
+def collect_model_refs(inventory_path: str | os.PathLike) -> list[ModelRef]:
+    """ModelRefs from host data key ``models`` of every host in a pyinfra Python inventory.
+
+    Hosts are module-level lists/tuples of ``"name"`` or ``("name", {data})``;
+    ``hf_endpoint`` in host data is the default endpoint for that host's models.
+    """
+    path = Path(inventory_path)
+    spec = importlib.util.spec_from_file_location(f"_rigkit_inventory_{abs(hash(str(path.resolve())))}", path)
+    if spec is None or spec.loader is None:
+        raise ValueError(f"inventory {path}: expected a Python inventory file")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    refs: dict[ModelRef, None] = {}
+    for name, group in vars(mod).items():
+        if name.startswith("_") or not isinstance(group, (list, tuple)):
+            continue
+        for item in group:
+            if not (isinstance(item, tuple) and len(item) == 2 and isinstance(item[1], Mapping)):
+                continue
+            host, data = item
+            models = data.get("models") or []
+            if not isinstance(models, (list, tuple)):
+                raise ValueError(f"host {host} 'models': expected a list of model references")
+            for m in models:
+                try:
+                    refs.setdefault(ModelRef.from_data(m, endpoint=data.get("hf_endpoint")), None)
+                except ValueError as e:
+                    raise ValueError(f"host {host}: {e}") from None
+    return list(refs)
+
+
+# --------------------------------------------------------------------------- #
+# rigkit lock
+# --------------------------------------------------------------------------- #
+
+
+def lock_refs(refs: Iterable[ModelRef], *, endpoint: str | None = None, token: str | None = None,
+              log=print) -> dict[str, LockEntry]:
+    entries: dict[str, LockEntry] = {}
+    clients: dict[str, HubClient] = {}
+    for ref in refs:
+        if ref.key in entries:
+            continue
+        ep = ref.endpoint or endpoint
+        client = clients.get(ep or "") or clients.setdefault(ep or "", HubClient(ep, token))
+        res = client.resolve(ref)
+        entries[ref.key] = LockEntry(
+            repo=ref.repo, revision=ref.revision, include=ref.include, sha=res.sha,
+            files=tuple(LockedFile(f.path, f.size, f.sha256) for f in res.files),
+        )
+        e = entries[ref.key]
+        log(f"locked {ref.key} -> {res.sha[:12]} ({len(e.files)} files, {e.total_bytes / 1e9:.2f} GB)")
+    return entries
+
+
+def lock_main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="rigkit lock", description="Pin every model reference of an inventory "
+                                 "to a commit and per-file sha256; writes <inventory stem>.lock.yaml next to it.")
+    ap.add_argument("inventory", help="Python inventory file")
+    ap.add_argument("--endpoint", help="Hub endpoint (default: model 'endpoint', host 'hf_endpoint', "
+                    "$HF_ENDPOINT, https://huggingface.co)")
+    ap.add_argument("--token-file", help="file holding the Hub token (default: $HF_TOKEN, $HF_TOKEN_PATH, "
+                    "~/.cache/huggingface/token)")
+    ap.add_argument("--check", action="store_true", help="only check that the lockfile matches the inventory")
+    args = ap.parse_args(argv)
+    try:
+        refs = collect_model_refs(args.inventory)
+        lp = lock_path_for(args.inventory)
+        if args.check:
+            check(refs, load(lp), inventory=args.inventory)
+            print(f"{lp}: {len(refs)} model reference(s) locked")
+            return 0
+        entries = lock_refs(refs, endpoint=args.endpoint, token=read_token(args.token_file))
+        dump(entries, lp, inventory=args.inventory)
+        print(f"wrote {lp} ({len(entries)} model(s))")
+        return 0
+    except (HubError, LockError, ValueError, OSError) as e:
+        print(f"rigkit lock: error: {e}", file=sys.stderr)
+        return 1
