@@ -278,8 +278,21 @@ def _cgroup_dirs(tag: str, host: str | None = None) -> list[Path]:
 
 
 def _remove_cgroup_tree(path: Path) -> None:
+    """Kill what still runs in a host's cgroups (an orphaned container init), then rmdir."""
     if not path.is_dir():
         return
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        pids = [int(pid) for procs in path.rglob("cgroup.procs")
+                for pid in procs.read_text().split()]
+        if not pids:
+            break
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        time.sleep(0.1)
     for child in sorted((p for p in path.rglob("*") if p.is_dir()), key=lambda p: -len(p.parts)):
         try:
             child.rmdir()
@@ -515,6 +528,8 @@ def _destroy_host(sb: Sandbox, state: Path, host: SandboxHost) -> None:
 def _destroy_host_leftovers(state: Path, tag: str, name: str, netns: str, veth: str) -> None:
     hdir = state / "hosts" / name
     root = hdir / "root"
+    for cg in _cgroup_dirs(tag, name):
+        _remove_cgroup_tree(cg)
     if root.exists() and _mounted(root):
         if run(["umount", str(root)], check=False).returncode != 0:
             run(["umount", "-l", str(root)], check=False)
@@ -522,8 +537,6 @@ def _destroy_host_leftovers(state: Path, tag: str, name: str, netns: str, veth: 
         run(["ip", "netns", "delete", netns], check=False)
     if _link_exists(veth):
         run(["ip", "link", "delete", veth], check=False)
-    for cg in _cgroup_dirs(tag, name):
-        _remove_cgroup_tree(cg)
     if hdir.exists():
         shutil.rmtree(hdir, ignore_errors=True)
 

@@ -1,0 +1,146 @@
+"""rigkit sandbox: prerequisites, addresses, idempotent up, stale leftovers, clean down."""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from rigkit import sandbox
+
+
+@pytest.fixture
+def own_instance(tmp_path, monkeypatch):
+    """A sandbox instance of its own (state dir -> own tag, bridge, subnet)."""
+    state = Path("/var/lib/rigkit") / f"sandbox-lifecycle-{os.getpid()}"
+    monkeypatch.setenv("RIGKIT_SANDBOX_DIR", str(state))
+    yield state
+    if os.geteuid() == 0:
+        sandbox.down()
+    subprocess.run(["rm", "-rf", str(state)])
+
+
+def leftovers(tag: str, state: Path) -> list[str]:
+    found = []
+    found += [f"netns {n}" for n in sandbox._netns_list() if n.startswith(f"rk-{tag}-")]
+    links = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True).stdout
+    found += [f"link {l.split(':')[1].strip()}" for l in links.splitlines() if f"rk{tag}" in l or f"rkbr-{tag}" in l]
+    found += [f"mount {l.split()[1]}" for l in Path("/proc/mounts").read_text().splitlines()
+              if str(state) in l.split()[1]]
+    found += [f"cgroup {c}" for c in sandbox._cgroup_dirs(tag) if c.exists()]
+    ps = subprocess.run(["ps", "-eo", "pid,args"], capture_output=True, text=True).stdout
+    found += [f"process {l.strip()}" for l in ps.splitlines() if str(state) in l]
+    return found
+
+
+# --- unit tests (no root needed) -----------------------------------------------------------
+
+
+def test_not_root_is_a_clear_error(monkeypatch):
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)
+    with pytest.raises(sandbox.SandboxError, match=r"needs root .* `sudo rigkit sandbox"):
+        sandbox.check_prerequisites()
+
+
+def test_missing_tools_name_the_packages_and_the_fix(monkeypatch):
+    monkeypatch.setattr(os, "geteuid", lambda: 0)
+    monkeypatch.setattr(sandbox, "_which", lambda cmd: None if cmd in ("debootstrap", "systemd-nspawn") else "/bin/x")
+    with pytest.raises(sandbox.SandboxError) as err:
+        sandbox.check_prerequisites()
+    assert "debootstrap" in str(err.value) and "systemd-container" in str(err.value)
+    assert "apt-get install -y debootstrap systemd-container" in str(err.value)
+
+
+def test_subnet_skips_used_networks(monkeypatch):
+    used = [ipaddress.ip_network(f"198.18.{i}.0/24") for i in range(256)]
+    monkeypatch.setattr(sandbox, "_used_networks", lambda: used)
+    assert sandbox.allocate_subnet("0000") == ipaddress.ip_network("198.19.0.0/24")
+
+
+def test_no_free_address_is_a_clear_error(monkeypatch):
+    monkeypatch.setattr(sandbox, "_used_networks", lambda: [ipaddress.ip_network("198.18.0.0/15")])
+    with pytest.raises(sandbox.SandboxError, match="no free /24 left in 198.18.0.0/15"):
+        sandbox.allocate_subnet("abcd")
+
+
+def test_host_count_is_validated():
+    with pytest.raises(sandbox.SandboxError, match="--hosts must be at least 1"):
+        sandbox.up(hosts=0)
+
+
+def test_cli_reports_errors_without_a_traceback(monkeypatch, capsys):
+    from rigkit.cli import main
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)
+    assert main(["sandbox", "down"]) == 1
+    err = capsys.readouterr().err
+    assert "rigkit sandbox down: rigkit sandbox needs root" in err and "Traceback" not in err
+
+
+def test_inventory_without_sandbox_says_how_to_start_one(tmp_path):
+    with pytest.raises(sandbox.SandboxError, match="sudo rigkit sandbox up"):
+        sandbox.pyinfra_hosts(tmp_path)
+
+
+# --- end to end ---------------------------------------------------------------------------
+
+
+@pytest.mark.e2e
+def test_up_is_idempotent_and_down_leaves_nothing(own_instance):
+    tag = sandbox.instance_tag()
+    sb = sandbox.up(hosts=1)
+    pid = sb.hosts[0].pid
+    again = sandbox.up(hosts=1)
+    assert [h.pid for h in again.hosts] == [pid], "a second up must keep the running host"
+    grown = sandbox.up(hosts=2)
+    assert [h.name for h in grown.hosts] == ["sandbox-1", "sandbox-2"]
+    assert grown.hosts[0].pid == pid
+    info = sandbox.status()
+    assert [h["ssh"] for h in info["hosts"]] == [True, True]
+    assert leftovers(tag, own_instance), "sanity: the sandbox made namespaces and mounts"
+
+    sandbox.down()
+    assert leftovers(tag, own_instance) == []
+    assert not sandbox._alive(pid)
+    assert sandbox.status()["hosts"] == []
+
+
+@pytest.mark.e2e
+def test_up_recovers_from_a_killed_run(own_instance):
+    """A session that died leaves namespaces, mounts and cgroups behind (pitfall 10)."""
+    tag = sandbox.instance_tag()
+    sb = sandbox.up(hosts=1)
+    os.kill(sb.hosts[0].pid, signal.SIGKILL)
+    time.sleep(0.5)
+    sandbox._reap(sb.hosts[0].pid)
+    assert any(l.startswith("netns") for l in leftovers(tag, own_instance))
+    fresh = sandbox.up(hosts=1)
+    assert fresh.hosts[0].pid != sb.hosts[0].pid
+    assert sandbox.status()["hosts"][0]["ssh"] is True
+    sandbox.down()
+    assert leftovers(tag, own_instance) == []
+
+
+@pytest.mark.e2e
+def test_failed_up_rolls_back(own_instance):
+    tag = sandbox.instance_tag()
+    with pytest.raises(sandbox.SandboxError, match=r"did not answer SSH .* --boot-timeout"):
+        sandbox.up(hosts=1, boot_timeout=0.01)
+    assert leftovers(tag, own_instance) == []
+
+
+@pytest.mark.e2e
+def test_cli_up_status_down(own_instance):
+    rigkit = [sys.executable, "-m", "rigkit.cli"]
+    up = subprocess.run(rigkit + ["sandbox", "up", "--hosts", "1"], capture_output=True, text=True)
+    assert up.returncode == 0, up.stderr
+    assert up.stdout.startswith("sandbox-1\t198.1")
+    st = subprocess.run(rigkit + ["sandbox", "status"], capture_output=True, text=True)
+    assert "sandbox-1" in st.stdout and "\tup" in st.stdout
+    down = subprocess.run(rigkit + ["sandbox", "down"], capture_output=True, text=True)
+    assert down.returncode == 0 and "removed 1 host" in down.stderr
