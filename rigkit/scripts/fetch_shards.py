@@ -1,0 +1,563 @@
+#!/usr/bin/env python3
+"""Fetch model files with resume, parallelism and sha256 verification.  STDLIB ONLY.
+
+Runs on the target host (Debian bookworm python3.11).  Usage::
+
+    fetch_shards.py MANIFEST.json [--reverify] [--parallel N] [--progress-interval S]
+
+Manifest::
+
+    {"files": [{"url": "...", "size": 123, "sha256": "...", "dest": "/abs/path"}],
+     "token_file": "/path/0600/file",      # optional; sent only as an Authorization header
+     "parallel": 4, "margin_bytes": 1073741824, "reverify": false,
+     "state_file": "/abs/.rigkit-verified.json",   # optional (default: in the files' common directory)
+     "retries": 3, "timeout": 60,
+     "repo_meta": {"dir": "/abs", "repo": "org/name", "revision": "main", "sha": "<40 hex>"}}  # optional
+
+What it does: skip files recorded as verified (size + mtime_ns + sha256 in the
+state file) without re-reading them; check free space against the bytes still
+missing plus the margin before downloading anything; download into
+``<dest>.partial`` with HTTP Range resume, hashing while streaming (a resumed
+file re-hashes only the partial bytes on disk); rename into place only when
+the sha256 matches; on a mismatch delete and retry, then fail.
+
+Exit codes: 0 ok, 1 download/verification failed, 2 bad manifest/usage,
+3 not enough disk space, 4 authentication (HTTP 401/403), 5 not found (404).
+The last line of stdout is a JSON summary.
+"""
+
+import argparse
+import hashlib
+import json
+import os
+import socket
+import sys
+import threading
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+
+CHUNK = 1 << 20
+STATE_VERSION = 1
+EXIT_OK, EXIT_FAIL, EXIT_USAGE, EXIT_SPACE, EXIT_AUTH, EXIT_NOTFOUND = 0, 1, 2, 3, 4, 5
+
+
+class Fatal(Exception):
+    def __init__(self, msg, code=EXIT_FAIL):
+        super().__init__(msg)
+        self.code = code
+
+
+class Retryable(Exception):
+    pass
+
+
+def log(msg):
+    sys.stderr.write(msg + "\n")
+    sys.stderr.flush()
+
+
+def human(n):
+    for unit, div in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if abs(n) >= div:
+            return "%.1f %s" % (n / div, unit)
+    return "%d B" % n
+
+
+# --------------------------------------------------------------------------- #
+# state file: what was verified, so a re-run does not re-hash 100 GB
+# --------------------------------------------------------------------------- #
+
+
+class State:
+    def __init__(self, path):
+        self.path = path
+        self.lock = threading.Lock()
+        self.files = {}
+        try:
+            with open(path, encoding="utf-8") as f:
+                data = json.load(f)
+            if data.get("version") == STATE_VERSION:
+                self.files = data.get("files") or {}
+        except (OSError, ValueError):
+            pass
+
+    def is_verified(self, dest, size, sha256):
+        e = self.files.get(dest)
+        if not e or e.get("size") != size or e.get("sha256") != sha256:
+            return False
+        try:
+            st = os.stat(dest)
+        except OSError:
+            return False
+        return st.st_size == size and st.st_mtime_ns == e.get("mtime_ns")
+
+    def record(self, dest, size, sha256):
+        st = os.stat(dest)
+        with self.lock:
+            self.files[dest] = {"size": size, "mtime_ns": st.st_mtime_ns, "sha256": sha256,
+                                "verified_at": int(time.time())}
+            self._save()
+
+    def forget(self, dest):
+        with self.lock:
+            if self.files.pop(dest, None) is not None:
+                self._save()
+
+    def _save(self):
+        d = os.path.dirname(self.path)
+        os.makedirs(d, exist_ok=True)
+        tmp = self.path + ".tmp"
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump({"version": STATE_VERSION, "files": self.files}, f, indent=1, sort_keys=True)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, self.path)
+
+
+# --------------------------------------------------------------------------- #
+# HTTP
+# --------------------------------------------------------------------------- #
+
+
+def _origin(url):
+    u = urllib.parse.urlsplit(url)
+    return (u.scheme, (u.hostname or "").lower(), u.port or (443 if u.scheme == "https" else 80))
+
+
+class _Redirect(urllib.request.HTTPRedirectHandler):
+    """Follow redirects (the Hub sends LFS files to a CDN), dropping the token when leaving the origin."""
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):
+        new = super().redirect_request(req, fp, code, msg, headers, newurl)
+        if new is None:
+            return None
+        for k in list(new.headers):
+            if k.lower() == "authorization":
+                del new.headers[k]
+        auth = req.unredirected_hdrs.get("Authorization")
+        if auth and _origin(newurl) == _origin(req.full_url):
+            new.add_unredirected_header("Authorization", auth)
+        return new
+
+
+_OPENER = urllib.request.build_opener(_Redirect())
+
+
+def open_url(url, token, offset, timeout):
+    req = urllib.request.Request(url, headers={"User-Agent": "rigkit-fetch/1", "Accept-Encoding": "identity"})
+    if token:
+        # unredirected: urllib does not copy it onto redirects; _Redirect re-adds it for the same origin only
+        req.add_unredirected_header("Authorization", "Bearer " + token)
+    if offset:
+        req.add_header("Range", "bytes=%d-" % offset)
+    try:
+        return _OPENER.open(req, timeout=timeout)
+    except urllib.error.HTTPError as e:
+        code = e.code
+        err = e.headers.get("X-Error-Code", "") if e.headers else ""
+        e.close()
+        safe = _strip_query(url)
+        if code in (401, 403):
+            hint = "token rejected or lacks access" if token else "no token configured (token_file)"
+            raise Fatal("HTTP %d for %s: %s" % (code, safe, hint), EXIT_AUTH)
+        if code == 404:
+            raise Fatal("HTTP 404 for %s%s" % (safe, " (%s)" % err if err else ""), EXIT_NOTFOUND)
+        if code == 416:
+            raise Retryable("HTTP 416 (range not satisfiable)")
+        if code in (408, 429) or code >= 500:
+            raise Retryable("HTTP %d" % code)
+        raise Fatal("HTTP %d for %s" % (code, safe))
+    except (urllib.error.URLError, socket.timeout, ConnectionError, OSError) as e:
+        raise Retryable("%s: %s" % (type(e).__name__, getattr(e, "reason", e)))
+
+
+def _strip_query(url):
+    u = urllib.parse.urlsplit(url)
+    return urllib.parse.urlunsplit((u.scheme, u.netloc, u.path, "", ""))
+
+
+# --------------------------------------------------------------------------- #
+# downloading
+# --------------------------------------------------------------------------- #
+
+
+class Progress:
+    def __init__(self, total_files, interval):
+        self.total_files = total_files
+        self.interval = interval
+        self.lock = threading.Lock()
+        self.active = {}  # idx -> [name, done, size, t0, done0]
+        self.stop = threading.Event()
+        self.fetched = 0
+
+    def start(self, idx, name, done, size):
+        with self.lock:
+            self.active[idx] = [name, done, size, time.time(), done]
+
+    def add(self, idx, n):
+        a = self.active.get(idx)
+        if a is not None:
+            a[1] += n
+        self.fetched += n
+
+    def reset(self, idx, done):
+        a = self.active.get(idx)
+        if a is not None:
+            a[1] = a[4] = done
+            a[3] = time.time()
+
+    def finish(self, idx):
+        with self.lock:
+            self.active.pop(idx, None)
+
+    def line(self, idx):
+        name, done, size, t0, done0 = self.active[idx]
+        rate = (done - done0) / max(time.time() - t0, 1e-6)
+        return "[%d/%d] %s %.1f/%.1f GB %d MB/s" % (idx, self.total_files, name, done / 1e9, size / 1e9, rate / 1e6)
+
+    def run(self):
+        while not self.stop.wait(self.interval):
+            with self.lock:
+                for idx in sorted(self.active):
+                    log(self.line(idx))
+
+
+def hash_file(path, limit=None, on_bytes=None):
+    h = hashlib.sha256()
+    buf = bytearray(CHUNK)
+    mv = memoryview(buf)
+    left = limit
+    with open(path, "rb", buffering=0) as f:
+        while left is None or left > 0:
+            n = f.readinto(buf if left is None or left >= CHUNK else mv[:left])
+            if not n:
+                break
+            h.update(mv[:n])
+            if left is not None:
+                left -= n
+            if on_bytes:
+                on_bytes(n)
+    return h
+
+
+def download(idx, item, ctx):
+    """Download one file to <dest>.partial, verify, rename. Returns bytes fetched."""
+    dest, size, want = item["dest"], item["size"], item["sha256"]
+    name = os.path.relpath(dest, ctx["root"]) if ctx.get("root") else os.path.basename(dest)
+    partial = dest + ".partial"
+    os.makedirs(os.path.dirname(dest), exist_ok=True)
+    retries = ctx["retries"]
+    mismatches = 0
+    stalls = 0
+    fetched_total = 0
+    prog = ctx["progress"]
+    track = {"h": None, "pos": -1}  # hasher of the partial's first pos bytes, kept across in-process retries
+    while True:
+        # Resume: re-hash only what is already in the partial file (not even that after an in-process retry).
+        try:
+            have = os.path.getsize(partial)
+        except OSError:
+            have = 0
+        if have > size:
+            os.unlink(partial)
+            have = 0
+        if track["h"] is not None and track["pos"] == have:
+            h = track["h"]
+        else:
+            h = hash_file(partial) if have else hashlib.sha256()
+        track["h"], track["pos"] = None, -1
+        prog.start(idx, name, have, size)
+        if have:
+            log("[%d/%d] %s resuming at %s of %s" % (idx, ctx["n"], name, human(have), human(size)))
+        try:
+            if have < size:
+                n_fetched, h = fetch_into(idx, item, partial, have, h, ctx, track)
+                fetched_total += n_fetched
+        except Retryable as e:
+            fetched_total += track.get("fetched", 0)
+            stalls += 1
+            if stalls > retries:
+                raise Fatal("%s: giving up after %d attempts: %s" % (name, stalls, e))
+            log("[%d/%d] %s: %s; retrying (%d/%d)" % (idx, ctx["n"], name, e, stalls, retries))
+            time.sleep(min(2 ** stalls * 0.25, 10))
+            continue
+        if size == 0 and not os.path.exists(partial):
+            open(partial, "wb").close()
+        got = h.hexdigest()
+        actual = os.path.getsize(partial) if os.path.exists(partial) else 0
+        if actual == size and got == want:
+            if ctx["fsync"]:
+                with open(partial, "rb") as f:
+                    os.fsync(f.fileno())
+            os.replace(partial, dest)
+            ctx["state"].record(dest, size, want)
+            prog.finish(idx)
+            log("[%d/%d] %s %s sha256 ok" % (idx, ctx["n"], name, human(size)))
+            return fetched_total
+        os.unlink(partial)
+        mismatches += 1
+        msg = ("%s: sha256 mismatch (expected %s, got %s, %d bytes)" % (name, want, got, actual)
+               if actual == size else "%s: size mismatch (expected %d bytes, got %d)" % (name, size, actual))
+        if mismatches > retries:
+            prog.finish(idx)
+            raise Fatal(msg + "; deleted, failed after %d attempts" % mismatches)
+        log("[%d/%d] %s; deleted, retrying (%d/%d)" % (idx, ctx["n"], msg, mismatches, retries))
+
+
+def fetch_into(idx, item, partial, have, h, ctx, track):
+    """Stream item's URL from byte ``have`` into partial, updating h; returns (bytes fetched, hasher).
+
+    Raises Retryable on a dropped stream (what was written stays in the partial file)."""
+    size = item["size"]
+    resp = open_url(item["url"], ctx["token"], have, ctx["timeout"])
+    fetched = 0
+    prog = ctx["progress"]
+    with resp:
+        status = resp.status
+        restarted = bool(have) and status == 200  # server ignored Range: start over
+        if restarted:
+            have = 0
+            h = hashlib.sha256()
+        if status == 206:
+            cr = resp.headers.get("Content-Range", "")
+            if not cr.startswith("bytes %d-" % have):
+                raise Retryable("unexpected Content-Range %r for offset %d" % (cr, have))
+        mode = "r+b" if have else "wb"
+        if have and not os.path.exists(partial):
+            mode = "wb"
+        buf = bytearray(CHUNK)
+        mv = memoryview(buf)
+        with open(partial, mode, buffering=0) as out:
+            out.seek(have)
+            out.truncate()
+            if restarted:
+                prog.reset(idx, 0)
+            pos = have
+            track["h"], track["pos"], track["fetched"] = h, pos, 0
+            try:
+                while pos < size:
+                    n = resp.readinto(buf if size - pos >= CHUNK else mv[:size - pos])
+                    if not n:
+                        break
+                    chunk = mv[:n]
+                    if out.write(chunk) != n:
+                        raise Fatal("short write to %s (disk full?)" % partial, EXIT_SPACE)
+                    h.update(chunk)
+                    pos += n
+                    fetched += n
+                    track["pos"], track["fetched"] = pos, fetched
+                    prog.add(idx, n)
+            except (socket.timeout, ConnectionError, OSError) as e:
+                if isinstance(e, OSError) and e.errno == 28:  # ENOSPC
+                    raise Fatal("disk full while writing %s" % partial, EXIT_SPACE)
+                raise Retryable("%s after %s" % (type(e).__name__, human(pos)))
+            if pos < size:
+                raise Retryable("connection closed after %s of %s" % (human(pos), human(size)))
+    return fetched, h
+
+
+# --------------------------------------------------------------------------- #
+# main
+# --------------------------------------------------------------------------- #
+
+
+def existing_dir(path):
+    d = os.path.abspath(path)
+    while not os.path.isdir(d):
+        parent = os.path.dirname(d)
+        if parent == d:
+            break
+        d = parent
+    return d
+
+
+def check_space(todo, margin):
+    """todo: list of (item, missing_bytes). Raises Fatal(EXIT_SPACE) if any filesystem is short."""
+    per_dev = {}
+    for item, missing in todo:
+        d = existing_dir(os.path.dirname(item["dest"]))
+        dev = os.stat(d).st_dev
+        e = per_dev.setdefault(dev, [d, 0])
+        e[1] += missing
+    for dev, (d, missing) in per_dev.items():
+        st = os.statvfs(d)
+        free = st.f_bavail * st.f_frsize
+        need = missing + margin
+        if free < need:
+            raise Fatal(
+                "not enough disk space on the filesystem of %s: need %d bytes (%s: %d bytes still missing + %d "
+                "margin), free %d bytes (%s); nothing was downloaded"
+                % (d, need, human(need), missing, margin, free, human(free)), EXIT_SPACE)
+
+
+def load_manifest(path):
+    try:
+        with open(path, encoding="utf-8") as f:
+            m = json.load(f)
+    except (OSError, ValueError) as e:
+        raise Fatal("cannot read manifest %s: %s" % (path, e), EXIT_USAGE)
+    files = m.get("files")
+    if not isinstance(files, list) or not files:
+        raise Fatal("manifest %s: expected a non-empty 'files' list" % path, EXIT_USAGE)
+    for i, f in enumerate(files):
+        for k, t in (("url", str), ("size", int), ("sha256", str), ("dest", str)):
+            if not isinstance(f.get(k), t):
+                raise Fatal("manifest %s: files[%d].%s: expected %s" % (path, i, k, t.__name__), EXIT_USAGE)
+        if not os.path.isabs(f["dest"]):
+            raise Fatal("manifest %s: files[%d].dest: expected an absolute path" % (path, i), EXIT_USAGE)
+        f["sha256"] = f["sha256"].lower()
+    return m
+
+
+def read_token(path):
+    if not path:
+        return None
+    try:
+        with open(path, encoding="utf-8") as f:
+            return f.read().strip() or None
+    except OSError as e:
+        raise Fatal("cannot read token file %s: %s" % (path, e.strerror), EXIT_USAGE)
+
+
+def run(argv=None):
+    ap = argparse.ArgumentParser(description="Download model files with resume and sha256 verification.")
+    ap.add_argument("manifest")
+    ap.add_argument("--reverify", action="store_true", help="re-hash every placed file, repair mismatches")
+    ap.add_argument("--parallel", type=int)
+    ap.add_argument("--progress-interval", type=float, default=5.0)
+    ap.add_argument("--no-fsync", action="store_true")
+    args = ap.parse_args(argv)
+
+    m = load_manifest(args.manifest)
+    files = m["files"]
+    n = len(files)
+    dests = [f["dest"] for f in files]
+    root = os.path.commonpath([os.path.dirname(d) for d in dests])
+    state = State(m.get("state_file") or os.path.join(root, ".rigkit-verified.json"))
+    reverify = args.reverify or bool(m.get("reverify"))
+    parallel = max(1, args.parallel or int(m.get("parallel") or 4))
+    margin = int(m.get("margin_bytes", 1 << 30))
+    t0 = time.time()
+
+    # 1. What is already in place?
+    verified, todo, rehash = [], [], []
+    for i, f in enumerate(files, 1):
+        if not reverify and state.is_verified(f["dest"], f["size"], f["sha256"]):
+            verified.append(f)
+        elif os.path.exists(f["dest"]):
+            rehash.append((i, f))
+        else:
+            todo.append((i, f))
+
+    def check_existing(pair):
+        i, f = pair
+        name = os.path.relpath(f["dest"], root)
+        st = os.stat(f["dest"])
+        ok = st.st_size == f["size"] and hash_file(f["dest"]).hexdigest() == f["sha256"]
+        if ok:
+            state.record(f["dest"], f["size"], f["sha256"])
+            log("[%d/%d] %s verified (%s)" % (i, n, name, human(f["size"])))
+        else:
+            log("[%d/%d] %s does not match the lock (size or sha256); deleting it and fetching again" % (i, n, name))
+            state.forget(f["dest"])
+            os.unlink(f["dest"])
+        return ok
+
+    if rehash:
+        log("verifying %d file(s) already present (%s)" % (len(rehash), human(sum(f["size"] for _, f in rehash))))
+        with ThreadPoolExecutor(max_workers=parallel) as ex:
+            for pair, ok in zip(rehash, ex.map(check_existing, rehash)):
+                (verified if ok else todo).append(pair[1] if ok else pair)
+    todo.sort(key=lambda p: p[0])
+    if verified and not rehash:
+        log("%d/%d file(s) already verified, skipped without hashing" % (len(verified), n))
+
+    # 2. Free space before any download.
+    missing = []
+    for i, f in todo:
+        try:
+            have = os.path.getsize(f["dest"] + ".partial")
+        except OSError:
+            have = 0
+        missing.append((f, f["size"] - have if have <= f["size"] else f["size"]))
+    if todo:
+        check_space(missing, margin)
+
+    # 3. Download.
+    token = read_token(m.get("token_file"))
+    progress = Progress(n, args.progress_interval)
+    ctx = {"token": token, "timeout": float(m.get("timeout", 60)), "retries": int(m.get("retries", 3)),
+           "state": state, "progress": progress, "n": n, "root": root, "fsync": not args.no_fsync}
+    fetched = 0
+    if todo:
+        log("downloading %d file(s), %s missing, %d in parallel" % (len(todo), human(sum(b for _, b in missing)),
+                                                                     parallel))
+        pt = threading.Thread(target=progress.run, daemon=True)
+        pt.start()
+        failures = []
+        try:
+            with ThreadPoolExecutor(max_workers=parallel) as ex:
+                futs = {ex.submit(download, i, f, ctx): (i, f) for i, f in todo}
+                for fut in futs:
+                    try:
+                        fetched += fut.result()
+                    except Fatal as e:
+                        failures.append(e)
+                        ctx["retries"] = -1  # stop the others quickly
+                    except Exception as e:  # noqa: BLE001 - report, never print a traceback with headers
+                        failures.append(Fatal("%s: %s" % (type(e).__name__, e)))
+        finally:
+            progress.stop.set()
+        if failures:
+            worst = max(failures, key=lambda e: (e.code in (EXIT_AUTH, EXIT_SPACE, EXIT_NOTFOUND), e.code))
+            for e in failures:
+                log("error: %s" % e)
+            raise Fatal(str(worst), worst.code)
+
+    meta = m.get("repo_meta")
+    if meta and meta.get("dir") and meta.get("sha"):
+        write_repo_meta(meta)
+
+    dt = time.time() - t0
+    summary = {"ok": True, "files": n, "skipped": len(verified), "downloaded": len(todo),
+               "bytes_fetched": progress.fetched, "seconds": round(dt, 3)}
+    log("done: %d file(s), %d already verified, %d downloaded (%s in %.1f s)"
+        % (n, len(verified), len(todo), human(progress.fetched), dt))
+    print(json.dumps(summary))
+    return EXIT_OK
+
+
+def write_repo_meta(meta):
+    path = os.path.join(meta["dir"], ".rigkit-repo.json")
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except (OSError, ValueError):
+        data = {}
+    refs = data.get("refs") or {}
+    if meta.get("revision"):
+        refs[meta["revision"]] = meta["sha"]
+    data.update({"repo": meta.get("repo"), "sha": meta["sha"], "refs": refs})
+    tmp = path + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(data, f, indent=1, sort_keys=True)
+    os.replace(tmp, path)
+
+
+def main(argv=None):
+    try:
+        return run(argv)
+    except Fatal as e:
+        log("fetch_shards: error: %s" % e)
+        print(json.dumps({"ok": False, "exit": e.code, "error": str(e)}))
+        return e.code
+    except KeyboardInterrupt:
+        log("fetch_shards: interrupted; partial files are kept and resumed on the next run")
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
