@@ -1,0 +1,305 @@
+"""Tests of the offline llama.cpp mirror and the tiny generated model (rigkit.offline)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from rigkit.offline import (
+    LLAMA_RELEASES,
+    MirrorRef,
+    add_llama_commit,
+    default_cache_dir,
+    fetch_llama_sdist,
+    make_llama_mirror,
+    make_tiny_model,
+    mirror_tags,
+)
+
+VERSIONS = ["0.3.36", "0.3.34"]
+# The mirror is built with a fixed identity and clock, so its shas are known in advance.
+B11312_SHA = "82af735a"
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+# Built once by hand (see rigkit.offline docs); the serve test skips without it.
+CPU_LLAMA_SERVER = default_cache_dir() / "cpu-llama-server" / "llama-server"
+
+
+def git(repo: Path, *args: str) -> str:
+    return subprocess.run(["git", "--git-dir", str(repo), *args], check=True,
+                          capture_output=True, text=True).stdout.strip()
+
+
+@pytest.fixture(scope="session")
+def sdist_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """``$RIGKIT_CACHE/sdists`` when it has or can take the sdists, else a temp dir."""
+    cache = default_cache_dir() / "sdists"
+    try:
+        cache.mkdir(parents=True, exist_ok=True)
+        usable = os.access(cache, os.W_OK) or all(
+            (cache / f"llama_cpp_python-{v}.tar.gz").is_file() for v in VERSIONS)
+    except OSError:
+        usable = False
+    if not usable:
+        cache = tmp_path_factory.mktemp("sdists")
+    for version in VERSIONS:
+        fetch_llama_sdist(version, cache)
+    return cache
+
+
+@pytest.fixture(scope="session")
+def grown_mirror(tmp_path_factory: pytest.TempPathFactory,
+                 sdist_cache: Path) -> tuple[Path, set[str]]:
+    """The session's mirror, built first with the older release only, then grown.
+
+    Two steps cost little more than one and also cover growing a mirror; returns the
+    mirror and its tags after the first step.
+    """
+    dest = tmp_path_factory.mktemp("git") / "llama.cpp.git"
+    make_llama_mirror(dest, ["0.3.34"], sdist_cache)
+    first_tags = mirror_tags(dest)
+    return make_llama_mirror(dest, VERSIONS, sdist_cache), first_tags
+
+
+@pytest.fixture(scope="session")
+def mirror(grown_mirror: tuple[Path, set[str]]) -> Path:
+    return grown_mirror[0]
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory, mirror: Path) -> list[Path]:
+    return make_tiny_model(MirrorRef(mirror, "b11312"), tmp_path_factory.mktemp("model"))
+
+
+# ------------------------------------------------------------------------- mirror
+
+
+def test_fetch_is_a_noop_when_cached(sdist_cache: Path) -> None:
+    before = {p: p.stat().st_mtime_ns for p in sdist_cache.iterdir()}
+    assert fetch_llama_sdist("0.3.36", sdist_cache) == sdist_cache / "llama_cpp_python-0.3.36.tar.gz"
+    assert {p: p.stat().st_mtime_ns for p in sdist_cache.iterdir()} == before
+
+
+def test_mirror_tags_count_to_build_numbers(mirror: Path) -> None:
+    assert git(mirror, "rev-parse", "--is-bare-repository") == "true"
+    for version in VERSIONS:
+        build, _ = LLAMA_RELEASES[version]
+        assert git(mirror, "rev-list", "--count", f"b{build}") == str(build)
+        # Annotated tags: plain describe finds them.
+        assert git(mirror, "describe", f"b{build}") == f"b{build}"
+    assert git(mirror, "rev-parse", "master") == git(mirror, "rev-parse", "b11312^{commit}")
+    assert git(mirror, "symbolic-ref", "HEAD") == "refs/heads/master"
+
+
+def test_mirror_is_one_linear_history(mirror: Path) -> None:
+    git(mirror, "merge-base", "--is-ancestor", "b9976", "b11312")
+    assert git(mirror, "rev-list", "--merges", "--count", "master") == "0"
+    # Fillers are empty: b9976's tree stays until b11312 replaces it.
+    assert git(mirror, "rev-parse", "b11312~1^{tree}") == git(mirror, "rev-parse", "b9976^{tree}")
+    assert git(mirror, "rev-parse", "b9976~1^{tree}") == git(mirror, "hash-object", "-t", "tree",
+                                                              "/dev/null")
+
+
+def test_mirror_holds_the_full_tree(mirror: Path) -> None:
+    files = git(mirror, "ls-tree", "-r", "--name-only", "b11312").splitlines()
+    assert len(files) > 3000
+    # Files upstream's .gitignore would hide are committed too; the submodule pointer is not.
+    for path in ("CMakeLists.txt", "tools/server/server.cpp", "models/ggml-vocab-qwen2.gguf",
+                 ".gitignore"):
+        assert path in files
+    assert ".git" not in files
+    assert "100755" in git(mirror, "ls-tree", "b11312", "convert_hf_to_gguf.py")
+
+
+def test_mirror_is_reproducible(mirror: Path) -> None:
+    assert git(mirror, "rev-parse", "b11312^{commit}").startswith(B11312_SHA)
+
+
+def test_mirror_rebuild_is_a_noop(mirror: Path, sdist_cache: Path) -> None:
+    refs = git(mirror, "for-each-ref")
+    inode = mirror.stat().st_ino
+    start = time.monotonic()
+    assert make_llama_mirror(mirror, ["0.3.36"], sdist_cache) == mirror
+    assert time.monotonic() - start < 2
+    assert git(mirror, "for-each-ref") == refs
+    assert mirror.stat().st_ino == inode
+
+
+def test_mirror_grows_keeping_its_tags(grown_mirror: tuple[Path, set[str]],
+                                       sdist_cache: Path) -> None:
+    mirror, first_tags = grown_mirror
+    assert first_tags == {"b9976"}
+    assert mirror_tags(mirror) == {"b9976", "b11312"}
+    assert git(mirror, "rev-list", "--count", "master") == "11312"
+    # Asking for the older release alone keeps both.
+    make_llama_mirror(mirror, ["0.3.34"], sdist_cache)
+    assert mirror_tags(mirror) == {"b9976", "b11312"}
+
+
+def test_unknown_version_is_refused(tmp_path: Path, sdist_cache: Path) -> None:
+    with pytest.raises(KeyError):
+        make_llama_mirror(tmp_path / "m.git", ["0.0.1"], sdist_cache)
+    assert not (tmp_path / "m.git").exists()
+
+
+def test_add_llama_commit(mirror: Path) -> None:
+    def break_build(tree: Path) -> None:
+        server = tree / "tools" / "server" / "server.cpp"
+        server.write_text(server.read_text() + "\n#error rigkit test: does not compile\n")
+        (tree / "build").mkdir()
+        (tree / "build" / "ignored-by-upstream.txt").write_text("kept\n")
+
+    sha = add_llama_commit(mirror, "b11312", break_build, "Break the server build!")
+    assert len(sha) == 40
+    assert git(mirror, "rev-parse", "break-the-server-build") == sha
+    assert git(mirror, "rev-parse", f"{sha}^") == git(mirror, "rev-parse", "b11312^{commit}")
+    assert git(mirror, "rev-list", "--count", sha) == "11313"
+    assert "#error rigkit test" in git(mirror, "show", f"{sha}:tools/server/server.cpp")
+    assert git(mirror, "show", f"{sha}:build/ignored-by-upstream.txt") == "kept"
+    # No worktree is left registered; the same edit gives the same commit.
+    assert len(git(mirror, "worktree", "list").splitlines()) == 1
+    assert add_llama_commit(mirror, "b11312", break_build, "Break the server build!") == sha
+    assert git(mirror, "rev-parse", "master") == git(mirror, "rev-parse", "b11312^{commit}")
+
+
+def test_normal_clone_counts_builds(mirror: Path, tmp_path: Path) -> None:
+    clone = tmp_path / "llama.cpp"
+    subprocess.run(["git", "clone", "--quiet", "--no-checkout", "--branch", "b9976", str(mirror),
+                    str(clone)], check=True)
+    count = subprocess.run(["git", "-C", str(clone), "rev-list", "--count", "HEAD"], check=True,
+                           capture_output=True, text=True).stdout.strip()
+    assert count == "9976"
+
+
+# ------------------------------------------------------------------------- model
+
+
+def test_model_shards(tiny_model: list[Path]) -> None:
+    assert [p.name for p in tiny_model] == ["tiny-qwen-00001-of-00002.gguf",
+                                            "tiny-qwen-00002-of-00002.gguf"]
+    total = sum(p.stat().st_size for p in tiny_model)
+    assert 15_000_000 < total < 40_000_000
+
+
+def test_model_reads_with_gguf(tiny_model: list[Path]) -> None:
+    import gguf
+
+    first = gguf.GGUFReader(tiny_model[0])
+    second = gguf.GGUFReader(tiny_model[1])
+    for index, reader in enumerate((first, second)):
+        assert reader.fields["split.count"].contents() == 2
+        assert reader.fields["split.no"].contents() == index
+        assert reader.fields["split.tensors.count"].contents() == 20
+    assert first.fields["general.architecture"].contents() == "llama"
+    assert first.fields["llama.block_count"].contents() == 2
+    assert first.fields["llama.embedding_length"].contents() == 64
+    assert len(first.fields["tokenizer.ggml.tokens"].data) == 151936
+    template = first.fields["tokenizer.chat_template"].contents()
+    assert "tool_calls" in template and "<tool_response>" in template
+    names = {t.name for t in first.tensors} | {t.name for t in second.tensors}
+    assert len(names) == 20
+    assert {"token_embd.weight", "output_norm.weight", "blk.1.ffn_down.weight"} <= names
+    embd = next(t for t in first.tensors if t.name == "token_embd.weight")
+    assert list(embd.shape) == [64, 151936]
+
+
+def test_model_is_deterministic(tiny_model: list[Path], mirror: Path, tmp_path: Path) -> None:
+    again = make_tiny_model(MirrorRef(mirror, "b11312"), tmp_path)
+    assert [p.read_bytes() for p in again] == [p.read_bytes() for p in tiny_model]
+
+
+def test_model_from_source_tree_and_single_file(mirror: Path, tmp_path: Path) -> None:
+    tree = tmp_path / "tree"
+    tree.mkdir()
+    for rel in ("models/ggml-vocab-qwen2.gguf", "models/templates/Qwen-Qwen3-0.6B.jinja"):
+        (tree / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tree / rel).write_bytes(subprocess.run(
+            ["git", "--git-dir", str(mirror), "show", f"b11312:{rel}"], check=True,
+            capture_output=True).stdout)
+    (single,) = make_tiny_model(tree, tmp_path / "out", name="one", shards=1)
+    assert single.name == "one.gguf"
+    four = make_tiny_model(tree, tmp_path / "out4", name="four", shards=4)
+    assert [p.name for p in four][-1] == "four-00004-of-00004.gguf"
+    with pytest.raises(ValueError):
+        make_tiny_model(tree, tmp_path / "bad", shards=8)  # 20 tensors do not make 8 shards
+
+
+# ------------------------------------------------------------------------- slow
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _post(url: str, body: dict[str, object]) -> tuple[int, dict[str, object]]:
+    request = urllib.request.Request(url, data=json.dumps(body).encode(),
+                                     headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as err:
+        return err.code, json.loads(err.read() or b"{}")
+
+
+@pytest.mark.e2e
+@pytest.mark.skipif(not CPU_LLAMA_SERVER.is_file(), reason=f"no CPU llama-server at {CPU_LLAMA_SERVER}")
+def test_tiny_model_serves_tool_replay(tiny_model: list[Path], tmp_path: Path) -> None:
+    port = _free_port()
+    log = (tmp_path / "server.log").open("wb")
+    server = subprocess.Popen([str(CPU_LLAMA_SERVER), "-m", str(tiny_model[0]), "--host",
+                               "127.0.0.1", "--port", str(port), "--jinja", "-c", "2048"],
+                              stdout=log, stderr=subprocess.STDOUT)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            assert server.poll() is None, (tmp_path / "server.log").read_text()
+            try:
+                with urllib.request.urlopen(f"{base}/health", timeout=2) as response:
+                    if response.status == 200:
+                        break
+            except (urllib.error.URLError, ConnectionError):
+                pass
+            assert time.monotonic() < deadline, "llama-server never became healthy"
+            time.sleep(0.2)
+        status, _ = _post(f"{base}/v1/chat/completions",
+                          {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 8})
+        assert status == 200
+        tools = [{"type": "function", "function": {
+            "name": "get_weather", "description": "Weather of a city",
+            "parameters": {"type": "object", "properties": {"city": {"type": "string"}},
+                           "required": ["city"]}}}]
+        status, body = _post(f"{base}/v1/chat/completions", {
+            "tools": tools, "max_tokens": 8,
+            "messages": [
+                {"role": "user", "content": "Weather in Paris?"},
+                {"role": "assistant", "content": None, "tool_calls": [
+                    {"id": "c1", "type": "function",
+                     "function": {"name": "get_weather", "arguments": "{\"city\":\"Paris\"}"}}]},
+                {"role": "tool", "tool_call_id": "c1", "content": "sunny"},
+            ]})
+        assert status == 200, body
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+        log.close()
+
+
+@pytest.mark.skipif(shutil.which("vagrant") is None, reason="vagrant is not installed")
+def test_vagrantfile_validates(tmp_path: Path) -> None:
+    env = {**os.environ, "VAGRANT_HOME": str(tmp_path / "vagrant.d"),
+           "VAGRANT_CHECKPOINT_DISABLE": "1"}
+    result = subprocess.run(["vagrant", "validate"], cwd=REPO_ROOT, env=env,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
