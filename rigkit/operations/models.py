@@ -1,0 +1,120 @@
+"""
+Place model files (GGUF shards, safetensors) on a host, pinned by the lockfile.
+
+Files are fetched on the host by ``rigkit/scripts/fetch_shards.py`` (python3
+stdlib only): free-space check first, parallel downloads with HTTP Range
+resume, sha256 while streaming, atomic rename, a state file so re-runs skip
+verified files without hashing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import posixpath
+from io import StringIO
+from urllib.parse import quote
+
+from pyinfra import host
+from pyinfra.api import QuoteString, StringCommand, operation
+from pyinfra.operations import files
+
+from rigkit.facts.models import ShardsVerified
+from rigkit.hub import ModelRef, read_token, resolve_endpoint
+
+SCRIPT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "scripts", "fetch_shards.py")
+STATE_NAME = ".rigkit-verified.json"
+
+
+def manifest_for(ref: ModelRef, lock_entry, *, endpoint: str | None = None, token_file: str | None = None,
+                 parallel: int = 4, margin_bytes: int = 2 << 30, reverify: bool = False) -> dict:
+    """The JSON manifest fetch_shards.py reads (also usable without pyinfra)."""
+    ep = resolve_endpoint(ref.endpoint or endpoint)
+    if lock_entry.repo != ref.repo:
+        raise ValueError(f"lock entry is for {lock_entry.repo}, not {ref.repo}")
+    m = {
+        "files": [
+            {
+                "url": f"{ep}/{ref.repo}/resolve/{lock_entry.sha}/{quote(f.path)}",
+                "size": f.size,
+                "sha256": f.sha256,
+                "dest": posixpath.join(ref.dest, f.path),
+            }
+            for f in lock_entry.files
+        ],
+        "parallel": parallel,
+        "margin_bytes": margin_bytes,
+        "reverify": reverify,
+        "state_file": posixpath.join(ref.dest, STATE_NAME),
+        "repo_meta": {"dir": ref.dest, "repo": ref.repo, "revision": ref.revision, "sha": lock_entry.sha},
+    }
+    if token_file:
+        m["token_file"] = token_file
+    return m
+
+
+@operation()
+def shards(
+    ref: ModelRef,
+    lock_entry,
+    endpoint: str | None = None,
+    token_file: str | None = None,
+    use_token: bool = True,
+    remote_dir: str = "/var/lib/rigkit",
+    parallel: int = 4,
+    margin_bytes: int = 2 << 30,
+    reverify: bool = False,
+    python: str = "python3",
+):
+    """
+    Download and verify the files of a locked model reference into ``ref.dest``.
+
+    + ref: the ``rigkit.hub.ModelRef`` (repo, revision, include, dest, endpoint)
+    + lock_entry: its ``rigkit.lockfile.LockEntry`` (commit sha, files with size and sha256)
+    + endpoint: Hub or mirror URL (default: ``ref.endpoint``, host data ``hf_endpoint``, ``$HF_ENDPOINT``)
+    + token_file: local file with the Hub token (default: ``$HF_TOKEN`` or ``~/.cache/huggingface/token``)
+    + use_token: send a token at all (uploaded mode 0600, sent only as a header)
+    + remote_dir: where the fetch script, manifests and token live on the host
+    + parallel: files downloaded at once
+    + margin_bytes: free space required beyond the bytes still missing
+    + reverify: re-hash every placed file and repair mismatches
+
+    The operation is a no-op when every file is recorded as verified (nothing hashed).
+
+    **Example:**
+
+    .. code:: python
+
+        models.shards(
+            name="Qwen3 Q6 shards",
+            ref=ref,
+            lock_entry=lock[ref.key],
+        )
+    """
+    state_file = posixpath.join(ref.dest, STATE_NAME)
+    wanted = [(posixpath.join(ref.dest, f.path), f.size, f.sha256) for f in lock_entry.files]
+    if not reverify:
+        status = host.get_fact(ShardsVerified, state_file=state_file, files=wanted)
+        if status and all(status.get(d) == "verified" for d, _, _ in wanted):
+            host.noop(f"{ref.repo}@{lock_entry.sha[:12]}: {len(wanted)} file(s) already verified in {ref.dest}")
+            return
+
+    ep = endpoint or host.data.get("hf_endpoint")
+    token = read_token(token_file) if use_token else None
+    remote_token = None
+    if token:
+        remote_token = posixpath.join(remote_dir, "hf-token")
+        yield from files.put._inner(src=StringIO(token + "\n"), dest=remote_token, mode="600")
+
+    manifest = manifest_for(ref, lock_entry, endpoint=ep, token_file=remote_token, parallel=parallel,
+                            margin_bytes=margin_bytes, reverify=reverify)
+    name = hashlib.sha256(f"{ref.key}\0{ref.dest}".encode()).hexdigest()[:16]
+    remote_script = posixpath.join(remote_dir, "fetch_shards.py")
+    remote_manifest = posixpath.join(remote_dir, "manifests", f"{name}.json")
+    yield from files.put._inner(src=SCRIPT, dest=remote_script, mode="755")
+    yield from files.put._inner(src=StringIO(json.dumps(manifest, indent=1)), dest=remote_manifest, mode="600")
+    args = [python, QuoteString(remote_script), QuoteString(remote_manifest)]
+    if reverify:
+        args.append("--reverify")
+    yield StringCommand(*args)
