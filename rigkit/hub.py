@@ -208,6 +208,26 @@ class Resolved:
     files: tuple[RemoteFile, ...]
 
 
+class Secret:
+    """A string that never shows itself in repr/str/logs; ``reveal()`` gives it back."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str):
+        self._value = value
+
+    def reveal(self) -> str:
+        return self._value
+
+    def __repr__(self) -> str:
+        return "Secret(<redacted>)"
+
+    __str__ = __repr__
+
+    def __bool__(self) -> bool:
+        return bool(self._value)
+
+
 class HubClient:
     """Minimal Hub API client. ``repr()`` never shows the token."""
 
@@ -219,17 +239,17 @@ class HubClient:
         self.timeout = timeout
         self._session = session or requests.Session()
         self._session.trust_env = True
-        self.__token = token
+        self._token = Secret(token) if token else None
 
     def __repr__(self) -> str:
-        return f"HubClient(endpoint={self.endpoint!r}, token={'<set>' if self.__token else None})"
+        return f"HubClient(endpoint={self.endpoint!r}, token={'<set>' if self._token else None})"
 
     # -- HTTP ---------------------------------------------------------------
 
     def _headers(self) -> dict[str, str]:
         h = {"User-Agent": "rigkit-hub/0.1", "Accept-Encoding": "identity"}
-        if self.__token:
-            h["Authorization"] = f"Bearer {self.__token}"
+        if self._token:
+            h["Authorization"] = f"Bearer {self._token.reveal()}"
         return h
 
     def _get(self, url: str, *, what: str, repo: str, revision: str | None = None, stream: bool = False,
@@ -261,7 +281,7 @@ class HubClient:
         code = r.headers.get("X-Error-Code", "")
         at = f" at {self.endpoint}"
         if r.status_code in (401, 403) and code not in ("RevisionNotFound", "EntryNotFound"):
-            hint = ("the token was rejected or lacks access" if self.__token
+            hint = ("the token was rejected or lacks access" if self._token
                     else "no token was found: set HF_TOKEN or write the token to " + token_file_path())
             raise HubAuthError(f"{what}: HTTP {r.status_code} for repository {repo}{at}: {hint}")
         if code == "RepoNotFound" or (r.status_code == 404 and not code and revision is None):
