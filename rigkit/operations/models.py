@@ -46,6 +46,7 @@ def manifest_for(ref: ModelRef, lock_entry, *, endpoint: str | None = None, toke
         "parallel": parallel,
         "margin_bytes": margin_bytes,
         "reverify": reverify,
+        "root": ref.dest,
         "state_file": posixpath.join(ref.dest, STATE_NAME),
         "repo_meta": {"dir": ref.dest, "repo": ref.repo, "revision": ref.revision, "sha": lock_entry.sha},
     }

@@ -10,7 +10,8 @@ Manifest::
     {"files": [{"url": "...", "size": 123, "sha256": "...", "dest": "/abs/path"}],
      "token_file": "/path/0600/file",      # optional; sent only as an Authorization header
      "parallel": 4, "margin_bytes": 1073741824, "reverify": false,
-     "state_file": "/abs/.rigkit-verified.json",   # optional (default: in the files' common directory)
+     "root": "/abs/model/dir",                      # optional: names in progress lines are relative to it
+     "state_file": "/abs/.rigkit-verified.json",   # optional (default: in root / the files' common directory)
      "retries": 3, "timeout": 60,
      "repo_meta": {"dir": "/abs", "repo": "org/name", "revision": "main", "sha": "<40 hex>"}}  # optional
 
@@ -216,7 +217,9 @@ class Progress:
     def line(self, idx):
         name, done, size, t0, done0 = self.active[idx]
         rate = (done - done0) / max(time.time() - t0, 1e-6)
-        return "[%d/%d] %s %.1f/%.1f GB %d MB/s" % (idx, self.total_files, name, done / 1e9, size / 1e9, rate / 1e6)
+        unit, div = ("GB", 1e9) if size >= 1e9 else ("MB", 1e6)
+        return "[%d/%d] %s %.1f/%.1f %s %d MB/s" % (idx, self.total_files, name, done / div, size / div, unit,
+                                                    rate / 1e6)
 
     def run(self):
         while not self.stop.wait(self.interval):
@@ -328,8 +331,6 @@ def fetch_into(idx, item, partial, have, h, ctx, track):
         mode = "r+b" if have else "wb"
         if have and not os.path.exists(partial):
             mode = "wb"
-        buf = bytearray(CHUNK)
-        mv = memoryview(buf)
         with open(partial, mode, buffering=0) as out:
             out.seek(have)
             out.truncate()
@@ -339,10 +340,11 @@ def fetch_into(idx, item, partial, have, h, ctx, track):
             track["h"], track["pos"], track["fetched"] = h, pos, 0
             try:
                 while pos < size:
-                    n = resp.readinto(buf if size - pos >= CHUNK else mv[:size - pos])
+                    # read1: whatever has arrived (up to CHUNK), so a stalled stream still lands on disk
+                    chunk = resp.read1(min(CHUNK, size - pos))
+                    n = len(chunk)
                     if not n:
                         break
-                    chunk = mv[:n]
                     if out.write(chunk) != n:
                         raise Fatal("short write to %s (disk full?)" % partial, EXIT_SPACE)
                     h.update(chunk)
@@ -435,7 +437,7 @@ def run(argv=None):
     files = m["files"]
     n = len(files)
     dests = [f["dest"] for f in files]
-    root = os.path.commonpath([os.path.dirname(d) for d in dests])
+    root = m.get("root") or os.path.commonpath([os.path.dirname(d) for d in dests])
     state = State(m.get("state_file") or os.path.join(root, ".rigkit-verified.json"))
     reverify = args.reverify or bool(m.get("reverify"))
     parallel = max(1, args.parallel or int(m.get("parallel") or 4))

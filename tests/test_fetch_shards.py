@@ -1,0 +1,262 @@
+"""rigkit/scripts/fetch_shards.py as a subprocess against the mirror on loopback."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from rigkit import hub, lockfile, mirror
+from rigkit.operations.models import manifest_for
+
+from test_mirror import REPO, make_repo
+
+SCRIPT = Path(__file__).resolve().parents[1] / "rigkit" / "scripts" / "fetch_shards.py"
+TOKEN = "hf_FetchSecret_0987654321"
+BIG = "Q4/tiny-00001-of-00002.gguf"
+
+
+@pytest.fixture
+def env(tmp_path):
+    root = tmp_path / "mirror"
+    files = make_repo(root, sizes=(6_000_000, 2_000_000))
+    s = mirror.serve(str(root))
+    yield s, files, tmp_path
+    s.stop()
+
+
+def locked(s, include=("Q4/*.gguf", "README.md"), dest=None, tmp=None):
+    ref = hub.ModelRef(REPO, "main", include, dest or str(tmp / "host" / "models" / REPO))
+    res = hub.HubClient(s.url).resolve(ref)
+    entry = lockfile.LockEntry(ref.repo, ref.revision, ref.include, res.sha,
+                               tuple(lockfile.LockedFile(f.path, f.size, f.sha256) for f in res.files))
+    return ref, entry
+
+
+def write_manifest(tmp, ref, entry, endpoint, **kw):
+    m = manifest_for(ref, entry, endpoint=endpoint, parallel=kw.pop("parallel", 3),
+                     margin_bytes=kw.pop("margin_bytes", 4096), token_file=kw.pop("token_file", None))
+    m.update(kw)
+    p = tmp / f"manifest-{time.monotonic_ns()}.json"
+    p.write_text(json.dumps(m))
+    return p
+
+
+def fetch(manifest, *args, timeout=60):
+    r = subprocess.run([sys.executable, str(SCRIPT), str(manifest), "--progress-interval", "0.05", *args],
+                       capture_output=True, text=True, timeout=timeout)
+    summary = json.loads(r.stdout.strip().splitlines()[-1]) if r.stdout.strip() else None
+    return r, summary
+
+
+def assert_placed(ref, entry, files):
+    for f in entry.files:
+        assert (Path(ref.dest) / f.path).read_bytes() == files[f.path]
+    assert not list(Path(ref.dest).rglob("*.partial"))
+
+
+def test_lock_then_deploy_then_skip(env):
+    s, files, tmp = env
+    ref, entry = locked(s, tmp=tmp)
+    man = write_manifest(tmp, ref, entry, s.url)
+    r, summary = fetch(man)
+    assert r.returncode == 0, r.stderr
+    assert summary["downloaded"] == 3 and summary["bytes_fetched"] == sum(f.size for f in entry.files)
+    assert_placed(ref, entry, files)
+    assert re.search(r"\[\d/3\] Q4/tiny-00001-of-00002.gguf 6.0 MB sha256 ok", r.stderr)
+    state = json.loads((Path(ref.dest) / ".rigkit-verified.json").read_text())
+    assert set(state["files"]) == {str(Path(ref.dest) / f.path) for f in entry.files}
+    # the placed directory is itself servable with the upstream sha (a LAN mirror)
+    assert json.loads((Path(ref.dest) / ".rigkit-repo.json").read_text())["sha"] == entry.sha
+    # re-run: skipped without hashing, nothing fetched
+    s.reset_stats()
+    r, summary = fetch(man)
+    assert r.returncode == 0 and summary["skipped"] == 3 and summary["bytes_fetched"] == 0
+    assert "skipped without hashing" in r.stderr and "verified (" not in r.stderr
+    assert s.total_sent() == 0
+
+
+def test_kill_mid_file_then_resume(env):
+    s, files, tmp = env
+    ref, entry = locked(s, include=(BIG,), tmp=tmp)
+    man = write_manifest(tmp, ref, entry, s.url)
+    size = len(files[BIG])
+    s.stall_after_bytes = 2_500_000
+    partial = Path(ref.dest) / (BIG + ".partial")
+    err = open(tmp / "stderr1", "w+")
+    p = subprocess.Popen([sys.executable, str(SCRIPT), str(man), "--progress-interval", "0.05"],
+                         stdout=subprocess.PIPE, stderr=err, text=True)
+    try:
+        deadline = time.time() + 20
+        while time.time() < deadline and not (partial.exists() and partial.stat().st_size >= 2_500_000):
+            time.sleep(0.02)
+        time.sleep(0.2)  # let a progress line out
+        assert partial.stat().st_size == 2_500_000
+    finally:
+        p.send_signal(signal.SIGKILL)
+        p.wait()
+    err.seek(0)
+    assert re.search(r"\[1/1\] Q4/tiny-00001-of-00002.gguf 2\.5/6\.0 MB \d+ MB/s", err.read())
+    assert not (Path(ref.dest) / BIG).exists()
+    s.stall_after_bytes = None
+    s.stall_release.set()
+    s.reset_stats()
+    r, summary = fetch(man)
+    assert r.returncode == 0, r.stderr
+    assert "resuming at 2.5 MB" in r.stderr
+    refetched = s.bytes_sent[BIG]
+    assert refetched == size - 2_500_000  # only the missing tail came again
+    assert_placed(ref, entry, files)
+
+
+def test_dropped_connection_resumes_in_run(env):
+    s, files, tmp = env
+    ref, entry = locked(s, include=(BIG,), tmp=tmp)
+    man = write_manifest(tmp, ref, entry, s.url)
+    s.drop_after_bytes = 1_000_000
+    r, summary = fetch(man)
+    assert r.returncode == 0, r.stderr
+    assert "retrying" in r.stderr
+    assert s.bytes_sent[BIG] == len(files[BIG])  # nothing fetched twice
+    assert_placed(ref, entry, files)
+
+
+def test_flipped_byte_detected_by_reverify(env):
+    s, files, tmp = env
+    ref, entry = locked(s, tmp=tmp)
+    man = write_manifest(tmp, ref, entry, s.url)
+    assert fetch(man)[0].returncode == 0
+    target = Path(ref.dest) / BIG
+    st = target.stat()
+    with open(target, "r+b") as f:
+        f.seek(1234)
+        b = f.read(1)
+        f.seek(1234)
+        f.write(bytes([b[0] ^ 0xFF]))
+    os.utime(target, ns=(st.st_atime_ns, st.st_mtime_ns))  # silent corruption: same size and mtime
+    s.reset_stats()
+    r, summary = fetch(man)
+    assert summary["skipped"] == 3 and s.total_sent() == 0  # the fast path trusts the record
+    r, summary = fetch(man, "--reverify")
+    assert r.returncode == 0, r.stderr
+    assert "does not match the lock" in r.stderr and BIG in r.stderr
+    assert s.bytes_sent == {BIG: len(files[BIG])}
+    assert_placed(ref, entry, files)
+    # a changed mtime alone (e.g. a touched file) means re-hash, not re-download
+    os.utime(target, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+    s.reset_stats()
+    r, summary = fetch(man)
+    assert r.returncode == 0 and "verified (6.0 MB)" in r.stderr and s.total_sent() == 0
+
+
+def test_full_disk_fails_before_download(env):
+    s, files, tmp = env
+    mnt = tmp / "small"
+    mnt.mkdir()
+    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mnt)]).returncode:
+        pytest.skip("needs root to mount a tmpfs")
+    try:
+        ref, entry = locked(s, dest=str(mnt / "models"), tmp=tmp)
+        man = write_manifest(tmp, ref, entry, s.url)
+        s.reset_stats()
+        r, summary = fetch(man)
+        assert r.returncode == 3 and summary["exit"] == 3
+        assert re.search(r"not enough disk space .* need \d+ bytes .* free \d+ bytes", r.stderr)
+        assert s.total_sent() == 0
+        assert list(mnt.iterdir()) == []  # nothing half-written
+    finally:
+        subprocess.run(["umount", str(mnt)])
+
+
+def test_bad_hash_fails_loudly_and_cleans_up(env):
+    s, files, tmp = env
+    ref, entry = locked(s, include=("README.md",), tmp=tmp)
+    bad = lockfile.LockEntry(entry.repo, entry.revision, entry.include, entry.sha,
+                             (lockfile.LockedFile("README.md", entry.files[0].size, "0" * 64),))
+    man = write_manifest(tmp, ref, bad, s.url, retries=1)
+    r, summary = fetch(man)
+    assert r.returncode == 1 and "sha256 mismatch" in r.stderr and "failed after 2 attempts" in r.stderr
+    assert not Path(ref.dest, "README.md").exists() and not Path(ref.dest, "README.md.partial").exists()
+    # 404
+    gone = lockfile.LockEntry(entry.repo, entry.revision, entry.include, entry.sha,
+                              (lockfile.LockedFile("nope.gguf", 10, "0" * 64),))
+    r, summary = fetch(write_manifest(tmp, ref, gone, s.url))
+    assert r.returncode == 5 and "HTTP 404" in r.stderr
+
+
+def test_token_sent_but_never_shown(tmp_path):
+    root = tmp_path / "mirror"
+    files = make_repo(root)
+    s = mirror.serve(str(root), token=TOKEN, lfs_redirect=True)
+    try:
+        ref = hub.ModelRef(REPO, "main", ("Q4/*.gguf",), str(tmp_path / "host" / "m"))
+        res = hub.HubClient(s.url, TOKEN).resolve(ref)
+        entry = lockfile.LockEntry(ref.repo, ref.revision, ref.include, res.sha,
+                                   tuple(lockfile.LockedFile(f.path, f.size, f.sha256) for f in res.files))
+        tf = tmp_path / "tok"
+        tf.write_text(TOKEN)
+        tf.chmod(0o600)
+        outputs = []
+        r, _ = fetch(write_manifest(tmp_path, ref, entry, s.url))  # no token -> 401
+        outputs.append(r.stdout + r.stderr)
+        assert r.returncode == 4 and "HTTP 401" in r.stderr and "no token" in r.stderr
+        wrong = tmp_path / "wrong"
+        wrong.write_text(TOKEN[::-1])
+        r, _ = fetch(write_manifest(tmp_path, ref, entry, s.url, token_file=str(wrong)))
+        outputs.append(r.stdout + r.stderr)
+        assert r.returncode == 4 and "rejected" in r.stderr
+        r, _ = fetch(write_manifest(tmp_path, ref, entry, s.url, token_file=str(tf)))
+        outputs.append(r.stdout + r.stderr)
+        assert r.returncode == 0, r.stderr
+        for f in entry.files:
+            assert Path(ref.dest, f.path).read_bytes() == files[f.path]
+        for o in outputs:
+            assert TOKEN not in o and TOKEN[::-1] not in o
+        for p in Path(ref.dest).rglob("*"):
+            if p.is_file() and ".rigkit" in p.name:
+                assert TOKEN not in p.read_text()
+        for p in tmp_path.glob("manifest-*.json"):
+            assert TOKEN not in p.read_text()
+    finally:
+        s.stop()
+
+
+def test_pyinfra_operation_local(env):
+    """models.shards through pyinfra's @local connector: download, then a no-op."""
+    s, files, tmp = env
+    pyinfra_bin = Path(sys.executable).with_name("pyinfra")
+    if not pyinfra_bin.exists():
+        pytest.skip("pyinfra CLI not installed")
+    ref, entry = locked(s, tmp=tmp)
+    lp = tmp / "lock.yaml"
+    lockfile.dump({ref.key: entry}, lp)
+    deploy = tmp / "deploy.py"
+    deploy.write_text(textwrap.dedent(f"""
+        from rigkit import lockfile
+        from rigkit.hub import ModelRef
+        from rigkit.operations import models
+        ref = ModelRef({ref.repo!r}, {ref.revision!r}, {ref.include!r}, {ref.dest!r})
+        entry = lockfile.check([ref], lockfile.load({str(lp)!r}))[ref.key]
+        models.shards(name="tiny shards", ref=ref, lock_entry=entry, endpoint={s.url!r}, use_token=False,
+                      remote_dir={str(tmp / "rigkit")!r}, margin_bytes=0)
+    """))
+    cmd = [str(pyinfra_bin), "-y", "@local", str(deploy)]
+    envv = dict(os.environ, PYTHONPATH=str(SCRIPT.parents[2]))
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=envv, cwd=tmp)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert_placed(ref, entry, files)
+    s.reset_stats()
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=envv, cwd=tmp)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert s.total_sent() == 0
+    assert "No changes" in r.stdout + r.stderr or "already verified" in r.stdout + r.stderr
