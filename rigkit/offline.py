@@ -208,6 +208,9 @@ def make_llama_mirror(dest: Path, versions: list[str], cache: Path) -> Path:
     if unknown:
         raise KeyError(f"no llama.cpp build number known for llama-cpp-python {unknown}")
     have = mirror_tags(dest)
+    if dest.exists() and not (dest / "HEAD").is_file() and any(dest.iterdir()):
+        # Never replace something that is not a git repository.
+        raise FileExistsError(f"{dest} exists and is not a git repository")
     if all(f"b{LLAMA_RELEASES[v][0]}" in have for v in versions):
         return dest
     keep = [v for v, (build, _) in LLAMA_RELEASES.items() if f"b{build}" in have]

@@ -151,6 +151,13 @@ def test_unknown_version_is_refused(tmp_path: Path, sdist_cache: Path) -> None:
     assert not (tmp_path / "m.git").exists()
 
 
+def test_mirror_never_replaces_other_data(tmp_path: Path, sdist_cache: Path) -> None:
+    (tmp_path / "keep.txt").write_text("mine\n")
+    with pytest.raises(FileExistsError):
+        make_llama_mirror(tmp_path, ["0.3.34"], sdist_cache)
+    assert (tmp_path / "keep.txt").read_text() == "mine\n"
+
+
 def test_add_llama_commit(mirror: Path) -> None:
     def break_build(tree: Path) -> None:
         server = tree / "tools" / "server" / "server.cpp"
