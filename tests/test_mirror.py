@@ -131,3 +131,30 @@ def test_repo_meta_pins_upstream_sha(repo_dir):
         assert not any(".rigkit" in e["path"] for e in listing)
     finally:
         s.stop()
+
+
+def test_mirror_main_cli(repo_dir, tmp_path):
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    assert mirror.mirror_main(["serve", str(tmp_path / "missing")]) == 2
+    with socket.socket() as sk:
+        sk.bind(("127.0.0.1", 0))
+        port = sk.getsockname()[1]
+    root = Path(__file__).resolve().parents[1]
+    p = subprocess.Popen([sys.executable, "-c", "import sys; from rigkit.mirror import mirror_main; "
+                          "sys.exit(mirror_main(sys.argv[1:]))", "serve", str(repo_dir[0]), "--host", "127.0.0.1",
+                          "--port", str(port)], cwd=root, stderr=subprocess.PIPE, text=True)
+    try:
+        for _ in range(100):
+            try:
+                r = requests.get(f"http://127.0.0.1:{port}/api/models/{REPO}/revision/main", timeout=1)
+                break
+            except requests.ConnectionError:
+                time.sleep(0.05)
+        assert r.status_code == 200 and len(r.json()["sha"]) == 40
+    finally:
+        p.terminate()
+        p.wait(timeout=5)
