@@ -14,7 +14,7 @@ def _sandbox(args: argparse.Namespace) -> int:
     try:
         if args.action == "up":
             started = time.monotonic()
-            sb = sandbox.up(hosts=args.hosts, boot_timeout=args.boot_timeout)
+            sb = sandbox.up(hosts=args.hosts, boot_timeout=args.boot_timeout, sources=args.sources)
             for host in sb.hosts:
                 print(f"{host.name}\t{host.address}")
             print(f"sandbox up: {len(sb.hosts)} host(s) in {time.monotonic() - started:.1f}s; "
@@ -50,6 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
     sb_up.add_argument("--hosts", type=int, default=2)
     sb_up.add_argument("--boot-timeout", type=float, default=60.0,
                        help="seconds a host may take to answer SSH")
+    sb_up.add_argument("--no-sources", dest="sources", action="store_false",
+                       help="skip the local llama.cpp mirror and tiny model (sample deploy only)")
     sb_st = sb_sub.add_parser("status", help="list hosts and services")
     sb_st.add_argument("--json", action="store_true")
     sb_sub.add_parser("down", help="stop and remove everything the sandbox created")

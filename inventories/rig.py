@@ -1,0 +1,64 @@
+"""
+The seeds' rig: 6x RTX 3090 (Threadripper), llama.cpp b8137 with CUDA and FA_ALL_QUANTS,
+Qwen3.5-122B-A10B UD-Q6_K_XL on port 8000 with seed 000's exact server settings, and the
+397B UD-TQ1_0 of seed 001 as a second service, installed but disabled (same port: one runs
+at a time).
+
+    pyinfra inventories/rig.py deploys/rig.py --dry     # the plan
+    pyinfra inventories/rig.py deploys/rig.py           # do it
+
+Set RIG_HOST to the box's address (ssh as root or a sudo user: add ssh_user / _sudo).
+"""
+
+import os
+
+MODELS = "/srv/models/qwen-3.5"
+
+rig = [
+    (os.environ.get("RIG_HOST", "rig.lan"), {
+        "ssh_user": os.environ.get("RIG_SSH_USER", "root"),
+        "gpus": {"count": 6, "cuda_arch": ["86"]},  # RTX 3090: sm_86
+        "llama_cpp": {
+            "ref": "b8137",  # b7991 crashed on Qwen3.5 tool calls (seed 001)
+            "cuda": True,
+            "fa_all_quants": True,
+        },
+        "services": [
+            {
+                "name": "qwen122b",
+                "model": f"{MODELS}/Qwen3.5-122B-A10B-UD-Q6_K_XL-00001-of-00004.gguf",
+                "alias": "Qwen3.5-122B-A10B-UD-Q6_K_XL",
+                "display_name": "Qwen3.5-122B",
+                "host": "0.0.0.0",
+                "port": 8000,
+                "n_gpu_layers": 999,
+                "ctx": 262144,
+                "cache_type_k": "q8_0",
+                "cache_type_v": "q8_0",
+                "parallel": 1,
+                "split_mode": "layer",
+                "tensor_split": [0.9, 1, 1, 1, 1, 1],
+                "sampling": "qwen3.5-thinking",  # --temp 0.6 --top-p 0.95 --top-k 20 --min-p 0.0
+                "jinja": True,
+                "extra_args": ["--no-warmup"],
+                "api_key_file": os.environ.get("RIG_API_KEY_FILE") or None,
+            },
+            {
+                "name": "qwen397b",
+                "model": f"{MODELS}/Qwen3.5-397B-A17B-UD-TQ1_0.gguf",
+                "alias": "Qwen3.5-397B-A17B-UD-TQ1_0",
+                "display_name": "Qwen3.5-397B",
+                "port": 8000,
+                "n_gpu_layers": 999,
+                "ctx": 262144,
+                "cache_type_k": "q8_0",
+                "cache_type_v": "q8_0",
+                "parallel": 1,
+                "split_mode": "layer",
+                "sampling": "qwen3.5-thinking",
+                "jinja": True,
+                "enabled": False,
+            },
+        ],
+    }),
+]

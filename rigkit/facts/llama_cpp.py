@@ -1,0 +1,71 @@
+"""
+Facts about llama.cpp on a host: the finished builds and the host's NVIDIA GPUs.
+"""
+
+from __future__ import annotations
+
+import json
+
+from pyinfra.api import FactBase
+
+
+class LlamaCppBuilds(FactBase):
+    """
+    Finished llama.cpp builds under ``root`` (each ``builds/*/build.json``) and the builds
+    that ``current`` and ``previous`` point at.
+
+    .. code:: python
+
+        {
+            "builds": {"b8137-a1b2c3d4e-5f6a7b8c": {"ref": "b8137", "commit": "...", ...}},
+            "current": "b8137-a1b2c3d4e-5f6a7b8c",
+            "previous": None,
+        }
+    """
+
+    def command(self, root: str) -> str:
+        # One JSON document per line; a missing root is simply "no builds".
+        return (
+            f"cd {root} 2>/dev/null || exit 0; "
+            "for f in builds/b*/build.json; do [ -f \"$f\" ] || continue; "
+            "printf 'B %s ' \"${f%/build.json}\"; tr -d '\\n' < \"$f\"; echo; done; "
+            "printf 'C %s\\n' \"$(readlink current)\"; printf 'P %s\\n' \"$(readlink previous)\""
+        )
+
+    def process(self, output: list[str]) -> dict:
+        facts: dict = {"builds": {}, "current": None, "previous": None}
+        for line in output:
+            kind, _, rest = line.partition(" ")
+            if kind == "B":
+                path, _, doc = rest.partition(" ")
+                facts["builds"][path.split("/", 1)[1]] = json.loads(doc)
+            elif kind in ("C", "P") and rest.strip():
+                facts["current" if kind == "C" else "previous"] = rest.strip().split("/")[-1]
+        return facts
+
+    def default(self) -> dict:
+        return {"builds": {}, "current": None, "previous": None}
+
+
+class NvidiaGpus(FactBase):
+    """
+    The host's NVIDIA GPUs as ``nvidia-smi`` reports them; ``None`` without nvidia-smi.
+
+    .. code:: python
+
+        [{"index": 0, "name": "NVIDIA GeForce RTX 3090", "cuda_arch": "86", "memory_mib": 24576}]
+    """
+
+    def requires_command(self) -> str:
+        return "nvidia-smi"
+
+    def command(self) -> str:
+        return "nvidia-smi --query-gpu=index,name,compute_cap,memory.total --format=csv,noheader,nounits"
+
+    def process(self, output: list[str]) -> list[dict]:
+        gpus = []
+        for line in output:
+            index, name, cap, memory = [part.strip() for part in line.split(",")]
+            gpus.append({"index": int(index), "name": name, "cuda_arch": cap.replace(".", ""),
+                         "memory_mib": int(float(memory))})
+        return gpus

@@ -1,0 +1,130 @@
+"""
+Build llama.cpp at a pinned ref beside the running build, then switch to it.
+
+Each build has its own directory keyed by build number, commit and flags; ``current``
+switches only after a build succeeded, and the same pin and flags never build twice.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from importlib.resources import files as package_files
+
+from pyinfra import host
+from pyinfra.api import QuoteString, StringCommand, operation
+from pyinfra.operations import files
+
+from rigkit.facts.llama_cpp import LlamaCppBuilds
+from rigkit.hostdata import LlamaCpp
+
+TOOL = "/opt/rigkit/bin/llama_host.py"
+
+
+def cmake_flags(pin: LlamaCpp, cuda_arch: tuple[str, ...]) -> list[str]:
+    """The cmake flags of a build: static, no build-time downloads, ccache, CUDA as pinned."""
+    flags = [
+        "-DBUILD_SHARED_LIBS=OFF",
+        "-DGGML_CCACHE=ON",
+        "-DLLAMA_CURL=OFF",
+        # The web UI would be downloaded (prebuilt) or built with npm at build time.
+        "-DLLAMA_USE_PREBUILT_UI=OFF",
+        "-DLLAMA_BUILD_UI=OFF",
+        "-DLLAMA_BUILD_TESTS=OFF",
+    ]
+    if pin.cuda:
+        flags += ["-DGGML_CUDA=ON", f"-DCMAKE_CUDA_ARCHITECTURES={';'.join(cuda_arch)}"]
+        if pin.fa_all_quants:
+            # Translated to GGML_CUDA_FA_QUANTS=all on the host where the source has it.
+            flags.append("-DGGML_CUDA_FA_ALL_QUANTS=ON")
+    else:
+        flags.append("-DGGML_CUDA=OFF")
+    return flags + list(pin.cmake_flags)
+
+
+def flags_hash(flags: list[str], targets: tuple[str, ...]) -> str:
+    return hashlib.sha256("\n".join(flags + ["targets=" + ",".join(targets)]).encode()).hexdigest()[:8]
+
+
+def matches(info: dict, ref: str, wanted_hash: str) -> bool:
+    return info["flags_hash"] == wanted_hash and (info["ref"] == ref or info["commit"].startswith(ref))
+
+
+@operation()
+def tool():
+    """
+    Upload rigkit's host-side llama.cpp tool (build, switch, verify) to ``/opt/rigkit/bin``.
+    """
+    source = package_files("rigkit") / "scripts" / "llama_host.py"
+    yield from files.put._inner(src=str(source), dest=TOOL, mode="755", create_remote_dir=True)
+
+
+@operation()
+def build(pin: LlamaCpp, cuda_arch: tuple[str, ...] = (), jobs: int = 0):
+    """
+    Build llama.cpp at ``pin.ref`` into its own directory under ``pin.root``.
+
+    + pin: the validated ``llama_cpp`` host data
+    + cuda_arch: CUDA architectures to compile for (when ``pin.cuda``)
+    + jobs: parallel compile jobs (0: all cores)
+
+    .. code:: python
+
+        llama_cpp.build(pin=rig.llama_cpp, cuda_arch=("86",))
+    """
+    flags = cmake_flags(pin, cuda_arch)
+    wanted = flags_hash(flags, pin.targets)
+    installed = host.get_fact(LlamaCppBuilds, root=pin.root)
+    for name, info in installed["builds"].items():
+        if matches(info, pin.ref, wanted):
+            host.noop(f"llama.cpp {pin.ref} is already built with these flags ({name})")
+            return
+    command = [
+        "python3", TOOL, "build", "--root", pin.root, "--url", pin.git_url, "--ref", pin.ref,
+        "--flags-hash", wanted, "--targets", ",".join(pin.targets), "--jobs", str(jobs), "--", *flags,
+    ]
+    yield StringCommand("PATH=/usr/local/cuda/bin:$PATH", *[_quote(c) for c in command])
+
+
+@operation()
+def activate(pin: LlamaCpp, cuda_arch: tuple[str, ...] = ()):
+    """
+    Point ``current`` at the build of ``pin`` (the old one becomes ``previous``).
+
+    .. code:: python
+
+        llama_cpp.activate(pin=rig.llama_cpp, cuda_arch=("86",))
+    """
+    wanted = flags_hash(cmake_flags(pin, cuda_arch), pin.targets)
+    installed = host.get_fact(LlamaCppBuilds, root=pin.root)
+    current = installed["builds"].get(installed["current"] or "")
+    if current and matches(current, pin.ref, wanted):
+        host.noop(f"llama.cpp current is already {installed['current']}")
+        return
+    yield StringCommand(*[_quote(c) for c in
+                          ["python3", TOOL, "activate", "--root", pin.root, "--ref", pin.ref,
+                           "--flags-hash", wanted]])
+
+
+@operation(is_idempotent=False)
+def rollback(pin: LlamaCpp):
+    """
+    Swap ``current`` and ``previous``: an explicit rollback to the build before.
+
+    .. code:: python
+
+        llama_cpp.rollback(pin=rig.llama_cpp)
+    """
+    yield StringCommand(*[_quote(c) for c in ["python3", TOOL, "rollback", "--root", pin.root]])
+
+
+@operation(is_idempotent=False)
+def prune(pin: LlamaCpp):
+    """
+    Remove old builds, keeping ``pin.keep_builds`` and never ``current`` or ``previous``.
+    """
+    yield StringCommand(*[_quote(c) for c in
+                          ["python3", TOOL, "prune", "--root", pin.root, "--keep", str(pin.keep_builds)]])
+
+
+def _quote(arg: str) -> QuoteString:
+    return QuoteString(arg)

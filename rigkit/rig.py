@@ -1,0 +1,114 @@
+"""
+The steps of a rig deploy, as pyinfra deploys over validated host data (rigkit.hostdata).
+``deploys/rig.py`` strings them together.
+"""
+
+from __future__ import annotations
+
+from io import StringIO
+from pathlib import Path
+
+from pyinfra import host
+from pyinfra.api import deploy
+from pyinfra.api.exceptions import PyinfraError
+from pyinfra.operations import apt, files, server, systemd
+from pyinfra.operations.util import any_changed
+
+from rigkit import llama_server as render
+from rigkit.facts.llama_cpp import NvidiaGpus
+from rigkit.hostdata import Rig
+from rigkit.operations import llama_cpp, llama_server
+
+BUILD_PACKAGES = ["build-essential", "cmake", "git", "ccache", "python3", "ca-certificates"]
+
+
+def cuda_arch(rig: Rig) -> tuple[str, ...]:
+    """Architectures to build for: declared, else read off the host's GPUs."""
+    if not rig.llama_cpp.cuda:
+        return ()
+    declared = rig.llama_cpp.cuda_arch or rig.gpus.cuda_arch
+    if declared:
+        return declared
+    gpus = host.get_fact(NvidiaGpus)
+    if not gpus:
+        raise PyinfraError(f"host {rig.host}: gpus.cuda_arch: expected a CUDA architecture list "
+                           "(nvidia-smi is not there to read it from)")
+    return tuple(sorted({g["cuda_arch"] for g in gpus}))
+
+
+@deploy("Models")
+def models(rig: Rig):
+    """Model files: uploaded from this machine (``upload``) for small or air-gapped models."""
+    for entry in rig.models:
+        if "upload" in entry:
+            src = Path(entry["upload"]).expanduser()
+            if not src.is_dir():
+                raise PyinfraError(f"host {rig.host}: models[].upload: expected a directory on this "
+                                   f"machine, {src} is not one")
+            for path in sorted(p for p in src.iterdir() if p.is_file()):
+                files.put(name=f"Model file {path.name}", src=str(path),
+                          dest=f"{entry['dest']}/{path.name}", mode="644", create_remote_dir=True)
+
+
+@deploy("Build llama.cpp")
+def llama_cpp_build(rig: Rig):
+    """Packages, the host tool, then the pinned build; returns (build, activate) ops."""
+    apt.packages(name="Install build dependencies", packages=BUILD_PACKAGES,
+                 update=True, cache_time=86400, no_recommends=True)
+    llama_cpp.tool(name="Install rigkit's llama.cpp host tool")
+    archs = cuda_arch(rig)
+    built = llama_cpp.build(name=f"Build llama.cpp {rig.llama_cpp.ref}", pin=rig.llama_cpp,
+                            cuda_arch=archs)
+    return built, archs
+
+
+@deploy("Serve llama.cpp")
+def llama_services(rig: Rig, archs: tuple[str, ...], address: str):
+    """Users, keys and units per service, the switch to the new build, restarts, verification."""
+    changes = []
+    units = []
+    for svc in rig.services:
+        server.user(name=f"System user {svc.user}", user=svc.user, system=True,
+                    home=f"/var/lib/rigkit-llama-{svc.name}", create_home=False,
+                    shell="/usr/sbin/nologin")
+        if svc.api_key_file:
+            local = Path(svc.api_key_file).expanduser()
+            if not local.is_file():
+                raise PyinfraError(f"host {rig.host}: services[{svc.name}].api_key_file: expected a "
+                                   f"readable file on this machine, {local} is not one")
+            changes.append(files.put(
+                name=f"API key of {svc.name} (0400, {svc.user} only)",
+                src=str(local), dest=render.key_path(svc), user=svc.user, group=svc.user,
+                mode="400", create_remote_dir=True,
+            ))
+        unit = files.put(
+            name=f"Unit {svc.unit}", src=StringIO(render.render_unit(svc, rig.llama_cpp.root)),
+            dest=f"/etc/systemd/system/{svc.unit}", mode="644",
+        )
+        units.append(unit)
+        changes.append(unit)
+    files.put(name="Services manifest for verification", src=StringIO(render.services_manifest(rig)),
+              dest=llama_server.MANIFEST, mode="600", create_remote_dir=True)
+    files.put(name="opencode.json provider entries", src=StringIO(render.opencode_config(rig, address)),
+              dest="/etc/rigkit/opencode.json", mode="644", create_remote_dir=True)
+
+    switch = llama_cpp.activate(name=f"Switch llama.cpp to {rig.llama_cpp.ref}", pin=rig.llama_cpp,
+                                cuda_arch=archs)
+    restart_needed = any_changed(switch, *changes) if changes else switch.did_change
+    if units:
+        systemd.daemon_reload(name="Reload systemd units", _if=any_changed(*units))
+    started = []
+    for svc in rig.services:
+        state = systemd.service(name=f"{'Enable' if svc.enabled else 'Disable'} {svc.unit}",
+                                service=svc.unit, running=svc.enabled, enabled=svc.enabled)
+        if svc.enabled:
+            started.append((svc, state))
+    for svc, state in started:
+        # A unit that was just started already runs the new build and flags.
+        systemd.service(name=f"Restart {svc.unit}", service=svc.unit, restarted=True,
+                        _if=[restart_needed, lambda state=state: not state.did_change()])
+    if rig.enabled_services:
+        llama_server.verify(name="Verify services (health, chat, tool-call replay)",
+                            _if=restart_needed)
+    llama_cpp.prune(name=f"Keep the last {rig.llama_cpp.keep_builds} llama.cpp builds",
+                    pin=rig.llama_cpp, _if=switch.did_change)
