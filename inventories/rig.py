@@ -17,6 +17,7 @@ MODELS = "/srv/models/qwen-3.5"
 rig = [
     (os.environ.get("RIG_HOST", "rig.lan"), {
         "ssh_user": os.environ.get("RIG_SSH_USER", "root"),
+        **({"ssh_key": os.environ["RIG_SSH_KEY"]} if os.environ.get("RIG_SSH_KEY") else {}),
         "gpus": {"count": 6, "cuda_arch": ["86"]},  # RTX 3090: sm_86
         "llama_cpp": {
             "ref": "b8137",  # b7991 crashed on Qwen3.5 tool calls (seed 001)

@@ -1,0 +1,128 @@
+"""Host data: the seeds' inventory renders their exact server command; bad input is named."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+from rigkit import llama_server
+from rigkit.hostdata import HostDataError, parse_rig
+from rigkit.operations.llama_cpp import cmake_flags, flags_hash
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def load_inventory(path: Path):
+    spec = importlib.util.spec_from_file_location("inv", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def seed_rig():
+    (name, data), = load_inventory(REPO / "inventories/rig.py").rig
+    return parse_rig(name, data)
+
+
+def base(**services_kw):
+    service = {"name": "svc", "model": "/srv/models/m-00001-of-00002.gguf", **services_kw}
+    return {"gpus": {"count": 2, "cuda_arch": ["86"]}, "llama_cpp": {"ref": "b8137"},
+            "services": [service]}
+
+
+def test_seed_inventory_renders_seed_000_command_line():
+    rig = seed_rig()
+    qwen122, qwen397 = rig.services
+    argv = llama_server.command_line(qwen122, "/opt/rigkit/llama.cpp/current/bin/llama-server")
+    line = " ".join(argv)
+    for fragment in [
+        "-m /srv/models/qwen-3.5/Qwen3.5-122B-A10B-UD-Q6_K_XL-00001-of-00004.gguf",
+        "--host 0.0.0.0", "--port 8000", "-ngl 999", "-c 262144", "-ctk q8_0", "-ctv q8_0",
+        "--parallel 1", "--split-mode layer", "-ts 0.9,1,1,1,1,1", "--no-warmup",
+        "--temp 0.6", "--top-p 0.95", "--top-k 20", "--min-p 0.0", "--jinja", "--metrics",
+    ]:
+        assert fragment in line, fragment
+    assert qwen397.enabled is False
+    assert rig.enabled_services == (qwen122,)
+
+
+def test_seed_build_flags():
+    rig = seed_rig()
+    flags = cmake_flags(rig.llama_cpp, rig.gpus.cuda_arch)
+    assert "-DGGML_CUDA=ON" in flags and "-DGGML_CUDA_FA_ALL_QUANTS=ON" in flags
+    assert "-DBUILD_SHARED_LIBS=OFF" in flags and "-DCMAKE_CUDA_ARCHITECTURES=86" in flags
+    assert "-DLLAMA_USE_PREBUILT_UI=OFF" in flags  # no build-time download
+    assert flags_hash(flags, ("llama-server",)) != flags_hash(flags[:-1], ("llama-server",))
+
+
+def test_unit_runs_as_own_user_with_sandboxing_and_no_secret(tmp_path):
+    rig = parse_rig("h", base(api_key_file=str(tmp_path / "key")))
+    unit = llama_server.render_unit(rig.services[0], "/opt/rigkit/llama.cpp")
+    assert "User=llama-svc" in unit and "Restart=on-failure" in unit
+    for option in ("NoNewPrivileges=yes", "ProtectSystem=strict", "ProtectHome=yes", "PrivateTmp=yes"):
+        assert option in unit
+    assert "ReadOnlyPaths=/srv/models" in unit
+    assert "--api-key-file /etc/rigkit/llama/svc.key" in unit
+    assert "--api-key " not in unit
+
+
+def test_model_under_home_is_bound_read_only():
+    rig = parse_rig("h", base(model="/home/tom/models/q-00001-of-00004.gguf"))
+    unit = llama_server.render_unit(rig.services[0], "/opt/rigkit/llama.cpp")
+    assert "ProtectHome=tmpfs" in unit and "BindReadOnlyPaths=/home/tom/models" in unit
+
+
+def test_opencode_entries_have_context_length():
+    config = json.loads(llama_server.opencode_config(seed_rig(), "rig.lan"))
+    provider = config["provider"]["llama-cpp-qwen122b"]
+    assert provider["options"]["baseURL"] == "http://rig.lan:8000/v1"
+    assert provider["models"]["Qwen3.5-122B-A10B-UD-Q6_K_XL"] == {
+        "name": "Qwen3.5-122B", "contextLength": 262144, "supportsStructuredOutputs": False}
+    assert "llama-cpp-qwen397b" not in config["provider"]  # disabled
+
+
+@pytest.mark.parametrize("mutate, key, expected", [
+    (lambda d: d["services"][0].update(tensorsplit=[1, 1]), "services[0].tensorsplit", "known keys"),
+    (lambda d: d["services"][0].update(tensor_split=[1, 1, 1]), "services[0].tensor_split", "2 values"),
+    (lambda d: d["services"].append({**d["services"][0], "name": "other"}), "services[1].port",
+     "no other enabled service"),
+    (lambda d: d["services"][0].update(model="/srv/models/m-00002-of-00002.gguf"), "services[0].model",
+     "m-00001-of-00002.gguf"),
+    (lambda d: d["services"][0].update(model="models/m.gguf"), "services[0].model", "absolute path"),
+    (lambda d: d["llama_cpp"].update(ref="master"), "llama_cpp.ref", "not a moving ref"),
+    (lambda d: d["llama_cpp"].update(ref="v1.0"), "llama_cpp.ref", "build tag"),
+    (lambda d: d["services"][0].update(port="8000"), "services[0].port", "an integer"),
+    (lambda d: d["services"][0].update(cache_type_k="q9"), "services[0].cache_type_k", "q8_0"),
+    (lambda d: d["services"][0].update(sampling="hot"), "services[0].sampling", "qwen3.5-thinking"),
+    (lambda d: d["services"][0].update(extra_args=["--api-key", "x"]), "services[0].extra_args[0]",
+     "api_key_file"),
+    (lambda d: d["services"][0].update(gpus=[5]), "services[0].gpus", "between 0 and 1"),
+    (lambda d: d["services"][0].update(name="Big Model"), "services[0].name", "lowercase"),
+    (lambda d: d.pop("llama_cpp"), "llama_cpp", "ref"),
+    (lambda d: d["llama_cpp"].update(cmake_flags=["GGML_CUDA=ON"]), "llama_cpp.cmake_flags[0]", "-DNAME"),
+    (lambda d: d.update(gpus={"count": 0}), "gpus", "cuda"),
+])
+def test_bad_input_names_host_key_and_expectation(mutate, key, expected):
+    data = base()
+    mutate(data)
+    with pytest.raises(HostDataError) as err:
+        parse_rig("rig-7", data)
+    assert err.value.host == "rig-7"
+    assert err.value.key == key
+    assert expected in str(err.value)
+    assert str(err.value).startswith(f"host rig-7: {key}: expected")
+
+
+def test_disabled_service_may_share_a_port():
+    data = base()
+    data["services"].append({**data["services"][0], "name": "alt", "enabled": False})
+    assert [s.name for s in parse_rig("h", data).enabled_services] == ["svc"]
+
+
+def test_commit_sha_is_a_valid_pin():
+    data = base()
+    data["llama_cpp"]["ref"] = "e3546c794"
+    assert parse_rig("h", data).llama_cpp.ref == "e3546c794"
