@@ -40,6 +40,22 @@ def _sandbox(args: argparse.Namespace) -> int:
     return 0
 
 
+def _lock(argv: list[str]) -> int:
+    from rigkit import lockfile
+
+    return lockfile.lock_main(argv)
+
+
+def _mirror(argv: list[str]) -> int:
+    from rigkit import mirror
+
+    return mirror.mirror_main(argv)
+
+
+# Commands with their own argument parsers: everything after the command name goes to them.
+PASS_THROUGH = {"lock": _lock, "mirror": _mirror}
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rigkit", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -56,10 +72,21 @@ def build_parser() -> argparse.ArgumentParser:
     sb_st.add_argument("--json", action="store_true")
     sb_sub.add_parser("down", help="stop and remove everything the sandbox created")
     sb.set_defaults(func=_sandbox)
+
+    for name, help_text in (
+        ("lock", "pin an inventory's Hub models to commits and sha256s (rigkit lock INVENTORY [-h])"),
+        ("mirror", "serve downloaded models over the Hub's download API (rigkit mirror serve DIR [-h])"),
+    ):
+        p = sub.add_parser(name, help=help_text, add_help=False)
+        p.add_argument("args", nargs=argparse.REMAINDER)
+        p.set_defaults(func=lambda a, name=name: PASS_THROUGH[name](a.args))
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in PASS_THROUGH:  # options too (argparse would claim --help, --check)
+        return PASS_THROUGH[argv[0]](argv[1:])
     args = build_parser().parse_args(argv)
     return args.func(args)
 

@@ -10,22 +10,39 @@ An inventory gives each host plain dicts under ``gpus``, ``llama_cpp``, ``servic
         "llama_cpp": {"ref": "b8137"},
         "services": [{"name": "qwen122b", "model": "/srv/models/...-00001-of-00004.gguf"}],
     })]
+
+``models`` entries are either uploads from the deploying machine, ``{"upload": LOCAL_DIR,
+"dest": HOST_DIR}``, or Hub references with a name, ``{"name": "qwen122b-q6", "repo":
+"unsloth/Qwen3.5-122B-A10B-GGUF", "revision": "main", "include": ["UD-Q6_K_XL/*.gguf"],
+"dest": "/srv/models/qwen122b"}`` (optional ``endpoint``; else host data ``hf_endpoint``,
+``$HF_ENDPOINT``, the Hub). A service names a Hub model with ``"model": "ref:qwen122b-q6"``;
+:func:`rig_for` resolves it through the model lock (``rigkit lock INVENTORY``) to
+``<dest>/<first shard>``, so llama-server's ``-m`` gets the first shard. The lock is
+found, in order, at host data ``model_lock``, ``$RIGKIT_MODEL_LOCK``, or next to the
+inventory pyinfra was given (``<inventory stem>.lock.yaml``).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import os
 import re
 import typing
 from dataclasses import dataclass, field
-from pathlib import PurePosixPath
-from typing import Any
+from pathlib import Path, PurePosixPath
+from typing import Any, Mapping
+
+from rigkit.hub import ModelRef
 
 UPSTREAM_LLAMA_CPP = "https://github.com/ggml-org/llama.cpp"
 BUILD_TAG = re.compile(r"^b\d+$")
 COMMIT_SHA = re.compile(r"^[0-9a-f]{7,40}$")
 SHARD = re.compile(r"-(\d{5})-of-(\d{5})\.gguf$")
 SERVICE_NAME = re.compile(r"^[a-z][a-z0-9-]{0,23}$")
+MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+HUB_REPO = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
+MODEL_REF_PREFIX = "ref:"  # services[].model: "ref:<models[].name>"
+LOCK_ENV = "RIGKIT_MODEL_LOCK"
 KV_TYPES = ("f32", "f16", "bf16", "q8_0", "q4_0", "q4_1", "iq4_nl", "q5_0", "q5_1")
 SPLIT_MODES = ("none", "layer", "row")
 
@@ -112,16 +129,61 @@ class Service:
 
 
 @dataclass(frozen=True)
+class UploadModel:
+    """Files of a directory on the deploying machine, copied into ``dest`` on the host."""
+
+    upload: str
+    dest: str
+
+
+@dataclass(frozen=True)
+class HubModel:
+    """A Hub repository's files (``include`` patterns) at ``revision``, placed under ``dest``
+    keeping their repository paths; pinned by the model lock."""
+
+    repo: str
+    dest: str
+    name: str | None = None  # what services call it: "model": "ref:<name>"
+    revision: str = "main"
+    include: tuple[str, ...] = ("*",)
+    endpoint: str | None = None
+
+    @property
+    def ref(self) -> ModelRef:
+        return ModelRef(repo=self.repo, revision=self.revision, include=self.include,
+                        dest=self.dest, endpoint=self.endpoint)
+
+
+@dataclass(frozen=True)
 class Rig:
     host: str
     gpus: Gpus
     llama_cpp: LlamaCpp
     services: tuple[Service, ...]
-    models: tuple[dict, ...] = ()
+    models: tuple[UploadModel | HubModel, ...] = ()
+    # ModelRef.key -> rigkit.lockfile.LockEntry, filled by resolve_model_refs()
+    locks: Mapping[str, Any] = field(default_factory=dict, compare=False)
 
     @property
     def enabled_services(self) -> tuple[Service, ...]:
         return tuple(s for s in self.services if s.enabled)
+
+    @property
+    def hub_models(self) -> tuple[HubModel, ...]:
+        return tuple(m for m in self.models if isinstance(m, HubModel))
+
+    @property
+    def unresolved(self) -> tuple[Service, ...]:
+        """Services whose model is still a ``ref:`` (no lock applied yet)."""
+        return tuple(s for s in self.services if s.model.startswith(MODEL_REF_PREFIX))
+
+    def lock_for(self, model: HubModel) -> Any:
+        """The lock entry (commit sha, files with sha256) of a Hub model of this rig."""
+        try:
+            return self.locks[model.ref.key]
+        except KeyError:
+            raise HostDataError(self.host, "models", f"{model.repo} resolved through the model lock "
+                                "(rig_for() does that; parse_rig() alone does not)") from None
 
 
 # --- parsing -----------------------------------------------------------------------------
@@ -227,24 +289,84 @@ def parse_rig(host: str, data: dict[str, Any]) -> Rig:
                                     f"a port no other enabled service uses ({ports[svc.port]} has it)",
                                     svc.port)
             ports[svc.port] = svc.name
-    models = data.get("models", ())
-    if not isinstance(models, (list, tuple)):
-        raise HostDataError(host, "models", "a list of model mappings", models)
-    return Rig(host=host, gpus=gpus, llama_cpp=llama, services=services, models=tuple(models))
+    models = parse_models(host, data.get("models", ()))
+    hub_names = [m.name for m in models if isinstance(m, HubModel) and m.name]
+    for i, svc in enumerate(services):
+        if svc.model.startswith(MODEL_REF_PREFIX) and svc.model[len(MODEL_REF_PREFIX):] not in hub_names:
+            raise HostDataError(host, f"services[{i}].model",
+                                f"{MODEL_REF_PREFIX}<name> naming a Hub model of this host's models "
+                                f"({', '.join(hub_names) or 'none declared'})", svc.model)
+    return Rig(host=host, gpus=gpus, llama_cpp=llama, services=services, models=models)
+
+
+def parse_models(host: str, raw: Any) -> tuple[UploadModel | HubModel, ...]:
+    """Validate host data ``models``: upload entries and named Hub references."""
+    if raw is None:
+        return ()
+    if not isinstance(raw, (list, tuple)):
+        raise HostDataError(host, "models", "a list of model mappings", raw)
+    out: list[UploadModel | HubModel] = []
+    names: set[str] = set()
+    for i, entry in enumerate(raw):
+        key = f"models[{i}]"
+        if isinstance(entry, dict) and "upload" in entry:
+            model = _build(UploadModel, entry, host, key)
+        elif isinstance(entry, (dict, HubModel, ModelRef)):
+            if isinstance(entry, ModelRef):
+                entry = {"repo": entry.repo, "revision": entry.revision, "include": list(entry.include),
+                         "dest": entry.dest, **({"endpoint": entry.endpoint} if entry.endpoint else {})}
+            model = _build(HubModel, entry, host, key)
+            _check_hub_model(host, key, model)
+            if model.name is not None:
+                if model.name in names:
+                    raise HostDataError(host, f"{key}.name", "a name no other model on this host uses",
+                                        model.name)
+                names.add(model.name)
+        else:
+            raise HostDataError(host, key, "a mapping with upload and dest, or name, repo and dest "
+                                "(a Hub reference)", entry)
+        if not PurePosixPath(model.dest).is_absolute():
+            raise HostDataError(host, f"{key}.dest", "an absolute directory path on the host", model.dest)
+        out.append(model)
+    return tuple(out)
+
+
+def _check_hub_model(host: str, key: str, m: HubModel) -> None:
+    if m.name is not None and not MODEL_NAME.match(m.name):
+        raise HostDataError(host, f"{key}.name", "letters, digits, '.', '_' and '-' (what services "
+                            f"name with {MODEL_REF_PREFIX}<name>)", m.name)
+    if not HUB_REPO.match(m.repo):
+        raise HostDataError(host, f"{key}.repo", "a Hub repository '<org>/<name>'", m.repo)
+    if any(c.isspace() for c in m.revision):
+        raise HostDataError(host, f"{key}.revision", "a branch, tag or commit sha", m.revision)
+    if not m.include:
+        raise HostDataError(host, f"{key}.include", "a non-empty list of glob patterns", [])
+    if m.endpoint is not None and not m.endpoint.startswith(("http://", "https://")):
+        raise HostDataError(host, f"{key}.endpoint", "an http(s) URL", m.endpoint)
 
 
 def _check_service(host: str, key: str, svc: Service, gpus: Gpus) -> None:
     if not SERVICE_NAME.match(svc.name):
         raise HostDataError(host, f"{key}.name", "lowercase letters, digits and '-', "
                             "starting with a letter, at most 24 characters", svc.name)
+    if svc.model.startswith(MODEL_REF_PREFIX):
+        if not MODEL_NAME.match(svc.model[len(MODEL_REF_PREFIX):]):
+            raise HostDataError(host, f"{key}.model", f"{MODEL_REF_PREFIX}<name of a Hub model in models>",
+                                svc.model)
+        return _check_service_rest(host, key, svc, gpus)
     model = PurePosixPath(svc.model)
     if not model.is_absolute() or model.suffix != ".gguf":
-        raise HostDataError(host, f"{key}.model", "an absolute path to a .gguf file on the host", svc.model)
+        raise HostDataError(host, f"{key}.model", "an absolute path to a .gguf file on the host "
+                            f"(or {MODEL_REF_PREFIX}<name> of a Hub model)", svc.model)
     shard = SHARD.search(svc.model)
     if shard and shard.group(1) != "00001":
         first = SHARD.sub(f"-00001-of-{shard.group(2)}.gguf", model.name)
         raise HostDataError(host, f"{key}.model",
                             f"the first shard (llama-server loads the rest), i.e. {first}", model.name)
+    _check_service_rest(host, key, svc, gpus)
+
+
+def _check_service_rest(host: str, key: str, svc: Service, gpus: Gpus) -> None:
     if not 1 <= svc.port <= 65535:
         raise HostDataError(host, f"{key}.port", "a TCP port (1-65535)", svc.port)
     for name, value in (("ctx", svc.ctx), ("parallel", svc.parallel)):
@@ -274,11 +396,93 @@ def _check_service(host: str, key: str, svc: Service, gpus: Gpus) -> None:
                                 "no API key flag (use api_key_file; keys never go on a command line)", arg)
 
 
+def resolve_model_refs(rig: Rig, lock: Mapping[str, Any], inventory: str = "INVENTORY") -> Rig:
+    """The rig with its Hub models' lock entries and each ``ref:`` service model replaced by
+    ``<dest>/<first shard>``; raises rigkit.lockfile.LockError naming ``rigkit lock`` when
+    an entry is missing or stale."""
+    from rigkit import lockfile
+
+    hub = rig.hub_models
+    if not hub:
+        return rig
+    entries = lockfile.check([m.ref for m in hub], lock, inventory=inventory)
+    locks = {m.ref.key: entries[m.ref.key] for m in hub}
+    by_name = {m.name: m for m in hub if m.name}
+    services = []
+    for svc in rig.services:
+        if svc.model.startswith(MODEL_REF_PREFIX):
+            m = by_name[svc.model[len(MODEL_REF_PREFIX):]]
+            try:
+                path = locks[m.ref.key].model_path(m.dest)
+            except ValueError as exc:
+                raise HostDataError(rig.host, f"services[{svc.name}].model",
+                                    f"a Hub model with one first shard ({exc})") from None
+            svc = dataclasses.replace(svc, model=path)
+        services.append(svc)
+    return dataclasses.replace(rig, services=tuple(services), locks=locks)
+
+
+def pyinfra_inventory_path() -> str | None:
+    """The inventory file the running ``pyinfra`` command was given, if it is a file."""
+    try:
+        import click
+        from pyinfra import context
+
+        ctx = click.get_current_context(silent=True)
+        inventory = ctx.find_root().params.get("inventory") if ctx else None
+        if not inventory:
+            return None
+        cwd = context.state.cwd if context.ctx_state.isset() and context.state.cwd else os.getcwd()
+        path = Path(cwd, inventory)
+        return str(inventory) if path.is_file() else None
+    except Exception:  # not under the pyinfra CLI
+        return None
+
+
+def find_model_lock(data: Mapping[str, Any]) -> tuple[Path | None, str]:
+    """Where the model lock is, and the inventory to name in ``rigkit lock ...`` hints:
+    host data ``model_lock``, else ``$RIGKIT_MODEL_LOCK``, else next to pyinfra's inventory."""
+    from rigkit import lockfile
+
+    inventory = pyinfra_inventory_path()
+    explicit = data.get("model_lock") or os.environ.get(LOCK_ENV)
+    if explicit:
+        return Path(str(explicit)).expanduser(), inventory or "INVENTORY"
+    if inventory:
+        try:
+            from pyinfra import context
+            cwd = context.state.cwd if context.ctx_state.isset() and context.state.cwd else os.getcwd()
+        except Exception:
+            cwd = os.getcwd()
+        return lockfile.lock_path_for(Path(cwd, inventory)), inventory
+    return None, "INVENTORY"
+
+
 def rig_for(host: Any) -> Rig:
-    """The validated rig data of a pyinfra host (``from pyinfra import host``)."""
+    """The validated rig data of a pyinfra host (``from pyinfra import host``), Hub model
+    references resolved through the model lock; raises before any host changes when the
+    data is bad or the lock is missing or stale."""
     data = {k: host.data.get(k) for k in ("gpus", "llama_cpp", "services", "models")
             if host.data.get(k) is not None}
-    return parse_rig(host.name, data)
+    rig = parse_rig(host.name, data)
+    if not rig.hub_models:
+        return rig
+    from rigkit import lockfile
+
+    path, inventory = find_model_lock({"model_lock": host.data.get("model_lock")})
+    if path is None:
+        raise lockfile.LockError(
+            f"host {host.name}: models: Hub models need the model lock, and it was not found: run "
+            f"pyinfra with an inventory file (the lock is <inventory stem>.lock.yaml next to it), or "
+            f"set host data model_lock or ${LOCK_ENV}; write it with: rigkit lock INVENTORY")
+    try:
+        lock = lockfile.load(path)
+    except lockfile.LockError as exc:
+        raise lockfile.LockError(f"host {host.name}: {exc}\nrun: rigkit lock {inventory}") from None
+    try:
+        return resolve_model_refs(rig, lock, inventory)
+    except lockfile.LockError as exc:
+        raise lockfile.LockError(f"host {host.name}: {exc}") from None
 
 
 def validate_inventory(hosts: list[tuple[str, dict[str, Any]]]) -> list[Rig]:

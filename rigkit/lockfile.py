@@ -150,16 +150,20 @@ def entries_for_inventory(inventory_path: str) -> tuple[list[ModelRef], dict[str
 
 
 # --------------------------------------------------------------------------- #
-# Inventory hook (the typed host-data layer will replace this)
+# Model references of an inventory
 # --------------------------------------------------------------------------- #
 
 
 def collect_model_refs(inventory_path: str | os.PathLike) -> list[ModelRef]:
-    """ModelRefs from host data key ``models`` of every host in a pyinfra Python inventory.
+    """ModelRefs of the Hub models (host data ``models``, see rigkit.hostdata) of every host
+    in a pyinfra Python inventory.
 
     Hosts are module-level lists/tuples of ``"name"`` or ``("name", {data})``;
     ``hf_endpoint`` in host data is the default endpoint for that host's models.
+    Upload entries (``{"upload": ..., "dest": ...}``) need no lock and are skipped.
     """
+    from rigkit.hostdata import HubModel, parse_models
+
     path = Path(inventory_path)
     spec = importlib.util.spec_from_file_location(f"_rigkit_inventory_{abs(hash(str(path.resolve())))}", path)
     if spec is None or spec.loader is None:
@@ -174,14 +178,12 @@ def collect_model_refs(inventory_path: str | os.PathLike) -> list[ModelRef]:
             if not (isinstance(item, tuple) and len(item) == 2 and isinstance(item[1], Mapping)):
                 continue
             host, data = item
-            models = data.get("models") or []
-            if not isinstance(models, (list, tuple)):
-                raise ValueError(f"host {host} 'models': expected a list of model references")
-            for m in models:
-                try:
-                    refs.setdefault(ModelRef.from_data(m, endpoint=data.get("hf_endpoint")), None)
-                except ValueError as e:
-                    raise ValueError(f"host {host}: {e}") from None
+            for m in parse_models(str(host), data.get("models")):
+                if isinstance(m, HubModel):
+                    ref = m.ref
+                    if ref.endpoint is None and data.get("hf_endpoint"):
+                        ref = ModelRef(ref.repo, ref.revision, ref.include, ref.dest, data["hf_endpoint"])
+                    refs.setdefault(ref, None)
     return list(refs)
 
 

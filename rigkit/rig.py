@@ -16,8 +16,9 @@ from pyinfra.operations.util import any_changed
 
 from rigkit import llama_server as render
 from rigkit.facts.llama_cpp import NvidiaGpus
-from rigkit.hostdata import Rig
+from rigkit.hostdata import Rig, UploadModel
 from rigkit.operations import llama_cpp, llama_server
+from rigkit.operations import models as model_ops
 
 BUILD_PACKAGES = ["build-essential", "cmake", "git", "ccache", "python3", "ca-certificates"]
 
@@ -38,16 +39,25 @@ def cuda_arch(rig: Rig) -> tuple[str, ...]:
 
 @deploy("Models")
 def models(rig: Rig):
-    """Model files: uploaded from this machine (``upload``) for small or air-gapped models."""
+    """Model files: uploaded from this machine (``upload``) for small or air-gapped models,
+    or fetched on the host from the Hub (or ``hf_endpoint``, a mirror) as the lock pins them."""
     for entry in rig.models:
-        if "upload" in entry:
-            src = Path(entry["upload"]).expanduser()
+        if isinstance(entry, UploadModel):
+            src = Path(entry.upload).expanduser()
             if not src.is_dir():
                 raise PyinfraError(f"host {rig.host}: models[].upload: expected a directory on this "
                                    f"machine, {src} is not one")
             for path in sorted(p for p in src.iterdir() if p.is_file()):
                 files.put(name=f"Model file {path.name}", src=str(path),
-                          dest=f"{entry['dest']}/{path.name}", mode="644", create_remote_dir=True)
+                          dest=f"{entry.dest}/{path.name}", mode="644", create_remote_dir=True)
+        else:
+            locked = rig.lock_for(entry)
+            model_ops.shards(
+                name=f"Model {entry.name or entry.repo} ({entry.repo}@{locked.sha[:12]}, "
+                     f"{len(locked.files)} file(s)) in {entry.dest}",
+                ref=entry.ref, lock_entry=locked,
+                token_file=host.data.get("hf_token_file"),
+            )
 
 
 @deploy("Build llama.cpp")
