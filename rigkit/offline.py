@@ -97,15 +97,25 @@ def fetch_llama_sdist(version: str, cache: Path) -> Path:
 # --------------------------------------------------------------------------- git mirror
 
 
+class GitError(subprocess.CalledProcessError):
+    """A failed git command; unlike its base class, the message carries git's stderr."""
+
+    def __str__(self) -> str:
+        stderr = self.stderr.decode(errors="replace") if isinstance(self.stderr, bytes) else ""
+        return f"{super().__str__()}\n{stderr.strip()}"
+
+
 def _git(*args: str, cwd: Path | None = None, git_dir: Path | None = None,
-         input: bytes | None = None) -> str:
+         extra_env: dict[str, str] | None = None) -> str:
     """Run git with the fixed identity; return stdout stripped."""
     cmd = ["git"]
     if git_dir is not None:
         cmd += ["--git-dir", str(git_dir)]
-    env = {**os.environ, **_GIT_ENV}
-    out = subprocess.run(cmd + list(args), cwd=cwd, env=env, input=input,
-                         check=True, capture_output=True)
+    cmd += args
+    env = {**os.environ, **_GIT_ENV, **(extra_env or {})}
+    out = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True)
+    if out.returncode != 0:
+        raise GitError(out.returncode, cmd, out.stdout, out.stderr)
     return out.stdout.decode().strip()
 
 
@@ -115,7 +125,7 @@ def mirror_tags(mirror: Path) -> set[str]:
         return set()
     try:
         return set(_git("tag", "--list", git_dir=mirror).split())
-    except subprocess.CalledProcessError:
+    except GitError:
         return set()
 
 
@@ -176,6 +186,7 @@ def _sdist_tree(sdist: Path) -> Iterator[tuple[str, int, bytes]]:
 def _write_mirror_stream(out: IO[bytes], versions: list[str], cache: Path) -> None:
     """Write the fast-import stream of the linear history for ``versions`` (ascending)."""
     index = 0
+    who = f"{_GIT_NAME} <{_GIT_EMAIL}>".encode()
     for version in versions:
         build, upstream = LLAMA_RELEASES[version]
         # Empty fillers so that the real tree lands on commit number `build`.
@@ -190,7 +201,6 @@ def _write_mirror_stream(out: IO[bytes], versions: list[str], cache: Path) -> No
         for rel, mode, content in _sdist_tree(fetch_llama_sdist(version, cache)):
             out.write(b"M %o inline " % mode + _quote_path(rel) + b"\n" + _data(content))
         out.write(b"\n")
-        who = f"{_GIT_NAME} <{_GIT_EMAIL}>".encode()
         # Annotated, so a plain `git describe` finds it as well as `--tags`.
         out.write(b"tag b%d\nfrom :%d\ntagger " % (build, build) + who
                   + b" %d +0000\n" % (_EPOCH + index)
@@ -201,7 +211,8 @@ def make_llama_mirror(dest: Path, versions: list[str], cache: Path) -> Path:
     """Build (or keep) a bare llama.cpp mirror at ``dest`` with a tag ``b<N>`` per version.
 
     All versions sit on one linear ``master`` history where ``git rev-list --count b<N>``
-    is N.  A mirror that already has every wanted tag is left untouched; otherwise it is
+    is N.  Commits have a fixed identity and clock, so the shas depend only on the set
+    of versions in the mirror.  A mirror that already has every wanted tag is left untouched; otherwise it is
     rebuilt (keeping the release tags it had; branches from :func:`add_llama_commit` go).
     """
     unknown = [v for v in versions if v not in LLAMA_RELEASES]
@@ -236,6 +247,8 @@ def make_llama_mirror(dest: Path, versions: list[str], cache: Path) -> Path:
             proc.wait()
         if proc.returncode != 0:
             raise subprocess.CalledProcessError(proc.returncode, "git fast-import")
+        # mkdtemp made it 0700; a shared cache must be readable by the non-root tests.
+        work.chmod(0o755)
         if dest.exists():
             shutil.rmtree(dest)
         work.rename(dest)
@@ -268,12 +281,8 @@ def add_llama_commit(mirror: Path, base_tag: str, edit: Callable[[Path], None],
             # -f: upstream's .gitignore hides tracked files (and whatever edit adds).
             _git("add", "-A", "-f", cwd=tree)
             stamp = f"{_EPOCH + base_count + 1} +0000"
-            subprocess.run(
-                ["git", "commit", "--quiet", "--allow-empty", "-m", message],
-                cwd=tree, check=True, capture_output=True,
-                env={**os.environ, **_GIT_ENV,
-                     "GIT_AUTHOR_DATE": stamp, "GIT_COMMITTER_DATE": stamp},
-            )
+            _git("commit", "--quiet", "--allow-empty", "-m", message, cwd=tree,
+                 extra_env={"GIT_AUTHOR_DATE": stamp, "GIT_COMMITTER_DATE": stamp})
             sha = _git("rev-parse", "HEAD", cwd=tree)
         finally:
             _git("worktree", "remove", "--force", str(tree), git_dir=mirror)

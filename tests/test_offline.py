@@ -16,6 +16,7 @@ import pytest
 
 from rigkit.offline import (
     LLAMA_RELEASES,
+    GitError,
     MirrorRef,
     add_llama_commit,
     default_cache_dir,
@@ -26,7 +27,8 @@ from rigkit.offline import (
 )
 
 VERSIONS = ["0.3.36", "0.3.34"]
-# The mirror is built with a fixed identity and clock, so its shas are known in advance.
+# The mirror is built with a fixed identity and clock, so its shas are known in advance
+# (for this set of versions: b11312's parent chain runs through b9976).
 B11312_SHA = "82af735a"
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -98,6 +100,8 @@ def test_mirror_tags_count_to_build_numbers(mirror: Path) -> None:
         assert git(mirror, "describe", f"b{build}") == f"b{build}"
     assert git(mirror, "rev-parse", "master") == git(mirror, "rev-parse", "b11312^{commit}")
     assert git(mirror, "symbolic-ref", "HEAD") == "refs/heads/master"
+    # Readable by others: the shared cache copy is used by non-root tests.
+    assert mirror.stat().st_mode & 0o777 == 0o755
 
 
 def test_mirror_is_one_linear_history(mirror: Path) -> None:
@@ -176,6 +180,11 @@ def test_add_llama_commit(mirror: Path) -> None:
     assert len(git(mirror, "worktree", "list").splitlines()) == 1
     assert add_llama_commit(mirror, "b11312", break_build, "Break the server build!") == sha
     assert git(mirror, "rev-parse", "master") == git(mirror, "rev-parse", "b11312^{commit}")
+
+
+def test_add_llama_commit_reports_git_errors(mirror: Path) -> None:
+    with pytest.raises(GitError, match="no-such-tag"):
+        add_llama_commit(mirror, "no-such-tag", lambda tree: None, "never")
 
 
 def test_normal_clone_counts_builds(mirror: Path, tmp_path: Path) -> None:
