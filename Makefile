@@ -7,7 +7,7 @@
 PYTHON ?= python3
 VENV := .venv
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
-APT_PACKAGES := debootstrap systemd-container apt-cacher-ng iproute2 openssh-client git ccache
+APT_PACKAGES := debootstrap systemd-container apt-cacher-ng iproute2 openssh-client git ccache vagrant
 PYTEST_ARGS ?=
 
 .PHONY: setup prereqs demo test sandbox-down clean

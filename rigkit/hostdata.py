@@ -27,10 +27,13 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
+import sys
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any, Mapping
+
+from pyinfra.api.exceptions import PyinfraError
 
 from rigkit.hub import ModelRef
 
@@ -56,7 +59,7 @@ SAMPLING_PRESETS: dict[str, dict[str, str]] = {
 }
 
 
-class HostDataError(ValueError):
+class HostDataError(PyinfraError, ValueError):
     """Bad host data: says which host, which key, and what was expected."""
 
     def __init__(self, host: str, key: str, expected: str, got: Any = dataclasses.MISSING):
@@ -423,13 +426,19 @@ def resolve_model_refs(rig: Rig, lock: Mapping[str, Any], inventory: str = "INVE
 
 
 def pyinfra_inventory_path() -> str | None:
-    """The inventory file the running ``pyinfra`` command was given, if it is a file."""
+    """The inventory file the running ``pyinfra`` command was given, if it is a file: pyinfra's
+    own click command parses its command line again (deploy code runs in greenlets, where
+    click's current context is not visible)."""
     try:
         import click
         from pyinfra import context
 
         ctx = click.get_current_context(silent=True)
         inventory = ctx.find_root().params.get("inventory") if ctx else None
+        if not inventory and "pyinfra_cli.cli" in sys.modules:
+            command = sys.modules["pyinfra_cli.cli"].cli
+            with command.make_context("pyinfra", list(sys.argv[1:]), resilient_parsing=True) as parsed:
+                inventory = parsed.params.get("inventory")
         if not inventory:
             return None
         cwd = context.state.cwd if context.ctx_state.isset() and context.state.cwd else os.getcwd()

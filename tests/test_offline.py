@@ -2,14 +2,10 @@
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
-import socket
 import subprocess
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -32,8 +28,6 @@ VERSIONS = ["0.3.36", "0.3.34"]
 B11312_SHA = "82af735a"
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-# Built once by hand (see rigkit.offline docs); the serve test skips without it.
-CPU_LLAMA_SERVER = default_cache_dir() / "cpu-llama-server" / "llama-server"
 
 
 def git(repo: Path, *args: str) -> str:
@@ -250,66 +244,6 @@ def test_model_from_source_tree_and_single_file(mirror: Path, tmp_path: Path) ->
 
 
 # ------------------------------------------------------------------------- slow
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def _post(url: str, body: dict[str, object]) -> tuple[int, dict[str, object]]:
-    request = urllib.request.Request(url, data=json.dumps(body).encode(),
-                                     headers={"Content-Type": "application/json"})
-    try:
-        with urllib.request.urlopen(request, timeout=60) as response:
-            return response.status, json.loads(response.read())
-    except urllib.error.HTTPError as err:
-        return err.code, json.loads(err.read() or b"{}")
-
-
-@pytest.mark.e2e
-@pytest.mark.skipif(not CPU_LLAMA_SERVER.is_file(), reason=f"no CPU llama-server at {CPU_LLAMA_SERVER}")
-def test_tiny_model_serves_tool_replay(tiny_model: list[Path], tmp_path: Path) -> None:
-    port = _free_port()
-    log = (tmp_path / "server.log").open("wb")
-    server = subprocess.Popen([str(CPU_LLAMA_SERVER), "-m", str(tiny_model[0]), "--host",
-                               "127.0.0.1", "--port", str(port), "--jinja", "-c", "2048"],
-                              stdout=log, stderr=subprocess.STDOUT)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            assert server.poll() is None, (tmp_path / "server.log").read_text()
-            try:
-                with urllib.request.urlopen(f"{base}/health", timeout=2) as response:
-                    if response.status == 200:
-                        break
-            except (urllib.error.URLError, ConnectionError):
-                pass
-            assert time.monotonic() < deadline, "llama-server never became healthy"
-            time.sleep(0.2)
-        status, _ = _post(f"{base}/v1/chat/completions",
-                          {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 8})
-        assert status == 200
-        tools = [{"type": "function", "function": {
-            "name": "get_weather", "description": "Weather of a city",
-            "parameters": {"type": "object", "properties": {"city": {"type": "string"}},
-                           "required": ["city"]}}}]
-        status, body = _post(f"{base}/v1/chat/completions", {
-            "tools": tools, "max_tokens": 8,
-            "messages": [
-                {"role": "user", "content": "Weather in Paris?"},
-                {"role": "assistant", "content": None, "tool_calls": [
-                    {"id": "c1", "type": "function",
-                     "function": {"name": "get_weather", "arguments": "{\"city\":\"Paris\"}"}}]},
-                {"role": "tool", "tool_call_id": "c1", "content": "sunny"},
-            ]})
-        assert status == 200, body
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
-        log.close()
 
 
 @pytest.mark.skipif(shutil.which("vagrant") is None, reason="vagrant is not installed")

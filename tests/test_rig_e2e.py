@@ -1,0 +1,181 @@
+"""
+deploys/rig.py on real sandbox hosts, CPU-only: llama.cpp built from the local git mirror
+(a stand-in for GitHub: the real llama.cpp source from PyPI's llama-cpp-python sdist, tagged
+with its real build number), a tiny generated 2-shard model (a stand-in for a Hub model),
+a verified llama-server unit.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import subprocess
+import textwrap
+import urllib.error
+import urllib.request
+
+import pytest
+
+from pyinfra_run import REPO, run_pyinfra
+
+pytestmark = pytest.mark.e2e
+
+
+def ssh(sb, host, command: str, check: bool = True) -> str:
+    return subprocess.run(
+        ["ssh", "-i", sb.ssh_key, "-o", f"UserKnownHostsFile={sb.known_hosts}",
+         "-o", "StrictHostKeyChecking=yes", "-o", "BatchMode=yes", f"root@{host.address}", command],
+        capture_output=True, text=True, check=check, timeout=120,
+    ).stdout.strip()
+
+
+def chat(address: str, key: str | None, body: dict) -> tuple[int, dict]:
+    headers = {"Content-Type": "application/json"}
+    if key:
+        headers["Authorization"] = f"Bearer {key}"
+    req = urllib.request.Request(f"http://{address}:8000/v1/chat/completions",
+                                 data=json.dumps(body).encode(), headers=headers)
+    try:
+        with urllib.request.urlopen(req, timeout=60) as resp:
+            return resp.status, json.loads(resp.read())
+    except urllib.error.HTTPError as err:
+        return err.code, {}
+
+
+@pytest.fixture(scope="module")
+def api_key(tmp_path_factory):
+    secret = "rk-" + secrets.token_hex(16)
+    path = tmp_path_factory.mktemp("secrets") / "tiny.key"
+    path.write_text(secret + "\n")
+    path.chmod(0o600)
+    return secret, str(path)
+
+
+@pytest.fixture(scope="module")
+def first_deploy(sandbox_hosts, api_key):
+    """The rig deploy on sandbox-1 (a cold llama.cpp build: minutes on 2 cores)."""
+    env = {"RIGKIT_SANDBOX_API_KEY_FILE": api_key[1]}
+    run = run_pyinfra("inventories/sandbox.py", "deploys/rig.py", "--limit", "sandbox-1", env=env)
+    assert run.returncode == 0, run.stderr[-5000:]
+    return run, env
+
+
+def test_rig_deploy_serves_verified_model(sandbox_hosts, first_deploy, api_key):
+    sb, host = sandbox_hosts, sandbox_hosts.hosts[0]
+    run, _ = first_deploy
+    assert "Verify services (health, chat, tool-call replay)" in run.changed
+
+    assert ssh(sb, host, "systemctl is-active rigkit-llama-tiny.service") == "active"
+    assert ssh(sb, host, "systemctl is-enabled rigkit-llama-tiny.service") == "enabled"
+    version = ssh(sb, host, "/opt/rigkit/llama.cpp/current/bin/llama-server --version 2>&1")
+    assert "version: 11312 (" in version, version
+    build = json.loads(ssh(sb, host, "cat /opt/rigkit/llama.cpp/current/build.json"))
+    assert build["build"] == 11312 and build["ref"] == "b11312" and build["verified_at"]
+
+    # From the build machine, with and without the key.
+    status, body = chat(host.address, api_key[0], {
+        "messages": [{"role": "user", "content": "hello"}], "max_tokens": 4})
+    assert status == 200 and body["choices"]
+    assert chat(host.address, None, {"messages": [{"role": "user", "content": "x"}]})[0] == 401
+    # The seed-001 crash: a replayed tool call whose arguments are a JSON string.
+    status, _ = chat(host.address, api_key[0], {
+        "max_tokens": 4,
+        "tools": [{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}],
+        "messages": [
+            {"role": "user", "content": "call f"},
+            {"role": "assistant", "content": "", "tool_calls": [
+                {"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{\"a\": 1}"}}]},
+            {"role": "tool", "tool_call_id": "c1", "content": "ok"}]})
+    assert status == 200
+    metrics = urllib.request.urlopen(
+        urllib.request.Request(f"http://{host.address}:8000/metrics",
+                               headers={"Authorization": f"Bearer {api_key[0]}"}), timeout=10).read()
+    assert b"llamacpp:" in metrics
+
+    opencode = json.loads(ssh(sb, host, "cat /etc/rigkit/opencode.json"))
+    entry = opencode["provider"]["llama-cpp-tiny"]
+    assert entry["models"]["tiny-qwen"]["contextLength"] == 2048
+
+
+def test_service_runs_as_its_own_user_and_the_key_stays_secret(sandbox_hosts, first_deploy, api_key):
+    sb, host = sandbox_hosts, sandbox_hosts.hosts[0]
+    run, _ = first_deploy
+    assert ssh(sb, host, "ps -o user= -C llama-server") == "llama-tiny"
+    assert ssh(sb, host, "stat -c '%a %U' /etc/rigkit/llama/tiny.key") == "400 llama-tiny"
+    secret = api_key[0]
+    places = {
+        "unit": ssh(sb, host, "systemctl cat rigkit-llama-tiny.service"),
+        "ps": ssh(sb, host, "ps -eo args"),
+        "journal": ssh(sb, host, "journalctl --no-pager -o cat"),
+        "pyinfra stdout": run.stdout,
+        "pyinfra stderr": run.stderr,
+    }
+    assert "--api-key-file /etc/rigkit/llama/tiny.key" in places["ps"]
+    for where, text in places.items():
+        assert secret not in text, f"the API key leaked into {where}"
+
+
+def test_second_run_changes_nothing_and_restarts_nothing(sandbox_hosts, first_deploy):
+    sb, host = sandbox_hosts, sandbox_hosts.hosts[0]
+    _, env = first_deploy
+    pid = ssh(sb, host, "systemctl show -p MainPID --value rigkit-llama-tiny")
+    since = ssh(sb, host, "systemctl show -p ActiveEnterTimestampMonotonic --value rigkit-llama-tiny")
+    again = run_pyinfra("inventories/sandbox.py", "deploys/rig.py", "--limit", "sandbox-1", env=env)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert again.changed == {}, f"second run changed: {again.changed}"
+    assert again.results["totals"]["success"] == 0
+    assert ssh(sb, host, "systemctl show -p MainPID --value rigkit-llama-tiny") == pid
+    assert ssh(sb, host, "systemctl show -p ActiveEnterTimestampMonotonic --value rigkit-llama-tiny") == since
+
+
+def test_second_host_builds_from_the_shared_ccache(sandbox_hosts, first_deploy):
+    """Both hosts in one run: sandbox-1 is a no-op, sandbox-2 builds (ccache hits) and serves."""
+    sb = sandbox_hosts
+    _, env = first_deploy
+    both = run_pyinfra("inventories/sandbox.py", "deploys/rig.py", env=env)
+    assert both.returncode == 0, both.stderr[-5000:]
+    build_op = "Build llama.cpp | Build llama.cpp b11312"
+    assert both.changed[build_op] == ["sandbox-2"]
+    assert ssh(sb, sb.hosts[1], "systemctl is-active rigkit-llama-tiny.service") == "active"
+
+
+BAD_INPUTS = {
+    "unknown key": ("services[0]['ctx_size'] = 4096", "services[0].ctx_size: expected one of the known keys"),
+    "tensor split length": ("services[0]['tensor_split'] = [1, 1]; data['gpus'] = {'count': 1}",
+                            "services[0].tensor_split: expected 1 values"),
+    "port clash": ("services.append({**services[0], 'name': 'twin'})",
+                   "services[1].port: expected a port no other enabled service uses"),
+    "not the first shard": ("services[0]['model'] = '/srv/models/tiny-qwen/tiny-qwen-00002-of-00002.gguf'",
+                            "services[0].model: expected the first shard"),
+    "moving ref": ("data['llama_cpp'] = {**data['llama_cpp'], 'ref': 'master'}",
+                   "llama_cpp.ref: expected a pinned build tag"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_INPUTS))
+def test_bad_input_fails_before_any_host_changes(sandbox_hosts, tmp_path, case):
+    mutation, message = BAD_INPUTS[case]
+    inventory = tmp_path / "bad.py"
+    inventory.write_text(textwrap.dedent(f"""
+        import importlib.util
+        spec = importlib.util.spec_from_file_location("sandbox_inv", {str(REPO / 'inventories/sandbox.py')!r})
+        inv = importlib.util.module_from_spec(spec); spec.loader.exec_module(inv)
+        hosts = []
+        for name, data in inv.sandbox:
+            data = dict(data)
+            services = data["services"] = [dict(s) for s in data["services"]]
+            if name == "sandbox-2":
+                {mutation}
+            hosts.append((name, data))
+        sandbox = hosts
+    """))
+    sb = sandbox_hosts
+    marker = "stat -c %Y /etc/hostname; ls /etc/systemd/system | sort | md5sum"
+    before = [ssh(sb, h, marker) for h in sb.hosts]
+    run = run_pyinfra(str(inventory), "deploys/rig.py")
+    assert run.returncode != 0
+    assert f"host sandbox-2: {message}" in run.stderr + run.stdout
+    assert "Traceback" not in run.stderr
+    # Nothing ran on either host, the valid one included.
+    assert run.results is None or run.results["totals"]["success"] == 0
+    assert [ssh(sb, h, marker) for h in sb.hosts] == before
