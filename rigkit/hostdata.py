@@ -36,6 +36,7 @@ from typing import Any, Mapping
 from pyinfra.api.exceptions import PyinfraError
 
 from rigkit.hub import ModelRef
+from rigkit.lockfile import LockError
 
 UPSTREAM_LLAMA_CPP = "https://github.com/ggml-org/llama.cpp"
 BUILD_TAG = re.compile(r"^b\d+$")
@@ -68,6 +69,10 @@ class HostDataError(PyinfraError, ValueError):
         if got is not dataclasses.MISSING:
             message += f", got {got!r}"
         super().__init__(message)
+
+
+class ModelLockError(PyinfraError, LockError):
+    """The model lock is missing or does not match a host's Hub models; names ``rigkit lock``."""
 
 
 @dataclass(frozen=True)
@@ -480,18 +485,18 @@ def rig_for(host: Any) -> Rig:
 
     path, inventory = find_model_lock({"model_lock": host.data.get("model_lock")})
     if path is None:
-        raise lockfile.LockError(
+        raise ModelLockError(
             f"host {host.name}: models: Hub models need the model lock, and it was not found: run "
             f"pyinfra with an inventory file (the lock is <inventory stem>.lock.yaml next to it), or "
             f"set host data model_lock or ${LOCK_ENV}; write it with: rigkit lock INVENTORY")
     try:
         lock = lockfile.load(path)
     except lockfile.LockError as exc:
-        raise lockfile.LockError(f"host {host.name}: {exc}\nrun: rigkit lock {inventory}") from None
+        raise ModelLockError(f"host {host.name}: {exc}\nrun: rigkit lock {inventory}") from None
     try:
         return resolve_model_refs(rig, lock, inventory)
     except lockfile.LockError as exc:
-        raise lockfile.LockError(f"host {host.name}: {exc}") from None
+        raise ModelLockError(f"host {host.name}: {exc}") from None
 
 
 def validate_inventory(hosts: list[tuple[str, dict[str, Any]]]) -> list[Rig]:

@@ -225,7 +225,11 @@ def lock_main(argv: list[str] | None = None) -> int:
         refs = collect_model_refs(args.inventory)
         lp = lock_path_for(args.inventory)
         if args.check:
-            check(refs, load(lp), inventory=args.inventory)
+            try:
+                lock = load(lp)
+            except LockError as e:
+                raise LockError(f"{e}\nrun: rigkit lock {args.inventory}") from None
+            check(refs, lock, inventory=args.inventory)
             print(f"{lp}: {len(refs)} model reference(s) locked")
             return 0
         entries = lock_refs(refs, endpoint=args.endpoint, token=read_token(args.token_file))

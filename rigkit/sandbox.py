@@ -44,6 +44,9 @@ BASE_PACKAGES = (
 )
 APT_PROXY_PORT = 3142
 GIT_PORT = 9418
+HF_MIRROR_PORT = 8090  # `rigkit mirror serve <cache>/hub`: the sandbox's stand-in for the Hub
+# The process name (comm) of each service, checked before it is signalled.
+SERVICE_COMM = {"git-daemon": "git", "hf-mirror": "python"}
 # The ccache directory rig deploys use on a host; the sandbox keeps it on the build
 # machine so a rebuilt host does not compile llama.cpp cold again.
 HOST_CCACHE_DIR = "/var/cache/rigkit/ccache"
@@ -108,6 +111,10 @@ class Sandbox:
     @property
     def git_url(self) -> str:
         return f"git://{self.gateway}:{GIT_PORT}"
+
+    @property
+    def hf_endpoint(self) -> str:
+        return f"http://{self.gateway}:{HF_MIRROR_PORT}"
 
     def save(self, path: Path) -> None:
         tmp = path.with_suffix(".tmp")
@@ -372,7 +379,8 @@ def _ensure_key(state: Path) -> Path:
 
 
 def _start_services(sb: Sandbox, state: Path) -> None:
-    """apt-cacher-ng (packages) and git daemon (source mirrors) on the gateway only."""
+    """apt-cacher-ng (packages), git daemon (source mirrors) and a Hub mirror (models,
+    ``<cache>/hub/<org>/<name>/...``) on the gateway only."""
     acng = sb.services.get("apt-cacher-ng")
     if not _alive(acng, "apt-cacher-ng"):
         acng_dir = state / "apt-cacher-ng"
@@ -396,9 +404,23 @@ def _start_services(sb: Sandbox, state: Path) -> None:
              f"--base-path={git_root}", f"--listen={sb.gateway}", f"--port={GIT_PORT}",
              f"--pid-file={pidfile}", str(git_root)])
         sb.services["git-daemon"] = _wait_pidfile(pidfile, "git")
-    for name, port in (("apt-cacher-ng", APT_PROXY_PORT), ("git-daemon", GIT_PORT)):
-        if not _wait_port(sb.gateway, port, 10):
-            raise SandboxError(f"{name} did not listen on {sb.gateway}:{port}")
+    hf = sb.services.get("hf-mirror")
+    if not _alive(hf, SERVICE_COMM["hf-mirror"]):
+        hub_root = cache_dir() / "hub"
+        hub_root.mkdir(parents=True, exist_ok=True)
+        with open(state / "hf-mirror.log", "ab") as logf:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "rigkit.cli", "mirror", "serve", str(hub_root),
+                 "--host", sb.gateway, "--port", str(HF_MIRROR_PORT)],
+                stdin=subprocess.DEVNULL, stdout=logf, stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        sb.services["hf-mirror"] = proc.pid
+    for name, port, wait in (("apt-cacher-ng", APT_PROXY_PORT, 10), ("git-daemon", GIT_PORT, 10),
+                             ("hf-mirror", HF_MIRROR_PORT, 120)):  # the mirror hashes new files first
+        if not _wait_port(sb.gateway, port, wait):
+            raise SandboxError(f"{name} did not listen on {sb.gateway}:{port}"
+                               + (f" (log: {state / 'hf-mirror.log'})" if name == "hf-mirror" else ""))
 
 
 def _wait_pidfile(path: Path, comm: str, timeout: float = 10) -> int:
@@ -605,7 +627,7 @@ def up(hosts: int = 2, boot_timeout: float = 60.0, sources: bool = True) -> Sand
             key = _ensure_key(state)
             old_services = sb.services if sb else {}
             for name, pid in old_services.items():
-                _stop_pid(pid, "git" if name == "git-daemon" else name)
+                _stop_pid(pid, SERVICE_COMM.get(name, name))
             sb = Sandbox(tag=tag, subnet=str(subnet), gateway=str(subnet.network_address + 1),
                          ssh_key=str(key), known_hosts=str(state / "known_hosts"))
             run(["ip", "link", "add", sb.bridge, "type", "bridge"])
@@ -664,13 +686,13 @@ def down() -> list[str]:
             _destroy_host(sb, state, host)
             removed.append(host.name)
         for name, pid in sb.services.items():
-            _stop_pid(pid, "git" if name == "git-daemon" else name)
+            _stop_pid(pid, SERVICE_COMM.get(name, name))
     _clean_stale(state, tag, keep=set())
     if _link_exists(f"rkbr-{tag}"):
         run(["ip", "link", "delete", f"rkbr-{tag}"], check=False)
     for cg in _cgroup_dirs(tag):
         _remove_cgroup_tree(cg)
-    for leftover in ("inventory.json", "known_hosts", "git-daemon.pid"):
+    for leftover in ("inventory.json", "known_hosts", "git-daemon.pid", "hf-mirror.log"):
         (state / leftover).unlink(missing_ok=True)
     shutil.rmtree(state / "apt-cacher-ng", ignore_errors=True)
     return removed
@@ -709,6 +731,7 @@ def pyinfra_hosts(state: Path | None = None) -> list[tuple[str, dict]]:
             "ssh_strict_host_key_checking": "yes",
             "sandbox_gateway": sb.gateway,
             "sandbox_git_url": sb.git_url,
+            "sandbox_hf_endpoint": sb.hf_endpoint,
             "sandbox_models": str(cache_dir() / "models"),
         })
         for h in sb.hosts
