@@ -12,6 +12,6 @@ from rigkit.hostdata import rig_for
 
 config = rig_for(host)  # validated before any host changes
 
-rig.models(config)
+models = rig.models(config)
 build, archs = rig.llama_cpp_build(config)
-rig.llama_services(config, archs, address=host.data.get("ssh_hostname") or host.name)
+rig.llama_services(config, archs, address=host.data.get("ssh_hostname") or host.name, models=models)

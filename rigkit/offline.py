@@ -308,8 +308,8 @@ def read_llama_file(llama_src: Path | MirrorRef, rel: str) -> bytes:
 #: Shape of the tiny model: llama architecture, small enough to serve anywhere.
 TINY_LAYERS = 2
 TINY_HIDDEN = 64
-TINY_HEADS = 4
-TINY_KV_HEADS = 2
+TINY_HEADS = 2  # head dim 32: q8_0 KV cache blocks (32) must divide it
+TINY_KV_HEADS = 1
 TINY_FFN = 128
 TINY_CONTEXT = 4096
 TINY_SEED = 20240601

@@ -40,7 +40,9 @@ def cuda_arch(rig: Rig) -> tuple[str, ...]:
 @deploy("Models")
 def models(rig: Rig):
     """Model files: uploaded from this machine (``upload``) for small or air-gapped models,
-    or fetched on the host from the Hub (or ``hf_endpoint``, a mirror) as the lock pins them."""
+    or fetched on the host from the Hub (or ``hf_endpoint``, a mirror) as the lock pins them.
+    Returns the operations, so services restart when their model changed."""
+    placed = []
     for entry in rig.models:
         if isinstance(entry, UploadModel):
             src = Path(entry.upload).expanduser()
@@ -48,16 +50,18 @@ def models(rig: Rig):
                 raise PyinfraError(f"host {rig.host}: models[].upload: expected a directory on this "
                                    f"machine, {src} is not one")
             for path in sorted(p for p in src.iterdir() if p.is_file()):
-                files.put(name=f"Model file {path.name}", src=str(path),
-                          dest=f"{entry.dest}/{path.name}", mode="644", create_remote_dir=True)
+                placed.append(files.put(name=f"Model file {path.name}", src=str(path),
+                                        dest=f"{entry.dest}/{path.name}", mode="644",
+                                        create_remote_dir=True))
         else:
             locked = rig.lock_for(entry)
-            model_ops.shards(
+            placed.append(model_ops.shards(
                 name=f"Model {entry.name or entry.repo} ({entry.repo}@{locked.sha[:12]}, "
                      f"{len(locked.files)} file(s)) in {entry.dest}",
                 ref=entry.ref, lock_entry=locked,
                 token_file=host.data.get("hf_token_file"),
-            )
+            ))
+    return placed
 
 
 @deploy("Build llama.cpp")
@@ -73,9 +77,10 @@ def llama_cpp_build(rig: Rig):
 
 
 @deploy("Serve llama.cpp")
-def llama_services(rig: Rig, archs: tuple[str, ...], address: str):
-    """Users, keys and units per service, the switch to the new build, restarts, verification."""
-    changes = []
+def llama_services(rig: Rig, archs: tuple[str, ...], address: str, models: list = ()):
+    """Users, keys and units per service, the switch to the new build, restarts, verification.
+    ``models``: the operations that placed model files (a changed model restarts too)."""
+    changes = list(models)
     units = []
     for svc in rig.services:
         server.user(name=f"System user {svc.user}", user=svc.user, system=True,
@@ -118,7 +123,8 @@ def llama_services(rig: Rig, archs: tuple[str, ...], address: str):
         systemd.service(name=f"Restart {svc.unit}", service=svc.unit, restarted=True,
                         _if=[restart_needed, lambda state=state: not state.did_change()])
     if rig.enabled_services:
+        # After any (re)start: a changed build, unit or key, or a service found not running.
         llama_server.verify(name="Verify services (health, chat, tool-call replay)",
-                            _if=restart_needed)
+                            _if=any_changed(switch, *changes, *(state for _, state in started)))
     llama_cpp.prune(name=f"Keep the last {rig.llama_cpp.keep_builds} llama.cpp builds",
                     pin=rig.llama_cpp, _if=switch.did_change)

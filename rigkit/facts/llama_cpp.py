@@ -69,3 +69,21 @@ class NvidiaGpus(FactBase):
             gpus.append({"index": int(index), "name": name, "cuda_arch": cap.replace(".", ""),
                          "memory_mib": int(float(memory))})
         return gpus
+
+
+class RigStatus(FactBase):
+    """
+    What rigkit put on the host, read by its host tool: the current and previous llama.cpp
+    builds, each service (active, healthy) and its model. Empty without rigkit.
+
+    .. code:: python
+
+        {"current": {"build": 8137, "commit": "...", "verified_at": "..."}, "previous": None,
+         "builds": ["b8137-..."], "services": [{"name": "qwen122b", "active": "active", ...}]}
+    """
+
+    def command(self) -> str:
+        return "python3 /opt/rigkit/bin/llama_host.py status 2>/dev/null || echo '{}'"
+
+    def process(self, output: list[str]) -> dict:
+        return json.loads("\n".join(output) or "{}")

@@ -6,7 +6,8 @@ rigkit's host-side tool for llama.cpp (stdlib only; uploaded to /opt/rigkit/bin)
     llama_host.py activate --root R --ref REF --flags-hash H
     llama_host.py rollback --root R
     llama_host.py prune    --root R --keep N
-    llama_host.py verify   --manifest /etc/rigkit/services.json [--rollback]
+    llama_host.py verify   --manifest /etc/rigkit/llama/services.json [--rollback]
+    llama_host.py status   (JSON: builds, services active/healthy, models)
 
 Builds live in R/builds/<b{build}-{commit9}-{flags hash}>/ with bin/ and build.json;
 R/current and R/previous are symlinks. A build is only moved into place once it compiled,
@@ -242,6 +243,12 @@ def model_bytes(first_shard: str) -> int:
     return sum(p.stat().st_size for p in shards if p.exists())
 
 
+def unit_state(unit: str) -> dict:
+    out = subprocess.run(["systemctl", "show", "-p", "ActiveState,SubState,NRestarts", unit],
+                         capture_output=True, text=True).stdout
+    return dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
+
+
 def verify_service(svc: dict) -> str | None:
     """None when the service is healthy and answers; else what went wrong."""
     key = Path(svc["key_file"]).read_text().strip() if svc.get("key_file") else None
@@ -250,10 +257,12 @@ def verify_service(svc: dict) -> str | None:
     timeout = 60 + 15 * model_bytes(svc["model"]) / 1e9
     deadline = time.monotonic() + timeout
     status, body = 0, ""
+    restarts = unit_state(svc["unit"])["NRestarts"]
     while time.monotonic() < deadline:
-        active = subprocess.run(["systemctl", "is-active", svc["unit"]], capture_output=True, text=True)
-        if active.stdout.strip() in ("failed", "inactive"):
-            return f"{svc['unit']} is {active.stdout.strip()}"
+        state = unit_state(svc["unit"])
+        # Restart=on-failure turns a crash into "activating (auto-restart)": catch it at once.
+        if state["SubState"] in ("failed", "dead", "auto-restart") or state["NRestarts"] != restarts:
+            return f"{svc['unit']} did not stay up ({state['ActiveState']}/{state['SubState']})"
         status, body = request(f"{base}/health", None, timeout=5)
         if status == 200:
             break
@@ -325,6 +334,27 @@ def verify(args: argparse.Namespace) -> None:
          f"What failed:\n{report}")
 
 
+def status(args: argparse.Namespace) -> None:
+    """What is on this host, as JSON: builds, services (active, healthy), models in place."""
+    manifest_path = Path(args.manifest)
+    manifest = json.loads(manifest_path.read_text()) if manifest_path.exists() else {"services": []}
+    root = Path(manifest.get("llama_root", args.root))
+    report: dict = {"current": read_build(root / "current"), "previous": read_build(root / "previous"),
+                    "builds": sorted(b.name for b in (root / "builds").glob("b*") if read_build(b)),
+                    "services": []}
+    for svc in manifest["services"]:
+        active = subprocess.run(["systemctl", "is-active", svc["unit"]], capture_output=True,
+                                text=True).stdout.strip()
+        health, _ = request(f"http://127.0.0.1:{svc['port']}/health", None, timeout=3)
+        model = Path(svc["model"])
+        report["services"].append({
+            "name": svc["name"], "unit": svc["unit"], "port": svc["port"], "active": active,
+            "healthy": health == 200, "model": svc["model"], "model_present": model.exists(),
+            "model_bytes": model_bytes(svc["model"]),
+        })
+    print(json.dumps(report))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     sub = parser.add_subparsers(dest="cmd", required=True)
@@ -348,9 +378,12 @@ def main() -> None:
     p = sub.add_parser("verify")
     p.add_argument("--manifest", required=True)
     p.add_argument("--rollback", action="store_true")
+    p = sub.add_parser("status")
+    p.add_argument("--root", default="/opt/rigkit/llama.cpp")
+    p.add_argument("--manifest", default="/etc/rigkit/llama/services.json")
     args = parser.parse_args()
     {"build": build, "activate": activate, "rollback": rollback, "prune": prune,
-     "verify": verify}[args.cmd](args)
+     "verify": verify, "status": status}[args.cmd](args)
 
 
 if __name__ == "__main__":
