@@ -52,8 +52,14 @@ def _mirror(argv: list[str]) -> int:
     return mirror.mirror_main(argv)
 
 
+def _status(argv: list[str]) -> int:
+    from rigkit import status
+
+    return status.main(argv)
+
+
 # Commands with their own argument parsers: everything after the command name goes to them.
-PASS_THROUGH = {"lock": _lock, "mirror": _mirror}
+PASS_THROUGH = {"lock": _lock, "mirror": _mirror, "status": _status}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -76,6 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
     for name, help_text in (
         ("lock", "pin an inventory's Hub models to commits and sha256s (rigkit lock INVENTORY [-h])"),
         ("mirror", "serve downloaded models over the Hub's download API (rigkit mirror serve DIR [-h])"),
+        ("status", "per host: llama.cpp build, services active/healthy, models (rigkit status INVENTORY)"),
     ):
         p = sub.add_parser(name, help=help_text, add_help=False)
         p.add_argument("args", nargs=argparse.REMAINDER)

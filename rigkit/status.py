@@ -13,10 +13,18 @@ from rigkit.facts.llama_cpp import RigStatus
 
 def collect(inventory_path: str) -> dict[str, dict | None]:
     """RigStatus of every host of an inventory file (None: host unreachable)."""
+    import os
+
+    from pyinfra.context import ctx_inventory, ctx_state
     from pyinfra_cli.inventory import make_inventory
 
-    inventory = make_inventory(inventory_path)
-    state = State(inventory, Config())
+    # The same set-up as pyinfra's own CLI: a state in context while the inventory loads.
+    state = State()
+    state.cwd = os.getcwd()
+    ctx_state.set(state)
+    inventory = make_inventory(inventory_path, cwd=state.cwd)
+    ctx_inventory.set(inventory)
+    state.init(inventory, Config())
     connect_all(state)
     try:
         facts = get_facts(state, RigStatus)
