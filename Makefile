@@ -1,5 +1,6 @@
 # The two commands a newcomer needs:
 #   make demo   set up, bring up a sandbox host, and deploy a verified llama-server on it
+#               (the first run builds llama.cpp from source: minutes on 2 cores)
 #   make test   set up and run every test, end-to-end ones included
 # Both need root for the sandbox (nspawn hosts, network namespaces); run them as root or
 # they use sudo.
@@ -29,7 +30,8 @@ prereqs:
 
 demo: setup prereqs
 	$(SUDO) $(VENV)/bin/rigkit sandbox up --hosts 1
-	$(SUDO) $(VENV)/bin/pyinfra -y inventories/sandbox.py deploys/sample.py
+	$(SUDO) $(VENV)/bin/pyinfra -y inventories/sandbox.py deploys/rig.py
+	$(SUDO) $(VENV)/bin/rigkit status inventories/sandbox.py
 
 test: setup prereqs
 	$(SUDO) $(VENV)/bin/pytest $(PYTEST_ARGS)
