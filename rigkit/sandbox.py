@@ -585,6 +585,11 @@ def ensure_sources(progress: Callable[[str], None] = log) -> None:
     git mirror (real source, real build numbers) and a tiny generated 2-shard model."""
     from rigkit import offline
 
+    try:
+        import gguf  # noqa: F401
+    except ImportError:
+        raise SandboxError("the sandbox's generated model needs gguf: pip install 'rigkit[sandbox]' "
+                           "(or run `sandbox up --no-sources` for the sample deploy only)") from None
     cache = cache_dir()
     mirror = cache / "mirrors" / "llama.cpp.git"
     started = time.monotonic()

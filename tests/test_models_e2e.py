@@ -14,7 +14,7 @@ import textwrap
 
 import pytest
 
-from pyinfra_run import REPO, run_pyinfra
+from pyinfra_run import REPO, run_pyinfra, ssh
 from rigkit import hub, lockfile, mirror, sandbox
 
 pytestmark = pytest.mark.e2e
@@ -39,13 +39,6 @@ rig.models(config)
 files.put(name="Resolved model path", src=StringIO(config.services[0].model + "\\n"), dest="{marker}")
 '''
 
-
-def ssh(sb, host, command: str, check: bool = True) -> str:
-    return subprocess.run(
-        ["ssh", "-i", sb.ssh_key, "-o", f"UserKnownHostsFile={sb.known_hosts}",
-         "-o", "StrictHostKeyChecking=yes", "-o", "BatchMode=yes", f"root@{host.address}", command],
-        capture_output=True, text=True, check=check, timeout=60,
-    ).stdout.strip()
 
 
 @pytest.fixture(scope="module")

@@ -10,24 +10,16 @@ from __future__ import annotations
 import json
 import re
 import secrets
-import subprocess
 import textwrap
 import urllib.error
 import urllib.request
 
 import pytest
 
-from pyinfra_run import REPO, run_pyinfra
+from pyinfra_run import REPO, run_pyinfra, ssh
 
 pytestmark = pytest.mark.e2e
 
-
-def ssh(sb, host, command: str, check: bool = True) -> str:
-    return subprocess.run(
-        ["ssh", "-i", sb.ssh_key, "-o", f"UserKnownHostsFile={sb.known_hosts}",
-         "-o", "StrictHostKeyChecking=yes", "-o", "BatchMode=yes", f"root@{host.address}", command],
-        capture_output=True, text=True, check=check, timeout=120,
-    ).stdout.strip()
 
 
 def chat(address: str, key: str | None, body: dict) -> tuple[int, dict]:
@@ -181,3 +173,23 @@ def test_bad_input_fails_before_any_host_changes(sandbox_hosts, tmp_path, case):
     # Nothing ran on either host, the valid one included.
     assert run.results is None or run.results["totals"]["success"] == 0
     assert [ssh(sb, h, marker) for h in sb.hosts] == before
+
+
+def test_seed_inventory_dry_run_prints_a_plan(sandbox_hosts):
+    """inventories/rig.py (the seeds' 6x3090 rig) planned against a sandbox host, --dry."""
+    sb, host = sandbox_hosts, sandbox_hosts.hosts[1]
+    marker = "ls /etc/systemd/system | sort | md5sum"
+    before = ssh(sb, host, marker)
+    run = run_pyinfra("inventories/rig.py", "deploys/rig.py", "--dry",
+                      "--data", f"ssh_known_hosts_file={sb.known_hosts}",
+                      env={"RIG_HOST": host.address, "RIG_SSH_KEY": sb.ssh_key})
+    assert run.returncode == 0, run.stderr[-3000:]
+    plan = {op["name"] for op in json.loads(run.stdout)["plan"]}
+    for name in ("Build llama.cpp | Build llama.cpp b8137",
+                 "Serve llama.cpp | Unit rigkit-llama-qwen122b.service",
+                 "Serve llama.cpp | Unit rigkit-llama-qwen397b.service",
+                 "Serve llama.cpp | Switch llama.cpp to b8137",
+                 "Serve llama.cpp | Enable rigkit-llama-qwen122b.service",
+                 "Serve llama.cpp | Disable rigkit-llama-qwen397b.service"):
+        assert name in plan, name
+    assert ssh(sb, host, marker) == before

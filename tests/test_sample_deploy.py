@@ -2,22 +2,14 @@
 
 from __future__ import annotations
 
-import subprocess
 import urllib.request
 
 import pytest
 
-from pyinfra_run import run_pyinfra
+from pyinfra_run import run_pyinfra, ssh
 
 pytestmark = pytest.mark.e2e
 
-
-def ssh(sb, host, command: str) -> str:
-    return subprocess.run(
-        ["ssh", "-i", sb.ssh_key, "-o", f"UserKnownHostsFile={sb.known_hosts}",
-         "-o", "StrictHostKeyChecking=yes", "-o", "BatchMode=yes", f"root@{host.address}", command],
-        capture_output=True, text=True, check=True, timeout=60,
-    ).stdout.strip()
 
 
 def test_sample_deploy_on_two_hosts_then_noop(sandbox_hosts):

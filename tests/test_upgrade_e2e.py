@@ -16,10 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from pyinfra_run import run_pyinfra
+from pyinfra_run import run_pyinfra, ssh
 from rigkit import offline, sandbox
 from rigkit.health import HealthPoller
-from test_rig_e2e import ssh
 
 pytestmark = pytest.mark.e2e
 
