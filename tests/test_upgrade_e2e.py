@@ -49,6 +49,8 @@ def host(sandbox_hosts):
     start = deploy("b9976")
     assert start.returncode == 0, start.stderr[-5000:]
     assert current(sandbox_hosts, host)["build"] == 9976
+    # Earlier tests may have built b11312 here: forget it, so the upgrade really builds.
+    ssh(sandbox_hosts, host, "rm -rf /opt/rigkit/llama.cpp/builds/b11312-* /opt/rigkit/llama.cpp/previous")
     return host
 
 
@@ -57,6 +59,7 @@ def test_upgrade_while_serving_then_noop(sandbox_hosts, host):
     with HealthPoller(f"http://{host.address}:8000/health") as poller:
         upgrade = deploy("b11312")
     assert upgrade.returncode == 0, upgrade.stderr[-5000:]
+    assert "Build llama.cpp | Build llama.cpp b11312" in upgrade.changed  # built while b9976 served
     info = current(sb, host)
     assert info["build"] == 11312 and info["verified_at"]
     version = ssh(sb, host, "/opt/rigkit/llama.cpp/current/bin/llama-server --version 2>&1")
