@@ -6,7 +6,8 @@ warm ccache versus cold, through rigkit's own deploy and build path on a sandbox
     sudo .venv/bin/python benchmarks/upgrade.py
 
 Uses its own sandbox instance (/var/lib/rigkit/sandbox-bench-upgrade, one host) and tears it
-down at the end. The cold build disables ccache (CCACHE_DISABLE=1) for that one build.
+down at the end. The rebuilds go beside the deployed builds under a new build key (as a changed pin or
+flag gives); the cold one disables ccache (CCACHE_DISABLE=1) for that one build.
 """
 
 from __future__ import annotations
@@ -41,15 +42,17 @@ def ssh(sb: sandbox.Sandbox, command: str) -> str:
          f"root@{sb.hosts[0].address}", command], check=True, capture_output=True, text=True).stdout
 
 
-def build_seconds(sb: sandbox.Sandbox, root: str, ccache: bool) -> float:
-    """One build of b11312 through the host tool into a scratch root."""
+def build_seconds(sb: sandbox.Sandbox, key: str, ccache: bool) -> float:
+    """One more build of b11312 through the host tool, beside the deployed ones (a new build
+    key, as a changed pin or flag gives), then removed again."""
     env = "" if ccache else "CCACHE_DISABLE=1 "
-    ssh(sb, f"rm -rf {root}; {env}python3 /opt/rigkit/bin/llama_host.py build --root {root} "
-            f"--url {sb.git_url}/llama.cpp.git --ref b11312 --flags-hash bench -- "
+    root = "/opt/rigkit/llama.cpp"
+    ssh(sb, f"{env}python3 /opt/rigkit/bin/llama_host.py build --root {root} "
+            f"--url {sb.git_url}/llama.cpp.git --ref b11312 --flags-hash {key} -- "
             "-DBUILD_SHARED_LIBS=OFF -DGGML_CCACHE=ON -DLLAMA_CURL=OFF -DLLAMA_USE_PREBUILT_UI=OFF "
             "-DLLAMA_BUILD_UI=OFF -DLLAMA_BUILD_TESTS=OFF -DGGML_CUDA=OFF")
-    info = json.loads(ssh(sb, f"cat {root}/builds/b11312-*/build.json"))
-    ssh(sb, f"rm -rf {root}")
+    info = json.loads(ssh(sb, f"cat {root}/builds/b11312-*-{key}/build.json"))
+    ssh(sb, f"rm -rf {root}/builds/b11312-*-{key}")
     return info["build_seconds"]
 
 
@@ -64,8 +67,8 @@ def main() -> None:
         rows.append(("  longest /health outage during the upgrade", poller.longest_outage()))
         rows.append(("  share of 100 ms polls answered 200", poller.healthy_fraction * 100))
         rows.append(("re-run, nothing to do", deploy("b11312")))
-        rows.append(("llama-server b11312 build, ccache warm", build_seconds(sb, "/var/tmp/bench-warm", True)))
-        rows.append(("llama-server b11312 build, ccache off (cold)", build_seconds(sb, "/var/tmp/bench-cold", False)))
+        rows.append(("llama-server b11312 rebuild, ccache warm", build_seconds(sb, "benchwarm", True)))
+        rows.append(("llama-server b11312 rebuild, ccache off (cold)", build_seconds(sb, "benchcold", False)))
     finally:
         sandbox.down()
     print("| step | value |\n|---|---:|")

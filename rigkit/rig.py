@@ -80,9 +80,10 @@ def llama_cpp_build(rig: Rig):
 def llama_services(rig: Rig, archs: tuple[str, ...], address: str, models: list = ()):
     """Users, keys and units per service, the switch to the new build, restarts, verification.
     ``models``: the operations that placed model files (a changed model restarts too)."""
-    changes = list(models)
+    own_changes: dict[str, list] = {}  # per service: its key file and unit
     units = []
     for svc in rig.services:
+        own_changes[svc.name] = []
         server.user(name=f"System user {svc.user}", user=svc.user, system=True,
                     home=f"/var/lib/rigkit-llama-{svc.name}", create_home=False,
                     shell="/usr/sbin/nologin")
@@ -91,17 +92,16 @@ def llama_services(rig: Rig, archs: tuple[str, ...], address: str, models: list 
             if not local.is_file():
                 raise PyinfraError(f"host {rig.host}: services[{svc.name}].api_key_file: expected a "
                                    f"readable file on this machine, {local} is not one")
-            changes.append(files.put(
+            own_changes[svc.name].append(files.put(
                 name=f"API key of {svc.name} (0400, {svc.user} only)",
                 src=str(local), dest=render.key_path(svc), user=svc.user, group=svc.user,
                 mode="400", create_remote_dir=True,
             ))
-        unit = files.put(
+        units.append(files.put(
             name=f"Unit {svc.unit}", src=StringIO(render.render_unit(svc, rig.llama_cpp.root)),
             dest=f"/etc/systemd/system/{svc.unit}", mode="644",
-        )
-        units.append(unit)
-        changes.append(unit)
+        ))
+        own_changes[svc.name].append(units[-1])
     files.put(name="Services manifest for verification", src=StringIO(render.services_manifest(rig)),
               dest=llama_server.MANIFEST, mode="600", create_remote_dir=True)
     files.put(name="opencode.json provider entries", src=StringIO(render.opencode_config(rig, address)),
@@ -109,7 +109,6 @@ def llama_services(rig: Rig, archs: tuple[str, ...], address: str, models: list 
 
     switch = llama_cpp.activate(name=f"Switch llama.cpp to {rig.llama_cpp.ref}", pin=rig.llama_cpp,
                                 cuda_arch=archs)
-    restart_needed = any_changed(switch, *changes) if changes else switch.did_change
     if units:
         systemd.daemon_reload(name="Reload systemd units", _if=any_changed(*units))
     started = []
@@ -119,12 +118,15 @@ def llama_services(rig: Rig, archs: tuple[str, ...], address: str, models: list 
         if svc.enabled:
             started.append((svc, state))
     for svc, state in started:
-        # A unit that was just started already runs the new build and flags.
+        # Only when its build, model, unit or key changed; a unit that was just started
+        # already runs all of those.
         systemd.service(name=f"Restart {svc.unit}", service=svc.unit, restarted=True,
-                        _if=[restart_needed, lambda state=state: not state.did_change()])
+                        _if=[any_changed(switch, *models, *own_changes[svc.name]),
+                             lambda state=state: not state.did_change()])
     if rig.enabled_services:
-        # After any (re)start: a changed build, unit or key, or a service found not running.
+        # After any (re)start: a changed build, model, unit or key, or a service found not running.
+        service_changes = [op for ops in own_changes.values() for op in ops]
         llama_server.verify(name="Verify services (health, chat, tool-call replay)",
-                            _if=any_changed(switch, *changes, *(state for _, state in started)))
+                            _if=any_changed(switch, *models, *service_changes, *(s for _, s in started)))
     llama_cpp.prune(name=f"Keep the last {rig.llama_cpp.keep_builds} llama.cpp builds",
                     pin=rig.llama_cpp, _if=switch.did_change)

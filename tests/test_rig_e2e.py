@@ -193,3 +193,39 @@ def test_seed_inventory_dry_run_prints_a_plan(sandbox_hosts):
                  "Serve llama.cpp | Disable rigkit-llama-qwen397b.service"):
         assert name in plan, name
     assert ssh(sb, host, marker) == before
+
+
+def test_a_changed_key_restarts_the_service_and_verifies(sandbox_hosts, first_deploy, tmp_path):
+    sb, host = sandbox_hosts, sandbox_hosts.hosts[0]
+    old_key = first_deploy[1]["RIGKIT_SANDBOX_API_KEY_FILE"]
+    new_secret = "rk-" + secrets.token_hex(16)
+    new_key = tmp_path / "rotated.key"
+    new_key.write_text(new_secret + "\n")
+    pid = ssh(sb, host, "systemctl show -p MainPID --value rigkit-llama-tiny")
+    run = run_pyinfra("inventories/sandbox.py", "deploys/rig.py", "--limit", "sandbox-1",
+                      env={"RIGKIT_SANDBOX_API_KEY_FILE": str(new_key)})
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert set(run.changed) == {
+        "Serve llama.cpp | API key of tiny (0400, llama-tiny only)",
+        "Serve llama.cpp | Restart rigkit-llama-tiny.service",
+        "Serve llama.cpp | Verify services (health, chat, tool-call replay)",
+    }, run.changed
+    assert ssh(sb, host, "systemctl show -p MainPID --value rigkit-llama-tiny") != pid
+    body = {"messages": [{"role": "user", "content": "x"}], "max_tokens": 2}
+    assert chat(host.address, new_secret, body)[0] == 200
+    assert chat(host.address, open(old_key).read().strip(), body)[0] == 401
+    assert new_secret not in run.stdout + run.stderr
+
+
+def test_rigkit_status_reports_build_services_and_models(sandbox_hosts, first_deploy):
+    import subprocess
+    import sys
+
+    run = subprocess.run([sys.executable, "-m", "rigkit.cli", "status", "inventories/sandbox.py"],
+                         cwd=REPO, capture_output=True, text=True, timeout=120)
+    lines = run.stdout.splitlines()
+    first = next(i for i, line in enumerate(lines) if line.startswith("sandbox-1: "))
+    assert "llama.cpp b11312 (" in lines[first] and "verified 20" in lines[first]
+    service = lines[first + 1].split()
+    assert service[:4] == ["tiny", ":8000", "active", "healthy"]
+    assert "model present" in lines[first + 1]
