@@ -497,8 +497,3 @@ def rig_for(host: Any) -> Rig:
         return resolve_model_refs(rig, lock, inventory)
     except lockfile.LockError as exc:
         raise ModelLockError(f"host {host.name}: {exc}") from None
-
-
-def validate_inventory(hosts: list[tuple[str, dict[str, Any]]]) -> list[Rig]:
-    """Validate every host of an inventory at once, so no host changes if one is wrong."""
-    return [parse_rig(name, data) for name, data in hosts]

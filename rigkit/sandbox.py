@@ -31,7 +31,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Callable
 
 DEFAULT_STATE = Path("/var/lib/rigkit/sandbox")
 DEFAULT_CACHE = Path("/var/cache/rigkit")
@@ -741,16 +741,3 @@ def pyinfra_hosts(state: Path | None = None) -> list[tuple[str, dict]]:
         })
         for h in sb.hosts
     ]
-
-
-def nsenter_cmd(host: SandboxHost) -> list[str]:
-    """A command prefix that runs inside a booted host without SSH (for tests)."""
-    children = run(["ps", "-o", "pid=", "--ppid", str(host.pid)]).stdout.split()
-    if not children:
-        raise SandboxError(f"{host.name} has no init process")
-    return ["nsenter", "-t", children[0], "-a"]
-
-
-def iter_hosts() -> Iterable[SandboxHost]:
-    sb = Sandbox.load(state_dir() / "inventory.json")
-    return list(sb.hosts) if sb else []
