@@ -14,6 +14,21 @@ import os
 
 MODELS = "/srv/models/qwen-3.5"
 
+# The server settings both seeds use: all layers on the GPUs, the full 262k context with a
+# q8_0 KV cache, one slot, layer split, Qwen3.5's thinking sampling preset, Jinja templates.
+QWEN_SERVER = {
+    "host": "0.0.0.0",
+    "port": 8000,
+    "n_gpu_layers": 999,
+    "ctx": 262144,
+    "cache_type_k": "q8_0",
+    "cache_type_v": "q8_0",
+    "parallel": 1,
+    "split_mode": "layer",
+    "sampling": "qwen3.5-thinking",  # --temp 0.6 --top-p 0.95 --top-k 20 --min-p 0.0
+    "jinja": True,
+}
+
 rig = [
     (os.environ.get("RIG_HOST", "rig.lan"), {
         "ssh_user": os.environ.get("RIG_SSH_USER", "root"),
@@ -26,39 +41,22 @@ rig = [
         },
         "services": [
             {
+                **QWEN_SERVER,
                 "name": "qwen122b",
                 "model": f"{MODELS}/Qwen3.5-122B-A10B-UD-Q6_K_XL-00001-of-00004.gguf",
                 "alias": "Qwen3.5-122B-A10B-UD-Q6_K_XL",
                 "display_name": "Qwen3.5-122B",
-                "host": "0.0.0.0",
-                "port": 8000,
-                "n_gpu_layers": 999,
-                "ctx": 262144,
-                "cache_type_k": "q8_0",
-                "cache_type_v": "q8_0",
-                "parallel": 1,
-                "split_mode": "layer",
-                "tensor_split": [0.9, 1, 1, 1, 1, 1],
-                "sampling": "qwen3.5-thinking",  # --temp 0.6 --top-p 0.95 --top-k 20 --min-p 0.0
-                "jinja": True,
+                "tensor_split": [0.9, 1, 1, 1, 1, 1],  # 0.9 on GPU 0 against OOM (seed 000)
                 "extra_args": ["--no-warmup"],
                 "api_key_file": os.environ.get("RIG_API_KEY_FILE") or None,
             },
             {
+                **QWEN_SERVER,
                 "name": "qwen397b",
                 "model": f"{MODELS}/Qwen3.5-397B-A17B-UD-TQ1_0.gguf",
                 "alias": "Qwen3.5-397B-A17B-UD-TQ1_0",
                 "display_name": "Qwen3.5-397B",
-                "port": 8000,
-                "n_gpu_layers": 999,
-                "ctx": 262144,
-                "cache_type_k": "q8_0",
-                "cache_type_v": "q8_0",
-                "parallel": 1,
-                "split_mode": "layer",
-                "sampling": "qwen3.5-thinking",
-                "jinja": True,
-                "enabled": False,
+                "enabled": False,  # same port: one of the two runs at a time
             },
         ],
     }),

@@ -32,7 +32,7 @@ from typing import Any, Iterable, Mapping
 
 import yaml
 
-from rigkit.hub import HubClient, HubError, ModelRef, first_shard, read_token
+from rigkit.hub import HubClient, HubError, ModelRef, RemoteFile, first_shard, read_token
 
 LOCK_VERSION = 1
 
@@ -41,11 +41,8 @@ class LockError(Exception):
     """The lockfile is missing, unreadable or does not match the inventory."""
 
 
-@dataclass(frozen=True)
-class LockedFile:
-    path: str
-    size: int
-    sha256: str
+# A locked file is what the Hub listed: path, size, sha256.
+LockedFile = RemoteFile
 
 
 @dataclass(frozen=True)
@@ -204,7 +201,7 @@ def lock_refs(refs: Iterable[ModelRef], *, endpoint: str | None = None, token: s
         res = client.resolve(ref)
         entries[ref.key] = LockEntry(
             repo=ref.repo, revision=ref.revision, include=ref.include, sha=res.sha,
-            files=tuple(LockedFile(f.path, f.size, f.sha256) for f in res.files),
+            files=res.files,
         )
         e = entries[ref.key]
         log(f"locked {ref.key} -> {res.sha[:12]} ({len(e.files)} files, {e.total_bytes / 1e9:.2f} GB)")
