@@ -389,7 +389,15 @@ def _start_services(sb: Sandbox, state: Path) -> None:
         shared_cache.mkdir(parents=True, exist_ok=True)
         pidfile = acng_dir / "pid"
         pidfile.unlink(missing_ok=True)
-        run(["apt-cacher-ng", "-c", "/etc/apt-cacher-ng",
+        # Our own config, not /etc/apt-cacher-ng: Debian's remaps send deb.debian.org requests to
+        # the backends list (ftp.debian.org by default), a host a closed network may not resolve.
+        # Without remaps apt-cacher-ng fetches from the very mirror the hosts ask for, which is
+        # the one this machine's own apt uses (the base is debootstrapped from it).
+        conf_dir = acng_dir / "conf"
+        conf_dir.mkdir(exist_ok=True)
+        (conf_dir / "acng.conf").write_text(
+            "SupportDir: /usr/lib/apt-cacher-ng\nReportPage: acng-report.html\nExThreshold: 4\n")
+        run(["apt-cacher-ng", "-c", str(conf_dir),
              f"CacheDir={shared_cache}", f"LogDir={acng_dir / 'log'}",
              f"PidFile={pidfile}", f"SocketPath={acng_dir / 'socket'}",
              f"BindAddress={sb.gateway}", f"Port={APT_PROXY_PORT}", "ForeGround=0"])
@@ -421,6 +429,22 @@ def _start_services(sb: Sandbox, state: Path) -> None:
         if not _wait_port(sb.gateway, port, wait):
             raise SandboxError(f"{name} did not listen on {sb.gateway}:{port}"
                                + (f" (log: {state / 'hf-mirror.log'})" if name == "hf-mirror" else ""))
+    _check_apt_proxy(sb)
+
+
+def _check_apt_proxy(sb: Sandbox) -> None:
+    """Fail `up` here, clearly, if the proxy cannot reach the Debian mirror (rather than in
+    every deploy's apt-get later)."""
+    import requests
+
+    url = f"{_apt_mirror().rstrip('/')}/dists/{SUITE}/InRelease"
+    try:
+        status = requests.head(url, proxies={"http": sb.apt_proxy}, timeout=30).status_code
+    except requests.RequestException as exc:
+        raise SandboxError(f"apt-cacher-ng at {sb.apt_proxy} did not answer for {url}: {exc}") from exc
+    if status != 200:
+        raise SandboxError(f"apt-cacher-ng at {sb.apt_proxy} cannot fetch {url} (HTTP {status}); "
+                           f"check that this machine reaches the mirror: curl -I {url}")
 
 
 def _wait_pidfile(path: Path, comm: str, timeout: float = 10) -> int:
