@@ -221,34 +221,19 @@ def make_models(repo_git: Path, out_dir: Path, shape: dict, pool_elems: int = 1 
     import gguf
     import numpy as np
 
-    from rigkit.offline import CHAT_TEMPLATE_PATH, VOCAB_PATH, MirrorRef, _tokenizer_fields, read_llama_file
+    from rigkit.offline import LlamaShape, MirrorRef, llama_gguf_writer, llama_tensor_shapes
 
     out_dir.mkdir(parents=True, exist_ok=True)
     src = MirrorRef(repo_git, REF) if (repo_git / "HEAD").exists() else repo_git
-    tok = _tokenizer_fields(read_llama_file(src, VOCAB_PATH))
-    template = read_llama_file(src, CHAT_TEMPLATE_PATH).decode()
-    n_vocab = len(tok["tokenizer.ggml.tokens"])
-    h, L, nh, nkv, ffn = (shape[k] for k in ("hidden", "layers", "heads", "kv_heads", "ffn"))
-    hd = h // nh
+    dims = LlamaShape(layers=shape["layers"], hidden=shape["hidden"], heads=shape["heads"],
+                      kv_heads=shape["kv_heads"], ffn=shape["ffn"], ctx=shape["ctx"],
+                      rope_freq_base=500000.0, rms_eps=1e-5)
 
     rng = np.random.default_rng(20261123)
     pool = (rng.standard_normal(pool_elems, dtype=np.float32) * 0.02).astype(np.float16)
     qpool = gguf.quants.quantize(pool.astype(np.float32).reshape(-1, 32),
                                  gguf.GGMLQuantizationType.Q8_0).reshape(-1, 34)
     pool2, qpool2 = np.concatenate([pool, pool]), np.concatenate([qpool, qpool])
-
-    shapes: list[tuple[str, tuple[int, ...]]] = [("token_embd.weight", (n_vocab, h))]
-    for i in range(L):
-        shapes += [(f"blk.{i}.attn_norm.weight", (h,)),
-                   (f"blk.{i}.attn_q.weight", (nh * hd, h)),
-                   (f"blk.{i}.attn_k.weight", (nkv * hd, h)),
-                   (f"blk.{i}.attn_v.weight", (nkv * hd, h)),
-                   (f"blk.{i}.attn_output.weight", (h, nh * hd)),
-                   (f"blk.{i}.ffn_norm.weight", (h,)),
-                   (f"blk.{i}.ffn_gate.weight", (ffn, h)),
-                   (f"blk.{i}.ffn_up.weight", (ffn, h)),
-                   (f"blk.{i}.ffn_down.weight", (h, ffn))]
-    shapes += [("output_norm.weight", (h,)), ("output.weight", (n_vocab, h))]
 
     def data(index: int, rows: int, cols: int, q8: bool):
         n = rows * cols
@@ -262,29 +247,10 @@ def make_models(repo_git: Path, out_dir: Path, shape: dict, pool_elems: int = 1 
     for ftype, q8 in (("F16", False), ("Q8_0", True)):
         path = out_dir / f"rand-3b-{ftype}.gguf"
         started = time.monotonic()
-        writer = gguf.GGUFWriter(path, "llama")
-        writer.add_name(f"rand-3b-{ftype}")
-        writer.add_file_type(gguf.LlamaFileType.MOSTLY_Q8_0 if q8 else gguf.LlamaFileType.MOSTLY_F16)
-        writer.add_context_length(shape["ctx"])
-        writer.add_embedding_length(h)
-        writer.add_block_count(L)
-        writer.add_feed_forward_length(ffn)
-        writer.add_head_count(nh)
-        writer.add_head_count_kv(nkv)
-        writer.add_rope_dimension_count(hd)
-        writer.add_rope_freq_base(500000.0)
-        writer.add_layer_norm_rms_eps(1e-5)
-        writer.add_vocab_size(n_vocab)
-        writer.add_tokenizer_model(str(tok["tokenizer.ggml.model"]))
-        writer.add_tokenizer_pre(str(tok["tokenizer.ggml.pre"]))
-        writer.add_token_list(tok["tokenizer.ggml.tokens"])
-        writer.add_token_types(tok["tokenizer.ggml.token_type"])
-        writer.add_token_merges(tok["tokenizer.ggml.merges"])
-        for key in ("bos_token_id", "eos_token_id", "padding_token_id"):
-            if f"tokenizer.ggml.{key}" in tok:
-                writer.add_uint32(f"tokenizer.ggml.{key}", int(tok[f"tokenizer.ggml.{key}"]))
-        writer.add_add_bos_token(False)
-        writer.add_chat_template(template)
+        writer, n_vocab = llama_gguf_writer(
+            src, path, f"rand-3b-{ftype}", dims,
+            gguf.LlamaFileType.MOSTLY_Q8_0 if q8 else gguf.LlamaFileType.MOSTLY_F16)
+        shapes = llama_tensor_shapes(dims, n_vocab, tied_output=False)
         read_per_token = 0
         for name, shp in shapes:
             if len(shp) == 1:
@@ -313,7 +279,7 @@ def make_models(repo_git: Path, out_dir: Path, shape: dict, pool_elems: int = 1 
                          "weight_bytes_read_per_token": read_per_token,
                          "seconds": round(time.monotonic() - started, 1)}
         log(f"wrote {path} ({path.stat().st_size / 1e9:.2f} GB) in {models[ftype]['seconds']}s")
-    models["shape"] = dict(shape, vocab=n_vocab, head_dim=hd)
+    models["shape"] = dict(shape, vocab=n_vocab, head_dim=dims.head_dim)
     return models
 
 

@@ -25,8 +25,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, NamedTuple
 
-if TYPE_CHECKING:  # numpy and gguf come with the test extra, imported where used
-    import numpy as np
+if TYPE_CHECKING:  # gguf comes with the sandbox and test extras, imported where used
+    import gguf
 
 #: sdist version of llama-cpp-python -> (llama.cpp build number, upstream short commit).
 LLAMA_RELEASES: dict[str, tuple[int, str]] = {
@@ -305,13 +305,7 @@ def read_llama_file(llama_src: Path | MirrorRef, rel: str) -> bytes:
     return (Path(llama_src) / rel).read_bytes()
 
 
-#: Shape of the tiny model: llama architecture, small enough to serve anywhere.
-TINY_LAYERS = 2
-TINY_HIDDEN = 64
-TINY_HEADS = 2  # head dim 32: q8_0 KV cache blocks (32) must divide it
-TINY_KV_HEADS = 1
-TINY_FFN = 128
-TINY_CONTEXT = 4096
+#: The tiny model's weights are random from this seed, so its bytes never change.
 TINY_SEED = 20240601
 
 
@@ -365,64 +359,71 @@ def _tokenizer_fields(vocab_gguf: bytes) -> dict[str, object]:
     return fields
 
 
-def make_tiny_model(llama_src: Path | MirrorRef, out_dir: Path, name: str = "tiny-qwen",
-                    shards: int = 2) -> list[Path]:
-    """Write a random-weight llama GGUF in ``shards`` files; return them, first first.
+class LlamaShape(NamedTuple):
+    """The hyper-parameters of a llama-architecture model that rigkit generates."""
+    layers: int
+    hidden: int
+    heads: int
+    kv_heads: int
+    ffn: int
+    ctx: int
+    rope_freq_base: float = 1_000_000.0
+    rms_eps: float = 1e-6
 
-    Tokenizer: ``models/ggml-vocab-qwen2.gguf``; chat template: the Qwen3 one from
-    ``models/templates/`` (renders tools, ``tool_calls`` and tool results).  Weights come
-    from a fixed seed, so the bytes are the same on every run.  Token embeddings are
-    tied to the output (no ``output.weight``), which keeps the files near 20 MB.
+    @property
+    def head_dim(self) -> int:
+        return self.hidden // self.heads
+
+
+#: The tiny model: small enough to serve anywhere; head dim 32, as q8_0 KV cache blocks (32)
+#: must divide it.
+TINY_SHAPE = LlamaShape(layers=2, hidden=64, heads=2, kv_heads=1, ffn=128, ctx=4096)
+
+
+def llama_tensor_shapes(shape: LlamaShape, n_vocab: int, tied_output: bool) -> list[tuple[str, tuple[int, ...]]]:
+    """Tensor names and numpy shapes (rows, cols) of a llama model, in file order; 1-D
+    entries are the RMS norms. numpy (rows, cols) is GGUF ne = [cols, rows]."""
+    h, hd = shape.hidden, shape.head_dim
+    shapes: list[tuple[str, tuple[int, ...]]] = [("token_embd.weight", (n_vocab, h))]
+    for i in range(shape.layers):
+        shapes += [(f"blk.{i}.attn_norm.weight", (h,)),
+                   (f"blk.{i}.attn_q.weight", (shape.heads * hd, h)),
+                   (f"blk.{i}.attn_k.weight", (shape.kv_heads * hd, h)),
+                   (f"blk.{i}.attn_v.weight", (shape.kv_heads * hd, h)),
+                   (f"blk.{i}.attn_output.weight", (h, shape.heads * hd)),
+                   (f"blk.{i}.ffn_norm.weight", (h,)),
+                   (f"blk.{i}.ffn_gate.weight", (shape.ffn, h)),
+                   (f"blk.{i}.ffn_up.weight", (shape.ffn, h)),
+                   (f"blk.{i}.ffn_down.weight", (h, shape.ffn))]
+    shapes.append(("output_norm.weight", (h,)))
+    if not tied_output:
+        shapes.append(("output.weight", (n_vocab, h)))
+    return shapes
+
+
+def llama_gguf_writer(llama_src: Path | MirrorRef, path: Path, name: str, shape: LlamaShape,
+                      file_type: int, split_max_tensors: int = 0) -> tuple[gguf.GGUFWriter, int]:
+    """A GGUFWriter with a llama model's metadata already added: the hyper-parameters, the
+    tokenizer of ``models/ggml-vocab-qwen2.gguf`` and the Qwen3 chat template of the
+    llama.cpp tree at ``llama_src``. Returns the writer and the vocabulary size; the
+    caller adds the tensors.
     """
     import gguf
-    import numpy as np
 
-    if shards < 1:
-        raise ValueError("shards must be >= 1")
-    out_dir.mkdir(parents=True, exist_ok=True)
     tok = _tokenizer_fields(read_llama_file(llama_src, VOCAB_PATH))
-    template = read_llama_file(llama_src, CHAT_TEMPLATE_PATH).decode()
     n_vocab = len(tok["tokenizer.ggml.tokens"])  # type: ignore[arg-type]
-
-    rng = np.random.default_rng(TINY_SEED)
-    head_dim = TINY_HIDDEN // TINY_HEADS
-
-    def weight(rows: int, cols: int) -> np.ndarray:
-        # numpy shape (rows, cols) is GGUF ne = [cols, rows]: cols is the input width.
-        return (rng.standard_normal((rows, cols), dtype=np.float32) * 0.02).astype(np.float16)
-
-    tensors: list[tuple[str, np.ndarray]] = [("token_embd.weight", weight(n_vocab, TINY_HIDDEN))]
-    for i in range(TINY_LAYERS):
-        tensors += [
-            (f"blk.{i}.attn_norm.weight", np.ones(TINY_HIDDEN, dtype=np.float32)),
-            (f"blk.{i}.attn_q.weight", weight(TINY_HEADS * head_dim, TINY_HIDDEN)),
-            (f"blk.{i}.attn_k.weight", weight(TINY_KV_HEADS * head_dim, TINY_HIDDEN)),
-            (f"blk.{i}.attn_v.weight", weight(TINY_KV_HEADS * head_dim, TINY_HIDDEN)),
-            (f"blk.{i}.attn_output.weight", weight(TINY_HIDDEN, TINY_HEADS * head_dim)),
-            (f"blk.{i}.ffn_norm.weight", np.ones(TINY_HIDDEN, dtype=np.float32)),
-            (f"blk.{i}.ffn_gate.weight", weight(TINY_FFN, TINY_HIDDEN)),
-            (f"blk.{i}.ffn_up.weight", weight(TINY_FFN, TINY_HIDDEN)),
-            (f"blk.{i}.ffn_down.weight", weight(TINY_HIDDEN, TINY_FFN)),
-        ]
-    tensors.append(("output_norm.weight", np.ones(TINY_HIDDEN, dtype=np.float32)))
-    # Split by tensor count: that is what gguf-py (and llama-gguf-split) support.
-    per_shard = -(-len(tensors) // shards)
-    if shards > 1 and -(-len(tensors) // per_shard) != shards:
-        raise ValueError(f"{len(tensors)} tensors cannot be split into {shards} shards")
-
-    writer = gguf.GGUFWriter(out_dir / f"{name}.gguf", "llama",
-                             split_max_tensors=per_shard if shards > 1 else 0)
+    writer = gguf.GGUFWriter(path, "llama", split_max_tensors=split_max_tensors)
     writer.add_name(name)
-    writer.add_file_type(gguf.LlamaFileType.MOSTLY_F16)
-    writer.add_context_length(TINY_CONTEXT)
-    writer.add_embedding_length(TINY_HIDDEN)
-    writer.add_block_count(TINY_LAYERS)
-    writer.add_feed_forward_length(TINY_FFN)
-    writer.add_head_count(TINY_HEADS)
-    writer.add_head_count_kv(TINY_KV_HEADS)
-    writer.add_rope_dimension_count(head_dim)
-    writer.add_rope_freq_base(1_000_000.0)
-    writer.add_layer_norm_rms_eps(1e-6)
+    writer.add_file_type(file_type)
+    writer.add_context_length(shape.ctx)
+    writer.add_embedding_length(shape.hidden)
+    writer.add_block_count(shape.layers)
+    writer.add_feed_forward_length(shape.ffn)
+    writer.add_head_count(shape.heads)
+    writer.add_head_count_kv(shape.kv_heads)
+    writer.add_rope_dimension_count(shape.head_dim)
+    writer.add_rope_freq_base(shape.rope_freq_base)
+    writer.add_layer_norm_rms_eps(shape.rms_eps)
     writer.add_vocab_size(n_vocab)
     writer.add_tokenizer_model(str(tok["tokenizer.ggml.model"]))
     writer.add_tokenizer_pre(str(tok["tokenizer.ggml.pre"]))
@@ -433,11 +434,41 @@ def make_tiny_model(llama_src: Path | MirrorRef, out_dir: Path, name: str = "tin
         if f"tokenizer.ggml.{key}" in tok:
             writer.add_uint32(f"tokenizer.ggml.{key}", int(tok[f"tokenizer.ggml.{key}"]))  # type: ignore[arg-type]
     writer.add_add_bos_token(False)  # Qwen never prepends BOS
-    writer.add_chat_template(template)
-    for tensor_name, array in tensors:
-        writer.add_tensor(tensor_name, array)
+    writer.add_chat_template(read_llama_file(llama_src, CHAT_TEMPLATE_PATH).decode())
+    return writer, n_vocab
+
+
+def make_tiny_model(llama_src: Path | MirrorRef, out_dir: Path, name: str = "tiny-qwen",
+                    shards: int = 2) -> list[Path]:
+    """Write a random-weight llama GGUF in ``shards`` files; return them, first first.
+
+    Tokenizer and chat template as in :func:`llama_gguf_writer` (the template renders
+    tools, ``tool_calls`` and tool results).  Weights come from a fixed seed, so the bytes
+    are the same on every run.  Token embeddings are tied to the output (no
+    ``output.weight``), which keeps the files near 20 MB.
+    """
+    import gguf
+    import numpy as np
+
+    if shards < 1:
+        raise ValueError("shards must be >= 1")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / f"{name}.gguf"
+    # Split by tensor count: that is what gguf-py (and llama-gguf-split) support.
+    n_tensors = len(llama_tensor_shapes(TINY_SHAPE, n_vocab=0, tied_output=True))
+    per_shard = -(-n_tensors // shards)
+    if shards > 1 and -(-n_tensors // per_shard) != shards:
+        raise ValueError(f"{n_tensors} tensors cannot be split into {shards} shards")
+    writer, n_vocab = llama_gguf_writer(llama_src, path, name, TINY_SHAPE, gguf.LlamaFileType.MOSTLY_F16,
+                                        split_max_tensors=per_shard if shards > 1 else 0)
+    rng = np.random.default_rng(TINY_SEED)
+    for tensor_name, dims in llama_tensor_shapes(TINY_SHAPE, n_vocab, tied_output=True):
+        if len(dims) == 1:
+            writer.add_tensor(tensor_name, np.ones(dims, dtype=np.float32))
+        else:
+            writer.add_tensor(tensor_name, (rng.standard_normal(dims, dtype=np.float32) * 0.02).astype(np.float16))
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()
     writer.close()
-    return writer.format_shard_names(out_dir / f"{name}.gguf")
+    return writer.format_shard_names(path)
