@@ -80,10 +80,9 @@ def llama_cpp_build(rig: Rig):
 def llama_services(rig: Rig, archs: tuple[str, ...], address: str, models: list = ()):
     """Users, keys and units per service, the switch to the new build, restarts, verification.
     ``models``: the operations that placed model files (a changed model restarts too)."""
-    own_changes: dict[str, list] = {}  # per service: its key file and unit
-    units = []
+    restart_on: dict[str, list] = {}  # per service: its key file and unit (unit last)
     for svc in rig.services:
-        own_changes[svc.name] = []
+        restart_on[svc.name] = []
         server.user(name=f"System user {svc.user}", user=svc.user, system=True,
                     home=f"/var/lib/rigkit-llama-{svc.name}", create_home=False,
                     shell="/usr/sbin/nologin")
@@ -92,16 +91,15 @@ def llama_services(rig: Rig, archs: tuple[str, ...], address: str, models: list 
             if not local.is_file():
                 raise PyinfraError(f"host {rig.host}: services[{svc.name}].api_key_file: expected a "
                                    f"readable file on this machine, {local} is not one")
-            own_changes[svc.name].append(files.put(
+            restart_on[svc.name].append(files.put(
                 name=f"API key of {svc.name} (0400, {svc.user} only)",
                 src=str(local), dest=render.key_path(svc), user=svc.user, group=svc.user,
                 mode="400", create_remote_dir=True,
             ))
-        units.append(files.put(
+        restart_on[svc.name].append(files.put(
             name=f"Unit {svc.unit}", src=StringIO(render.render_unit(svc, rig.llama_cpp.root)),
             dest=f"/etc/systemd/system/{svc.unit}", mode="644",
         ))
-        own_changes[svc.name].append(units[-1])
     files.put(name="Services manifest for verification", src=StringIO(render.services_manifest(rig)),
               dest=llama_server.MANIFEST, mode="600", create_remote_dir=True)
     files.put(name="opencode.json provider entries", src=StringIO(render.opencode_config(rig, address)),
@@ -109,24 +107,28 @@ def llama_services(rig: Rig, archs: tuple[str, ...], address: str, models: list 
 
     switch = llama_cpp.activate(name=f"Switch llama.cpp to {rig.llama_cpp.ref}", pin=rig.llama_cpp,
                                 cuda_arch=archs)
-    if units:
-        systemd.daemon_reload(name="Reload systemd units", _if=any_changed(*units))
+    if restart_on:
+        systemd.daemon_reload(name="Reload systemd units",
+                              _if=any_changed(*(ops[-1] for ops in restart_on.values())))
     started = []
     for svc in rig.services:
-        state = systemd.service(name=f"{'Enable' if svc.enabled else 'Disable'} {svc.unit}",
-                                service=svc.unit, running=svc.enabled, enabled=svc.enabled)
+        systemd.service(name=f"{'Enable' if svc.enabled else 'Disable'} {svc.unit}",
+                        service=svc.unit, running=None, enabled=svc.enabled)
+        # Separate from enabling: only a real start may stand in for a restart below.
+        start = systemd.service(name=f"{'Start' if svc.enabled else 'Stop'} {svc.unit}",
+                                service=svc.unit, running=svc.enabled)
         if svc.enabled:
-            started.append((svc, state))
-    for svc, state in started:
+            started.append((svc, start))
+    for svc, start in started:
         # Only when its build, model, unit or key changed; a unit that was just started
         # already runs all of those.
         systemd.service(name=f"Restart {svc.unit}", service=svc.unit, restarted=True,
-                        _if=[any_changed(switch, *models, *own_changes[svc.name]),
-                             lambda state=state: not state.did_change()])
-    if rig.enabled_services:
+                        _if=[any_changed(switch, *models, *restart_on[svc.name]),
+                             lambda start=start: not start.did_change()])
+    if started:
         # After any (re)start: a changed build, model, unit or key, or a service found not running.
-        service_changes = [op for ops in own_changes.values() for op in ops]
         llama_server.verify(name="Verify services (health, chat, tool-call replay)",
-                            _if=any_changed(switch, *models, *service_changes, *(s for _, s in started)))
+                            _if=any_changed(switch, *models,
+                                            *(op for svc, start in started for op in (*restart_on[svc.name], start))))
     llama_cpp.prune(name=f"Keep the last {rig.llama_cpp.keep_builds} llama.cpp builds",
                     pin=rig.llama_cpp, _if=switch.did_change)
