@@ -8,6 +8,10 @@ import json
 
 from pyinfra.api import FactBase
 
+#: rigkit's host-side llama.cpp tool (``rigkit/scripts/llama_host.py``), uploaded by
+#: ``rigkit.operations.llama_cpp.tool``.
+TOOL = "/opt/rigkit/bin/llama_host.py"
+
 
 class LlamaCppBuilds(FactBase):
     """
@@ -33,7 +37,7 @@ class LlamaCppBuilds(FactBase):
         )
 
     def process(self, output: list[str]) -> dict:
-        facts: dict = {"builds": {}, "current": None, "previous": None}
+        facts = self.default()
         for line in output:
             kind, _, rest = line.partition(" ")
             if kind == "B":
@@ -83,7 +87,7 @@ class RigStatus(FactBase):
     """
 
     def command(self) -> str:
-        return "python3 /opt/rigkit/bin/llama_host.py status 2>/dev/null || echo '{}'"
+        return f"python3 {TOOL} status 2>/dev/null || echo '{{}}'"
 
     def process(self, output: list[str]) -> dict:
         return json.loads("\n".join(output) or "{}")

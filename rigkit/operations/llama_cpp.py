@@ -14,10 +14,9 @@ from pyinfra import host
 from pyinfra.api import QuoteString, StringCommand, operation
 from pyinfra.operations import files
 
-from rigkit.facts.llama_cpp import LlamaCppBuilds
+from rigkit.facts.llama_cpp import TOOL, LlamaCppBuilds
 from rigkit.hostdata import LlamaCpp
-
-TOOL = "/opt/rigkit/bin/llama_host.py"
+from rigkit.scripts.llama_host import matches
 
 
 def cmake_flags(pin: LlamaCpp, cuda_arch: tuple[str, ...]) -> list[str]:
@@ -45,8 +44,9 @@ def flags_hash(flags: list[str], targets: tuple[str, ...]) -> str:
     return hashlib.sha256("\n".join(flags + ["targets=" + ",".join(targets)]).encode()).hexdigest()[:8]
 
 
-def matches(info: dict, ref: str, wanted_hash: str) -> bool:
-    return info["flags_hash"] == wanted_hash and (info["ref"] == ref or info["commit"].startswith(ref))
+def tool_command(*args: str, prefix: tuple[str, ...] = ()) -> StringCommand:
+    """``python3 TOOL ARGS...`` with every argument quoted (``prefix``: raw shell words)."""
+    return StringCommand(*prefix, "python3", *(QuoteString(a) for a in (TOOL, *args)))
 
 
 @operation()
@@ -78,11 +78,10 @@ def build(pin: LlamaCpp, cuda_arch: tuple[str, ...] = (), jobs: int = 0):
         if matches(info, pin.ref, wanted):
             host.noop(f"llama.cpp {pin.ref} is already built with these flags ({name})")
             return
-    command = [
-        "python3", TOOL, "build", "--root", pin.root, "--url", pin.git_url, "--ref", pin.ref,
-        "--flags-hash", wanted, "--targets", ",".join(pin.targets), "--jobs", str(jobs), "--", *flags,
-    ]
-    yield StringCommand("PATH=/usr/local/cuda/bin:$PATH", *[_quote(c) for c in command])
+    yield tool_command("build", "--root", pin.root, "--url", pin.git_url, "--ref", pin.ref,
+                       "--flags-hash", wanted, "--targets", ",".join(pin.targets),
+                       "--jobs", str(jobs), "--", *flags,
+                       prefix=("PATH=/usr/local/cuda/bin:$PATH",))
 
 
 @operation()
@@ -100,9 +99,7 @@ def activate(pin: LlamaCpp, cuda_arch: tuple[str, ...] = ()):
     if current and matches(current, pin.ref, wanted):
         host.noop(f"llama.cpp current is already {installed['current']}")
         return
-    yield StringCommand(*[_quote(c) for c in
-                          ["python3", TOOL, "activate", "--root", pin.root, "--ref", pin.ref,
-                           "--flags-hash", wanted]])
+    yield tool_command("activate", "--root", pin.root, "--ref", pin.ref, "--flags-hash", wanted)
 
 
 @operation(is_idempotent=False)
@@ -114,7 +111,7 @@ def rollback(pin: LlamaCpp):
 
         llama_cpp.rollback(pin=rig.llama_cpp)
     """
-    yield StringCommand(*[_quote(c) for c in ["python3", TOOL, "rollback", "--root", pin.root]])
+    yield tool_command("rollback", "--root", pin.root)
 
 
 @operation(is_idempotent=False)
@@ -122,9 +119,4 @@ def prune(pin: LlamaCpp):
     """
     Remove old builds, keeping ``pin.keep_builds`` and never ``current`` or ``previous``.
     """
-    yield StringCommand(*[_quote(c) for c in
-                          ["python3", TOOL, "prune", "--root", pin.root, "--keep", str(pin.keep_builds)]])
-
-
-def _quote(arg: str) -> QuoteString:
-    return QuoteString(arg)
+    yield tool_command("prune", "--root", pin.root, "--keep", str(pin.keep_builds))

@@ -4,9 +4,9 @@ Prove llama-server services answer: health, a chat completion, a tool-call repla
 
 from __future__ import annotations
 
-from pyinfra.api import QuoteString, StringCommand, operation
+from pyinfra.api import operation
 
-from rigkit.operations.llama_cpp import TOOL
+from rigkit.operations.llama_cpp import tool_command
 
 MANIFEST = "/etc/rigkit/llama/services.json"
 
@@ -23,5 +23,4 @@ def verify(manifest: str = MANIFEST, rollback: bool = True):
 
         llama_server.verify(_if=any_changed(switch, unit))
     """
-    args = ["python3", TOOL, "verify", "--manifest", manifest] + (["--rollback"] if rollback else [])
-    yield StringCommand(*[QuoteString(a) for a in args])
+    yield tool_command("verify", "--manifest", manifest, *(["--rollback"] if rollback else []))
