@@ -217,6 +217,30 @@ def test_a_changed_key_restarts_the_service_and_verifies(sandbox_hosts, first_de
     assert new_secret not in run.stdout + run.stderr
 
 
+def test_enabling_a_running_service_does_not_stand_in_for_its_restart(sandbox_hosts, first_deploy, tmp_path):
+    """The unit was disabled by hand but still runs: the run enables it again, and a changed
+    key must still restart it (enabling is not starting)."""
+    sb, host = sandbox_hosts, sandbox_hosts.hosts[0]
+    ssh(sb, host, "systemctl disable rigkit-llama-tiny")
+    new_secret = "rk-" + secrets.token_hex(16)
+    new_key = tmp_path / "again.key"
+    new_key.write_text(new_secret + "\n")
+    pid = ssh(sb, host, "systemctl show -p MainPID --value rigkit-llama-tiny")
+    run = run_pyinfra("inventories/sandbox.py", "deploys/rig.py", "--limit", "sandbox-1",
+                      env={"RIGKIT_SANDBOX_API_KEY_FILE": str(new_key)})
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert set(run.changed) == {
+        "Serve llama.cpp | API key of tiny (0400, llama-tiny only)",
+        "Serve llama.cpp | Enable rigkit-llama-tiny.service",
+        "Serve llama.cpp | Restart rigkit-llama-tiny.service",
+        "Serve llama.cpp | Verify services (health, chat, tool-call replay)",
+    }, run.changed
+    assert ssh(sb, host, "systemctl is-enabled rigkit-llama-tiny") == "enabled"
+    assert ssh(sb, host, "systemctl show -p MainPID --value rigkit-llama-tiny") != pid
+    body = {"messages": [{"role": "user", "content": "x"}], "max_tokens": 2}
+    assert chat(host.address, new_secret, body)[0] == 200
+
+
 def test_rigkit_status_reports_build_services_and_models(sandbox_hosts, first_deploy):
     import subprocess
     import sys
