@@ -37,8 +37,8 @@ from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, quote, unquote, urlsplit
 
-REPO_META = ".rigkit-repo.json"
-VERIFIED_STATE = ".rigkit-verified.json"
+from rigkit.scripts.fetch_shards import REPO_META, STATE_NAME, State
+
 LFS_EXTENSIONS = {
     ".gguf", ".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".onnx", ".msgpack", ".h5", ".npz", ".npy",
     ".pkl", ".model", ".zip", ".tar", ".gz", ".zst", ".xz", ".arrow", ".parquet", ".tflite", ".ot", ".mlmodel",
@@ -77,11 +77,12 @@ def _is_lfs(path: str, size: int) -> bool:
     return size >= LFS_MIN_SIZE or os.path.splitext(path)[1].lower() in LFS_EXTENSIONS
 
 
-def _hash_file(path: str) -> tuple[str, str]:
-    """(sha256, git blob sha1) of a file in one pass."""
+def _hash_file(path: str, git: bool) -> tuple[str, str]:
+    """(sha256, git blob sha1) of a file in one pass; the sha1 only with ``git`` (an LFS
+    file's git object is its pointer, not its contents)."""
     size = os.path.getsize(path)
     h = hashlib.sha256()
-    g = hashlib.sha1(b"blob %d\0" % size)
+    g = hashlib.sha1(b"blob %d\0" % size) if git else None
     buf = bytearray(1 << 20)
     mv = memoryview(buf)
     with open(path, "rb", buffering=0) as f:
@@ -90,8 +91,9 @@ def _hash_file(path: str) -> tuple[str, str]:
             if not n:
                 break
             h.update(mv[:n])
-            g.update(mv[:n])
-    return h.hexdigest(), g.hexdigest()
+            if g:
+                g.update(mv[:n])
+    return h.hexdigest(), g.hexdigest() if g else ""
 
 
 class MirrorStore:
@@ -110,11 +112,7 @@ class MirrorStore:
         return d if os.path.isdir(d) else None
 
     def _verified(self, repo_dir: str) -> dict:
-        try:
-            with open(os.path.join(repo_dir, VERIFIED_STATE), encoding="utf-8") as f:
-                return json.load(f).get("files", {})
-        except (OSError, ValueError):
-            return {}
+        return State(os.path.join(repo_dir, STATE_NAME)).files
 
     def index(self, repo: str) -> RepoIndex | None:
         d = self.repo_dir(repo)
@@ -141,7 +139,7 @@ class MirrorStore:
                         if v and v.get("size") == st.st_size and v.get("mtime_ns") == st.st_mtime_ns:
                             hashes = (v["sha256"], "")
                     if hashes is None:
-                        hashes = _hash_file(ap)
+                        hashes = _hash_file(ap, git=not lfs)
                     self._cache[key] = hashes
                     sha256, git = hashes
                     pointer = (f"version https://git-lfs.github.com/spec/v1\noid sha256:{sha256}\n"

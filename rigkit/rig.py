@@ -43,6 +43,8 @@ def models(rig: Rig):
     or fetched on the host from the Hub (or ``hf_endpoint``, a mirror) as the lock pins them.
     Returns the operations, so services restart when their model changed."""
     placed = []
+    if any(not isinstance(entry, UploadModel) for entry in rig.models):
+        model_ops.fetcher(name="Install rigkit's model fetcher", token_file=host.data.get("hf_token_file"))
     for entry in rig.models:
         if isinstance(entry, UploadModel):
             src = Path(entry.upload).expanduser()
@@ -58,8 +60,7 @@ def models(rig: Rig):
             placed.append(model_ops.shards(
                 name=f"Model {entry.name or entry.repo} ({entry.repo}@{locked.sha[:12]}, "
                      f"{len(locked.files)} file(s)) in {entry.dest}",
-                ref=entry.ref, lock_entry=locked,
-                token_file=host.data.get("hf_token_file"),
+                ref=entry.ref, lock_entry=locked, token_file=host.data.get("hf_token_file"),
             ))
     return placed
 

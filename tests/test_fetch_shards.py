@@ -245,6 +245,7 @@ def test_pyinfra_operation_local(env):
         from rigkit.operations import models
         ref = ModelRef({ref.repo!r}, {ref.revision!r}, {ref.include!r}, {ref.dest!r})
         entry = lockfile.check([ref], lockfile.load({str(lp)!r}))[ref.key]
+        models.fetcher(name="fetcher", use_token=False, remote_dir={str(tmp / "rigkit")!r})
         models.shards(name="tiny shards", ref=ref, lock_entry=entry, endpoint={s.url!r}, use_token=False,
                       remote_dir={str(tmp / "rigkit")!r}, margin_bytes=0)
     """))

@@ -2,33 +2,28 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 import shlex
 
 from pyinfra.api.facts import FactBase
 
-# Runs on the host with its python3: compares files with the state file that
-# rigkit/scripts/fetch_shards.py writes (size, mtime_ns, sha256), hashing nothing.
-_CHECK = r"""
-import json, os, sys
-state_file, files = sys.argv[1], json.loads(sys.argv[2])
-try:
-    with open(state_file) as f:
-        state = json.load(f).get("files", {})
-except (OSError, ValueError):
-    state = {}
-out = {}
-for dest, size, sha in files:
-    try:
-        st = os.stat(dest)
-    except OSError:
-        out[dest] = "missing"
-        continue
-    e = state.get(dest) or {}
-    ok = (st.st_size == size == e.get("size") and e.get("sha256") == sha and e.get("mtime_ns") == st.st_mtime_ns)
-    out[dest] = "verified" if ok else "unverified"
+from rigkit.scripts import fetch_shards
+
+# Runs on the host with its python3: fetch_shards.py's own State decides what is verified
+# (size, mtime_ns and sha256 as recorded, same state version), hashing nothing.
+_CHECK = "\n".join([
+    "import json, os, sys, threading",
+    f"STATE_VERSION = {fetch_shards.STATE_VERSION}",
+    inspect.getsource(fetch_shards.State),
+    """
+state, out = State(sys.argv[1]), {}
+for dest, size, sha in json.loads(sys.argv[2]):
+    out[dest] = ("verified" if state.is_verified(dest, size, sha)
+                 else "unverified" if os.path.exists(dest) else "missing")
 print(json.dumps(out))
-"""
+""",
+])
 
 
 class ShardsVerified(FactBase):

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import posixpath
+from importlib.resources import files as package_files
 from io import StringIO
 from urllib.parse import quote
 
@@ -22,9 +22,9 @@ from pyinfra.operations import files
 
 from rigkit.facts.models import ShardsVerified
 from rigkit.hub import ModelRef, read_token, resolve_endpoint
+from rigkit.scripts.fetch_shards import STATE_NAME
 
-SCRIPT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "scripts", "fetch_shards.py")
-STATE_NAME = ".rigkit-verified.json"
+REMOTE_DIR = "/var/lib/rigkit"  # the fetch script, the token and the manifests on the host
 
 
 def manifest_for(ref: ModelRef, lock_entry, *, endpoint: str | None = None, token_file: str | None = None,
@@ -56,27 +56,50 @@ def manifest_for(ref: ModelRef, lock_entry, *, endpoint: str | None = None, toke
 
 
 @operation()
+def fetcher(token_file: str | None = None, use_token: bool = True, remote_dir: str = REMOTE_DIR):
+    """
+    Upload the fetch script, and the Hub token when there is one, once per host for all
+    ``shards`` operations.
+
+    + token_file: local file with the Hub token (default: ``$HF_TOKEN`` or ``~/.cache/huggingface/token``)
+    + use_token: send a token at all (uploaded mode 0600, sent only as a header)
+    + remote_dir: where the fetch script, manifests and token live on the host
+
+    .. code:: python
+
+        models.fetcher(token_file="~/.hf-token")
+    """
+    token = read_token(token_file) if use_token else None
+    if token:
+        yield from files.put._inner(src=StringIO(token + "\n"), dest=posixpath.join(remote_dir, "hf-token"),
+                                    mode="600", create_remote_dir=True)
+    yield from files.put._inner(src=str(package_files("rigkit") / "scripts" / "fetch_shards.py"),
+                                dest=posixpath.join(remote_dir, "fetch_shards.py"), mode="755",
+                                create_remote_dir=True)
+
+
+@operation()
 def shards(
     ref: ModelRef,
     lock_entry,
     endpoint: str | None = None,
     token_file: str | None = None,
     use_token: bool = True,
-    remote_dir: str = "/var/lib/rigkit",
+    remote_dir: str = REMOTE_DIR,
     parallel: int = 4,
     margin_bytes: int = 2 << 30,
     reverify: bool = False,
-    python: str = "python3",
 ):
     """
-    Download and verify the files of a locked model reference into ``ref.dest``.
+    Download and verify the files of a locked model reference into ``ref.dest``, with the
+    script (and token) that ``fetcher`` uploaded to ``remote_dir``.
 
     + ref: the ``rigkit.hub.ModelRef`` (repo, revision, include, dest, endpoint)
     + lock_entry: its ``rigkit.lockfile.LockEntry`` (commit sha, files with size and sha256)
-    + endpoint: Hub or mirror URL (default: ``ref.endpoint``, host data ``hf_endpoint``, ``$HF_ENDPOINT``)
-    + token_file: local file with the Hub token (default: ``$HF_TOKEN`` or ``~/.cache/huggingface/token``)
-    + use_token: send a token at all (uploaded mode 0600, sent only as a header)
-    + remote_dir: where the fetch script, manifests and token live on the host
+    + endpoint: Hub or mirror URL when ``ref.endpoint`` has none (default: host data
+      ``hf_endpoint``, ``$HF_ENDPOINT``)
+    + token_file, use_token: as given to ``fetcher`` (whether the download sends the token)
+    + remote_dir: as given to ``fetcher``
     + parallel: files downloaded at once
     + margin_bytes: free space required beyond the bytes still missing
     + reverify: re-hash every placed file and repair mismatches
@@ -87,35 +110,27 @@ def shards(
 
     .. code:: python
 
+        models.fetcher()
         models.shards(
             name="Qwen3 Q6 shards",
             ref=ref,
             lock_entry=lock[ref.key],
         )
     """
-    state_file = posixpath.join(ref.dest, STATE_NAME)
+    manifest_file = hashlib.sha256(f"{ref.key}\0{ref.dest}".encode()).hexdigest()[:16] + ".json"
     wanted = [(posixpath.join(ref.dest, f.path), f.size, f.sha256) for f in lock_entry.files]
     if not reverify:
-        status = host.get_fact(ShardsVerified, state_file=state_file, files=wanted)
+        status = host.get_fact(ShardsVerified, state_file=posixpath.join(ref.dest, STATE_NAME), files=wanted)
         if status and all(status.get(d) == "verified" for d, _, _ in wanted):
             host.noop(f"{ref.repo}@{lock_entry.sha[:12]}: {len(wanted)} file(s) already verified in {ref.dest}")
             return
 
-    ep = endpoint or host.data.get("hf_endpoint")
-    token = read_token(token_file) if use_token else None
-    remote_token = None
-    if token:
-        remote_token = posixpath.join(remote_dir, "hf-token")
-        yield from files.put._inner(src=StringIO(token + "\n"), dest=remote_token, mode="600")
-
-    manifest = manifest_for(ref, lock_entry, endpoint=ep, token_file=remote_token, parallel=parallel,
-                            margin_bytes=margin_bytes, reverify=reverify)
-    name = hashlib.sha256(f"{ref.key}\0{ref.dest}".encode()).hexdigest()[:16]
-    remote_script = posixpath.join(remote_dir, "fetch_shards.py")
-    remote_manifest = posixpath.join(remote_dir, "manifests", f"{name}.json")
-    yield from files.put._inner(src=SCRIPT, dest=remote_script, mode="755")
-    yield from files.put._inner(src=StringIO(json.dumps(manifest, indent=1)), dest=remote_manifest, mode="600")
-    args = [python, QuoteString(remote_script), QuoteString(remote_manifest)]
-    if reverify:
-        args.append("--reverify")
-    yield StringCommand(*args)
+    remote_token = posixpath.join(remote_dir, "hf-token") if use_token and read_token(token_file) else None
+    manifest = manifest_for(ref, lock_entry, endpoint=endpoint or host.data.get("hf_endpoint"),
+                            token_file=remote_token, parallel=parallel, margin_bytes=margin_bytes,
+                            reverify=reverify)
+    remote_manifest = posixpath.join(remote_dir, "manifests", manifest_file)
+    yield from files.put._inner(src=StringIO(json.dumps(manifest, indent=1)), dest=remote_manifest, mode="600",
+                                create_remote_dir=True)
+    yield StringCommand("python3", QuoteString(posixpath.join(remote_dir, "fetch_shards.py")),
+                        QuoteString(remote_manifest))

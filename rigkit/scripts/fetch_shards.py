@@ -42,6 +42,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 CHUNK = 1 << 20
 STATE_VERSION = 1
+STATE_NAME = ".rigkit-verified.json"  # in each model directory: what was verified
+REPO_META = ".rigkit-repo.json"  # in each model directory: repo, revision, commit
 EXIT_OK, EXIT_FAIL, EXIT_USAGE, EXIT_SPACE, EXIT_AUTH, EXIT_NOTFOUND = 0, 1, 2, 3, 4, 5
 
 
@@ -228,26 +230,21 @@ class Progress:
                     log(self.line(idx))
 
 
-def hash_file(path, limit=None, on_bytes=None):
+def hash_file(path):
     h = hashlib.sha256()
     buf = bytearray(CHUNK)
     mv = memoryview(buf)
-    left = limit
     with open(path, "rb", buffering=0) as f:
-        while left is None or left > 0:
-            n = f.readinto(buf if left is None or left >= CHUNK else mv[:left])
+        while True:
+            n = f.readinto(buf)
             if not n:
                 break
             h.update(mv[:n])
-            if left is not None:
-                left -= n
-            if on_bytes:
-                on_bytes(n)
     return h
 
 
 def download(idx, item, ctx):
-    """Download one file to <dest>.partial, verify, rename. Returns bytes fetched."""
+    """Download one file to <dest>.partial, verify, rename (bytes fetched are counted by Progress)."""
     dest, size, want = item["dest"], item["size"], item["sha256"]
     name = os.path.relpath(dest, ctx["root"]) if ctx.get("root") else os.path.basename(dest)
     partial = dest + ".partial"
@@ -255,7 +252,6 @@ def download(idx, item, ctx):
     retries = ctx["retries"]
     mismatches = 0
     stalls = 0
-    fetched_total = 0
     prog = ctx["progress"]
     track = {"h": None, "pos": -1}  # hasher of the partial's first pos bytes, kept across in-process retries
     while True:
@@ -277,10 +273,8 @@ def download(idx, item, ctx):
             log("[%d/%d] %s resuming at %s of %s" % (idx, ctx["n"], name, human(have), human(size)))
         try:
             if have < size:
-                n_fetched, h = fetch_into(idx, item, partial, have, h, ctx, track)
-                fetched_total += n_fetched
+                h = fetch_into(idx, item, partial, have, h, ctx, track)
         except Retryable as e:
-            fetched_total += track.get("fetched", 0)
             stalls += 1
             if stalls > retries:
                 raise Fatal("%s: giving up after %d attempts: %s" % (name, stalls, e))
@@ -299,7 +293,7 @@ def download(idx, item, ctx):
             ctx["state"].record(dest, size, want)
             prog.finish(idx)
             log("[%d/%d] %s %s sha256 ok" % (idx, ctx["n"], name, human(size)))
-            return fetched_total
+            return
         os.unlink(partial)
         mismatches += 1
         msg = ("%s: sha256 mismatch (expected %s, got %s, %d bytes)" % (name, want, got, actual)
@@ -311,12 +305,11 @@ def download(idx, item, ctx):
 
 
 def fetch_into(idx, item, partial, have, h, ctx, track):
-    """Stream item's URL from byte ``have`` into partial, updating h; returns (bytes fetched, hasher).
+    """Stream item's URL from byte ``have`` into partial, updating h; returns the hasher.
 
     Raises Retryable on a dropped stream (what was written stays in the partial file)."""
     size = item["size"]
     resp = open_url(item["url"], ctx["token"], have, ctx["timeout"])
-    fetched = 0
     prog = ctx["progress"]
     with resp:
         status = resp.status
@@ -337,7 +330,7 @@ def fetch_into(idx, item, partial, have, h, ctx, track):
             if restarted:
                 prog.reset(idx, 0)
             pos = have
-            track["h"], track["pos"], track["fetched"] = h, pos, 0
+            track["h"], track["pos"] = h, pos
             try:
                 while pos < size:
                     # read1: whatever has arrived (up to CHUNK), so a stalled stream still lands on disk
@@ -349,8 +342,7 @@ def fetch_into(idx, item, partial, have, h, ctx, track):
                         raise Fatal("short write to %s (disk full?)" % partial, EXIT_SPACE)
                     h.update(chunk)
                     pos += n
-                    fetched += n
-                    track["pos"], track["fetched"] = pos, fetched
+                    track["pos"] = pos
                     prog.add(idx, n)
             except (socket.timeout, ConnectionError, OSError) as e:
                 if isinstance(e, OSError) and e.errno == 28:  # ENOSPC
@@ -358,7 +350,7 @@ def fetch_into(idx, item, partial, have, h, ctx, track):
                 raise Retryable("%s after %s" % (type(e).__name__, human(pos)))
             if pos < size:
                 raise Retryable("connection closed after %s of %s" % (human(pos), human(size)))
-    return fetched, h
+    return h
 
 
 # --------------------------------------------------------------------------- #
@@ -438,7 +430,7 @@ def run(argv=None):
     n = len(files)
     dests = [f["dest"] for f in files]
     root = m.get("root") or os.path.commonpath([os.path.dirname(d) for d in dests])
-    state = State(m.get("state_file") or os.path.join(root, ".rigkit-verified.json"))
+    state = State(m.get("state_file") or os.path.join(root, STATE_NAME))
     reverify = args.reverify or bool(m.get("reverify"))
     parallel = max(1, args.parallel or int(m.get("parallel") or 4))
     margin = int(m.get("margin_bytes", 1 << 30))
@@ -493,7 +485,6 @@ def run(argv=None):
     progress = Progress(n, args.progress_interval)
     ctx = {"token": token, "timeout": float(m.get("timeout", 60)), "retries": int(m.get("retries", 3)),
            "state": state, "progress": progress, "n": n, "root": root, "fsync": not args.no_fsync}
-    fetched = 0
     if todo:
         log("downloading %d file(s), %s missing, %d in parallel" % (len(todo), human(sum(b for _, b in missing)),
                                                                      parallel))
@@ -505,7 +496,7 @@ def run(argv=None):
                 futs = {ex.submit(download, i, f, ctx): (i, f) for i, f in todo}
                 for fut in futs:
                     try:
-                        fetched += fut.result()
+                        fut.result()
                     except Fatal as e:
                         failures.append(e)
                         ctx["retries"] = -1  # stop the others quickly
@@ -533,7 +524,7 @@ def run(argv=None):
 
 
 def write_repo_meta(meta):
-    path = os.path.join(meta["dir"], ".rigkit-repo.json")
+    path = os.path.join(meta["dir"], REPO_META)
     try:
         with open(path, encoding="utf-8") as f:
             data = json.load(f)
