@@ -30,11 +30,13 @@ import re
 import sys
 import typing
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path, PurePosixPath
 from typing import Any, Mapping
 
 from pyinfra.api.exceptions import PyinfraError
 
+from rigkit.hub import REPO_RE as HUB_REPO
 from rigkit.hub import ModelRef
 from rigkit.lockfile import LockError
 
@@ -44,7 +46,6 @@ COMMIT_SHA = re.compile(r"^[0-9a-f]{7,40}$")
 SHARD = re.compile(r"-(\d{5})-of-(\d{5})\.gguf$")
 SERVICE_NAME = re.compile(r"^[a-z][a-z0-9-]{0,23}$")
 MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
-HUB_REPO = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
 MODEL_REF_PREFIX = "ref:"  # services[].model: "ref:<models[].name>"
 LOCK_ENV = "RIGKIT_MODEL_LOCK"
 KV_TYPES = ("f32", "f16", "bf16", "q8_0", "q4_0", "q4_1", "iq4_nl", "q5_0", "q5_1")
@@ -156,7 +157,7 @@ class HubModel:
     include: tuple[str, ...] = ("*",)
     endpoint: str | None = None
 
-    @property
+    @cached_property
     def ref(self) -> ModelRef:
         return ModelRef(repo=self.repo, revision=self.revision, include=self.include,
                         dest=self.dest, endpoint=self.endpoint)
@@ -347,8 +348,8 @@ def _check_hub_model(host: str, key: str, m: HubModel) -> None:
         raise HostDataError(host, f"{key}.repo", "a Hub repository '<org>/<name>'", m.repo)
     if any(c.isspace() for c in m.revision):
         raise HostDataError(host, f"{key}.revision", "a branch, tag or commit sha", m.revision)
-    if not m.include:
-        raise HostDataError(host, f"{key}.include", "a non-empty list of glob patterns", [])
+    if not m.include or not all(pattern.strip() for pattern in m.include):
+        raise HostDataError(host, f"{key}.include", "a non-empty list of glob patterns", list(m.include))
     if m.endpoint is not None and not m.endpoint.startswith(("http://", "https://")):
         raise HostDataError(host, f"{key}.endpoint", "an http(s) URL", m.endpoint)
 
@@ -490,10 +491,6 @@ def rig_for(host: Any) -> Rig:
             f"pyinfra with an inventory file (the lock is <inventory stem>.lock.yaml next to it), or "
             f"set host data model_lock or ${LOCK_ENV}; write it with: rigkit lock INVENTORY")
     try:
-        lock = lockfile.load(path)
-    except lockfile.LockError as exc:
-        raise ModelLockError(f"host {host.name}: {exc}\nrun: rigkit lock {inventory}") from None
-    try:
-        return resolve_model_refs(rig, lock, inventory)
+        return resolve_model_refs(rig, lockfile.load(path, inventory=inventory), inventory)
     except lockfile.LockError as exc:
         raise ModelLockError(f"host {host.name}: {exc}") from None

@@ -29,7 +29,7 @@ from typing import Any, Iterable, Mapping
 from urllib.parse import quote
 
 DEFAULT_ENDPOINT = "https://huggingface.co"
-_REPO_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
+REPO_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
 _SHA_RE = re.compile(r"^[0-9a-f]{40}$")
 _SHARD_RE = re.compile(r"-0*1-of-(\d+)\.gguf$")
 
@@ -85,7 +85,7 @@ class ModelRef:
         self.validate()
 
     def validate(self) -> None:
-        if not isinstance(self.repo, str) or not _REPO_RE.match(self.repo):
+        if not isinstance(self.repo, str) or not REPO_RE.match(self.repo):
             raise ValueError(f"model 'repo': expected '<org>/<name>' (e.g. 'unsloth/Qwen3-8B-GGUF'), got {self.repo!r}")
         if not isinstance(self.revision, str) or not self.revision or any(c.isspace() for c in self.revision):
             raise ValueError(
@@ -111,34 +111,6 @@ class ModelRef:
     def key(self) -> str:
         """Stable lockfile key: what is fetched (not where it goes, nor from which mirror)."""
         return f"{self.repo}@{self.revision}:{','.join(self.include)}"
-
-    @classmethod
-    def from_data(cls, data: Mapping[str, Any] | "ModelRef", *, endpoint: str | None = None) -> "ModelRef":
-        """Build from host data (a dict with repo/revision/include/dest[/endpoint])."""
-        if isinstance(data, ModelRef):
-            return data
-        if not isinstance(data, Mapping):
-            raise ValueError(f"model: expected a mapping with repo/revision/include/dest, got {type(data).__name__}")
-        known = {"repo", "revision", "include", "dest", "endpoint"}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"model: unknown key(s) {unknown}; expected {sorted(known)}")
-        if "repo" not in data:
-            raise ValueError("model 'repo': missing (expected '<org>/<name>')")
-        if "dest" not in data:
-            raise ValueError(f"model 'dest' of {data['repo']}: missing (expected an absolute directory path)")
-        include = data.get("include", ("*",))
-        if isinstance(include, str):
-            include = (include,)
-        elif isinstance(include, (list, tuple)):
-            include = tuple(include)
-        return cls(
-            repo=data["repo"],
-            revision=data.get("revision", "main"),
-            include=include,
-            dest=data["dest"],
-            endpoint=data.get("endpoint", endpoint),
-        )
 
 
 def first_shard(paths: Iterable[str]) -> str:

@@ -89,16 +89,19 @@ def lock_path_for(inventory_path: str | os.PathLike) -> Path:
     return p.with_name(f"{p.stem}.lock.yaml")
 
 
-def load(path: str | os.PathLike) -> dict[str, LockEntry]:
+def load(path: str | os.PathLike, *, inventory: str = "INVENTORY") -> dict[str, LockEntry]:
+    """The lock entries of a lockfile; a missing or unreadable one is a :class:`LockError` that
+    names the fix (``rigkit lock <inventory>``)."""
     p = Path(path)
+    fix = f"\nrun: rigkit lock {inventory}"
     try:
         data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
     except FileNotFoundError:
-        raise LockError(f"lockfile {p} does not exist") from None
+        raise LockError(f"lockfile {p} does not exist{fix}") from None
     except yaml.YAMLError as e:
-        raise LockError(f"lockfile {p} is not valid YAML: {e}") from None
+        raise LockError(f"lockfile {p} is not valid YAML: {e}{fix}") from None
     if data.get("version") != LOCK_VERSION:
-        raise LockError(f"lockfile {p}: expected 'version: {LOCK_VERSION}', got {data.get('version')!r}")
+        raise LockError(f"lockfile {p}: expected 'version: {LOCK_VERSION}', got {data.get('version')!r}{fix}")
     return {k: LockEntry.from_data(k, v) for k, v in (data.get("models") or {}).items()}
 
 
@@ -138,11 +141,7 @@ def check(refs: Iterable[ModelRef], lock: Mapping[str, LockEntry], *, inventory:
 def entries_for_inventory(inventory_path: str) -> tuple[list[ModelRef], dict[str, LockEntry]]:
     """What a deploy calls: the inventory's refs and their checked lock entries."""
     refs = collect_model_refs(inventory_path)
-    lp = lock_path_for(inventory_path)
-    try:
-        lock = load(lp)
-    except LockError as e:
-        raise LockError(f"{e}\nrun: rigkit lock {inventory_path}") from None
+    lock = load(lock_path_for(inventory_path), inventory=inventory_path)
     return refs, check(refs, lock, inventory=inventory_path)
 
 
@@ -219,16 +218,12 @@ def lock_main(argv: list[str] | None = None) -> int:
     ap.add_argument("--check", action="store_true", help="only check that the lockfile matches the inventory")
     args = ap.parse_args(argv)
     try:
-        refs = collect_model_refs(args.inventory)
         lp = lock_path_for(args.inventory)
         if args.check:
-            try:
-                lock = load(lp)
-            except LockError as e:
-                raise LockError(f"{e}\nrun: rigkit lock {args.inventory}") from None
-            check(refs, lock, inventory=args.inventory)
+            refs, _ = entries_for_inventory(args.inventory)
             print(f"{lp}: {len(refs)} model reference(s) locked")
             return 0
+        refs = collect_model_refs(args.inventory)
         entries = lock_refs(refs, endpoint=args.endpoint, token=read_token(args.token_file))
         dump(entries, lp, inventory=args.inventory)
         print(f"wrote {lp} ({len(entries)} model(s))")

@@ -76,6 +76,7 @@ def test_stale_or_missing_lock_names_the_command():
     (lambda d: d["models"][1].update(repo="no-slash"), "models[1].repo", "<org>/<name>"),
     (lambda d: d["models"][1].update(dest="models/tiny"), "models[1].dest", "absolute"),
     (lambda d: d["models"][1].update(include=[]), "models[1].include", "non-empty"),
+    (lambda d: d["models"][1].update(include=["  "]), "models[1].include", "non-empty"),
     (lambda d: d["models"][1].update(include="Q8/*.gguf"), "models[1].include", "a list"),
     (lambda d: d["models"][1].update(revison="main"), "models[1].revison", "known keys"),
     (lambda d: d["models"][1].update(endpoint="ftp://x"), "models[1].endpoint", "http"),
