@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import subprocess
 import sys
 import time
@@ -24,6 +25,9 @@ os.environ["RIGKIT_SANDBOX_DIR"] = "/var/lib/rigkit/sandbox-bench-upgrade"
 sys.path.insert(0, str(REPO))
 
 from rigkit import sandbox  # noqa: E402
+from rigkit.facts.llama_cpp import TOOL  # noqa: E402
+from rigkit.hostdata import LlamaCpp  # noqa: E402
+from rigkit.operations.llama_cpp import cmake_flags  # noqa: E402
 from rigkit.health import HealthPoller  # noqa: E402
 
 PYINFRA = str(Path(sys.executable).with_name("pyinfra"))
@@ -36,23 +40,17 @@ def deploy(ref: str) -> float:
     return time.monotonic() - started
 
 
-def ssh(sb: sandbox.Sandbox, command: str) -> str:
-    return subprocess.run(
-        ["ssh", "-i", sb.ssh_key, "-o", f"UserKnownHostsFile={sb.known_hosts}", "-o", "BatchMode=yes",
-         f"root@{sb.hosts[0].address}", command], check=True, capture_output=True, text=True).stdout
-
-
 def build_seconds(sb: sandbox.Sandbox, key: str, ccache: bool) -> float:
-    """One more build of b11312 through the host tool, beside the deployed ones (a new build
-    key, as a changed pin or flag gives), then removed again."""
+    """One more build of b11312 through the host tool with the deploy's own flags, beside the
+    deployed ones (a new build key, as a changed pin or flag gives), then removed again."""
+    pin = LlamaCpp(ref="b11312", cuda=False)
+    flags = " ".join(shlex.quote(f) for f in cmake_flags(pin, ()))
     env = "" if ccache else "CCACHE_DISABLE=1 "
-    root = "/opt/rigkit/llama.cpp"
-    ssh(sb, f"{env}python3 /opt/rigkit/bin/llama_host.py build --root {root} "
-            f"--url {sb.git_url}/llama.cpp.git --ref b11312 --flags-hash {key} -- "
-            "-DBUILD_SHARED_LIBS=OFF -DGGML_CCACHE=ON -DLLAMA_CURL=OFF -DLLAMA_USE_PREBUILT_UI=OFF "
-            "-DLLAMA_BUILD_UI=OFF -DLLAMA_BUILD_TESTS=OFF -DGGML_CUDA=OFF")
-    info = json.loads(ssh(sb, f"cat {root}/builds/b11312-*-{key}/build.json"))
-    ssh(sb, f"rm -rf {root}/builds/b11312-*-{key}")
+    host = sb.hosts[0]
+    sb.ssh(host, f"{env}python3 {TOOL} build --root {pin.root} --url {sb.git_url}/llama.cpp.git "
+                 f"--ref {pin.ref} --flags-hash {key} -- {flags}")
+    info = json.loads(sb.ssh(host, f"cat {pin.root}/builds/{pin.ref}-*-{key}/build.json && "
+                                   f"rm -rf {pin.root}/builds/{pin.ref}-*-{key}"))
     return info["build_seconds"]
 
 

@@ -84,9 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
         ("mirror", "serve downloaded models over the Hub's download API (rigkit mirror serve DIR [-h])"),
         ("status", "per host: llama.cpp build, services active/healthy, models (rigkit status INVENTORY)"),
     ):
-        p = sub.add_parser(name, help=help_text, add_help=False)
-        p.add_argument("args", nargs=argparse.REMAINDER)
-        p.set_defaults(func=lambda a, name=name: PASS_THROUGH[name](a.args))
+        sub.add_parser(name, help=help_text, add_help=False)  # listed in --help; main() runs them
     return parser
 
 

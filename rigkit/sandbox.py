@@ -33,8 +33,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from rigkit.offline import default_cache_dir
+# The ccache directory rig deploys use on a host; the sandbox keeps it on the build
+# machine so a rebuilt host does not compile llama.cpp cold again.
+from rigkit.scripts.llama_host import CCACHE_DIR as HOST_CCACHE_DIR
+
 DEFAULT_STATE = Path("/var/lib/rigkit/sandbox")
-DEFAULT_CACHE = Path("/var/cache/rigkit")
 # Benchmarking range (RFC 2544): never a real network, never a private range.
 ADDRESS_POOL = ipaddress.ip_network("198.18.0.0/15")
 SUITE = "bookworm"
@@ -45,11 +49,8 @@ BASE_PACKAGES = (
 APT_PROXY_PORT = 3142
 GIT_PORT = 9418
 HF_MIRROR_PORT = 8090  # `rigkit mirror serve <cache>/hub`: the sandbox's stand-in for the Hub
-# The process name (comm) of each service, checked before it is signalled.
-SERVICE_COMM = {"git-daemon": "git", "hf-mirror": "python"}
-# The ccache directory rig deploys use on a host; the sandbox keeps it on the build
-# machine so a rebuilt host does not compile llama.cpp cold again.
-HOST_CCACHE_DIR = "/var/cache/rigkit/ccache"
+# The process name (comm) of each service, checked before it is signalled or reported.
+SERVICE_COMM = {"apt-cacher-ng": "apt-cacher-ng", "git-daemon": "git", "hf-mirror": "python"}
 
 
 class SandboxError(RuntimeError):
@@ -65,7 +66,7 @@ def state_dir() -> Path:
 
 
 def cache_dir() -> Path:
-    return Path(os.environ.get("RIGKIT_CACHE", DEFAULT_CACHE))
+    return default_cache_dir()
 
 
 def run(cmd: list[str], check: bool = True, **kwargs) -> subprocess.CompletedProcess:
@@ -115,6 +116,14 @@ class Sandbox:
     @property
     def hf_endpoint(self) -> str:
         return f"http://{self.gateway}:{HF_MIRROR_PORT}"
+
+    def ssh(self, host: "SandboxHost", command: str, check: bool = True, timeout: float = 120) -> str:
+        """Run a command on a host over SSH (strict host key checking); its stdout, stripped."""
+        return subprocess.run(
+            ["ssh", "-i", self.ssh_key, "-o", f"UserKnownHostsFile={self.known_hosts}",
+             "-o", "StrictHostKeyChecking=yes", "-o", "BatchMode=yes", f"root@{host.address}", command],
+            capture_output=True, text=True, check=check, timeout=timeout,
+        ).stdout.strip()
 
     def save(self, path: Path) -> None:
         tmp = path.with_suffix(".tmp")
@@ -381,8 +390,7 @@ def _ensure_key(state: Path) -> Path:
 def _start_services(sb: Sandbox, state: Path) -> None:
     """apt-cacher-ng (packages), git daemon (source mirrors) and a Hub mirror (models,
     ``<cache>/hub/<org>/<name>/...``) on the gateway only."""
-    acng = sb.services.get("apt-cacher-ng")
-    if not _alive(acng, "apt-cacher-ng"):
+    if not _alive(sb.services.get("apt-cacher-ng"), SERVICE_COMM["apt-cacher-ng"]):
         acng_dir = state / "apt-cacher-ng"
         (acng_dir / "log").mkdir(parents=True, exist_ok=True)
         shared_cache = cache_dir() / "apt-cacher-ng"
@@ -401,9 +409,8 @@ def _start_services(sb: Sandbox, state: Path) -> None:
              f"CacheDir={shared_cache}", f"LogDir={acng_dir / 'log'}",
              f"PidFile={pidfile}", f"SocketPath={acng_dir / 'socket'}",
              f"BindAddress={sb.gateway}", f"Port={APT_PROXY_PORT}", "ForeGround=0"])
-        sb.services["apt-cacher-ng"] = _wait_pidfile(pidfile, "apt-cacher-ng")
-    git = sb.services.get("git-daemon")
-    if not _alive(git, "git"):
+        sb.services["apt-cacher-ng"] = _wait_pidfile(pidfile, SERVICE_COMM["apt-cacher-ng"])
+    if not _alive(sb.services.get("git-daemon"), SERVICE_COMM["git-daemon"]):
         git_root = cache_dir() / "mirrors"
         git_root.mkdir(parents=True, exist_ok=True)
         pidfile = state / "git-daemon.pid"
@@ -411,9 +418,8 @@ def _start_services(sb: Sandbox, state: Path) -> None:
         run(["git", "daemon", "--detach", "--reuseaddr", "--export-all",
              f"--base-path={git_root}", f"--listen={sb.gateway}", f"--port={GIT_PORT}",
              f"--pid-file={pidfile}", str(git_root)])
-        sb.services["git-daemon"] = _wait_pidfile(pidfile, "git")
-    hf = sb.services.get("hf-mirror")
-    if not _alive(hf, SERVICE_COMM["hf-mirror"]):
+        sb.services["git-daemon"] = _wait_pidfile(pidfile, SERVICE_COMM["git-daemon"])
+    if not _alive(sb.services.get("hf-mirror"), SERVICE_COMM["hf-mirror"]):
         hub_root = cache_dir() / "hub"
         hub_root.mkdir(parents=True, exist_ok=True)
         with open(state / "hf-mirror.log", "ab") as logf:
@@ -502,8 +508,7 @@ def _create_host(sb: Sandbox, state: Path, base: Path, index: int, key: Path,
     # Identity and access.
     (root / "etc/hostname").write_text(name + "\n")
     (root / "etc/hosts").write_text(f"127.0.0.1 localhost\n127.0.1.1 {name}\n")
-    (root / "etc/machine-id").write_text("")
-    run(["chroot", str(root), "ssh-keygen", "-A"])
+    run(["chroot", str(root), "ssh-keygen", "-A"])  # the base has no host keys, and an empty machine-id
     ssh_dir = root / "root/.ssh"
     ssh_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     (ssh_dir / "authorized_keys").write_text(Path(f"{key}.pub").read_text())
@@ -579,10 +584,9 @@ def _destroy_host_leftovers(state: Path, tag: str, name: str, netns: str, veth: 
     if root.exists() and _mounted(root):
         if run(["umount", str(root)], check=False).returncode != 0:
             run(["umount", "-l", str(root)], check=False)
-    if netns in _netns_list():
-        run(["ip", "netns", "delete", netns], check=False)
-    if _link_exists(veth):
-        run(["ip", "link", "delete", veth], check=False)
+    # Either may be gone already; a failed delete is fine.
+    run(["ip", "netns", "delete", netns], check=False)
+    run(["ip", "link", "delete", veth], check=False)
     if hdir.exists():
         shutil.rmtree(hdir, ignore_errors=True)
 
@@ -617,9 +621,10 @@ def ensure_sources(progress: Callable[[str], None] = log) -> None:
     cache = cache_dir()
     mirror = cache / "mirrors" / "llama.cpp.git"
     started = time.monotonic()
-    if not offline.mirror_tags(mirror) >= {"b9976", "b11312"}:
-        progress("making the local llama.cpp git mirror (b9976, b11312) from PyPI sdists (once)")
-    offline.make_llama_mirror(mirror, SANDBOX_LLAMA_VERSIONS, cache / "sdists")
+    tags = sorted(f"b{offline.LLAMA_RELEASES[v][0]}" for v in SANDBOX_LLAMA_VERSIONS)
+    if not offline.mirror_tags(mirror) >= set(tags):
+        progress(f"making the local llama.cpp git mirror ({', '.join(tags)}) from PyPI sdists (once)")
+        offline.make_llama_mirror(mirror, SANDBOX_LLAMA_VERSIONS, cache / "sdists")
     model_dir = cache / "models" / "tiny-qwen"
     if not (model_dir / "tiny-qwen-00002-of-00002.gguf").exists():
         progress("generating the tiny 2-shard test model (once)")
@@ -640,23 +645,20 @@ def up(hosts: int = 2, boot_timeout: float = 60.0, sources: bool = True) -> Sand
     inventory = state / "inventory.json"
     tag = instance_tag()
     sb = Sandbox.load(inventory)
+    bridge_up = _link_exists(f"rkbr-{tag}")
     if sb is not None:
-        sb.hosts = [h for h in sb.hosts if _alive(h.pid, "systemd-nspawn")]
-        bridge_ok = _link_exists(sb.bridge)
-        if not bridge_ok:
-            sb.hosts = []
+        sb.hosts = [h for h in sb.hosts if bridge_up and _alive(h.pid, "systemd-nspawn")]
     created_bridge = False
     created: list[SandboxHost] = []
     try:
-        if sb is None or not _link_exists(f"rkbr-{tag}"):
+        key = _ensure_key(state)
+        if sb is None or not bridge_up:
             _clean_stale(state, tag, keep=set())
-            if _link_exists(f"rkbr-{tag}"):
+            if bridge_up:  # a bridge without an inventory: left by a killed run
                 run(["ip", "link", "delete", f"rkbr-{tag}"])
+            if sb is not None:
+                _stop_services(sb)
             subnet = allocate_subnet(tag)
-            key = _ensure_key(state)
-            old_services = sb.services if sb else {}
-            for name, pid in old_services.items():
-                _stop_pid(pid, SERVICE_COMM.get(name, name))
             sb = Sandbox(tag=tag, subnet=str(subnet), gateway=str(subnet.network_address + 1),
                          ssh_key=str(key), known_hosts=str(state / "known_hosts"))
             run(["ip", "link", "add", sb.bridge, "type", "bridge"])
@@ -665,7 +667,6 @@ def up(hosts: int = 2, boot_timeout: float = 60.0, sources: bool = True) -> Sand
             run(["ip", "link", "set", sb.bridge, "up"])
         else:
             _clean_stale(state, tag, keep={h.netns for h in sb.hosts})
-        key = _ensure_key(state)
         base = ensure_base()
         if sources:
             ensure_sources()
@@ -702,6 +703,11 @@ def up(hosts: int = 2, boot_timeout: float = 60.0, sources: bool = True) -> Sand
         raise
 
 
+def _stop_services(sb: Sandbox) -> None:
+    for name, pid in sb.services.items():
+        _stop_pid(pid, SERVICE_COMM.get(name, name))
+
+
 def down() -> list[str]:
     """Stop every host and service this sandbox started and remove what it created."""
     check_prerequisites()
@@ -714,11 +720,9 @@ def down() -> list[str]:
         for host in list(sb.hosts):
             _destroy_host(sb, state, host)
             removed.append(host.name)
-        for name, pid in sb.services.items():
-            _stop_pid(pid, SERVICE_COMM.get(name, name))
+        _stop_services(sb)
     _clean_stale(state, tag, keep=set())
-    if _link_exists(f"rkbr-{tag}"):
-        run(["ip", "link", "delete", f"rkbr-{tag}"], check=False)
+    run(["ip", "link", "delete", f"rkbr-{tag}"], check=False)  # gone already, unless stale
     for cg in _cgroup_dirs(tag):
         _remove_cgroup_tree(cg)
     for leftover in ("inventory.json", "known_hosts", "git-daemon.pid", "hf-mirror.log"):
@@ -737,12 +741,12 @@ def status() -> dict:
         "subnet": sb.subnet,
         "gateway": sb.gateway,
         "hosts": [
-            {"name": h.name, "address": h.address, "pid": h.pid,
-             "running": _alive(h.pid, "systemd-nspawn"),
-             "ssh": _alive(h.pid, "systemd-nspawn") and _ssh_ready(h.address, 2)}
-            for h in sb.hosts
+            {"name": h.name, "address": h.address, "pid": h.pid, "running": running,
+             "ssh": running and _ssh_ready(h.address, 2)}
+            for h, running in ((h, _alive(h.pid, "systemd-nspawn")) for h in sb.hosts)
         ],
-        "services": {name: {"pid": pid, "running": _alive(pid)} for name, pid in sb.services.items()},
+        "services": {name: {"pid": pid, "running": _alive(pid, SERVICE_COMM.get(name))}
+                     for name, pid in sb.services.items()},
     }
 
 

@@ -49,8 +49,4 @@ def run_pyinfra(inventory: str, deploy: str, *extra: str, env: dict | None = Non
 
 def ssh(sb, host, command: str, check: bool = True) -> str:
     """Run a command on a sandbox host over SSH (strict host key checking), return stdout."""
-    return subprocess.run(
-        ["ssh", "-i", sb.ssh_key, "-o", f"UserKnownHostsFile={sb.known_hosts}",
-         "-o", "StrictHostKeyChecking=yes", "-o", "BatchMode=yes", f"root@{host.address}", command],
-        capture_output=True, text=True, check=check, timeout=120,
-    ).stdout.strip()
+    return sb.ssh(host, command, check=check)

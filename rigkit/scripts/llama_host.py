@@ -189,8 +189,8 @@ def rollback(args: argparse.Namespace) -> None:
 def prune(args: argparse.Namespace) -> None:
     root = Path(args.root)
     keep = {Path(os.readlink(root / n)).name for n in ("current", "previous") if (root / n).is_symlink()}
-    builds = sorted((b for b in (root / "builds").glob("b*") if read_build(b)),
-                    key=lambda b: read_build(b)["built_at"], reverse=True)
+    infos = {b: read_build(b) for b in (root / "builds").glob("b*")}
+    builds = sorted((b for b, info in infos.items() if info), key=lambda b: infos[b]["built_at"], reverse=True)
     kept = 0
     for build_dir in builds:
         if build_dir.name in keep or kept < args.keep - len(keep):
@@ -343,8 +343,7 @@ def status(args: argparse.Namespace) -> None:
                     "builds": sorted(b.name for b in (root / "builds").glob("b*") if read_build(b)),
                     "services": []}
     for svc in manifest["services"]:
-        active = subprocess.run(["systemctl", "is-active", svc["unit"]], capture_output=True,
-                                text=True).stdout.strip()
+        active = unit_state(svc["unit"]).get("ActiveState", "unknown")
         health, _ = request(f"http://127.0.0.1:{svc['port']}/health", None, timeout=3)
         model = Path(svc["model"])
         report["services"].append({
