@@ -48,7 +48,7 @@ def build_seconds(sb: sandbox.Sandbox, key: str, ccache: bool) -> float:
     env = "" if ccache else "CCACHE_DISABLE=1 "
     host = sb.hosts[0]
     sb.ssh(host, f"{env}python3 {TOOL} build --root {pin.root} --url {sb.git_url}/llama.cpp.git "
-                 f"--ref {pin.ref} --flags-hash {key} -- {flags}")
+                 f"--ref {pin.ref} --flags-hash {key} -- {flags}", timeout=None)
     info = json.loads(sb.ssh(host, f"cat {pin.root}/builds/{pin.ref}-*-{key}/build.json && "
                                    f"rm -rf {pin.root}/builds/{pin.ref}-*-{key}"))
     return info["build_seconds"]

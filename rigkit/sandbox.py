@@ -117,8 +117,9 @@ class Sandbox:
     def hf_endpoint(self) -> str:
         return f"http://{self.gateway}:{HF_MIRROR_PORT}"
 
-    def ssh(self, host: "SandboxHost", command: str, check: bool = True, timeout: float = 120) -> str:
-        """Run a command on a host over SSH (strict host key checking); its stdout, stripped."""
+    def ssh(self, host: "SandboxHost", command: str, check: bool = True, timeout: float | None = 120) -> str:
+        """Run a command on a host over SSH (strict host key checking); its stdout, stripped.
+        ``timeout=None`` for long work such as a build."""
         return subprocess.run(
             ["ssh", "-i", self.ssh_key, "-o", f"UserKnownHostsFile={self.known_hosts}",
              "-o", "StrictHostKeyChecking=yes", "-o", "BatchMode=yes", f"root@{host.address}", command],
