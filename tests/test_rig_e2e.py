@@ -195,25 +195,33 @@ def test_seed_inventory_dry_run_prints_a_plan(sandbox_hosts):
     assert ssh(sb, host, marker) == before
 
 
+KEY_CHANGED = {
+    "Serve llama.cpp | API key of tiny (0400, llama-tiny only)",
+    "Serve llama.cpp | Restart rigkit-llama-tiny.service",
+    "Serve llama.cpp | Verify services (health, chat, tool-call replay)",
+}
+CHAT = {"messages": [{"role": "user", "content": "x"}], "max_tokens": 2}
+
+
+def rotate_key(sb, host, key_file):
+    """Deploy sandbox-1 with a new API key in ``key_file``: (the run, the new key, the old pid)."""
+    secret = "rk-" + secrets.token_hex(16)
+    key_file.write_text(secret + "\n")
+    pid = ssh(sb, host, "systemctl show -p MainPID --value rigkit-llama-tiny")
+    run = run_pyinfra("inventories/sandbox.py", "deploys/rig.py", "--limit", "sandbox-1",
+                      env={"RIGKIT_SANDBOX_API_KEY_FILE": str(key_file)})
+    assert run.returncode == 0, run.stderr[-3000:]
+    return run, secret, pid
+
+
 def test_a_changed_key_restarts_the_service_and_verifies(sandbox_hosts, first_deploy, tmp_path):
     sb, host = sandbox_hosts, sandbox_hosts.hosts[0]
     old_key = first_deploy[1]["RIGKIT_SANDBOX_API_KEY_FILE"]
-    new_secret = "rk-" + secrets.token_hex(16)
-    new_key = tmp_path / "rotated.key"
-    new_key.write_text(new_secret + "\n")
-    pid = ssh(sb, host, "systemctl show -p MainPID --value rigkit-llama-tiny")
-    run = run_pyinfra("inventories/sandbox.py", "deploys/rig.py", "--limit", "sandbox-1",
-                      env={"RIGKIT_SANDBOX_API_KEY_FILE": str(new_key)})
-    assert run.returncode == 0, run.stderr[-3000:]
-    assert set(run.changed) == {
-        "Serve llama.cpp | API key of tiny (0400, llama-tiny only)",
-        "Serve llama.cpp | Restart rigkit-llama-tiny.service",
-        "Serve llama.cpp | Verify services (health, chat, tool-call replay)",
-    }, run.changed
+    run, new_secret, pid = rotate_key(sb, host, tmp_path / "rotated.key")
+    assert set(run.changed) == KEY_CHANGED, run.changed
     assert ssh(sb, host, "systemctl show -p MainPID --value rigkit-llama-tiny") != pid
-    body = {"messages": [{"role": "user", "content": "x"}], "max_tokens": 2}
-    assert chat(host.address, new_secret, body)[0] == 200
-    assert chat(host.address, open(old_key).read().strip(), body)[0] == 401
+    assert chat(host.address, new_secret, CHAT)[0] == 200
+    assert chat(host.address, open(old_key).read().strip(), CHAT)[0] == 401
     assert new_secret not in run.stdout + run.stderr
 
 
@@ -222,23 +230,11 @@ def test_enabling_a_running_service_does_not_stand_in_for_its_restart(sandbox_ho
     key must still restart it (enabling is not starting)."""
     sb, host = sandbox_hosts, sandbox_hosts.hosts[0]
     ssh(sb, host, "systemctl disable rigkit-llama-tiny")
-    new_secret = "rk-" + secrets.token_hex(16)
-    new_key = tmp_path / "again.key"
-    new_key.write_text(new_secret + "\n")
-    pid = ssh(sb, host, "systemctl show -p MainPID --value rigkit-llama-tiny")
-    run = run_pyinfra("inventories/sandbox.py", "deploys/rig.py", "--limit", "sandbox-1",
-                      env={"RIGKIT_SANDBOX_API_KEY_FILE": str(new_key)})
-    assert run.returncode == 0, run.stderr[-3000:]
-    assert set(run.changed) == {
-        "Serve llama.cpp | API key of tiny (0400, llama-tiny only)",
-        "Serve llama.cpp | Enable rigkit-llama-tiny.service",
-        "Serve llama.cpp | Restart rigkit-llama-tiny.service",
-        "Serve llama.cpp | Verify services (health, chat, tool-call replay)",
-    }, run.changed
+    run, new_secret, pid = rotate_key(sb, host, tmp_path / "again.key")
+    assert set(run.changed) == KEY_CHANGED | {"Serve llama.cpp | Enable rigkit-llama-tiny.service"}, run.changed
     assert ssh(sb, host, "systemctl is-enabled rigkit-llama-tiny") == "enabled"
     assert ssh(sb, host, "systemctl show -p MainPID --value rigkit-llama-tiny") != pid
-    body = {"messages": [{"role": "user", "content": "x"}], "max_tokens": 2}
-    assert chat(host.address, new_secret, body)[0] == 200
+    assert chat(host.address, new_secret, CHAT)[0] == 200
 
 
 def test_rigkit_status_reports_build_services_and_models(sandbox_hosts, first_deploy):
