@@ -37,7 +37,7 @@ from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, quote, unquote, urlsplit
 
-from rigkit.scripts.fetch_shards import REPO_META, STATE_NAME, State
+from rigkit.scripts.fetch_shards import REPO_META, STATE_NAME, State, hash_file
 
 LFS_EXTENSIONS = {
     ".gguf", ".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".onnx", ".msgpack", ".h5", ".npz", ".npy",
@@ -80,20 +80,10 @@ def _is_lfs(path: str, size: int) -> bool:
 def _hash_file(path: str, git: bool) -> tuple[str, str]:
     """(sha256, git blob sha1) of a file in one pass; the sha1 only with ``git`` (an LFS
     file's git object is its pointer, not its contents)."""
-    size = os.path.getsize(path)
-    h = hashlib.sha256()
-    g = hashlib.sha1(b"blob %d\0" % size) if git else None
-    buf = bytearray(1 << 20)
-    mv = memoryview(buf)
-    with open(path, "rb", buffering=0) as f:
-        while True:
-            n = f.readinto(buf)
-            if not n:
-                break
-            h.update(mv[:n])
-            if g:
-                g.update(mv[:n])
-    return h.hexdigest(), g.hexdigest() if g else ""
+    if not git:
+        return hash_file(path).hexdigest(), ""
+    g = hashlib.sha1(b"blob %d\0" % os.path.getsize(path))
+    return hash_file(path, g).hexdigest(), g.hexdigest()
 
 
 class MirrorStore:

@@ -230,8 +230,10 @@ class Progress:
                     log(self.line(idx))
 
 
-def hash_file(path):
+def hash_file(path, *also):
+    """The file's sha256 hasher; ``also``: more hashers fed in the same pass."""
     h = hashlib.sha256()
+    hashers = (h,) + also
     buf = bytearray(CHUNK)
     mv = memoryview(buf)
     with open(path, "rb", buffering=0) as f:
@@ -239,7 +241,8 @@ def hash_file(path):
             n = f.readinto(buf)
             if not n:
                 break
-            h.update(mv[:n])
+            for hasher in hashers:
+                hasher.update(mv[:n])
     return h
 
 
