@@ -25,7 +25,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from rigkit import hub, lockfile, mirror  # noqa: E402
+from rigkit.models import hub, lockfile, mirror  # noqa: E402
 from rigkit.operations.models import manifest_for  # noqa: E402
 
 SCRIPT = ROOT / "rigkit" / "scripts" / "fetch_shards.py"

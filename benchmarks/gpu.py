@@ -316,7 +316,7 @@ def llama_bench(bench: Path, models: dict, work: Path, reps: int) -> list[dict]:
 
 def serve(service, binary: str, work: Path) -> dict:
     """Start llama-server with rigkit's argv for the service; /completion timings."""
-    from rigkit.llama_server import command_line
+    from rigkit.render.llama_server import command_line
 
     argv = command_line(service, binary)
     log("llama-server: " + " ".join(argv))

@@ -12,5 +12,5 @@ from rigkit.hostdata import rig_for
 
 config = rig_for(host)
 
-build, archs = rig.llama_cpp_build(config)
-rig.llama_services(config, archs, address=host.data.get("ssh_hostname") or host.name)
+build, identity = rig.llama_cpp_build(config)
+rig.llama_services(config, identity, address=host.data.get("ssh_hostname") or host.name)

@@ -1,6 +1,7 @@
 """
-A llama.cpp inference host from its inventory: models in place, llama.cpp built at the
-pinned ref for the host's GPUs, one systemd unit per service, verified.
+An inference host from its inventory, component by component, each only where the host
+declares it: models in place, llama.cpp built at the pinned ref for the host's GPUs, one
+systemd unit per service, verified.
 
     pyinfra inventories/rig.py deploys/rig.py
 """
@@ -10,8 +11,10 @@ from pyinfra import host
 from rigkit import rig
 from rigkit.hostdata import rig_for
 
-config = rig_for(host)  # validated before any host changes
+config = rig_for(host)  # every component validated before any host changes
+address = host.data.get("ssh_hostname") or host.name
 
 models = rig.models(config)
-build, archs = rig.llama_cpp_build(config)
-rig.llama_services(config, archs, address=host.data.get("ssh_hostname") or host.name, models=models)
+if config.llama_cpp:
+    build, identity = rig.llama_cpp_build(config)
+    rig.llama_services(config, identity, address=address, models=models)

@@ -9,12 +9,13 @@ old ref in the inventory to stay there.
 from pyinfra import host
 from pyinfra.operations import systemd
 
+from rigkit import rig
 from rigkit.hostdata import rig_for
-from rigkit.operations import llama_cpp, llama_server
+from rigkit.operations import llama_cpp, services
 
 config = rig_for(host)
 
-llama_cpp.rollback(name="Switch llama.cpp back to the previous build", pin=config.llama_cpp)
+llama_cpp.rollback(name="Switch llama.cpp back to the previous build", pin=rig.llama_pin(config))
 for svc in config.enabled_services:
     systemd.service(name=f"Restart {svc.unit}", service=svc.unit, restarted=True)
-llama_server.verify(name="Verify services", rollback=False)
+services.verify(name="Verify services", rollback=False)

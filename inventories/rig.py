@@ -17,7 +17,10 @@ MODELS = "/srv/models/qwen-3.5"
 # The server settings both seeds use: all layers on the GPUs, the full 262k context with a
 # q8_0 KV cache, one slot, layer split, Qwen3.5's thinking sampling preset, Jinja templates.
 QWEN_SERVER = {
+    # The seeds serve the LAN without a key; rigkit listens on 127.0.0.1 unless told, and
+    # opens a port without a key only when the inventory says so (RIG_API_KEY_FILE adds one).
     "host": "0.0.0.0",
+    "allow_unauthenticated": True,
     "port": 8000,
     "n_gpu_layers": 999,
     "ctx": 262144,

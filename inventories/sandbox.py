@@ -31,6 +31,9 @@ def rig_data(data: dict) -> dict:
         "services": [{
             "name": "tiny",
             "model": f"{MODEL_DIR}/{model}",
+            # Tests and people reach it from the build machine, across the sandbox bridge.
+            "host": "0.0.0.0",
+            "allow_unauthenticated": not os.environ.get("RIGKIT_SANDBOX_API_KEY_FILE"),
             "port": 8000,
             "ctx": 2048,
             "parallel": 2,

@@ -41,13 +41,13 @@ def _sandbox(args: argparse.Namespace) -> int:
 
 
 def _lock(argv: list[str]) -> int:
-    from rigkit import lockfile
+    from rigkit.models import lockfile
 
     return lockfile.lock_main(argv)
 
 
 def _mirror(argv: list[str]) -> int:
-    from rigkit import mirror
+    from rigkit.models import mirror
 
     return mirror.mirror_main(argv)
 

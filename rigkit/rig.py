@@ -5,6 +5,7 @@ The steps of a rig deploy, as pyinfra deploys over validated host data (rigkit.h
 
 from __future__ import annotations
 
+import logging
 from io import StringIO
 from pathlib import Path
 
@@ -14,20 +15,31 @@ from pyinfra.api.exceptions import PyinfraError
 from pyinfra.operations import apt, files, server, systemd
 from pyinfra.operations.util import any_changed
 
-from rigkit import llama_server as render
 from rigkit.facts.llama_cpp import NvidiaGpus
-from rigkit.hostdata import Rig, UploadModel
-from rigkit.operations import llama_cpp, llama_server
+from rigkit.hostdata import LlamaCpp, Rig, UploadModel
+from rigkit.operations import llama_cpp, services
 from rigkit.operations import models as model_ops
+from rigkit.operations.llama_cpp import BuildIdentity
+from rigkit.render import llama_server as render
+
+logger = logging.getLogger("pyinfra")
 
 BUILD_PACKAGES = ["build-essential", "cmake", "git", "ccache", "python3", "ca-certificates"]
 
 
+def llama_pin(rig: Rig) -> LlamaCpp:
+    if rig.llama_cpp is None:
+        raise PyinfraError(f"host {rig.host}: llama_cpp: expected a mapping with at least ref (this step "
+                           "builds llama.cpp)")
+    return rig.llama_cpp
+
+
 def cuda_arch(rig: Rig) -> tuple[str, ...]:
     """Architectures to build for: declared, else read off the host's GPUs."""
-    if not rig.llama_cpp.cuda:
+    pin = llama_pin(rig)
+    if not pin.cuda:
         return ()
-    declared = rig.llama_cpp.cuda_arch or rig.gpus.cuda_arch
+    declared = pin.cuda_arch or rig.gpus.cuda_arch
     if declared:
         return declared
     gpus = host.get_fact(NvidiaGpus)
@@ -67,20 +79,26 @@ def models(rig: Rig):
 
 @deploy("Build llama.cpp")
 def llama_cpp_build(rig: Rig):
-    """Packages, the host tool, then the pinned build; returns (build, activate) ops."""
+    """Packages, the host tool, then the pinned build; returns the build op and the build's
+    identity (ref, flags, hash), which the switch and prune steps take as they are."""
     apt.packages(name="Install build dependencies", packages=BUILD_PACKAGES,
                  update=True, cache_time=86400, no_recommends=True)
     llama_cpp.tool(name="Install rigkit's llama.cpp host tool")
-    archs = cuda_arch(rig)
-    built = llama_cpp.build(name=f"Build llama.cpp {rig.llama_cpp.ref}", pin=rig.llama_cpp,
-                            cuda_arch=archs)
-    return built, archs
+    identity = BuildIdentity.of(llama_pin(rig), cuda_arch(rig))
+    built = llama_cpp.build(name=f"Build llama.cpp {identity.pin.ref}", identity=identity)
+    return built, identity
 
 
 @deploy("Serve llama.cpp")
-def llama_services(rig: Rig, archs: tuple[str, ...], address: str, models: list = ()):
+def llama_services(rig: Rig, identity: BuildIdentity, address: str, models: list = ()):
     """Users, keys and units per service, the switch to the new build, restarts, verification.
     ``models``: the operations that placed model files (a changed model restarts too)."""
+    pin = identity.pin
+    for svc in rig.enabled_services:
+        if svc.public and not svc.api_key_file:
+            logger.warning(f"host {rig.host}: service {svc.name} listens on {svc.host}:{svc.port} WITHOUT "
+                           "an API key (allow_unauthenticated: true): /v1/*, /metrics, /slots and /props "
+                           "are open to the network")
     restart_on: dict[str, list] = {}  # per service: its key file and unit (unit last)
     for svc in rig.services:
         restart_on[svc.name] = []
@@ -98,16 +116,15 @@ def llama_services(rig: Rig, archs: tuple[str, ...], address: str, models: list 
                 mode="400", create_remote_dir=True,
             ))
         restart_on[svc.name].append(files.put(
-            name=f"Unit {svc.unit}", src=StringIO(render.render_unit(svc, rig.llama_cpp.root)),
+            name=f"Unit {svc.unit}", src=StringIO(render.render_unit(svc, pin.root, gpu=pin.cuda)),
             dest=f"/etc/systemd/system/{svc.unit}", mode="644",
         ))
     files.put(name="Services manifest for verification", src=StringIO(render.services_manifest(rig)),
-              dest=llama_server.MANIFEST, mode="600", create_remote_dir=True)
+              dest=services.MANIFEST, mode="600", create_remote_dir=True)
     files.put(name="opencode.json provider entries", src=StringIO(render.opencode_config(rig, address)),
               dest="/etc/rigkit/opencode.json", mode="644", create_remote_dir=True)
 
-    switch = llama_cpp.activate(name=f"Switch llama.cpp to {rig.llama_cpp.ref}", pin=rig.llama_cpp,
-                                cuda_arch=archs)
+    switch = llama_cpp.activate(name=f"Switch llama.cpp to {pin.ref}", identity=identity)
     if restart_on:
         systemd.daemon_reload(name="Reload systemd units",
                               _if=any_changed(*(ops[-1] for ops in restart_on.values())))
@@ -128,8 +145,7 @@ def llama_services(rig: Rig, archs: tuple[str, ...], address: str, models: list 
                              lambda start=start: not start.did_change()])
     if started:
         # After any (re)start: a changed build, model, unit or key, or a service found not running.
-        llama_server.verify(name="Verify services (health, chat, tool-call replay)",
+        services.verify(name="Verify services (health, chat, tool-call replay)",
                             _if=any_changed(switch, *models,
                                             *(op for svc, start in started for op in (*restart_on[svc.name], start))))
-    llama_cpp.prune(name=f"Keep the last {rig.llama_cpp.keep_builds} llama.cpp builds",
-                    pin=rig.llama_cpp, _if=switch.did_change)
+    llama_cpp.prune(name=f"Keep the last {pin.keep_builds} llama.cpp builds", pin=pin, _if=switch.did_change)

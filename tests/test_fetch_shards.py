@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from rigkit import hub, lockfile, mirror
+from rigkit.models import hub, lockfile, mirror
 from rigkit.operations.models import manifest_for
 
 from test_mirror import REPO, make_repo
@@ -240,8 +240,8 @@ def test_pyinfra_operation_local(env):
     lockfile.dump({ref.key: entry}, lp)
     deploy = tmp / "deploy.py"
     deploy.write_text(textwrap.dedent(f"""
-        from rigkit import lockfile
-        from rigkit.hub import ModelRef
+        from rigkit.models import lockfile
+        from rigkit.models.hub import ModelRef
         from rigkit.operations import models
         ref = ModelRef({ref.repo!r}, {ref.revision!r}, {ref.include!r}, {ref.dest!r})
         entry = lockfile.check([ref], lockfile.load({str(lp)!r}))[ref.key]

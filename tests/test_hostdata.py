@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from rigkit import llama_server
+from rigkit.render import llama_server
 from rigkit.hostdata import HostDataError, parse_rig
 from rigkit.operations.llama_cpp import cmake_flags, flags_hash
 

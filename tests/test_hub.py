@@ -8,8 +8,8 @@ import textwrap
 import pytest
 import yaml
 
-from rigkit import hub, lockfile, mirror
-from rigkit.hub import HubClient, ModelRef
+from rigkit.models import hub, lockfile, mirror
+from rigkit.models.hub import HubClient, ModelRef
 
 from test_mirror import REPO, make_repo
 
@@ -99,7 +99,7 @@ def write_inventory(tmp_path, dest="/models/tiny", revision="main", endpoint=Non
     inv = tmp_path / "inv" / "prod.py"
     inv.parent.mkdir(exist_ok=True)
     inv.write_text(textwrap.dedent(f"""
-        from rigkit.hub import ModelRef
+        from rigkit.models.hub import ModelRef
         gpu = [
             ("gpu1", {{"models": [{{"repo": "{REPO}", "revision": "{revision}", "include": ["Q4/*.gguf"],
                                    "dest": "{dest}"}}], "hf_endpoint": {endpoint!r}}}),

@@ -12,7 +12,7 @@ import pytest
 hf = pytest.importorskip("huggingface_hub")
 import requests  # noqa: E402
 
-from rigkit import mirror  # noqa: E402
+from rigkit.models import mirror  # noqa: E402
 
 REPO = "rigtest/tiny-GGUF"
 
@@ -144,7 +144,7 @@ def test_mirror_main_cli(repo_dir, tmp_path):
         sk.bind(("127.0.0.1", 0))
         port = sk.getsockname()[1]
     root = Path(__file__).resolve().parents[1]
-    p = subprocess.Popen([sys.executable, "-c", "import sys; from rigkit.mirror import mirror_main; "
+    p = subprocess.Popen([sys.executable, "-c", "import sys; from rigkit.models.mirror import mirror_main; "
                           "sys.exit(mirror_main(sys.argv[1:]))", "serve", str(repo_dir[0]), "--host", "127.0.0.1",
                           "--port", str(port)], cwd=root, stderr=subprocess.PIPE, text=True)
     try:

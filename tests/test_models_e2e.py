@@ -15,7 +15,8 @@ import textwrap
 import pytest
 
 from pyinfra_run import REPO, run_pyinfra, ssh
-from rigkit import hub, lockfile, mirror, sandbox
+from rigkit import sandbox
+from rigkit.models import hub, lockfile, mirror
 
 pytestmark = pytest.mark.e2e
 
@@ -74,10 +75,12 @@ def token_mirror(sandbox_hosts, hub_files):
 def write_inventory(tmp_path, endpoint: str):
     inv = tmp_path / "hubhosts.py"
     inv.write_text(textwrap.dedent(f"""
+        from rigkit.models.lockfile import lock_path_for
         from rigkit.sandbox import pyinfra_hosts
 
         def rig_data(data):
             return {{
+                "model_lock": str(lock_path_for(__file__)),
                 "hf_endpoint": {endpoint!r},
                 "llama_cpp": {{"ref": "b11312", "cuda": False}},
                 "models": [{{"name": "tiny", "repo": {HUB_REPO!r}, "revision": "main",

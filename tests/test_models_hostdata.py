@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from rigkit import hostdata, hub, lockfile, mirror
+from rigkit import hostdata
+from rigkit.models import hub, lockfile, mirror
 from rigkit.hostdata import HostDataError, HubModel, UploadModel, parse_rig
 
 REPO_ROOT = Path(__file__).resolve().parent.parent

@@ -12,15 +12,17 @@ from pyinfra import host
 
 from rigkit.hostdata import rig_for
 from rigkit.operations import llama_cpp
+from rigkit.operations.llama_cpp import BuildIdentity
 from rigkit.rig import cuda_arch
 
 config = rig_for(host)
+assert config.llama_cpp is not None, "benchmarks/gpu/inventory.py declares llama_cpp"
 archs = cuda_arch(config)  # empty in the host data: read from nvidia-smi
+identity = BuildIdentity.of(config.llama_cpp, archs)
 
 llama_cpp.tool(name="Install rigkit's llama.cpp host tool")
 llama_cpp.build(name=f"Build llama.cpp {config.llama_cpp.ref} for sm_{','.join(archs)} "
                      f"(FA_ALL_QUANTS {'on' if config.llama_cpp.fa_all_quants else 'off'})",
-                pin=config.llama_cpp, cuda_arch=archs)
+                identity=identity)
 if host.data.get("activate"):
-    llama_cpp.activate(name=f"Switch llama.cpp to {config.llama_cpp.ref}", pin=config.llama_cpp,
-                       cuda_arch=archs)
+    llama_cpp.activate(name=f"Switch llama.cpp to {config.llama_cpp.ref}", identity=identity)

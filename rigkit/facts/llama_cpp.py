@@ -11,6 +11,8 @@ from pyinfra.api import FactBase
 #: rigkit's host-side llama.cpp tool (``rigkit/scripts/llama_host.py``), uploaded by
 #: ``rigkit.operations.llama_cpp.tool``.
 TOOL = "/opt/rigkit/bin/llama_host.py"
+#: the engine-neutral service check beside it (``rigkit/scripts/check_service.py``).
+CHECK_TOOL = "/opt/rigkit/bin/check_service.py"
 
 
 class LlamaCppBuilds(FactBase):

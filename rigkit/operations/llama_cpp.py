@@ -8,13 +8,14 @@ switches only after a build succeeded, and the same pin and flags never build tw
 from __future__ import annotations
 
 import hashlib
+from dataclasses import dataclass
 from importlib.resources import files as package_files
 
 from pyinfra import host
 from pyinfra.api import QuoteString, StringCommand, operation
 from pyinfra.operations import files
 
-from rigkit.facts.llama_cpp import TOOL, LlamaCppBuilds
+from rigkit.facts.llama_cpp import CHECK_TOOL, TOOL, LlamaCppBuilds
 from rigkit.hostdata import LlamaCpp
 from rigkit.scripts.llama_host import matches
 
@@ -44,6 +45,22 @@ def flags_hash(flags: list[str], targets: tuple[str, ...]) -> str:
     return hashlib.sha256("\n".join(flags + ["targets=" + ",".join(targets)]).encode()).hexdigest()[:8]
 
 
+@dataclass(frozen=True)
+class BuildIdentity:
+    """What names one llama.cpp build, computed once per deploy and handed to build, activate
+    and prune: the pin, its cmake flags and their hash (the build directory's suffix)."""
+
+    pin: LlamaCpp
+    cuda_arch: tuple[str, ...]
+    flags: tuple[str, ...]
+    flags_hash: str
+
+    @classmethod
+    def of(cls, pin: LlamaCpp, cuda_arch: tuple[str, ...] = ()) -> "BuildIdentity":
+        flags = cmake_flags(pin, cuda_arch)
+        return cls(pin=pin, cuda_arch=cuda_arch, flags=tuple(flags), flags_hash=flags_hash(flags, pin.targets))
+
+
 def tool_command(*args: str, prefix: tuple[str, ...] = ()) -> StringCommand:
     """``python3 TOOL ARGS...`` with every argument quoted (``prefix``: raw shell words)."""
     return StringCommand(*prefix, "python3", *(QuoteString(a) for a in (TOOL, *args)))
@@ -52,54 +69,55 @@ def tool_command(*args: str, prefix: tuple[str, ...] = ()) -> StringCommand:
 @operation()
 def tool():
     """
-    Upload rigkit's host-side llama.cpp tool (build, switch, verify) to ``/opt/rigkit/bin``.
+    Upload rigkit's host-side llama.cpp tool (build, switch, verify) and the engine-neutral
+    service check it uses to ``/opt/rigkit/bin``.
     """
-    source = package_files("rigkit") / "scripts" / "llama_host.py"
-    yield from files.put._inner(src=str(source), dest=TOOL, mode="755", create_remote_dir=True)
+    scripts = package_files("rigkit") / "scripts"
+    yield from files.put._inner(src=str(scripts / "check_service.py"), dest=CHECK_TOOL, mode="755",
+                                create_remote_dir=True)
+    yield from files.put._inner(src=str(scripts / "llama_host.py"), dest=TOOL, mode="755", create_remote_dir=True)
 
 
 @operation()
-def build(pin: LlamaCpp, cuda_arch: tuple[str, ...] = (), jobs: int = 0):
+def build(identity: BuildIdentity, jobs: int = 0):
     """
-    Build llama.cpp at ``pin.ref`` into its own directory under ``pin.root``.
+    Build llama.cpp at ``identity.pin.ref`` into its own directory under ``pin.root``.
 
-    + pin: the validated ``llama_cpp`` host data
-    + cuda_arch: CUDA architectures to compile for (when ``pin.cuda``)
+    + identity: the pin (validated ``llama_cpp`` host data) with its flags, ``BuildIdentity.of``
     + jobs: parallel compile jobs (0: all cores)
 
     .. code:: python
 
-        llama_cpp.build(pin=rig.llama_cpp, cuda_arch=("86",))
+        llama_cpp.build(identity=BuildIdentity.of(rig.llama_cpp, cuda_arch=("86",)))
     """
-    flags = cmake_flags(pin, cuda_arch)
-    wanted = flags_hash(flags, pin.targets)
+    pin = identity.pin
     installed = host.get_fact(LlamaCppBuilds, root=pin.root)
     for name, info in installed["builds"].items():
-        if matches(info, pin.ref, wanted):
+        if matches(info, pin.ref, identity.flags_hash):
             host.noop(f"llama.cpp {pin.ref} is already built with these flags ({name})")
             return
     yield tool_command("build", "--root", pin.root, "--url", pin.git_url, "--ref", pin.ref,
-                       "--flags-hash", wanted, "--targets", ",".join(pin.targets),
-                       "--jobs", str(jobs), "--", *flags,
+                       "--flags-hash", identity.flags_hash, "--targets", ",".join(pin.targets),
+                       "--jobs", str(jobs), "--", *identity.flags,
                        prefix=("PATH=/usr/local/cuda/bin:$PATH",))
 
 
 @operation()
-def activate(pin: LlamaCpp, cuda_arch: tuple[str, ...] = ()):
+def activate(identity: BuildIdentity):
     """
-    Point ``current`` at the build of ``pin`` (the old one becomes ``previous``).
+    Point ``current`` at the build of ``identity`` (the old one becomes ``previous``).
 
     .. code:: python
 
-        llama_cpp.activate(pin=rig.llama_cpp, cuda_arch=("86",))
+        llama_cpp.activate(identity=identity)
     """
-    wanted = flags_hash(cmake_flags(pin, cuda_arch), pin.targets)
+    pin = identity.pin
     installed = host.get_fact(LlamaCppBuilds, root=pin.root)
     current = installed["builds"].get(installed["current"] or "")
-    if current and matches(current, pin.ref, wanted):
+    if current and matches(current, pin.ref, identity.flags_hash):
         host.noop(f"llama.cpp current is already {installed['current']}")
         return
-    yield tool_command("activate", "--root", pin.root, "--ref", pin.ref, "--flags-hash", wanted)
+    yield tool_command("activate", "--root", pin.root, "--ref", pin.ref, "--flags-hash", identity.flags_hash)
 
 
 @operation(is_idempotent=False)

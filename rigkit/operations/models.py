@@ -21,7 +21,7 @@ from pyinfra.api import QuoteString, StringCommand, operation
 from pyinfra.operations import files
 
 from rigkit.facts.models import ShardsVerified
-from rigkit.hub import ModelRef, read_token, resolve_endpoint
+from rigkit.models.hub import ModelRef, read_token, resolve_endpoint
 from rigkit.scripts.fetch_shards import STATE_NAME
 
 REMOTE_DIR = "/var/lib/rigkit"  # the fetch script, the token and the manifests on the host

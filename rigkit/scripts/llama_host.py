@@ -7,6 +7,7 @@ rigkit's host-side tool for llama.cpp (stdlib only; uploaded to /opt/rigkit/bin)
     llama_host.py rollback --root R
     llama_host.py prune    --root R --keep N
     llama_host.py verify   --manifest /etc/rigkit/llama/services.json [--rollback]
+                           (check_service.py's checks; on failure back to the last verified state)
     llama_host.py status   (JSON: builds, services active/healthy, models)
 
 Builds live in R/builds/<b{build}-{commit9}-{flags hash}>/ with bin/ and build.json;
@@ -23,9 +24,12 @@ import shutil
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
+
+try:  # on the host: the sibling script in /opt/rigkit/bin; in the package: its module
+    from check_service import check_all, model_bytes, request, unit_state
+except ImportError:
+    from rigkit.scripts.check_service import check_all, model_bytes, request, unit_state
 
 CCACHE_DIR = "/var/cache/rigkit/ccache"
 
@@ -200,105 +204,12 @@ def prune(args: argparse.Namespace) -> None:
         shutil.rmtree(build_dir)
 
 
-# --- verification ------------------------------------------------------------------------
+# --- verification and the last good state ----------------------------------------------
+# After every verified deploy the units, key files and build that served are copied to
+# GOOD; a failed verification puts all of them back together, restarts and verifies again.
 
-TOOLS = [{
-    "type": "function",
-    "function": {
-        "name": "get_weather",
-        "description": "Current weather for a city",
-        "parameters": {"type": "object", "properties": {"city": {"type": "string"}},
-                       "required": ["city"]},
-    },
-}]
-# Seed 001: b7991 crashed rendering exactly this (arguments as a JSON *string*).
-TOOL_REPLAY = [
-    {"role": "user", "content": "What is the weather in Paris?"},
-    {"role": "assistant", "content": "", "tool_calls": [{
-        "id": "call_1", "type": "function",
-        "function": {"name": "get_weather", "arguments": "{\"city\": \"Paris\"}"}}]},
-    {"role": "tool", "tool_call_id": "call_1", "content": "{\"temperature_c\": 18, \"sky\": \"sunny\"}"},
-]
-
-
-def request(url: str, key: str | None, body: dict | None = None, timeout: float = 600) -> tuple[int, str]:
-    headers = {"Content-Type": "application/json"}
-    if key:
-        headers["Authorization"] = f"Bearer {key}"
-    data = json.dumps(body).encode() if body is not None else None
-    req = urllib.request.Request(url, data=data, headers=headers)
-    try:
-        with urllib.request.urlopen(req, timeout=timeout) as resp:
-            return resp.status, resp.read().decode(errors="replace")
-    except urllib.error.HTTPError as err:
-        return err.code, err.read().decode(errors="replace")
-    except (urllib.error.URLError, OSError) as err:
-        return 0, str(err)
-
-
-def model_bytes(first_shard: str) -> int:
-    path = Path(first_shard)
-    stem = path.name.split("-00001-of-")[0] if "-00001-of-" in path.name else None
-    shards = list(path.parent.glob(f"{stem}-*-of-*.gguf")) if stem else [path]
-    return sum(p.stat().st_size for p in shards if p.exists())
-
-
-def unit_state(unit: str) -> dict:
-    out = subprocess.run(["systemctl", "show", "-p", "ActiveState,SubState,NRestarts", unit],
-                         capture_output=True, text=True).stdout
-    return dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
-
-
-def verify_service(svc: dict) -> str | None:
-    """None when the service is healthy and answers; else what went wrong."""
-    key = Path(svc["key_file"]).read_text().strip() if svc.get("key_file") else None
-    base = f"http://127.0.0.1:{svc['port']}"
-    # Loading reads the whole model: allow 60 s plus 15 s per GB (slow disks, 100 GB models).
-    timeout = 60 + 15 * model_bytes(svc["model"]) / 1e9
-    deadline = time.monotonic() + timeout
-    status, body = 0, ""
-    restarts = unit_state(svc["unit"])["NRestarts"]
-    while time.monotonic() < deadline:
-        state = unit_state(svc["unit"])
-        # Restart=on-failure turns a crash into "activating (auto-restart)": catch it at once.
-        if state["SubState"] in ("failed", "dead", "auto-restart") or state["NRestarts"] != restarts:
-            return f"{svc['unit']} did not stay up ({state['ActiveState']}/{state['SubState']})"
-        status, body = request(f"{base}/health", None, timeout=5)
-        if status == 200:
-            break
-        time.sleep(0.5)  # 503 while the model loads
-    else:
-        return f"/health did not turn 200 within {timeout:.0f}s (last: {status} {body[:200]})"
-    status, body = request(f"{base}/v1/chat/completions", key, {
-        "model": svc["model_id"], "max_tokens": 8, "temperature": 0,
-        "messages": [{"role": "user", "content": "Say hello."}]})
-    if status != 200:
-        return f"chat completion returned {status}: {body[:300]}"
-    if "choices" not in json.loads(body):
-        return f"chat completion without choices: {body[:300]}"
-    status, body = request(f"{base}/v1/chat/completions", key, {
-        "model": svc["model_id"], "max_tokens": 8, "temperature": 0,
-        "messages": TOOL_REPLAY, "tools": TOOLS})
-    if status != 200:
-        return f"tool-call replay returned {status}: {body[:300]}"
-    return None
-
-
-def journal_tail(unit: str, lines: int = 40) -> str:
-    return subprocess.run(["journalctl", "-u", unit, "-n", str(lines), "--no-pager", "-o", "cat"],
-                          capture_output=True, text=True).stdout
-
-
-def verify_all(manifest: dict) -> list[str]:
-    problems = []
-    for svc in manifest["services"]:
-        problem = verify_service(svc)
-        if problem:
-            problems.append(f"{svc['name']}: {problem}\n--- journal of {svc['unit']} ---\n"
-                            f"{journal_tail(svc['unit'])}")
-        else:
-            log(f"{svc['name']}: healthy, chat and tool-call replay answered 200")
-    return problems
+GOOD = Path("/var/lib/rigkit/last-good")
+UNIT_DIR = Path("/etc/systemd/system")
 
 
 def mark_verified(root: Path) -> None:
@@ -311,26 +222,73 @@ def mark_verified(root: Path) -> None:
         tmp.rename(current / "build.json")
 
 
+def save_good(manifest: dict, root: Path) -> None:
+    """Record what serves now (verified) as the state to return to."""
+    tmp = GOOD.with_name(GOOD.name + ".new")
+    shutil.rmtree(tmp, ignore_errors=True)
+    (tmp / "units").mkdir(parents=True)
+    (tmp / "keys").mkdir()
+    tmp.chmod(0o700)
+    for svc in manifest["services"]:
+        shutil.copy2(UNIT_DIR / svc["unit"], tmp / "units" / svc["unit"])
+        if svc.get("key_file"):
+            shutil.copy2(svc["key_file"], tmp / "keys" / svc["name"])
+            shutil.copystat(svc["key_file"], tmp / "keys" / svc["name"])
+    good = {"manifest": manifest, "build": os.readlink(root / "current") if (root / "current").is_symlink() else None}
+    (tmp / "state.json").write_text(json.dumps(good, indent=2) + "\n")
+    shutil.rmtree(GOOD, ignore_errors=True)
+    tmp.rename(GOOD)
+
+
+def restore_good(manifest: dict, root: Path) -> dict | None:
+    """Put back the last good units, keys and build; the manifest that served then, or None."""
+    try:
+        good = json.loads((GOOD / "state.json").read_text())
+    except (OSError, ValueError):
+        return None
+    old = good["manifest"]
+    old_units = {s["unit"] for s in old["services"]}
+    gone = [s["unit"] for s in manifest["services"] if s["unit"] not in old_units]
+    if gone:
+        subprocess.run(["systemctl", "disable", "--now", *gone], check=False, capture_output=True)
+    for svc in old["services"]:
+        shutil.copy2(GOOD / "units" / svc["unit"], UNIT_DIR / svc["unit"])
+        if svc.get("key_file"):
+            shutil.copy2(GOOD / "keys" / svc["name"], svc["key_file"])
+            key_user = Path(GOOD / "keys" / svc["name"]).stat()
+            os.chown(svc["key_file"], key_user.st_uid, key_user.st_gid)
+    current = root / "current"
+    if good.get("build") and (not current.is_symlink() or os.readlink(current) != good["build"]):
+        if current.is_symlink():
+            point(root / "previous", os.readlink(current))
+        point(current, good["build"])
+    subprocess.run(["systemctl", "daemon-reload"], check=False)
+    return old
+
+
 def verify(args: argparse.Namespace) -> None:
     manifest = json.loads(Path(args.manifest).read_text())
     root = Path(manifest["llama_root"])
-    problems = verify_all(manifest)
+    problems = check_all(manifest["services"])
     if not problems:
         mark_verified(root)
+        save_good(manifest, root)
         return
     report = "\n".join(problems)
-    if not args.rollback or not (root / "previous").is_symlink():
+    if not args.rollback:
         fail("verification failed:\n" + report)
-    log("verification failed; rolling back to the previous build")
-    rollback(argparse.Namespace(root=str(root)))
-    units = [s["unit"] for s in manifest["services"]]
+    old = restore_good(manifest, root)
+    if old is None:
+        fail("verification failed (no verified state on this host to roll back to):\n" + report)
+    log("verification failed; rolled back to the last verified units, keys and build")
+    units = [s["unit"] for s in old["services"]]
     subprocess.run(["systemctl", "restart", *units], check=False)
-    again = verify_all(manifest)
-    state = "the previous build is serving and verified" if not again else \
-        "the previous build ALSO fails:\n" + "\n".join(again)
+    again = check_all(old["services"])
+    state = "the previous build is serving and verified, with the last verified units and keys" \
+        if not again else "the last verified state ALSO fails:\n" + "\n".join(again)
     if not again:
         mark_verified(root)
-    fail(f"verification of the new build failed and it was rolled back; {state}.\n"
+    fail(f"verification of the new deploy failed and it was rolled back; {state}.\n"
          f"What failed:\n{report}")
 
 

@@ -6,23 +6,13 @@ client config entries. Pure functions of the host data, so they are tested witho
 from __future__ import annotations
 
 import json
-import shlex
 from pathlib import PurePosixPath
 
-from jinja2 import Environment, PackageLoader, StrictUndefined
-
 from rigkit.hostdata import SAMPLING_PRESETS, Rig, Service
+from rigkit.render.systemd import exec_line, templates
 
 KEY_DIR = "/etc/rigkit/llama"
 BINARY = "{root}/current/bin/llama-server"
-
-_templates = Environment(
-    loader=PackageLoader("rigkit", "templates"),
-    undefined=StrictUndefined,
-    keep_trailing_newline=True,
-    trim_blocks=True,
-    lstrip_blocks=True,
-)
 
 
 def key_path(service: Service) -> str | None:
@@ -31,54 +21,49 @@ def key_path(service: Service) -> str | None:
 
 def command_line(service: Service, binary: str) -> list[str]:
     """The llama-server argv for a service (no secret ever appears in it)."""
+    opts = service.options
     argv = [
         binary,
         "-m", service.model,
         "--host", service.host,
         "--port", str(service.port),
-        "-ngl", str(service.n_gpu_layers),
+        "-ngl", str(opts.n_gpu_layers),
         "-c", str(service.ctx),
-        "-ctk", service.cache_type_k,
-        "-ctv", service.cache_type_v,
-        "--parallel", str(service.parallel),
-        "--split-mode", service.split_mode,
+        "-ctk", opts.cache_type_k,
+        "-ctv", opts.cache_type_v,
+        "--parallel", str(opts.parallel),
+        "--split-mode", opts.split_mode,
     ]
-    if service.tensor_split:
-        argv += ["-ts", ",".join(f"{v:g}" for v in service.tensor_split)]
-    if service.flash_attn:
-        argv += ["-fa", service.flash_attn]
+    if opts.tensor_split:
+        argv += ["-ts", ",".join(f"{v:g}" for v in opts.tensor_split)]
+    if opts.flash_attn:
+        argv += ["-fa", opts.flash_attn]
     if service.alias:
         argv += ["--alias", service.alias]
-    for flag, value in SAMPLING_PRESETS.get(service.sampling or "", {}).items():
+    for flag, value in SAMPLING_PRESETS.get(opts.sampling or "", {}).items():
         argv += [flag, value]
-    if service.jinja:
+    if opts.jinja:
         argv.append("--jinja")
-    if service.metrics:
+    if opts.metrics:
         argv.append("--metrics")
-    if service.api_key_file:
-        argv += ["--api-key-file", key_path(service)]
+    key = key_path(service)
+    if key:
+        argv += ["--api-key-file", key]
     argv += list(service.extra_args)
     return argv
 
 
-def systemd_exec(argv: list[str]) -> str:
-    """Quote an argv for ExecStart= (systemd's own quoting; '%' and '$' escaped)."""
-    words = []
-    for arg in argv:
-        arg = arg.replace("%", "%%").replace("$", "$$")
-        words.append(shlex.quote(arg) if any(c in arg for c in " \t\"'\\;") else arg)
-    return " ".join(words)
-
-
-def render_unit(service: Service, llama_root: str) -> str:
+def render_unit(service: Service, llama_root: str, gpu: bool = False) -> str:
+    """The hardened unit of a llama-server service; ``gpu``: allow exactly the NVIDIA devices
+    (else no devices at all)."""
     model_dir = str(PurePosixPath(service.model).parent)
-    return _templates.get_template("llama-server.service.j2").render(
+    return templates.get_template("llama-server.service.j2").render(
         service=service,
-        exec_start=systemd_exec(command_line(service, BINARY.format(root=llama_root))),
+        exec_start=exec_line(command_line(service, BINARY.format(root=llama_root))),
         model_dir=model_dir,
         model_under_home=model_dir.startswith(("/home/", "/root")),
         cuda_visible_devices=",".join(str(g) for g in service.gpus),
-        key_path=key_path(service),
+        gpu=gpu,
     )
 
 

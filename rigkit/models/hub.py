@@ -23,13 +23,18 @@ from __future__ import annotations
 import fnmatch
 import hashlib
 import os
+import posixpath
 import re
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping
 from urllib.parse import quote
 
 DEFAULT_ENDPOINT = "https://huggingface.co"
-REPO_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
+REPO_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*")  # fullmatch
+# A branch, tag or commit: git's ref characters, no whitespace, control characters or '..'.
+REVISION_RE = re.compile(r"(?!.*\.\.)[A-Za-z0-9][A-Za-z0-9._/-]{0,199}")
+# A glob over repository paths: no control characters, no absolute paths or '..' components.
+INCLUDE_RE = re.compile(r"(?!/)(?!.*(^|/)\.\.(/|$))[^\x00-\x1f\x7f]{1,200}")
 _SHA_RE = re.compile(r"^[0-9a-f]{40}$")
 _SHARD_RE = re.compile(r"-0*1-of-(\d+)\.gguf$")
 
@@ -85,25 +90,25 @@ class ModelRef:
         self.validate()
 
     def validate(self) -> None:
-        if not isinstance(self.repo, str) or not REPO_RE.match(self.repo):
+        if not isinstance(self.repo, str) or not REPO_RE.fullmatch(self.repo) or ".." in self.repo:
             raise ValueError(f"model 'repo': expected '<org>/<name>' (e.g. 'unsloth/Qwen3-8B-GGUF'), got {self.repo!r}")
-        if not isinstance(self.revision, str) or not self.revision or any(c.isspace() for c in self.revision):
+        if not isinstance(self.revision, str) or not REVISION_RE.fullmatch(self.revision):
             raise ValueError(
                 f"model 'revision' of {self.repo}: expected a branch, tag or 40-hex commit sha, got {self.revision!r}"
             )
         if not isinstance(self.include, tuple) or not self.include or not all(
-            isinstance(p, str) and p.strip() for p in self.include
+            isinstance(p, str) and p.strip() and INCLUDE_RE.fullmatch(p) for p in self.include
         ):
             raise ValueError(
                 f"model 'include' of {self.repo}: expected a non-empty list of glob patterns "
                 f"(e.g. ['UD-Q6_K_XL/*.gguf']), got {self.include!r}"
             )
-        if not isinstance(self.dest, str) or not self.dest.startswith("/"):
+        if not isinstance(self.dest, str) or not _normal_abspath(self.dest):
             raise ValueError(
                 f"model 'dest' of {self.repo}: expected an absolute directory path on the host, got {self.dest!r}"
             )
         if self.endpoint is not None and not (
-            isinstance(self.endpoint, str) and self.endpoint.startswith(("http://", "https://"))
+            isinstance(self.endpoint, str) and _URL_RE.fullmatch(self.endpoint)
         ):
             raise ValueError(f"model 'endpoint' of {self.repo}: expected an http(s) URL, got {self.endpoint!r}")
 
@@ -111,6 +116,15 @@ class ModelRef:
     def key(self) -> str:
         """Stable lockfile key: what is fetched (not where it goes, nor from which mirror)."""
         return f"{self.repo}@{self.revision}:{','.join(self.include)}"
+
+
+_URL_RE = re.compile(r"https?://[A-Za-z0-9._~:/@%+\[\]-]+")
+
+
+def _normal_abspath(path: str) -> bool:
+    """Absolute and normalised: no '..', '.', '//', trailing '/' or control characters."""
+    return (path.startswith("/") and path != "/" and posixpath.normpath(path) == path
+            and not path.startswith("//") and not re.search(r"[\x00-\x1f\x7f]", path))
 
 
 def first_shard(paths: Iterable[str]) -> str:

@@ -32,7 +32,7 @@ from typing import Any, Iterable, Mapping
 
 import yaml
 
-from rigkit.hub import HubClient, HubError, ModelRef, RemoteFile, first_shard, read_token
+from rigkit.models.hub import HubClient, HubError, ModelRef, RemoteFile, first_shard, read_token
 
 LOCK_VERSION = 1
 
@@ -158,7 +158,7 @@ def collect_model_refs(inventory_path: str | os.PathLike) -> list[ModelRef]:
     ``hf_endpoint`` in host data is the default endpoint for that host's models.
     Upload entries (``{"upload": ..., "dest": ...}``) need no lock and are skipped.
     """
-    from rigkit.hostdata import HubModel, parse_models
+    from rigkit.hostdata.models import HubModel, parse_models
 
     path = Path(inventory_path)
     spec = importlib.util.spec_from_file_location(f"_rigkit_inventory_{abs(hash(str(path.resolve())))}", path)

@@ -1,0 +1,57 @@
+"""Host data ``llama_cpp``: the pinned llama.cpp build (ref, source, CUDA, flags)."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from rigkit.hostdata.gpus import CUDA_ARCH, Gpus
+from rigkit.hostdata.schema import HostDataError, build, check_path, check_pattern
+
+UPSTREAM_LLAMA_CPP = "https://github.com/ggml-org/llama.cpp"
+BUILD_TAG = re.compile(r"b\d+")
+COMMIT_SHA = re.compile(r"[0-9a-f]{7,40}")
+PIN = re.compile(rf"{BUILD_TAG.pattern}|{COMMIT_SHA.pattern}")
+# A cmake cache entry: -DNAME=VALUE or -DNAME:TYPE=VALUE, the value free of shell and list syntax.
+CMAKE_FLAG = re.compile(r"-D[A-Za-z_][A-Za-z0-9_]*(:[A-Z]+)?=[A-Za-z0-9_.,;+/:=-]*")
+TARGET = re.compile(r"[a-z][a-z0-9_-]{0,63}")
+# git clone URLs: http(s), git, ssh, or an absolute local path; no whitespace or shell syntax.
+GIT_URL = re.compile(r"(https?|git|ssh)://[A-Za-z0-9._~:/@%+-]+|/[A-Za-z0-9._/+-]+")
+
+
+@dataclass(frozen=True)
+class LlamaCpp:
+    ref: str  # a build tag (b8137) or a commit sha; never a branch
+    git_url: str = UPSTREAM_LLAMA_CPP
+    cuda: bool = True
+    cuda_arch: tuple[str, ...] = ()  # default: the host's gpus.cuda_arch
+    fa_all_quants: bool = True
+    cmake_flags: tuple[str, ...] = ()
+    targets: tuple[str, ...] = ("llama-server",)
+    keep_builds: int = 3
+    root: str = "/opt/rigkit/llama.cpp"
+
+
+def parse_llama_cpp(host: str, raw: Any, gpus: Gpus) -> LlamaCpp:
+    llama = build(LlamaCpp, raw, host, "llama_cpp")
+    check_pattern(llama.ref, PIN, host, "llama_cpp.ref", "a pinned build tag such as b8137 or a commit sha "
+                  "(7-40 hex digits), not a moving ref like a branch")
+    check_pattern(llama.git_url, GIT_URL, host, "llama_cpp.git_url",
+                  "a git URL (https://, git://, ssh://) or an absolute path")
+    check_path(llama.root, host, "llama_cpp.root", "an absolute directory on the host")
+    for i, arch in enumerate(llama.cuda_arch):
+        check_pattern(arch, CUDA_ARCH, host, f"llama_cpp.cuda_arch[{i}]", 'a CUDA architecture like "86"')
+    if llama.cuda and not (llama.cuda_arch or gpus.cuda_arch or gpus.count):
+        raise HostDataError(host, "gpus", "gpus.count or gpus.cuda_arch when llama_cpp.cuda is on "
+                            "(or set llama_cpp.cuda: false for a CPU build)")
+    if llama.keep_builds < 2:
+        raise HostDataError(host, "llama_cpp.keep_builds", "at least 2 (current and previous)", llama.keep_builds)
+    for i, flag in enumerate(llama.cmake_flags):
+        check_pattern(flag, CMAKE_FLAG, host, f"llama_cpp.cmake_flags[{i}]",
+                      "a -DNAME=VALUE cmake flag (value: letters, digits and . , ; + / : = _ -)")
+    if not llama.targets:
+        raise HostDataError(host, "llama_cpp.targets", "at least one cmake target (llama-server)")
+    for i, target in enumerate(llama.targets):
+        check_pattern(target, TARGET, host, f"llama_cpp.targets[{i}]", "a cmake target name such as llama-server")
+    return llama

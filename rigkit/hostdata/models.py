@@ -1,0 +1,82 @@
+"""Host data ``models``: files uploaded from the deploying machine, or named Hub references
+pinned by the model lock (``rigkit lock INVENTORY``)."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from functools import cached_property
+from typing import Any, Union
+
+from rigkit.hostdata.schema import HostDataError, build, check_path, check_pattern
+from rigkit.models.hub import ModelRef
+
+MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+MODEL_REF_PREFIX = "ref:"  # services[].model: "ref:<models[].name>"
+
+
+@dataclass(frozen=True)
+class UploadModel:
+    """Files of a directory on the deploying machine, copied into ``dest`` on the host."""
+
+    upload: str
+    dest: str
+
+
+@dataclass(frozen=True)
+class HubModel:
+    """A Hub repository's files (``include`` patterns) at ``revision``, placed under ``dest``
+    keeping their repository paths; pinned by the model lock."""
+
+    repo: str
+    dest: str
+    name: str | None = None  # what services call it: "model": "ref:<name>"
+    revision: str = "main"
+    include: tuple[str, ...] = ("*",)
+    endpoint: str | None = None
+
+    @cached_property
+    def ref(self) -> ModelRef:
+        return ModelRef(repo=self.repo, revision=self.revision, include=self.include,
+                        dest=self.dest, endpoint=self.endpoint)
+
+
+Model = Union[UploadModel, HubModel]
+
+
+def parse_models(host: str, raw: Any) -> tuple[Model, ...]:
+    """Validate host data ``models``: upload entries and named Hub references."""
+    if raw is None:
+        return ()
+    if not isinstance(raw, (list, tuple)):
+        raise HostDataError(host, "models", "a list of model mappings", raw)
+    out: list[Model] = []
+    names: set[str] = set()
+    for i, entry in enumerate(raw):
+        key = f"models[{i}]"
+        model: Model
+        if isinstance(entry, dict) and "upload" in entry:
+            model = build(UploadModel, entry, host, key)
+        elif isinstance(entry, (dict, HubModel, ModelRef)):
+            if isinstance(entry, ModelRef):  # an inventory may name a Hub model by its ModelRef
+                entry = {"repo": entry.repo, "revision": entry.revision, "include": list(entry.include),
+                         "dest": entry.dest, **({"endpoint": entry.endpoint} if entry.endpoint else {})}
+            model = build(HubModel, entry, host, key)
+            if model.name is not None:
+                check_pattern(model.name, MODEL_NAME, host, f"{key}.name", "letters, digits, '.', '_' and "
+                              f"'-' (what services name with {MODEL_REF_PREFIX}<name>)")
+                if model.name in names:
+                    raise HostDataError(host, f"{key}.name", "a name no other model on this host uses",
+                                        model.name)
+                names.add(model.name)
+            try:
+                model.ref  # noqa: B018 - ModelRef holds the Hub checks (repo, revision, include, endpoint)
+            except ValueError as exc:
+                field = str(exc).split("'")[1] if "'" in str(exc) else "repo"
+                raise HostDataError(host, f"{key}.{field}", str(exc).split("expected ", 1)[-1]) from None
+        else:
+            raise HostDataError(host, key, "a mapping with upload and dest, or name, repo and dest "
+                                "(a Hub reference)", entry)
+        check_path(model.dest, host, f"{key}.dest", "an absolute directory path on the host")
+        out.append(model)
+    return tuple(out)

@@ -1,0 +1,147 @@
+"""
+A host's components together: :class:`Rig`, validated whole by :func:`parse_rig` before any
+host changes, and :func:`rig_for`, which also resolves ``ref:`` models through the model lock.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+from pyinfra.api.exceptions import PyinfraError
+
+from rigkit.hostdata.gpus import Gpus, parse_gpus
+from rigkit.hostdata.llama_cpp import LlamaCpp, parse_llama_cpp
+from rigkit.hostdata.models import MODEL_REF_PREFIX, HubModel, Model, parse_models
+from rigkit.hostdata.schema import HostDataError, check_text
+from rigkit.hostdata.services import Service, parse_services
+from rigkit.models import lockfile
+from rigkit.models.lockfile import LockEntry, LockError
+
+LOCK_ENV = "RIGKIT_MODEL_LOCK"
+# The host-data keys rigkit reads; the rest (ssh_*, sandbox_*, ...) belongs to pyinfra or tools.
+COMPONENTS = ("gpus", "llama_cpp", "services", "models")
+
+
+class ModelLockError(PyinfraError, LockError):
+    """The model lock is missing or does not match a host's Hub models; names ``rigkit lock``."""
+
+
+@dataclass(frozen=True)
+class Rig:
+    """One host's validated components; a component the host does not declare is ``None``
+    (or empty)."""
+
+    host: str
+    gpus: Gpus = field(default_factory=Gpus)
+    llama_cpp: LlamaCpp | None = None
+    services: tuple[Service, ...] = ()
+    models: tuple[Model, ...] = ()
+    # ModelRef.key -> the lock entry, filled by resolve_model_refs()
+    locks: Mapping[str, LockEntry] = field(default_factory=dict, compare=False)
+
+    @property
+    def enabled_services(self) -> tuple[Service, ...]:
+        return tuple(s for s in self.services if s.enabled)
+
+    def engine_services(self, engine: str) -> tuple[Service, ...]:
+        return tuple(s for s in self.services if s.engine == engine)
+
+    @property
+    def hub_models(self) -> tuple[HubModel, ...]:
+        return tuple(m for m in self.models if isinstance(m, HubModel))
+
+    @property
+    def unresolved(self) -> tuple[Service, ...]:
+        """Services whose model is still a ``ref:`` (no lock applied yet)."""
+        return tuple(s for s in self.services if s.model.startswith(MODEL_REF_PREFIX))
+
+    def lock_for(self, model: HubModel) -> LockEntry:
+        """The lock entry (commit sha, files with sha256) of a Hub model of this rig."""
+        try:
+            return self.locks[model.ref.key]
+        except KeyError:
+            raise HostDataError(self.host, "models", f"{model.repo} resolved through the model lock "
+                                "(rig_for() does that; parse_rig() alone does not)") from None
+
+
+def parse_rig(host: str, data: Mapping[str, Any]) -> Rig:
+    """Validate one host's components; raises HostDataError on the first problem."""
+    gpus = parse_gpus(host, data.get("gpus"))
+    llama = parse_llama_cpp(host, data["llama_cpp"], gpus) if data.get("llama_cpp") is not None else None
+    services = parse_services(host, data.get("services"), gpus)
+    for i, svc in enumerate(services):
+        if svc.engine == "llama.cpp" and llama is None:
+            raise HostDataError(host, "llama_cpp", f"a mapping with at least ref (a build tag such as b8137): "
+                                f"services[{i}] ({svc.name}) has engine llama.cpp")
+    models = parse_models(host, data.get("models"))
+    hub_names = [m.name for m in models if isinstance(m, HubModel) and m.name]
+    for i, svc in enumerate(services):
+        if svc.model.startswith(MODEL_REF_PREFIX) and svc.model[len(MODEL_REF_PREFIX):] not in hub_names:
+            raise HostDataError(host, f"services[{i}].model",
+                                f"{MODEL_REF_PREFIX}<name> naming a Hub model of this host's models "
+                                f"({', '.join(hub_names) or 'none declared'})", svc.model)
+    return Rig(host=host, gpus=gpus, llama_cpp=llama, services=services, models=models)
+
+
+def resolve_model_refs(rig: Rig, lock: Mapping[str, LockEntry], inventory: str = "INVENTORY") -> Rig:
+    """The rig with its Hub models' lock entries and each ``ref:`` service model replaced by
+    ``<dest>/<first shard>``; raises LockError naming ``rigkit lock`` when an entry is missing
+    or stale."""
+    hub = rig.hub_models
+    if not hub:
+        return rig
+    entries = lockfile.check([m.ref for m in hub], lock, inventory=inventory)
+    locks = {m.ref.key: entries[m.ref.key] for m in hub}
+    by_name = {m.name: m for m in hub if m.name}
+    services = []
+    for svc in rig.services:
+        if svc.model.startswith(MODEL_REF_PREFIX):
+            m = by_name[svc.model[len(MODEL_REF_PREFIX):]]
+            try:
+                path = locks[m.ref.key].model_path(m.dest)
+            except ValueError as exc:
+                raise HostDataError(rig.host, f"services[{svc.name}].model",
+                                    f"a Hub model with one first shard ({exc})") from None
+            svc = dataclasses.replace(svc, model=path)
+        services.append(svc)
+    return dataclasses.replace(rig, services=tuple(services), locks=locks)
+
+
+def find_model_lock(data: Mapping[str, Any]) -> tuple[Path | None, str]:
+    """Where the model lock is, and the inventory to name in ``rigkit lock ...`` hints: host
+    data ``model_lock`` (an inventory names its own: ``lockfile.lock_path_for(__file__)``),
+    else ``$RIGKIT_MODEL_LOCK``."""
+    explicit = data.get("model_lock") or os.environ.get(LOCK_ENV)
+    if not explicit:
+        return None, "INVENTORY"
+    path = Path(str(explicit)).expanduser()
+    return path, str(path.with_name(path.name.removesuffix(".lock.yaml") + ".py"))
+
+
+def rig_for(host: Any) -> Rig:
+    """The validated rig data of a pyinfra host (``from pyinfra import host``), Hub model
+    references resolved through the model lock; raises before any host changes when the
+    data is bad or the lock is missing or stale."""
+    data = {k: host.data.get(k) for k in COMPONENTS if host.data.get(k) is not None}
+    rig = parse_rig(host.name, data)
+    if not rig.hub_models:
+        return rig
+    model_lock = host.data.get("model_lock")
+    if model_lock is not None:
+        if not isinstance(model_lock, (str, os.PathLike)) or not os.fspath(model_lock):
+            raise HostDataError(host.name, "model_lock", "the model lock's path", model_lock)
+        check_text(os.fspath(model_lock), host.name, "model_lock")
+    path, inventory = find_model_lock({"model_lock": model_lock})
+    if path is None:
+        raise ModelLockError(
+            f"host {host.name}: models: Hub models need the model lock: name it in the inventory's host "
+            f"data (\"model_lock\": lockfile.lock_path_for(__file__), rigkit.models.lockfile) or set "
+            f"${LOCK_ENV}; write it with: rigkit lock INVENTORY")
+    try:
+        return resolve_model_refs(rig, lockfile.load(path, inventory=inventory), inventory)
+    except LockError as exc:
+        raise ModelLockError(f"host {host.name}: {exc}") from None

@@ -1,0 +1,141 @@
+"""
+The rules every host-data component shares: the error that names host, key and what was
+expected, a typed builder from plain dicts, and the checks a string passes before anything
+renders it into a unit, a file or a command line.
+
+Every string in host data is refused when it holds a control character (a newline would
+end an ``ExecStart=`` line and start another directive); names and refs are matched whole
+(``re.fullmatch``: ``$`` alone accepts a trailing newline); paths are absolute and
+normalised (no ``..``, no ``//``, no trailing ``/``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import types
+import typing
+from pathlib import PurePosixPath
+from typing import Any, TypeVar
+
+from pyinfra.api.exceptions import PyinfraError
+
+T = TypeVar("T")
+
+# C0 and C1 control characters and DEL; tabs and newlines included.
+CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+class HostDataError(PyinfraError, ValueError):
+    """Bad host data: says which host, which key, and what was expected."""
+
+    def __init__(self, host: str, key: str, expected: str, got: Any = dataclasses.MISSING):
+        self.host, self.key, self.expected = host, key, expected
+        message = f"host {host}: {key}: expected {expected}"
+        if got is not dataclasses.MISSING:
+            message += f", got {got!r}"
+        super().__init__(message)
+
+
+def check_text(value: str, host: str, key: str) -> str:
+    """A string without control characters (newlines, tabs, escapes)."""
+    if CONTROL.search(value):
+        raise HostDataError(host, key, "text without control characters (no newlines or tabs)", value)
+    return value
+
+
+def check_pattern(value: str, pattern: re.Pattern[str], host: str, key: str, expected: str) -> str:
+    """``value`` matched whole by ``pattern``."""
+    if not pattern.fullmatch(value):
+        raise HostDataError(host, key, expected, value)
+    return value
+
+
+def check_path(value: str, host: str, key: str, what: str = "an absolute path on the host") -> str:
+    """An absolute, normalised POSIX path: no ``..``, ``.``, ``//`` or trailing ``/``."""
+    path = PurePosixPath(value)
+    if not path.is_absolute() or str(path) != value or ".." in path.parts or value == "/":
+        raise HostDataError(host, key, f"{what} (absolute and normalised: no '..', '//' or trailing '/')",
+                            value)
+    return value
+
+
+def build(cls: type[T], raw: Any, host: str, key: str) -> T:
+    """Make a frozen dataclass from a dict, checking key names and value types; every string
+    in it, nested ones included, is checked for control characters."""
+    if isinstance(raw, cls):
+        return raw
+    if not isinstance(raw, dict):
+        raise HostDataError(host, key, f"a mapping of {cls.__name__} fields", raw)
+    fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    unknown = sorted(set(raw) - set(fields))
+    if unknown:
+        raise HostDataError(host, f"{key}.{unknown[0]}",
+                            f"one of the known keys ({', '.join(fields)})", "unknown key")
+    return cls(**coerce_fields(cls, raw, host, key))
+
+
+def coerce_fields(cls: type, raw: dict[str, Any], host: str, key: str) -> dict[str, Any]:
+    """The values of ``raw`` for the fields of ``cls``, typed; required fields present."""
+    hints = typing.get_type_hints(cls)
+    values = {}
+    for f in dataclasses.fields(cls):
+        if not f.init:
+            continue
+        if f.name not in raw:
+            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+                raise HostDataError(host, f"{key}.{f.name}", "a value (this key is required)")
+            continue
+        values[f.name] = coerce(raw[f.name], hints[f.name], host, f"{key}.{f.name}")
+    return values
+
+
+def coerce(value: Any, hint: Any, host: str, key: str) -> Any:
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        if len(inner) > 1:  # e.g. int | tuple[int, ...]: the first that fits
+            for option in inner:
+                try:
+                    return coerce(value, option, host, key)
+                except HostDataError:
+                    continue
+            raise HostDataError(host, key, " or ".join(_describe(a) for a in inner), value)
+        return coerce(value, inner[0], host, key)
+    if origin is tuple:
+        if isinstance(value, str) or not isinstance(value, (list, tuple)):
+            raise HostDataError(host, key, "a list", value)
+        return tuple(coerce(v, args[0], host, f"{key}[{i}]") for i, v in enumerate(value))
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise HostDataError(host, key, "a mapping", value)
+        return {coerce(k, args[0], host, f"{key}"): coerce(v, args[1], host, f"{key}.{k}")
+                for k, v in value.items()}
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise HostDataError(host, key, "a number", value)
+        return float(value)
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise HostDataError(host, key, "an integer", value)
+        return value
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise HostDataError(host, key, "true or false", value)
+        return value
+    if hint is str:
+        if not isinstance(value, str) or not value:
+            raise HostDataError(host, key, "a non-empty string", value)
+        return check_text(value, host, key)
+    return value
+
+
+def _describe(hint: Any) -> str:
+    origin = typing.get_origin(hint)
+    if origin is tuple:
+        return "a list"
+    return {int: "an integer", float: "a number", str: "a non-empty string", bool: "true or false"}.get(
+        hint, str(hint))

@@ -1,0 +1,233 @@
+"""
+Host data ``services``: what every engine shares (name, engine, model, address, key,
+enabled, ...) in :class:`Service`, the engine's own flags in its options class
+(:class:`LlamaServerOptions` for ``engine: "llama.cpp"``). In host data both sit side by
+side in one mapping; parsing sorts each key to its side::
+
+    {"name": "qwen122b", "engine": "llama.cpp", "model": "ref:qwen122b-q6", "port": 8000,
+     "ctx": 262144, "cache_type_k": "q8_0", "tensor_split": [0.9, 1, 1, 1, 1, 1]}
+
+A service listens on 127.0.0.1 unless ``host`` names another address; listening beyond
+loopback needs an ``api_key_file`` or an explicit ``allow_unauthenticated: true``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import re
+from dataclasses import dataclass, field
+from pathlib import PurePosixPath
+from typing import Any
+
+from rigkit.hostdata.gpus import Gpus
+from rigkit.hostdata.models import MODEL_NAME, MODEL_REF_PREFIX
+from rigkit.hostdata.schema import HostDataError, check_path, check_pattern, coerce_fields
+
+SERVICE_NAME = re.compile(r"[a-z][a-z0-9-]{0,23}")
+SHARD = re.compile(r"-(\d{5})-of-(\d{5})\.gguf")
+# What clients call the model: printable, no spaces, quotes, '%' or shell syntax.
+MODEL_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:/@+-]{0,127}")
+DISPLAY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9 ._:/@+()-]{0,127}")
+# An extra server argument: a flag or a value; no whitespace, quotes, '$', '%', '\' or ';'.
+EXTRA_ARG = re.compile(r"[A-Za-z0-9_.,:/@+=-][A-Za-z0-9_.,:/@+=-]{0,255}")
+KEY_FLAGS = ("--api-key", "--api-key-file")
+KV_TYPES = ("f32", "f16", "bf16", "q8_0", "q4_0", "q4_1", "iq4_nl", "q5_0", "q5_1")
+SPLIT_MODES = ("none", "layer", "row")
+LOOPBACK = "127.0.0.1"
+
+# Named sampling presets; values are llama-server flags.
+SAMPLING_PRESETS: dict[str, dict[str, str]] = {
+    # Qwen3.5 thinking / coding preset, as in seeds 000 and 001.
+    "qwen3.5-thinking": {"--temp": "0.6", "--top-p": "0.95", "--top-k": "20", "--min-p": "0.0"},
+    # Qwen's recommended non-thinking (instruct) preset.
+    "qwen3.5-instruct": {"--temp": "0.7", "--top-p": "0.8", "--top-k": "20", "--min-p": "0.0"},
+    "greedy": {"--temp": "0.0", "--top-k": "1"},
+}
+
+
+@dataclass(frozen=True)
+class LlamaServerOptions:
+    """llama-server's own flags (``engine: "llama.cpp"``)."""
+
+    parallel: int = 1
+    cache_type_k: str = "f16"
+    cache_type_v: str = "f16"
+    n_gpu_layers: int = 999
+    split_mode: str = "layer"
+    tensor_split: tuple[float, ...] = ()
+    sampling: str | None = None
+    jinja: bool = True
+    flash_attn: str | None = None  # "on", "off", "auto"; None leaves llama-server's default
+    metrics: bool = True
+
+
+# engine -> (options class, unit and user prefix)
+ENGINES: dict[str, tuple[type, str]] = {
+    "llama.cpp": (LlamaServerOptions, "llama"),
+}
+
+
+@dataclass(frozen=True)
+class Service:
+    """One served model, whatever the engine."""
+
+    name: str
+    model: str  # path of the model (first shard) on the host, or "ref:<models[].name>"
+    engine: str = "llama.cpp"
+    host: str = LOOPBACK
+    port: int = 8000
+    ctx: int = 4096
+    alias: str | None = None  # the model name clients see
+    display_name: str | None = None  # for client configs
+    extra_args: tuple[str, ...] = ()
+    api_key_file: str | None = None  # on the deploying machine; copied to the host 0400
+    allow_unauthenticated: bool = False  # listen beyond loopback without a key, knowingly
+    gpus: tuple[int, ...] = ()  # CUDA_VISIBLE_DEVICES; empty: all
+    enabled: bool = True
+    options: LlamaServerOptions = field(default_factory=LlamaServerOptions)  # the engine's own (ENGINES)
+
+    @property
+    def prefix(self) -> str:
+        return ENGINES[self.engine][1]
+
+    @property
+    def unit(self) -> str:
+        return f"rigkit-{self.prefix}-{self.name}.service"
+
+    @property
+    def user(self) -> str:
+        return f"{self.prefix}-{self.name}"
+
+    @property
+    def model_id(self) -> str:
+        """What clients call the model: the alias, else the file name without shard suffix."""
+        if self.alias:
+            return self.alias
+        return SHARD.sub("", PurePosixPath(self.model).name).removesuffix(".gguf")
+
+    @property
+    def public(self) -> bool:
+        """Listening beyond loopback."""
+        return not ipaddress.ip_address(self.host).is_loopback
+
+
+COMMON = {f.name for f in dataclasses.fields(Service)} - {"options"}
+
+
+def parse_service(host: str, key: str, raw: Any, gpus: Gpus) -> Service:
+    """One ``services[]`` entry: common keys to :class:`Service`, the rest to the engine's options."""
+    if isinstance(raw, Service):
+        return raw
+    if not isinstance(raw, dict):
+        raise HostDataError(host, key, "a mapping of service fields", raw)
+    engine = raw.get("engine", "llama.cpp")
+    if engine not in ENGINES:
+        raise HostDataError(host, f"{key}.engine", f"one of {', '.join(ENGINES)}", engine)
+    options_cls = ENGINES[engine][0]
+    own = {f.name for f in dataclasses.fields(options_cls)}
+    unknown = sorted(set(raw) - COMMON - own)
+    if unknown:
+        raise HostDataError(host, f"{key}.{unknown[0]}",
+                            f"one of the known keys ({', '.join(sorted(COMMON | own))})", "unknown key")
+    common = coerce_fields(Service, {k: v for k, v in raw.items() if k in COMMON}, host, key)
+    options = options_cls(**coerce_fields(options_cls, {k: v for k, v in raw.items() if k in own}, host, key))
+    svc = Service(**common, options=options)
+    _check_common(host, key, svc, gpus)
+    if engine == "llama.cpp":
+        _check_llama_server(host, key, svc, gpus)
+    return svc
+
+
+def parse_services(host: str, raw: Any, gpus: Gpus) -> tuple[Service, ...]:
+    if raw is None:
+        return ()
+    if not isinstance(raw, (list, tuple)):
+        raise HostDataError(host, "services", "a list of service mappings", raw)
+    services = tuple(parse_service(host, f"services[{i}]", s, gpus) for i, s in enumerate(raw))
+    seen_names: set[str] = set()
+    ports: dict[int, str] = {}
+    for i, svc in enumerate(services):
+        key = f"services[{i}]"
+        if svc.name in seen_names:
+            raise HostDataError(host, f"{key}.name", "a name no other service on this host uses", svc.name)
+        seen_names.add(svc.name)
+        if svc.enabled:
+            if svc.port in ports:
+                raise HostDataError(host, f"{key}.port",
+                                    f"a port no other enabled service uses ({ports[svc.port]} has it)",
+                                    svc.port)
+            ports[svc.port] = svc.name
+    return services
+
+
+def _check_common(host: str, key: str, svc: Service, gpus: Gpus) -> None:
+    check_pattern(svc.name, SERVICE_NAME, host, f"{key}.name", "lowercase letters, digits and '-', "
+                  "starting with a letter, at most 24 characters")
+    if svc.model.startswith(MODEL_REF_PREFIX):
+        check_pattern(svc.model[len(MODEL_REF_PREFIX):], MODEL_NAME, host, f"{key}.model",
+                      f"{MODEL_REF_PREFIX}<name of a Hub model in models>")
+    else:
+        check_path(svc.model, host, f"{key}.model", "an absolute path to the model on the host "
+                   f"(or {MODEL_REF_PREFIX}<name> of a Hub model)")
+    try:
+        ipaddress.ip_address(svc.host)
+    except ValueError:
+        raise HostDataError(host, f"{key}.host", "an IP address to listen on (127.0.0.1, 0.0.0.0, "
+                            "a LAN address)", svc.host) from None
+    if not 1 <= svc.port <= 65535:
+        raise HostDataError(host, f"{key}.port", "a TCP port (1-65535)", svc.port)
+    if svc.ctx < 1:
+        raise HostDataError(host, f"{key}.ctx", "a positive integer", svc.ctx)
+    if svc.alias is not None:
+        check_pattern(svc.alias, MODEL_ID, host, f"{key}.alias", "a model name: letters, digits and . _ : / @ + -")
+    if svc.display_name is not None:
+        check_pattern(svc.display_name, DISPLAY_NAME, host, f"{key}.display_name",
+                      "a display name: letters, digits, spaces and . _ : / @ + ( ) -")
+    if svc.api_key_file is not None and "\x00" in svc.api_key_file:
+        raise HostDataError(host, f"{key}.api_key_file", "a file on the deploying machine", svc.api_key_file)
+    if gpus.count and any(g < 0 or g >= gpus.count for g in svc.gpus):
+        raise HostDataError(host, f"{key}.gpus", f"GPU indexes between 0 and {gpus.count - 1}", list(svc.gpus))
+    for i, arg in enumerate(svc.extra_args):
+        if arg.split("=", 1)[0] in KEY_FLAGS:
+            raise HostDataError(host, f"{key}.extra_args[{i}]",
+                                "no API key flag (use api_key_file; keys never go on a command line)", arg)
+        check_pattern(arg, EXTRA_ARG, host, f"{key}.extra_args[{i}]",
+                      "one flag or value per element: letters, digits and _ . , : / @ + = - "
+                      "(no spaces, quotes, '$', '%', ';' or '\\')")
+    if svc.public and svc.enabled and not svc.api_key_file and not svc.allow_unauthenticated:
+        raise HostDataError(host, f"{key}.host", "127.0.0.1 (the default), or an api_key_file for a service "
+                            "listening beyond loopback (or allow_unauthenticated: true to open it knowingly)",
+                            svc.host)
+
+
+def _check_llama_server(host: str, key: str, svc: Service, gpus: Gpus) -> None:
+    opts: LlamaServerOptions = svc.options
+    if not svc.model.startswith(MODEL_REF_PREFIX):
+        model = PurePosixPath(svc.model)
+        if model.suffix != ".gguf":
+            raise HostDataError(host, f"{key}.model", "an absolute path to a .gguf file on the host "
+                                f"(or {MODEL_REF_PREFIX}<name> of a Hub model)", svc.model)
+        shard = SHARD.search(model.name)
+        if shard and shard.group(1) != "00001":
+            first = SHARD.sub(f"-00001-of-{shard.group(2)}.gguf", model.name)
+            raise HostDataError(host, f"{key}.model",
+                                f"the first shard (llama-server loads the rest), i.e. {first}", model.name)
+    if opts.parallel < 1:
+        raise HostDataError(host, f"{key}.parallel", "a positive integer", opts.parallel)
+    for name, value in (("cache_type_k", opts.cache_type_k), ("cache_type_v", opts.cache_type_v)):
+        if value not in KV_TYPES:
+            raise HostDataError(host, f"{key}.{name}", f"one of {', '.join(KV_TYPES)}", value)
+    if opts.split_mode not in SPLIT_MODES:
+        raise HostDataError(host, f"{key}.split_mode", f"one of {', '.join(SPLIT_MODES)}", opts.split_mode)
+    used_gpus = len(svc.gpus) or gpus.count
+    if opts.tensor_split and len(opts.tensor_split) != used_gpus:
+        raise HostDataError(host, f"{key}.tensor_split",
+                            f"{used_gpus} values, one per GPU the service uses", list(opts.tensor_split))
+    if any(v < 0 for v in opts.tensor_split):
+        raise HostDataError(host, f"{key}.tensor_split", "non-negative ratios", list(opts.tensor_split))
+    if opts.sampling is not None and opts.sampling not in SAMPLING_PRESETS:
+        raise HostDataError(host, f"{key}.sampling", f"one of the presets {', '.join(SAMPLING_PRESETS)}",
+                            opts.sampling)
+    if opts.flash_attn is not None and opts.flash_attn not in ("on", "off", "auto"):
+        raise HostDataError(host, f"{key}.flash_attn", "on, off or auto", opts.flash_attn)

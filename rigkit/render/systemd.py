@@ -1,0 +1,64 @@
+"""
+The one way a value reaches a systemd unit: :func:`escape`. Every template rigkit renders
+goes through :data:`templates`, whose ``finalize`` refuses any rendered value that holds a
+control character, so no value can end a directive's line and start another.
+
+systemd splits ``ExecStart=`` into words at whitespace, honours double quotes with C
+escapes inside, expands ``%`` specifiers and ``$VAR`` environment references; ``escape``
+undoes all of that for one word, so what systemd runs is exactly the argv rigkit meant.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from jinja2 import Environment, PackageLoader, StrictUndefined
+
+CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+# Characters that need quoting inside a word: whitespace, quotes, backslash, ';' (a command
+# separator when it stands alone) and the empty word.
+_NEEDS_QUOTES = re.compile(r"""[\s"'\\;]""")
+
+
+class UnsafeValue(ValueError):
+    """A value that cannot be written into a unit safely (a control character)."""
+
+
+def escape(value: str, word: bool = True) -> str:
+    """``value`` for a unit file: ``%`` doubled, ``$`` doubled (no environment expansion);
+    with ``word`` (``ExecStart=`` words, ``Environment=`` assignments, paths) also quoted as
+    one word where it holds whitespace, quotes, ``\\`` or ``;``. Control characters are
+    refused, never escaped."""
+    if CONTROL.search(value):
+        raise UnsafeValue(f"control character in a unit value: {value!r}")
+    value = value.replace("%", "%%")
+    if not word:
+        return value
+    value = value.replace("$", "$$")
+    if value and not _NEEDS_QUOTES.search(value):
+        return value
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def exec_line(argv: list[str]) -> str:
+    """An argv as the value of ``ExecStart=``."""
+    return " ".join(escape(arg) for arg in argv)
+
+
+def _finalize(value: Any) -> Any:
+    if isinstance(value, str) and CONTROL.search(value):
+        raise UnsafeValue(f"control character in a rendered value: {value!r}")
+    return value
+
+
+templates = Environment(
+    loader=PackageLoader("rigkit", "templates"),
+    undefined=StrictUndefined,
+    keep_trailing_newline=True,
+    trim_blocks=True,
+    lstrip_blocks=True,
+    finalize=_finalize,
+)
+templates.filters["systemd"] = escape
+templates.filters["systemd_text"] = lambda v: escape(v, word=False)
