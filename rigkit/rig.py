@@ -19,6 +19,7 @@ from rigkit.facts.llama_cpp import NvidiaGpus
 from rigkit.hostdata import LlamaCpp, Rig, UploadModel
 from rigkit.operations import llama_cpp, services
 from rigkit.operations import models as model_ops
+from rigkit.operations import secrets as secret_ops
 from rigkit.operations.llama_cpp import BuildIdentity
 from rigkit.render import llama_server as render
 
@@ -110,10 +111,9 @@ def llama_services(rig: Rig, identity: BuildIdentity, address: str, models: list
             if not local.is_file():
                 raise PyinfraError(f"host {rig.host}: services[{svc.name}].api_key_file: expected a "
                                    f"readable file on this machine, {local} is not one")
-            restart_on[svc.name].append(files.put(
+            restart_on[svc.name].append(secret_ops.secret_file(
                 name=f"API key of {svc.name} (0400, {svc.user} only)",
-                src=str(local), dest=render.key_path(svc), user=svc.user, group=svc.user,
-                mode="400", create_remote_dir=True,
+                src=str(local), dest=render.key_path(svc), user=svc.user, group=svc.user, mode="400",
             ))
         restart_on[svc.name].append(files.put(
             name=f"Unit {svc.unit}", src=StringIO(render.render_unit(svc, pin.root, gpu=pin.cuda)),

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import os
+import secrets
 from pathlib import Path
 
 import pytest
@@ -37,3 +38,25 @@ def sandbox_hosts():
             os.environ.pop("RIGKIT_SANDBOX_DIR", None)
         else:
             os.environ["RIGKIT_SANDBOX_DIR"] = previous
+
+
+@pytest.fixture(scope="session")
+def api_key(tmp_path_factory):
+    """The API key sandbox-1's service runs with: (secret, key file on this machine)."""
+    secret = "rk-" + secrets.token_hex(16)
+    path = tmp_path_factory.mktemp("secrets") / "tiny.key"
+    path.write_text(secret + "\n")
+    path.chmod(0o600)
+    return secret, str(path)
+
+
+@pytest.fixture(scope="session")
+def first_deploy(sandbox_hosts, api_key):
+    """The rig deploy on sandbox-1 (a cold llama.cpp build: minutes on 2 cores), shared by
+    every test module that needs a serving host."""
+    from pyinfra_run import run_pyinfra
+
+    env = {"RIGKIT_SANDBOX_API_KEY_FILE": api_key[1]}
+    run = run_pyinfra("inventories/sandbox.py", "deploys/rig.py", "--limit", "sandbox-1", env=env)
+    assert run.returncode == 0, run.stderr[-5000:]
+    return run, env

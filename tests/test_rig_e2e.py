@@ -35,24 +35,6 @@ def chat(address: str, key: str | None, body: dict) -> tuple[int, dict]:
         return err.code, {}
 
 
-@pytest.fixture(scope="module")
-def api_key(tmp_path_factory):
-    secret = "rk-" + secrets.token_hex(16)
-    path = tmp_path_factory.mktemp("secrets") / "tiny.key"
-    path.write_text(secret + "\n")
-    path.chmod(0o600)
-    return secret, str(path)
-
-
-@pytest.fixture(scope="module")
-def first_deploy(sandbox_hosts, api_key):
-    """The rig deploy on sandbox-1 (a cold llama.cpp build: minutes on 2 cores)."""
-    env = {"RIGKIT_SANDBOX_API_KEY_FILE": api_key[1]}
-    run = run_pyinfra("inventories/sandbox.py", "deploys/rig.py", "--limit", "sandbox-1", env=env)
-    assert run.returncode == 0, run.stderr[-5000:]
-    return run, env
-
-
 def test_rig_deploy_serves_verified_model(sandbox_hosts, first_deploy, api_key):
     sb, host = sandbox_hosts, sandbox_hosts.hosts[0]
     run, _ = first_deploy

@@ -222,6 +222,11 @@ def mark_verified(root: Path) -> None:
         tmp.rename(current / "build.json")
 
 
+def owner(path: str | Path) -> tuple[int, int]:
+    st = Path(path).stat()
+    return st.st_uid, st.st_gid
+
+
 def save_good(manifest: dict, root: Path) -> None:
     """Record what serves now (verified) as the state to return to."""
     tmp = GOOD.with_name(GOOD.name + ".new")
@@ -233,7 +238,10 @@ def save_good(manifest: dict, root: Path) -> None:
         shutil.copy2(UNIT_DIR / svc["unit"], tmp / "units" / svc["unit"])
         if svc.get("key_file"):
             shutil.copy2(svc["key_file"], tmp / "keys" / svc["name"])
-            shutil.copystat(svc["key_file"], tmp / "keys" / svc["name"])
+            shutil.chown(tmp / "keys" / svc["name"], *owner(svc["key_file"]))
+            version = Path(svc["key_file"] + ".version")  # rigkit.operations.secrets' marker
+            if version.exists():
+                shutil.copy2(version, tmp / "keys" / (svc["name"] + ".version"))
     good = {"manifest": manifest, "build": os.readlink(root / "current") if (root / "current").is_symlink() else None}
     (tmp / "state.json").write_text(json.dumps(good, indent=2) + "\n")
     shutil.rmtree(GOOD, ignore_errors=True)
@@ -255,8 +263,10 @@ def restore_good(manifest: dict, root: Path) -> dict | None:
         shutil.copy2(GOOD / "units" / svc["unit"], UNIT_DIR / svc["unit"])
         if svc.get("key_file"):
             shutil.copy2(GOOD / "keys" / svc["name"], svc["key_file"])
-            key_user = Path(GOOD / "keys" / svc["name"]).stat()
-            os.chown(svc["key_file"], key_user.st_uid, key_user.st_gid)
+            shutil.chown(svc["key_file"], *owner(GOOD / "keys" / svc["name"]))
+            version = GOOD / "keys" / (svc["name"] + ".version")
+            if version.exists():
+                shutil.copy2(version, svc["key_file"] + ".version")
     current = root / "current"
     if good.get("build") and (not current.is_symlink() or os.readlink(current) != good["build"]):
         if current.is_symlink():
