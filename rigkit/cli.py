@@ -58,8 +58,14 @@ def _status(argv: list[str]) -> int:
     return status.main(argv)
 
 
+def _bench(argv: list[str]) -> int:
+    from rigkit.bench import command
+
+    return command.main(argv)
+
+
 # Commands with their own argument parsers: everything after the command name goes to them.
-PASS_THROUGH = {"lock": _lock, "mirror": _mirror, "status": _status}
+PASS_THROUGH = {"lock": _lock, "mirror": _mirror, "status": _status, "bench": _bench}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -83,6 +89,8 @@ def build_parser() -> argparse.ArgumentParser:
         ("lock", "pin an inventory's Hub models to commits and sha256s (rigkit lock INVENTORY [-h])"),
         ("mirror", "serve downloaded models over the Hub's download API (rigkit mirror serve DIR [-h])"),
         ("status", "per host: llama.cpp build, services active/healthy, models (rigkit status INVENTORY)"),
+        ("bench", "context sweep: prefill, decode, TTFT, power, tokens/kWh (rigkit bench --url URL | "
+                  "INVENTORY | compare A.json B.json [-h])"),
     ):
         sub.add_parser(name, help=help_text, add_help=False)  # listed in --help; main() runs them
     return parser
