@@ -138,6 +138,9 @@ def gpus() -> list[dict]:
               "power.default_limit", "power.max_limit", "clocks.max.sm", "clocks.max.mem",
               "persistence_mode", "compute_cap"]
     out = sh(["nvidia-smi", f"--query-gpu={','.join(fields)}", "--format=csv,noheader"])
+    if out is None:  # an older nvidia-smi that lacks a field: the ones every version has
+        fields = ["index", "name", "driver_version", "memory.total", "power.limit"]
+        out = sh(["nvidia-smi", f"--query-gpu={','.join(fields)}", "--format=csv,noheader"])
     rows = []
     for line in (out or "").splitlines():
         rows.append(dict(zip(fields, (v.strip() for v in line.split(",")))))

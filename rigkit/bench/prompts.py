@@ -107,7 +107,7 @@ class PromptMaker:
         prefix = f"[bench {self.sweep_id} d{n} r{run}]\n"
         fixed = len(self.tok.tokenize(prefix)) + self.special_tokens()
         body_n = max(1, n - fixed)
-        ids = self._corpus_ids(body_n * 2 + 4096)
+        ids = self._corpus_ids(body_n + 65536)
         span = len(ids) - body_n - 1
         # a different stretch of the corpus for every (depth, run): a large prime stride
         offset = ((self.seed * 7919 + run * 104729 + n * 31) % span) if span > 0 else 0

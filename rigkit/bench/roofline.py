@@ -117,7 +117,8 @@ def roofline(model: dict[str, Any] | None, gpu_names: list[str], split_mode: str
         bw = sum(per_gpu) if split_mode == "row" else min(per_gpu)
         source = f"nominal ({gpu_names[0]}{' x' + str(len(gpu_names)) if len(gpu_names) > 1 else ''}, {split_mode} split)"
     else:
-        return {**weights, "bandwidth": None, "why": f"memory bandwidth of {gpu_names or 'no GPU'} unknown"}
+        return {**weights, "bandwidth": None,
+                "why": f"memory bandwidth of {gpu_names} unknown" if gpu_names else "no GPU"}
     return {**weights, "bandwidth": bw, "bandwidth_source": source,
             "kv_bytes_per_context_token": kv_per_token_of_context(model, type_k, type_v),
             "type_k": type_k, "type_v": type_v}

@@ -1,0 +1,151 @@
+"""
+rigkit bench against the real llama-server rigkit deployed on sandbox-1 (CPU, the tiny
+generated model, ctx 2048 over 2 slots = 1024 tokens per request): a sweep at small depths
+through the inventory (over SSH, as pyinfra connects), figures checked against the server's
+own timings, charts, a second sweep by --url and the comparison of both, and a service
+stopped mid-sweep (partial results and a clear error; the service is started again after).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from pyinfra_run import REPO, ssh
+
+pytestmark = pytest.mark.e2e
+
+RIGKIT = str(Path(sys.executable).with_name("rigkit"))
+UNIT = "rigkit-llama-tiny.service"
+
+
+def bench(*args: str, env: dict | None = None, timeout: float = 900) -> subprocess.CompletedProcess:
+    return subprocess.run([RIGKIT, "bench", *args], cwd=REPO, capture_output=True, text=True,
+                          timeout=timeout, env={**os.environ, **(env or {})})
+
+
+def healthy(address: str, port: int = 8000) -> bool:
+    try:
+        with urllib.request.urlopen(f"http://{address}:{port}/health", timeout=2) as resp:
+            return resp.status == 200
+    except OSError:
+        return False
+
+
+@pytest.fixture(scope="module")
+def sweep(sandbox_hosts, first_deploy, tmp_path_factory):
+    _, env = first_deploy
+    out = tmp_path_factory.mktemp("bench")
+    run = bench("inventories/sandbox.py", "--service", "tiny", "--limit", "sandbox-1",
+                "--depths", "128,256,512", "--runs", "3", "--gen", "32", "--out", str(out), env=env)
+    assert run.returncode == 0, run.stderr[-4000:]
+    return run, out / "sandbox-1" / "tiny"
+
+
+def test_sweep_figures_agree_with_the_server(sweep):
+    run, out = sweep
+    data = json.loads((out / "bench.json").read_text())
+    assert data["status"] == "complete" and data["engine"] == "llama.cpp"
+    assert [r["depth"] for r in data["rows"]] == [128, 256, 512]
+    assert len(data["samples"]) == 9
+    for s in data["samples"]:
+        t = s["timings"]
+        # token counts are the server's: the prompt is exactly the depth, nothing came from a cache
+        assert s["prompt_tokens"] == s["depth"] == t["prompt_n"] + t["cache_n"]
+        assert t["cache_n"] == 0
+        assert s["completion_tokens"] == t["predicted_n"] == 32
+        assert s["prefill_tps"] > 0 and s["decode_tps"] > 0 and s["server_decode_tps"] > 0
+        # the client waits at least as long as the server computes
+        assert s["ttft_s"] * 1000 >= t["prompt_ms"] * 0.95
+        assert s["e2e_s"] * 1000 >= (t["prompt_ms"] + t["predicted_ms"]) * 0.95
+    for r in data["rows"]:
+        assert r["prefill_tps"] > 0 and r["ttft_ms"] > 0
+        # streamed decode (what the user gets) and the server's decode rate agree (no MTP here)
+        assert 0.5 < r["decode_tps"] / r["server_decode_tps"] < 2.0, r
+        assert r["prefill_tps"] <= r["server_prefill_tps"] * 1.05  # prompt / TTFT includes HTTP
+        assert r["decode_watts"] is None and r["decode_tokens_per_kwh"] is None  # no GPU: n/a
+    # progress lines while it ran
+    assert "[9/9] depth    512 run 3/3" in run.stderr
+
+
+def test_provenance_and_outputs(sweep):
+    _, out = sweep
+    data = json.loads((out / "bench.json").read_text())
+    p = data["provenance"]
+    assert p["engine"]["build"] == 11312 and p["engine"]["ref"] == "b11312"
+    assert p["unit"] == UNIT and p["host"] == "sandbox-1"
+    assert p["argv"][0].endswith("/bin/llama-server") and "--port" in p["argv"] and "2048" in p["argv"]
+    assert "--api-key-file" in p["argv"]
+    assert [f["bytes"] > 0 for f in p["model_files"]] == [True, True]  # both shards
+    assert p["gpus"] == [] and data["power"]["header"]["source"] is None
+    md = (out / "bench.md").read_text()
+    assert md.splitlines()[0] == "| Context | Prefill (t/s) | Decode (t/s) | TTFT (ms) | Power (W) | Decode (tokens/kWh) |"
+    assert md.splitlines()[2].startswith("| 128 |") and md.splitlines()[2].endswith("| n/a | n/a |")
+    assert "Server argv: `/opt/rigkit/llama.cpp/builds/b11312-" in md
+    assert (out / "bench.csv").read_text().startswith("depth,runs,prefill_tps")
+    for png in ("throughput.png", "ttft.png"):
+        assert (out / png).stat().st_size > 10_000
+    assert not (out / "power.png").exists()
+    key = json.dumps(data)
+    assert "rk-" not in key  # the API key never lands in a result
+
+
+def test_url_sweep_and_compare(sandbox_hosts, first_deploy, api_key, sweep, tmp_path):
+    _, first = sweep
+    host = sandbox_hosts.hosts[0]
+    second = tmp_path / "url"
+    run = bench("--url", f"http://{host.address}:8000", "--api-key-file", api_key[1],
+                "--depths", "128,256", "--runs", "2", "--gen", "32", "--out", str(second))
+    assert run.returncode == 0, run.stderr[-3000:]
+    data = json.loads((second / "bench.json").read_text())
+    assert data["provenance"]["engine"]["build"] == 11312  # from /props over HTTP
+    assert data["provenance"]["argv"] is None  # --url alone: the host is not probed
+    cmp = bench("compare", str(first / "bench.json"), str(second / "bench.json"),
+                "--names", "inventory,url", "--out", str(tmp_path / "cmp"))
+    assert cmp.returncode == 0, cmp.stderr
+    lines = cmp.stdout.splitlines()
+    assert lines[0].startswith("| Context | prefill t/s: inventory / url / ratio")
+    assert lines[2].startswith("| 128 |") and lines[3].startswith("| 256 |") and "x |" in lines[2]
+    assert "Depths in only one of them: 512" in cmp.stdout
+    assert (tmp_path / "cmp" / "compare-throughput.png").stat().st_size > 10_000
+
+
+def test_server_stopped_mid_sweep_keeps_partial_results(sandbox_hosts, first_deploy, tmp_path):
+    sb, host = sandbox_hosts, sandbox_hosts.hosts[0]
+    _, env = first_deploy
+    proc = subprocess.Popen([RIGKIT, "bench", "inventories/sandbox.py", "--service", "tiny", "--limit",
+                             "sandbox-1", "--depths", "128,256,384", "--runs", "3", "--gen", "400",
+                             "--no-warmup", "--out", str(tmp_path)],
+                            cwd=REPO, stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                            env={**os.environ, **env})
+    stderr = []
+    try:
+        for line in proc.stderr:
+            stderr.append(line)
+            if line.startswith("[1/9]"):
+                ssh(sb, host, f"systemctl stop {UNIT}")
+                break
+        rest, _ = proc.communicate(timeout=300)
+        stderr.append(proc.stderr.read() if proc.stderr and not proc.stderr.closed else "")
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        ssh(sb, host, f"systemctl start {UNIT}")  # later tests find it serving again
+        deadline = time.monotonic() + 60
+        while not healthy(host.address) and time.monotonic() < deadline:
+            time.sleep(0.5)
+    assert healthy(host.address), ssh(sb, host, f"journalctl -u {UNIT} -n 30 --no-pager", check=False)
+    err = "".join(stderr)
+    assert proc.returncode == 1
+    assert "stopped answering during depth 128, run 2/3" in err, err[-2000:]
+    assert "(1 of 9 samples kept); partial results in" in err
+    data = json.loads((tmp_path / "sandbox-1" / "tiny" / "bench.json").read_text())
+    assert data["status"] == "partial" and len(data["samples"]) == 1
+    assert "Status: partial" in (tmp_path / "sandbox-1" / "tiny" / "bench.md").read_text()
