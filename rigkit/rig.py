@@ -6,6 +6,9 @@ The steps of a rig deploy, as pyinfra deploys over validated host data (rigkit.h
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
+from functools import partial
+from typing import Any
 from io import StringIO
 from pathlib import Path
 
@@ -24,6 +27,10 @@ from rigkit.operations.llama_cpp import BuildIdentity
 from rigkit.render import llama_server as render
 
 logger = logging.getLogger("pyinfra")
+
+
+def _not_changed(op: Any) -> bool:
+    return not op.did_change()
 
 BUILD_PACKAGES = ["build-essential", "cmake", "git", "ccache", "python3", "ca-certificates"]
 
@@ -91,7 +98,7 @@ def llama_cpp_build(rig: Rig):
 
 
 @deploy("Serve llama.cpp")
-def llama_services(rig: Rig, identity: BuildIdentity, address: str, models: list = ()):
+def llama_services(rig: Rig, identity: BuildIdentity, address: str, models: Sequence[Any] = ()):
     """Users, keys and units per service, the switch to the new build, restarts, verification.
     ``models``: the operations that placed model files (a changed model restarts too)."""
     pin = identity.pin
@@ -119,7 +126,7 @@ def llama_services(rig: Rig, identity: BuildIdentity, address: str, models: list
             name=f"Unit {svc.unit}", src=StringIO(render.render_unit(svc, pin.root, gpu=pin.cuda)),
             dest=f"/etc/systemd/system/{svc.unit}", mode="644",
         ))
-    files.put(name="Services manifest for verification", src=StringIO(render.services_manifest(rig)),
+    files.put(name="Services manifest for verification", src=StringIO(render.services_manifest(rig, pin.root)),
               dest=services.MANIFEST, mode="600", create_remote_dir=True)
     files.put(name="opencode.json provider entries", src=StringIO(render.opencode_config(rig, address)),
               dest="/etc/rigkit/opencode.json", mode="644", create_remote_dir=True)
@@ -142,7 +149,7 @@ def llama_services(rig: Rig, identity: BuildIdentity, address: str, models: list
         # already runs all of those.
         systemd.service(name=f"Restart {svc.unit}", service=svc.unit, restarted=True,
                         _if=[any_changed(switch, *models, *restart_on[svc.name]),
-                             lambda start=start: not start.did_change()])
+                             partial(_not_changed, start)])
     if started:
         # After any (re)start: a changed build, model, unit or key, or a service found not running.
         services.verify(name="Verify services (health, chat, tool-call replay)",

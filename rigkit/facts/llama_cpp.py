@@ -49,7 +49,8 @@ class LlamaCppBuilds(FactBase):
                 facts["current" if kind == "C" else "previous"] = rest.strip().split("/")[-1]
         return facts
 
-    def default(self) -> dict:
+    @staticmethod
+    def default() -> dict:
         return {"builds": {}, "current": None, "previous": None}
 
 

@@ -15,8 +15,9 @@ KEY_DIR = "/etc/rigkit/llama"
 BINARY = "{root}/current/bin/llama-server"
 
 
-def key_path(service: Service) -> str | None:
-    return f"{KEY_DIR}/{service.name}.key" if service.api_key_file else None
+def key_path(service: Service) -> str:
+    """Where a service's API key lives on the host (when it has ``api_key_file``)."""
+    return f"{KEY_DIR}/{service.name}.key"
 
 
 def command_line(service: Service, binary: str) -> list[str]:
@@ -46,9 +47,8 @@ def command_line(service: Service, binary: str) -> list[str]:
         argv.append("--jinja")
     if opts.metrics:
         argv.append("--metrics")
-    key = key_path(service)
-    if key:
-        argv += ["--api-key-file", key]
+    if service.api_key_file:
+        argv += ["--api-key-file", key_path(service)]
     argv += list(service.extra_args)
     return argv
 
@@ -67,13 +67,13 @@ def render_unit(service: Service, llama_root: str, gpu: bool = False) -> str:
     )
 
 
-def services_manifest(rig: Rig) -> str:
+def services_manifest(rig: Rig, llama_root: str) -> str:
     """What the host-side verifier reads: enabled services, ports, key files, models."""
     return json.dumps({
-        "llama_root": rig.llama_cpp.root,
+        "llama_root": llama_root,
         "services": [
             {"name": s.name, "unit": s.unit, "port": s.port, "model": s.model,
-             "model_id": s.model_id, "key_file": key_path(s)}
+             "model_id": s.model_id, "key_file": key_path(s) if s.api_key_file else None}
             for s in rig.enabled_services
         ],
     }, indent=2, sort_keys=True) + "\n"
