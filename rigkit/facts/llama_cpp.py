@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 
-from pyinfra.api import FactBase
+from pyinfra.api import FactBase, QuoteString, StringCommand
 
 #: rigkit's host-side llama.cpp tool (``rigkit/scripts/llama_host.py``), uploaded by
 #: ``rigkit.operations.llama_cpp.tool``.
@@ -15,7 +15,7 @@ TOOL = "/opt/rigkit/bin/llama_host.py"
 CHECK_TOOL = "/opt/rigkit/bin/check_service.py"
 
 
-class LlamaCppBuilds(FactBase):
+class LlamaCppBuilds(FactBase[dict]):
     """
     Finished llama.cpp builds under ``root`` (each ``builds/*/build.json``) and the builds
     that ``current`` and ``previous`` point at.
@@ -29,13 +29,13 @@ class LlamaCppBuilds(FactBase):
         }
     """
 
-    def command(self, root: str) -> str:
+    def command(self, root: str) -> StringCommand:
         # One JSON document per line; a missing root is simply "no builds".
-        return (
-            f"cd {root} 2>/dev/null || exit 0; "
+        return StringCommand(
+            "cd", QuoteString(root), "2>/dev/null || exit 0;",
             "for f in builds/b*/build.json; do [ -f \"$f\" ] || continue; "
             "printf 'B %s ' \"${f%/build.json}\"; tr -d '\\n' < \"$f\"; echo; done; "
-            "printf 'C %s\\n' \"$(readlink current)\"; printf 'P %s\\n' \"$(readlink previous)\""
+            "printf 'C %s\\n' \"$(readlink current)\"; printf 'P %s\\n' \"$(readlink previous)\"",
         )
 
     def process(self, output: list[str]) -> dict:
@@ -78,7 +78,7 @@ class NvidiaGpus(FactBase):
         return gpus
 
 
-class RigStatus(FactBase):
+class RigStatus(FactBase[dict]):
     """
     What rigkit put on the host, read by its host tool: the current and previous llama.cpp
     builds, each service (active, healthy) and its model. Empty without rigkit.
@@ -89,8 +89,8 @@ class RigStatus(FactBase):
          "builds": ["b8137-..."], "services": [{"name": "qwen122b", "active": "active", ...}]}
     """
 
-    def command(self) -> str:
-        return f"python3 {TOOL} status 2>/dev/null || echo '{{}}'"
+    def command(self) -> StringCommand:
+        return StringCommand("python3", QuoteString(TOOL), "status 2>/dev/null || echo '{}'")
 
     def process(self, output: list[str]) -> dict:
         return json.loads("\n".join(output) or "{}")

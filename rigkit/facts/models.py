@@ -2,31 +2,31 @@
 
 from __future__ import annotations
 
-import inspect
 import json
-import shlex
 
-from pyinfra.api.facts import FactBase
+from pyinfra.api import FactBase, QuoteString, StringCommand
 
-from rigkit.scripts import fetch_shards
+from rigkit.scripts.fetch_shards import STATE_VERSION, entry_verified
 
-# Runs on the host with its python3: fetch_shards.py's own State decides what is verified
-# (size, mtime_ns and sha256 as recorded, same state version), hashing nothing.
-_CHECK = "\n".join([
-    "import json, os, sys, threading",
-    f"STATE_VERSION = {fetch_shards.STATE_VERSION}",
-    inspect.getsource(fetch_shards.State),
-    """
-state, out = State(sys.argv[1]), {}
-for dest, size, sha in json.loads(sys.argv[2]):
-    out[dest] = ("verified" if state.is_verified(dest, size, sha)
-                 else "unverified" if os.path.exists(dest) else "missing")
-print(json.dumps(out))
-""",
-])
+# Prints the state file fetch_shards.py keeps and (size, mtime_ns) of each file; the verdict
+# is drawn here, by fetch_shards' own rule, hashing nothing.
+_READ = """import json, os, sys
+def stat(path):
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return [st.st_size, st.st_mtime_ns]
+try:
+    with open(sys.argv[1], encoding="utf-8") as f:
+        state = json.load(f)
+except (OSError, ValueError):
+    state = None
+wanted = json.loads(sys.argv[2])
+print(json.dumps({"state": state, "wanted": wanted, "stat": {d: stat(d) for d, _, _ in wanted}}))"""
 
 
-class ShardsVerified(FactBase):
+class ShardsVerified(FactBase[dict]):
     """
     Status of each model file on the host: ``{dest: "verified" | "unverified" | "missing"}``.
 
@@ -40,16 +40,27 @@ class ShardsVerified(FactBase):
     """
 
     @staticmethod
-    def default():
+    def default() -> dict:
         return {}
 
     def requires_command(self, *args, **kwargs) -> str:
         return "python3"
 
-    def command(self, state_file: str, files: list) -> str:
-        payload = json.dumps([[d, int(s), h] for d, s, h in files])
-        return f"python3 -c {shlex.quote(_CHECK)} {shlex.quote(state_file)} {shlex.quote(payload)}"
+    def command(self, state_file: str, files: list) -> StringCommand:
+        wanted = json.dumps([[d, int(s), h] for d, s, h in files])
+        return StringCommand("python3", "-c", QuoteString(_READ), QuoteString(state_file), QuoteString(wanted))
 
-    def process(self, output):
+    def process(self, output: list[str]) -> dict:
         text = "\n".join(output).strip()
-        return json.loads(text) if text else {}
+        if not text:
+            return {}
+        seen = json.loads(text)
+        state = seen["state"] if isinstance(seen["state"], dict) else {}
+        entries = state.get("files") or {} if state.get("version") == STATE_VERSION else {}
+        out = {}
+        for dest, size, sha in seen["wanted"]:
+            st = seen["stat"].get(dest)
+            out[dest] = ("missing" if st is None
+                         else "verified" if entry_verified(entries.get(dest), size, sha, st[0], st[1])
+                         else "unverified")
+        return out

@@ -74,6 +74,13 @@ def human(n):
 # --------------------------------------------------------------------------- #
 
 
+def entry_verified(entry, size, sha256, st_size, st_mtime_ns):
+    """A state entry still vouches for a file: the size and sha256 wanted, and the file on disk
+    unchanged since it was hashed (same size and mtime)."""
+    return bool(entry) and entry.get("size") == size and entry.get("sha256") == sha256 \
+        and st_size == size and st_mtime_ns == entry.get("mtime_ns")
+
+
 class State:
     def __init__(self, path):
         self.path = path
@@ -88,14 +95,11 @@ class State:
             pass
 
     def is_verified(self, dest, size, sha256):
-        e = self.files.get(dest)
-        if not e or e.get("size") != size or e.get("sha256") != sha256:
-            return False
         try:
             st = os.stat(dest)
         except OSError:
             return False
-        return st.st_size == size and st.st_mtime_ns == e.get("mtime_ns")
+        return entry_verified(self.files.get(dest), size, sha256, st.st_size, st.st_mtime_ns)
 
     def record(self, dest, size, sha256):
         st = os.stat(dest)
