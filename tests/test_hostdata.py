@@ -22,9 +22,15 @@ def load_inventory(path: Path):
     return module
 
 
-def seed_rig():
+def seed_rig(tmp_path=None):
+    """The seed inventory's rig; with ``tmp_path``, its Hub models resolved through a stand-in
+    lock (the Hub cannot be reached from here)."""
     (name, data), = load_inventory(REPO / "inventories/rig.py").rig
-    return parse_rig(name, data)
+    if tmp_path is None:
+        return parse_rig(name, data)
+    from standin_hub import resolved_seed_rig
+
+    return resolved_seed_rig(tmp_path, name, data, str(REPO / "inventories/rig.py"))
 
 
 def base(**services_kw):
@@ -33,19 +39,20 @@ def base(**services_kw):
             "services": [service]}
 
 
-def test_seed_inventory_renders_seed_000_command_line():
-    rig = seed_rig()
+def test_seed_inventory_renders_seed_000_command_line(tmp_path):
+    rig = seed_rig(tmp_path)
     qwen122, qwen397 = rig.services
     argv = llama_server.command_line(qwen122, "/opt/rigkit/llama.cpp/current/bin/llama-server")
     line = " ".join(argv)
     for fragment in [
-        "-m /srv/models/qwen-3.5/Qwen3.5-122B-A10B-UD-Q6_K_XL-00001-of-00004.gguf",
+        # The Hub's layout (UD-Q6_K_XL/), resolved through the lock to the first shard.
+        "-m /srv/models/qwen-3.5/UD-Q6_K_XL/Qwen3.5-122B-A10B-UD-Q6_K_XL-00001-of-00004.gguf",
         "--host 0.0.0.0", "--port 8000", "-ngl 999", "-c 262144", "-ctk q8_0", "-ctv q8_0",
         "--parallel 1", "--split-mode layer", "-ts 0.9,1,1,1,1,1", "--no-warmup",
         "--temp 0.6", "--top-p 0.95", "--top-k 20", "--min-p 0.0", "--jinja", "--metrics",
     ]:
         assert fragment in line, fragment
-    assert qwen397.enabled is False
+    assert qwen397.enabled is False and qwen397.model == "/srv/models/qwen-3.5/Qwen3.5-397B-A17B-UD-TQ1_0.gguf"
     assert rig.enabled_services == (qwen122,)
 
 

@@ -157,13 +157,18 @@ def test_bad_input_fails_before_any_host_changes(sandbox_hosts, tmp_path, case):
     assert [ssh(sb, h, marker) for h in sb.hosts] == before
 
 
-def test_seed_inventory_dry_run_prints_a_plan(sandbox_hosts):
-    """inventories/rig.py (the seeds' 6x3090 rig) planned against a sandbox host, --dry."""
+def test_seed_inventory_dry_run_prints_a_plan(sandbox_hosts, tmp_path):
+    """inventories/rig.py (the seeds' 6x3090 rig) planned against a sandbox host, --dry; its
+    models locked against a stand-in Hub (the real one cannot be reached from here)."""
+    from standin_hub import standin_lock
+
     sb, host = sandbox_hosts, sandbox_hosts.hosts[1]
-    marker = "ls /etc/systemd/system | sort | md5sum"
+    lock = tmp_path / "rig.lock.yaml"
+    standin_lock(tmp_path / "hub", lock, str(REPO / "inventories/rig.py"))
+    marker = "ls /etc/systemd/system /srv 2>&1 | sort | md5sum"
     before = ssh(sb, host, marker)
     run = run_pyinfra("inventories/rig.py", "deploys/rig.py", "--dry",
-                      "--data", f"ssh_known_hosts_file={sb.known_hosts}",
+                      "--data", f"ssh_known_hosts_file={sb.known_hosts}", "--data", f"model_lock={lock}",
                       env={"RIG_HOST": host.address, "RIG_SSH_KEY": sb.ssh_key})
     assert run.returncode == 0, run.stderr[-3000:]
     plan = {op["name"] for op in json.loads(run.stdout)["plan"]}
@@ -174,6 +179,8 @@ def test_seed_inventory_dry_run_prints_a_plan(sandbox_hosts):
                  "Serve llama.cpp | Enable rigkit-llama-qwen122b.service",
                  "Serve llama.cpp | Disable rigkit-llama-qwen397b.service"):
         assert name in plan, name
+    for model in ("qwen122b-q6", "qwen397b-tq1"):
+        assert any(name.startswith(f"Models | Model {model} (unsloth/") for name in plan), plan
     assert ssh(sb, host, marker) == before
 
 
