@@ -18,7 +18,7 @@ from pyinfra.api.exceptions import PyinfraError
 from pyinfra.operations import apt, files, server, systemd
 from pyinfra.operations.util import any_changed
 
-from rigkit.facts.llama_cpp import NvidiaGpus
+from rigkit.facts.nvidia import NvidiaGpus
 from rigkit.hostdata import LlamaCpp, Rig, UploadModel
 from rigkit.operations import llama_cpp, services
 from rigkit.operations import models as model_ops
@@ -54,7 +54,7 @@ def cuda_arch(rig: Rig) -> tuple[str, ...]:
     if not gpus:
         raise PyinfraError(f"host {rig.host}: gpus.cuda_arch: expected a CUDA architecture list "
                            "(nvidia-smi is not there to read it from)")
-    return tuple(sorted({g["cuda_arch"] for g in gpus}))
+    return tuple(sorted({g.cuda_arch for g in gpus if g.cuda_arch}))
 
 
 @deploy("Models")

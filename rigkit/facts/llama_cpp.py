@@ -1,5 +1,6 @@
 """
-Facts about llama.cpp on a host: the finished builds and the host's NVIDIA GPUs.
+Facts about llama.cpp on a host: the finished builds and rigkit's status (GPU facts:
+``rigkit.facts.nvidia``).
 """
 
 from __future__ import annotations
@@ -52,30 +53,6 @@ class LlamaCppBuilds(FactBase[dict]):
     @staticmethod
     def default() -> dict:
         return {"builds": {}, "current": None, "previous": None}
-
-
-class NvidiaGpus(FactBase):
-    """
-    The host's NVIDIA GPUs as ``nvidia-smi`` reports them; ``None`` without nvidia-smi.
-
-    .. code:: python
-
-        [{"index": 0, "name": "NVIDIA GeForce RTX 3090", "cuda_arch": "86", "memory_mib": 24576}]
-    """
-
-    def requires_command(self) -> str:
-        return "nvidia-smi"
-
-    def command(self) -> str:
-        return "nvidia-smi --query-gpu=index,name,compute_cap,memory.total --format=csv,noheader,nounits"
-
-    def process(self, output: list[str]) -> list[dict]:
-        gpus = []
-        for line in output:
-            index, name, cap, memory = [part.strip() for part in line.split(",")]
-            gpus.append({"index": int(index), "name": name, "cuda_arch": cap.replace(".", ""),
-                         "memory_mib": int(float(memory))})
-        return gpus
 
 
 class RigStatus(FactBase[dict]):

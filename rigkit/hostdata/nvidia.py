@@ -1,0 +1,108 @@
+"""
+Host data ``nvidia``: the NVIDIA driver branch, CUDA toolkit, container toolkit and power
+limits a host gets (``rigkit.operations.nvidia``)::
+
+    "nvidia": {"driver_branch": "580", "cuda_toolkit": "13.0", "power_limit_w": 350}
+
+What can be checked without the host is checked here (names, a branch and toolkit that
+cannot work together, per-GPU lists against ``gpus.count``); what needs the host's facts (a
+power limit inside each GPU's range, Secure Boot, the distribution) is checked by the
+deploy before it changes anything.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from rigkit.hostdata.schema import HostDataError, build, check_pattern
+
+NVIDIA_REPO = "https://developer.download.nvidia.com/compute/cuda/repos"
+CONTAINER_REPO = "https://nvidia.github.io/libnvidia-container/stable/deb"
+CONTAINER_KEY = "https://nvidia.github.io/libnvidia-container/gpgkey"
+
+BRANCH = re.compile(r"[1-9]\d{2}")
+TOOLKIT = re.compile(r"(\d{2})\.(\d{1,2})")
+URL = re.compile(r"https?://[A-Za-z0-9.-]+(?::\d{1,5})?(?:/[A-Za-z0-9._~%+-]+)*/?")
+# The oldest driver branch each CUDA major runs on (minor version compatibility).
+MIN_BRANCH_FOR_CUDA = {11: 450, 12: 525, 13: 580}
+FIRST_OPEN_BRANCH = 515  # the open kernel modules' first release
+POWER_W = (1, 2000)
+
+
+@dataclass(frozen=True)
+class Nvidia:
+    # "580": NVIDIA's driver branch, pinned; None: leave the host's driver alone
+    driver_branch: str | None = None
+    open_modules: bool = True  # the open kernel modules (the default from 560 on)
+    cuda_toolkit: str | None = None  # "13.0": cuda-toolkit-13-0
+    container_toolkit: bool = False  # NVIDIA's container toolkit, Docker's runtime configured
+    power_limit_w: int | tuple[int, ...] | None = None  # one value for all GPUs, or one per GPU
+    reboot: bool = False  # reboot when the driver changed; else report "reboot pending"
+    repo_url: str = NVIDIA_REPO  # NVIDIA's CUDA network repository (or a mirror of it)
+    container_repo_url: str = CONTAINER_REPO
+    container_key_url: str = CONTAINER_KEY
+
+    @property
+    def branch(self) -> int | None:
+        return int(self.driver_branch) if self.driver_branch else None
+
+    def power_limits(self, gpu_count: int) -> tuple[int, ...]:
+        """One limit per GPU (empty without ``power_limit_w``)."""
+        if self.power_limit_w is None:
+            return ()
+        if isinstance(self.power_limit_w, int):
+            return (self.power_limit_w,) * gpu_count
+        return self.power_limit_w
+
+
+def parse_nvidia(host: str, raw: Any, gpu_count: int = 0) -> Nvidia | None:
+    """``nvidia: {...}``; ``None`` when the host declares none. ``gpu_count``: host data
+    ``gpus.count``, which a per-GPU ``power_limit_w`` list must match when it is set."""
+    if raw is None:
+        return None
+    nv = build(Nvidia, raw, host, "nvidia")
+    if nv.driver_branch is not None:
+        check_pattern(nv.driver_branch, BRANCH, host, "nvidia.driver_branch",
+                      'a driver branch such as "580" (three digits)')
+        if nv.open_modules and int(nv.driver_branch) < FIRST_OPEN_BRANCH:
+            raise HostDataError(host, "nvidia.open_modules", f"false for branch {nv.driver_branch}: the "
+                                f"open kernel modules start with branch {FIRST_OPEN_BRANCH}", True)
+    if nv.cuda_toolkit is not None:
+        check_pattern(nv.cuda_toolkit, TOOLKIT, host, "nvidia.cuda_toolkit",
+                      'a CUDA toolkit release such as "13.0" (major.minor)')
+        major = int(nv.cuda_toolkit.split(".")[0])
+        if major not in MIN_BRANCH_FOR_CUDA:
+            raise HostDataError(host, "nvidia.cuda_toolkit", "a CUDA release rigkit knows the driver "
+                                f"needs of ({', '.join(f'{m}.x' for m in MIN_BRANCH_FOR_CUDA)})",
+                                nv.cuda_toolkit)
+        need = MIN_BRANCH_FOR_CUDA[major]
+        if nv.branch is not None and nv.branch < need:
+            raise HostDataError(host, "nvidia.driver_branch", f"{need} or newer: CUDA {major}.x does not "
+                                f"run on older drivers (cuda_toolkit is {nv.cuda_toolkit})", nv.driver_branch)
+    for key in ("repo_url", "container_repo_url", "container_key_url"):
+        check_pattern(getattr(nv, key), URL, host, f"nvidia.{key}", "an http(s) URL")
+    limits = nv.power_limit_w
+    values = (limits,) if isinstance(limits, int) else (limits or ())
+    if isinstance(limits, tuple) and not limits:
+        raise HostDataError(host, "nvidia.power_limit_w", "a number of watts or one per GPU", [])
+    for i, watts in enumerate(values):
+        if not POWER_W[0] <= watts <= POWER_W[1]:
+            key = "nvidia.power_limit_w" + (f"[{i}]" if isinstance(limits, tuple) else "")
+            raise HostDataError(host, key, f"watts between {POWER_W[0]} and {POWER_W[1]}", watts)
+    if isinstance(limits, tuple) and gpu_count and len(limits) != gpu_count:
+        raise HostDataError(host, "nvidia.power_limit_w", f"{gpu_count} values, one per GPU (gpus.count), "
+                            "or one value for all", list(limits))
+    return nv
+
+
+def nvidia_for(host: Any) -> Nvidia:
+    """The validated ``nvidia`` host data of a pyinfra host (for ``deploys/nvidia.py``)."""
+    gpus = host.data.get("gpus") or {}
+    count = gpus.get("count", 0) if isinstance(gpus, dict) else 0
+    nv = parse_nvidia(host.name, host.data.get("nvidia"), gpu_count=count if isinstance(count, int) else 0)
+    if nv is None:
+        raise HostDataError(host.name, "nvidia", 'a mapping such as {"driver_branch": "580"} '
+                            "(this deploy installs the NVIDIA driver)")
+    return nv
