@@ -19,6 +19,8 @@ from pyinfra.operations import apt, files, server, systemd
 from pyinfra.operations.util import any_changed
 
 from rigkit.facts.nvidia import NvidiaGpus
+from rigkit.facts.secrets import VERSION_SUFFIX
+from rigkit.facts.services import ManagedServices
 from rigkit.hostdata import LlamaCpp, Rig, UploadModel
 from rigkit.operations import llama_cpp, services
 from rigkit.operations import models as model_ops
@@ -107,9 +109,24 @@ def llama_services(rig: Rig, identity: BuildIdentity, address: str, models: Sequ
             logger.warning(f"host {rig.host}: service {svc.name} listens on {svc.host}:{svc.port} WITHOUT "
                            "an API key (allow_unauthenticated: true): /v1/*, /metrics, /slots and /props "
                            "are open to the network")
+    # What the inventory no longer declares goes first, so a renamed service finds its port free.
+    on_host = host.get_fact(ManagedServices)
+    declared = {svc.name for svc in rig.services}
+    for name, unit in sorted(on_host["units"].items()):
+        if name not in declared:
+            services.removed(name=f"Remove {unit} (no longer in the inventory)", unit=unit,
+                             user=f"{unit.split('-')[1]}-{name}",
+                             key_file=f"{render.KEY_DIR}/{name}.key" if name in on_host["keys"] else None)
     restart_on: dict[str, list] = {}  # per service: its key file and unit (unit last)
+    watchdog_units: list = []
     for svc in rig.services:
         restart_on[svc.name] = []
+        if not svc.api_key_file and svc.name in on_host["keys"]:
+            restart_on[svc.name].append(files.file(
+                name=f"Remove the API key of {svc.name} (no longer declared)", path=render.key_path(svc),
+                present=False))
+            files.file(name=f"Remove the API key version of {svc.name}",
+                       path=render.key_path(svc) + VERSION_SUFFIX, present=False)
         server.user(name=f"System user {svc.user}", user=svc.user, system=True,
                     home=f"/var/lib/rigkit-llama-{svc.name}", create_home=False,
                     shell="/usr/sbin/nologin")
@@ -122,6 +139,12 @@ def llama_services(rig: Rig, identity: BuildIdentity, address: str, models: Sequ
                 name=f"API key of {svc.name} (0400, {svc.user} only)",
                 src=str(local), dest=render.key_path(svc), user=svc.user, group=svc.user, mode="400",
             ))
+        if svc.enabled and svc.watchdog:
+            unit, timer = render.render_watchdog(svc, services.MANIFEST)
+            watchdog_units.append(files.put(name=f"Watchdog {svc.watchdog_unit}", src=StringIO(unit),
+                                            dest=f"/etc/systemd/system/{svc.watchdog_unit}", mode="644"))
+            watchdog_units.append(files.put(name=f"Watchdog timer of {svc.name}", src=StringIO(timer),
+                                            dest=f"/etc/systemd/system/{svc.watchdog_timer}", mode="644"))
         restart_on[svc.name].append(files.put(
             name=f"Unit {svc.unit}", src=StringIO(render.render_unit(svc, pin.root, gpu=pin.cuda)),
             dest=f"/etc/systemd/system/{svc.unit}", mode="644",
@@ -134,7 +157,7 @@ def llama_services(rig: Rig, identity: BuildIdentity, address: str, models: Sequ
     switch = llama_cpp.activate(name=f"Switch llama.cpp to {pin.ref}", identity=identity)
     if restart_on:
         systemd.daemon_reload(name="Reload systemd units",
-                              _if=any_changed(*(ops[-1] for ops in restart_on.values())))
+                              _if=any_changed(*(ops[-1] for ops in restart_on.values()), *watchdog_units))
     started = []
     for svc in rig.services:
         systemd.service(name=f"{'Enable' if svc.enabled else 'Disable'} {svc.unit}",
@@ -155,4 +178,13 @@ def llama_services(rig: Rig, identity: BuildIdentity, address: str, models: Sequ
         services.verify(name="Verify services (health, chat, tool-call replay)",
                             _if=any_changed(switch, *models,
                                             *(op for svc, start in started for op in (*restart_on[svc.name], start))))
+    for svc in rig.services:
+        if svc.enabled and svc.watchdog:
+            systemd.service(name=f"Start the watchdog of {svc.name}", service=svc.watchdog_timer,
+                            running=True, enabled=True)
+        elif svc.watchdog_timer in on_host["timers"]:
+            systemd.service(name=f"Stop the watchdog of {svc.name}", service=svc.watchdog_timer,
+                            running=False, enabled=False)
+            for unit in (svc.watchdog_timer, svc.watchdog_unit):
+                files.file(name=f"Remove {unit}", path=f"/etc/systemd/system/{unit}", present=False)
     llama_cpp.prune(name=f"Keep the last {pin.keep_builds} llama.cpp builds", pin=pin, _if=switch.did_change)

@@ -1,72 +1,160 @@
-"""``rigkit status INVENTORY``: per host, the llama.cpp build, each service, the models."""
+"""
+``rigkit status INVENTORY``: validate the inventory, then per host the llama.cpp build, the
+last verified state, each service (active, healthy, watchdog) and its model, and what
+drifted from the inventory and the lock (pinned vs running build, unit content, missing or
+orphaned services). For cron and monitoring, the exit code says which:
+
+    0 all healthy and as declared   1 unhealthy or drifted
+    2 the inventory does not validate (no host contacted)   3 a host cannot be reached
+"""
 
 from __future__ import annotations
 
+import argparse
+import hashlib
+import json
+import os
 import sys
+from typing import Any
 
 from pyinfra.api import Config, State
 from pyinfra.api.connect import connect_all, disconnect_all
+from pyinfra.api.exceptions import PyinfraError
 from pyinfra.api.facts import get_facts
 
 from rigkit.facts.llama_cpp import RigStatus
+from rigkit.hostdata import Rig, rig_for
+from rigkit.operations.llama_cpp import BuildIdentity
+from rigkit.render import llama_server as render
+from rigkit.scripts.llama_host import matches
+
+OK, UNHEALTHY, INVALID, UNREACHABLE = 0, 1, 2, 3
 
 
-def collect(inventory_path: str) -> dict[str, dict | None]:
-    """RigStatus of every host of an inventory file (None: host unreachable)."""
-    import os
-
+def load(inventory_path: str) -> tuple[State, Any]:
+    """pyinfra's state and inventory, set up as pyinfra's own CLI does."""
     from pyinfra.context import ctx_inventory, ctx_state
     from pyinfra_cli.inventory import make_inventory
 
-    # The same set-up as pyinfra's own CLI: a state in context while the inventory loads.
     state = State()
     state.cwd = os.getcwd()
     ctx_state.set(state)
     inventory = make_inventory(inventory_path, cwd=state.cwd)
     ctx_inventory.set(inventory)
     state.init(inventory, Config())
+    return state, inventory
+
+
+def drift(rig: Rig, info: dict) -> list[str]:
+    """What on the host differs from what the inventory (and lock) declare."""
+    problems = []
+    pin = rig.llama_cpp
+    if pin is not None:
+        current = info.get("current")
+        arch_known = not pin.cuda or pin.cuda_arch or rig.gpus.cuda_arch
+        identity = BuildIdentity.of(pin, pin.cuda_arch or rig.gpus.cuda_arch) if arch_known else None
+        if not current:
+            problems.append(f"llama.cpp: no build; pinned {pin.ref}")
+        elif identity and not matches(current, pin.ref, identity.flags_hash):
+            problems.append(f"llama.cpp: running b{current['build']} ({current['ref']}, flags "
+                            f"{current['flags_hash']}), pinned {pin.ref} (flags {identity.flags_hash})")
+        elif not identity and not (current["ref"] == pin.ref or current["commit"].startswith(pin.ref)):
+            problems.append(f"llama.cpp: running {current['ref']}, pinned {pin.ref}")
+    on_host = {s["name"]: s for s in info.get("services", [])}
+    for svc in rig.enabled_services:
+        seen = on_host.get(svc.name)
+        if seen is None:
+            problems.append(f"{svc.name}: declared, not deployed")
+            continue
+        if pin is not None:
+            wanted = hashlib.sha256(render.render_unit(svc, pin.root, gpu=pin.cuda).encode()).hexdigest()
+            if seen.get("unit_sha256") != wanted:
+                problems.append(f"{svc.name}: unit differs from the inventory's")
+        if seen.get("model") != svc.model:
+            problems.append(f"{svc.name}: serves {seen.get('model')}, declared {svc.model}")
+        if not seen.get("healthy"):
+            problems.append(f"{svc.name}: {seen.get('active')}, not healthy")
+        if not seen.get("model_present"):
+            problems.append(f"{svc.name}: model missing")
+    for name in set(on_host) - {s.name for s in rig.enabled_services}:
+        problems.append(f"{name}: deployed, no longer declared enabled")
+    problems += [f"{unit}: on the host, not in the inventory" for unit in info.get("orphans", [])]
+    return problems
+
+
+def collect(inventory_path: str) -> tuple[int, dict[str, dict]]:
+    """(exit code, per host: rig status, problems); validation errors before any connection."""
+    state, inventory = load(inventory_path)
+    rigs: dict[str, Rig] = {}
+    errors = []
+    for host in inventory:
+        try:
+            rigs[host.name] = rig_for(host)
+        except (PyinfraError, ValueError) as exc:
+            errors.append(str(exc))
+    if errors:
+        return INVALID, {"errors": {"problems": errors}}
     connect_all(state)
     try:
         facts = get_facts(state, RigStatus)
     finally:
         disconnect_all(state)
-    return {host.name: facts.get(host) for host in inventory}
-
-
-def render(status: dict[str, dict | None]) -> str:
-    lines = []
-    for host, info in status.items():
+    report: dict[str, dict] = {}
+    code = OK
+    for host in inventory:
+        info = facts.get(host)
         if info is None:
-            lines.append(f"{host}: unreachable")
+            report[host.name] = {"reachable": False, "problems": ["unreachable"]}
+            code = UNREACHABLE
             continue
-        current = info.get("current")
+        problems = drift(rigs[host.name], info)
+        report[host.name] = {"reachable": True, **info, "problems": problems}
+        if problems and code == OK:
+            code = UNHEALTHY
+    return code, report
+
+
+def render_text(report: dict[str, dict]) -> str:
+    lines = []
+    for host, info in report.items():
+        if not info.get("reachable", True) or "current" not in info:
+            lines.append(f"{host}: " + "; ".join(info["problems"]))
+            continue
+        current, good = info.get("current"), info.get("last_verified")
+        verified = f"verified {good['at']} (on {good['build']})" if good else "verified never"
         if not current:
-            lines.append(f"{host}: no rigkit llama.cpp build")
+            lines.append(f"{host}: no rigkit llama.cpp build; {verified}")
         else:
-            verified = current.get("verified_at") or "never"
             previous = info.get("previous")
             lines.append(f"{host}: llama.cpp b{current['build']} ({current['commit'][:9]}, ref "
-                         f"{current['ref']}), built {current['built_at']}, verified {verified}"
+                         f"{current['ref']}), built {current['built_at']}, {verified}"
                          + (f"; previous b{previous['build']}" if previous else ""))
         for svc in info.get("services", []):
             model = "model present" if svc["model_present"] else "MODEL MISSING"
+            dog = svc.get("watchdog") or {}
+            watchdog = f"watchdog {dog.get('timer', 'unknown')}" + (
+                f", {dog['failures']} failed" if dog.get("failures") else "") + (
+                f", {dog['restarts']} restarts" if dog.get("restarts") else "")
             lines.append(f"  {svc['name']:<16} :{svc['port']:<5} {svc['active']:<9} "
                          f"{'healthy' if svc['healthy'] else 'unhealthy'}  {model} "
-                         f"({svc['model_bytes'] / 1e9:.2f} GB) {svc['model']}")
+                         f"({svc['model_bytes'] / 1e9:.2f} GB) {svc['model']}; {watchdog}")
+        for problem in info["problems"]:
+            lines.append(f"  DRIFT/PROBLEM: {problem}")
     return "\n".join(lines)
 
 
 def main(argv: list[str]) -> int:
-    import argparse
-    import json
-
-    parser = argparse.ArgumentParser(prog="rigkit status")
+    parser = argparse.ArgumentParser(prog="rigkit status", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("inventory")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
-    status = collect(args.inventory)
-    print(json.dumps(status, indent=2) if args.json else render(status))
-    return 0 if all(status.values()) else 1
+    code, report = collect(args.inventory)
+    if code == INVALID:
+        print("\n".join(report["errors"]["problems"]), file=sys.stderr)
+        return code
+    print(json.dumps(report, indent=2) if args.json else render_text(report))
+    return code
 
 
 if __name__ == "__main__":

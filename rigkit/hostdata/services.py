@@ -85,6 +85,11 @@ class Service:
     allow_unauthenticated: bool = False  # listen beyond loopback without a key, knowingly
     gpus: tuple[int, ...] = ()  # CUDA_VISIBLE_DEVICES; empty: all
     enabled: bool = True
+    # A timer probes generation (not just /health) every interval and restarts the service
+    # after that many failures in a row: a hung server never exits by itself.
+    watchdog: bool = True
+    watchdog_interval: int = 60  # seconds; a probe may take as long
+    watchdog_failures: int = 3
     options: LlamaServerOptions = field(default_factory=LlamaServerOptions)  # the engine's own (ENGINES)
 
     @property
@@ -94,6 +99,15 @@ class Service:
     @property
     def unit(self) -> str:
         return f"rigkit-{self.prefix}-{self.name}.service"
+
+    @property
+    def watchdog_unit(self) -> str:
+        """The watchdog's oneshot unit; its timer has the same name ending in ``.timer``."""
+        return f"rigkit-watchdog-{self.name}.service"
+
+    @property
+    def watchdog_timer(self) -> str:
+        return f"rigkit-watchdog-{self.name}.timer"
 
     @property
     def user(self) -> str:
@@ -179,6 +193,10 @@ def _check_common(host: str, key: str, svc: Service, gpus: Gpus) -> None:
         raise HostDataError(host, f"{key}.port", "a TCP port (1-65535)", svc.port)
     if svc.ctx < 1:
         raise HostDataError(host, f"{key}.ctx", "a positive integer", svc.ctx)
+    if not 5 <= svc.watchdog_interval <= 86400:
+        raise HostDataError(host, f"{key}.watchdog_interval", "seconds between 5 and 86400", svc.watchdog_interval)
+    if not 1 <= svc.watchdog_failures <= 100:
+        raise HostDataError(host, f"{key}.watchdog_failures", "a count between 1 and 100", svc.watchdog_failures)
     if svc.alias is not None:
         check_pattern(svc.alias, MODEL_ID, host, f"{key}.alias", "a model name: letters, digits and . _ : / @ + -")
     if svc.display_name is not None:

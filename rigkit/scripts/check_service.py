@@ -138,8 +138,73 @@ def check_all(services: list[dict], log=print) -> list[str]:
     return problems
 
 
+WATCHDOG_STATE = Path("/var/lib/rigkit/watchdog")
+
+
+def probe(svc: dict, timeout: float) -> str | None:
+    """A few generated tokens within ``timeout``: None, or why not. A service still loading
+    (/health 503) or not running (systemd's Restart= handles that) counts as no failure."""
+    key = Path(svc["key_file"]).read_text().strip() if svc.get("key_file") else None
+    base = f"http://127.0.0.1:{svc['port']}"
+    if unit_state(svc["unit"]).get("ActiveState") != "active":
+        return None
+    status, body = request(f"{base}/health", None, timeout=timeout)
+    if status == 503:
+        return None
+    if status not in (200, 404):
+        return f"/health: {status or 'no answer'} {body[:200]}"
+    status, body = request(f"{base}/v1/chat/completions", key, {
+        "model": svc["model_id"], "max_tokens": 2, "temperature": 0,
+        "messages": [{"role": "user", "content": "ping"}]}, timeout=timeout)
+    if status != 200:
+        return f"chat completion: {status or 'no answer'} {body[:200]}"
+    return None
+
+
+def watchdog(manifest: dict, name: str, failures: int, timeout: float) -> None:
+    """One watchdog round for service ``name``: probe, count failures in a row, restart the
+    service after ``failures`` of them, saying why in the journal."""
+    svc = next((s for s in manifest["services"] if s["name"] == name), None)
+    if svc is None:
+        print(f"[rigkit] watchdog: {name} is not an enabled service here; nothing to do")
+        return
+    WATCHDOG_STATE.mkdir(parents=True, exist_ok=True)
+    state_file = WATCHDOG_STATE / f"{name}.json"
+    try:
+        state = json.loads(state_file.read_text())
+    except (OSError, ValueError):
+        state = {"failures": 0, "restarts": 0}
+    problem = probe(svc, timeout)
+    now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    state["last_check"] = now
+    if problem is None:
+        state.update(failures=0, last_ok=now)
+    else:
+        state["failures"] = state.get("failures", 0) + 1
+        state["last_error"] = problem
+        print(f"[rigkit] watchdog: {svc['unit']} probe failed ({state['failures']}/{failures}): {problem}")
+        if state["failures"] >= failures:
+            print(f"[rigkit] watchdog: restarting {svc['unit']} after {failures} failed probes in a row "
+                  f"(last: {problem})")
+            subprocess.run(["systemctl", "restart", "--no-block", svc["unit"]], check=False)
+            state.update(failures=0, restarts=state.get("restarts", 0) + 1, last_restart=now)
+    tmp = state_file.with_suffix(".new")
+    tmp.write_text(json.dumps(state) + "\n")
+    tmp.rename(state_file)
+
+
 def main() -> None:
-    manifest = json.loads(Path(sys.argv[1]).read_text())
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="check_service.py")
+    parser.add_argument("manifest")
+    parser.add_argument("--watchdog", metavar="SERVICE", help="one watchdog round for this service")
+    parser.add_argument("--failures", type=int, default=3)
+    parser.add_argument("--timeout", type=float, default=60)
+    args = parser.parse_args()
+    manifest = json.loads(Path(args.manifest).read_text())
+    if args.watchdog:
+        return watchdog(manifest, args.watchdog, args.failures, args.timeout)
     problems = check_all(manifest["services"])
     if problems:
         print("[rigkit] ERROR: " + "\n".join(problems), file=sys.stderr)

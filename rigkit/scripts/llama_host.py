@@ -18,6 +18,9 @@ so a failed build leaves the running one untouched.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import fcntl
+import hashlib
 import json
 import os
 import shutil
@@ -260,6 +263,10 @@ def restore_good(manifest: dict, root: Path) -> dict | None:
     if gone:
         subprocess.run(["systemctl", "disable", "--now", *gone], check=False, capture_output=True)
     for svc in old["services"]:
+        user = svc["unit"].removeprefix("rigkit-").removesuffix(".service")
+        if subprocess.run(["id", user], capture_output=True).returncode != 0:  # removed with its service
+            subprocess.run(["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", user],
+                           check=False)
         shutil.copy2(GOOD / "units" / svc["unit"], UNIT_DIR / svc["unit"])
         if svc.get("key_file"):
             shutil.copy2(GOOD / "keys" / svc["name"], svc["key_file"])
@@ -303,27 +310,87 @@ def verify(args: argparse.Namespace) -> None:
 
 
 def status(args: argparse.Namespace) -> None:
-    """What is on this host, as JSON: builds, services (active, healthy), models in place."""
+    """What is on this host, as JSON: builds, the last verified state, services (active,
+    healthy, unit hash, watchdog), models in place, rigkit units the manifest does not name."""
     manifest_path = Path(args.manifest)
     manifest = json.loads(manifest_path.read_text()) if manifest_path.exists() else {"services": []}
     root = Path(manifest.get("llama_root", args.root))
+    try:
+        good = json.loads((GOOD / "state.json").read_text())
+        last_good = {"build": Path(good["build"]).name if good.get("build") else None,
+                     "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime((GOOD / "state.json").stat().st_mtime))}
+    except (OSError, ValueError, KeyError):
+        last_good = None
     report: dict = {"current": read_build(root / "current"), "previous": read_build(root / "previous"),
                     "builds": sorted(b.name for b in (root / "builds").glob("b*") if read_build(b)),
-                    "services": []}
+                    "last_verified": last_good, "services": []}
+    declared = {svc["unit"] for svc in manifest["services"]}
+    report["orphans"] = sorted(p.name for p in UNIT_DIR.glob("rigkit-*-*.service")
+                               if not p.name.startswith("rigkit-watchdog-") and p.name not in declared)
     for svc in manifest["services"]:
         active = unit_state(svc["unit"]).get("ActiveState", "unknown")
         health, _ = request(f"http://127.0.0.1:{svc['port']}/health", None, timeout=3)
         model = Path(svc["model"])
+        unit_file = UNIT_DIR / svc["unit"]
+        try:
+            watchdog = json.loads((Path("/var/lib/rigkit/watchdog") / f"{svc['name']}.json").read_text())
+        except (OSError, ValueError):
+            watchdog = None
+        timer = unit_state(f"rigkit-watchdog-{svc['name']}.timer").get("ActiveState", "unknown")
         report["services"].append({
             "name": svc["name"], "unit": svc["unit"], "port": svc["port"], "active": active,
-            "healthy": health == 200, "model": svc["model"], "model_present": model.exists(),
-            "model_bytes": model_bytes(svc["model"]),
+            # Its own unit active and the port answering: an orphan on the port is not this service.
+            "healthy": active == "active" and health == 200, "model": svc["model"],
+            "model_present": model.exists(), "model_bytes": model_bytes(svc["model"]),
+            "unit_sha256": hashlib.sha256(unit_file.read_bytes()).hexdigest() if unit_file.exists() else None,
+            "watchdog": {"timer": timer, **(watchdog or {})},
         })
     print(json.dumps(report))
 
 
+# --- the host lock ------------------------------------------------------------------------
+# Everything that builds, switches, restarts or verifies holds it, so two deploys at once
+# take turns (the second finds the build done) instead of deleting each other's work.
+
+LOCK = Path("/run/rigkit/host.lock")
+
+
+@contextlib.contextmanager
+def host_lock(what: str, wait: float):
+    LOCK.parent.mkdir(parents=True, exist_ok=True)
+    holder_file = LOCK.with_suffix(".holder")
+    with open(LOCK, "a+") as lock:
+        deadline, next_note = time.monotonic() + wait, 0.0
+        while True:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                try:
+                    holder = holder_file.read_text().strip()
+                except OSError:
+                    holder = "unknown"
+                if time.monotonic() >= deadline:
+                    fail(f"another rigkit deploy holds this host's lock ({holder}); waited {wait:.0f}s. "
+                         f"Run again when it is done.", code=75)
+                if time.monotonic() >= next_note:
+                    log(f"waiting for the host lock held by {holder}")
+                    next_note = time.monotonic() + 30
+                time.sleep(0.5)
+        client = (os.environ.get("SSH_CLIENT") or "local").split()[0]
+        holder_file.write_text(f"{what}, pid {os.getpid()}, from {client}, since "
+                               f"{time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}\n")
+        try:
+            yield
+        finally:
+            holder_file.unlink(missing_ok=True)
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
+    parser.add_argument("--lock-wait", type=float, default=3600,
+                        help="seconds to wait for another deploy's host lock (0: fail at once)")
     sub = parser.add_subparsers(dest="cmd", required=True)
     p = sub.add_parser("build")
     p.add_argument("--root", required=True)
@@ -349,8 +416,12 @@ def main() -> None:
     p.add_argument("--root", default="/opt/rigkit/llama.cpp")
     p.add_argument("--manifest", default="/etc/rigkit/llama/services.json")
     args = parser.parse_args()
-    {"build": build, "activate": activate, "rollback": rollback, "prune": prune,
-     "verify": verify, "status": status}[args.cmd](args)
+    command = {"build": build, "activate": activate, "rollback": rollback, "prune": prune,
+               "verify": verify, "status": status}[args.cmd]
+    if args.cmd == "status":  # reads only
+        return command(args)
+    with host_lock(args.cmd, args.lock_wait):
+        command(args)
 
 
 if __name__ == "__main__":

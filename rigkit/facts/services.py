@@ -1,0 +1,48 @@
+"""Facts about the services rigkit put on a host: their units and key files (names only)."""
+
+from __future__ import annotations
+
+import re
+
+from pyinfra.api import FactBase
+
+from rigkit.hostdata.services import ENGINES, SERVICE_NAME
+
+UNIT_DIR = "/etc/systemd/system"
+KEY_DIR = "/etc/rigkit/llama"
+_TIMER = re.compile(r"rigkit-watchdog-(.+)\.timer")
+_UNIT = re.compile(rf"rigkit-({'|'.join(prefix for _, prefix in ENGINES.values())})-(.+)\.service")
+
+
+class ManagedServices(FactBase[dict]):
+    """
+    Service units rigkit wrote (``rigkit-<engine prefix>-<name>.service``) and the API key
+    files it placed, by service name; names that are not valid service names are ignored.
+
+    .. code:: python
+
+        {"units": {"tiny": "rigkit-llama-tiny.service"}, "keys": ["tiny"],
+         "timers": ["rigkit-watchdog-tiny.timer"]}
+    """
+
+    @staticmethod
+    def default() -> dict:
+        return {"units": {}, "keys": [], "timers": []}
+
+    def command(self) -> str:
+        return f"ls -1 {UNIT_DIR} 2>/dev/null; echo --keys--; ls -1 {KEY_DIR} 2>/dev/null; true"
+
+    def process(self, output: list[str]) -> dict:
+        facts = self.default()
+        in_keys = False
+        for line in output:
+            line = line.strip()
+            if line == "--keys--":
+                in_keys = True
+            elif in_keys and line.endswith(".key") and SERVICE_NAME.fullmatch(line[:-4]):
+                facts["keys"].append(line[:-4])
+            elif not in_keys and (match := _UNIT.fullmatch(line)) and SERVICE_NAME.fullmatch(match.group(2)):
+                facts["units"][match.group(2)] = line
+            elif not in_keys and (match := _TIMER.fullmatch(line)) and SERVICE_NAME.fullmatch(match.group(1)):
+                facts["timers"].append(line)
+        return facts
