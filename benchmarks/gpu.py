@@ -84,7 +84,7 @@ def sh(cmd: list[str] | str, check: bool = True, **kw) -> subprocess.CompletedPr
 
 
 def prepare(args: argparse.Namespace) -> None:
-    from rigkit.offline import make_llama_mirror
+    from rigkit.sandbox.offline import make_llama_mirror
 
     dest = Path(args.dest)
     (dest / "whl").mkdir(parents=True, exist_ok=True)
@@ -221,7 +221,7 @@ def make_models(repo_git: Path, out_dir: Path, shape: dict, pool_elems: int = 1 
     import gguf
     import numpy as np
 
-    from rigkit.offline import LlamaShape, MirrorRef, llama_gguf_writer, llama_tensor_shapes
+    from rigkit.sandbox.offline import LlamaShape, MirrorRef, llama_gguf_writer, llama_tensor_shapes
 
     out_dir.mkdir(parents=True, exist_ok=True)
     src = MirrorRef(repo_git, REF) if (repo_git / "HEAD").exists() else repo_git

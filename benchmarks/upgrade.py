@@ -28,7 +28,7 @@ from rigkit import sandbox  # noqa: E402
 from rigkit.facts.llama_cpp import TOOL  # noqa: E402
 from rigkit.hostdata import LlamaCpp  # noqa: E402
 from rigkit.operations.llama_cpp import cmake_flags  # noqa: E402
-from rigkit.health import HealthPoller  # noqa: E402
+from rigkit.sandbox.health import HealthPoller  # noqa: E402
 
 PYINFRA = str(Path(sys.executable).with_name("pyinfra"))
 

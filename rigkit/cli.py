@@ -19,6 +19,9 @@ def _sandbox(args: argparse.Namespace) -> int:
                 print(f"{host.name}\t{host.address}")
             print(f"sandbox up: {len(sb.hosts)} host(s) in {time.monotonic() - started:.1f}s; "
                   f"run: pyinfra -y inventories/sandbox.py deploys/sample.py", file=sys.stderr)
+        elif args.action == "reboot":
+            host = sandbox.reboot(args.host, boot_timeout=args.boot_timeout)
+            print(f"{host.name}\t{host.address}")
         elif args.action == "down":
             removed = sandbox.down()
             print(f"sandbox down: removed {len(removed)} host(s)", file=sys.stderr)
@@ -82,6 +85,10 @@ def build_parser() -> argparse.ArgumentParser:
                        help="skip the local llama.cpp mirror and tiny model (sample deploy only)")
     sb_st = sb_sub.add_parser("status", help="list hosts and services")
     sb_st.add_argument("--json", action="store_true")
+    sb_rb = sb_sub.add_parser("reboot", help="restart a host keeping its disk (orderly shutdown, boot again)")
+    sb_rb.add_argument("host", help="e.g. sandbox-1")
+    sb_rb.add_argument("--boot-timeout", type=float, default=60.0,
+                       help="seconds the host may take to answer SSH again")
     sb_sub.add_parser("down", help="stop and remove everything the sandbox created")
     sb.set_defaults(func=_sandbox)
 

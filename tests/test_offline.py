@@ -1,4 +1,4 @@
-"""Tests of the offline llama.cpp mirror and the tiny generated model (rigkit.offline)."""
+"""Tests of the offline llama.cpp mirror and the tiny generated model (rigkit.sandbox.offline)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from rigkit.offline import (
+from rigkit.sandbox.offline import (
     LLAMA_RELEASES,
     GitError,
     MirrorRef,

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from rigkit import sandbox
+from rigkit.sandbox import cgroups, network, prerequisites, processes
 
 
 @pytest.fixture
@@ -28,12 +29,12 @@ def own_instance(tmp_path, monkeypatch):
 
 def leftovers(tag: str, state: Path) -> list[str]:
     found = []
-    found += [f"netns {n}" for n in sandbox._netns_list() if n.startswith(f"rk-{tag}-")]
+    found += [f"netns {n}" for n in network.netns_list() if n.startswith(f"rk-{tag}-")]
     links = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True).stdout
     found += [f"link {l.split(':')[1].strip()}" for l in links.splitlines() if f"rk{tag}" in l or f"rkbr-{tag}" in l]
     found += [f"mount {l.split()[1]}" for l in Path("/proc/mounts").read_text().splitlines()
               if str(state) in l.split()[1]]
-    found += [f"cgroup {c}" for c in sandbox._cgroup_dirs(tag) if c.exists()]
+    found += [f"cgroup {c}" for c in cgroups.cgroup_dirs(tag) if c.exists()]
     ps = subprocess.run(["ps", "-eo", "pid,args"], capture_output=True, text=True).stdout
     found += [f"process {l.strip()}" for l in ps.splitlines() if str(state) in l]
     return found
@@ -50,7 +51,7 @@ def test_not_root_is_a_clear_error(monkeypatch):
 
 def test_missing_tools_name_the_packages_and_the_fix(monkeypatch):
     monkeypatch.setattr(os, "geteuid", lambda: 0)
-    monkeypatch.setattr(sandbox, "_which", lambda cmd: None if cmd in ("debootstrap", "systemd-nspawn") else "/bin/x")
+    monkeypatch.setattr(prerequisites, "which", lambda cmd: None if cmd in ("debootstrap", "systemd-nspawn") else "/bin/x")
     with pytest.raises(sandbox.SandboxError) as err:
         sandbox.check_prerequisites()
     assert "debootstrap" in str(err.value) and "systemd-container" in str(err.value)
@@ -59,12 +60,12 @@ def test_missing_tools_name_the_packages_and_the_fix(monkeypatch):
 
 def test_subnet_skips_used_networks(monkeypatch):
     used = [ipaddress.ip_network(f"198.18.{i}.0/24") for i in range(256)]
-    monkeypatch.setattr(sandbox, "_used_networks", lambda: used)
+    monkeypatch.setattr(network, "used_networks", lambda: used)
     assert sandbox.allocate_subnet("0000") == ipaddress.ip_network("198.19.0.0/24")
 
 
 def test_no_free_address_is_a_clear_error(monkeypatch):
-    monkeypatch.setattr(sandbox, "_used_networks", lambda: [ipaddress.ip_network("198.18.0.0/15")])
+    monkeypatch.setattr(network, "used_networks", lambda: [ipaddress.ip_network("198.18.0.0/15")])
     with pytest.raises(sandbox.SandboxError, match="no free /24 left in 198.18.0.0/15"):
         sandbox.allocate_subnet("abcd")
 
@@ -106,7 +107,7 @@ def test_up_is_idempotent_and_down_leaves_nothing(own_instance):
 
     sandbox.down()
     assert leftovers(tag, own_instance) == []
-    assert not sandbox._alive(pid)
+    assert not processes.alive(pid)
     assert sandbox.status()["hosts"] == []
 
 
@@ -117,7 +118,7 @@ def test_up_recovers_from_a_killed_run(own_instance):
     sb = sandbox.up(hosts=1)
     os.kill(sb.hosts[0].pid, signal.SIGKILL)
     time.sleep(0.5)
-    sandbox._reap(sb.hosts[0].pid)
+    processes.reap(sb.hosts[0].pid)
     assert any(l.startswith("netns") for l in leftovers(tag, own_instance))
     fresh = sandbox.up(hosts=1)
     assert fresh.hosts[0].pid != sb.hosts[0].pid

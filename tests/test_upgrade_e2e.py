@@ -17,8 +17,9 @@ from pathlib import Path
 import pytest
 
 from pyinfra_run import run_pyinfra, ssh
-from rigkit import offline, sandbox
-from rigkit.health import HealthPoller
+from rigkit import sandbox
+from rigkit.sandbox import offline
+from rigkit.sandbox.health import HealthPoller
 
 pytestmark = pytest.mark.e2e
 
