@@ -18,7 +18,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from pyinfra_run import REPO, run_pyinfra, ssh
+from mutated_inventory import write_inventory
+from pyinfra_run import run_pyinfra, ssh
 from rigkit.render.systemd import exec_line
 
 pytestmark = pytest.mark.e2e
@@ -49,34 +50,6 @@ HOSTILE = {  # mutation of sandbox-1's service (or llama_cpp) -> the key the err
     "git url option": ({"@llama_cpp": {"git_url": "--upload-pack=touch /root/pwned"}}, "llama_cpp.git_url"),
     "cmake substitution": ({"@llama_cpp": {"cmake_flags": ["-DX=$(id)"]}}, "llama_cpp.cmake_flags[0]"),
 }
-
-INVENTORY = '''
-import json, os
-from inventories_sandbox import rig_data, pyinfra_hosts
-
-MUTATION = json.loads({mutation!r})
-
-def mutated(data):
-    data = rig_data(data)
-    for key, value in MUTATION.items():
-        if key == "@llama_cpp":
-            data["llama_cpp"].update(value)
-        elif value is None:
-            data["services"][0].pop(key, None)
-        else:
-            data["services"][0][key] = value
-    return data
-
-sandbox = [(name, {{**data, **mutated(data)}}) for name, data in pyinfra_hosts()]
-'''
-
-
-def write_inventory(tmp_path, mutation: dict):
-    (tmp_path / "inventories_sandbox.py").write_text((REPO / "inventories/sandbox.py").read_text())
-    inv = tmp_path / "hostile.py"
-    inv.write_text(INVENTORY.format(mutation=json.dumps(mutation)))
-    return inv
-
 
 def test_hostile_inventories_change_nothing_on_a_serving_host(sandbox_hosts, first_deploy, tmp_path):
     sb, host = sandbox_hosts, sandbox_hosts.hosts[0]
