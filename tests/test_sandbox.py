@@ -127,6 +127,62 @@ def test_up_recovers_from_a_killed_run(own_instance):
     assert leftovers(tag, own_instance) == []
 
 
+BOOT_UNIT = """[Unit]
+Description=enabled at boot, as a deployed service is
+[Service]
+ExecStart=/bin/sleep infinity
+[Install]
+WantedBy=multi-user.target
+"""
+
+
+def _booted(sb: sandbox.Sandbox, host: sandbox.SandboxHost) -> str:
+    """The host's systemd state once booting finished (SSH itself checked on the way)."""
+    return sb.ssh(host, "systemctl is-system-running --wait", check=False, timeout=60)
+
+
+@pytest.mark.e2e
+def test_reboot_keeps_the_disk_and_boots_systemd_again(own_instance):
+    sb = sandbox.up(hosts=1, sources=False)
+    host = sb.hosts[0]
+    assert _booted(sb, host) == "running"
+    sb.ssh(host, "echo written-before > /root/survives && echo gone-after > /run/volatile"
+                 f" && printf %s '{BOOT_UNIT}' > /etc/systemd/system/rk-boot.service"
+                 " && systemctl enable --now rk-boot.service")
+    old_pid = host.pid
+
+    started = time.monotonic()
+    rebooted = sandbox.reboot(host.name)
+    took = time.monotonic() - started
+    assert rebooted.pid != old_pid and not processes.alive(old_pid)
+    sb = sandbox.Sandbox.load(own_instance / "inventory.json")
+    host = sb.host(host.name)
+    assert host.pid == rebooted.pid, "the inventory records the new boot"
+    # Same host keys (strict checking with the known_hosts written at `up`), a new boot.
+    assert _booted(sb, host) == "running"
+    assert sb.ssh(host, "cat /root/survives") == "written-before", "the disk survives"
+    assert sb.ssh(host, "cat /run/volatile 2>/dev/null || echo none") == "none", "a real boot: /run is new"
+    assert sb.ssh(host, "systemctl is-active rk-boot.service") == "active", "enabled units start at boot"
+    assert took < 30, f"reboot took {took:.1f}s"
+
+    # A host that died keeps its disk too: `up` boots it again on it.
+    os.kill(host.pid, signal.SIGKILL)
+    time.sleep(0.5)
+    processes.reap(host.pid)
+    again = sandbox.up(hosts=1, sources=False)
+    assert again.hosts[0].pid != host.pid
+    assert _booted(again, again.hosts[0]) == "running"
+    assert again.ssh(again.hosts[0], "cat /root/survives") == "written-before"
+    assert again.ssh(again.hosts[0], "systemctl is-active rk-boot.service") == "active"
+
+
+def test_reboot_names_the_hosts_there_are():
+    sb = sandbox.Sandbox(tag="0000", subnet="198.18.0.0/24", gateway="198.18.0.1", ssh_key="k",
+                         known_hosts="kh", hosts=[sandbox.SandboxHost("sandbox-1", 1, "198.18.0.11", "n", "v")])
+    with pytest.raises(sandbox.SandboxError, match=r"no host 'sandbox-9' in this sandbox \(hosts: sandbox-1\)"):
+        sb.host("sandbox-9")
+
+
 @pytest.mark.e2e
 def test_failed_up_rolls_back(own_instance):
     tag = sandbox.instance_tag()
@@ -143,5 +199,9 @@ def test_cli_up_status_down(own_instance):
     assert up.stdout.startswith("sandbox-1\t198.1")
     st = subprocess.run(rigkit + ["sandbox", "status"], capture_output=True, text=True)
     assert "sandbox-1" in st.stdout and "\tup" in st.stdout
+    rb = subprocess.run(rigkit + ["sandbox", "reboot", "sandbox-1"], capture_output=True, text=True)
+    assert rb.returncode == 0 and rb.stdout.startswith("sandbox-1\t198.1"), rb.stderr
+    assert "sandbox-1\t198.1" in subprocess.run(rigkit + ["sandbox", "status"], capture_output=True,
+                                                 text=True).stdout
     down = subprocess.run(rigkit + ["sandbox", "down"], capture_output=True, text=True)
     assert down.returncode == 0 and "removed 1 host" in down.stderr
