@@ -65,18 +65,17 @@ def models(rig: Rig):
     or fetched on the host from the Hub (or ``hf_endpoint``, a mirror) as the lock pins them.
     Returns the operations, so services restart when their model changed."""
     placed = []
-    if any(not isinstance(entry, UploadModel) for entry in rig.models):
-        model_ops.fetcher(name="Install rigkit's model fetcher", token_file=host.data.get("hf_token_file"))
+    if rig.models:
+        model_ops.fetcher(name="Install rigkit's model fetcher", token_file=host.data.get("hf_token_file"),
+                          use_token=bool(rig.hub_models))
     for entry in rig.models:
         if isinstance(entry, UploadModel):
             src = Path(entry.upload).expanduser()
             if not src.is_dir():
                 raise PyinfraError(f"host {rig.host}: models[].upload: expected a directory on this "
                                    f"machine, {src} is not one")
-            for path in sorted(p for p in src.iterdir() if p.is_file()):
-                placed.append(files.put(name=f"Model file {path.name}", src=str(path),
-                                        dest=f"{entry.dest}/{path.name}", mode="644",
-                                        create_remote_dir=True))
+            placed.append(model_ops.uploaded(name=f"Model files of {src.name} in {entry.dest}", src=str(src),
+                                             dest=entry.dest))
         else:
             locked = rig.lock_for(entry)
             placed.append(model_ops.shards(

@@ -7,6 +7,8 @@ invalid and unreachable. Each test leaves the host serving as the first deploy l
 
 from __future__ import annotations
 
+import hashlib
+import os
 import subprocess
 import sys
 import threading
@@ -127,3 +129,28 @@ def test_status_exit_codes(sandbox_hosts, first_deploy, tmp_path):
         assert down.returncode == 1 and "tiny: inactive, not healthy" in down.stdout, down.stdout
     finally:
         ssh(sb, host, "systemctl start rigkit-llama-tiny rigkit-watchdog-tiny.timer")
+
+
+def test_noop_run_does_not_rehash_a_large_uploaded_model(sandbox_hosts, first_deploy, tmp_path):
+    """300 MB uploaded once; the next run decides from size and mtime alone. Proof that it
+    hashes nothing: the host's copy is overwritten with other bytes of the same size and
+    mtime, and the no-op run does not notice (only --reverify would)."""
+    sb, host = sandbox_hosts, sandbox_hosts.hosts[0]
+    big = tmp_path / "big"
+    big.mkdir()
+    with open(big / "weights.bin", "wb") as f:
+        for _ in range(300):
+            f.write(os.urandom(1 << 20))
+    mutation = {"@models": [{"upload": str(big), "dest": "/srv/models/big"}]}
+    first = deploy(first_deploy, tmp_path, mutation)
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert "Models | Model files of big in /srv/models/big" in first.changed
+    local = hashlib.sha256((big / "weights.bin").read_bytes()).hexdigest()
+    assert ssh(sb, host, "sha256sum /srv/models/big/weights.bin").split()[0] == local
+    ssh(sb, host, "f=/srv/models/big/weights.bin; t=$(stat -c %y $f); "
+                  "dd if=/dev/zero of=$f bs=1M count=1 conv=notrunc status=none; touch -d \"$t\" $f")
+    again = deploy(first_deploy, tmp_path, mutation)
+    assert again.returncode == 0 and again.changed == {}, again.changed
+    ssh(sb, host, "rm -rf /srv/models/big")
+    back = deploy(first_deploy, tmp_path)
+    assert back.returncode == 0, back.stderr[-3000:]

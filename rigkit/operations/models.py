@@ -11,13 +11,15 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import posixpath
 from importlib.resources import files as package_files
 from io import StringIO
+from pathlib import Path
 from urllib.parse import quote
 
 from pyinfra import host
-from pyinfra.api import QuoteString, StringCommand, operation
+from pyinfra.api import FileUploadCommand, QuoteString, StringCommand, operation
 from pyinfra.operations import files
 
 from rigkit.facts.models import ShardsVerified
@@ -134,3 +136,57 @@ def shards(
                                 create_remote_dir=True)
     yield StringCommand("python3", QuoteString(posixpath.join(remote_dir, "fetch_shards.py")),
                         QuoteString(remote_manifest))
+
+
+LOCAL_HASHES = Path(os.environ.get("RIGKIT_HASH_CACHE", "~/.cache/rigkit/upload-sha256.json")).expanduser()
+
+
+def local_sha256(path: Path) -> str:
+    """sha256 of a local file, cached by (path, size, mtime): hashed once per change, not per run."""
+    st = path.stat()
+    key = f"{path.resolve()}\0{st.st_size}\0{st.st_mtime_ns}"
+    try:
+        cache = json.loads(LOCAL_HASHES.read_text())
+    except (OSError, ValueError):
+        cache = {}
+    if key not in cache:
+        digest = hashlib.sha256()
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+        cache[key] = digest.hexdigest()
+        LOCAL_HASHES.parent.mkdir(parents=True, exist_ok=True)
+        tmp = LOCAL_HASHES.with_suffix(".new")
+        tmp.write_text(json.dumps(cache))
+        tmp.rename(LOCAL_HASHES)
+    return cache[key]
+
+
+@operation()
+def uploaded(src: str, dest: str, remote_dir: str = REMOTE_DIR):
+    """
+    Copy the files of the local directory ``src`` into ``dest`` on the host, recorded like
+    fetched Hub files (size, mtime, sha256 in ``dest/.rigkit-verified.json``): a re-run with
+    nothing changed hashes nothing on the host and each local file once per change. Needs the
+    fetch script (``fetcher``).
+
+    .. code:: python
+
+        models.fetcher()
+        models.uploaded(src="~/models/tiny", dest="/srv/models/tiny")
+    """
+    local = sorted(p for p in Path(src).expanduser().iterdir() if p.is_file())
+    wanted = [(posixpath.join(dest, p.name), p.stat().st_size, local_sha256(p)) for p in local]
+    state_file = posixpath.join(dest, STATE_NAME)
+    status = host.get_fact(ShardsVerified, state_file=state_file, files=wanted)
+    todo = [(p, w) for p, w in zip(local, wanted) if status.get(w[0]) != "verified"]
+    if not todo:
+        host.noop(f"{len(wanted)} file(s) already verified in {dest}")
+        return
+    yield StringCommand("mkdir", "-p", QuoteString(dest))
+    for path, (target, size, sha) in todo:
+        staged = posixpath.join(dest, f".{path.name}.rigkit-upload")
+        yield FileUploadCommand(str(path), staged)
+        yield StringCommand("python3", QuoteString(posixpath.join(remote_dir, "fetch_shards.py")), "record-upload",
+                            QuoteString(state_file), QuoteString(staged), QuoteString(target), str(size),
+                            QuoteString(sha))

@@ -547,8 +547,23 @@ def write_repo_meta(meta):
     os.replace(tmp, path)
 
 
+def record_upload(state_file, staged, dest, size, sha256):
+    """An uploaded file (``staged``, its sha256 known to the deploying machine, which hashed
+    it) moved into place and recorded as verified, so later runs skip it without hashing."""
+    if os.path.getsize(staged) != size:
+        raise Fatal("%s: %d bytes uploaded, expected %d" % (staged, os.path.getsize(staged), size), EXIT_FAIL)
+    os.replace(staged, dest)
+    State(state_file).record(dest, size, sha256)
+    log("recorded %s (%d bytes)" % (dest, size))
+    return 0
+
+
 def main(argv=None):
+    argv = sys.argv[1:] if argv is None else argv
     try:
+        if argv[:1] == ["record-upload"]:  # record-upload STATE STAGED DEST SIZE SHA256
+            state_file, staged, dest, size, sha256 = argv[1:]
+            return record_upload(state_file, staged, dest, int(size), sha256)
         return run(argv)
     except Fatal as e:
         log("fetch_shards: error: %s" % e)
