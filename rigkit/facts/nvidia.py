@@ -22,6 +22,8 @@ GPU_QUERY = f"nvidia-smi --query-gpu={','.join(GPU_FIELDS)} --format=csv,noheade
 MISSING = ("[N/A]", "[Not Supported]", "N/A", "[Unknown Error]", "")
 VERSION = re.compile(r"\d{3}\.\d{1,3}(?:\.\d{1,3})?")
 NVML_MISMATCH = "Driver/library version mismatch"
+# What a GPU (or MIG device) UUID looks like; it ends up in a unit's ExecStart.
+UUID = re.compile(r"(?:GPU|MIG)-[0-9a-fA-F]{8}(?:-[0-9a-fA-F]{4}){3}-[0-9a-fA-F]{12}")
 
 
 @dataclass(frozen=True)
@@ -64,6 +66,8 @@ def parse_gpu_line(line: str) -> Gpu:
     if len(parts) != len(GPU_FIELDS):
         raise ValueError(f"expected {len(GPU_FIELDS)} comma-separated fields from nvidia-smi, got {line!r}")
     index, uuid, name, cap, memory, limit, low, high, driver = parts
+    if not UUID.fullmatch(uuid):
+        raise ValueError(f"not a GPU UUID: {uuid!r}")
     mem = _number(memory)
     return Gpu(index=int(index), uuid=uuid, name=name, compute_cap=_value(cap),
                memory_mib=int(mem) if mem is not None else None, power_limit_w=_number(limit),
@@ -444,3 +448,18 @@ class DebianSourcesWithoutContrib(FactBase[list[tuple[str, str]]]):
     @staticmethod
     def default() -> list[tuple[str, str]]:
         return []
+
+
+class SystemdBooted(FactBase[bool]):
+    """Whether systemd runs the host (``sd_booted()``: ``/run/systemd/system`` exists); not in
+    most containers."""
+
+    def command(self) -> str:
+        return "test -d /run/systemd/system && echo yes || echo no"
+
+    def process(self, output: list[str]) -> bool:
+        return output[:1] == ["yes"]
+
+    @staticmethod
+    def default() -> bool:
+        return False

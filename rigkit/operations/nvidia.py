@@ -47,6 +47,7 @@ from rigkit.facts.nvidia import (
     NvidiaPackages,
     SecureBoot,
     SecureBootState,
+    SystemdBooted,
 )
 from rigkit.hostdata.nvidia import Nvidia
 
@@ -324,27 +325,31 @@ def setup(nv: Nvidia):
             apt.packages(name=f"CUDA toolkit {nv.cuda_toolkit}", packages=[toolkit_package(nv.cuda_toolkit)],
                          no_recommends=True)
 
-    not_changed = (lambda: not driver_op.did_change()) if driver_op is not None else (lambda: True)
-    systemd.service(name="Enable nvidia-persistenced", service="nvidia-persistenced.service",
-                    enabled=True, running=None if pending else True, _if=not_changed)
+    if not host.get_fact(SystemdBooted):
+        _report(f"host {host.name}: systemd is not running the host (a container?): nvidia-persistenced "
+                "and the power limit unit are not managed here")
+    else:
+        not_changed = (lambda: not driver_op.did_change()) if driver_op is not None else (lambda: True)
+        systemd.service(name="Enable nvidia-persistenced", service="nvidia-persistenced.service",
+                        enabled=True, running=None if pending else True, _if=not_changed)
 
-    if nv.power_limit_w is not None:
-        if not gpus or pending:
-            _report(f"host {host.name}: NVIDIA power limits not applied yet: "
-                    + ("a reboot is pending" if pending else "nvidia-smi does not answer")
-                    + "; run this deploy again once the driver is loaded")
-        else:
-            limits = nv.power_limits(len(gpus))
-            unit = files.put(name=f"Power limit unit ({', '.join(f'{w} W' for w in limits)} by GPU UUID)",
-                             src=_text(power_unit(gpus, limits)), dest=f"/etc/systemd/system/{POWER_UNIT}",
-                             mode="644")
-            systemd.daemon_reload(name="Reload systemd units", _if=unit.did_change)
-            start = systemd.service(name=f"Enable and start {POWER_UNIT}", service=POWER_UNIT,
-                                    enabled=True, running=True)
-            restart = systemd.service(name=f"Re-apply power limits ({POWER_UNIT})", service=POWER_UNIT,
-                                      restarted=True, _if=[unit.did_change, lambda: not start.did_change()])
-            server.shell(name="Check the power limits took", commands=[power_check_command(gpus, limits)],
-                         _if=any_changed(start, restart))
+        if nv.power_limit_w is not None:
+            if not gpus or pending:
+                _report(f"host {host.name}: NVIDIA power limits not applied yet: "
+                        + ("a reboot is pending" if pending else "nvidia-smi does not answer")
+                        + "; run this deploy again once the driver is loaded")
+            else:
+                limits = nv.power_limits(len(gpus))
+                unit = files.put(name=f"Power limit unit ({', '.join(f'{w} W' for w in limits)} by GPU UUID)",
+                                 src=_text(power_unit(gpus, limits)), dest=f"/etc/systemd/system/{POWER_UNIT}",
+                                 mode="644")
+                systemd.daemon_reload(name="Reload systemd units", _if=unit.did_change)
+                start = systemd.service(name=f"Enable and start {POWER_UNIT}", service=POWER_UNIT,
+                                        enabled=True, running=True)
+                restart = systemd.service(name=f"Re-apply power limits ({POWER_UNIT})", service=POWER_UNIT,
+                                          restarted=True, _if=[unit.did_change, lambda: not start.did_change()])
+                server.shell(name="Check the power limits took", commands=[power_check_command(gpus, limits)],
+                             _if=any_changed(start, restart))
 
     if nv.container_toolkit:
         container_toolkit(nv)

@@ -1,0 +1,283 @@
+"""NVIDIA facts, host data, repository layout, checks and the power unit, from recordings
+(tests/recordings/nvidia: the H100 recorded on the lent GPU machine, the RTX 3090 and GB10
+written from NVIDIA's documented formats)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from rigkit.facts import nvidia as facts
+from rigkit.facts.nvidia import DgxOs, HostOs, NvidiaPackages, SecureBootState, parse_gpus
+from rigkit.hostdata.nvidia import NVIDIA_REPO, parse_nvidia
+from rigkit.hostdata.schema import HostDataError
+from rigkit.operations import nvidia as ops
+
+REC = Path(__file__).parent / "recordings" / "nvidia"
+UBUNTU = HostOs(distro="ubuntu", release="24.04", arch="x86_64", kernel="6.8.0-45-generic")
+NO_SB = SecureBootState(enabled=False, signing_key=None)
+
+
+def gpus(name: str):
+    return parse_gpus((REC / f"{name}-query-gpu.csv").read_text().splitlines())
+
+
+# --- GPU facts -----------------------------------------------------------------------------
+
+
+def test_h100_recording():
+    [gpu] = gpus("h100")
+    assert gpu.index == 0 and gpu.uuid == "GPU-73736827-e95d-f8bc-dbc4-a81d0f9fa17c"
+    assert gpu.name == "NVIDIA H100 80GB HBM3"
+    assert (gpu.compute_cap, gpu.cuda_arch, gpu.memory_mib) == ("9.0", "90", 81559)
+    assert (gpu.power_limit_w, gpu.power_min_w, gpu.power_max_w) == (700.0, 200.0, 700.0)
+    assert gpu.driver_version == "580.159.04" and gpu.power_settable
+
+
+def test_rtx3090_recording_six_gpus():
+    rig = gpus("rtx3090x6")
+    assert [g.index for g in rig] == list(range(6))
+    assert {g.cuda_arch for g in rig} == {"86"}
+    assert len({g.uuid for g in rig}) == 6
+    assert all(g.power_limit_w == 350.0 and g.memory_mib == 24576 for g in rig)
+
+
+def test_gb10_na_fields_become_none():
+    [gpu] = gpus("gb10")
+    assert gpu.cuda_arch == "121"
+    assert gpu.memory_mib is None and gpu.power_limit_w is None
+    assert gpu.power_min_w is None and gpu.power_max_w is None
+    assert not gpu.power_settable
+    assert gpu.driver_version == "580.95.05"
+
+
+def test_not_supported_is_none_too():
+    [gpu] = parse_gpus(["0, GPU-00000000-0000-0000-0000-000000000001, Some GPU, 8.9, 23028, [Not Supported], [Not Supported], [Not Supported], 580.95.05"])
+    assert gpu.power_limit_w is None and gpu.memory_mib == 23028
+
+
+def test_nvml_mismatch_is_no_gpus_not_a_crash():
+    assert parse_gpus((REC / "nvml-mismatch.txt").read_text().splitlines()) is None
+    assert facts.NvidiaGpus().process([]) == []
+
+
+# --- driver, toolkit, DGX, Secure Boot, OS -----------------------------------------------------
+
+
+def test_kernel_userspace_mismatch_is_reboot_pending():
+    state = facts.parse_driver([
+        "sys 580.95.05",
+        "proc NVRM version: NVIDIA UNIX Open Kernel Module for x86_64  580.95.05  Release Build  (dvs-builder@U22)",
+        "lib /usr/lib/x86_64-linux-gnu/libnvidia-ml.so.1",
+        "lib /usr/lib/x86_64-linux-gnu/libnvidia-ml.so.580.126.09",
+        "smi Failed to initialize NVML: Driver/library version mismatch",
+    ])
+    assert (state.kernel, state.userspace, state.open_kernel) == ("580.95.05", "580.126.09", True)
+    assert state.reboot_pending and "mismatch" in state.nvml_error
+
+
+def test_driver_states():
+    h100 = facts.parse_driver(["sys 580.159.04", "proc ", "lib /usr/lib/x86_64-linux-gnu/libnvidia-ml.so.580.159.04", "smi "])
+    assert not h100.reboot_pending and h100.nvml_error is None
+    fresh = facts.parse_driver(["sys ", "proc ", "lib /usr/lib/x86_64-linux-gnu/libnvidia-ml.so.580.95.05"])
+    assert fresh.kernel is None and fresh.reboot_pending  # installed, never loaded
+    assert not facts.parse_driver(["sys ", "proc "]).reboot_pending  # no driver at all
+    # Only /proc (older kernels): the version comes from its first line.
+    proc = facts.parse_driver(["sys ", "proc NVRM version: NVIDIA UNIX x86_64 Kernel Module  570.172.08  Tue Jul 8 2025"])
+    assert proc.kernel == "570.172.08" and proc.open_kernel is False
+
+
+def test_toolkits():
+    out = ['/usr/local/cuda {"cuda" : {"name" : "CUDA SDK", "version" : "13.0.2"}}',
+           '/usr/local/cuda-12.8 {"cuda" : {"name" : "CUDA SDK", "version" : "12.8.1"}}',
+           '/usr/local/cuda-13.0 {"cuda" : {"name" : "CUDA SDK", "version" : "13.0.2"}}',
+           "/usr/local/cuda-broken {not json"]
+    assert facts.parse_toolkits(out) == facts.CudaToolkits(installed=("12.8", "13.0"), default="13.0")
+
+
+def test_dgx_release_and_secure_boot_and_os():
+    release = DgxOs().process(['DGX_NAME="DGX Spark"', 'DGX_PRETTY_NAME="NVIDIA DGX Spark"',
+                               'DGX_SWBUILD_VERSION="7.2.3"'])
+    assert release["DGX_NAME"] == "DGX Spark"
+    assert DgxOs().process([]) is None
+    assert facts.parse_secure_boot(["mokutil SecureBoot enabled"]) == SecureBootState(True, None)
+    assert facts.parse_secure_boot(["mokutil SecureBoot disabled", "key /var/lib/dkms/mok.pub"]).enabled is False
+    assert facts.parse_secure_boot(["efivar  6 0 0 0 1"]) == SecureBootState(True, None)
+    assert facts.parse_secure_boot([]) == SecureBootState(None, None)
+    assert facts.parse_os(["id ubuntu", "version 24.04", "arch aarch64", "kernel 6.11.0-1016-nvidia"]) == \
+        HostOs("ubuntu", "24.04", "aarch64", "6.11.0-1016-nvidia")
+
+
+def test_packages_fact_reads_holds():
+    pkgs = NvidiaPackages().process([
+        "hi  nvidia-open 580.95.05-1 hold", "ii  libnvidia-compute 580.95.05-1 install",
+        "un  nvidia-driver-pinning-590 <none> unknown"])
+    assert pkgs["nvidia-open"].held and not pkgs["libnvidia-compute"].held
+    assert "nvidia-driver-pinning-590" not in pkgs
+
+
+def test_fact_commands_only_read():
+    for cls in (facts.NvidiaGpus, facts.NvidiaDriver, facts.CudaToolkit, facts.DgxOs, facts.SecureBoot,
+                facts.NvidiaHostOs, facts.NvidiaPackages, facts.DockerRuntimes, facts.DebianSourcesWithoutContrib):
+        command = cls().command()
+        for writer in (" -pl", "-pm", "-lgc", "--gpu-reset", "-mig", "apt-get", "> /", "tee "):
+            assert writer not in command, (cls.__name__, writer)
+
+
+# --- repository layout -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("distro,release,arch,path", [
+    ("ubuntu", "22.04", "x86_64", "ubuntu2204/x86_64"),
+    ("ubuntu", "24.04", "x86_64", "ubuntu2404/x86_64"),
+    ("ubuntu", "24.04", "aarch64", "ubuntu2404/sbsa"),
+    ("debian", "12", "x86_64", "debian12/x86_64"),
+])
+def test_repo_line_per_distro_and_arch(distro, release, arch, path):
+    os = HostOs(distro, release, arch, "k")
+    assert ops.repo_dir(os) == path
+    assert ops.repo_line(NVIDIA_REPO, os) == (
+        "deb [signed-by=/usr/share/keyrings/cuda-archive-keyring.gpg] "
+        f"https://developer.download.nvidia.com/compute/cuda/repos/{path}/ /")
+    assert ops.repo_list(os) == f"/etc/apt/sources.list.d/cuda-{path.replace('/', '-')}.list"
+
+
+def test_unknown_distro_is_refused():
+    with pytest.raises(ValueError, match="no ubuntu 20.10"):
+        ops.repo_dir(HostOs("ubuntu", "20.10", "x86_64", "k"))
+    nv = parse_nvidia("h", {"driver_branch": "580"})
+    assert "no fedora" in " ".join(ops.problems(nv, HostOs("fedora", "41", "x86_64", "k"), None, NO_SB, None, True, False))
+
+
+def test_branch_pinning_the_repository_way():
+    assert ops.driver_packages("ubuntu", 580, True) == (None, "nvidia-open-580")
+    assert ops.driver_packages("ubuntu", 580, False) == (None, "cuda-drivers-580")
+    assert ops.driver_packages("ubuntu", 590, True) == ("nvidia-driver-pinning-590", "nvidia-open")
+    assert ops.driver_packages("ubuntu", 595, False) == ("nvidia-driver-pinning-595", "cuda-drivers")
+    assert ops.driver_packages("debian", 580, True) == ("nvidia-driver-pinning-580", "nvidia-open")
+    assert ops.toolkit_package("13.0") == "cuda-toolkit-13-0"
+    hold = ops.hold_driver_command("580")
+    assert "apt-mark hold" in hold and "/^580\\./" in hold and "nvidia\\-container" in hold
+    assert ops.is_driver_package("libnvidia-compute") and not ops.is_driver_package("nvidia-container-toolkit")
+    assert not ops.is_driver_package("cuda-toolkit-13-0") and ops.is_driver_package("cuda-drivers-580")
+
+
+# --- host data ---------------------------------------------------------------------------------
+
+
+def test_host_data_defaults_and_values():
+    nv = parse_nvidia("rig", {"driver_branch": "580", "cuda_toolkit": "13.0", "power_limit_w": 350,
+                              "container_toolkit": True}, gpu_count=6)
+    assert nv.open_modules and not nv.reboot and nv.branch == 580
+    assert nv.power_limits(6) == (350,) * 6
+    per = parse_nvidia("rig", {"driver_branch": "580", "power_limit_w": [300, 350]}, gpu_count=2)
+    assert per.power_limits(2) == (300, 350)
+    assert parse_nvidia("rig", None) is None
+
+
+@pytest.mark.parametrize("raw,key", [
+    ({"driver_branch": "58O"}, "nvidia.driver_branch"),
+    ({"driver_branch": "580\n"}, "nvidia.driver_branch"),
+    ({"driver_branch": "$(reboot)"}, "nvidia.driver_branch"),
+    ({"driver_branch": 580}, "nvidia.driver_branch"),
+    ({"driver_branch": "470"}, "nvidia.open_modules"),  # no open modules before 515
+    ({"driver_branch": "570", "cuda_toolkit": "13.0"}, "nvidia.driver_branch"),  # CUDA 13 needs 580
+    ({"driver_branch": "580", "cuda_toolkit": "13"}, "nvidia.cuda_toolkit"),
+    ({"driver_branch": "580", "cuda_toolkit": "9.2"}, "nvidia.cuda_toolkit"),
+    ({"driver_branch": "580", "cuda_toolkit": "14.0"}, "nvidia.cuda_toolkit"),
+    ({"power_limit_w": 0}, "nvidia.power_limit_w"),
+    ({"power_limit_w": 350.5}, "nvidia.power_limit_w"),
+    ({"power_limit_w": [350, 9999]}, "nvidia.power_limit_w[1]"),
+    ({"power_limit_w": []}, "nvidia.power_limit_w"),
+    ({"power_limit_w": [350, 350, 350]}, "nvidia.power_limit_w"),  # gpus.count is 6
+    ({"reboot": "yes"}, "nvidia.reboot"),
+    ({"repo_url": "http://mirror.lan/cuda\nrepos"}, "nvidia.repo_url"),
+    ({"repo_url": "http://mirror.lan/$(id)"}, "nvidia.repo_url"),
+    ({"container_key_url": "file:///etc/shadow"}, "nvidia.container_key_url"),
+    ({"driver": "580"}, "nvidia.driver"),
+])
+def test_host_data_refused(raw, key):
+    with pytest.raises(HostDataError) as err:
+        parse_nvidia("rig", raw, gpu_count=6)
+    assert err.value.key == key, str(err.value)
+    assert str(err.value).startswith("host rig: ")
+
+
+def test_proprietary_allowed_before_open_modules():
+    assert not parse_nvidia("rig", {"driver_branch": "470", "open_modules": False}).open_modules
+
+
+# --- checks against facts, before any change -------------------------------------------------------
+
+
+def test_power_limit_out_of_range_refused():
+    nv = parse_nvidia("rig", {"driver_branch": "580", "power_limit_w": 450})
+    found = ops.problems(nv, UBUNTU, gpus("rtx3090x6"), NO_SB, None, False, False)
+    assert len(found) == 6 and "450 W is outside GPU 0's range (NVIDIA GeForce RTX 3090: 100-400 W)" in found[0]
+    ok = parse_nvidia("rig", {"driver_branch": "580", "power_limit_w": 350})
+    assert ops.problems(ok, UBUNTU, gpus("rtx3090x6"), NO_SB, None, False, False) == []
+    per = parse_nvidia("rig", {"driver_branch": "580", "power_limit_w": [350, 350]})
+    assert "expected 6 values" in ops.problems(per, UBUNTU, gpus("rtx3090x6"), NO_SB, None, False, False)[0]
+    h100 = parse_nvidia("rig", {"driver_branch": "580", "power_limit_w": 150})
+    assert "200-700 W" in ops.problems(h100, UBUNTU, gpus("h100"), NO_SB, None, False, False)[0]
+
+
+def test_gb10_has_no_power_limit_and_needs_open_modules():
+    dgx = {"DGX_NAME": "DGX Spark"}
+    nv = parse_nvidia("spark", {"power_limit_w": 100})
+    [problem] = ops.problems(nv, UBUNTU, gpus("gb10"), NO_SB, dgx, False, False)
+    assert "no settable power limit" in problem
+    prop = parse_nvidia("spark", {"driver_branch": "580", "open_modules": False})
+    assert "only with the open kernel modules" in ops.problems(prop, UBUNTU, gpus("gb10"), NO_SB, None, True, False)[0]
+
+
+def test_secure_boot_without_key_stops_a_driver_install():
+    nv = parse_nvidia("rig", {"driver_branch": "580"})
+    on = SecureBootState(enabled=True, signing_key=None)
+    [problem] = ops.problems(nv, UBUNTU, None, on, None, True, False)
+    assert "Secure Boot is on and there is no module signing key" in problem
+    assert ops.problems(nv, UBUNTU, None, on, None, False, False) == []  # nothing to install
+    keyed = SecureBootState(enabled=True, signing_key="/var/lib/dkms/mok.pub")
+    assert ops.problems(nv, UBUNTU, None, keyed, None, True, False) == []
+
+
+def test_old_gpus_and_the_toolkit():
+    pascal = parse_gpus(["0, GPU-00000000-0000-0000-0000-000000000002, Tesla P100-PCIE-16GB, 6.0, 16384, 250.00, 125.00, 250.00, 580.95.05"])
+    nv = parse_nvidia("rig", {"driver_branch": "580", "cuda_toolkit": "13.0"})
+    found = " ".join(ops.problems(nv, UBUNTU, pascal, NO_SB, None, False, False))
+    assert "needs the proprietary modules" in found and "CUDA 13 builds for compute 7.5" in found
+
+
+def test_container_toolkit_needs_docker():
+    nv = parse_nvidia("rig", {"container_toolkit": True})
+    assert "Docker is not installed" in ops.problems(nv, UBUNTU, None, NO_SB, None, False, False)[0]
+    assert ops.problems(nv, UBUNTU, None, NO_SB, None, False, True) == []
+
+
+# --- the power unit ------------------------------------------------------------------------------
+
+
+def test_power_unit_per_gpu_by_uuid():
+    rig = gpus("rtx3090x6")
+    unit = ops.power_unit(rig, (350,) * 6)
+    lines = unit.splitlines()
+    starts = [line for line in lines if line.startswith("ExecStart=")]
+    assert starts == [f"ExecStart=/usr/bin/nvidia-smi -i {g.uuid} -pl 350" for g in rig]
+    for needed in ("Type=oneshot", "RemainAfterExit=yes", "After=nvidia-persistenced.service",
+                   "Wants=nvidia-persistenced.service", "WantedBy=multi-user.target", "DevicePolicy=closed",
+                   "DeviceAllow=/dev/nvidiactl rw", "DeviceAllow=/dev/nvidia5 rw", "ProtectSystem=strict",
+                   "NoNewPrivileges=yes", "PrivateNetwork=yes"):
+        assert needed in lines, needed
+    assert "DeviceAllow=/dev/nvidia6 rw" not in lines
+    assert "# GPU 0: NVIDIA GeForce RTX 3090, 100-400 W" in lines
+    check = ops.power_check_command(rig, (350,) * 6)
+    assert check.count("--query-gpu=power.limit") == 6 and "-v w=350" in check
+    mixed = ops.power_unit(rig[:2], (300, 350))
+    assert f"-i {rig[0].uuid} -pl 300" in mixed and f"-i {rig[1].uuid} -pl 350" in mixed
+
+
+def test_a_uuid_that_is_not_one_is_refused():
+    # A UUID goes into ExecStart and a shell check: anything but the expected shape is no GPU line.
+    assert parse_gpus(["0, GPU-1 -pl 1; reboot, X, 9.0, 1, 1, 1, 1, 580.1.1"]) is None
+    assert parse_gpus(["0, GPU-73736827-e95d-f8bc-dbc4-a81d0f9fa17c$(id), X, 9.0, 1, 1, 1, 1, 580.1.1"]) is None
