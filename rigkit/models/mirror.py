@@ -315,7 +315,7 @@ class _Handler(BaseHTTPRequestHandler):
         page = entries[start:start + size]
         headers = {"X-Repo-Commit": sha}
         if start + size < len(entries):
-            host = self.headers.get("Host") or f"{self.server.server_address[0]}:{self.server.server_address[1]}"
+            host = self.headers.get("Host") or f"{self.server.server_address[0]!s}:{self.server.server_address[1]}"
             nxt = f"http://{host}{raw_path}?recursive={str(recursive).lower()}&cursor={start + size}"
             headers["Link"] = f'<{nxt}>; rel="next"'
         self._send(200, json.dumps(page).encode(), headers)
@@ -352,7 +352,7 @@ class _Handler(BaseHTTPRequestHandler):
             headers["X-Linked-Size"] = str(fi.size)
         if fi.lfs and not blob and self.server.blob_server is not None:
             b = self.server.blob_server.server_address
-            loc = (f"http://{b[0]}:{b[1]}/_blobs/{quote(idx.repo)}/{sha}/{quote(path)}")
+            loc = (f"http://{b[0]!s}:{b[1]}/_blobs/{quote(idx.repo)}/{sha}/{quote(path)}")
             headers["Location"] = loc
             return self._send(302, b"", headers, ctype="text/plain")
         size = fi.size
@@ -430,6 +430,7 @@ class MirrorServer(ThreadingHTTPServer):
         self.verbose = verbose
         self.is_blob_server = is_blob_server
         self.blob_server: MirrorServer | None = None
+        self._owner: MirrorServer | None = None  # the main listener, on a blob server
         # Test hooks: stop sending a body after N bytes (stall until released / drop the connection once).
         self.stall_after_bytes: int | None = None
         self.stall_release = threading.Event()
@@ -442,10 +443,10 @@ class MirrorServer(ThreadingHTTPServer):
     @property
     def url(self) -> str:
         h, p = self.server_address[:2]
-        return f"http://{h}:{p}"
+        return f"http://{h!s}:{p}"
 
     def _count(self, fi: FileInfo, n: int):
-        owner = self if not self.is_blob_server else self._owner
+        owner = self._owner if self.is_blob_server and self._owner else self
         with owner._stats_lock:
             owner.bytes_sent[fi.path] = owner.bytes_sent.get(fi.path, 0) + n
 
@@ -516,6 +517,8 @@ def mirror_main(argv: list[str] | None = None) -> int:
     t0 = time.time()
     for r in repos:  # hash up front so the first client does not wait
         idx = store.index(r)
+        if idx is None:
+            continue
         print(f"rigkit mirror: {r} @ {idx.sha} ({len(idx.files)} files)", file=sys.stderr)
     print(f"rigkit mirror: serving {store.root} on {srv.url} (indexed in {time.time() - t0:.1f}s)"
           f"{' (token required)' if token else ''}; HF_ENDPOINT={srv.url}", file=sys.stderr)

@@ -85,7 +85,7 @@ class State:
     def __init__(self, path):
         self.path = path
         self.lock = threading.Lock()
-        self.files = {}
+        self.files: dict = {}
         try:
             with open(path, encoding="utf-8") as f:
                 data = json.load(f)
@@ -260,7 +260,7 @@ def download(idx, item, ctx):
     mismatches = 0
     stalls = 0
     prog = ctx["progress"]
-    track = {"h": None, "pos": -1}  # hasher of the partial's first pos bytes, kept across in-process retries
+    track: dict = {"h": None, "pos": -1}  # hasher of the partial's first pos bytes, kept across in-process retries
     while True:
         # Resume: re-hash only what is already in the partial file (not even that after an in-process retry).
         try:
@@ -377,7 +377,7 @@ def existing_dir(path):
 
 def check_space(todo, margin):
     """todo: list of (item, missing_bytes). Raises Fatal(EXIT_SPACE) if any filesystem is short."""
-    per_dev = {}
+    per_dev: dict = {}
     for item, missing in todo:
         d = existing_dir(os.path.dirname(item["dest"]))
         dev = os.stat(d).st_dev
@@ -512,9 +512,9 @@ def run(argv=None):
         finally:
             progress.stop.set()
         if failures:
-            worst = max(failures, key=lambda e: (e.code in (EXIT_AUTH, EXIT_SPACE, EXIT_NOTFOUND), e.code))
-            for e in failures:
-                log("error: %s" % e)
+            worst = max(failures, key=lambda f: (f.code in (EXIT_AUTH, EXIT_SPACE, EXIT_NOTFOUND), f.code))
+            for failure in failures:
+                log("error: %s" % failure)
             raise Fatal(str(worst), worst.code)
 
     meta = m.get("repo_meta")

@@ -27,6 +27,7 @@ import shutil
 import subprocess
 import sys
 import time
+from typing import NoReturn
 from pathlib import Path
 
 try:  # on the host: the sibling script in /opt/rigkit/bin; in the package: its module
@@ -41,7 +42,7 @@ def log(message: str) -> None:
     print(f"[rigkit] {message}", flush=True)
 
 
-def fail(message: str, code: int = 1) -> "None":
+def fail(message: str, code: int = 1) -> NoReturn:
     print(f"[rigkit] ERROR: {message}", file=sys.stderr, flush=True)
     sys.exit(code)
 
@@ -196,8 +197,8 @@ def rollback(args: argparse.Namespace) -> None:
 def prune(args: argparse.Namespace) -> None:
     root = Path(args.root)
     keep = {Path(os.readlink(root / n)).name for n in ("current", "previous") if (root / n).is_symlink()}
-    infos = {b: read_build(b) for b in (root / "builds").glob("b*")}
-    builds = sorted((b for b, info in infos.items() if info), key=lambda b: infos[b]["built_at"], reverse=True)
+    infos = {b: info for b in (root / "builds").glob("b*") if (info := read_build(b))}
+    builds = sorted(infos, key=lambda b: infos[b]["built_at"], reverse=True)
     kept = 0
     for build_dir in builds:
         if build_dir.name in keep or kept < args.keep - len(keep):
