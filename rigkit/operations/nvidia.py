@@ -62,6 +62,7 @@ CONTAINER_KEYRING = "/usr/share/keyrings/nvidia-container-toolkit-keyring.gpg"
 CONTAINER_LIST = "/etc/apt/sources.list.d/nvidia-container-toolkit.list"
 FIRST_PINNING_BRANCH = 590
 POWER_UNIT = "rigkit-nvidia-power.service"
+PERSISTENCED_DIRS = ("/lib/systemd/system", "/usr/lib/systemd/system", "/etc/systemd/system")
 NOUVEAU_CONF = "/etc/modprobe.d/rigkit-blacklist-nouveau.conf"
 # Packages of the driver itself (held together); the toolkit and container packages are not.
 DRIVER_PREFIXES = ("nvidia-", "libnvidia-", "cuda-drivers", "libcuda", "libxnvctrl", "xserver-xorg-video-nvidia")
@@ -330,8 +331,10 @@ def setup(nv: Nvidia):
                 "and the power limit unit are not managed here")
     else:
         not_changed = (lambda: not driver_op.did_change()) if driver_op is not None else (lambda: True)
-        systemd.service(name="Enable nvidia-persistenced", service="nvidia-persistenced.service",
-                        enabled=True, running=None if pending else True, _if=not_changed)
+        if driver_op is not None or any(host.get_fact(File, path=f"{d}/nvidia-persistenced.service")
+                                        for d in PERSISTENCED_DIRS):
+            systemd.service(name="Enable nvidia-persistenced", service="nvidia-persistenced.service",
+                            enabled=True, running=None if pending else True, _if=not_changed)
 
         if nv.power_limit_w is not None:
             if not gpus or pending:
