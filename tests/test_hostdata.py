@@ -133,3 +133,33 @@ def test_commit_sha_is_a_valid_pin():
     data = base()
     data["llama_cpp"]["ref"] = "e3546c794"
     assert parse_rig("h", data).llama_cpp.ref == "e3546c794"
+
+
+def test_a_host_with_only_models_validates():
+    rig = parse_rig("store", {"models": [{"upload": "/tmp/m", "dest": "/srv/models/m"}]})
+    assert rig.llama_cpp is None and rig.services == () and len(rig.models) == 1
+
+
+def test_two_services_one_disabled():
+    data = base()
+    data["services"].append({**data["services"][0], "name": "spare", "enabled": False, "ctx": 8192})
+    rig = parse_rig("h", data)
+    assert [s.name for s in rig.services] == ["svc", "spare"]
+    assert [s.name for s in rig.enabled_services] == ["svc"]
+    assert rig.services[1].ctx == 8192 and rig.services[1].engine == "llama.cpp"
+    assert rig.services[1].options.cache_type_k == "f16"  # the engine's own flags sit with the engine
+
+
+def test_llama_cpp_service_without_llama_cpp_names_both_keys():
+    data = base()
+    del data["llama_cpp"]
+    with pytest.raises(HostDataError) as err:
+        parse_rig("h", data)
+    assert err.value.key == "llama_cpp" and "services[0] (svc) has engine llama.cpp" in str(err.value)
+
+
+def test_unknown_engine_is_named():
+    data = base()
+    data["services"][0]["engine"] = "tgi"
+    with pytest.raises(HostDataError, match=r"services\[0\]\.engine: expected one of llama.cpp"):
+        parse_rig("h", data)
