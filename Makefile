@@ -3,17 +3,21 @@
 #               (the first run builds llama.cpp from source: minutes on 2 cores)
 #   make test   set up and run every test, end-to-end ones included
 # Both need root for the sandbox (nspawn hosts, network namespaces); run them as root or
-# they use sudo.
+# they use sudo. They install only what they use: the Vagrantfile's check (tests/) runs
+# where vagrant is installed and is skipped otherwise.
 
 PYTHON ?= python3
 VENV := .venv
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
-APT_PACKAGES := debootstrap systemd-container apt-cacher-ng iproute2 openssh-client git ccache vagrant
+# What the build machine runs: python3-venv for the virtualenv, debootstrap + systemd-container for
+# the hosts, apt-cacher-ng and git (daemon) for what they fetch, iproute2, ssh. The hosts install
+# their own build tools (ccache included) through apt-cacher-ng.
+APT_PACKAGES := python3-venv debootstrap systemd-container apt-cacher-ng iproute2 openssh-client git
 PYTEST_ARGS ?=
 
-.PHONY: setup prereqs demo test sandbox-down clean
+.PHONY: setup prereqs demo test sandbox-address sandbox-down clean
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml | prereqs
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install -q --upgrade pip
 	$(VENV)/bin/pip install -q -e '.[test]'
@@ -28,13 +32,18 @@ prereqs:
 		$(SUDO) apt-get update -q && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q $$missing; \
 	fi
 
-demo: setup prereqs
+demo: prereqs setup
 	$(SUDO) $(VENV)/bin/rigkit sandbox up --hosts 1
 	$(SUDO) $(VENV)/bin/pyinfra -y inventories/sandbox.py deploys/rig.py
 	$(SUDO) $(VENV)/bin/rigkit status inventories/sandbox.py
 
-test: setup prereqs
+test: prereqs setup
 	$(SUDO) $(VENV)/bin/pytest $(PYTEST_ARGS)
+
+# The first sandbox host's address: curl -s http://$$(make -s sandbox-address):8000/health
+sandbox-address:
+	@$(SUDO) $(VENV)/bin/rigkit sandbox status | awk 'NR==1 && $$3 == "up" {print $$2; ok=1} \
+		END {if (!ok) {print "no sandbox host is up: make demo" > "/dev/stderr"; exit 1}}'
 
 sandbox-down:
 	$(SUDO) $(VENV)/bin/rigkit sandbox down

@@ -246,7 +246,8 @@ def test_model_from_source_tree_and_single_file(mirror: Path, tmp_path: Path) ->
 # ------------------------------------------------------------------------- slow
 
 
-@pytest.mark.skipif(shutil.which("vagrant") is None, reason="vagrant is not installed")
+@pytest.mark.skipif(shutil.which("vagrant") is None,
+                    reason="vagrant is not installed (make demo/test do not install it: apt-get install vagrant)")
 @pytest.mark.parametrize("gpu_pci", [None, "0000:41:00.0"])
 def test_vagrantfile_validates(tmp_path: Path, gpu_pci: str | None) -> None:
     env = {**os.environ, "VAGRANT_HOME": str(tmp_path / "vagrant.d"),
