@@ -74,12 +74,17 @@ def output(run) -> str:
     return run.stdout + run.stderr
 
 
+def changed(run) -> set[str]:
+    """Names of the operations that changed something, without the deploy's prefix."""
+    return {name.split(" | ")[-1] for name in run.changed}
+
+
 def held(sb, host) -> set[str]:
     return set(sb.ssh(host, "apt-mark showhold").split())
 
 
 def installed(sb, host, package: str) -> str:
-    return sb.ssh(host, f"dpkg-query -W -f='${{Status}} ${{Version}}' {package} 2>/dev/null || true", check=False)
+    return sb.ssh(host, f"dpkg-query -W -f='${{db:Status-Status}} ${{Version}}' {package} 2>/dev/null || true", check=False)
 
 
 SEEDS = {"driver_branch": "580", "cuda_toolkit": "13.0", "power_limit_w": 350}
@@ -91,16 +96,15 @@ def test_first_install_pins_holds_and_reports_reboot(env):
     run = deploy(standin, h1.name, **SEEDS)
     assert run.returncode == 0, output(run)[-4000:]
     assert not run.errors
-    changed = run.changed
-    assert any(name.startswith("NVIDIA driver branch 580") for name in changed), changed
+    assert any(name.startswith("NVIDIA driver branch 580") for name in changed(run)), run.changed
     # cuda-keyring's source line for debian12/x86_64, contrib on.
     assert sb.ssh(h1, "cat /etc/apt/sources.list.d/cuda-debian12-x86_64.list") == (
         f"deb [signed-by=/usr/share/keyrings/cuda-archive-keyring.gpg] {standin.repo_url}/debian12/x86_64/ /")
     assert sb.ssh(h1, "grep -hE '^(deb |Components:)' /etc/apt/sources.list /etc/apt/sources.list.d/*.sources "
                       "2>/dev/null | grep -c contrib") != "0"
     # Branch pinned by the pinning package, the driver's packages held, the toolkit not.
-    assert installed(sb, h1, "nvidia-driver-pinning-580") == "install ok installed 580.95.05-1"
-    assert installed(sb, h1, "nvidia-open") == "install ok installed 580.95.05-1"
+    assert installed(sb, h1, "nvidia-driver-pinning-580") == "installed 580.95.05-1"
+    assert installed(sb, h1, "nvidia-open") == "installed 580.95.05-1"
     assert "Pin: version 580.*" in sb.ssh(h1, "cat /etc/apt/preferences.d/nvidia-driver-pinning-580")
     holds = held(sb, h1)
     assert DRIVER_PACKAGES | {"nvidia-driver-pinning-580"} <= holds, holds
@@ -109,9 +113,9 @@ def test_first_install_pins_holds_and_reports_reboot(env):
     sb.ssh(h1, "DEBIAN_FRONTEND=noninteractive apt-get -y -o APT::Get::Always-Include-Phased-Updates=1 upgrade",
            timeout=300)
     assert installed(sb, h1, "nvidia-open").endswith("580.95.05-1")
-    assert installed(sb, h1, "cuda-toolkit-13-0") == "install ok installed 13.0.88-1"
+    assert installed(sb, h1, "cuda-toolkit-13-0") == "installed 13.0.88-1"
     assert sb.ssh(h1, "readlink -f /usr/local/cuda") == "/usr/local/cuda-13.0"
-    assert installed(sb, h1, f"linux-headers-{os.uname().release}").startswith("install ok installed")
+    assert installed(sb, h1, f"linux-headers-{os.uname().release}").startswith("installed ")
     assert "blacklist nouveau" in sb.ssh(h1, "cat /etc/modprobe.d/rigkit-blacklist-nouveau.conf")
     assert sb.ssh(h1, "systemctl is-enabled nvidia-persistenced") == "enabled"
     # No module loaded yet (the host has not rebooted): loudly pending, power left for later.
@@ -134,7 +138,7 @@ def test_after_reboot_power_unit_by_uuid_then_noop(env):
     _boot_loaded(sb, h1, "580.95.05")
     run = deploy(standin, h1.name, **SEEDS)
     assert run.returncode == 0, output(run)[-4000:]
-    assert "reboot pending" not in output(run).lower()
+    assert "NVIDIA reboot pending" not in output(run) and "REBOOT PENDING" not in output(run)
     unit = sb.ssh(h1, "cat /etc/systemd/system/rigkit-nvidia-power.service")
     starts = [line for line in unit.splitlines() if line.startswith("ExecStart=")]
     assert starts == [f"ExecStart=/usr/bin/nvidia-smi -i {uuid} -pl 350" for uuid in UUIDS]
@@ -172,7 +176,7 @@ def test_changed_power_limit_is_reapplied(env):
     per_gpu = [300, 350, 350, 350, 350, 250]
     run = deploy(standin, h1.name, **{**SEEDS, "power_limit_w": per_gpu})
     assert run.returncode == 0, output(run)[-4000:]
-    assert any(name.startswith("Re-apply power limits") for name in run.changed), run.changed
+    assert any(name.startswith("Re-apply power limits") for name in changed(run)), run.changed
     limits = sb.ssh(h1, "nvidia-smi --query-gpu=uuid,power.limit --format=csv,noheader,nounits").splitlines()
     assert limits == [f"{uuid}, {watts:.2f}" for uuid, watts in zip(UUIDS, per_gpu)]
 
@@ -182,9 +186,9 @@ def test_branch_change_upgrades_then_mismatch_is_reboot_pending(env):
     h1 = sb.hosts[0]
     run = deploy(standin, h1.name, **{**SEEDS, "driver_branch": "590"})
     assert run.returncode == 0, output(run)[-4000:]
-    assert installed(sb, h1, "nvidia-driver-pinning-590") == "install ok installed 590.48.01-1"
+    assert installed(sb, h1, "nvidia-driver-pinning-590") == "installed 590.48.01-1"
     assert installed(sb, h1, "nvidia-driver-pinning-580") == ""  # replaced: they conflict
-    assert installed(sb, h1, "nvidia-open") == "install ok installed 590.48.01-1"
+    assert installed(sb, h1, "nvidia-open") == "installed 590.48.01-1"
     assert DRIVER_PACKAGES | {"nvidia-driver-pinning-590"} <= held(sb, h1)
     assert "REBOOT PENDING" in output(run)
     # The loaded module is still 580: the userspace mismatch is a fact, reported, not a crash.
@@ -205,7 +209,7 @@ def test_dgx_os_left_alone(env):
         assert run.returncode == 0, output(run)[-4000:]
         assert "DGX OS (NVIDIA DGX Spark 7.2.3): its driver and CUDA toolkit are DGX OS's; rigkit leaves them alone" \
             in output(run)
-        assert not any("driver branch" in name or "CUDA" in name for name in run.changed), run.changed
+        assert not any("driver branch" in name or "CUDA" in name for name in changed(run)), run.changed
         assert sb.ssh(h2, "ls /etc/apt/sources.list.d/ | grep -c cuda || true") == "0"
         assert sb.ssh(h2, "dpkg-query -W 'nvidia-*' 'cuda-*' 2>/dev/null | wc -l") == "0"
     finally:
@@ -239,7 +243,7 @@ def test_container_toolkit_configures_docker(env):
                "> /etc/systemd/system/docker.service; systemctl daemon-reload; systemctl start docker")
     run = deploy(standin, h2.name, container_toolkit=True)
     assert run.returncode == 0, output(run)[-4000:]
-    assert installed(sb, h2, "nvidia-container-toolkit") == "install ok installed 1.18.0-1"
+    assert installed(sb, h2, "nvidia-container-toolkit") == "installed 1.18.0-1"
     assert sb.ssh(h2, "cat /etc/apt/sources.list.d/nvidia-container-toolkit.list") == (
         f"deb [signed-by=/usr/share/keyrings/nvidia-container-toolkit-keyring.gpg] {standin.container_repo_url}/$(ARCH) /")
     assert "nvidia" in json.loads(sb.ssh(h2, "docker info --format '{{json .Runtimes}}'"))

@@ -330,11 +330,12 @@ def setup(nv: Nvidia):
         _report(f"host {host.name}: systemd is not running the host (a container?): nvidia-persistenced "
                 "and the power limit unit are not managed here")
     else:
-        not_changed = (lambda: not driver_op.did_change()) if driver_op is not None else (lambda: True)
         if driver_op is not None or any(host.get_fact(File, path=f"{d}/nvidia-persistenced.service")
                                         for d in PERSISTENCED_DIRS):
+            # Enabled now; started only on the driver that is loaded (after a pending reboot, it
+            # starts at boot).
             systemd.service(name="Enable nvidia-persistenced", service="nvidia-persistenced.service",
-                            enabled=True, running=None if pending else True, _if=not_changed)
+                            enabled=True, running=None if pending else True)
 
         if nv.power_limit_w is not None:
             if not gpus or pending:
@@ -357,7 +358,7 @@ def setup(nv: Nvidia):
     if nv.container_toolkit:
         container_toolkit(nv)
 
-    if driver_op is not None:
+    if driver_op is not None and driver_op.will_change:
         if nv.reboot:
             server.reboot(name="Reboot onto the new NVIDIA driver", reboot_timeout=900,
                           _if=driver_op.did_change)
