@@ -102,7 +102,8 @@ def resolve_model_refs(rig: Rig, lock: Mapping[str, LockEntry], inventory: str =
         if svc.model.startswith(MODEL_REF_PREFIX):
             m = by_name[svc.model[len(MODEL_REF_PREFIX):]]
             try:
-                path = locks[m.ref.key].model_path(m.dest)
+                # vLLM loads the model's directory; llama-server its first shard.
+                path = m.dest if svc.engine == "vllm" else locks[m.ref.key].model_path(m.dest)
             except ValueError as exc:
                 raise HostDataError(rig.host, f"services[{svc.name}].model",
                                     f"a Hub model with one first shard ({exc})") from None

@@ -23,6 +23,7 @@ from typing import Any
 from rigkit.hostdata.gpus import Gpus
 from rigkit.hostdata.models import MODEL_NAME, MODEL_REF_PREFIX
 from rigkit.hostdata.schema import HostDataError, check_path, check_pattern, coerce_fields
+from rigkit.hostdata.vllm import VllmOptions, check_vllm
 
 SERVICE_NAME = re.compile(r"[a-z][a-z0-9-]{0,23}")
 SHARD = re.compile(r"-(\d{5})-of-(\d{5})\.gguf")
@@ -65,6 +66,7 @@ class LlamaServerOptions:
 # engine -> (options class, unit and user prefix)
 ENGINES: dict[str, tuple[type, str]] = {
     "llama.cpp": (LlamaServerOptions, "llama"),
+    "vllm": (VllmOptions, "vllm"),
 }
 
 
@@ -150,6 +152,8 @@ def parse_service(host: str, key: str, raw: Any, gpus: Gpus) -> Service:
     _check_common(host, key, svc, gpus)
     if engine == "llama.cpp":
         _check_llama_server(host, key, svc, gpus)
+    elif engine == "vllm":
+        check_vllm(host, key, svc, gpus)
     return svc
 
 

@@ -1,0 +1,80 @@
+"""
+Facts for vLLM services in containers: which rigkit images a host's Docker has, the
+services' state (``vllm_host.py status``), and what the DGX Spark preflight looks at.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+
+from pyinfra.api import FactBase, QuoteString, StringCommand
+
+#: rigkit's host-side vLLM tool (``rigkit/scripts/vllm_host.py``), beside check_service.py.
+VLLM_TOOL = "/opt/rigkit/bin/vllm_host.py"
+
+
+class DockerImages(FactBase[list]):
+    """Tags of the ``rigkit/vllm`` images in the host's Docker (empty without Docker).
+
+    .. code:: python
+
+        ["rigkit/vllm:0123456789abcdef"]
+    """
+
+    def command(self) -> StringCommand:
+        return StringCommand("docker", "image", "ls", "--format", QuoteString("{{.Repository}}:{{.Tag}}"),
+                             "rigkit/vllm", "2>/dev/null", "||", "true")
+
+    def process(self, output: list[str]) -> list:
+        return sorted(line.strip() for line in output if line.strip().startswith("rigkit/vllm:"))
+
+    @staticmethod
+    def default() -> list:
+        return []
+
+
+class VllmStatus(FactBase[dict]):
+    """Per vLLM service: unit state, container state, running and verified image, health."""
+
+    def command(self, manifest: str) -> StringCommand:
+        return StringCommand("python3", QuoteString(VLLM_TOOL), "status", "--manifest", QuoteString(manifest),
+                             "2>/dev/null", "||", "echo", QuoteString('{"services": []}'))
+
+    def process(self, output: list[str]) -> dict:
+        return json.loads("\n".join(output) or '{"services": []}')
+
+
+class SparkPreflight(FactBase[dict]):
+    """What a DGX Spark deploy needs to know, read in one go (each line ``key=value``; a
+    missing tool leaves its key empty): OS release, DGX release, architecture, GPU name,
+    compute capability and driver, Docker and its NVIDIA runtime, whether the deploy user may
+    use Docker, free disk (GB) under the model and Docker roots."""
+
+    def command(self, model_root: str = "/srv/models") -> StringCommand:
+        return StringCommand(
+            "sh", "-c", QuoteString(
+                'echo "os=$(. /etc/os-release 2>/dev/null; echo $ID-$VERSION_ID)"; '
+                'echo "dgx=$(grep -h DGX_OTA_VERSION /etc/dgx-release 2>/dev/null | head -1 | cut -d= -f2 | tr -d \'\\"\' ||'
+                ' true)"; '
+                'test -f /etc/dgx-release && echo dgx_release=1; '
+                'echo "arch=$(uname -m)"; '
+                'if command -v nvidia-smi >/dev/null; then '
+                'echo "gpu=$(nvidia-smi --query-gpu=name,compute_cap,driver_version --format=csv,noheader 2>/dev/null'
+                ' | head -1)"; fi; '
+                'if command -v docker >/dev/null; then echo docker=1; '
+                'echo "docker_access=$(docker info --format ok 2>/dev/null)"; '
+                'echo "runtimes=$(docker info --format \'{{range $k, $v := .Runtimes}}{{$k}},{{end}}\' 2>/dev/null)"; '
+                'echo "docker_root=$(docker info --format \'{{.DockerRootDir}}\' 2>/dev/null)"; fi; '
+                'd=$(docker info --format \'{{.DockerRootDir}}\' 2>/dev/null); '
+                'echo "disk_docker=$(df -P -B1G "${d:-/var/lib}" 2>/dev/null | awk \'NR==2{print $4}\')"; '
+                f'm={shlex.quote(model_root)}; while [ ! -d "$m" ]; do m=$(dirname "$m"); done; '
+                'echo "disk_models=$(df -P -B1G "$m" 2>/dev/null | awk \'NR==2{print $4}\')"'))
+
+    def process(self, output: list[str]) -> dict:
+        facts: dict = {}
+        for line in output:
+            key, sep, value = line.partition("=")
+            if sep:
+                facts[key.strip()] = value.strip()
+        return facts

@@ -1,0 +1,195 @@
+"""
+Host data of ``engine: "vllm"`` services: vLLM's own flags (:class:`VllmOptions`) beside the
+common service keys, and their checks. A vLLM service runs ``vllm serve`` in a container of
+an image rigkit builds from ``files/vllm`` on a pinned base image::
+
+    {"name": "qwen122b", "engine": "vllm", "model": "ref:qwen122b-int4", "port": 8000,
+     "ctx": 262144, "alias": "qwen3.5-122b", "base_image": "vllm/vllm-openai:v0.19.1",
+     "patches": ["inc-hybrid-fp8"], "gpu_memory_utilization": 0.90,
+     "reasoning_parser": "qwen3", "tool_call_parser": "qwen3_coder",
+     "enable_auto_tool_choice": True, "attention_backend": "FLASHINFER",
+     "speculative": {"method": "mtp", "num_speculative_tokens": 1}}
+
+The common ``ctx`` is ``--max-model-len``, ``alias`` is ``--served-model-name``; ``model`` is
+the model's directory on the host (or ``ref:`` a locked Hub model: its ``dest``).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from rigkit.hostdata.gpus import Gpus
+from rigkit.hostdata.schema import HostDataError, check_pattern
+
+if TYPE_CHECKING:
+    from rigkit.hostdata.services import Service
+
+#: ``files/vllm`` of this checkout: the Dockerfile, the patches, the helper package.
+IMAGE_SOURCE = Path(__file__).resolve().parents[2] / "files" / "vllm"
+
+# A Docker image reference, matched whole: [registry[:port]/]name[/name...][:tag][@sha256:digest].
+IMAGE_REF = re.compile(
+    r"(?P<name>[a-z0-9][a-z0-9_.-]{0,127}(?::[0-9]{1,5})?(?:/[a-z0-9][a-z0-9_.-]{0,127}){0,8})"
+    r"(?::(?P<tag>[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}))?"
+    r"(?:@(?P<digest>sha256:[0-9a-f]{64}))?")
+#: Tags that name whatever was pushed last: never a pin.
+MOVING_TAGS = frozenset({"latest", "main", "master", "nightly", "stable", "edge", "dev", "head", "rolling",
+                         "release", "current", "newest", "unstable", "testing"})
+PATCH_NAME = re.compile(r"[a-z0-9][a-z0-9-]{0,63}")
+PARSER = re.compile(r"[a-z0-9][a-z0-9_]{0,63}")
+ATTENTION_BACKEND = re.compile(r"[A-Z][A-Z0-9_]{0,63}")
+SPEC_KEY = re.compile(r"[a-z][a-z0-9_]{0,63}")
+SPEC_TEXT = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.:/@+-]{0,127}")
+ENV_NAME = re.compile(r"[A-Z_][A-Z0-9_]{0,63}")
+ENV_VALUE = re.compile(r"[A-Za-z0-9_.,:/@+=-]{0,256}")
+DTYPES = ("auto", "half", "float16", "bfloat16", "float", "float32")
+MM_KINDS = ("image", "video", "audio")
+#: Environment rigkit sets itself, or that would carry a secret into the unit.
+RESERVED_ENV = frozenset({"VLLM_API_KEY", "HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HF_HUB_OFFLINE",
+                          "CUDA_VISIBLE_DEVICES", "NVIDIA_VISIBLE_DEVICES", "RIGKIT_API_KEY_FILE"})
+SECRET_ENV = re.compile(r"(?:.*_)?(?:KEY|TOKEN|SECRET|PASSWORD)(?:_.*)?")
+
+
+@dataclass(frozen=True)
+class VllmOptions:
+    """vLLM's own flags (``engine: "vllm"``)."""
+
+    base_image: str = ""  # required: the pinned base (exact tag or digest) files/vllm/Dockerfile builds FROM
+    patches: tuple[str, ...] = ()  # names of files/vllm/patches/<NN>-<name> to apply
+    tensor_parallel: int = 1
+    pipeline_parallel: int = 1
+    gpu_memory_utilization: float = 0.9
+    dtype: str | None = None
+    reasoning_parser: str | None = None
+    tool_call_parser: str | None = None
+    enable_auto_tool_choice: bool = False
+    speculative: dict[str, str | int | float] | None = None  # --speculative-config, e.g. {"method": "mtp", ...}
+    attention_backend: str | None = None  # e.g. FLASHINFER
+    limit_mm_per_prompt: dict[str, int] | None = None  # e.g. {"image": 2}
+    skip_mm_profiling: bool = False
+    max_num_batched_tokens: int | None = None
+    max_num_seqs: int | None = None
+    enable_prefix_caching: bool | None = None  # None: vLLM's default
+    env: dict[str, str] = field(default_factory=dict)  # container environment (no secrets)
+    # Unified memory (DGX Spark): drop the page cache before start so the model's pages
+    # do not crowd out the GPU's share.
+    drop_page_cache: bool = False
+    ready_timeout: int = 900  # seconds for the model to load (~15 min for 122B on a Spark)
+    stop_timeout: int = 60
+
+    @property
+    def mtp(self) -> bool:
+        return bool(self.speculative) and self.speculative.get("method") == "mtp"  # type: ignore[union-attr]
+
+
+def image_tag_problem(ref: str) -> str | None:
+    """Why ``ref`` is not a pinned image reference, or None."""
+    match = IMAGE_REF.fullmatch(ref)
+    if not match or ".." in ref:
+        return "not an image reference"
+    if not match.group("tag") and not match.group("digest"):
+        return "no tag or digest (that means :latest)"
+    if match.group("tag") and match.group("tag").lower() in MOVING_TAGS and not match.group("digest"):
+        return f"the moving tag :{match.group('tag')}"
+    return None
+
+
+def available_patches() -> dict[str, Path]:
+    """Patch name -> its directory (``files/vllm/patches/<NN>-<name>``)."""
+    found = {}
+    root = IMAGE_SOURCE / "patches"
+    if root.is_dir():
+        for d in sorted(root.iterdir()):
+            if d.is_dir() and (d / "patch.json").is_file():
+                found[d.name.split("-", 1)[1]] = d
+    return found
+
+
+def check_vllm(host: str, key: str, svc: Service, gpus: Gpus) -> None:
+    opts: VllmOptions = svc.options  # type: ignore[assignment]
+    if not opts.base_image:
+        raise HostDataError(host, f"{key}.base_image", "a pinned base image (exact tag or digest) for "
+                            "files/vllm/Dockerfile, e.g. vllm/vllm-openai:v0.19.1")
+    problem = image_tag_problem(opts.base_image)
+    if problem:
+        raise HostDataError(host, f"{key}.base_image", f"a pinned image reference: an exact tag or a digest "
+                            f"(got {problem})", opts.base_image)
+    known = available_patches()
+    for i, name in enumerate(opts.patches):
+        check_pattern(name, PATCH_NAME, host, f"{key}.patches[{i}]", "a patch name")
+        if name not in known:
+            raise HostDataError(host, f"{key}.patches[{i}]", f"one of the patches in files/vllm/patches "
+                                f"({', '.join(known) or 'none'})", name)
+    if len(set(opts.patches)) != len(opts.patches):
+        raise HostDataError(host, f"{key}.patches", "each patch once", list(opts.patches))
+    for name, value in (("tensor_parallel", opts.tensor_parallel), ("pipeline_parallel", opts.pipeline_parallel)):
+        if value < 1:
+            raise HostDataError(host, f"{key}.{name}", "a positive integer", value)
+    available = len(svc.gpus) or gpus.count
+    if available and opts.tensor_parallel * opts.pipeline_parallel > available:
+        raise HostDataError(host, f"{key}.tensor_parallel",
+                            f"tensor_parallel x pipeline_parallel at most the {available} GPU(s) the service "
+                            f"uses ({'its gpus' if svc.gpus else 'gpus.count'})",
+                            opts.tensor_parallel * opts.pipeline_parallel)
+    if not 0 < opts.gpu_memory_utilization <= 1:
+        raise HostDataError(host, f"{key}.gpu_memory_utilization", "a fraction in (0, 1]",
+                            opts.gpu_memory_utilization)
+    if opts.dtype is not None and opts.dtype not in DTYPES:
+        raise HostDataError(host, f"{key}.dtype", f"one of {', '.join(DTYPES)}", opts.dtype)
+    for name in ("reasoning_parser", "tool_call_parser"):
+        value = getattr(opts, name)
+        if value is not None:
+            check_pattern(value, PARSER, host, f"{key}.{name}", "a parser name (lowercase letters, digits, _)")
+    if opts.enable_auto_tool_choice and not opts.tool_call_parser:
+        raise HostDataError(host, f"{key}.tool_call_parser", "a tool-call parser (enable_auto_tool_choice "
+                            "needs one, e.g. qwen3_coder)")
+    if opts.attention_backend is not None:
+        check_pattern(opts.attention_backend, ATTENTION_BACKEND, host, f"{key}.attention_backend",
+                      "a vLLM attention backend name such as FLASHINFER")
+    if opts.speculative is not None:
+        if "method" not in opts.speculative:
+            raise HostDataError(host, f"{key}.speculative.method", "a speculative method (e.g. mtp)")
+        for k, v in opts.speculative.items():
+            check_pattern(k, SPEC_KEY, host, f"{key}.speculative", "keys of lowercase letters, digits and _")
+            if isinstance(v, str):
+                check_pattern(v, SPEC_TEXT, host, f"{key}.speculative.{k}",
+                              "letters, digits and _ . : / @ + - (no spaces, quotes or shell syntax)")
+        tokens = opts.speculative.get("num_speculative_tokens")
+        if opts.mtp and (not isinstance(tokens, int) or not 1 <= tokens <= 8):
+            raise HostDataError(host, f"{key}.speculative.num_speculative_tokens",
+                                "an integer from 1 to 8 for MTP", tokens)
+    if opts.limit_mm_per_prompt is not None:
+        for k, v in opts.limit_mm_per_prompt.items():
+            if k not in MM_KINDS:
+                raise HostDataError(host, f"{key}.limit_mm_per_prompt", f"keys among {', '.join(MM_KINDS)}", k)
+            if not 0 <= v <= 64:
+                raise HostDataError(host, f"{key}.limit_mm_per_prompt.{k}", "0 to 64 items", v)
+    for name in ("max_num_batched_tokens", "max_num_seqs"):
+        value = getattr(opts, name)
+        if value is not None and value < 1:
+            raise HostDataError(host, f"{key}.{name}", "a positive integer", value)
+    for k, v in opts.env.items():
+        check_pattern(k, ENV_NAME, host, f"{key}.env", "variable names of A-Z, 0-9 and _")
+        if k in RESERVED_ENV or SECRET_ENV.fullmatch(k):
+            raise HostDataError(host, f"{key}.env.{k}", "no secret and nothing rigkit sets itself (the key "
+                                "goes through api_key_file; HF_HUB_OFFLINE and the GPUs are rigkit's)", k)
+        check_pattern(v, ENV_VALUE, host, f"{key}.env.{k}",
+                      "letters, digits and _ . , : / @ + = - (no spaces, quotes, '$', '%', ';' or '\\')")
+    if not 60 <= opts.ready_timeout <= 7200:
+        raise HostDataError(host, f"{key}.ready_timeout", "seconds between 60 and 7200", opts.ready_timeout)
+    if not 1 <= opts.stop_timeout <= 600:
+        raise HostDataError(host, f"{key}.stop_timeout", "seconds between 1 and 600", opts.stop_timeout)
+    if svc.model.endswith(".gguf"):
+        raise HostDataError(host, f"{key}.model", "the model's directory on the host (vLLM loads "
+                            "safetensors checkpoints), or ref:<name> of a Hub model", svc.model)
+
+
+def mtp_problem(model_dir: Any) -> str | None:
+    """Why a model directory has no usable MTP weights, or None (``rigkit.scripts.vllm_host``'s
+    rule, which the host runs before MTP is enabled)."""
+    from rigkit.scripts.vllm_host import mtp_weights_problem
+
+    return mtp_weights_problem(Path(model_dir))

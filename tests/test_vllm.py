@@ -1,0 +1,334 @@
+"""The vLLM engine without Docker or a GPU: host data (valid, hostile, tensor parallel, pinned
+bases), the rendered docker argv and unit, the image tag, the patches against vLLM 0.19.1's
+real files from PyPI's wheel, the patch modules' logic and the MTP-weights check on small
+safetensors files written here."""
+
+from __future__ import annotations
+
+import copy
+import json
+import shlex
+import struct
+import sys
+from pathlib import Path
+
+import pytest
+from vllm_wheel import unpack
+
+from rigkit.hostdata import HostDataError, parse_rig
+from rigkit.hostdata.vllm import IMAGE_SOURCE
+from rigkit.render import vllm as render
+from rigkit.render.systemd import escape
+from rigkit.scripts.vllm_host import mtp_weights_problem
+
+sys.path.insert(0, str(IMAGE_SOURCE))
+from rigkit_vllm_patches import apply, inc_hybrid, rope_keys, selfcheck  # noqa: E402
+
+BASE = "vllm/vllm-openai:v0.19.1"
+
+
+def spark() -> dict:
+    """Seed 003's service on one GB10."""
+    return {
+        "gpus": {"count": 1, "cuda_arch": ["121"]},
+        "services": [{
+            "name": "qwen122b", "engine": "vllm", "model": "/srv/models/qwen122b-int4",
+            "alias": "qwen3.5-122b", "port": 8000, "ctx": 262144, "base_image": BASE,
+            "patches": ["inc-hybrid-fp8"], "gpu_memory_utilization": 0.90, "reasoning_parser": "qwen3",
+            "attention_backend": "FLASHINFER", "enable_auto_tool_choice": True,
+            "tool_call_parser": "qwen3_coder", "speculative": {"method": "mtp", "num_speculative_tokens": 1},
+            "drop_page_cache": True,
+        }],
+    }
+
+
+def tp4() -> dict:
+    """Seed 002's service on 4 GPUs."""
+    return {
+        "gpus": {"count": 4},
+        "services": [{
+            "name": "qwen122b", "engine": "vllm", "model": "/srv/models/qwen122b-gptq",
+            "alias": "btbtyler09/Qwen3.5-122B-A10B-GPTQ-4bit", "ctx": 32768, "base_image": BASE,
+            "patches": ["rope-keys-set"], "gpu_memory_utilization": 0.95, "tensor_parallel": 4,
+            "reasoning_parser": "qwen3", "enable_auto_tool_choice": True, "tool_call_parser": "qwen3_coder",
+            "dtype": "float16", "skip_mm_profiling": True, "limit_mm_per_prompt": {"image": 2},
+        }],
+    }
+
+
+def test_seed_002_flags_exactly():
+    svc = parse_rig("tp4", tp4()).services[0]
+    assert render.serve_args(svc) == [
+        "/srv/models/qwen122b-gptq", "--served-model-name", "btbtyler09/Qwen3.5-122B-A10B-GPTQ-4bit",
+        "--host", "127.0.0.1", "--port", "8000", "--max-model-len", "32768",
+        "--gpu-memory-utilization", "0.95", "--tensor-parallel-size", "4", "--dtype", "float16",
+        "--reasoning-parser", "qwen3", "--enable-auto-tool-choice", "--tool-call-parser", "qwen3_coder",
+        "--skip-mm-profiling", "--limit-mm-per-prompt", '{"image":2}']
+    argv = render.command_line(svc, "rigkit/vllm:0123456789abcdef", gpus=4)
+    assert argv[:2] == ["/usr/bin/docker", "run"] and "--gpus" in argv and argv[argv.index("--gpus") + 1] == "all"
+    assert argv[argv.index("--ipc") + 1] == "host" and argv[argv.index("--network") + 1] == "host"
+    assert "/srv/models/qwen122b-gptq:/srv/models/qwen122b-gptq:ro" in argv and "HF_HUB_OFFLINE=1" in argv
+
+
+def test_seed_003_flags_and_unit():
+    svc = parse_rig("spark", spark()).services[0]
+    args = render.serve_args(svc)
+    assert args[args.index("--speculative-config") + 1] == '{"method":"mtp","num_speculative_tokens":1}'
+    assert args[args.index("--attention-backend") + 1] == "FLASHINFER"
+    assert args[args.index("--gpu-memory-utilization") + 1] == "0.9"
+    assert args[args.index("--max-model-len") + 1] == "262144"
+    unit = render.render_unit(svc, "rigkit/vllm:0123456789abcdef", gpus=1)
+    start = next(line for line in unit.splitlines() if line.startswith("ExecStart="))
+    # systemd word splitting of the escaped line gives the argv back (JSON braces, quotes).
+    words = shlex.split(start.removeprefix("ExecStart=").replace("$$", "$").replace("%%", "%"))
+    assert words == render.command_line(svc, "rigkit/vllm:0123456789abcdef", gpus=1)
+    assert "drop_caches" in unit and "User=vllm-qwen122b" in unit and "PrivateNetwork=yes" in unit
+    assert "--api-key" not in unit and "VLLM_API_KEY" not in unit
+
+
+def test_service_gpus_and_key_mount():
+    data = tp4()
+    data["services"][0].update(gpus=[0, 1], tensor_parallel=2, api_key_file="/tmp/k")
+    svc = parse_rig("h", data).services[0]
+    argv = render.command_line(svc, "rigkit/vllm:x", gpus=4)
+    assert argv[argv.index("--gpus") + 1] == '"device=0,1"'
+    assert f"{render.key_path(svc)}:/run/rigkit/api.key:ro" in argv
+    assert escape('"device=0,1"') == '"\\"device=0,1\\""'
+
+
+def mutate(base, **kw):
+    data = copy.deepcopy(base())
+    data["services"][0].update(kw)
+    return data
+
+
+HOSTILE = [
+    (dict(base_image="vllm/vllm-openai:latest"), "services[0].base_image"),
+    (dict(base_image="vllm/vllm-openai"), "services[0].base_image"),
+    (dict(base_image="vllm/vllm-openai:v0.19.1\nUser=root"), "services[0].base_image"),
+    (dict(base_image="$(touch /root/pwned):v1"), "services[0].base_image"),
+    (dict(base_image="../../etc:v1"), "services[0].base_image"),
+    (dict(model="/srv/models/../../etc"), "services[0].model"),
+    (dict(model="/srv/models/q\nExecStartPre=/bin/sh"), "services[0].model"),
+    (dict(alias="qwen\nUser=root"), "services[0].alias"),
+    (dict(alias="$(id)"), "services[0].alias"),
+    (dict(reasoning_parser="qwen3\n"), "services[0].reasoning_parser"),
+    (dict(reasoning_parser="$(id)"), "services[0].reasoning_parser"),
+    (dict(tool_call_parser="qwen3;rm"), "services[0].tool_call_parser"),
+    (dict(attention_backend="FLASHINFER --api-key=x"), "services[0].attention_backend"),
+    (dict(speculative={"method": "mtp\nUser=root", "num_speculative_tokens": 1}), "services[0].speculative.method"),
+    (dict(speculative={"method": "$(id)", "num_speculative_tokens": 1}), "services[0].speculative.method"),
+    (dict(speculative={"method": "mtp", "model": "../x y", "num_speculative_tokens": 1}), "services[0].speculative.model"),
+    (dict(env={"VLLM_API_KEY": "sekrit"}), "services[0].env.VLLM_API_KEY"),
+    (dict(env={"HF_TOKEN": "hf_x"}), "services[0].env.HF_TOKEN"),
+    (dict(env={"FOO": "$(id)"}), "services[0].env.FOO"),
+    (dict(env={"FOO": "a\nExecStartPre=/bin/sh"}), "services[0].env.FOO"),
+    (dict(env={"lower": "x"}), "services[0].env"),
+    (dict(extra_args=["--api-key", "sekrit"]), "services[0].extra_args[0]"),
+    (dict(extra_args=["--api-key=sekrit"]), "services[0].extra_args[0]"),
+    (dict(extra_args=["--trust-remote-code", "\nExecStartPre=+/usr/bin/touch"]), "services[0].extra_args[1]"),
+    (dict(extra_args=["$(touch /root/pwned)"]), "services[0].extra_args[0]"),
+    (dict(patches=["../inc-hybrid-fp8"]), "services[0].patches[0]"),
+    (dict(patches=["no-such-patch"]), "services[0].patches[0]"),
+    (dict(tensor_parallel=2), "services[0].tensor_parallel"),
+    (dict(gpu_memory_utilization=1.5), "services[0].gpu_memory_utilization"),
+    (dict(dtype="int3"), "services[0].dtype"),
+    (dict(tool_call_parser=None), "services[0].tool_call_parser"),
+    (dict(limit_mm_per_prompt={"sound": 1}), "services[0].limit_mm_per_prompt"),
+    (dict(speculative={"method": "mtp", "num_speculative_tokens": 0}), "services[0].speculative.num_speculative_tokens"),
+    (dict(model="/srv/models/q.gguf"), "services[0].model"),
+    (dict(no_such_key=1), "services[0].no_such_key"),
+    (dict(host="0.0.0.0"), "services[0].host"),
+    (dict(base_image=""), "services[0].base_image"),
+]
+
+
+@pytest.mark.parametrize("change,key", HOSTILE, ids=[k + ":" + repr(c)[:40] for c, k in HOSTILE])
+def test_hostile_vllm_host_data(change, key):
+    with pytest.raises(HostDataError) as err:
+        parse_rig("spark.lan", mutate(spark, **change))
+    assert err.value.host == "spark.lan" and err.value.key == key, str(err.value)
+    assert str(err.value).startswith(f"host spark.lan: {key}: expected ")
+
+
+def test_tensor_parallel_larger_than_gpus_and_two_services_on_one_port():
+    with pytest.raises(HostDataError, match=r"services\[0\].tensor_parallel: expected tensor_parallel x "
+                                            r"pipeline_parallel at most the 4 GPU"):
+        parse_rig("h", mutate(tp4, tensor_parallel=8))
+    data = tp4()
+    data["services"].append(dict(data["services"][0], name="second"))
+    with pytest.raises(HostDataError, match=r"services\[1\].port"):
+        parse_rig("h", data)
+
+
+@pytest.mark.parametrize("ref", ["vllm/vllm-openai:v0.19.1", "nvcr.io/nvidia/vllm:26.01-py3",
+                                 "localhost:5000/rigkit-test/vllm-base:0.19.1",
+                                 "vllm/vllm-openai@sha256:" + "a" * 64,
+                                 "vllm/vllm-openai:latest@sha256:" + "b" * 64])
+def test_pinned_bases_accepted(ref):
+    parse_rig("h", mutate(spark, base_image=ref))
+
+
+def test_image_tag_is_the_content_hash(tmp_path):
+    import shutil
+
+    src = tmp_path / "vllm"
+    shutil.copytree(IMAGE_SOURCE, src)
+    opts = parse_rig("h", spark()).services[0].options
+    first = render.ImageIdentity.of(opts, src)
+    assert first == render.ImageIdentity.of(opts, src) and first.tag.startswith("rigkit/vllm:")
+    assert {rel for rel, _ in first.files} >= {"Dockerfile", "rigkit_vllm_patches/apply.py",
+                                               "patches/01-inc-hybrid-fp8/inc.py.diff"}
+    assert not any("02-rope" in rel for rel, _ in first.files)  # only the chosen patches
+    diff = src / "patches/01-inc-hybrid-fp8/inc.py.diff"
+    diff.write_text(diff.read_text() + "\n")
+    assert render.ImageIdentity.of(opts, src).tag != first.tag
+    other_base = parse_rig("h", mutate(spark, base_image="vllm/vllm-openai:v0.19.0")).services[0].options
+    assert render.ImageIdentity.of(other_base, src).tag != render.ImageIdentity.of(opts, src).tag
+
+
+# --- the patches against vLLM 0.19.1's real files ----------------------------------------
+
+
+@pytest.fixture(scope="module")
+def real_vllm(tmp_path_factory):
+    return unpack(tmp_path_factory.mktemp("wheel"))
+
+
+def test_every_patch_applies_to_the_real_vllm(real_vllm, tmp_path, monkeypatch):
+    import shutil
+
+    monkeypatch.syspath_prepend(str(tmp_path))  # the patched vllm package, for the self-check's imports
+    for name in [m for m in sys.modules if m == "vllm" or m.startswith("vllm.")]:
+        monkeypatch.delitem(sys.modules, name)
+
+    root = tmp_path / "vllm"
+    shutil.copytree(real_vllm, root)
+    version = apply.vllm_version(root)
+    assert version == "0.19.1"
+    patches = apply.load_patches(IMAGE_SOURCE / "patches")
+    assert set(patches) == {"inc-hybrid-fp8", "rope-keys-set"}
+    inc = apply.apply_patch(root, version, *patches["inc-hybrid-fp8"])
+    assert inc["edits"] == [{"file": "model_executor/layers/quantization/inc.py", "kind": "diff", "result": "patched"}]
+    text = (root / "model_executor/layers/quantization/inc.py").read_text()
+    assert "RIGKIT_INC_HYBRID_FP8 = True" in text and "Fp8LinearMethod(self.fp8_config)" in text
+    rope = apply.apply_patch(root, version, *patches["rope-keys-set"])
+    # 0.19.1 has the set form: decided by the file, nothing changed.
+    assert [e["result"].split(" ")[0] for e in rope["edits"]] == ["not", "not"]
+    assert (root / "transformers_utils/configs/qwen3_5_moe.py").read_text() == \
+        (real_vllm / "transformers_utils/configs/qwen3_5_moe.py").read_text()
+    record = {"vllm": version, "vllm_dir": str(root), "patches": [inc, rope]}
+    failures, notes = selfcheck.check(record)
+    assert not failures, failures
+    assert any("compiled only" in n for n in notes)  # no torch here: said so, not passed silently
+
+
+def test_rope_fix_on_the_list_form(real_vllm):
+    text = (real_vllm / "transformers_utils/configs/qwen3_5_moe.py").read_text()
+    listed = text.replace('"] = {\n                "mrope_section",\n                "mrope_interleaved",\n'
+                          '            }', '"] = [\n                "mrope_section",\n                '
+                          '"mrope_interleaved",\n            ]')
+    assert listed != text and rope_keys.has_list_form(listed) and not rope_keys.has_list_form(text)
+    fixed = rope_keys.fix(listed)
+    assert fixed == text and rope_keys.check(fixed) and rope_keys.fix(text) is None
+    one_line = 'kwargs["ignore_keys_at_rope_validation"] = ["mrope_section", "mrope_interleaved"]'
+    assert rope_keys.fix(one_line) == 'kwargs["ignore_keys_at_rope_validation"] = {"mrope_section", "mrope_interleaved"}'
+
+
+def test_a_patch_that_does_not_apply_names_file_and_hunk(real_vllm, tmp_path):
+    import shutil
+
+    root = tmp_path / "vllm"
+    shutil.copytree(real_vllm, root)
+    inc = root / "model_executor/layers/quantization/inc.py"
+    inc.write_text(inc.read_text().replace("        self.pack_factor = Fraction(32, weight_bits)\n",
+                                           "        self.pack_factor = Fraction(32, self.weight_bits)\n"))
+    patches = apply.load_patches(IMAGE_SOURCE / "patches")
+    with pytest.raises(apply.PatchError, match=r"vllm/model_executor/layers/quantization/inc.py: hunk 2 of 5 "
+                                               r"\(@@ -86,6 \+92,9 @@\) does not apply"):
+        apply.apply_patch(root, "0.19.1", *patches["inc-hybrid-fp8"])
+    with pytest.raises(apply.PatchError, match=r"inc-hybrid-fp8 is for vLLM >=0.19,<0.20; this image has vLLM 0.20.0"):
+        apply.apply_patch(root, "0.20.0", *patches["inc-hybrid-fp8"])
+
+
+def test_versions():
+    assert apply.version_matches("0.19.1rc1.dev15+g50cd5674b", ">=0.19,<0.20")
+    assert not apply.version_matches("0.18.1rc1.dev41", ">=0.19,<0.20")
+    assert apply.version_matches("0.19.0", "==0.19.*") and not apply.version_matches("0.2", "==0.19.*")
+
+
+def test_inc_hybrid_dispatch_logic():
+    meta = {
+        "__metadata__": {"format": "pt"},
+        "model.layers.0.mlp.shared_expert.gate_proj.weight": {"dtype": "F8_E4M3", "shape": [1024, 2048]},
+        "model.layers.0.mlp.shared_expert.gate_proj.weight_scale_inv": {"dtype": "F32", "shape": [8, 16]},
+        "model.layers.0.mlp.shared_expert.up_proj.weight": {"dtype": "F8_E4M3", "shape": [1024, 2048]},
+        "model.layers.0.mlp.shared_expert.up_proj.weight_scale_inv": {"dtype": "F32", "shape": [8, 16]},
+        "model.layers.0.linear_attn.in_proj_z.weight": {"dtype": "F8_E4M3", "shape": [64, 64]},  # no scale
+        "model.layers.0.mlp.experts.0.qweight": {"dtype": "I32", "shape": [256, 1024]},
+    }
+    layers, block = inc_hybrid.find_fp8_layers(meta)
+    assert block == [128, 128]
+    assert layers == {"model.layers.0.mlp.shared_expert.gate_proj", "model.layers.0.mlp.shared_expert.up_proj"}
+    packed = {"gate_up_proj": ["gate_proj", "up_proj"]}
+    assert inc_hybrid.is_fp8_layer("model.layers.0.mlp.shared_expert.gate_up_proj", layers, packed)
+    assert inc_hybrid.is_fp8_layer("layers.0.mlp.shared_expert.gate_proj", layers, packed)
+    assert not inc_hybrid.is_fp8_layer("model.layers.0.mlp.shared_expert.down_proj", layers, packed)
+    assert not inc_hybrid.is_fp8_layer("model.layers.0.linear_attn.in_proj_z", layers, packed)
+    partial = set(layers) - {"model.layers.0.mlp.shared_expert.up_proj"}
+    assert not inc_hybrid.is_fp8_layer("model.layers.0.mlp.shared_expert.gate_up_proj", partial, packed)
+    assert inc_hybrid.find_fp8_layers({"a.weight": {"dtype": "BF16", "shape": [2, 2]}}) == (frozenset(), None)
+    meta["model.layers.1.mlp.shared_expert.up_proj.weight"] = {"dtype": "F8_E4M3", "shape": [1024, 2048]}
+    meta["model.layers.1.mlp.shared_expert.up_proj.weight_scale_inv"] = {"dtype": "F32", "shape": [16, 16]}
+    with pytest.raises(inc_hybrid.HybridCheckpointError, match="block size"):
+        inc_hybrid.find_fp8_layers(meta)
+
+    class Mapper:
+        def apply_list(self, names):
+            return [n.replace("model.layers", "language_model.model.layers") for n in names]
+
+    assert inc_hybrid.map_names({"model.layers.0.x"}, Mapper()) == {"language_model.model.layers.0.x"}
+
+
+# --- MTP weights -----------------------------------------------------------------------------
+
+
+def write_safetensors(path: Path, tensors: dict[str, tuple[str, list[int]]]) -> None:
+    """A safetensors file by hand: 8-byte little-endian header length, JSON header, data."""
+    header, offset = {}, 0
+    for name, (dtype, shape) in tensors.items():
+        size = 2
+        for d in shape:
+            size *= d
+        header[name] = {"dtype": dtype, "shape": shape, "data_offsets": [offset, offset + size]}
+        offset += size
+    blob = json.dumps(header).encode()
+    path.write_bytes(struct.pack("<Q", len(blob)) + blob + b"\0" * offset)
+
+
+def make_model(root: Path, mtp_in_index: bool = True, extra: bool = True) -> Path:
+    root.mkdir()
+    write_safetensors(root / "model-00001-of-00001.safetensors", {"model.embed_tokens.weight": ("BF16", [4, 2])})
+    weight_map = {"model.embed_tokens.weight": "model-00001-of-00001.safetensors"}
+    if extra:
+        write_safetensors(root / "model_extra_tensors.safetensors",
+                          {"mtp.fc.weight": ("BF16", [2, 2]), "mtp.layers.0.mlp.gate.weight": ("BF16", [2, 2])})
+    if mtp_in_index:
+        weight_map.update({"mtp.fc.weight": "model_extra_tensors.safetensors",
+                           "mtp.layers.0.mlp.gate.weight": "model_extra_tensors.safetensors"})
+    (root / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
+    return root
+
+
+def test_mtp_weights(tmp_path):
+    assert mtp_weights_problem(make_model(tmp_path / "ok")) is None
+    assert "not referenced" in mtp_weights_problem(make_model(tmp_path / "unref", mtp_in_index=False))
+    assert "references no mtp.* tensors" in mtp_weights_problem(make_model(tmp_path / "none", False, False))
+    missing = make_model(tmp_path / "missing")
+    (missing / "model_extra_tensors.safetensors").unlink()
+    assert mtp_weights_problem(missing) == ("model_extra_tensors.safetensors is missing (2 MTP tensors of the "
+                                            "index live there)")
+    short = make_model(tmp_path / "short")
+    write_safetensors(short / "model_extra_tensors.safetensors", {"mtp.fc.weight": ("BF16", [2, 2])})
+    assert "lacks 1 MTP tensor(s)" in mtp_weights_problem(short)
+    assert "is missing" in mtp_weights_problem(tmp_path)
