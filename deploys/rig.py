@@ -10,9 +10,12 @@ from pyinfra import host
 
 from rigkit import rig
 from rigkit.hostdata import rig_for
+from rigkit.operations import nvidia
 
 config = rig_for(host)  # every component validated before any host changes
 address = host.data.get("ssh_hostname") or host.name
+
+nvidia.for_host(host)  # NVIDIA driver, CUDA toolkit, power limits, where host data declares nvidia
 
 models = rig.models(config)
 if config.llama_cpp:

@@ -41,6 +41,8 @@ rig = [
         **({"ssh_key": os.environ["RIG_SSH_KEY"]} if os.environ.get("RIG_SSH_KEY") else {}),
         "model_lock": str(lock_path_for(__file__)),  # inventories/rig.lock.yaml, by `rigkit lock`
         "gpus": {"count": 6, "cuda_arch": ["86"]},  # RTX 3090: sm_86
+        # NVIDIA driver branch 580 (open modules) held, CUDA 13.0, every GPU at 350 W (the seeds')
+        "nvidia": {"driver_branch": "580", "cuda_toolkit": "13.0", "power_limit_w": 350},
         "llama_cpp": {
             "ref": "b8137",  # b7991 crashed on Qwen3.5 tool calls (seed 001)
             "cuda": True,

@@ -428,3 +428,12 @@ def docker_runtime():
     yield "systemctl restart docker"
     yield ("docker info --format '{{json .Runtimes}}' | grep -q '\"nvidia\"' "
            "|| { echo 'docker info does not list the nvidia runtime' >&2; exit 1; }")
+
+
+def for_host(pyinfra_host) -> None:
+    """:func:`setup` where the host's data declares ``nvidia`` (the step of ``deploys/rig.py``);
+    nothing elsewhere."""
+    from rigkit.hostdata.nvidia import nvidia_for
+
+    if pyinfra_host.data.get("nvidia") is not None:
+        setup(nvidia_for(pyinfra_host))
