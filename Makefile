@@ -12,7 +12,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # What the build machine runs: python3-venv for the virtualenv, debootstrap + systemd-container for
 # the hosts, apt-cacher-ng and git (daemon) for what they fetch, iproute2, ssh. The hosts install
 # their own build tools (ccache included) through apt-cacher-ng.
-APT_PACKAGES := python3-venv debootstrap systemd-container apt-cacher-ng iproute2 openssh-client git
+APT_PACKAGES := python3-venv debootstrap systemd-container apt-cacher-ng iproute2 openssh-client git docker.io
 PYTEST_ARGS ?=
 
 .PHONY: setup prereqs demo test sandbox-address sandbox-down clean
