@@ -11,6 +11,7 @@ from pyinfra import host
 from rigkit import rig
 from rigkit.hostdata import rig_for
 from rigkit.operations import nvidia
+from rigkit.vllm import vllm_services
 
 config = rig_for(host)  # every component validated before any host changes
 address = host.data.get("ssh_hostname") or host.name
@@ -21,3 +22,5 @@ models = rig.models(config)
 if config.llama_cpp:
     build, identity = rig.llama_cpp_build(config)
     rig.llama_services(config, identity, address=address, models=models)
+if config.engine_services("vllm"):
+    vllm_services(config, models=models)

@@ -1,0 +1,20 @@
+"""
+A fresh DGX Spark to a verified vLLM service: preflight (DGX OS, aarch64, GB10 at compute
+capability 12.1, driver branch, Docker with the NVIDIA runtime, the deploy user's Docker
+access, free disk), every problem at once and nothing changed when any; then the model
+through the lock, the patched image, the service and its checks. DGX OS's driver is never
+touched.
+
+    pyinfra inventories/spark.py deploys/spark.py
+"""
+
+from pyinfra import host
+
+from rigkit import rig, spark
+from rigkit.hostdata import rig_for
+from rigkit.vllm import vllm_services
+
+config = rig_for(host)  # every component validated before any host changes
+spark.preflight(config)
+models = rig.models(config)
+vllm_services(config, models=models)
