@@ -5,6 +5,7 @@
     rigkit bench INVENTORY [--service NAME] [--limit HOST] ...  each enabled service of an
                                                                 inventory, per host
     rigkit bench compare A.json B.json [--out DIR]              ratios per depth, one chart
+    rigkit bench report A.json [--out DIR]                      tables and charts again
 
 With an inventory, rigkit connects to each host the way pyinfra does and, over that
 connection, samples GPU power during the sweep and reads what produced the figures (the
@@ -262,6 +263,29 @@ def run_compare(argv: list[str]) -> int:
     return 0
 
 
+def run_report(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="rigkit bench report",
+                                description="Tables and charts again from a bench.json (e.g. after a "
+                                            "change to the charts, or of a partial result).")
+    p.add_argument("json")
+    p.add_argument("--out", help="folder (default: the JSON's own folder)")
+    args = p.parse_args(argv)
+    try:
+        result = json.loads(Path(args.json).read_text())
+    except (OSError, ValueError) as exc:
+        print(f"rigkit bench report: {args.json}: {exc}", file=sys.stderr)
+        return 1
+    out = Path(args.out) if args.out else Path(args.json).parent
+    out.mkdir(parents=True, exist_ok=True)
+    files = {"csv": out / "bench.csv", "md": out / "bench.md"}
+    report.write_csv(result, files["csv"])
+    files["md"].write_text(report.markdown(result))
+    files.update(report.charts([("", result)], out))
+    print(report.markdown(result))
+    print("rigkit bench report: wrote " + ", ".join(str(p) for p in files.values()), file=sys.stderr)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="rigkit bench", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -295,6 +319,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str]) -> int:
     if argv and argv[0] == "compare":
         return run_compare(argv[1:])
+    if argv and argv[0] == "report":
+        return run_report(argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
     if bool(args.url) == bool(args.target):

@@ -246,8 +246,11 @@ def charts(results: list[tuple[str, dict]], out: Path, prefix: str = "") -> dict
     ctx_axis(ax)
     ax.set_yscale("log")
     plain = FuncFormatter(lambda v, _: f"{v:,.0f}" if v >= 1 else f"{v:g}")
+    low, high = ax.get_ylim()
+    wide = high / max(low, 1e-9) > 30  # many decades: label minor ticks at 2 and 5 only
+    minor = FuncFormatter(lambda v, _: plain(v) if not wide or f"{v:e}"[0] in "25" else "")
     ax.yaxis.set_major_formatter(plain)
-    ax.yaxis.set_minor_formatter(plain)
+    ax.yaxis.set_minor_formatter(minor)
     ax.tick_params(axis="y", which="minor", labelsize=7)
     ax.set_ylabel("TTFT (ms, log scale)")
     ax.set_title("Time to first token vs context")
