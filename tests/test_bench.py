@@ -386,6 +386,23 @@ def test_compare_prints_ratios_and_draws_both(fake, tmp_path):
     assert (tmp_path / "cmp" / "compare-throughput.png").stat().st_size > 10_000
 
 
+def test_provenance_takes_the_model_hashes_from_the_lock():
+    from types import SimpleNamespace as NS
+
+    from rigkit.bench.provenance import lock_hashes
+
+    files = (NS(path="Q6/m-00001-of-00002.gguf", size=10, sha256="a" * 64),
+             NS(path="Q6/m-00002-of-00002.gguf", size=20, sha256="b" * 64))
+    other = (NS(path="x.gguf", size=1, sha256="c" * 64),)
+    rig = NS(locks={"k1": NS(repo="org/m", sha="1" * 40, files=files),
+                    "k2": NS(repo="org/x", sha="2" * 40, files=other)})
+    service = NS(model="/srv/models/m/m-00001-of-00002.gguf")
+    got = lock_hashes(rig, service)
+    assert [(h["path"], h["sha256"][0], h["commit"][0]) for h in got] == [
+        ("Q6/m-00001-of-00002.gguf", "a", "1"), ("Q6/m-00002-of-00002.gguf", "b", "1")]
+    assert lock_hashes(NS(locks={}), service) == []
+
+
 def test_depth_parsing():
     assert command.parse_depths("512, 4k,128K") == [512, 4096, 131072]
     with pytest.raises(Exception):

@@ -52,21 +52,15 @@ def engine_info(client, probe: dict[str, Any] | None) -> dict[str, Any]:
 
 
 def lock_hashes(rig, service) -> list[dict[str, Any]]:
-    """sha256 of the service's model files from the model lock (Hub models only)."""
+    """Every file (all shards) of the model lock entry whose files include the service's
+    model (its first shard), with sha256: Hub models only; ``[]`` for uploaded models."""
     out = []
+    model = (service.model.rsplit("/", 1)[-1]) if service is not None else None
     for entry in (getattr(rig, "locks", None) or {}).values():
-        for f in getattr(entry, "files", ()):
-            if service is None or f.path.rsplit("/", 1)[-1] in service.model:
-                out.append({"repo": entry.repo, "commit": entry.sha, "path": f.path, "size": f.size,
-                            "sha256": f.sha256})
-    if out or service is None:
-        return out
-    # a sharded model: every shard of the entry whose first shard the service names
-    for entry in (getattr(rig, "locks", None) or {}).values():
-        names = [f.path.rsplit("/", 1)[-1] for f in getattr(entry, "files", ())]
-        if any(n in service.model for n in names):
+        files = getattr(entry, "files", ())
+        if model is None or any(f.path.rsplit("/", 1)[-1] == model for f in files):
             out += [{"repo": entry.repo, "commit": entry.sha, "path": f.path, "size": f.size,
-                     "sha256": f.sha256} for f in entry.files]
+                     "sha256": f.sha256} for f in files]
     return out
 
 
