@@ -31,8 +31,9 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
 def git(repo: Path, *args: str) -> str:
-    return subprocess.run(["git", "--git-dir", str(repo), *args], check=True,
-                          capture_output=True, text=True).stdout.strip()
+    return subprocess.run(
+        ["git", "--git-dir", str(repo), *args], check=True, capture_output=True, text=True
+    ).stdout.strip()
 
 
 @pytest.fixture(scope="session")
@@ -41,8 +42,7 @@ def sdist_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     cache = default_cache_dir() / "sdists"
     try:
         cache.mkdir(parents=True, exist_ok=True)
-        usable = os.access(cache, os.W_OK) or all(
-            (cache / f"llama_cpp_python-{v}.tar.gz").is_file() for v in VERSIONS)
+        usable = os.access(cache, os.W_OK) or all((cache / f"llama_cpp_python-{v}.tar.gz").is_file() for v in VERSIONS)
     except OSError:
         usable = False
     if not usable:
@@ -53,8 +53,7 @@ def sdist_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def grown_mirror(tmp_path_factory: pytest.TempPathFactory,
-                 sdist_cache: Path) -> tuple[Path, set[str]]:
+def grown_mirror(tmp_path_factory: pytest.TempPathFactory, sdist_cache: Path) -> tuple[Path, set[str]]:
     """The session's mirror, built first with the older release only, then grown.
 
     Two steps cost little more than one and also cover growing a mirror; returns the
@@ -103,16 +102,14 @@ def test_mirror_is_one_linear_history(mirror: Path) -> None:
     assert git(mirror, "rev-list", "--merges", "--count", "master") == "0"
     # Fillers are empty: b9976's tree stays until b11312 replaces it.
     assert git(mirror, "rev-parse", "b11312~1^{tree}") == git(mirror, "rev-parse", "b9976^{tree}")
-    assert git(mirror, "rev-parse", "b9976~1^{tree}") == git(mirror, "hash-object", "-t", "tree",
-                                                              "/dev/null")
+    assert git(mirror, "rev-parse", "b9976~1^{tree}") == git(mirror, "hash-object", "-t", "tree", "/dev/null")
 
 
 def test_mirror_holds_the_full_tree(mirror: Path) -> None:
     files = git(mirror, "ls-tree", "-r", "--name-only", "b11312").splitlines()
     assert len(files) > 3000
     # Files upstream's .gitignore would hide are committed too; the submodule pointer is not.
-    for path in ("CMakeLists.txt", "tools/server/server.cpp", "models/ggml-vocab-qwen2.gguf",
-                 ".gitignore"):
+    for path in ("CMakeLists.txt", "tools/server/server.cpp", "models/ggml-vocab-qwen2.gguf", ".gitignore"):
         assert path in files
     assert ".git" not in files
     assert "100755" in git(mirror, "ls-tree", "b11312", "convert_hf_to_gguf.py")
@@ -132,8 +129,7 @@ def test_mirror_rebuild_is_a_noop(mirror: Path, sdist_cache: Path) -> None:
     assert mirror.stat().st_ino == inode
 
 
-def test_mirror_grows_keeping_its_tags(grown_mirror: tuple[Path, set[str]],
-                                       sdist_cache: Path) -> None:
+def test_mirror_grows_keeping_its_tags(grown_mirror: tuple[Path, set[str]], sdist_cache: Path) -> None:
     mirror, first_tags = grown_mirror
     assert first_tags == {"b9976"}
     assert mirror_tags(mirror) == {"b9976", "b11312"}
@@ -183,10 +179,12 @@ def test_add_llama_commit_reports_git_errors(mirror: Path) -> None:
 
 def test_normal_clone_counts_builds(mirror: Path, tmp_path: Path) -> None:
     clone = tmp_path / "llama.cpp"
-    subprocess.run(["git", "clone", "--quiet", "--no-checkout", "--branch", "b9976", str(mirror),
-                    str(clone)], check=True)
-    count = subprocess.run(["git", "-C", str(clone), "rev-list", "--count", "HEAD"], check=True,
-                           capture_output=True, text=True).stdout.strip()
+    subprocess.run(
+        ["git", "clone", "--quiet", "--no-checkout", "--branch", "b9976", str(mirror), str(clone)], check=True
+    )
+    count = subprocess.run(
+        ["git", "-C", str(clone), "rev-list", "--count", "HEAD"], check=True, capture_output=True, text=True
+    ).stdout.strip()
     assert count == "9976"
 
 
@@ -194,8 +192,7 @@ def test_normal_clone_counts_builds(mirror: Path, tmp_path: Path) -> None:
 
 
 def test_model_shards(tiny_model: list[Path]) -> None:
-    assert [p.name for p in tiny_model] == ["tiny-qwen-00001-of-00002.gguf",
-                                            "tiny-qwen-00002-of-00002.gguf"]
+    assert [p.name for p in tiny_model] == ["tiny-qwen-00001-of-00002.gguf", "tiny-qwen-00002-of-00002.gguf"]
     total = sum(p.stat().st_size for p in tiny_model)
     assert 15_000_000 < total < 40_000_000
 
@@ -232,9 +229,11 @@ def test_model_from_source_tree_and_single_file(mirror: Path, tmp_path: Path) ->
     tree.mkdir()
     for rel in ("models/ggml-vocab-qwen2.gguf", "models/templates/Qwen-Qwen3-0.6B.jinja"):
         (tree / rel).parent.mkdir(parents=True, exist_ok=True)
-        (tree / rel).write_bytes(subprocess.run(
-            ["git", "--git-dir", str(mirror), "show", f"b11312:{rel}"], check=True,
-            capture_output=True).stdout)
+        (tree / rel).write_bytes(
+            subprocess.run(
+                ["git", "--git-dir", str(mirror), "show", f"b11312:{rel}"], check=True, capture_output=True
+            ).stdout
+        )
     (single,) = make_tiny_model(tree, tmp_path / "out", name="one", shards=1)
     assert single.name == "one.gguf"
     four = make_tiny_model(tree, tmp_path / "out4", name="four", shards=4)
@@ -246,24 +245,25 @@ def test_model_from_source_tree_and_single_file(mirror: Path, tmp_path: Path) ->
 # ------------------------------------------------------------------------- slow
 
 
-@pytest.mark.skipif(shutil.which("vagrant") is None,
-                    reason="vagrant is not installed (make demo/test do not install it: apt-get install vagrant)")
+@pytest.mark.skipif(
+    shutil.which("vagrant") is None,
+    reason="vagrant is not installed (make demo/test do not install it: apt-get install vagrant)",
+)
 @pytest.mark.parametrize("gpu_pci", [None, "0000:41:00.0"])
 def test_vagrantfile_validates(tmp_path: Path, gpu_pci: str | None) -> None:
-    env = {**os.environ, "VAGRANT_HOME": str(tmp_path / "vagrant.d"),
-           "VAGRANT_CHECKPOINT_DISABLE": "1"}
+    env = {**os.environ, "VAGRANT_HOME": str(tmp_path / "vagrant.d"), "VAGRANT_CHECKPOINT_DISABLE": "1"}
     env.pop("RIG_GPU_PCI", None)
     if gpu_pci:
         env["RIG_GPU_PCI"] = gpu_pci
-    plugins = subprocess.run(["vagrant", "plugin", "list"], cwd=tmp_path, env=env,
-                             capture_output=True, text=True, timeout=120).stdout
+    plugins = subprocess.run(
+        ["vagrant", "plugin", "list"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120
+    ).stdout
     # With the libvirt plugin its settings are checked too; otherwise only the common ones.
     if "vagrant-libvirt" in plugins:
         env["VAGRANT_DEFAULT_PROVIDER"] = "libvirt"
         command = ["vagrant", "validate"]
     else:
         command = ["vagrant", "validate", "--ignore-provider"]
-    result = subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True,
-                            timeout=120)
+    result = subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "validated successfully" in result.stdout

@@ -31,12 +31,19 @@ def leftovers(tag: str, state: Path) -> list[str]:
     found = []
     found += [f"netns {n}" for n in network.netns_list() if n.startswith(f"rk-{tag}-")]
     links = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True).stdout
-    found += [f"link {l.split(':')[1].strip()}" for l in links.splitlines() if f"rk{tag}" in l or f"rkbr-{tag}" in l]
-    found += [f"mount {l.split()[1]}" for l in Path("/proc/mounts").read_text().splitlines()
-              if str(state) in l.split()[1]]
+    found += [
+        f"link {line.split(':')[1].strip()}"
+        for line in links.splitlines()
+        if f"rk{tag}" in line or f"rkbr-{tag}" in line
+    ]
+    found += [
+        f"mount {line.split()[1]}"
+        for line in Path("/proc/mounts").read_text().splitlines()
+        if str(state) in line.split()[1]
+    ]
     found += [f"cgroup {c}" for c in cgroups.cgroup_dirs(tag) if c.exists()]
     ps = subprocess.run(["ps", "-eo", "pid,args"], capture_output=True, text=True).stdout
-    found += [f"process {l.strip()}" for l in ps.splitlines() if str(state) in l]
+    found += [f"process {line.strip()}" for line in ps.splitlines() if str(state) in line]
     return found
 
 
@@ -51,7 +58,9 @@ def test_not_root_is_a_clear_error(monkeypatch):
 
 def test_missing_tools_name_the_packages_and_the_fix(monkeypatch):
     monkeypatch.setattr(os, "geteuid", lambda: 0)
-    monkeypatch.setattr(prerequisites, "which", lambda cmd: None if cmd in ("debootstrap", "systemd-nspawn") else "/bin/x")
+    monkeypatch.setattr(
+        prerequisites, "which", lambda cmd: None if cmd in ("debootstrap", "systemd-nspawn") else "/bin/x"
+    )
     with pytest.raises(sandbox.SandboxError) as err:
         sandbox.check_prerequisites()
     assert "debootstrap" in str(err.value) and "systemd-container" in str(err.value)
@@ -77,6 +86,7 @@ def test_host_count_is_validated():
 
 def test_cli_reports_errors_without_a_traceback(monkeypatch, capsys):
     from rigkit.cli import main
+
     monkeypatch.setattr(os, "geteuid", lambda: 1000)
     assert main(["sandbox", "down"]) == 1
     err = capsys.readouterr().err
@@ -119,7 +129,7 @@ def test_up_recovers_from_a_killed_run(own_instance):
     os.kill(sb.hosts[0].pid, signal.SIGKILL)
     time.sleep(0.5)
     processes.reap(sb.hosts[0].pid)
-    assert any(l.startswith("netns") for l in leftovers(tag, own_instance))
+    assert any(f.startswith("netns") for f in leftovers(tag, own_instance))
     fresh = sandbox.up(hosts=1)
     assert fresh.hosts[0].pid != sb.hosts[0].pid
     assert sandbox.status()["hosts"][0]["ssh"] is True
@@ -146,9 +156,12 @@ def test_reboot_keeps_the_disk_and_boots_systemd_again(own_instance):
     sb = sandbox.up(hosts=1, sources=False)
     host = sb.hosts[0]
     assert _booted(sb, host) == "running"
-    sb.ssh(host, "echo written-before > /root/survives && echo gone-after > /run/volatile"
-                 f" && printf %s '{BOOT_UNIT}' > /etc/systemd/system/rk-boot.service"
-                 " && systemctl enable --now rk-boot.service")
+    sb.ssh(
+        host,
+        "echo written-before > /root/survives && echo gone-after > /run/volatile"
+        f" && printf %s '{BOOT_UNIT}' > /etc/systemd/system/rk-boot.service"
+        " && systemctl enable --now rk-boot.service",
+    )
     old_pid = host.pid
 
     started = time.monotonic()
@@ -177,8 +190,14 @@ def test_reboot_keeps_the_disk_and_boots_systemd_again(own_instance):
 
 
 def test_reboot_names_the_hosts_there_are():
-    sb = sandbox.Sandbox(tag="0000", subnet="198.18.0.0/24", gateway="198.18.0.1", ssh_key="k",
-                         known_hosts="kh", hosts=[sandbox.SandboxHost("sandbox-1", 1, "198.18.0.11", "n", "v")])
+    sb = sandbox.Sandbox(
+        tag="0000",
+        subnet="198.18.0.0/24",
+        gateway="198.18.0.1",
+        ssh_key="k",
+        known_hosts="kh",
+        hosts=[sandbox.SandboxHost("sandbox-1", 1, "198.18.0.11", "n", "v")],
+    )
     with pytest.raises(sandbox.SandboxError, match=r"no host 'sandbox-9' in this sandbox \(hosts: sandbox-1\)"):
         sb.host("sandbox-9")
 
@@ -201,7 +220,6 @@ def test_cli_up_status_down(own_instance):
     assert "sandbox-1" in st.stdout and "\tup" in st.stdout
     rb = subprocess.run(rigkit + ["sandbox", "reboot", "sandbox-1"], capture_output=True, text=True)
     assert rb.returncode == 0 and rb.stdout.startswith("sandbox-1\t198.1"), rb.stderr
-    assert "sandbox-1\t198.1" in subprocess.run(rigkit + ["sandbox", "status"], capture_output=True,
-                                                 text=True).stdout
+    assert "sandbox-1\t198.1" in subprocess.run(rigkit + ["sandbox", "status"], capture_output=True, text=True).stdout
     down = subprocess.run(rigkit + ["sandbox", "down"], capture_output=True, text=True)
     assert down.returncode == 0 and "removed 1 host" in down.stderr

@@ -29,22 +29,43 @@ from __future__ import annotations
 
 import shutil
 import time
+from collections.abc import Collection
 from pathlib import Path
 
 from rigkit.sandbox.cgroups import cgroup_dirs, remove_cgroup_tree
-from rigkit.sandbox.hosts import (boot, clean_stale, create_host, destroy_host, ensure_key, has_disk,
-                                  mount_root, running, shut_down, write_known_hosts)
+from rigkit.sandbox.hosts import (
+    boot,
+    clean_stale,
+    create_host,
+    destroy_host,
+    ensure_key,
+    has_disk,
+    mount_root,
+    running,
+    shut_down,
+    write_known_hosts,
+)
 from rigkit.sandbox.network import allocate_subnet, link_exists, ssh_ready
 from rigkit.sandbox.prerequisites import check_prerequisites
 from rigkit.sandbox.processes import alive
 from rigkit.sandbox.rootfs import ensure_base
 from rigkit.sandbox.services import SERVICE_COMM, ensure_sources, start_services, stop_services
-from rigkit.sandbox.state import (Sandbox, SandboxError, SandboxHost, cache_dir, instance_tag, log, run,
-                                  state_dir)
+from rigkit.sandbox.state import Sandbox, SandboxError, SandboxHost, cache_dir, instance_tag, log, run, state_dir
 
 __all__ = [
-    "Sandbox", "SandboxError", "SandboxHost", "cache_dir", "check_prerequisites", "down",
-    "ensure_base", "instance_tag", "pyinfra_hosts", "reboot", "state_dir", "status", "up",
+    "Sandbox",
+    "SandboxError",
+    "SandboxHost",
+    "cache_dir",
+    "check_prerequisites",
+    "down",
+    "ensure_base",
+    "instance_tag",
+    "pyinfra_hosts",
+    "reboot",
+    "state_dir",
+    "status",
+    "up",
 ]
 
 
@@ -78,8 +99,13 @@ def up(hosts: int = 2, boot_timeout: float = 60.0, sources: bool = True) -> Sand
             if sb is not None:
                 stop_services(sb)
             subnet = allocate_subnet(tag)
-            sb = Sandbox(tag=tag, subnet=str(subnet), gateway=str(subnet.network_address + 1),
-                         ssh_key=str(key), known_hosts=str(state / "known_hosts"))
+            sb = Sandbox(
+                tag=tag,
+                subnet=str(subnet),
+                gateway=str(subnet.network_address + 1),
+                ssh_key=str(key),
+                known_hosts=str(state / "known_hosts"),
+            )
             run(["ip", "link", "add", sb.bridge, "type", "bridge"])
             created_bridge = True
             run(["ip", "addr", "add", f"{sb.gateway}/{subnet.prefixlen}", "dev", sb.bridge])
@@ -105,8 +131,10 @@ def up(hosts: int = 2, boot_timeout: float = 60.0, sources: bool = True) -> Sand
                 old_disks.add(f"sandbox-{index}")
             host = create_host(sb, state, base, index, key, boot_timeout)
             sb.save(inventory)
-            log(f"{host.name} up at {host.address} in {time.monotonic() - started:.1f}s"
-                + (" (booted again on its disk)" if again else ""))
+            log(
+                f"{host.name} up at {host.address} in {time.monotonic() - started:.1f}s"
+                + (" (booted again on its disk)" if again else "")
+            )
         sb.hosts.sort(key=lambda h: h.index)
         write_known_hosts(sb, state)
         sb.save(inventory)
@@ -151,7 +179,7 @@ def down() -> list[str]:
     return _down()
 
 
-def _down(keep_disks: set[str] = frozenset()) -> list[str]:
+def _down(keep_disks: Collection[str] = ()) -> list[str]:
     check_prerequisites()
     state = state_dir()
     inventory = state / "inventory.json"
@@ -183,12 +211,18 @@ def status() -> dict:
         "subnet": sb.subnet,
         "gateway": sb.gateway,
         "hosts": [
-            {"name": h.name, "address": h.address, "pid": h.pid, "running": is_running,
-             "ssh": is_running and ssh_ready(h.address, 2)}
+            {
+                "name": h.name,
+                "address": h.address,
+                "pid": h.pid,
+                "running": is_running,
+                "ssh": is_running and ssh_ready(h.address, 2),
+            }
             for h, is_running in ((h, running(h)) for h in sb.hosts)
         ],
-        "services": {name: {"pid": pid, "running": alive(pid, SERVICE_COMM.get(name))}
-                     for name, pid in sb.services.items()},
+        "services": {
+            name: {"pid": pid, "running": alive(pid, SERVICE_COMM.get(name))} for name, pid in sb.services.items()
+        },
     }
 
 
@@ -198,16 +232,19 @@ def pyinfra_hosts(state: Path | None = None) -> list[tuple[str, dict]]:
     if sb is None or not sb.hosts:
         raise SandboxError("no sandbox is up: run `sudo rigkit sandbox up --hosts 2` first")
     return [
-        (h.name, {
-            "ssh_hostname": h.address,
-            "ssh_user": "root",
-            "ssh_key": sb.ssh_key,
-            "ssh_known_hosts_file": sb.known_hosts,
-            "ssh_strict_host_key_checking": "yes",
-            "sandbox_gateway": sb.gateway,
-            "sandbox_git_url": sb.git_url,
-            "sandbox_hf_endpoint": sb.hf_endpoint,
-            "sandbox_models": str(cache_dir() / "models"),
-        })
+        (
+            h.name,
+            {
+                "ssh_hostname": h.address,
+                "ssh_user": "root",
+                "ssh_key": sb.ssh_key,
+                "ssh_known_hosts_file": sb.known_hosts,
+                "ssh_strict_host_key_checking": "yes",
+                "sandbox_gateway": sb.gateway,
+                "sandbox_git_url": sb.git_url,
+                "sandbox_hf_endpoint": sb.hf_endpoint,
+                "sandbox_models": str(cache_dir() / "models"),
+            },
+        )
         for h in sb.hosts
     ]

@@ -31,8 +31,7 @@ def remove_cgroup_tree(path: Path) -> None:
         return
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
-        pids = [int(pid) for procs in path.rglob("cgroup.procs")
-                for pid in procs.read_text().split()]
+        pids = [int(pid) for procs in path.rglob("cgroup.procs") for pid in procs.read_text().split()]
         if not pids:
             break
         for pid in pids:

@@ -35,7 +35,7 @@ class HealthPoller(threading.Thread):
             self.samples.append((time.monotonic(), ok))
             self._stop_event.wait(self.interval)
 
-    def __enter__(self) -> "HealthPoller":
+    def __enter__(self) -> HealthPoller:
         self.start()
         return self
 

@@ -8,6 +8,7 @@ import ipaddress
 import os
 import shutil
 import subprocess
+from collections.abc import Collection
 from pathlib import Path
 
 from rigkit.sandbox.cgroups import cgroup_dirs, remove_cgroup_tree
@@ -42,13 +43,15 @@ def has_disk(state: Path, name: str) -> bool:
 def new_host(sb: Sandbox, index: int) -> SandboxHost:
     subnet = ipaddress.ip_network(sb.subnet)
     return SandboxHost(
-        name=f"sandbox-{index}", index=index, address=str(subnet.network_address + 10 + index),
-        netns=f"rk-{sb.tag}-{index}", veth=f"rk{sb.tag}h{index}",
+        name=f"sandbox-{index}",
+        index=index,
+        address=str(subnet.network_address + 10 + index),
+        netns=f"rk-{sb.tag}-{index}",
+        veth=f"rk{sb.tag}h{index}",
     )
 
 
-def create_host(sb: Sandbox, state: Path, base: Path, index: int, key: Path,
-                boot_timeout: float) -> SandboxHost:
+def create_host(sb: Sandbox, state: Path, base: Path, index: int, key: Path, boot_timeout: float) -> SandboxHost:
     """Mount the host's disk (a new overlay, or the one it left behind), set up its network
     and boot it."""
     host = new_host(sb, index)
@@ -67,8 +70,17 @@ def mount_root(sb: Sandbox, state: Path, base: Path, host: SandboxHost, key: Pat
         (hdir / sub).mkdir(parents=True, exist_ok=True)
     root = hdir / "root"
     if not mounted(root):
-        run(["mount", "-t", "overlay", "overlay", "-o",
-             f"lowerdir={base},upperdir={hdir / 'upper'},workdir={hdir / 'work'}", str(root)])
+        run(
+            [
+                "mount",
+                "-t",
+                "overlay",
+                "overlay",
+                "-o",
+                f"lowerdir={base},upperdir={hdir / 'upper'},workdir={hdir / 'work'}",
+                str(root),
+            ]
+        )
 
     # Identity and access.
     (root / "etc/hostname").write_text(host.name + "\n")
@@ -80,8 +92,7 @@ def mount_root(sb: Sandbox, state: Path, base: Path, host: SandboxHost, key: Pat
     (ssh_dir / "authorized_keys").write_text(Path(f"{key}.pub").read_text())
     (ssh_dir / "authorized_keys").chmod(0o600)
     # apt goes through the proxy on the gateway; nothing else is proxied (pitfall 3).
-    (root / "etc/apt/apt.conf.d/01rigkit-proxy").write_text(
-        f'Acquire::http::Proxy "{sb.apt_proxy}";\n')
+    (root / "etc/apt/apt.conf.d/01rigkit-proxy").write_text(f'Acquire::http::Proxy "{sb.apt_proxy}";\n')
     # HTTPS from here is intercepted by a local CA (pitfall 4).
     ca = Path("/etc/ssl/certs/ca-certificates.crt")
     if ca.exists():
@@ -92,8 +103,7 @@ def add_network(sb: Sandbox, host: SandboxHost) -> None:
     """A namespace, a veth whose outer end sits on the bridge."""
     subnet = ipaddress.ip_network(sb.subnet)
     run(["ip", "netns", "add", host.netns])
-    run(["ip", "link", "add", host.veth, "type", "veth", "peer", "name", "host0",
-         "netns", host.netns])
+    run(["ip", "link", "add", host.veth, "type", "veth", "peer", "name", "host0", "netns", host.netns])
     run(["ip", "link", "set", host.veth, "master", sb.bridge, "up"])
     ns = ["ip", "-n", host.netns]
     run(ns + ["link", "set", "lo", "up"])
@@ -118,10 +128,23 @@ def boot(sb: Sandbox, state: Path, host: SandboxHost, boot_timeout: float) -> No
 
     with open(hdir / "nspawn.log", "a") as logf:
         proc = subprocess.Popen(
-            [NSPAWN, "-q", "-D", str(hdir / "root"), "-M", host.name, "--register=no", "--keep-unit",
-             f"--network-namespace-path=/run/netns/{host.netns}", "--link-journal=no",
-             f"--bind={ccache}:{HOST_CCACHE_DIR}", "-b"],
-            stdin=subprocess.DEVNULL, stdout=logf, stderr=subprocess.STDOUT,
+            [
+                NSPAWN,
+                "-q",
+                "-D",
+                str(hdir / "root"),
+                "-M",
+                host.name,
+                "--register=no",
+                "--keep-unit",
+                f"--network-namespace-path=/run/netns/{host.netns}",
+                "--link-journal=no",
+                f"--bind={ccache}:{HOST_CCACHE_DIR}",
+                "-b",
+            ],
+            stdin=subprocess.DEVNULL,
+            stdout=logf,
+            stderr=subprocess.STDOUT,
             preexec_fn=enter_cgroup,
         )
     host.pid = proc.pid
@@ -129,7 +152,8 @@ def boot(sb: Sandbox, state: Path, host: SandboxHost, boot_timeout: float) -> No
         tail = (hdir / "nspawn.log").read_text()[-2000:]
         raise SandboxError(
             f"{host.name} did not answer SSH on {host.address} within {boot_timeout:.0f}s "
-            f"(raise --boot-timeout). nspawn log tail:\n{tail}")
+            f"(raise --boot-timeout). nspawn log tail:\n{tail}"
+        )
 
 
 def shut_down(sb: Sandbox, host: SandboxHost, timeout: float = 60.0) -> None:
@@ -160,16 +184,14 @@ def destroy_host(sb: Sandbox, state: Path, host: SandboxHost, keep_disk: bool = 
     destroy_host_leftovers(state, sb.tag, host.name, host.netns, host.veth, keep_disk)
 
 
-def destroy_host_leftovers(state: Path, tag: str, name: str, netns: str, veth: str,
-                           keep_disk: bool = False) -> None:
+def destroy_host_leftovers(state: Path, tag: str, name: str, netns: str, veth: str, keep_disk: bool = False) -> None:
     """Cgroups, the overlay mount, the namespace and veth; and the disk unless ``keep_disk``."""
     hdir = host_dir(state, name)
     root = hdir / "root"
     for cg in cgroup_dirs(tag, name):
         remove_cgroup_tree(cg)
-    if root.exists() and mounted(root):
-        if run(["umount", str(root)], check=False).returncode != 0:
-            run(["umount", "-l", str(root)], check=False)
+    if root.exists() and mounted(root) and run(["umount", str(root)], check=False).returncode != 0:
+        run(["umount", "-l", str(root)], check=False)
     # Either may be gone already; a failed delete is fine.
     run(["ip", "netns", "delete", netns], check=False)
     run(["ip", "link", "delete", veth], check=False)
@@ -177,7 +199,7 @@ def destroy_host_leftovers(state: Path, tag: str, name: str, netns: str, veth: s
         shutil.rmtree(hdir, ignore_errors=True)
 
 
-def clean_stale(state: Path, tag: str, keep: set[str], keep_disks: set[str] = frozenset()) -> None:
+def clean_stale(state: Path, tag: str, keep: set[str], keep_disks: Collection[str] = ()) -> None:
     """Remove what an earlier run left behind that no live host owns (pitfall 10): namespaces,
     veths, mounts, cgroups, and the disks of hosts not named in ``keep_disks``."""
     for netns in netns_list():
@@ -190,5 +212,6 @@ def clean_stale(state: Path, tag: str, keep: set[str], keep_disks: set[str] = fr
         for hdir in hosts_dir.iterdir():
             index = hdir.name.rsplit("-", 1)[-1]
             if f"rk-{tag}-{index}" not in keep:
-                destroy_host_leftovers(state, tag, hdir.name, f"rk-{tag}-{index}", f"rk{tag}h{index}",
-                                       hdir.name in keep_disks)
+                destroy_host_leftovers(
+                    state, tag, hdir.name, f"rk-{tag}-{index}", f"rk{tag}h{index}", hdir.name in keep_disks
+                )

@@ -10,10 +10,10 @@ import time
 from rigkit.sandbox.state import SandboxError, run
 
 # Benchmarking range (RFC 2544): never a real network, never a private range.
-ADDRESS_POOL = ipaddress.ip_network("198.18.0.0/15")
+ADDRESS_POOL = ipaddress.IPv4Network("198.18.0.0/15")
 
 
-def used_networks() -> list[ipaddress.IPv4Network]:
+def used_networks() -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
     out = run(["ip", "-4", "-o", "addr", "show"]).stdout
     nets = []
     for line in out.splitlines():

@@ -85,8 +85,18 @@ def fetch_llama_sdist(version: str, cache: Path) -> Path:
     cache.mkdir(parents=True, exist_ok=True)
     # The ordinary client, so the index, proxy and CA settings of the machine apply.
     subprocess.run(
-        [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
-         f"llama-cpp-python=={version}", "-d", str(cache)],
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "--no-deps",
+            "--no-binary",
+            ":all:",
+            f"llama-cpp-python=={version}",
+            "-d",
+            str(cache),
+        ],
         check=True,
     )
     if not target.is_file():
@@ -105,8 +115,9 @@ class GitError(subprocess.CalledProcessError):
         return f"{super().__str__()}\n{stderr.strip()}"
 
 
-def _git(*args: str, cwd: Path | None = None, git_dir: Path | None = None,
-         extra_env: dict[str, str] | None = None) -> str:
+def _git(
+    *args: str, cwd: Path | None = None, git_dir: Path | None = None, extra_env: dict[str, str] | None = None
+) -> str:
     """Run git with the fixed identity; return stdout stripped."""
     cmd = ["git"]
     if git_dir is not None:
@@ -170,7 +181,7 @@ def _sdist_tree(sdist: Path) -> Iterator[tuple[str, int, bytes]]:
                 prefix = parts[0] + "/" + SDIST_VENDOR_DIR + "/"
             if not member.name.startswith(prefix):
                 continue
-            rel = member.name[len(prefix):]
+            rel = member.name[len(prefix) :]
             # The sdist carries the submodule's ".git" pointer file: not part of the tree.
             if not rel or rel == ".git" or rel.startswith(".git/"):
                 continue
@@ -194,17 +205,22 @@ def _write_mirror_stream(out: IO[bytes], versions: list[str], cache: Path) -> No
             index += 1
             out.write(_commit_header(index, f"filler {index}\n"))
         index += 1
-        message = (f"llama.cpp b{build} (upstream {upstream})\n\n"
-                   f"Tree of {SDIST_VENDOR_DIR} from the llama-cpp-python {version} sdist.\n")
+        message = (
+            f"llama.cpp b{build} (upstream {upstream})\n\n"
+            f"Tree of {SDIST_VENDOR_DIR} from the llama-cpp-python {version} sdist.\n"
+        )
         out.write(_commit_header(index, message, mark=build))
         out.write(b"deleteall\n")
         for rel, mode, content in _sdist_tree(fetch_llama_sdist(version, cache)):
             out.write(b"M %o inline " % mode + _quote_path(rel) + b"\n" + _data(content))
         out.write(b"\n")
         # Annotated, so a plain `git describe` finds it as well as `--tags`.
-        out.write(b"tag b%d\nfrom :%d\ntagger " % (build, build) + who
-                  + b" %d +0000\n" % (_EPOCH + index)
-                  + _data(f"llama.cpp b{build} ({upstream})\n".encode()))
+        out.write(
+            b"tag b%d\nfrom :%d\ntagger " % (build, build)
+            + who
+            + b" %d +0000\n" % (_EPOCH + index)
+            + _data(f"llama.cpp b{build} ({upstream})\n".encode())
+        )
 
 
 def make_llama_mirror(dest: Path, versions: list[str], cache: Path) -> Path:
@@ -234,8 +250,9 @@ def make_llama_mirror(dest: Path, versions: list[str], cache: Path) -> Path:
         _git("init", "--quiet", "--bare", str(work))
         _git("symbolic-ref", "HEAD", "refs/heads/master", git_dir=work)
         env = {**os.environ, **_GIT_ENV}
-        proc = subprocess.Popen(["git", "--git-dir", str(work), "fast-import", "--quiet"],
-                                stdin=subprocess.PIPE, env=env)
+        proc = subprocess.Popen(
+            ["git", "--git-dir", str(work), "fast-import", "--quiet"], stdin=subprocess.PIPE, env=env
+        )
         assert proc.stdin is not None
         try:
             _write_mirror_stream(proc.stdin, wanted, cache)
@@ -263,8 +280,7 @@ def _slug(message: str) -> str:
     return slug or "rigkit-commit"
 
 
-def add_llama_commit(mirror: Path, base_tag: str, edit: Callable[[Path], None],
-                     message: str) -> str:
+def add_llama_commit(mirror: Path, base_tag: str, edit: Callable[[Path], None], message: str) -> str:
     """Commit ``edit`` applied to the tree of ``base_tag`` onto a branch; return its sha.
 
     ``edit`` gets the root of a checkout of ``base_tag`` and changes files in place.  The
@@ -281,8 +297,15 @@ def add_llama_commit(mirror: Path, base_tag: str, edit: Callable[[Path], None],
             # -f: upstream's .gitignore hides tracked files (and whatever edit adds).
             _git("add", "-A", "-f", cwd=tree)
             stamp = f"{_EPOCH + base_count + 1} +0000"
-            _git("commit", "--quiet", "--allow-empty", "-m", message, cwd=tree,
-                 extra_env={"GIT_AUTHOR_DATE": stamp, "GIT_COMMITTER_DATE": stamp})
+            _git(
+                "commit",
+                "--quiet",
+                "--allow-empty",
+                "-m",
+                message,
+                cwd=tree,
+                extra_env={"GIT_AUTHOR_DATE": stamp, "GIT_COMMITTER_DATE": stamp},
+            )
             sha = _git("rev-parse", "HEAD", cwd=tree)
         finally:
             _git("worktree", "remove", "--force", str(tree), git_dir=mirror)
@@ -300,7 +323,9 @@ def read_llama_file(llama_src: Path | MirrorRef, rel: str) -> bytes:
         env = {**os.environ, **_GIT_ENV}
         return subprocess.run(
             ["git", "--git-dir", str(llama_src.repo), "show", f"{llama_src.ref}:{rel}"],
-            env=env, check=True, capture_output=True,
+            env=env,
+            check=True,
+            capture_output=True,
         ).stdout
     return (Path(llama_src) / rel).read_bytes()
 
@@ -310,8 +335,7 @@ TINY_SEED = 20240601
 
 
 # GGUF scalar value types -> struct format (GGUF spec: little-endian).
-_GGUF_SCALARS = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?",
-                 10: "<Q", 11: "<q", 12: "<d"}
+_GGUF_SCALARS = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?", 10: "<Q", 11: "<q", 12: "<d"}
 _GGUF_STRING, _GGUF_ARRAY = 8, 9
 
 
@@ -336,7 +360,7 @@ def _tokenizer_fields(vocab_gguf: bytes) -> dict[str, object]:
         nonlocal pos
         length = int(take("<Q"))
         pos += length
-        return bytes(view[pos - length:pos])
+        return bytes(view[pos - length : pos])
 
     def take_value(vtype: int) -> object:
         if vtype == _GGUF_STRING:
@@ -361,6 +385,7 @@ def _tokenizer_fields(vocab_gguf: bytes) -> dict[str, object]:
 
 class LlamaShape(NamedTuple):
     """The hyper-parameters of a llama-architecture model that rigkit generates."""
+
     layers: int
     hidden: int
     heads: int
@@ -386,23 +411,26 @@ def llama_tensor_shapes(shape: LlamaShape, n_vocab: int, tied_output: bool) -> l
     h, hd = shape.hidden, shape.head_dim
     shapes: list[tuple[str, tuple[int, ...]]] = [("token_embd.weight", (n_vocab, h))]
     for i in range(shape.layers):
-        shapes += [(f"blk.{i}.attn_norm.weight", (h,)),
-                   (f"blk.{i}.attn_q.weight", (shape.heads * hd, h)),
-                   (f"blk.{i}.attn_k.weight", (shape.kv_heads * hd, h)),
-                   (f"blk.{i}.attn_v.weight", (shape.kv_heads * hd, h)),
-                   (f"blk.{i}.attn_output.weight", (h, shape.heads * hd)),
-                   (f"blk.{i}.ffn_norm.weight", (h,)),
-                   (f"blk.{i}.ffn_gate.weight", (shape.ffn, h)),
-                   (f"blk.{i}.ffn_up.weight", (shape.ffn, h)),
-                   (f"blk.{i}.ffn_down.weight", (h, shape.ffn))]
+        shapes += [
+            (f"blk.{i}.attn_norm.weight", (h,)),
+            (f"blk.{i}.attn_q.weight", (shape.heads * hd, h)),
+            (f"blk.{i}.attn_k.weight", (shape.kv_heads * hd, h)),
+            (f"blk.{i}.attn_v.weight", (shape.kv_heads * hd, h)),
+            (f"blk.{i}.attn_output.weight", (h, shape.heads * hd)),
+            (f"blk.{i}.ffn_norm.weight", (h,)),
+            (f"blk.{i}.ffn_gate.weight", (shape.ffn, h)),
+            (f"blk.{i}.ffn_up.weight", (shape.ffn, h)),
+            (f"blk.{i}.ffn_down.weight", (h, shape.ffn)),
+        ]
     shapes.append(("output_norm.weight", (h,)))
     if not tied_output:
         shapes.append(("output.weight", (n_vocab, h)))
     return shapes
 
 
-def llama_gguf_writer(llama_src: Path | MirrorRef, path: Path, name: str, shape: LlamaShape,
-                      file_type: int, split_max_tensors: int = 0) -> tuple[gguf.GGUFWriter, int]:
+def llama_gguf_writer(
+    llama_src: Path | MirrorRef, path: Path, name: str, shape: LlamaShape, file_type: int, split_max_tensors: int = 0
+) -> tuple[gguf.GGUFWriter, int]:
     """A GGUFWriter with a llama model's metadata already added: the hyper-parameters, the
     tokenizer of ``models/ggml-vocab-qwen2.gguf`` and the Qwen3 chat template of the
     llama.cpp tree at ``llama_src``. Returns the writer and the vocabulary size; the
@@ -432,14 +460,13 @@ def llama_gguf_writer(llama_src: Path | MirrorRef, path: Path, name: str, shape:
     writer.add_token_merges(tok["tokenizer.ggml.merges"])  # type: ignore[arg-type]
     for key in ("bos_token_id", "eos_token_id", "padding_token_id"):
         if f"tokenizer.ggml.{key}" in tok:
-            writer.add_uint32(f"tokenizer.ggml.{key}", int(tok[f"tokenizer.ggml.{key}"]))  # type: ignore[arg-type]
+            writer.add_uint32(f"tokenizer.ggml.{key}", int(tok[f"tokenizer.ggml.{key}"]))  # type: ignore[call-overload]
     writer.add_add_bos_token(False)  # Qwen never prepends BOS
     writer.add_chat_template(read_llama_file(llama_src, CHAT_TEMPLATE_PATH).decode())
     return writer, n_vocab
 
 
-def make_tiny_model(llama_src: Path | MirrorRef, out_dir: Path, name: str = "tiny-qwen",
-                    shards: int = 2) -> list[Path]:
+def make_tiny_model(llama_src: Path | MirrorRef, out_dir: Path, name: str = "tiny-qwen", shards: int = 2) -> list[Path]:
     """Write a random-weight llama GGUF in ``shards`` files; return them, first first.
 
     Tokenizer and chat template as in :func:`llama_gguf_writer` (the template renders
@@ -459,8 +486,14 @@ def make_tiny_model(llama_src: Path | MirrorRef, out_dir: Path, name: str = "tin
     per_shard = -(-n_tensors // shards)
     if shards > 1 and -(-n_tensors // per_shard) != shards:
         raise ValueError(f"{n_tensors} tensors cannot be split into {shards} shards")
-    writer, n_vocab = llama_gguf_writer(llama_src, path, name, TINY_SHAPE, gguf.LlamaFileType.MOSTLY_F16,
-                                        split_max_tensors=per_shard if shards > 1 else 0)
+    writer, n_vocab = llama_gguf_writer(
+        llama_src,
+        path,
+        name,
+        TINY_SHAPE,
+        gguf.LlamaFileType.MOSTLY_F16,
+        split_max_tensors=per_shard if shards > 1 else 0,
+    )
     rng = np.random.default_rng(TINY_SEED)
     for tensor_name, dims in llama_tensor_shapes(TINY_SHAPE, n_vocab, tied_output=True):
         if len(dims) == 1:

@@ -29,8 +29,7 @@ def check_prerequisites() -> None:
     missing = sorted({pkg for cmd, pkg in PREREQUISITES.items() if not which(cmd)})
     if missing:
         raise SandboxError(
-            f"missing prerequisites: {', '.join(missing)}. Install them with: "
-            f"apt-get install -y {' '.join(missing)}"
+            f"missing prerequisites: {', '.join(missing)}. Install them with: apt-get install -y {' '.join(missing)}"
         )
     if "overlay" not in Path("/proc/filesystems").read_text():
         raise SandboxError("the kernel has no overlay filesystem: `modprobe overlay`")

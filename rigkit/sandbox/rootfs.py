@@ -7,15 +7,21 @@ import hashlib
 import shutil
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from rigkit.sandbox.state import SandboxError, cache_dir, log, run
 
 SUITE = "bookworm"
 BASE_PACKAGES = (
-    "systemd", "systemd-sysv", "dbus", "openssh-server", "iproute2",
-    "ca-certificates", "python3", "procps",
+    "systemd",
+    "systemd-sysv",
+    "dbus",
+    "openssh-server",
+    "iproute2",
+    "ca-certificates",
+    "python3",
+    "procps",
 )
 
 
@@ -49,8 +55,7 @@ def ensure_base(progress: Callable[[str], None] = log) -> Path:
     partial.parent.mkdir(parents=True, exist_ok=True)
     mirror = apt_mirror()
     progress(f"building the {SUITE} base root filesystem in {base} from {mirror} (once)")
-    cmd = ["debootstrap", "--variant=minbase", f"--include={','.join(BASE_PACKAGES)}",
-           SUITE, str(partial), mirror]
+    cmd = ["debootstrap", "--variant=minbase", f"--include={','.join(BASE_PACKAGES)}", SUITE, str(partial), mirror]
     started = time.monotonic()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     tail: list[str] = []

@@ -7,15 +7,14 @@ from __future__ import annotations
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
-from rigkit.sandbox.offline import LLAMA_RELEASES, MirrorRef, make_llama_mirror, make_tiny_model, mirror_tags
 from rigkit.sandbox.network import wait_port
+from rigkit.sandbox.offline import LLAMA_RELEASES, MirrorRef, make_llama_mirror, make_tiny_model, mirror_tags
 from rigkit.sandbox.processes import alive, stop_pid, wait_pidfile
 from rigkit.sandbox.rootfs import SUITE, apt_mirror
-from rigkit.sandbox.state import (APT_PROXY_PORT, GIT_PORT, HF_MIRROR_PORT, Sandbox, SandboxError,
-                                  cache_dir, log, run)
+from rigkit.sandbox.state import APT_PROXY_PORT, GIT_PORT, HF_MIRROR_PORT, Sandbox, SandboxError, cache_dir, log, run
 
 # The process name (comm) of each service, checked before it is signalled or reported.
 SERVICE_COMM = {"apt-cacher-ng": "apt-cacher-ng", "git-daemon": "git", "hf-mirror": "python"}
@@ -39,37 +38,76 @@ def start_services(sb: Sandbox, state: Path) -> None:
         conf_dir = acng_dir / "conf"
         conf_dir.mkdir(exist_ok=True)
         (conf_dir / "acng.conf").write_text(
-            "SupportDir: /usr/lib/apt-cacher-ng\nReportPage: acng-report.html\nExThreshold: 4\n")
-        run(["apt-cacher-ng", "-c", str(conf_dir),
-             f"CacheDir={shared_cache}", f"LogDir={acng_dir / 'log'}",
-             f"PidFile={pidfile}", f"SocketPath={acng_dir / 'socket'}",
-             f"BindAddress={sb.gateway}", f"Port={APT_PROXY_PORT}", "ForeGround=0"])
+            "SupportDir: /usr/lib/apt-cacher-ng\nReportPage: acng-report.html\nExThreshold: 4\n"
+        )
+        run(
+            [
+                "apt-cacher-ng",
+                "-c",
+                str(conf_dir),
+                f"CacheDir={shared_cache}",
+                f"LogDir={acng_dir / 'log'}",
+                f"PidFile={pidfile}",
+                f"SocketPath={acng_dir / 'socket'}",
+                f"BindAddress={sb.gateway}",
+                f"Port={APT_PROXY_PORT}",
+                "ForeGround=0",
+            ]
+        )
         sb.services["apt-cacher-ng"] = wait_pidfile(pidfile, SERVICE_COMM["apt-cacher-ng"])
     if not alive(sb.services.get("git-daemon"), SERVICE_COMM["git-daemon"]):
         git_root = cache_dir() / "mirrors"
         git_root.mkdir(parents=True, exist_ok=True)
         pidfile = state / "git-daemon.pid"
         pidfile.unlink(missing_ok=True)
-        run(["git", "daemon", "--detach", "--reuseaddr", "--export-all",
-             f"--base-path={git_root}", f"--listen={sb.gateway}", f"--port={GIT_PORT}",
-             f"--pid-file={pidfile}", str(git_root)])
+        run(
+            [
+                "git",
+                "daemon",
+                "--detach",
+                "--reuseaddr",
+                "--export-all",
+                f"--base-path={git_root}",
+                f"--listen={sb.gateway}",
+                f"--port={GIT_PORT}",
+                f"--pid-file={pidfile}",
+                str(git_root),
+            ]
+        )
         sb.services["git-daemon"] = wait_pidfile(pidfile, SERVICE_COMM["git-daemon"])
     if not alive(sb.services.get("hf-mirror"), SERVICE_COMM["hf-mirror"]):
         hub_root = cache_dir() / "hub"
         hub_root.mkdir(parents=True, exist_ok=True)
         with open(state / "hf-mirror.log", "ab") as logf:
             proc = subprocess.Popen(
-                [sys.executable, "-m", "rigkit.cli", "mirror", "serve", str(hub_root),
-                 "--host", sb.gateway, "--port", str(HF_MIRROR_PORT)],
-                stdin=subprocess.DEVNULL, stdout=logf, stderr=subprocess.STDOUT,
+                [
+                    sys.executable,
+                    "-m",
+                    "rigkit.cli",
+                    "mirror",
+                    "serve",
+                    str(hub_root),
+                    "--host",
+                    sb.gateway,
+                    "--port",
+                    str(HF_MIRROR_PORT),
+                ],
+                stdin=subprocess.DEVNULL,
+                stdout=logf,
+                stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
         sb.services["hf-mirror"] = proc.pid
-    for name, port, wait in (("apt-cacher-ng", APT_PROXY_PORT, 10), ("git-daemon", GIT_PORT, 10),
-                             ("hf-mirror", HF_MIRROR_PORT, 120)):  # the mirror hashes new files first
+    for name, port, wait in (
+        ("apt-cacher-ng", APT_PROXY_PORT, 10),
+        ("git-daemon", GIT_PORT, 10),
+        ("hf-mirror", HF_MIRROR_PORT, 120),
+    ):  # the mirror hashes new files first
         if not wait_port(sb.gateway, port, wait):
-            raise SandboxError(f"{name} did not listen on {sb.gateway}:{port}"
-                               + (f" (log: {state / 'hf-mirror.log'})" if name == "hf-mirror" else ""))
+            raise SandboxError(
+                f"{name} did not listen on {sb.gateway}:{port}"
+                + (f" (log: {state / 'hf-mirror.log'})" if name == "hf-mirror" else "")
+            )
     check_apt_proxy(sb)
 
 
@@ -84,8 +122,10 @@ def check_apt_proxy(sb: Sandbox) -> None:
     except requests.RequestException as exc:
         raise SandboxError(f"apt-cacher-ng at {sb.apt_proxy} did not answer for {url}: {exc}") from exc
     if status != 200:
-        raise SandboxError(f"apt-cacher-ng at {sb.apt_proxy} cannot fetch {url} (HTTP {status}); "
-                           f"check that this machine reaches the mirror: curl -I {url}")
+        raise SandboxError(
+            f"apt-cacher-ng at {sb.apt_proxy} cannot fetch {url} (HTTP {status}); "
+            f"check that this machine reaches the mirror: curl -I {url}"
+        )
 
 
 def stop_services(sb: Sandbox) -> None:
@@ -99,8 +139,10 @@ def ensure_sources(progress: Callable[[str], None] = log) -> None:
     try:
         import gguf  # noqa: F401
     except ImportError:
-        raise SandboxError("the sandbox's generated model needs gguf: pip install 'rigkit[sandbox]' "
-                           "(or run `sandbox up --no-sources` for the sample deploy only)") from None
+        raise SandboxError(
+            "the sandbox's generated model needs gguf: pip install 'rigkit[sandbox]' "
+            "(or run `sandbox up --no-sources` for the sample deploy only)"
+        ) from None
     cache = cache_dir()
     mirror = cache / "mirrors" / "llama.cpp.git"
     started = time.monotonic()

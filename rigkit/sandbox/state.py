@@ -93,16 +93,31 @@ class Sandbox:
         for host in self.hosts:
             if host.name == name:
                 return host
-        raise SandboxError(f"no host {name!r} in this sandbox (hosts: "
-                           f"{', '.join(h.name for h in self.hosts) or 'none'})")
+        raise SandboxError(
+            f"no host {name!r} in this sandbox (hosts: {', '.join(h.name for h in self.hosts) or 'none'})"
+        )
 
-    def ssh(self, host: "SandboxHost", command: str, check: bool = True, timeout: float | None = 120) -> str:
+    def ssh(self, host: SandboxHost, command: str, check: bool = True, timeout: float | None = 120) -> str:
         """Run a command on a host over SSH (strict host key checking); its stdout, stripped.
         ``timeout=None`` for long work such as a build."""
         return subprocess.run(
-            ["ssh", "-i", self.ssh_key, "-o", f"UserKnownHostsFile={self.known_hosts}",
-             "-o", "StrictHostKeyChecking=yes", "-o", "BatchMode=yes", f"root@{host.address}", command],
-            capture_output=True, text=True, check=check, timeout=timeout,
+            [
+                "ssh",
+                "-i",
+                self.ssh_key,
+                "-o",
+                f"UserKnownHostsFile={self.known_hosts}",
+                "-o",
+                "StrictHostKeyChecking=yes",
+                "-o",
+                "BatchMode=yes",
+                f"root@{host.address}",
+                command,
+            ],
+            capture_output=True,
+            text=True,
+            check=check,
+            timeout=timeout,
         ).stdout.strip()
 
     def save(self, path: Path) -> None:
@@ -111,7 +126,7 @@ class Sandbox:
         tmp.rename(path)
 
     @classmethod
-    def load(cls, path: Path) -> "Sandbox | None":
+    def load(cls, path: Path) -> Sandbox | None:
         if not path.exists():
             return None
         raw = json.loads(path.read_text())
