@@ -153,3 +153,43 @@ def test_server_stopped_mid_sweep_keeps_partial_results(sandbox_hosts, first_dep
     data = json.loads((tmp_path / "sandbox-1" / "tiny" / "bench.json").read_text())
     assert data["status"] == "partial" and len(data["samples"]) == kept
     assert "Status: partial" in (tmp_path / "sandbox-1" / "tiny" / "bench.md").read_text()
+
+
+FAKE_SMI = r'''#!/usr/bin/env python3
+# A stand-in nvidia-smi for one test: one "GPU" drawing 250 W, nothing else.
+import sys, time
+args = " ".join(sys.argv[1:])
+if "power.draw" in args:
+    lms = [a for a in sys.argv if a.startswith("-lms=")]
+    while True:
+        print("0, 250.00", flush=True)
+        if not lms:
+            break
+        time.sleep(int(lms[0][5:]) / 1000)
+elif "--query-gpu" in args:
+    print("0, Stand-in GPU, 580.0, 1000 MiB, 300.00 W")
+'''
+
+
+def test_power_sampled_over_the_ssh_connection(sandbox_hosts, first_deploy, tmp_path):
+    """A stand-in nvidia-smi on the host (no NVML there): the sampler runs over pyinfra's SSH
+    connection during the sweep and its samples give watts per phase and tokens per kWh."""
+    sb, host = sandbox_hosts, sandbox_hosts.hosts[0]
+    _, env = first_deploy
+    path = "/usr/local/bin/nvidia-smi"
+    ssh(sb, host, f"cat > {path} <<'EOF'\n{FAKE_SMI}EOF\nchmod 755 {path}")
+    try:
+        run = bench("inventories/sandbox.py", "--service", "tiny", "--limit", "sandbox-1",
+                    "--depths", "256", "--runs", "2", "--gen", "64", "--out", str(tmp_path), env=env)
+    finally:
+        ssh(sb, host, f"rm -f {path}")
+    assert run.returncode == 0, run.stderr[-3000:]
+    data = json.loads((tmp_path / "sandbox-1" / "tiny" / "bench.json").read_text())
+    assert data["power"]["header"]["source"] == "nvidia-smi"
+    assert len(data["power"]["t"]) > 5
+    assert data["provenance"]["gpus"][0]["name"] == "Stand-in GPU"
+    row = data["rows"][0]
+    assert row["decode_watts"] == pytest.approx(250, rel=0.1)
+    assert row["decode_tokens_per_kwh"] == pytest.approx(
+        row["decode_tps"] * 3.6e6 / row["decode_watts"], rel=0.25)
+    assert (tmp_path / "sandbox-1" / "tiny" / "power.png").stat().st_size > 10_000

@@ -170,6 +170,11 @@ def _endpoint(host, service) -> tuple[str, object | None]:
 
 
 def run_inventory(args: argparse.Namespace) -> int:
+    import warnings
+
+    # pyinfra's CLI package patches the standard library for gevent when imported; requests
+    # came first, which gevent warns about. The bench's HTTP is plain and works either way.
+    warnings.filterwarnings("ignore", message="Monkey-patching ssl after ssl has already been imported")
     from pyinfra.api import Config, State
     from pyinfra.api.connect import connect_all, disconnect_all
     from pyinfra.context import ctx_inventory, ctx_state
