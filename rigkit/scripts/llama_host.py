@@ -91,6 +91,12 @@ def fetch(root: Path, url: str) -> Path:
     return repo
 
 
+def history(root: Path, event: str) -> None:
+    """One line per build decision in ROOT/builds.log: what a deploy built or found built."""
+    with open(root / "builds.log", "a") as f:
+        f.write(f"{time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())} {event}\n")
+
+
 def fa_flags(src: Path, flags: list[str]) -> list[str]:
     """GGML_CUDA_FA_ALL_QUANTS became GGML_CUDA_FA_QUANTS=all: use what the source knows."""
     ggml = (src / "ggml/CMakeLists.txt").read_text()
@@ -113,23 +119,31 @@ def build(args: argparse.Namespace) -> None:
     final = root / "builds" / key
     if read_build(final):
         log(f"{key} is already built")
+        history(root, f"{key} already built")
         return
     work = root / "builds" / f".{key}.partial"
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
-    src = work / "src"
+    # Compiled at one path whatever the build key (builds take turns under the host lock): paths
+    # end up in what ccache hashes (llama.cpp's unity sources #include absolute paths, __FILE__),
+    # so a tree under the key's own directory would never hit objects compiled under another.
+    tree = root / "builds" / ".tree"
+    shutil.rmtree(tree, ignore_errors=True)
+    src = tree / "src"
     git("clone", "--quiet", "--shared", "--no-checkout", str(repo), str(src))
     git("-c", "advice.detachedHead=false", "checkout", "--quiet", commit, cwd=src)
     flags = fa_flags(src, args.flags)
-    env = dict(os.environ, CCACHE_DIR=CCACHE_DIR, CCACHE_BASEDIR=str(root / "builds"),
-               CCACHE_NOHASHDIR="1")
+    # ccache hashes the locale (LANG, LC_ALL, LC_CTYPE, LC_MESSAGES): a build run by pyinfra (no
+    # LANG) and one from a shell over ssh (LANG sent along) never shared an object. One locale.
+    env = {k: v for k, v in os.environ.items() if k not in ("LANG", "LANGUAGE") and not k.startswith("LC_")}
+    env.update(CCACHE_DIR=CCACHE_DIR, CCACHE_BASEDIR=str(tree), CCACHE_NOHASHDIR="1", LC_ALL="C")
     jobs = args.jobs or os.cpu_count() or 2
-    configure = ["cmake", "-S", str(src), "-B", str(work / "build"), "-DCMAKE_BUILD_TYPE=Release",
+    configure = ["cmake", "-S", str(src), "-B", str(tree / "build"), "-DCMAKE_BUILD_TYPE=Release",
                  *flags]
     log(f"building llama.cpp b{number} ({commit[:9]}) with {' '.join(flags)}; log: {work}/build.log")
     started = time.monotonic()
     with open(work / "build.log", "w") as logf:
-        for step in (configure, ["cmake", "--build", str(work / "build"), "-j", str(jobs),
+        for step in (configure, ["cmake", "--build", str(tree / "build"), "-j", str(jobs),
                                  "--target", *args.targets.split(",")]):
             logf.write(f"$ {' '.join(step)}\n")
             logf.flush()
@@ -138,22 +152,23 @@ def build(args: argparse.Namespace) -> None:
                 failed = root / "builds" / f".{key}.failed.log"
                 shutil.copy(work / "build.log", failed)
                 shutil.rmtree(work, ignore_errors=True)
+                shutil.rmtree(tree, ignore_errors=True)
                 fail(f"llama.cpp b{number} ({commit[:9]}) did not build; the running build is "
                      f"untouched. Full log: {failed}. Last lines:\n" + "\n".join(tail))
     (work / "bin").mkdir()
     for target in args.targets.split(","):
-        shutil.copy2(work / "build/bin" / target, work / "bin" / target)
+        shutil.copy2(tree / "build/bin" / target, work / "bin" / target)
     info = {
         "ref": args.ref, "commit": commit, "build": number, "url": args.url,
         "flags": flags, "flags_hash": args.flags_hash, "targets": args.targets.split(","),
         "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "build_seconds": round(time.monotonic() - started, 1), "verified_at": None,
     }
-    shutil.rmtree(work / "build")
-    shutil.rmtree(src)
+    shutil.rmtree(tree)
     (work / "build.json").write_text(json.dumps(info, indent=2) + "\n")
     work.rename(final)
     log(f"built {key} in {info['build_seconds']}s")
+    history(root, f"{key} built in {info['build_seconds']}s")
 
 
 # --- switching ---------------------------------------------------------------------------
