@@ -1,0 +1,62 @@
+#!/usr/bin/env python3
+"""
+The no-op run of the rig deploy (nothing to do: every fact says "as declared") on 1 and N
+sandbox hosts, and where its time goes (pyinfra's own start, connecting, facts, operations).
+
+    sudo .venv/bin/python benchmarks/noop.py [--hosts 8] [--runs 5]
+
+Uses its own sandbox instance (/var/lib/rigkit/sandbox-bench-noop) and tears it down. The
+first deploy on each host builds llama.cpp from the ccache the suite left warm.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+os.environ["RIGKIT_SANDBOX_DIR"] = "/var/lib/rigkit/sandbox-bench-noop"
+sys.path.insert(0, str(REPO))
+
+from rigkit import sandbox  # noqa: E402
+
+PYINFRA = str(Path(sys.executable).with_name("pyinfra"))
+
+
+def deploy(hosts: int) -> float:
+    limit = ",".join(f"sandbox-{i}" for i in range(1, hosts + 1))
+    started = time.monotonic()
+    proc = subprocess.run([PYINFRA, "-y", "--limit", limit, "inventories/sandbox.py", "deploys/rig.py"],
+                          cwd=REPO, capture_output=True, text=True)
+    if proc.returncode != 0:
+        sys.exit(proc.stderr[-3000:])
+    return time.monotonic() - started
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--hosts", type=int, default=8)
+    parser.add_argument("--runs", type=int, default=5)
+    args = parser.parse_args()
+    try:
+        sandbox.up(hosts=args.hosts)
+        print(f"first deploy on {args.hosts} hosts: {deploy(args.hosts):.1f}s", flush=True)
+        rows = []
+        for n in (1, args.hosts):
+            times = [deploy(n) for _ in range(args.runs)]
+            rows.append((n, statistics.median(times), min(times), max(times)))
+        print("\n| hosts | no-op run, median s | min | max |\n|---:|---:|---:|---:|")
+        for n, med, lo, hi in rows:
+            print(f"| {n} | {med:.2f} | {lo:.2f} | {hi:.2f} |")
+        print(f"\n{args.hosts} hosts / 1 host: {rows[1][1] / rows[0][1]:.2f}x")
+    finally:
+        sandbox.down()
+
+
+if __name__ == "__main__":
+    main()
