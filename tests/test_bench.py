@@ -284,6 +284,16 @@ def test_server_that_dies_mid_sweep_keeps_partial_results(tmp_path):
     assert (tmp_path / "throughput.png").exists()
 
 
+def test_nothing_fits_is_an_error_not_an_empty_result():
+    server = FakeLlamaServer(n_ctx=100)
+    try:
+        with pytest.raises(BenchError, match="no depth fits the context one request may use .100 tokens"):
+            run_sweep(Client(server.url), SweepConfig(depths=[4096], runs=1, gen_tokens=128),
+                      progress=lambda m: None)
+    finally:
+        server.close()
+
+
 def test_sweep_error_names_the_place_and_what_was_kept():
     server = FakeLlamaServer(die_after=2)
     try:

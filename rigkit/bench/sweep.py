@@ -83,6 +83,9 @@ def run_sweep(client: Client, cfg: SweepConfig, power: PowerMonitor | None = Non
                    + (", cache_prompt false" if engine == "llama.cpp" else "")},
         "provenance": provenance or {}, "samples": [], "power": None,
     }
+    if not depths:
+        raise BenchError(f"no depth fits the context one request may use ({ctx} tokens, "
+                         f"{cfg.gen_tokens} of them generated): ask for smaller --depths or --gen")
     if skipped:
         say(f"bench: depths {skipped} do not fit the context per request ({ctx} tokens with "
             f"{cfg.gen_tokens} generated): running {depths}")
