@@ -45,7 +45,7 @@ def generate(root: Path, total: int, shards: int) -> None:
             left = per
             while left:
                 # vary each block so files differ and nothing dedups
-                chunk = hashlib.sha256(f"{i}-{left}".encode()).digest() + block[32:min(len(block), left)]
+                chunk = hashlib.sha256(f"{i}-{left}".encode()).digest() + block[32 : min(len(block), left)]
                 chunk = chunk[:left]
                 f.write(chunk)
                 left -= len(chunk)
@@ -57,8 +57,11 @@ def drop_dir(p: Path) -> None:
 
 def run_fetch(man: Path, extra=()) -> float:
     t = time.perf_counter()
-    r = subprocess.run([sys.executable, str(SCRIPT), str(man), "--progress-interval", "3600", "--no-fsync", *extra],
-                       capture_output=True, text=True)
+    r = subprocess.run(
+        [sys.executable, str(SCRIPT), str(man), "--progress-interval", "3600", "--no-fsync", *extra],
+        capture_output=True,
+        text=True,
+    )
     dt = time.perf_counter() - t
     if r.returncode:
         raise SystemExit(f"fetch_shards failed: {r.stderr}")
@@ -70,8 +73,9 @@ def run_hf(url: str, dest: Path, workers: int) -> float:
         "import sys, huggingface_hub as h;"
         f"h.snapshot_download({REPO!r}, local_dir={str(dest)!r}, endpoint={url!r}, max_workers={workers})"
     )
-    env = dict(os.environ, HF_HUB_DISABLE_PROGRESS_BARS="1", HF_HUB_DISABLE_TELEMETRY="1",
-               HF_HOME=str(dest.parent / "hf-home"))
+    env = dict(
+        os.environ, HF_HUB_DISABLE_PROGRESS_BARS="1", HF_HUB_DISABLE_TELEMETRY="1", HF_HOME=str(dest.parent / "hf-home")
+    )
     t = time.perf_counter()
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
     dt = time.perf_counter() - t
@@ -111,15 +115,20 @@ def main() -> int:
         ref = hub.ModelRef(REPO, "main", ("Q8/*.gguf",), str(work / "rigkit-out"))
         res = hub.HubClient(srv.url).resolve(ref)  # mirror hashes once (index)
         index_s = time.perf_counter() - t
-        entry = lockfile.LockEntry(ref.repo, ref.revision, ref.include, res.sha,
-                                   tuple(lockfile.LockedFile(f.path, f.size, f.sha256) for f in res.files))
+        entry = lockfile.LockEntry(
+            ref.repo,
+            ref.revision,
+            ref.include,
+            res.sha,
+            tuple(lockfile.LockedFile(f.path, f.size, f.sha256) for f in res.files),
+        )
         man = work / "manifest.json"
         m = manifest_for(ref, entry, endpoint=srv.url, parallel=args.parallel, margin_bytes=0)
         man.write_text(json.dumps(m))
         nbytes = entry.total_bytes
 
         rows = []
-        for rnd in range(args.rounds):
+        for _rnd in range(args.rounds):
             drop_dir(work / "rigkit-out")
             rk = run_fetch(man)
             t = time.perf_counter()
@@ -141,21 +150,29 @@ def main() -> int:
         srv.stop()
 
     gb = nbytes / 1e9
-    print(f"\n{args.shards} shards, {gb:.2f} GB from rigkit mirror on 127.0.0.1, {os.cpu_count()} CPUs; "
-          f"generate {gen_s:.1f}s, mirror index (sha256 of all) {index_s:.1f}s\n")
-    print("| round | rigkit fetch_shards (sha256 while streaming) | huggingface_hub snapshot_download "
-          "| ratio rigkit/hf | re-run (skip verified) | --reverify (re-hash all) |")
+    print(
+        f"\n{args.shards} shards, {gb:.2f} GB from rigkit mirror on 127.0.0.1, {os.cpu_count()} CPUs; "
+        f"generate {gen_s:.1f}s, mirror index (sha256 of all) {index_s:.1f}s\n"
+    )
+    print(
+        "| round | rigkit fetch_shards (sha256 while streaming) | huggingface_hub snapshot_download "
+        "| ratio rigkit/hf | re-run (skip verified) | --reverify (re-hash all) |"
+    )
     print("|---|---|---|---|---|---|")
     for i, (rk, hf, skip_s, rv) in enumerate(rows, 1):
-        print(f"| {i} | {rk:.2f} s ({gb / rk:.2f} GB/s) | {hf:.2f} s ({gb / hf:.2f} GB/s) | {rk / hf:.2f} "
-              f"| {skip_s:.2f} s | {rv:.2f} s |")
+        print(
+            f"| {i} | {rk:.2f} s ({gb / rk:.2f} GB/s) | {hf:.2f} s ({gb / hf:.2f} GB/s) | {rk / hf:.2f} "
+            f"| {skip_s:.2f} s | {rv:.2f} s |"
+        )
     best_rk = min(r[0] for r in rows)
     best_hf = min(r[1] for r in rows)
     hash_s = nbytes / rate
     print(f"\nbest: rigkit {best_rk:.2f} s, huggingface_hub {best_hf:.2f} s, ratio {best_rk / best_hf:.2f}")
-    print(f"sha256 on one core: {rate / 1e9:.2f} GB/s = {hash_s:.2f} s CPU for {gb:.2f} GB "
-          f"({100 * hash_s / best_rk:.0f}% of rigkit's wall time if it were not overlapped with I/O; "
-          f"spread over {args.parallel} download threads)")
+    print(
+        f"sha256 on one core: {rate / 1e9:.2f} GB/s = {hash_s:.2f} s CPU for {gb:.2f} GB "
+        f"({100 * hash_s / best_rk:.0f}% of rigkit's wall time if it were not overlapped with I/O; "
+        f"spread over {args.parallel} download threads)"
+    )
     return 0
 
 

@@ -58,11 +58,26 @@ KV_CONFIGS = [  # (label, flash attention, K type, V type)
 ]
 DEPTHS = "0,4096,16384"
 WHEELS = [
-    "pyinfra==3.10.0", "distro==1.9.0", "gevent==26.9.0", "greenlet==3.5.6", "zope.event==6.2",
-    "zope.interface==8.7", "paramiko==4.0.0", "bcrypt==5.0.0", "cryptography==50.0.2",
-    "PyNaCl==1.6.2", "cffi==2.1.1", "pycparser==3.12", "invoke==3.0.3", "pydantic==2.14.3",
-    "pydantic_core==2.50.4", "annotated-types==0.8.0", "typing-inspection==0.4.5",
-    "typeguard==4.6.0", "types-paramiko==4.0.0.20260518", "typing_extensions==4.16.0",
+    "pyinfra==3.10.0",
+    "distro==1.9.0",
+    "gevent==26.9.0",
+    "greenlet==3.5.6",
+    "zope.event==6.2",
+    "zope.interface==8.7",
+    "paramiko==4.0.0",
+    "bcrypt==5.0.0",
+    "cryptography==50.0.2",
+    "PyNaCl==1.6.2",
+    "cffi==2.1.1",
+    "pycparser==3.12",
+    "invoke==3.0.3",
+    "pydantic==2.14.3",
+    "pydantic_core==2.50.4",
+    "annotated-types==0.8.0",
+    "typing-inspection==0.4.5",
+    "typeguard==4.6.0",
+    "types-paramiko==4.0.0.20260518",
+    "typing_extensions==4.16.0",
     "gguf==0.19.0",
 ]
 
@@ -95,9 +110,25 @@ def prepare(args: argparse.Namespace) -> None:
     sh(["git", "bundle", "create", str(bundle.resolve()), REF], cwd=mirror)
     platforms = [f"--platform=manylinux_2_{n}_x86_64" for n in (5, 17, 24, 26, 27, 28, 31, 34)]
     platforms += ["--platform=manylinux2014_x86_64", "--platform=manylinux1_x86_64"]
-    sh([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--only-binary=:all:",
-        "--python-version", "3.12", "--implementation", "cp", *platforms, "-d", str(dest / "whl"),
-        *WHEELS])
+    sh(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "-q",
+            "--no-deps",
+            "--only-binary=:all:",
+            "--python-version",
+            "3.12",
+            "--implementation",
+            "cp",
+            *platforms,
+            "-d",
+            str(dest / "whl"),
+            *WHEELS,
+        ]
+    )
     size = sum(p.stat().st_size for p in dest.rglob("*") if p.is_file())
     log(f"{dest}: {size / 2**20:.1f} MiB (bundle {bundle.stat().st_size / 2**20:.1f} MiB)")
 
@@ -127,15 +158,22 @@ def machine() -> dict:
         r = subprocess.run(cmd, shell=True, capture_output=True, text=True)
         return (r.stdout or r.stderr).strip()
 
-    q = out("nvidia-smi --query-gpu=name,compute_cap,memory.total,driver_version,clocks.max.sm,"
-            "clocks.max.mem --format=csv,noheader")
+    q = out(
+        "nvidia-smi --query-gpu=name,compute_cap,memory.total,driver_version,clocks.max.sm,"
+        "clocks.max.mem --format=csv,noheader"
+    )
     return {
-        "gpu": q, "cpu_cores": os.cpu_count(), "kernel": out("uname -r"),
+        "gpu": q,
+        "cpu_cores": os.cpu_count(),
+        "kernel": out("uname -r"),
         "cpu": out("grep -m1 'model name' /proc/cpuinfo | cut -d: -f2"),
         "mem_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30),
-        "nvcc": out("nvcc --version | tail -2 | head -1"), "cmake": out("cmake --version | head -1"),
-        "gcc": out("c++ --version | head -1"), "git": out("git --version"),
-        "ccache": out("command -v ccache || echo none"), "python": sys.version.split()[0],
+        "nvcc": out("nvcc --version | tail -2 | head -1"),
+        "cmake": out("cmake --version | head -1"),
+        "gcc": out("c++ --version | head -1"),
+        "git": out("git --version"),
+        "ccache": out("command -v ccache || echo none"),
+        "python": sys.version.split()[0],
         "nvcc_path": out("command -v nvcc || echo none"),
         "cublas": out("ls /usr/local/cuda/lib64/libcublas.so* 2>&1 | head -3"),
     }
@@ -169,17 +207,28 @@ def measure_bandwidth() -> dict:
     return {"d2d_copy_bytes_per_s": bw, "name": torch.cuda.get_device_name()}
 
 
-def pyinfra_deploy(work: Path, bundle: Path, fa: bool, activate: bool, model: str,
-                   root: str) -> dict:
+def pyinfra_deploy(work: Path, bundle: Path, fa: bool, activate: bool, model: str, root: str) -> dict:
     """``pyinfra @local`` with rigkit's ops; returns the build's build.json and wall time."""
-    env = dict(os.environ, RIGKIT_GPU_BUNDLE=str(bundle), RIGKIT_GPU_FA_ALL_QUANTS="1" if fa else "0",
-               RIGKIT_GPU_ACTIVATE="1" if activate else "0", RIGKIT_GPU_MODEL=model,
-               RIGKIT_GPU_ROOT=root, RIGKIT_GPU_REF=REF)
+    env = dict(
+        os.environ,
+        RIGKIT_GPU_BUNDLE=str(bundle),
+        RIGKIT_GPU_FA_ALL_QUANTS="1" if fa else "0",
+        RIGKIT_GPU_ACTIVATE="1" if activate else "0",
+        RIGKIT_GPU_MODEL=model,
+        RIGKIT_GPU_ROOT=root,
+        RIGKIT_GPU_REF=REF,
+    )
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH")) if p)
     # Both builds compile everything: no ccache hits from the first build in the second.
     env.setdefault("CCACHE_DISABLE", "1")
-    cmd = [sys.executable, "-c", "import sys; from pyinfra_cli.main import main; sys.argv[0] = 'pyinfra'; main()",
-           "-y", "benchmarks/gpu/inventory.py", "benchmarks/gpu/deploy.py"]
+    cmd = [
+        sys.executable,
+        "-c",
+        "import sys; from pyinfra_cli.main import main; sys.argv[0] = 'pyinfra'; main()",
+        "-y",
+        "benchmarks/gpu/inventory.py",
+        "benchmarks/gpu/deploy.py",
+    ]
     log(f"pyinfra @local deploy, FA_ALL_QUANTS {'on' if fa else 'off'}")
     started = time.monotonic()
     res = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True)
@@ -205,10 +254,15 @@ def cuobjdump(binary: Path) -> dict:
     ptx = sh(["cuobjdump", "--list-ptx", str(binary)], check=False)
     elfs = [line.split()[-1] for line in res.stdout.splitlines() if line.startswith("ELF file")]
     archs = sorted({e.rsplit(".", 2)[-2] for e in elfs if ".sm_" in e})
-    return {"binary": str(binary), "elf_count": len(elfs), "archs": archs,
-            "ptx_count": sum(1 for line in ptx.stdout.splitlines() if line.startswith("PTX file")),
-            "first": elfs[:3], "size_mb": round(binary.stat().st_size / 1e6, 1),
-            "stderr": res.stderr.strip()[:500]}
+    return {
+        "binary": str(binary),
+        "elf_count": len(elfs),
+        "archs": archs,
+        "ptx_count": sum(1 for line in ptx.stdout.splitlines() if line.startswith("PTX file")),
+        "first": elfs[:3],
+        "size_mb": round(binary.stat().st_size / 1e6, 1),
+        "stderr": res.stderr.strip()[:500],
+    }
 
 
 # --- model ---------------------------------------------------------------------------------
@@ -225,31 +279,39 @@ def make_models(repo_git: Path, out_dir: Path, shape: dict, pool_elems: int = 1 
 
     out_dir.mkdir(parents=True, exist_ok=True)
     src = MirrorRef(repo_git, REF) if (repo_git / "HEAD").exists() else repo_git
-    dims = LlamaShape(layers=shape["layers"], hidden=shape["hidden"], heads=shape["heads"],
-                      kv_heads=shape["kv_heads"], ffn=shape["ffn"], ctx=shape["ctx"],
-                      rope_freq_base=500000.0, rms_eps=1e-5)
+    dims = LlamaShape(
+        layers=shape["layers"],
+        hidden=shape["hidden"],
+        heads=shape["heads"],
+        kv_heads=shape["kv_heads"],
+        ffn=shape["ffn"],
+        ctx=shape["ctx"],
+        rope_freq_base=500000.0,
+        rms_eps=1e-5,
+    )
 
     rng = np.random.default_rng(20261123)
     pool = (rng.standard_normal(pool_elems, dtype=np.float32) * 0.02).astype(np.float16)
-    qpool = gguf.quants.quantize(pool.astype(np.float32).reshape(-1, 32),
-                                 gguf.GGMLQuantizationType.Q8_0).reshape(-1, 34)
+    qpool = gguf.quants.quantize(pool.astype(np.float32).reshape(-1, 32), gguf.GGMLQuantizationType.Q8_0).reshape(
+        -1, 34
+    )
     pool2, qpool2 = np.concatenate([pool, pool]), np.concatenate([qpool, qpool])
 
     def data(index: int, rows: int, cols: int, q8: bool):
         n = rows * cols
         off = (index * 7919 * 32) % pool_elems  # a different phase of the pool per tensor
         if q8:
-            blocks = np.resize(qpool2[off // 32: off // 32 + pool_elems // 32], (n // 32, 34))
+            blocks = np.resize(qpool2[off // 32 : off // 32 + pool_elems // 32], (n // 32, 34))
             return blocks.reshape(rows, cols // 32 * 34)
-        return np.resize(pool2[off: off + pool_elems], n).reshape(rows, cols)
+        return np.resize(pool2[off : off + pool_elems], n).reshape(rows, cols)
 
     models = {}
     for ftype, q8 in (("F16", False), ("Q8_0", True)):
         path = out_dir / f"rand-3b-{ftype}.gguf"
         started = time.monotonic()
         writer, n_vocab = llama_gguf_writer(
-            src, path, f"rand-3b-{ftype}", dims,
-            gguf.LlamaFileType.MOSTLY_Q8_0 if q8 else gguf.LlamaFileType.MOSTLY_F16)
+            src, path, f"rand-3b-{ftype}", dims, gguf.LlamaFileType.MOSTLY_Q8_0 if q8 else gguf.LlamaFileType.MOSTLY_F16
+        )
         shapes = llama_tensor_shapes(dims, n_vocab, tied_output=False)
         read_per_token = 0
         for name, shp in shapes:
@@ -258,8 +320,13 @@ def make_models(repo_git: Path, out_dir: Path, shape: dict, pool_elems: int = 1 
                 nbytes = shp[0] * 4
             elif q8:
                 nbytes = shp[0] * shp[1] // 32 * 34
-                writer.add_tensor_info(name, (shp[0], shp[1] // 32 * 34), np.dtype(np.uint8), nbytes,
-                                       raw_dtype=gguf.GGMLQuantizationType.Q8_0)
+                writer.add_tensor_info(
+                    name,
+                    (shp[0], shp[1] // 32 * 34),
+                    np.dtype(np.uint8),
+                    nbytes,
+                    raw_dtype=gguf.GGMLQuantizationType.Q8_0,
+                )
             else:
                 nbytes = shp[0] * shp[1] * 2
                 writer.add_tensor_info(name, shp, np.dtype(np.float16), nbytes)
@@ -268,16 +335,20 @@ def make_models(repo_git: Path, out_dir: Path, shape: dict, pool_elems: int = 1 
         writer.write_header_to_file(path)
         writer.write_kv_data_to_file()
         writer.write_ti_data_to_file()
-        for index, (name, shp) in enumerate(shapes):
+        for index, (_name, shp) in enumerate(shapes):
             if len(shp) == 1:
                 writer.write_tensor_data(np.ones(shp, dtype=np.float32))
             else:
                 writer.write_tensor_data(data(index, shp[0], shp[1], q8))
         writer.close()
         params = sum(int(np.prod(s)) for _, s in shapes)
-        models[ftype] = {"path": str(path), "file_bytes": path.stat().st_size, "params": params,
-                         "weight_bytes_read_per_token": read_per_token,
-                         "seconds": round(time.monotonic() - started, 1)}
+        models[ftype] = {
+            "path": str(path),
+            "file_bytes": path.stat().st_size,
+            "params": params,
+            "weight_bytes_read_per_token": read_per_token,
+            "seconds": round(time.monotonic() - started, 1),
+        }
         log(f"wrote {path} ({path.stat().st_size / 1e9:.2f} GB) in {models[ftype]['seconds']}s")
     models["shape"] = dict(shape, vocab=n_vocab, head_dim=dims.head_dim)
     return models
@@ -295,9 +366,29 @@ def kv_bytes_per_token_read(shape: dict, depth: float, kv_type: str) -> float:
 def llama_bench(bench: Path, models: dict, work: Path, reps: int) -> list[dict]:
     rows = []
     for label, fa, ctk, ctv in KV_CONFIGS:
-        cmd = [str(bench), "-m", f"{models['F16']['path']},{models['Q8_0']['path']}", "-ngl", "99",
-               "-fa", fa, "-ctk", ctk, "-ctv", ctv, "-p", "512", "-n", "128", "-d", DEPTHS,
-               "-r", str(reps), "-o", "json"]
+        cmd = [
+            str(bench),
+            "-m",
+            f"{models['F16']['path']},{models['Q8_0']['path']}",
+            "-ngl",
+            "99",
+            "-fa",
+            fa,
+            "-ctk",
+            ctk,
+            "-ctv",
+            ctv,
+            "-p",
+            "512",
+            "-n",
+            "128",
+            "-d",
+            DEPTHS,
+            "-r",
+            str(reps),
+            "-o",
+            "json",
+        ]
         started = time.monotonic()
         res = sh(cmd, check=False, timeout=900)
         (work / f"llama-bench-{ctk}-fa{fa}.json").write_text(res.stdout)
@@ -307,9 +398,20 @@ def llama_bench(bench: Path, models: dict, work: Path, reps: int) -> list[dict]:
             continue
         for r in json.loads(res.stdout):
             ftype = "Q8_0" if "Q8_0" in r["model_filename"] else "F16"
-            rows.append({"config": label, "model": ftype, "type_k": r["type_k"], "type_v": r["type_v"],
-                         "flash_attn": r["flash_attn"], "n_prompt": r["n_prompt"], "n_gen": r["n_gen"],
-                         "n_depth": r["n_depth"], "avg_ts": r["avg_ts"], "stddev_ts": r["stddev_ts"]})
+            rows.append(
+                {
+                    "config": label,
+                    "model": ftype,
+                    "type_k": r["type_k"],
+                    "type_v": r["type_v"],
+                    "flash_attn": r["flash_attn"],
+                    "n_prompt": r["n_prompt"],
+                    "n_gen": r["n_gen"],
+                    "n_depth": r["n_depth"],
+                    "avg_ts": r["avg_ts"],
+                    "stddev_ts": r["stddev_ts"],
+                }
+            )
         log(f"llama-bench {label}: {time.monotonic() - started:.0f}s")
     return rows
 
@@ -320,7 +422,7 @@ def serve(service, binary: str, work: Path) -> dict:
 
     argv = command_line(service, binary)
     log("llama-server: " + " ".join(argv))
-    logf = open(work / "llama-server.log", "w")
+    logf = open(work / "llama-server.log", "w")  # noqa: SIM115 - the server writes it until stopped
     proc = subprocess.Popen(argv, stdout=logf, stderr=subprocess.STDOUT, start_new_session=False)
     base = f"http://127.0.0.1:{service.port}"
     result: dict = {"argv": argv}
@@ -339,15 +441,40 @@ def serve(service, binary: str, work: Path) -> dict:
         else:
             raise RuntimeError("llama-server /health did not turn 200 in 180 s")
         result["load_seconds"] = round(time.monotonic() - started, 1)
-        words = ("rigkit builds llama.cpp for the GPU it finds and serves the model with the "
-                 "flags pinned in its host data while the cache stays quantized ").split()
+        words = [
+            "rigkit",
+            "builds",
+            "llama.cpp",
+            "for",
+            "the",
+            "GPU",
+            "it",
+            "finds",
+            "and",
+            "serves",
+            "the",
+            "model",
+            "with",
+            "the",
+            "flags",
+            "pinned",
+            "in",
+            "its",
+            "host",
+            "data",
+            "while",
+            "the",
+            "cache",
+            "stays",
+            "quantized",
+        ]
         runs = []
         for i, n_words in enumerate((200, 1500, 1500)):
             prompt = f"Run {i}: " + " ".join(words[(j * 7 + i) % len(words)] for j in range(n_words))
-            body = json.dumps({"prompt": prompt, "n_predict": 256, "ignore_eos": True,
-                               "temperature": 0, "cache_prompt": False}).encode()
-            req = urllib.request.Request(f"{base}/completion", data=body,
-                                         headers={"Content-Type": "application/json"})
+            body = json.dumps(
+                {"prompt": prompt, "n_predict": 256, "ignore_eos": True, "temperature": 0, "cache_prompt": False}
+            ).encode()
+            req = urllib.request.Request(f"{base}/completion", data=body, headers={"Content-Type": "application/json"})
             with urllib.request.urlopen(req, timeout=300) as resp:
                 timings = json.loads(resp.read())["timings"]
             runs.append(timings)
@@ -425,50 +552,74 @@ def markdown(d: dict) -> str:
     out = []
     m = d.get("machine", {})
     if m:
-        out += ["## Machine", "", f"- GPU: {m.get('gpu')}", f"- CPU: {m.get('cpu_cores')} cores "
-                f"({m.get('cpu', '').strip()}), {m.get('mem_gib')} GiB, kernel {m.get('kernel')}",
-                f"- {m.get('nvcc')}; {m.get('cmake')}; {m.get('gcc')}; ccache: {m.get('ccache')}", ""]
+        out += [
+            "## Machine",
+            "",
+            f"- GPU: {m.get('gpu')}",
+            f"- CPU: {m.get('cpu_cores')} cores "
+            f"({m.get('cpu', '').strip()}), {m.get('mem_gib')} GiB, kernel {m.get('kernel')}",
+            f"- {m.get('nvcc')}; {m.get('cmake')}; {m.get('gcc')}; ccache: {m.get('ccache')}",
+            "",
+        ]
     bw = d.get("bandwidth", {}).get("d2d_copy_bytes_per_s")
     nominal = next((v for k, v in NOMINAL_BW.items() if k in m.get("gpu", "")), None)
     if "build_fa_on" in d or "build_fa_off" in d:
-        out += ["## Build (rigkit `llama_cpp.build` via `pyinfra @local`, "
-                f"{m.get('cpu_cores')} jobs, no ccache)", "",
-                "| FA_ALL_QUANTS | build key | flags | build_seconds | pyinfra wall s |", "|---|---|---|---|---|"]
+        out += [
+            f"## Build (rigkit `llama_cpp.build` via `pyinfra @local`, {m.get('cpu_cores')} jobs, no ccache)",
+            "",
+            "| FA_ALL_QUANTS | build key | flags | build_seconds | pyinfra wall s |",
+            "|---|---|---|---|---|",
+        ]
         for key, label in (("build_fa_on", "on"), ("build_fa_off", "off")):
             b = d.get(key)
             if b:
                 flags = " ".join(f for f in b["flags"] if "CUDA" in f)
-                out.append(f"| {label} | {Path(b['dir']).name} | `{flags}` | {b['build_seconds']} | "
-                           f"{b['pyinfra_wall_seconds']} |")
+                out.append(
+                    f"| {label} | {Path(b['dir']).name} | `{flags}` | {b['build_seconds']} | "
+                    f"{b['pyinfra_wall_seconds']} |"
+                )
         out.append("")
     for c in d.get("cuobjdump", []):
-        out.append(f"- `cuobjdump --list-elf {Path(c['binary']).name}`: {c['elf_count']} ELF images, "
-                   f"architectures {', '.join(c['archs']) or 'NONE'}; {c['ptx_count']} PTX; "
-                   f"{c['size_mb']} MB")
+        out.append(
+            f"- `cuobjdump --list-elf {Path(c['binary']).name}`: {c['elf_count']} ELF images, "
+            f"architectures {', '.join(c['archs']) or 'NONE'}; {c['ptx_count']} PTX; "
+            f"{c['size_mb']} MB"
+        )
     if d.get("cuobjdump"):
         out.append("")
     models = d.get("models")
     if models:
         s = models["shape"]
-        out += ["## Model", "", f"Random-weight llama: hidden {s['hidden']}, {s['layers']} layers, "
-                f"{s['heads']}/{s['kv_heads']} heads (dim {s['head_dim']}), FFN {s['ffn']}, vocab {s['vocab']}, "
-                f"{models['F16']['params'] / 1e9:.2f} B parameters.", "",
-                "| type | file GB | weights read per token GB |", "|---|---|---|"]
+        out += [
+            "## Model",
+            "",
+            f"Random-weight llama: hidden {s['hidden']}, {s['layers']} layers, "
+            f"{s['heads']}/{s['kv_heads']} heads (dim {s['head_dim']}), FFN {s['ffn']}, vocab {s['vocab']}, "
+            f"{models['F16']['params'] / 1e9:.2f} B parameters.",
+            "",
+            "| type | file GB | weights read per token GB |",
+            "|---|---|---|",
+        ]
         for t in ("F16", "Q8_0"):
-            out.append(f"| {t} | {models[t]['file_bytes'] / 1e9:.2f} | "
-                       f"{models[t]['weight_bytes_read_per_token'] / 1e9:.2f} |")
+            out.append(
+                f"| {t} | {models[t]['file_bytes'] / 1e9:.2f} | {models[t]['weight_bytes_read_per_token'] / 1e9:.2f} |"
+            )
         out.append("")
     rows = d.get("llama_bench")
     if rows and models:
         ceil = [("measured copy", bw)] if bw else []
         if nominal:
             ceil.append(("nominal", nominal))
-        out += ["## llama-bench (pp512 / tg128, -ngl 99, -r reps)", "",
-                "Roofline for decode = bandwidth / (weights read per token + K/V cache read at the "
-                "mean depth of the 128 generated tokens). "
-                + "; ".join(f"{n} bandwidth {v / 1e12:.2f} TB/s" for n, v in ceil), "",
-                "| model | KV / FA | depth | pp512 t/s | tg128 t/s | tg roofline t/s | tg / roofline |",
-                "|---|---|---|---|---|---|---|"]
+        out += [
+            "## llama-bench (pp512 / tg128, -ngl 99, -r reps)",
+            "",
+            "Roofline for decode = bandwidth / (weights read per token + K/V cache read at the "
+            "mean depth of the 128 generated tokens). "
+            + "; ".join(f"{n} bandwidth {v / 1e12:.2f} TB/s" for n, v in ceil),
+            "",
+            "| model | KV / FA | depth | pp512 t/s | tg128 t/s | tg roofline t/s | tg / roofline |",
+            "|---|---|---|---|---|---|---|",
+        ]
         by = {}
         for r in rows:
             by.setdefault((r["model"], r["config"], r["n_depth"]), {})["pp" if r["n_prompt"] else "tg"] = r
@@ -478,22 +629,35 @@ def markdown(d: dict) -> str:
             roof, frac = "", ""
             if tg and ceil:
                 kv = tg["type_k"] if tg["type_k"] == tg["type_v"] else "f16"
-                per_tok = models[model]["weight_bytes_read_per_token"] + \
-                    kv_bytes_per_token_read(models["shape"], depth + 64, kv)
+                per_tok = models[model]["weight_bytes_read_per_token"] + kv_bytes_per_token_read(
+                    models["shape"], depth + 64, kv
+                )
                 r = ceil[0][1] / per_tok
                 roof, frac = f"{r:.0f}", f"{tg['avg_ts'] / r:.0%}"
-            out.append(f"| {model} | {config} | {depth} | "
-                       f"{pp['avg_ts']:.0f} ± {pp['stddev_ts']:.0f} |" if pp else f"| {model} | {config} | {depth} | |")
-            out[-1] += (f" {tg['avg_ts']:.1f} ± {tg['stddev_ts']:.1f} | {roof} | {frac} |" if tg else " | | |")
+            out.append(
+                f"| {model} | {config} | {depth} | {pp['avg_ts']:.0f} ± {pp['stddev_ts']:.0f} |"
+                if pp
+                else f"| {model} | {config} | {depth} | |"
+            )
+            out[-1] += f" {tg['avg_ts']:.1f} ± {tg['stddev_ts']:.1f} | {roof} | {frac} |" if tg else " | | |"
         out.append("")
     srv = d.get("server")
     if srv:
-        out += ["## llama-server (rigkit's argv for the service)", "", "`" + " ".join(srv["argv"]) + "`", "",
-                f"Loaded in {srv.get('load_seconds')} s.", "",
-                "| request | prompt tokens | prefill t/s | generated | decode t/s |", "|---|---|---|---|---|"]
+        out += [
+            "## llama-server (rigkit's argv for the service)",
+            "",
+            "`" + " ".join(srv["argv"]) + "`",
+            "",
+            f"Loaded in {srv.get('load_seconds')} s.",
+            "",
+            "| request | prompt tokens | prefill t/s | generated | decode t/s |",
+            "|---|---|---|---|---|",
+        ]
         for i, t in enumerate(srv.get("timings", [])):
-            out.append(f"| {i} | {t['prompt_n']} | {t['prompt_per_second']:.0f} | {t['predicted_n']} | "
-                       f"{t['predicted_per_second']:.1f} |")
+            out.append(
+                f"| {i} | {t['prompt_n']} | {t['prompt_per_second']:.0f} | {t['predicted_n']} | "
+                f"{t['predicted_per_second']:.1f} |"
+            )
         out.append("")
     if d.get("status"):
         out.append(f"Status: {d['status']}")
@@ -518,8 +682,7 @@ def follow(args: argparse.Namespace) -> None:
             break
         time.sleep(3)
     out.mkdir(parents=True, exist_ok=True)
-    for name in ("results.json", "results.md", "run.log", "llama-server.log", "pyinfra-fa1.log",
-                 "pyinfra-fa0.log"):
+    for name in ("results.json", "results.md", "run.log", "llama-server.log", "pyinfra-fa1.log", "pyinfra-fa0.log"):
         if (work / name).exists():
             shutil.copy(work / name, out / name)
     if (work / "results.json").exists():

@@ -31,8 +31,12 @@ PYINFRA = str(Path(sys.executable).with_name("pyinfra"))
 def deploy(hosts: int) -> float:
     limit = ",".join(f"sandbox-{i}" for i in range(1, hosts + 1))
     started = time.monotonic()
-    proc = subprocess.run([PYINFRA, "-y", "--limit", limit, "inventories/sandbox.py", "deploys/rig.py"],
-                          cwd=REPO, capture_output=True, text=True)
+    proc = subprocess.run(
+        [PYINFRA, "-y", "--limit", limit, "inventories/sandbox.py", "deploys/rig.py"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+    )
     if proc.returncode != 0:
         sys.exit(proc.stderr[-3000:])
     return time.monotonic() - started

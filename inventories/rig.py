@@ -36,44 +36,57 @@ QWEN_SERVER = {
 }
 
 rig = [
-    (os.environ.get("RIG_HOST", "rig.lan"), {
-        "ssh_user": os.environ.get("RIG_SSH_USER", "root"),
-        **({"ssh_key": os.environ["RIG_SSH_KEY"]} if os.environ.get("RIG_SSH_KEY") else {}),
-        "model_lock": str(lock_path_for(__file__)),  # inventories/rig.lock.yaml, by `rigkit lock`
-        "gpus": {"count": 6, "cuda_arch": ["86"]},  # RTX 3090: sm_86
-        # NVIDIA driver branch 580 (open modules) held, CUDA 13.0, every GPU at 350 W (the seeds')
-        "nvidia": {"driver_branch": "580", "cuda_toolkit": "13.0", "power_limit_w": 350},
-        "llama_cpp": {
-            "ref": "b8137",  # b7991 crashed on Qwen3.5 tool calls (seed 001)
-            "cuda": True,
-            "fa_all_quants": True,
+    (
+        os.environ.get("RIG_HOST", "rig.lan"),
+        {
+            "ssh_user": os.environ.get("RIG_SSH_USER", "root"),
+            **({"ssh_key": os.environ["RIG_SSH_KEY"]} if os.environ.get("RIG_SSH_KEY") else {}),
+            "model_lock": str(lock_path_for(__file__)),  # inventories/rig.lock.yaml, by `rigkit lock`
+            "gpus": {"count": 6, "cuda_arch": ["86"]},  # RTX 3090: sm_86
+            # NVIDIA driver branch 580 (open modules) held, CUDA 13.0, every GPU at 350 W (the seeds')
+            "nvidia": {"driver_branch": "580", "cuda_toolkit": "13.0", "power_limit_w": 350},
+            "llama_cpp": {
+                "ref": "b8137",  # b7991 crashed on Qwen3.5 tool calls (seed 001)
+                "cuda": True,
+                "fa_all_quants": True,
+            },
+            # Fetched on the host from the Hub (or hf_endpoint, a LAN mirror), pinned by the lock.
+            "models": [
+                {
+                    "name": "qwen122b-q6",
+                    "repo": "unsloth/Qwen3.5-122B-A10B-GGUF",
+                    "revision": "main",
+                    "include": ["UD-Q6_K_XL/*.gguf"],
+                    "dest": MODELS,
+                },  # 4 shards, ~105 GB (seed 000)
+                {
+                    "name": "qwen397b-tq1",
+                    "repo": "unsloth/Qwen3.5-397B-A17B-GGUF",
+                    "revision": "main",
+                    "include": ["Qwen3.5-397B-A17B-UD-TQ1_0.gguf"],
+                    "dest": MODELS,
+                },  # one file, ~88 GB (seed 001)
+            ],
+            "services": [
+                {
+                    **QWEN_SERVER,
+                    "name": "qwen122b",
+                    "model": "ref:qwen122b-q6",
+                    "alias": "Qwen3.5-122B-A10B-UD-Q6_K_XL",
+                    "display_name": "Qwen3.5-122B",
+                    "tensor_split": [0.9, 1, 1, 1, 1, 1],  # 0.9 on GPU 0 against OOM (seed 000)
+                    "extra_args": ["--no-warmup"],
+                    "api_key_file": os.environ.get("RIG_API_KEY_FILE") or None,
+                },
+                {
+                    **QWEN_SERVER,
+                    "name": "qwen397b",
+                    "model": "ref:qwen397b-tq1",
+                    "alias": "Qwen3.5-397B-A17B-UD-TQ1_0",
+                    "display_name": "Qwen3.5-397B",
+                    "enabled": False,  # same port: one of the two runs at a time
+                },
+            ],
         },
-        # Fetched on the host from the Hub (or hf_endpoint, a LAN mirror), pinned by the lock.
-        "models": [
-            {"name": "qwen122b-q6", "repo": "unsloth/Qwen3.5-122B-A10B-GGUF", "revision": "main",
-             "include": ["UD-Q6_K_XL/*.gguf"], "dest": MODELS},  # 4 shards, ~105 GB (seed 000)
-            {"name": "qwen397b-tq1", "repo": "unsloth/Qwen3.5-397B-A17B-GGUF", "revision": "main",
-             "include": ["Qwen3.5-397B-A17B-UD-TQ1_0.gguf"], "dest": MODELS},  # one file, ~88 GB (seed 001)
-        ],
-        "services": [
-            {
-                **QWEN_SERVER,
-                "name": "qwen122b",
-                "model": "ref:qwen122b-q6",
-                "alias": "Qwen3.5-122B-A10B-UD-Q6_K_XL",
-                "display_name": "Qwen3.5-122B",
-                "tensor_split": [0.9, 1, 1, 1, 1, 1],  # 0.9 on GPU 0 against OOM (seed 000)
-                "extra_args": ["--no-warmup"],
-                "api_key_file": os.environ.get("RIG_API_KEY_FILE") or None,
-            },
-            {
-                **QWEN_SERVER,
-                "name": "qwen397b",
-                "model": "ref:qwen397b-tq1",
-                "alias": "Qwen3.5-397B-A17B-UD-TQ1_0",
-                "display_name": "Qwen3.5-397B",
-                "enabled": False,  # same port: one of the two runs at a time
-            },
-        ],
-    }),
+    ),
 ]

@@ -28,23 +28,28 @@ def rig_data(data: dict) -> dict:
             "cuda": False,
         },
         "models": [{"upload": model_src, "dest": MODEL_DIR}],
-        "services": [{
-            "name": "tiny",
-            "model": f"{MODEL_DIR}/{model}",
-            # Tests and people reach it from the build machine, across the sandbox bridge.
-            "host": "0.0.0.0",
-            "allow_unauthenticated": not os.environ.get("RIGKIT_SANDBOX_API_KEY_FILE"),
-            "port": 8000,
-            "ctx": 2048,
-            "parallel": 2,
-            "cache_type_k": "q8_0",
-            "cache_type_v": "q8_0",
-            "n_gpu_layers": 0,
-            "sampling": "qwen3.5-thinking",
-            "extra_args": ["--no-warmup"],
-            **({"api_key_file": os.environ["RIGKIT_SANDBOX_API_KEY_FILE"]}
-               if os.environ.get("RIGKIT_SANDBOX_API_KEY_FILE") else {}),
-        }],
+        "services": [
+            {
+                "name": "tiny",
+                "model": f"{MODEL_DIR}/{model}",
+                # Tests and people reach it from the build machine, across the sandbox bridge.
+                "host": "0.0.0.0",
+                "allow_unauthenticated": not os.environ.get("RIGKIT_SANDBOX_API_KEY_FILE"),
+                "port": 8000,
+                "ctx": 2048,
+                "parallel": 2,
+                "cache_type_k": "q8_0",
+                "cache_type_v": "q8_0",
+                "n_gpu_layers": 0,
+                "sampling": "qwen3.5-thinking",
+                "extra_args": ["--no-warmup"],
+                **(
+                    {"api_key_file": os.environ["RIGKIT_SANDBOX_API_KEY_FILE"]}
+                    if os.environ.get("RIGKIT_SANDBOX_API_KEY_FILE")
+                    else {}
+                ),
+            }
+        ],
     }
 
 

@@ -21,12 +21,14 @@ rig = {
     "llama_cpp": {"ref": os.environ.get("RIGKIT_LLAMA_REF", "b8137"), "cuda": GPU},
     # A small GGUF of your own (e.g. qwen2.5-0.5b-instruct-q8_0.gguf) in ./models on this machine.
     "models": [{"upload": os.environ.get("RIGKIT_VAGRANT_MODEL_DIR", "models"), "dest": MODEL_DIR}],
-    "services": [{
-        "name": "small",
-        "model": f"{MODEL_DIR}/{os.environ.get('RIGKIT_VAGRANT_MODEL', 'model.gguf')}",
-        "ctx": 4096,
-        "n_gpu_layers": 999 if GPU else 0,
-    }],
+    "services": [
+        {
+            "name": "small",
+            "model": f"{MODEL_DIR}/{os.environ.get('RIGKIT_VAGRANT_MODEL', 'model.gguf')}",
+            "ctx": 4096,
+            "n_gpu_layers": 999 if GPU else 0,
+        }
+    ],
 }
 
 rigs = [("@vagrant/rig", rig)]

@@ -8,9 +8,9 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from functools import partial
-from typing import Any
 from io import StringIO
 from pathlib import Path
+from typing import Any
 
 from pyinfra import host
 from pyinfra.api import deploy
@@ -34,13 +34,15 @@ logger = logging.getLogger("pyinfra")
 def _not_changed(op: Any) -> bool:
     return not op.did_change()
 
+
 BUILD_PACKAGES = ["build-essential", "cmake", "git", "ccache", "python3", "ca-certificates"]
 
 
 def llama_pin(rig: Rig) -> LlamaCpp:
     if rig.llama_cpp is None:
-        raise PyinfraError(f"host {rig.host}: llama_cpp: expected a mapping with at least ref (this step "
-                           "builds llama.cpp)")
+        raise PyinfraError(
+            f"host {rig.host}: llama_cpp: expected a mapping with at least ref (this step builds llama.cpp)"
+        )
     return rig.llama_cpp
 
 
@@ -54,8 +56,10 @@ def cuda_arch(rig: Rig) -> tuple[str, ...]:
         return declared
     gpus = host.get_fact(NvidiaGpus)
     if not gpus:
-        raise PyinfraError(f"host {rig.host}: gpus.cuda_arch: expected a CUDA architecture list "
-                           "(nvidia-smi is not there to read it from)")
+        raise PyinfraError(
+            f"host {rig.host}: gpus.cuda_arch: expected a CUDA architecture list "
+            "(nvidia-smi is not there to read it from)"
+        )
     return tuple(sorted({g.cuda_arch for g in gpus if g.cuda_arch}))
 
 
@@ -66,23 +70,32 @@ def models(rig: Rig):
     Returns the operations, so services restart when their model changed."""
     placed = []
     if rig.models:
-        model_ops.fetcher(name="Install rigkit's model fetcher", token_file=host.data.get("hf_token_file"),
-                          use_token=bool(rig.hub_models))
+        model_ops.fetcher(
+            name="Install rigkit's model fetcher",
+            token_file=host.data.get("hf_token_file"),
+            use_token=bool(rig.hub_models),
+        )
     for entry in rig.models:
         if isinstance(entry, UploadModel):
             src = Path(entry.upload).expanduser()
             if not src.is_dir():
-                raise PyinfraError(f"host {rig.host}: models[].upload: expected a directory on this "
-                                   f"machine, {src} is not one")
-            placed.append(model_ops.uploaded(name=f"Model files of {src.name} in {entry.dest}", src=str(src),
-                                             dest=entry.dest))
+                raise PyinfraError(
+                    f"host {rig.host}: models[].upload: expected a directory on this machine, {src} is not one"
+                )
+            placed.append(
+                model_ops.uploaded(name=f"Model files of {src.name} in {entry.dest}", src=str(src), dest=entry.dest)
+            )
         else:
             locked = rig.lock_for(entry)
-            placed.append(model_ops.shards(
-                name=f"Model {entry.name or entry.repo} ({entry.repo}@{locked.sha[:12]}, "
-                     f"{len(locked.files)} file(s)) in {entry.dest}",
-                ref=entry.ref, lock_entry=locked, token_file=host.data.get("hf_token_file"),
-            ))
+            placed.append(
+                model_ops.shards(
+                    name=f"Model {entry.name or entry.repo} ({entry.repo}@{locked.sha[:12]}, "
+                    f"{len(locked.files)} file(s)) in {entry.dest}",
+                    ref=entry.ref,
+                    lock_entry=locked,
+                    token_file=host.data.get("hf_token_file"),
+                )
+            )
     return placed
 
 
@@ -90,8 +103,9 @@ def models(rig: Rig):
 def llama_cpp_build(rig: Rig):
     """Packages, the host tool, then the pinned build; returns the build op and the build's
     identity (ref, flags, hash), which the switch and prune steps take as they are."""
-    apt.packages(name="Install build dependencies", packages=BUILD_PACKAGES,
-                 update=True, cache_time=86400, no_recommends=True)
+    apt.packages(
+        name="Install build dependencies", packages=BUILD_PACKAGES, update=True, cache_time=86400, no_recommends=True
+    )
     llama_cpp.tool(name="Install rigkit's llama.cpp host tool")
     identity = BuildIdentity.of(llama_pin(rig), cuda_arch(rig))
     built = llama_cpp.build(name=f"Build llama.cpp {identity.pin.ref}", identity=identity)
@@ -105,85 +119,148 @@ def llama_services(rig: Rig, identity: BuildIdentity, address: str, models: Sequ
     pin = identity.pin
     for svc in rig.enabled_services:
         if svc.public and not svc.api_key_file:
-            logger.warning(f"host {rig.host}: service {svc.name} listens on {svc.host}:{svc.port} WITHOUT "
-                           "an API key (allow_unauthenticated: true): /v1/*, /metrics, /slots and /props "
-                           "are open to the network")
+            logger.warning(
+                f"host {rig.host}: service {svc.name} listens on {svc.host}:{svc.port} WITHOUT "
+                "an API key (allow_unauthenticated: true): /v1/*, /metrics, /slots and /props "
+                "are open to the network"
+            )
     # What the inventory no longer declares goes first, so a renamed service finds its port free.
     on_host = host.get_fact(ManagedServices)
     declared = {svc.name for svc in rig.services}
     for name, unit in sorted(on_host["units"].items()):
         if name not in declared:
-            services.removed(name=f"Remove {unit} (no longer in the inventory)", unit=unit,
-                             user=f"{unit.split('-')[1]}-{name}",
-                             key_file=f"{render.KEY_DIR}/{name}.key" if name in on_host["keys"] else None)
+            services.removed(
+                name=f"Remove {unit} (no longer in the inventory)",
+                unit=unit,
+                user=f"{unit.split('-')[1]}-{name}",
+                key_file=f"{render.KEY_DIR}/{name}.key" if name in on_host["keys"] else None,
+            )
     restart_on: dict[str, list] = {}  # per service: its key file and unit (unit last)
     watchdog_units: list = []
     for svc in rig.services:
         restart_on[svc.name] = []
         if not svc.api_key_file and svc.name in on_host["keys"]:
-            restart_on[svc.name].append(files.file(
-                name=f"Remove the API key of {svc.name} (no longer declared)", path=render.key_path(svc),
-                present=False))
-            files.file(name=f"Remove the API key version of {svc.name}",
-                       path=render.key_path(svc) + VERSION_SUFFIX, present=False)
-        server.user(name=f"System user {svc.user}", user=svc.user, system=True,
-                    home=f"/var/lib/rigkit-llama-{svc.name}", create_home=False,
-                    shell="/usr/sbin/nologin")
+            restart_on[svc.name].append(
+                files.file(
+                    name=f"Remove the API key of {svc.name} (no longer declared)",
+                    path=render.key_path(svc),
+                    present=False,
+                )
+            )
+            files.file(
+                name=f"Remove the API key version of {svc.name}",
+                path=render.key_path(svc) + VERSION_SUFFIX,
+                present=False,
+            )
+        server.user(
+            name=f"System user {svc.user}",
+            user=svc.user,
+            system=True,
+            home=f"/var/lib/rigkit-llama-{svc.name}",
+            create_home=False,
+            shell="/usr/sbin/nologin",
+        )
         if svc.api_key_file:
             local = Path(svc.api_key_file).expanduser()
             if not local.is_file():
-                raise PyinfraError(f"host {rig.host}: services[{svc.name}].api_key_file: expected a "
-                                   f"readable file on this machine, {local} is not one")
-            restart_on[svc.name].append(secret_ops.secret_file(
-                name=f"API key of {svc.name} (0400, {svc.user} only)",
-                src=str(local), dest=render.key_path(svc), user=svc.user, group=svc.user, mode="400",
-            ))
+                raise PyinfraError(
+                    f"host {rig.host}: services[{svc.name}].api_key_file: expected a "
+                    f"readable file on this machine, {local} is not one"
+                )
+            restart_on[svc.name].append(
+                secret_ops.secret_file(
+                    name=f"API key of {svc.name} (0400, {svc.user} only)",
+                    src=str(local),
+                    dest=render.key_path(svc),
+                    user=svc.user,
+                    group=svc.user,
+                    mode="400",
+                )
+            )
         if svc.enabled and svc.watchdog:
             unit, timer = render.render_watchdog(svc, services.MANIFEST)
-            watchdog_units.append(files.put(name=f"Watchdog {svc.watchdog_unit}", src=StringIO(unit),
-                                            dest=f"/etc/systemd/system/{svc.watchdog_unit}", mode="644"))
-            watchdog_units.append(files.put(name=f"Watchdog timer of {svc.name}", src=StringIO(timer),
-                                            dest=f"/etc/systemd/system/{svc.watchdog_timer}", mode="644"))
-        restart_on[svc.name].append(files.put(
-            name=f"Unit {svc.unit}", src=StringIO(render.render_unit(svc, pin.root, gpu=pin.cuda)),
-            dest=f"/etc/systemd/system/{svc.unit}", mode="644",
-        ))
-    files.put(name="Services manifest for verification", src=StringIO(render.services_manifest(rig, pin.root)),
-              dest=services.MANIFEST, mode="600", create_remote_dir=True)
-    files.put(name="opencode.json provider entries", src=StringIO(render.opencode_config(rig, address)),
-              dest="/etc/rigkit/opencode.json", mode="644", create_remote_dir=True)
+            watchdog_units.append(
+                files.put(
+                    name=f"Watchdog {svc.watchdog_unit}",
+                    src=StringIO(unit),
+                    dest=f"/etc/systemd/system/{svc.watchdog_unit}",
+                    mode="644",
+                )
+            )
+            watchdog_units.append(
+                files.put(
+                    name=f"Watchdog timer of {svc.name}",
+                    src=StringIO(timer),
+                    dest=f"/etc/systemd/system/{svc.watchdog_timer}",
+                    mode="644",
+                )
+            )
+        restart_on[svc.name].append(
+            files.put(
+                name=f"Unit {svc.unit}",
+                src=StringIO(render.render_unit(svc, pin.root, gpu=pin.cuda)),
+                dest=f"/etc/systemd/system/{svc.unit}",
+                mode="644",
+            )
+        )
+    files.put(
+        name="Services manifest for verification",
+        src=StringIO(render.services_manifest(rig, pin.root)),
+        dest=services.MANIFEST,
+        mode="600",
+        create_remote_dir=True,
+    )
+    files.put(
+        name="opencode.json provider entries",
+        src=StringIO(render.opencode_config(rig, address)),
+        dest="/etc/rigkit/opencode.json",
+        mode="644",
+        create_remote_dir=True,
+    )
 
     switch = llama_cpp.activate(name=f"Switch llama.cpp to {pin.ref}", identity=identity)
     if restart_on:
-        systemd.daemon_reload(name="Reload systemd units",
-                              _if=any_changed(*(ops[-1] for ops in restart_on.values()), *watchdog_units))
+        systemd.daemon_reload(
+            name="Reload systemd units", _if=any_changed(*(ops[-1] for ops in restart_on.values()), *watchdog_units)
+        )
     started = []
     for svc in rig.services:
-        systemd.service(name=f"{'Enable' if svc.enabled else 'Disable'} {svc.unit}",
-                        service=svc.unit, running=None, enabled=svc.enabled)
+        systemd.service(
+            name=f"{'Enable' if svc.enabled else 'Disable'} {svc.unit}",
+            service=svc.unit,
+            running=None,
+            enabled=svc.enabled,
+        )
         # Separate from enabling: only a real start may stand in for a restart below.
-        start = systemd.service(name=f"{'Start' if svc.enabled else 'Stop'} {svc.unit}",
-                                service=svc.unit, running=svc.enabled)
+        start = systemd.service(
+            name=f"{'Start' if svc.enabled else 'Stop'} {svc.unit}", service=svc.unit, running=svc.enabled
+        )
         if svc.enabled:
             started.append((svc, start))
     for svc, start in started:
         # Only when its build, model, unit or key changed; a unit that was just started
         # already runs all of those.
-        systemd.service(name=f"Restart {svc.unit}", service=svc.unit, restarted=True,
-                        _if=[any_changed(switch, *models, *restart_on[svc.name]),
-                             partial(_not_changed, start)])
+        systemd.service(
+            name=f"Restart {svc.unit}",
+            service=svc.unit,
+            restarted=True,
+            _if=[any_changed(switch, *models, *restart_on[svc.name]), partial(_not_changed, start)],
+        )
     if started:
         # After any (re)start: a changed build, model, unit or key, or a service found not running.
-        services.verify(name="Verify services (health, chat, tool-call replay)",
-                            _if=any_changed(switch, *models,
-                                            *(op for svc, start in started for op in (*restart_on[svc.name], start))))
+        services.verify(
+            name="Verify services (health, chat, tool-call replay)",
+            _if=any_changed(switch, *models, *(op for svc, start in started for op in (*restart_on[svc.name], start))),
+        )
     for svc in rig.services:
         if svc.enabled and svc.watchdog:
-            systemd.service(name=f"Start the watchdog of {svc.name}", service=svc.watchdog_timer,
-                            running=True, enabled=True)
+            systemd.service(
+                name=f"Start the watchdog of {svc.name}", service=svc.watchdog_timer, running=True, enabled=True
+            )
         elif svc.watchdog_timer in on_host["timers"]:
-            systemd.service(name=f"Stop the watchdog of {svc.name}", service=svc.watchdog_timer,
-                            running=False, enabled=False)
+            systemd.service(
+                name=f"Stop the watchdog of {svc.name}", service=svc.watchdog_timer, running=False, enabled=False
+            )
             for unit in (svc.watchdog_timer, svc.watchdog_unit):
                 files.file(name=f"Remove {unit}", path=f"/etc/systemd/system/{unit}", present=False)
     llama_cpp.prune(name=f"Keep the last {pin.keep_builds} llama.cpp builds", pin=pin, _if=switch.did_change)

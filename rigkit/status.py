@@ -56,8 +56,10 @@ def drift(rig: Rig, info: dict) -> list[str]:
         if not current:
             problems.append(f"llama.cpp: no build; pinned {pin.ref}")
         elif identity and not matches(current, pin.ref, identity.flags_hash):
-            problems.append(f"llama.cpp: running b{current['build']} ({current['ref']}, flags "
-                            f"{current['flags_hash']}), pinned {pin.ref} (flags {identity.flags_hash})")
+            problems.append(
+                f"llama.cpp: running b{current['build']} ({current['ref']}, flags "
+                f"{current['flags_hash']}), pinned {pin.ref} (flags {identity.flags_hash})"
+            )
         elif not identity and not (current["ref"] == pin.ref or current["commit"].startswith(pin.ref)):
             problems.append(f"llama.cpp: running {current['ref']}, pinned {pin.ref}")
     on_host = {s["name"]: s for s in info.get("services", [])}
@@ -126,26 +128,33 @@ def render_text(report: dict[str, dict]) -> str:
             lines.append(f"{host}: no rigkit llama.cpp build; {verified}")
         else:
             previous = info.get("previous")
-            lines.append(f"{host}: llama.cpp b{current['build']} ({current['commit'][:9]}, ref "
-                         f"{current['ref']}), built {current['built_at']}, {verified}"
-                         + (f"; previous b{previous['build']}" if previous else ""))
+            lines.append(
+                f"{host}: llama.cpp b{current['build']} ({current['commit'][:9]}, ref "
+                f"{current['ref']}), built {current['built_at']}, {verified}"
+                + (f"; previous b{previous['build']}" if previous else "")
+            )
         for svc in info.get("services", []):
             model = "model present" if svc["model_present"] else "MODEL MISSING"
             dog = svc.get("watchdog") or {}
-            watchdog = f"watchdog {dog.get('timer', 'unknown')}" + (
-                f", {dog['failures']} failed" if dog.get("failures") else "") + (
-                f", {dog['restarts']} restarts" if dog.get("restarts") else "")
-            lines.append(f"  {svc['name']:<16} :{svc['port']:<5} {svc['active']:<9} "
-                         f"{'healthy' if svc['healthy'] else 'unhealthy'}  {model} "
-                         f"({svc['model_bytes'] / 1e9:.2f} GB) {svc['model']}; {watchdog}")
+            watchdog = (
+                f"watchdog {dog.get('timer', 'unknown')}"
+                + (f", {dog['failures']} failed" if dog.get("failures") else "")
+                + (f", {dog['restarts']} restarts" if dog.get("restarts") else "")
+            )
+            lines.append(
+                f"  {svc['name']:<16} :{svc['port']:<5} {svc['active']:<9} "
+                f"{'healthy' if svc['healthy'] else 'unhealthy'}  {model} "
+                f"({svc['model_bytes'] / 1e9:.2f} GB) {svc['model']}; {watchdog}"
+            )
         for problem in info["problems"]:
             lines.append(f"  DRIFT/PROBLEM: {problem}")
     return "\n".join(lines)
 
 
 def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="rigkit status", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="rigkit status", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("inventory")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)

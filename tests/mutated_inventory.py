@@ -8,7 +8,7 @@ from pathlib import Path
 
 from pyinfra_run import REPO
 
-INVENTORY = '''
+INVENTORY = """
 import json
 from inventories_sandbox import rig_data, pyinfra_hosts
 
@@ -32,7 +32,7 @@ def mutated(data):
 
 sandbox = [(name, {{**data, **mutated(data)}}) for name, data in pyinfra_hosts()
            if name in MUTATION.get("@hosts", [name])]
-'''
+"""
 
 
 def write_inventory(tmp_path: Path, mutation: dict, name: str = "mutated") -> Path:

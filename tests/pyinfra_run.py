@@ -32,11 +32,13 @@ class PyinfraRun:
         return {op["name"]: op["error"] for op in self.results["operations"] if op["error"]}
 
 
-def run_pyinfra(inventory: str, deploy: str, *extra: str, env: dict | None = None,
-                timeout: float = 1800) -> PyinfraRun:
+def run_pyinfra(inventory: str, deploy: str, *extra: str, env: dict | None = None, timeout: float = 1800) -> PyinfraRun:
     proc = subprocess.run(
         [PYINFRA, "-y", "--json", *extra, inventory, deploy],
-        cwd=REPO, capture_output=True, text=True, timeout=timeout,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
         env={**os.environ, **(env or {})},
     )
     try:

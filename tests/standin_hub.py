@@ -11,8 +11,9 @@ from rigkit.models import lockfile, mirror
 
 # The files the seeds name, as the Hub lays them out (a stand-in: a few bytes each).
 SEED_FILES = {
-    "unsloth/Qwen3.5-122B-A10B-GGUF": [f"UD-Q6_K_XL/Qwen3.5-122B-A10B-UD-Q6_K_XL-0000{i}-of-00004.gguf"
-                                       for i in range(1, 5)],
+    "unsloth/Qwen3.5-122B-A10B-GGUF": [
+        f"UD-Q6_K_XL/Qwen3.5-122B-A10B-UD-Q6_K_XL-0000{i}-of-00004.gguf" for i in range(1, 5)
+    ],
     "unsloth/Qwen3.5-397B-A17B-GGUF": ["Qwen3.5-397B-A17B-UD-TQ1_0.gguf"],
 }
 

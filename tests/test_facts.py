@@ -23,13 +23,18 @@ def test_shards_verified_by_fetch_shards_rule_without_hashing(tmp_path):
     shard.write_bytes(b"x" * 10)
     sha = hashlib.sha256(b"x" * 10).hexdigest()
     state = tmp_path / ".rigkit-verified.json"
-    state.write_text(json.dumps({"version": 1, "files": {
-        str(shard): {"size": 10, "mtime_ns": shard.stat().st_mtime_ns, "sha256": sha}}}))
+    state.write_text(
+        json.dumps(
+            {"version": 1, "files": {str(shard): {"size": 10, "mtime_ns": shard.stat().st_mtime_ns, "sha256": sha}}}
+        )
+    )
     files = [(str(shard), 10, sha), (str(tmp_path / "m-00002-of-00002.gguf"), 5, "0" * 64)]
     command = ShardsVerified().command(state_file=str(state), files=files).get_raw_value()
     assert "class State" not in command and "def is_verified" not in command  # no shipped class source
     assert run_fact(ShardsVerified(), state_file=str(state), files=files) == {
-        str(shard): "verified", files[1][0]: "missing"}
+        str(shard): "verified",
+        files[1][0]: "missing",
+    }
     os.utime(shard, ns=(0, 0))  # touched since it was hashed
     assert run_fact(ShardsVerified(), state_file=str(state), files=files)[str(shard)] == "unverified"
     state.write_text("{not json")

@@ -13,11 +13,10 @@ import time
 from pathlib import Path
 
 import pytest
+from test_mirror import REPO, make_repo
 
 from rigkit.models import hub, lockfile, mirror
 from rigkit.operations.models import manifest_for
-
-from test_mirror import REPO, make_repo
 
 SCRIPT = Path(__file__).resolve().parents[1] / "rigkit" / "scripts" / "fetch_shards.py"
 TOKEN = "hf_FetchSecret_0987654321"
@@ -36,14 +35,25 @@ def env(tmp_path):
 def locked(s, include=("Q4/*.gguf", "README.md"), dest=None, tmp=None):
     ref = hub.ModelRef(REPO, "main", include, dest or str(tmp / "host" / "models" / REPO))
     res = hub.HubClient(s.url).resolve(ref)
-    entry = lockfile.LockEntry(ref.repo, ref.revision, ref.include, res.sha,
-                               tuple(lockfile.LockedFile(f.path, f.size, f.sha256) for f in res.files))
+    entry = lockfile.LockEntry(
+        ref.repo,
+        ref.revision,
+        ref.include,
+        res.sha,
+        tuple(lockfile.LockedFile(f.path, f.size, f.sha256) for f in res.files),
+    )
     return ref, entry
 
 
 def write_manifest(tmp, ref, entry, endpoint, **kw):
-    m = manifest_for(ref, entry, endpoint=endpoint, parallel=kw.pop("parallel", 3),
-                     margin_bytes=kw.pop("margin_bytes", 4096), token_file=kw.pop("token_file", None))
+    m = manifest_for(
+        ref,
+        entry,
+        endpoint=endpoint,
+        parallel=kw.pop("parallel", 3),
+        margin_bytes=kw.pop("margin_bytes", 4096),
+        token_file=kw.pop("token_file", None),
+    )
     m.update(kw)
     p = tmp / f"manifest-{time.monotonic_ns()}.json"
     p.write_text(json.dumps(m))
@@ -51,8 +61,12 @@ def write_manifest(tmp, ref, entry, endpoint, **kw):
 
 
 def fetch(manifest, *args, timeout=60):
-    r = subprocess.run([sys.executable, str(SCRIPT), str(manifest), "--progress-interval", "0.05", *args],
-                       capture_output=True, text=True, timeout=timeout)
+    r = subprocess.run(
+        [sys.executable, str(SCRIPT), str(manifest), "--progress-interval", "0.05", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
     summary = json.loads(r.stdout.strip().splitlines()[-1]) if r.stdout.strip() else None
     return r, summary
 
@@ -91,9 +105,13 @@ def test_kill_mid_file_then_resume(env):
     size = len(files[BIG])
     s.stall_after_bytes = 2_500_000
     partial = Path(ref.dest) / (BIG + ".partial")
-    err = open(tmp / "stderr1", "w+")
-    p = subprocess.Popen([sys.executable, str(SCRIPT), str(man), "--progress-interval", "0.05"],
-                         stdout=subprocess.PIPE, stderr=err, text=True)
+    err = open(tmp / "stderr1", "w+")  # noqa: SIM115 - the child writes it
+    p = subprocess.Popen(
+        [sys.executable, str(SCRIPT), str(man), "--progress-interval", "0.05"],
+        stdout=subprocess.PIPE,
+        stderr=err,
+        text=True,
+    )
     try:
         deadline = time.time() + 20
         while time.time() < deadline and not (partial.exists() and partial.stat().st_size >= 2_500_000):
@@ -179,15 +197,21 @@ def test_full_disk_fails_before_download(env):
 def test_bad_hash_fails_loudly_and_cleans_up(env):
     s, files, tmp = env
     ref, entry = locked(s, include=("README.md",), tmp=tmp)
-    bad = lockfile.LockEntry(entry.repo, entry.revision, entry.include, entry.sha,
-                             (lockfile.LockedFile("README.md", entry.files[0].size, "0" * 64),))
+    bad = lockfile.LockEntry(
+        entry.repo,
+        entry.revision,
+        entry.include,
+        entry.sha,
+        (lockfile.LockedFile("README.md", entry.files[0].size, "0" * 64),),
+    )
     man = write_manifest(tmp, ref, bad, s.url, retries=1)
     r, summary = fetch(man)
     assert r.returncode == 1 and "sha256 mismatch" in r.stderr and "failed after 2 attempts" in r.stderr
     assert not Path(ref.dest, "README.md").exists() and not Path(ref.dest, "README.md.partial").exists()
     # 404
-    gone = lockfile.LockEntry(entry.repo, entry.revision, entry.include, entry.sha,
-                              (lockfile.LockedFile("nope.gguf", 10, "0" * 64),))
+    gone = lockfile.LockEntry(
+        entry.repo, entry.revision, entry.include, entry.sha, (lockfile.LockedFile("nope.gguf", 10, "0" * 64),)
+    )
     r, summary = fetch(write_manifest(tmp, ref, gone, s.url))
     assert r.returncode == 5 and "HTTP 404" in r.stderr
 
@@ -199,8 +223,13 @@ def test_token_sent_but_never_shown(tmp_path):
     try:
         ref = hub.ModelRef(REPO, "main", ("Q4/*.gguf",), str(tmp_path / "host" / "m"))
         res = hub.HubClient(s.url, TOKEN).resolve(ref)
-        entry = lockfile.LockEntry(ref.repo, ref.revision, ref.include, res.sha,
-                                   tuple(lockfile.LockedFile(f.path, f.size, f.sha256) for f in res.files))
+        entry = lockfile.LockEntry(
+            ref.repo,
+            ref.revision,
+            ref.include,
+            res.sha,
+            tuple(lockfile.LockedFile(f.path, f.size, f.sha256) for f in res.files),
+        )
         tf = tmp_path / "tok"
         tf.write_text(TOKEN)
         tf.chmod(0o600)
@@ -239,7 +268,8 @@ def test_pyinfra_operation_local(env):
     lp = tmp / "lock.yaml"
     lockfile.dump({ref.key: entry}, lp)
     deploy = tmp / "deploy.py"
-    deploy.write_text(textwrap.dedent(f"""
+    deploy.write_text(
+        textwrap.dedent(f"""
         from rigkit.models import lockfile
         from rigkit.models.hub import ModelRef
         from rigkit.operations import models
@@ -248,7 +278,8 @@ def test_pyinfra_operation_local(env):
         models.fetcher(name="fetcher", use_token=False, remote_dir={str(tmp / "rigkit")!r})
         models.shards(name="tiny shards", ref=ref, lock_entry=entry, endpoint={s.url!r}, use_token=False,
                       remote_dir={str(tmp / "rigkit")!r}, margin_bytes=0)
-    """))
+    """)
+    )
     cmd = [str(pyinfra_bin), "-y", "@local", str(deploy)]
     envv = dict(os.environ, PYTHONPATH=str(SCRIPT.parents[2]))
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=envv, cwd=tmp)

@@ -65,10 +65,14 @@ HOSTILE = [
     (lambda d: d.update(models=[{"upload": "/tmp/m\n", "dest": "/srv/m"}]), "models[0].upload"),
     (lambda d: d.update(models=[{"upload": "/tmp/m", "dest": "/srv/../m"}]), "models[0].dest"),
     (lambda d: d.update(models=[{"name": "m", "repo": "org/name\n", "dest": "/srv/m"}]), "models[0].repo"),
-    (lambda d: d.update(models=[{"name": "m", "repo": "org/n", "revision": "$(id)", "dest": "/srv/m"}]),
-     "models[0].revision"),
-    (lambda d: d.update(models=[{"name": "m", "repo": "org/n", "include": ["../../etc/*"], "dest": "/srv/m"}]),
-     "models[0].include"),
+    (
+        lambda d: d.update(models=[{"name": "m", "repo": "org/n", "revision": "$(id)", "dest": "/srv/m"}]),
+        "models[0].revision",
+    ),
+    (
+        lambda d: d.update(models=[{"name": "m", "repo": "org/n", "include": ["../../etc/*"], "dest": "/srv/m"}]),
+        "models[0].include",
+    ),
     (lambda d: d.update(models=[{"name": "m\n", "repo": "org/n", "dest": "/srv/m"}]), "models[0].name"),
 ]
 
@@ -92,17 +96,20 @@ def test_listening_beyond_loopback_needs_a_key_or_saying_so(tmp_path):
     assert parse_rig("h", data).services[0].api_key_file
 
 
-@pytest.mark.parametrize("value, expected", [
-    ("plain", "plain"),
-    ("", '""'),
-    ("a b", '"a b"'),
-    ("50%", "50%%"),
-    ("$HOME", "$$HOME"),
-    ('say "hi"', '"say \\"hi\\""'),
-    ("back\\slash", '"back\\\\slash"'),
-    (";", '";"'),
-    ("it's", '"it\'s"'),
-])
+@pytest.mark.parametrize(
+    "value, expected",
+    [
+        ("plain", "plain"),
+        ("", '""'),
+        ("a b", '"a b"'),
+        ("50%", "50%%"),
+        ("$HOME", "$$HOME"),
+        ('say "hi"', '"say \\"hi\\""'),
+        ("back\\slash", '"back\\\\slash"'),
+        (";", '";"'),
+        ("it's", '"it\'s"'),
+    ],
+)
 def test_escape_words(value, expected):
     assert escape(value) == expected
 
@@ -120,9 +127,16 @@ def test_hardened_unit_directives():
     cpu = llama_server.render_unit(rig.services[0], "/opt/rigkit/llama.cpp", gpu=False)
     gpu = llama_server.render_unit(rig.services[0], "/opt/rigkit/llama.cpp", gpu=True)
     for unit in (cpu, gpu):
-        for directive in ("CapabilityBoundingSet=\n", "SystemCallFilter=@system-service", "RestrictNamespaces=yes",
-                          "ProtectClock=yes", "ProtectKernelLogs=yes", "ProtectHostname=yes",
-                          "RestrictAddressFamilies=AF_INET AF_INET6 AF_UNIX", "NoNewPrivileges=yes"):
+        for directive in (
+            "CapabilityBoundingSet=\n",
+            "SystemCallFilter=@system-service",
+            "RestrictNamespaces=yes",
+            "ProtectClock=yes",
+            "ProtectKernelLogs=yes",
+            "ProtectHostname=yes",
+            "RestrictAddressFamilies=AF_INET AF_INET6 AF_UNIX",
+            "NoNewPrivileges=yes",
+        ):
             assert directive in unit, directive
     assert "PrivateDevices=yes" in cpu and "DevicePolicy" not in cpu
     assert "MemoryDenyWriteExecute=yes" in cpu

@@ -12,14 +12,13 @@ import hashlib
 import json
 import re
 import secrets
-import textwrap
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
 from mutated_inventory import write_inventory
 from pyinfra_run import run_pyinfra, ssh
+
 from rigkit.render.systemd import exec_line
 
 pytestmark = pytest.mark.e2e
@@ -27,14 +26,18 @@ pytestmark = pytest.mark.e2e
 UNIT = "rigkit-llama-tiny.service"
 # What must not move when a deploy is refused: unit files, the running service (pid and start
 # time), users, build links, rigkit's config, /root.
-SNAPSHOT = ("cat /etc/systemd/system/rigkit-* | md5sum; "
-            f"systemctl show -p MainPID,ExecMainStartTimestamp {UNIT}; getent passwd | md5sum; "
-            "readlink /opt/rigkit/llama.cpp/current /opt/rigkit/llama.cpp/previous; "
-            "find /etc/rigkit -type f | sort | xargs md5sum; ls -a /root | md5sum")
+SNAPSHOT = (
+    "cat /etc/systemd/system/rigkit-* | md5sum; "
+    f"systemctl show -p MainPID,ExecMainStartTimestamp {UNIT}; getent passwd | md5sum; "
+    "readlink /opt/rigkit/llama.cpp/current /opt/rigkit/llama.cpp/previous; "
+    "find /etc/rigkit -type f | sort | xargs md5sum; ls -a /root | md5sum"
+)
 
 HOSTILE = {  # mutation of sandbox-1's service (or llama_cpp) -> the key the error names
-    "newline ExecStartPre": ({"extra_args": ["--no-warmup", "\nExecStartPre=+/usr/bin/touch", "/root/pwned"]},
-                             "services[0].extra_args[1]"),
+    "newline ExecStartPre": (
+        {"extra_args": ["--no-warmup", "\nExecStartPre=+/usr/bin/touch", "/root/pwned"]},
+        "services[0].extra_args[1]",
+    ),
     "alias User=root": ({"alias": "tiny\nUser=root\nX-a="}, "services[0].alias"),
     "host newline": ({"host": "0.0.0.0\nUser=root"}, "services[0].host"),
     "model newline": ({"model": "/srv/models/tiny-qwen/x.gguf\nUser=root"}, "services[0].model"),
@@ -43,13 +46,13 @@ HOSTILE = {  # mutation of sandbox-1's service (or llama_cpp) -> the key the err
     "key file flag": ({"extra_args": ["--api-key-file", "/tmp/k"]}, "services[0].extra_args[0]"),
     "command substitution": ({"extra_args": ["$(touch /root/pwned)"]}, "services[0].extra_args[0]"),
     "dotdot model": ({"model": "/srv/models/../../root/x.gguf"}, "services[0].model"),
-    "open without key": ({"host": "0.0.0.0", "allow_unauthenticated": False, "api_key_file": None},
-                         "services[0].host"),
+    "open without key": ({"host": "0.0.0.0", "allow_unauthenticated": False, "api_key_file": None}, "services[0].host"),
     "llama root newline": ({"@llama_cpp": {"root": "/opt/x\nUser=root"}}, "llama_cpp.root"),
     "ref trailing newline": ({"@llama_cpp": {"ref": "b11312\n"}}, "llama_cpp.ref"),
     "git url option": ({"@llama_cpp": {"git_url": "--upload-pack=touch /root/pwned"}}, "llama_cpp.git_url"),
     "cmake substitution": ({"@llama_cpp": {"cmake_flags": ["-DX=$(id)"]}}, "llama_cpp.cmake_flags[0]"),
 }
+
 
 def test_hostile_inventories_change_nothing_on_a_serving_host(sandbox_hosts, first_deploy, tmp_path):
     sb, host = sandbox_hosts, sandbox_hosts.hosts[0]
@@ -76,13 +79,24 @@ def test_systemd_runs_exactly_the_argv_rigkit_meant(sandbox_hosts, argvs):
     by the one escaping function), each writing the argv it received as JSON."""
     sb, host = sandbox_hosts, sandbox_hosts.hosts[1]
     dump = "import json,sys; open(sys.argv[1],'w').write(json.dumps(sys.argv[2:]))"
-    lines = [f"ExecStart={exec_line(['/usr/bin/python3', '-c', dump, f'/run/rt/{i}.json', *argv])}"
-             for i, argv in enumerate(argvs)]
+    lines = [
+        f"ExecStart={exec_line(['/usr/bin/python3', '-c', dump, f'/run/rt/{i}.json', *argv])}"
+        for i, argv in enumerate(argvs)
+    ]
     unit = "[Service]\nType=oneshot\nRuntimeDirectory=rt\nRuntimeDirectoryPreserve=yes\n" + "\n".join(lines) + "\n"
-    sb.ssh(host, f"rm -rf /run/rt; cat > /etc/systemd/system/rigkit-roundtrip.service <<'RIGKIT_EOF'\n{unit}RIGKIT_EOF\n"
-                 "systemctl daemon-reload && systemctl start rigkit-roundtrip.service")
-    got = json.loads(ssh(sb, host, "python3 -c \"import json; print(json.dumps([json.load(open(f'/run/rt/{i}.json')) "
-                                   f"for i in range({len(argvs)})]))\""))
+    sb.ssh(
+        host,
+        f"rm -rf /run/rt; cat > /etc/systemd/system/rigkit-roundtrip.service <<'RIGKIT_EOF'\n{unit}RIGKIT_EOF\n"
+        "systemctl daemon-reload && systemctl start rigkit-roundtrip.service",
+    )
+    got = json.loads(
+        ssh(
+            sb,
+            host,
+            "python3 -c \"import json; print(json.dumps([json.load(open(f'/run/rt/{i}.json')) "
+            f'for i in range({len(argvs)})]))"',
+        )
+    )
     assert got == argvs
 
 
@@ -116,8 +130,12 @@ def test_no_secret_in_units_processes_journal_or_output(sandbox_hosts, first_dep
     secret = "rk-" + secrets.token_hex(16)
     key_file = tmp_path / "verbose.key"
     key_file.write_text(secret + "\n")
-    derived = [secret, hashlib.sha1((secret + "\n").encode()).hexdigest(),
-               hashlib.sha256((secret + "\n").encode()).hexdigest(), hashlib.md5((secret + "\n").encode()).hexdigest()]
+    derived = [
+        secret,
+        hashlib.sha1((secret + "\n").encode()).hexdigest(),
+        hashlib.sha256((secret + "\n").encode()).hexdigest(),
+        hashlib.md5((secret + "\n").encode()).hexdigest(),
+    ]
     env = {"RIGKIT_SANDBOX_API_KEY_FILE": str(key_file)}
     rotated = run_pyinfra("inventories/sandbox.py", "deploys/rig.py", "--limit", "sandbox-1", "-vvv", env=env)
     assert rotated.returncode == 0, rotated.stderr[-3000:]
@@ -126,8 +144,11 @@ def test_no_secret_in_units_processes_journal_or_output(sandbox_hosts, first_dep
     assert noop.returncode == 0 and noop.changed == {}, noop.changed
     on_host = ssh(sb, host, "cat /etc/systemd/system/rigkit-*; ps -eo args; journalctl --no-pager -o cat")
     for value in derived:
-        for where, text in (("-vvv", rotated.stdout + rotated.stderr), ("--debug", noop.stdout + noop.stderr),
-                            ("host", on_host)):
+        for where, text in (
+            ("-vvv", rotated.stdout + rotated.stderr),
+            ("--debug", noop.stdout + noop.stderr),
+            ("host", on_host),
+        ):
             assert value not in text, f"{value[:6]}... in {where}"
     # Back to the suite's key, so later tests find the service as the first deploy left it.
     back = run_pyinfra("inventories/sandbox.py", "deploys/rig.py", "--limit", "sandbox-1", env=first_deploy[1])

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from rigkit.render import llama_server
 from rigkit.hostdata import HostDataError, parse_rig
 from rigkit.operations.llama_cpp import cmake_flags, flags_hash
+from rigkit.render import llama_server
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -25,7 +25,7 @@ def load_inventory(path: Path):
 def seed_rig(tmp_path=None):
     """The seed inventory's rig; with ``tmp_path``, its Hub models resolved through a stand-in
     lock (the Hub cannot be reached from here)."""
-    (name, data), = load_inventory(REPO / "inventories/rig.py").rig
+    ((name, data),) = load_inventory(REPO / "inventories/rig.py").rig
     if tmp_path is None:
         return parse_rig(name, data)
     from standin_hub import resolved_seed_rig
@@ -35,8 +35,7 @@ def seed_rig(tmp_path=None):
 
 def base(**services_kw):
     service = {"name": "svc", "model": "/srv/models/m-00001-of-00002.gguf", **services_kw}
-    return {"gpus": {"count": 2, "cuda_arch": ["86"]}, "llama_cpp": {"ref": "b8137"},
-            "services": [service]}
+    return {"gpus": {"count": 2, "cuda_arch": ["86"]}, "llama_cpp": {"ref": "b8137"}, "services": [service]}
 
 
 def test_seed_inventory_renders_seed_000_command_line(tmp_path):
@@ -47,9 +46,22 @@ def test_seed_inventory_renders_seed_000_command_line(tmp_path):
     for fragment in [
         # The Hub's layout (UD-Q6_K_XL/), resolved through the lock to the first shard.
         "-m /srv/models/qwen-3.5/UD-Q6_K_XL/Qwen3.5-122B-A10B-UD-Q6_K_XL-00001-of-00004.gguf",
-        "--host 0.0.0.0", "--port 8000", "-ngl 999", "-c 262144", "-ctk q8_0", "-ctv q8_0",
-        "--parallel 1", "--split-mode layer", "-ts 0.9,1,1,1,1,1", "--no-warmup",
-        "--temp 0.6", "--top-p 0.95", "--top-k 20", "--min-p 0.0", "--jinja", "--metrics",
+        "--host 0.0.0.0",
+        "--port 8000",
+        "-ngl 999",
+        "-c 262144",
+        "-ctk q8_0",
+        "-ctv q8_0",
+        "--parallel 1",
+        "--split-mode layer",
+        "-ts 0.9,1,1,1,1,1",
+        "--no-warmup",
+        "--temp 0.6",
+        "--top-p 0.95",
+        "--top-k 20",
+        "--min-p 0.0",
+        "--jinja",
+        "--metrics",
     ]:
         assert fragment in line, fragment
     assert qwen397.enabled is False and qwen397.model == "/srv/models/qwen-3.5/Qwen3.5-397B-A17B-UD-TQ1_0.gguf"
@@ -87,31 +99,42 @@ def test_opencode_entries_have_context_length():
     provider = config["provider"]["llama-cpp-qwen122b"]
     assert provider["options"]["baseURL"] == "http://rig.lan:8000/v1"
     assert provider["models"]["Qwen3.5-122B-A10B-UD-Q6_K_XL"] == {
-        "name": "Qwen3.5-122B", "contextLength": 262144, "supportsStructuredOutputs": False}
+        "name": "Qwen3.5-122B",
+        "contextLength": 262144,
+        "supportsStructuredOutputs": False,
+    }
     assert "llama-cpp-qwen397b" not in config["provider"]  # disabled
 
 
-@pytest.mark.parametrize("mutate, key, expected", [
-    (lambda d: d["services"][0].update(tensorsplit=[1, 1]), "services[0].tensorsplit", "known keys"),
-    (lambda d: d["services"][0].update(tensor_split=[1, 1, 1]), "services[0].tensor_split", "2 values"),
-    (lambda d: d["services"].append({**d["services"][0], "name": "other"}), "services[1].port",
-     "no other enabled service"),
-    (lambda d: d["services"][0].update(model="/srv/models/m-00002-of-00002.gguf"), "services[0].model",
-     "m-00001-of-00002.gguf"),
-    (lambda d: d["services"][0].update(model="models/m.gguf"), "services[0].model", "absolute path"),
-    (lambda d: d["llama_cpp"].update(ref="master"), "llama_cpp.ref", "not a moving ref"),
-    (lambda d: d["llama_cpp"].update(ref="v1.0"), "llama_cpp.ref", "build tag"),
-    (lambda d: d["services"][0].update(port="8000"), "services[0].port", "an integer"),
-    (lambda d: d["services"][0].update(cache_type_k="q9"), "services[0].cache_type_k", "q8_0"),
-    (lambda d: d["services"][0].update(sampling="hot"), "services[0].sampling", "qwen3.5-thinking"),
-    (lambda d: d["services"][0].update(extra_args=["--api-key", "x"]), "services[0].extra_args[0]",
-     "api_key_file"),
-    (lambda d: d["services"][0].update(gpus=[5]), "services[0].gpus", "between 0 and 1"),
-    (lambda d: d["services"][0].update(name="Big Model"), "services[0].name", "lowercase"),
-    (lambda d: d.pop("llama_cpp"), "llama_cpp", "ref"),
-    (lambda d: d["llama_cpp"].update(cmake_flags=["GGML_CUDA=ON"]), "llama_cpp.cmake_flags[0]", "-DNAME"),
-    (lambda d: d.update(gpus={"count": 0}), "gpus", "cuda"),
-])
+@pytest.mark.parametrize(
+    "mutate, key, expected",
+    [
+        (lambda d: d["services"][0].update(tensorsplit=[1, 1]), "services[0].tensorsplit", "known keys"),
+        (lambda d: d["services"][0].update(tensor_split=[1, 1, 1]), "services[0].tensor_split", "2 values"),
+        (
+            lambda d: d["services"].append({**d["services"][0], "name": "other"}),
+            "services[1].port",
+            "no other enabled service",
+        ),
+        (
+            lambda d: d["services"][0].update(model="/srv/models/m-00002-of-00002.gguf"),
+            "services[0].model",
+            "m-00001-of-00002.gguf",
+        ),
+        (lambda d: d["services"][0].update(model="models/m.gguf"), "services[0].model", "absolute path"),
+        (lambda d: d["llama_cpp"].update(ref="master"), "llama_cpp.ref", "not a moving ref"),
+        (lambda d: d["llama_cpp"].update(ref="v1.0"), "llama_cpp.ref", "build tag"),
+        (lambda d: d["services"][0].update(port="8000"), "services[0].port", "an integer"),
+        (lambda d: d["services"][0].update(cache_type_k="q9"), "services[0].cache_type_k", "q8_0"),
+        (lambda d: d["services"][0].update(sampling="hot"), "services[0].sampling", "qwen3.5-thinking"),
+        (lambda d: d["services"][0].update(extra_args=["--api-key", "x"]), "services[0].extra_args[0]", "api_key_file"),
+        (lambda d: d["services"][0].update(gpus=[5]), "services[0].gpus", "between 0 and 1"),
+        (lambda d: d["services"][0].update(name="Big Model"), "services[0].name", "lowercase"),
+        (lambda d: d.pop("llama_cpp"), "llama_cpp", "ref"),
+        (lambda d: d["llama_cpp"].update(cmake_flags=["GGML_CUDA=ON"]), "llama_cpp.cmake_flags[0]", "-DNAME"),
+        (lambda d: d.update(gpus={"count": 0}), "gpus", "cuda"),
+    ],
+)
 def test_bad_input_names_host_key_and_expectation(mutate, key, expected):
     data = base()
     mutate(data)

@@ -7,11 +7,10 @@ import textwrap
 
 import pytest
 import yaml
+from test_mirror import REPO, make_repo
 
 from rigkit.models import hub, lockfile, mirror
 from rigkit.models.hub import HubClient, ModelRef
-
-from test_mirror import REPO, make_repo
 
 TOKEN = "hf_TopSecretToken_1234567890"
 
@@ -35,8 +34,13 @@ def test_modelref_validation():
     r = ref(include=["Q4/*.gguf"])
     assert r.include == ("Q4/*.gguf",) and hash(r)
     assert r.key == f"{REPO}@main:Q4/*.gguf"
-    for kw, key in [({"repo": "noslash"}, "'repo'"), ({"dest": "rel/path"}, "'dest'"), ({"include": ()}, "'include'"),
-                    ({"revision": ""}, "'revision'"), ({"endpoint": "ftp://x"}, "'endpoint'")]:
+    for kw, key in [
+        ({"repo": "noslash"}, "'repo'"),
+        ({"dest": "rel/path"}, "'dest'"),
+        ({"include": ()}, "'include'"),
+        ({"revision": ""}, "'revision'"),
+        ({"endpoint": "ftp://x"}, "'endpoint'"),
+    ]:
         with pytest.raises(ValueError, match=key):
             ref(**kw)
 
@@ -98,7 +102,8 @@ def test_auth_and_token_never_leaks(tmp_path, monkeypatch):
 def write_inventory(tmp_path, dest="/models/tiny", revision="main", endpoint=None):
     inv = tmp_path / "inv" / "prod.py"
     inv.parent.mkdir(exist_ok=True)
-    inv.write_text(textwrap.dedent(f"""
+    inv.write_text(
+        textwrap.dedent(f"""
         from rigkit.models.hub import ModelRef
         gpu = [
             ("gpu1", {{"models": [{{"repo": "{REPO}", "revision": "{revision}", "include": ["Q4/*.gguf"],
@@ -106,7 +111,8 @@ def write_inventory(tmp_path, dest="/models/tiny", revision="main", endpoint=Non
             ("gpu2", {{"models": [ModelRef("{REPO}", "{revision}", ("Q4/*.gguf",), "/srv/other")]}}),
             "plain-host",
         ]
-    """))
+    """)
+    )
     return inv
 
 
@@ -124,8 +130,11 @@ def test_lock_main_check_and_stale(served, tmp_path, monkeypatch, capsys):
     data = yaml.safe_load(lp.read_text())
     entry = data["models"][f"{REPO}@main:Q4/*.gguf"]
     assert entry["sha"] == s.store.index(REPO).sha
-    assert entry["files"][0] == {"path": "Q4/tiny-00001-of-00002.gguf", "size": 3_000_000,
-                                 "sha256": hashlib.sha256(files["Q4/tiny-00001-of-00002.gguf"]).hexdigest()}
+    assert entry["files"][0] == {
+        "path": "Q4/tiny-00001-of-00002.gguf",
+        "size": 3_000_000,
+        "sha256": hashlib.sha256(files["Q4/tiny-00001-of-00002.gguf"]).hexdigest(),
+    }
     refs2, entries = lockfile.entries_for_inventory(str(inv))
     e = entries[refs2[0].key]
     assert e.model_path("/models/tiny") == "/models/tiny/Q4/tiny-00001-of-00002.gguf"

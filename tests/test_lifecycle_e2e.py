@@ -15,7 +15,6 @@ import threading
 import time
 
 import pytest
-
 from mutated_inventory import write_inventory
 from pyinfra_run import REPO, run_pyinfra, ssh
 
@@ -32,7 +31,8 @@ def test_renamed_service_and_dropped_key_converge(sandbox_hosts, first_deploy, t
     sb, host = sandbox_hosts, sandbox_hosts.hosts[0]
     plan = deploy(first_deploy, tmp_path, {"name": "tiny2"}, "--dry")
     assert "Serve llama.cpp | Remove rigkit-llama-tiny.service (no longer in the inventory)" in {
-        op["name"] for op in __import__("json").loads(plan.stdout)["plan"]}
+        op["name"] for op in __import__("json").loads(plan.stdout)["plan"]
+    }
     run = deploy(first_deploy, tmp_path, {"name": "tiny2"})
     assert run.returncode == 0, run.stderr[-3000:]
     units = ssh(sb, host, "ls /etc/systemd/system | grep rigkit- | sort").split()
@@ -42,8 +42,12 @@ def test_renamed_service_and_dropped_key_converge(sandbox_hosts, first_deploy, t
     assert ssh(sb, host, "id llama-tiny >/dev/null 2>&1 && echo yes || echo no") == "no"
     assert ssh(sb, host, "ls /etc/rigkit/llama").split() == ["services.json", "tiny2.key", "tiny2.key.version"]
     # Back to the suite's service, then without a key: the key file goes.
-    no_key = deploy(first_deploy, tmp_path, {"api_key_file": None, "allow_unauthenticated": True},
-                    env={"RIGKIT_SANDBOX_API_KEY_FILE": ""})
+    no_key = deploy(
+        first_deploy,
+        tmp_path,
+        {"api_key_file": None, "allow_unauthenticated": True},
+        env={"RIGKIT_SANDBOX_API_KEY_FILE": ""},
+    )
     assert no_key.returncode == 0, no_key.stderr[-3000:]
     assert ssh(sb, host, "ls /etc/rigkit/llama").split() == ["services.json"]
     assert "rigkit-llama-tiny2.service" not in ssh(sb, host, "ls /etc/systemd/system")
@@ -58,8 +62,7 @@ def test_two_deploys_at_once_take_turns(sandbox_hosts, first_deploy, tmp_path):
     sb, host = sandbox_hosts, sandbox_hosts.hosts[0]
     mutation = {"@llama_cpp": {"cmake_flags": ["-DLLAMA_BUILD_EXAMPLES=OFF"]}}
     runs = []
-    threads = [threading.Thread(target=lambda: runs.append(deploy(first_deploy, tmp_path, mutation)))
-               for _ in range(2)]
+    threads = [threading.Thread(target=lambda: runs.append(deploy(first_deploy, tmp_path, mutation))) for _ in range(2)]
     for t in threads:
         t.start()
         time.sleep(1)
@@ -83,9 +86,12 @@ def test_watchdog_restarts_a_hung_server(sandbox_hosts, first_deploy, tmp_path):
     sb, host = sandbox_hosts, sandbox_hosts.hosts[0]
     fast = deploy(first_deploy, tmp_path, {"watchdog_interval": 5, "watchdog_failures": 2})
     assert fast.returncode == 0, fast.stderr[-3000:]
-    assert set(fast.changed) <= {"Serve llama.cpp | Watchdog rigkit-watchdog-tiny.service",
-                                 "Serve llama.cpp | Watchdog timer of tiny", "Serve llama.cpp | Reload systemd units",
-                                 "Serve llama.cpp | Start the watchdog of tiny"}, fast.changed  # no service restart
+    assert set(fast.changed) <= {
+        "Serve llama.cpp | Watchdog rigkit-watchdog-tiny.service",
+        "Serve llama.cpp | Watchdog timer of tiny",
+        "Serve llama.cpp | Reload systemd units",
+        "Serve llama.cpp | Start the watchdog of tiny",
+    }, fast.changed  # no service restart
     pid = ssh(sb, host, "systemctl show -p MainPID --value rigkit-llama-tiny")
     ssh(sb, host, f"kill -STOP {pid}")  # alive, port open, never answers
     deadline = time.monotonic() + 90
@@ -97,9 +103,14 @@ def test_watchdog_restarts_a_hung_server(sandbox_hosts, first_deploy, tmp_path):
     assert now not in (pid, "0"), "the watchdog did not restart the hung server in 90 s"
     journal = ssh(sb, host, "journalctl -u rigkit-watchdog-tiny --no-pager -o cat")
     assert "restarting rigkit-llama-tiny.service after 2 failed probes" in journal
-    status = subprocess.run([sys.executable, "-m", "rigkit.cli", "status", "--json", "inventories/sandbox.py"],
-                            cwd=REPO, capture_output=True, text=True, timeout=120, env=dict(
-                                __import__("os").environ, **first_deploy[1]))
+    status = subprocess.run(
+        [sys.executable, "-m", "rigkit.cli", "status", "--json", "inventories/sandbox.py"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=dict(__import__("os").environ, **first_deploy[1]),
+    )
     dog = __import__("json").loads(status.stdout)["sandbox-1"]["services"][0]["watchdog"]
     assert dog["timer"] == "active" and dog["restarts"] >= 1
     back = deploy(first_deploy, tmp_path)
@@ -107,8 +118,14 @@ def test_watchdog_restarts_a_hung_server(sandbox_hosts, first_deploy, tmp_path):
 
 
 def status(inventory: str, env: dict) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "rigkit.cli", "status", inventory], cwd=REPO,
-                          capture_output=True, text=True, timeout=120, env=dict(__import__("os").environ, **env))
+    return subprocess.run(
+        [sys.executable, "-m", "rigkit.cli", "status", inventory],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=dict(__import__("os").environ, **env),
+    )
 
 
 def test_status_exit_codes(sandbox_hosts, first_deploy, tmp_path):
@@ -122,8 +139,10 @@ def test_status_exit_codes(sandbox_hosts, first_deploy, tmp_path):
     invalid = status(str(write_inventory(tmp_path, {**limit, "@llama_cpp": {"ref": "master"}}, "invalid")), env)
     assert invalid.returncode == 2 and "llama_cpp.ref: expected" in invalid.stderr, invalid.stderr
     unreachable = tmp_path / "gone.py"
-    unreachable.write_text("gone = [('198.18.255.254', {'ssh_connect_retries': 0, 'ssh_timeout': 2, "
-                           "'llama_cpp': {'ref': 'b11312', 'cuda': False}})]\n")
+    unreachable.write_text(
+        "gone = [('198.18.255.254', {'ssh_connect_retries': 0, 'ssh_timeout': 2, "
+        "'llama_cpp': {'ref': 'b11312', 'cuda': False}})]\n"
+    )
     assert status(str(unreachable), env).returncode == 3
     ssh(sb, host, "systemctl stop rigkit-watchdog-tiny.timer rigkit-llama-tiny")
     try:
@@ -149,8 +168,12 @@ def test_noop_run_does_not_rehash_a_large_uploaded_model(sandbox_hosts, first_de
     assert "Models | Model files of big in /srv/models/big" in first.changed
     local = hashlib.sha256((big / "weights.bin").read_bytes()).hexdigest()
     assert ssh(sb, host, "sha256sum /srv/models/big/weights.bin").split()[0] == local
-    ssh(sb, host, "f=/srv/models/big/weights.bin; t=$(stat -c %y $f); "
-                  "dd if=/dev/zero of=$f bs=1M count=1 conv=notrunc status=none; touch -d \"$t\" $f")
+    ssh(
+        sb,
+        host,
+        "f=/srv/models/big/weights.bin; t=$(stat -c %y $f); "
+        'dd if=/dev/zero of=$f bs=1M count=1 conv=notrunc status=none; touch -d "$t" $f',
+    )
     again = deploy(first_deploy, tmp_path, mutation)
     assert again.returncode == 0 and again.changed == {}, again.changed
     ssh(sb, host, "rm -rf /srv/models/big")

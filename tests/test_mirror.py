@@ -46,12 +46,16 @@ def srv(request, repo_dir):
 def test_snapshot_download_byte_identical(srv, repo_dir, tmp_path):
     root, files = repo_dir
     local = hf.snapshot_download(REPO, local_dir=str(tmp_path / "snap"), endpoint=srv.url)
-    got = {str(p.relative_to(local)): p.read_bytes() for p in Path(local).rglob("*")
-           if p.is_file() and ".cache" not in p.parts}
+    got = {
+        str(p.relative_to(local)): p.read_bytes()
+        for p in Path(local).rglob("*")
+        if p.is_file() and ".cache" not in p.parts
+    }
     assert got == files
     # cache-dir mode too (blobs named by etag = sha256 for LFS files)
-    cached = hf.snapshot_download(REPO, cache_dir=str(tmp_path / "cache"), endpoint=srv.url,
-                                  allow_patterns=["Q4/*.gguf"])
+    cached = hf.snapshot_download(
+        REPO, cache_dir=str(tmp_path / "cache"), endpoint=srv.url, allow_patterns=["Q4/*.gguf"]
+    )
     for rel in files:
         if rel.startswith("Q4/"):
             assert filecmp.cmp(os.path.join(cached, rel), root / REPO / rel, shallow=False)
@@ -99,8 +103,7 @@ def test_errors_and_range(srv, repo_dir):
     data = repo_dir[1]["Q4/tiny-00001-of-00002.gguf"]
     r = requests.get(f"{u}/{REPO}/resolve/main/Q4/tiny-00001-of-00002.gguf", headers={"Range": "bytes=100-"})
     assert r.status_code == 206 and r.content == data[100:]
-    r = requests.get(f"{u}/{REPO}/resolve/main/Q4/tiny-00001-of-00002.gguf",
-                     headers={"Range": f"bytes={len(data)}-"})
+    r = requests.get(f"{u}/{REPO}/resolve/main/Q4/tiny-00001-of-00002.gguf", headers={"Range": f"bytes={len(data)}-"})
     assert r.status_code == 416
 
 
@@ -112,8 +115,7 @@ def test_token_required(repo_dir, tmp_path):
         assert r.status_code == 401
         with pytest.raises(hf.errors.HfHubHTTPError):
             hf.hf_hub_download(REPO, "README.md", endpoint=s.url, cache_dir=str(tmp_path / "c0"), token=False)
-        p = hf.hf_hub_download(REPO, "README.md", endpoint=s.url, cache_dir=str(tmp_path / "c1"),
-                               token="hf_secret_abc")
+        p = hf.hf_hub_download(REPO, "README.md", endpoint=s.url, cache_dir=str(tmp_path / "c1"), token="hf_secret_abc")
         assert Path(p).read_bytes() == repo_dir[1]["README.md"]
     finally:
         s.stop()
@@ -144,9 +146,22 @@ def test_mirror_main_cli(repo_dir, tmp_path):
         sk.bind(("127.0.0.1", 0))
         port = sk.getsockname()[1]
     root = Path(__file__).resolve().parents[1]
-    p = subprocess.Popen([sys.executable, "-c", "import sys; from rigkit.models.mirror import mirror_main; "
-                          "sys.exit(mirror_main(sys.argv[1:]))", "serve", str(repo_dir[0]), "--host", "127.0.0.1",
-                          "--port", str(port)], cwd=root, stderr=subprocess.PIPE, text=True)
+    p = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys; from rigkit.models.mirror import mirror_main; sys.exit(mirror_main(sys.argv[1:]))",
+            "serve",
+            str(repo_dir[0]),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+        ],
+        cwd=root,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         for _ in range(100):
             try:

@@ -13,8 +13,8 @@ import sys
 import textwrap
 
 import pytest
-
 from pyinfra_run import REPO, run_pyinfra, ssh
+
 from rigkit import sandbox
 from rigkit.models import hub, lockfile, mirror
 
@@ -26,7 +26,7 @@ DEST = "/srv/models/tiny-hub"
 FIRST = "Q8/tiny-00001-of-00002.gguf"
 MARKER = "/etc/rigkit-e2e-model"  # the deploy writes the resolved service model path here
 
-DEPLOY = '''
+DEPLOY = """
 from io import StringIO
 
 from pyinfra import host
@@ -38,8 +38,7 @@ from rigkit.hostdata import rig_for
 config = rig_for(host)  # resolves "ref:tiny" through the lock, or fails before any change
 rig.models(config)
 files.put(name="Resolved model path", src=StringIO(config.services[0].model + "\\n"), dest="{marker}")
-'''
-
+"""
 
 
 @pytest.fixture(scope="module")
@@ -74,7 +73,8 @@ def token_mirror(sandbox_hosts, hub_files):
 
 def write_inventory(tmp_path, endpoint: str):
     inv = tmp_path / "hubhosts.py"
-    inv.write_text(textwrap.dedent(f"""
+    inv.write_text(
+        textwrap.dedent(f"""
         from rigkit.models.lockfile import lock_path_for
         from rigkit.sandbox import pyinfra_hosts
 
@@ -89,7 +89,8 @@ def write_inventory(tmp_path, endpoint: str):
             }}
 
         hub_hosts = [(name, {{**data, **rig_data(data)}}) for name, data in pyinfra_hosts()]
-    """))
+    """)
+    )
     deploy = tmp_path / "models_deploy.py"
     deploy.write_text(DEPLOY.format(marker=MARKER))
     return inv, deploy
@@ -103,8 +104,14 @@ def test_hub_models_on_two_hosts(sandbox_hosts, hub_files, token_mirror, tmp_pat
     outputs = []
 
     # Lock through the CLI, against the token-protected mirror.
-    locked = subprocess.run([sys.executable, "-m", "rigkit.cli", "lock", str(inv)], cwd=REPO,
-                            capture_output=True, text=True, timeout=60, env={**os.environ, **env})
+    locked = subprocess.run(
+        [sys.executable, "-m", "rigkit.cli", "lock", str(inv)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, **env},
+    )
     outputs.append(locked.stdout + locked.stderr)
     assert locked.returncode == 0, locked.stderr
     lock = lockfile.load(lockfile.lock_path_for(inv))

@@ -15,8 +15,8 @@ import pytest
 import yaml
 
 from rigkit import hostdata
-from rigkit.models import hub, lockfile, mirror
 from rigkit.hostdata import HostDataError, HubModel, UploadModel, parse_rig
+from rigkit.models import hub, lockfile, mirror
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 HUB_REPO = "acme/tiny-GGUF"
@@ -28,16 +28,26 @@ def rig_data(**service):
         "llama_cpp": {"ref": "b8137", "cuda": False},
         "models": [
             {"upload": "/tmp/local-models", "dest": "/srv/models/up"},
-            {"name": "tiny-q8", "repo": HUB_REPO, "revision": "main", "include": ["Q8/*.gguf"],
-             "dest": "/srv/models/tiny"},
+            {
+                "name": "tiny-q8",
+                "repo": HUB_REPO,
+                "revision": "main",
+                "include": ["Q8/*.gguf"],
+                "dest": "/srv/models/tiny",
+            },
         ],
         "services": [{"name": "tiny", "model": "ref:tiny-q8", "port": 8000, **service}],
     }
 
 
 def entry(sha="a" * 40, paths=("Q8/tiny-00001-of-00002.gguf", "Q8/tiny-00002-of-00002.gguf")):
-    return lockfile.LockEntry(repo=HUB_REPO, revision="main", include=("Q8/*.gguf",), sha=sha,
-                              files=tuple(lockfile.LockedFile(p, 10, "0" * 64) for p in paths))
+    return lockfile.LockEntry(
+        repo=HUB_REPO,
+        revision="main",
+        include=("Q8/*.gguf",),
+        sha=sha,
+        files=tuple(lockfile.LockedFile(p, 10, "0" * 64) for p in paths),
+    )
 
 
 def test_models_are_typed():
@@ -65,28 +75,34 @@ def test_stale_or_missing_lock_names_the_command():
     rig = parse_rig("h", rig_data())
     with pytest.raises(lockfile.LockError, match=r"no lock entry[\s\S]*run: rigkit lock inv/prod.py"):
         hostdata.resolve_model_refs(rig, {}, "inv/prod.py")
-    other = {rig.hub_models[0].ref.key: lockfile.LockEntry(
-        repo=HUB_REPO, revision="v2", include=("Q8/*.gguf",), sha="b" * 40, files=entry().files)}
+    other = {
+        rig.hub_models[0].ref.key: lockfile.LockEntry(
+            repo=HUB_REPO, revision="v2", include=("Q8/*.gguf",), sha="b" * 40, files=entry().files
+        )
+    }
     with pytest.raises(lockfile.LockError, match="run: rigkit lock inv/prod.py"):
         hostdata.resolve_model_refs(rig, other, "inv/prod.py")
 
 
-@pytest.mark.parametrize("mutate, key, expected", [
-    (lambda d: d["services"][0].update(model="ref:nope"), "services[0].model", "tiny-q8"),
-    (lambda d: d["services"][0].update(model="ref:"), "services[0].model", "ref:<name"),
-    (lambda d: d["models"][1].update(repo="no-slash"), "models[1].repo", "<org>/<name>"),
-    (lambda d: d["models"][1].update(dest="models/tiny"), "models[1].dest", "absolute"),
-    (lambda d: d["models"][1].update(include=[]), "models[1].include", "non-empty"),
-    (lambda d: d["models"][1].update(include=["  "]), "models[1].include", "non-empty"),
-    (lambda d: d["models"][1].update(include="Q8/*.gguf"), "models[1].include", "a list"),
-    (lambda d: d["models"][1].update(revison="main"), "models[1].revison", "known keys"),
-    (lambda d: d["models"][1].update(endpoint="ftp://x"), "models[1].endpoint", "http"),
-    (lambda d: d["models"][1].update(name="a b"), "models[1].name", "letters"),
-    (lambda d: d["models"].append(dict(d["models"][1])), "models[2].name", "no other model"),
-    (lambda d: d["models"][0].update(repo=HUB_REPO), "models[0].repo", "known keys"),
-    (lambda d: d["models"].append("org/repo"), "models[2]", "upload and dest"),
-    (lambda d: d.update(models={"upload": "/x"}), "models", "a list"),
-])
+@pytest.mark.parametrize(
+    "mutate, key, expected",
+    [
+        (lambda d: d["services"][0].update(model="ref:nope"), "services[0].model", "tiny-q8"),
+        (lambda d: d["services"][0].update(model="ref:"), "services[0].model", "ref:<name"),
+        (lambda d: d["models"][1].update(repo="no-slash"), "models[1].repo", "<org>/<name>"),
+        (lambda d: d["models"][1].update(dest="models/tiny"), "models[1].dest", "absolute"),
+        (lambda d: d["models"][1].update(include=[]), "models[1].include", "non-empty"),
+        (lambda d: d["models"][1].update(include=["  "]), "models[1].include", "non-empty"),
+        (lambda d: d["models"][1].update(include="Q8/*.gguf"), "models[1].include", "a list"),
+        (lambda d: d["models"][1].update(revison="main"), "models[1].revison", "known keys"),
+        (lambda d: d["models"][1].update(endpoint="ftp://x"), "models[1].endpoint", "http"),
+        (lambda d: d["models"][1].update(name="a b"), "models[1].name", "letters"),
+        (lambda d: d["models"].append(dict(d["models"][1])), "models[2].name", "no other model"),
+        (lambda d: d["models"][0].update(repo=HUB_REPO), "models[0].repo", "known keys"),
+        (lambda d: d["models"].append("org/repo"), "models[2]", "upload and dest"),
+        (lambda d: d.update(models={"upload": "/x"}), "models", "a list"),
+    ],
+)
 def test_bad_models_name_host_key_and_expectation(mutate, key, expected):
     data = rig_data()
     mutate(data)
@@ -107,12 +123,14 @@ def test_lock_location(tmp_path, monkeypatch):
 
 def test_collect_model_refs_skips_uploads_and_applies_hf_endpoint(tmp_path):
     inv = tmp_path / "prod.py"
-    inv.write_text(textwrap.dedent(f"""
+    inv.write_text(
+        textwrap.dedent(f"""
         hosts = [
             ("a", {{"hf_endpoint": "http://mirror:8090", "models": {rig_data()["models"]!r}}}),
             ("b", {{"models": [{{"repo": "{HUB_REPO}", "include": ["Q8/*.gguf"], "dest": "/m"}}]}}),
         ]
-    """))
+    """)
+    )
     refs = lockfile.collect_model_refs(inv)
     assert {r.key for r in refs} == {f"{HUB_REPO}@main:Q8/*.gguf"}  # one lock entry for both hosts
     assert {(r.dest, r.endpoint) for r in refs} == {("/srv/models/tiny", "http://mirror:8090"), ("/m", None)}
@@ -125,13 +143,23 @@ def test_collect_model_refs_skips_uploads_and_applies_hf_endpoint(tmp_path):
 
 
 def rigkit(*args, env=None, **kw):
-    return subprocess.run([sys.executable, "-m", "rigkit.cli", *args], cwd=REPO_ROOT, capture_output=True,
-                          text=True, timeout=60, env={**os.environ, **(env or {})}, **kw)
+    return subprocess.run(
+        [sys.executable, "-m", "rigkit.cli", *args],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, **(env or {})},
+        **kw,
+    )
 
 
 def make_repo(root: Path) -> dict[str, bytes]:
-    files = {"Q8/tiny-00001-of-00002.gguf": b"a" * 300_000, "Q8/tiny-00002-of-00002.gguf": b"b" * 200_000,
-             "README.md": b"hello\n"}
+    files = {
+        "Q8/tiny-00001-of-00002.gguf": b"a" * 300_000,
+        "Q8/tiny-00002-of-00002.gguf": b"b" * 200_000,
+        "README.md": b"hello\n",
+    }
     for path, data in files.items():
         p = root / HUB_REPO / path
         p.parent.mkdir(parents=True, exist_ok=True)
@@ -154,8 +182,7 @@ def test_cli_lock_against_a_token_mirror(tmp_path):
         assert rigkit("lock", "--check", str(inv), env=env).returncode == 0
         data = yaml.safe_load((tmp_path / "prod.lock.yaml").read_text())
         (locked,) = data["models"].values()
-        assert [f["path"] for f in locked["files"]] == ["Q8/tiny-00001-of-00002.gguf",
-                                                       "Q8/tiny-00002-of-00002.gguf"]
+        assert [f["path"] for f in locked["files"]] == ["Q8/tiny-00001-of-00002.gguf", "Q8/tiny-00002-of-00002.gguf"]
         denied = rigkit("lock", str(inv), env={"HF_TOKEN": "wrong"})
         assert denied.returncode == 1 and "401" in denied.stderr
         for r in (checked, done, denied):
@@ -174,9 +201,26 @@ def test_cli_mirror_serve(tmp_path):
     make_repo(tmp_path / "hub")
     (tmp_path / "token").write_text(TOKEN + "\n")
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "rigkit.cli", "mirror", "serve", str(tmp_path / "hub"),
-                             "--host", "127.0.0.1", "--port", str(port), "--token-file", str(tmp_path / "token")],
-                            cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "rigkit.cli",
+            "mirror",
+            "serve",
+            str(tmp_path / "hub"),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--token-file",
+            str(tmp_path / "token"),
+        ],
+        cwd=REPO_ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     try:
         deadline = time.monotonic() + 30
         while True:

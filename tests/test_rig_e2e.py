@@ -13,21 +13,21 @@ import secrets
 import textwrap
 import urllib.error
 import urllib.request
+from pathlib import Path
 
 import pytest
-
 from pyinfra_run import REPO, run_pyinfra, ssh
 
 pytestmark = pytest.mark.e2e
-
 
 
 def chat(address: str, key: str | None, body: dict) -> tuple[int, dict]:
     headers = {"Content-Type": "application/json"}
     if key:
         headers["Authorization"] = f"Bearer {key}"
-    req = urllib.request.Request(f"http://{address}:8000/v1/chat/completions",
-                                 data=json.dumps(body).encode(), headers=headers)
+    req = urllib.request.Request(
+        f"http://{address}:8000/v1/chat/completions", data=json.dumps(body).encode(), headers=headers
+    )
     try:
         with urllib.request.urlopen(req, timeout=60) as resp:
             return resp.status, json.loads(resp.read())
@@ -49,23 +49,36 @@ def test_rig_deploy_serves_verified_model(sandbox_hosts, first_deploy, api_key):
     assert build["build"] == 11312 and build["ref"] == "b11312" and build["verified_at"]
 
     # From the build machine, with and without the key.
-    status, body = chat(host.address, api_key[0], {
-        "messages": [{"role": "user", "content": "hello"}], "max_tokens": 4})
+    status, body = chat(host.address, api_key[0], {"messages": [{"role": "user", "content": "hello"}], "max_tokens": 4})
     assert status == 200 and body["choices"]
     assert chat(host.address, None, {"messages": [{"role": "user", "content": "x"}]})[0] == 401
     # The seed-001 crash: a replayed tool call whose arguments are a JSON string.
-    status, _ = chat(host.address, api_key[0], {
-        "max_tokens": 4,
-        "tools": [{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}],
-        "messages": [
-            {"role": "user", "content": "call f"},
-            {"role": "assistant", "content": "", "tool_calls": [
-                {"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{\"a\": 1}"}}]},
-            {"role": "tool", "tool_call_id": "c1", "content": "ok"}]})
+    status, _ = chat(
+        host.address,
+        api_key[0],
+        {
+            "max_tokens": 4,
+            "tools": [{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}],
+            "messages": [
+                {"role": "user", "content": "call f"},
+                {
+                    "role": "assistant",
+                    "content": "",
+                    "tool_calls": [
+                        {"id": "c1", "type": "function", "function": {"name": "f", "arguments": '{"a": 1}'}}
+                    ],
+                },
+                {"role": "tool", "tool_call_id": "c1", "content": "ok"},
+            ],
+        },
+    )
     assert status == 200
     metrics = urllib.request.urlopen(
-        urllib.request.Request(f"http://{host.address}:8000/metrics",
-                               headers={"Authorization": f"Bearer {api_key[0]}"}), timeout=10).read()
+        urllib.request.Request(
+            f"http://{host.address}:8000/metrics", headers={"Authorization": f"Bearer {api_key[0]}"}
+        ),
+        timeout=10,
+    ).read()
     assert b"llamacpp:" in metrics
 
     opencode = json.loads(ssh(sb, host, "cat /etc/rigkit/opencode.json"))
@@ -117,14 +130,22 @@ def test_second_host_builds_from_the_shared_ccache(sandbox_hosts, first_deploy):
 
 BAD_INPUTS = {
     "unknown key": ("services[0]['ctx_size'] = 4096", "services[0].ctx_size: expected one of the known keys"),
-    "tensor split length": ("services[0]['tensor_split'] = [1, 1]; data['gpus'] = {'count': 1}",
-                            "services[0].tensor_split: expected 1 values"),
-    "port clash": ("services.append({**services[0], 'name': 'twin'})",
-                   "services[1].port: expected a port no other enabled service uses"),
-    "not the first shard": ("services[0]['model'] = '/srv/models/tiny-qwen/tiny-qwen-00002-of-00002.gguf'",
-                            "services[0].model: expected the first shard"),
-    "moving ref": ("data['llama_cpp'] = {**data['llama_cpp'], 'ref': 'master'}",
-                   "llama_cpp.ref: expected a pinned build tag"),
+    "tensor split length": (
+        "services[0]['tensor_split'] = [1, 1]; data['gpus'] = {'count': 1}",
+        "services[0].tensor_split: expected 1 values",
+    ),
+    "port clash": (
+        "services.append({**services[0], 'name': 'twin'})",
+        "services[1].port: expected a port no other enabled service uses",
+    ),
+    "not the first shard": (
+        "services[0]['model'] = '/srv/models/tiny-qwen/tiny-qwen-00002-of-00002.gguf'",
+        "services[0].model: expected the first shard",
+    ),
+    "moving ref": (
+        "data['llama_cpp'] = {**data['llama_cpp'], 'ref': 'master'}",
+        "llama_cpp.ref: expected a pinned build tag",
+    ),
 }
 
 
@@ -132,9 +153,10 @@ BAD_INPUTS = {
 def test_bad_input_fails_before_any_host_changes(sandbox_hosts, tmp_path, case):
     mutation, message = BAD_INPUTS[case]
     inventory = tmp_path / "bad.py"
-    inventory.write_text(textwrap.dedent(f"""
+    inventory.write_text(
+        textwrap.dedent(f"""
         import importlib.util
-        spec = importlib.util.spec_from_file_location("sandbox_inv", {str(REPO / 'inventories/sandbox.py')!r})
+        spec = importlib.util.spec_from_file_location("sandbox_inv", {str(REPO / "inventories/sandbox.py")!r})
         inv = importlib.util.module_from_spec(spec); spec.loader.exec_module(inv)
         hosts = []
         for name, data in inv.sandbox:
@@ -144,7 +166,8 @@ def test_bad_input_fails_before_any_host_changes(sandbox_hosts, tmp_path, case):
                 {mutation}
             hosts.append((name, data))
         sandbox = hosts
-    """))
+    """)
+    )
     sb = sandbox_hosts
     marker = "stat -c %Y /etc/hostname; ls /etc/systemd/system | sort | md5sum"
     before = [ssh(sb, h, marker) for h in sb.hosts]
@@ -167,17 +190,26 @@ def test_seed_inventory_dry_run_prints_a_plan(sandbox_hosts, tmp_path):
     standin_lock(tmp_path / "hub", lock, str(REPO / "inventories/rig.py"))
     marker = "ls /etc/systemd/system /srv 2>&1 | sort | md5sum"
     before = ssh(sb, host, marker)
-    run = run_pyinfra("inventories/rig.py", "deploys/rig.py", "--dry",
-                      "--data", f"ssh_known_hosts_file={sb.known_hosts}", "--data", f"model_lock={lock}",
-                      env={"RIG_HOST": host.address, "RIG_SSH_KEY": sb.ssh_key})
+    run = run_pyinfra(
+        "inventories/rig.py",
+        "deploys/rig.py",
+        "--dry",
+        "--data",
+        f"ssh_known_hosts_file={sb.known_hosts}",
+        "--data",
+        f"model_lock={lock}",
+        env={"RIG_HOST": host.address, "RIG_SSH_KEY": sb.ssh_key},
+    )
     assert run.returncode == 0, run.stderr[-3000:]
     plan = {op["name"] for op in json.loads(run.stdout)["plan"]}
-    for name in ("Build llama.cpp | Build llama.cpp b8137",
-                 "Serve llama.cpp | Unit rigkit-llama-qwen122b.service",
-                 "Serve llama.cpp | Unit rigkit-llama-qwen397b.service",
-                 "Serve llama.cpp | Switch llama.cpp to b8137",
-                 "Serve llama.cpp | Enable rigkit-llama-qwen122b.service",
-                 "Serve llama.cpp | Disable rigkit-llama-qwen397b.service"):
+    for name in (
+        "Build llama.cpp | Build llama.cpp b8137",
+        "Serve llama.cpp | Unit rigkit-llama-qwen122b.service",
+        "Serve llama.cpp | Unit rigkit-llama-qwen397b.service",
+        "Serve llama.cpp | Switch llama.cpp to b8137",
+        "Serve llama.cpp | Enable rigkit-llama-qwen122b.service",
+        "Serve llama.cpp | Disable rigkit-llama-qwen397b.service",
+    ):
         assert name in plan, name
     for model in ("qwen122b-q6", "qwen397b-tq1"):
         assert any(name.startswith(f"Models | Model {model} (unsloth/") for name in plan), plan
@@ -197,8 +229,13 @@ def rotate_key(sb, host, key_file):
     secret = "rk-" + secrets.token_hex(16)
     key_file.write_text(secret + "\n")
     pid = ssh(sb, host, "systemctl show -p MainPID --value rigkit-llama-tiny")
-    run = run_pyinfra("inventories/sandbox.py", "deploys/rig.py", "--limit", "sandbox-1",
-                      env={"RIGKIT_SANDBOX_API_KEY_FILE": str(key_file)})
+    run = run_pyinfra(
+        "inventories/sandbox.py",
+        "deploys/rig.py",
+        "--limit",
+        "sandbox-1",
+        env={"RIGKIT_SANDBOX_API_KEY_FILE": str(key_file)},
+    )
     assert run.returncode == 0, run.stderr[-3000:]
     return run, secret, pid
 
@@ -210,7 +247,7 @@ def test_a_changed_key_restarts_the_service_and_verifies(sandbox_hosts, first_de
     assert set(run.changed) == KEY_CHANGED, run.changed
     assert ssh(sb, host, "systemctl show -p MainPID --value rigkit-llama-tiny") != pid
     assert chat(host.address, new_secret, CHAT)[0] == 200
-    assert chat(host.address, open(old_key).read().strip(), CHAT)[0] == 401
+    assert chat(host.address, Path(old_key).read_text().strip(), CHAT)[0] == 401
     assert new_secret not in run.stdout + run.stderr
 
 
@@ -230,8 +267,13 @@ def test_rigkit_status_reports_build_services_and_models(sandbox_hosts, first_de
     import subprocess
     import sys
 
-    run = subprocess.run([sys.executable, "-m", "rigkit.cli", "status", "inventories/sandbox.py"],
-                         cwd=REPO, capture_output=True, text=True, timeout=120)
+    run = subprocess.run(
+        [sys.executable, "-m", "rigkit.cli", "status", "inventories/sandbox.py"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     lines = run.stdout.splitlines()
     first = next(i for i, line in enumerate(lines) if line.startswith("sandbox-1: "))
     assert "llama.cpp b11312 (" in lines[first] and "verified 20" in lines[first]

@@ -5,11 +5,9 @@ from __future__ import annotations
 import urllib.request
 
 import pytest
-
 from pyinfra_run import run_pyinfra, ssh
 
 pytestmark = pytest.mark.e2e
-
 
 
 def test_sample_deploy_on_two_hosts_then_noop(sandbox_hosts):
@@ -31,8 +29,7 @@ def test_sample_deploy_on_two_hosts_then_noop(sandbox_hosts):
         page = urllib.request.urlopen(f"http://{host.address}:8080/", timeout=10).read().decode()
         assert f"Hello from {host.name}" in page
 
-    started = {h.name: ssh(sb, h, "systemctl show -p ActiveEnterTimestampMonotonic rigkit-hello")
-               for h in sb.hosts}
+    started = {h.name: ssh(sb, h, "systemctl show -p ActiveEnterTimestampMonotonic rigkit-hello") for h in sb.hosts}
 
     second = run_pyinfra("inventories/sandbox.py", "deploys/sample.py")
     assert second.returncode == 0, second.stderr[-3000:]

@@ -15,8 +15,8 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-
 from pyinfra_run import run_pyinfra, ssh
+
 from rigkit import sandbox
 from rigkit.sandbox import offline
 from rigkit.sandbox.health import HealthPoller
@@ -31,8 +31,7 @@ def mirror() -> Path:
 
 
 def deploy(ref: str, deploy_file: str = "deploys/rig.py"):
-    return run_pyinfra("inventories/sandbox.py", deploy_file, "--limit", HOST,
-                       env={"RIGKIT_LLAMA_REF": ref})
+    return run_pyinfra("inventories/sandbox.py", deploy_file, "--limit", HOST, env={"RIGKIT_LLAMA_REF": ref})
 
 
 def current(sb, host) -> dict:
@@ -40,8 +39,10 @@ def current(sb, host) -> dict:
 
 
 def serving(sb, host) -> tuple[str, str]:
-    return (ssh(sb, host, "systemctl show -p MainPID --value rigkit-llama-tiny"),
-            ssh(sb, host, "systemctl is-active rigkit-llama-tiny"))
+    return (
+        ssh(sb, host, "systemctl show -p MainPID --value rigkit-llama-tiny"),
+        ssh(sb, host, "systemctl is-active rigkit-llama-tiny"),
+    )
 
 
 @pytest.fixture(scope="module")
@@ -69,8 +70,10 @@ def test_upgrade_while_serving_then_noop(sandbox_hosts, host):
     # The old build kept serving while the new one compiled: most polls answered 200.
     assert poller.healthy_fraction > 0.5, f"only {poller.healthy_fraction:.0%} of polls were healthy"
     assert poller.samples[-1][1], "serving at the end"
-    print(f"\nupgrade b9976 -> b11312: longest /health outage {poller.longest_outage():.2f}s "
-          f"over {len(poller.samples)} polls")
+    print(
+        f"\nupgrade b9976 -> b11312: longest /health outage {poller.longest_outage():.2f}s "
+        f"over {len(poller.samples)} polls"
+    )
 
     third = deploy("b11312")
     assert third.returncode == 0 and third.changed == {}, third.changed
@@ -91,10 +94,13 @@ def test_explicit_rollback_and_forward_again(sandbox_hosts, host):
 def test_commit_that_does_not_compile_changes_nothing(sandbox_hosts, host):
     sb = sandbox_hosts
     sha = offline.add_llama_commit(
-        mirror(), "b11312",
+        mirror(),
+        "b11312",
         lambda tree: (tree / "tools/server/main.cpp").write_text(
-            (tree / "tools/server/main.cpp").read_text() + '\n#error "rigkit test: does not compile"\n'),
-        "rigkit test: does not compile")
+            (tree / "tools/server/main.cpp").read_text() + '\n#error "rigkit test: does not compile"\n'
+        ),
+        "rigkit test: does not compile",
+    )
     before_current, before_serving = current(sb, host), serving(sb, host)
     builds_before = ssh(sb, host, "ls /opt/rigkit/llama.cpp/builds")
     run = deploy(sha[:12])
@@ -110,12 +116,18 @@ def test_commit_that_does_not_compile_changes_nothing(sandbox_hosts, host):
 def test_server_that_cannot_start_is_rolled_back(sandbox_hosts, host):
     sb = sandbox_hosts
     sha = offline.add_llama_commit(
-        mirror(), "b11312",
+        mirror(),
+        "b11312",
         lambda tree: (tree / "tools/server/main.cpp").write_text(
-            (tree / "tools/server/main.cpp").read_text().replace(
+            (tree / "tools/server/main.cpp")
+            .read_text()
+            .replace(
                 "return llama_server(argc, argv);",
-                "(void) argc; (void) argv; return 3;  // rigkit test: exits at start")),
-        "rigkit test: server exits at start")
+                "(void) argc; (void) argv; return 3;  // rigkit test: exits at start",
+            )
+        ),
+        "rigkit test: server exits at start",
+    )
     run = deploy(sha[:12])
     assert run.returncode != 0
     output = run.stdout + run.stderr

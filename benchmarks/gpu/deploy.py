@@ -21,8 +21,10 @@ archs = cuda_arch(config)  # empty in the host data: read from nvidia-smi
 identity = BuildIdentity.of(config.llama_cpp, archs)
 
 llama_cpp.tool(name="Install rigkit's llama.cpp host tool")
-llama_cpp.build(name=f"Build llama.cpp {config.llama_cpp.ref} for sm_{','.join(archs)} "
-                     f"(FA_ALL_QUANTS {'on' if config.llama_cpp.fa_all_quants else 'off'})",
-                identity=identity)
+llama_cpp.build(
+    name=f"Build llama.cpp {config.llama_cpp.ref} for sm_{','.join(archs)} "
+    f"(FA_ALL_QUANTS {'on' if config.llama_cpp.fa_all_quants else 'off'})",
+    identity=identity,
+)
 if host.data.get("activate"):
     llama_cpp.activate(name=f"Switch llama.cpp to {config.llama_cpp.ref}", identity=identity)

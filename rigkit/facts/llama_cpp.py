@@ -33,8 +33,10 @@ class LlamaCppBuilds(FactBase[dict]):
     def command(self, root: str) -> StringCommand:
         # One JSON document per line; a missing root is simply "no builds".
         return StringCommand(
-            "cd", QuoteString(root), "2>/dev/null || exit 0;",
-            "for f in builds/b*/build.json; do [ -f \"$f\" ] || continue; "
+            "cd",
+            QuoteString(root),
+            "2>/dev/null || exit 0;",
+            'for f in builds/b*/build.json; do [ -f "$f" ] || continue; '
             "printf 'B %s ' \"${f%/build.json}\"; tr -d '\\n' < \"$f\"; echo; done; "
             "printf 'C %s\\n' \"$(readlink current)\"; printf 'P %s\\n' \"$(readlink previous)\"",
         )

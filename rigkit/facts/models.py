@@ -60,7 +60,11 @@ class ShardsVerified(FactBase[dict]):
         out = {}
         for dest, size, sha in seen["wanted"]:
             st = seen["stat"].get(dest)
-            out[dest] = ("missing" if st is None
-                         else "verified" if entry_verified(entries.get(dest), size, sha, st[0], st[1])
-                         else "unverified")
+            out[dest] = (
+                "missing"
+                if st is None
+                else "verified"
+                if entry_verified(entries.get(dest), size, sha, st[0], st[1])
+                else "unverified"
+            )
         return out

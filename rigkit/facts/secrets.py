@@ -19,8 +19,17 @@ class SecretVersion(FactBase[str]):
     """
 
     def command(self, path: str) -> StringCommand:
-        return StringCommand("test", "-f", QuoteString(path), "&&", "cat",
-                             QuoteString(path + VERSION_SUFFIX), "2>/dev/null", "||", "true")
+        return StringCommand(
+            "test",
+            "-f",
+            QuoteString(path),
+            "&&",
+            "cat",
+            QuoteString(path + VERSION_SUFFIX),
+            "2>/dev/null",
+            "||",
+            "true",
+        )
 
     def process(self, output: list[str]) -> str:
         return "".join(output).strip()

@@ -37,7 +37,22 @@ from rigkit.hostdata.schema import HostDataError
 from rigkit.hostdata.services import SAMPLING_PRESETS, LlamaServerOptions, Service
 
 __all__ = [
-    "LOCK_ENV", "MODEL_REF_PREFIX", "SAMPLING_PRESETS", "UPSTREAM_LLAMA_CPP", "Gpus", "HostDataError",
-    "HubModel", "LlamaCpp", "LlamaServerOptions", "ModelLockError", "Rig", "Service", "UploadModel",
-    "find_model_lock", "parse_models", "parse_rig", "resolve_model_refs", "rig_for",
+    "LOCK_ENV",
+    "MODEL_REF_PREFIX",
+    "SAMPLING_PRESETS",
+    "UPSTREAM_LLAMA_CPP",
+    "Gpus",
+    "HostDataError",
+    "HubModel",
+    "LlamaCpp",
+    "LlamaServerOptions",
+    "ModelLockError",
+    "Rig",
+    "Service",
+    "UploadModel",
+    "find_model_lock",
+    "parse_models",
+    "parse_rig",
+    "resolve_model_refs",
+    "rig_for",
 ]

@@ -35,21 +35,35 @@ class LlamaCpp:
 
 def parse_llama_cpp(host: str, raw: Any, gpus: Gpus) -> LlamaCpp:
     llama = build(LlamaCpp, raw, host, "llama_cpp")
-    check_pattern(llama.ref, PIN, host, "llama_cpp.ref", "a pinned build tag such as b8137 or a commit sha "
-                  "(7-40 hex digits), not a moving ref like a branch")
-    check_pattern(llama.git_url, GIT_URL, host, "llama_cpp.git_url",
-                  "a git URL (https://, git://, ssh://) or an absolute path")
+    check_pattern(
+        llama.ref,
+        PIN,
+        host,
+        "llama_cpp.ref",
+        "a pinned build tag such as b8137 or a commit sha (7-40 hex digits), not a moving ref like a branch",
+    )
+    check_pattern(
+        llama.git_url, GIT_URL, host, "llama_cpp.git_url", "a git URL (https://, git://, ssh://) or an absolute path"
+    )
     check_path(llama.root, host, "llama_cpp.root", "an absolute directory on the host")
     for i, arch in enumerate(llama.cuda_arch):
         check_pattern(arch, CUDA_ARCH, host, f"llama_cpp.cuda_arch[{i}]", 'a CUDA architecture like "86"')
     if llama.cuda and not (llama.cuda_arch or gpus.cuda_arch or gpus.count):
-        raise HostDataError(host, "gpus", "gpus.count or gpus.cuda_arch when llama_cpp.cuda is on "
-                            "(or set llama_cpp.cuda: false for a CPU build)")
+        raise HostDataError(
+            host,
+            "gpus",
+            "gpus.count or gpus.cuda_arch when llama_cpp.cuda is on (or set llama_cpp.cuda: false for a CPU build)",
+        )
     if llama.keep_builds < 2:
         raise HostDataError(host, "llama_cpp.keep_builds", "at least 2 (current and previous)", llama.keep_builds)
     for i, flag in enumerate(llama.cmake_flags):
-        check_pattern(flag, CMAKE_FLAG, host, f"llama_cpp.cmake_flags[{i}]",
-                      "a -DNAME=VALUE cmake flag (value: letters, digits and . , ; + / : = _ -)")
+        check_pattern(
+            flag,
+            CMAKE_FLAG,
+            host,
+            f"llama_cpp.cmake_flags[{i}]",
+            "a -DNAME=VALUE cmake flag (value: letters, digits and . , ; + / : = _ -)",
+        )
     if not llama.targets:
         raise HostDataError(host, "llama_cpp.targets", "at least one cmake target (llama-server)")
     for i, target in enumerate(llama.targets):

@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Any, Union
+from typing import Any
 
 from rigkit.hostdata.schema import HostDataError, build, check_path, check_pattern
 from rigkit.models.hub import ModelRef
@@ -37,11 +37,12 @@ class HubModel:
 
     @cached_property
     def ref(self) -> ModelRef:
-        return ModelRef(repo=self.repo, revision=self.revision, include=self.include,
-                        dest=self.dest, endpoint=self.endpoint)
+        return ModelRef(
+            repo=self.repo, revision=self.revision, include=self.include, dest=self.dest, endpoint=self.endpoint
+        )
 
 
-Model = Union[UploadModel, HubModel]
+Model = UploadModel | HubModel
 
 
 def parse_models(host: str, raw: Any) -> tuple[Model, ...]:
@@ -59,15 +60,24 @@ def parse_models(host: str, raw: Any) -> tuple[Model, ...]:
             model = build(UploadModel, entry, host, key)
         elif isinstance(entry, (dict, HubModel, ModelRef)):
             if isinstance(entry, ModelRef):  # an inventory may name a Hub model by its ModelRef
-                entry = {"repo": entry.repo, "revision": entry.revision, "include": list(entry.include),
-                         "dest": entry.dest, **({"endpoint": entry.endpoint} if entry.endpoint else {})}
+                entry = {
+                    "repo": entry.repo,
+                    "revision": entry.revision,
+                    "include": list(entry.include),
+                    "dest": entry.dest,
+                    **({"endpoint": entry.endpoint} if entry.endpoint else {}),
+                }
             model = build(HubModel, entry, host, key)
             if model.name is not None:
-                check_pattern(model.name, MODEL_NAME, host, f"{key}.name", "letters, digits, '.', '_' and "
-                              f"'-' (what services name with {MODEL_REF_PREFIX}<name>)")
+                check_pattern(
+                    model.name,
+                    MODEL_NAME,
+                    host,
+                    f"{key}.name",
+                    f"letters, digits, '.', '_' and '-' (what services name with {MODEL_REF_PREFIX}<name>)",
+                )
                 if model.name in names:
-                    raise HostDataError(host, f"{key}.name", "a name no other model on this host uses",
-                                        model.name)
+                    raise HostDataError(host, f"{key}.name", "a name no other model on this host uses", model.name)
                 names.add(model.name)
             try:
                 model.ref  # noqa: B018 - ModelRef holds the Hub checks (repo, revision, include, endpoint)
@@ -75,8 +85,9 @@ def parse_models(host: str, raw: Any) -> tuple[Model, ...]:
                 field = str(exc).split("'")[1] if "'" in str(exc) else "repo"
                 raise HostDataError(host, f"{key}.{field}", str(exc).split("expected ", 1)[-1]) from None
         else:
-            raise HostDataError(host, key, "a mapping with upload and dest, or name, repo and dest "
-                                "(a Hub reference)", entry)
+            raise HostDataError(
+                host, key, "a mapping with upload and dest, or name, repo and dest (a Hub reference)", entry
+            )
         check_path(model.dest, host, f"{key}.dest", "an absolute directory path on the host")
         out.append(model)
     return tuple(out)

@@ -55,8 +55,7 @@ def check_path(value: str, host: str, key: str, what: str = "an absolute path on
     """An absolute, normalised POSIX path: no ``..``, ``.``, ``//`` or trailing ``/``."""
     path = PurePosixPath(value)
     if not path.is_absolute() or str(path) != value or ".." in path.parts or value == "/":
-        raise HostDataError(host, key, f"{what} (absolute and normalised: no '..', '//' or trailing '/')",
-                            value)
+        raise HostDataError(host, key, f"{what} (absolute and normalised: no '..', '//' or trailing '/')", value)
     return value
 
 
@@ -70,8 +69,7 @@ def build(cls: type[T], raw: Any, host: str, key: str) -> T:
     fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
     unknown = sorted(set(raw) - set(fields))
     if unknown:
-        raise HostDataError(host, f"{key}.{unknown[0]}",
-                            f"one of the known keys ({', '.join(fields)})", "unknown key")
+        raise HostDataError(host, f"{key}.{unknown[0]}", f"one of the known keys ({', '.join(fields)})", "unknown key")
     return cls(**coerce_fields(cls, raw, host, key))
 
 
@@ -112,8 +110,7 @@ def coerce(value: Any, hint: Any, host: str, key: str) -> Any:
     if origin is dict:
         if not isinstance(value, dict):
             raise HostDataError(host, key, "a mapping", value)
-        return {coerce(k, args[0], host, f"{key}"): coerce(v, args[1], host, f"{key}.{k}")
-                for k, v in value.items()}
+        return {coerce(k, args[0], host, f"{key}"): coerce(v, args[1], host, f"{key}.{k}") for k, v in value.items()}
     if hint is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise HostDataError(host, key, "a number", value)
@@ -137,5 +134,4 @@ def _describe(hint: Any) -> str:
     origin = typing.get_origin(hint)
     if origin is tuple:
         return "a list"
-    return {int: "an integer", float: "a number", str: "a non-empty string", bool: "true or false"}.get(
-        hint, str(hint))
+    return {int: "an integer", float: "a number", str: "a non-empty string", bool: "true or false"}.get(hint, str(hint))

@@ -25,8 +25,9 @@ import hashlib
 import os
 import posixpath
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Mapping
+from typing import Any
 from urllib.parse import quote
 
 DEFAULT_ENDPOINT = "https://huggingface.co"
@@ -96,8 +97,10 @@ class ModelRef:
             raise ValueError(
                 f"model 'revision' of {self.repo}: expected a branch, tag or 40-hex commit sha, got {self.revision!r}"
             )
-        if not isinstance(self.include, tuple) or not self.include or not all(
-            isinstance(p, str) and p.strip() and INCLUDE_RE.fullmatch(p) for p in self.include
+        if (
+            not isinstance(self.include, tuple)
+            or not self.include
+            or not all(isinstance(p, str) and p.strip() and INCLUDE_RE.fullmatch(p) for p in self.include)
         ):
             raise ValueError(
                 f"model 'include' of {self.repo}: expected a non-empty list of glob patterns "
@@ -107,9 +110,7 @@ class ModelRef:
             raise ValueError(
                 f"model 'dest' of {self.repo}: expected an absolute directory path on the host, got {self.dest!r}"
             )
-        if self.endpoint is not None and not (
-            isinstance(self.endpoint, str) and _URL_RE.fullmatch(self.endpoint)
-        ):
+        if self.endpoint is not None and not (isinstance(self.endpoint, str) and _URL_RE.fullmatch(self.endpoint)):
             raise ValueError(f"model 'endpoint' of {self.repo}: expected an http(s) URL, got {self.endpoint!r}")
 
     @property
@@ -123,8 +124,13 @@ _URL_RE = re.compile(r"https?://[A-Za-z0-9._~:/@%+\[\]-]+")
 
 def _normal_abspath(path: str) -> bool:
     """Absolute and normalised: no '..', '.', '//', trailing '/' or control characters."""
-    return (path.startswith("/") and path != "/" and posixpath.normpath(path) == path
-            and not path.startswith("//") and not re.search(r"[\x00-\x1f\x7f]", path))
+    return (
+        path.startswith("/")
+        and path != "/"
+        and posixpath.normpath(path) == path
+        and not path.startswith("//")
+        and not re.search(r"[\x00-\x1f\x7f]", path)
+    )
 
 
 def first_shard(paths: Iterable[str]) -> str:
@@ -217,8 +223,9 @@ class Secret:
 class HubClient:
     """Minimal Hub API client. ``repr()`` never shows the token."""
 
-    def __init__(self, endpoint: str | None = None, token: str | None = None, *, timeout: float = 30.0,
-                 session: Any = None):
+    def __init__(
+        self, endpoint: str | None = None, token: str | None = None, *, timeout: float = 30.0, session: Any = None
+    ):
         import requests
 
         self.endpoint = resolve_endpoint(endpoint)
@@ -238,13 +245,22 @@ class HubClient:
             h["Authorization"] = f"Bearer {self._token.reveal()}"
         return h
 
-    def _get(self, url: str, *, what: str, repo: str, revision: str | None = None, stream: bool = False,
-             params: dict | None = None):
+    def _get(
+        self,
+        url: str,
+        *,
+        what: str,
+        repo: str,
+        revision: str | None = None,
+        stream: bool = False,
+        params: dict | None = None,
+    ):
         import requests
 
         try:
-            r = self._session.get(url, headers=self._headers(), timeout=self.timeout, stream=stream,
-                                  params=params, allow_redirects=False)
+            r = self._session.get(
+                url, headers=self._headers(), timeout=self.timeout, stream=stream, params=params, allow_redirects=False
+            )
             # Follow redirects ourselves: drop the token when leaving the Hub's origin (CDN / LFS storage).
             for _ in range(5):
                 if r.status_code not in (301, 302, 303, 307, 308) or "Location" not in r.headers:
@@ -254,8 +270,7 @@ class HubClient:
                 if _origin(loc) != _origin(url):
                     headers.pop("Authorization", None)
                 r.close()
-                r = self._session.get(loc, headers=headers, timeout=self.timeout, stream=stream,
-                                      allow_redirects=False)
+                r = self._session.get(loc, headers=headers, timeout=self.timeout, stream=stream, allow_redirects=False)
         except requests.RequestException as e:
             raise HubError(f"{what}: cannot reach {self.endpoint}: {type(e).__name__}") from None
         self._raise_for_status(r, what=what, repo=repo, revision=revision)
@@ -267,11 +282,16 @@ class HubClient:
         code = r.headers.get("X-Error-Code", "")
         at = f" at {self.endpoint}"
         if r.status_code in (401, 403) and code not in ("RevisionNotFound", "EntryNotFound"):
-            hint = ("the token was rejected or lacks access" if self._token
-                    else "no token was found: set HF_TOKEN or write the token to " + token_file_path())
+            hint = (
+                "the token was rejected or lacks access"
+                if self._token
+                else "no token was found: set HF_TOKEN or write the token to " + token_file_path()
+            )
             raise HubAuthError(f"{what}: HTTP {r.status_code} for repository {repo}{at}: {hint}")
         if code == "RepoNotFound" or (r.status_code == 404 and not code and revision is None):
-            raise RepoNotFound(f"{what}: repository {repo} not found{at} (check 'repo' spelling; private repos need a token)")
+            raise RepoNotFound(
+                f"{what}: repository {repo} not found{at} (check 'repo' spelling; private repos need a token)"
+            )
         if code == "RevisionNotFound":
             raise RevisionNotFound(f"{what}: revision {revision!r} not found in {repo}{at} (check 'revision')")
         if code == "EntryNotFound":

@@ -26,9 +26,10 @@ import argparse
 import importlib.util
 import os
 import sys
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 import yaml
 
@@ -71,7 +72,7 @@ class LockEntry:
         }
 
     @classmethod
-    def from_data(cls, key: str, d: Mapping[str, Any]) -> "LockEntry":
+    def from_data(cls, key: str, d: Mapping[str, Any]) -> LockEntry:
         try:
             return cls(
                 repo=str(d["repo"]),
@@ -116,7 +117,9 @@ def dump(entries: Mapping[str, LockEntry], path: str | os.PathLike, *, inventory
     os.replace(tmp, p)
 
 
-def check(refs: Iterable[ModelRef], lock: Mapping[str, LockEntry], *, inventory: str = "INVENTORY") -> dict[str, LockEntry]:
+def check(
+    refs: Iterable[ModelRef], lock: Mapping[str, LockEntry], *, inventory: str = "INVENTORY"
+) -> dict[str, LockEntry]:
     """Lock entry per reference key; raises :class:`LockError` naming the fix when any is missing or stale."""
     problems = []
     out: dict[str, LockEntry] = {}
@@ -132,8 +135,7 @@ def check(refs: Iterable[ModelRef], lock: Mapping[str, LockEntry], *, inventory:
             out[ref.key] = e
     if problems:
         raise LockError(
-            "model lock does not match the inventory:\n  " + "\n  ".join(problems)
-            + f"\nrun: rigkit lock {inventory}"
+            "model lock does not match the inventory:\n  " + "\n  ".join(problems) + f"\nrun: rigkit lock {inventory}"
         )
     return out
 
@@ -188,8 +190,9 @@ def collect_model_refs(inventory_path: str | os.PathLike) -> list[ModelRef]:
 # --------------------------------------------------------------------------- #
 
 
-def lock_refs(refs: Iterable[ModelRef], *, endpoint: str | None = None, token: str | None = None,
-              log=print) -> dict[str, LockEntry]:
+def lock_refs(
+    refs: Iterable[ModelRef], *, endpoint: str | None = None, token: str | None = None, log=print
+) -> dict[str, LockEntry]:
     entries: dict[str, LockEntry] = {}
     clients: dict[str, HubClient] = {}
     for ref in refs:
@@ -199,7 +202,10 @@ def lock_refs(refs: Iterable[ModelRef], *, endpoint: str | None = None, token: s
         client = clients.get(ep or "") or clients.setdefault(ep or "", HubClient(ep, token))
         res = client.resolve(ref)
         entries[ref.key] = LockEntry(
-            repo=ref.repo, revision=ref.revision, include=ref.include, sha=res.sha,
+            repo=ref.repo,
+            revision=ref.revision,
+            include=ref.include,
+            sha=res.sha,
             files=res.files,
         )
         e = entries[ref.key]
@@ -208,13 +214,20 @@ def lock_refs(refs: Iterable[ModelRef], *, endpoint: str | None = None, token: s
 
 
 def lock_main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="rigkit lock", description="Pin every model reference of an inventory "
-                                 "to a commit and per-file sha256; writes <inventory stem>.lock.yaml next to it.")
+    ap = argparse.ArgumentParser(
+        prog="rigkit lock",
+        description="Pin every model reference of an inventory "
+        "to a commit and per-file sha256; writes <inventory stem>.lock.yaml next to it.",
+    )
     ap.add_argument("inventory", help="Python inventory file")
-    ap.add_argument("--endpoint", help="Hub endpoint (default: model 'endpoint', host 'hf_endpoint', "
-                    "$HF_ENDPOINT, https://huggingface.co)")
-    ap.add_argument("--token-file", help="file holding the Hub token (default: $HF_TOKEN, $HF_TOKEN_PATH, "
-                    "~/.cache/huggingface/token)")
+    ap.add_argument(
+        "--endpoint",
+        help="Hub endpoint (default: model 'endpoint', host 'hf_endpoint', $HF_ENDPOINT, https://huggingface.co)",
+    )
+    ap.add_argument(
+        "--token-file",
+        help="file holding the Hub token (default: $HF_TOKEN, $HF_TOKEN_PATH, ~/.cache/huggingface/token)",
+    )
     ap.add_argument("--check", action="store_true", help="only check that the lockfile matches the inventory")
     args = ap.parse_args(argv)
     try:

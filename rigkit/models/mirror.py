@@ -33,15 +33,35 @@ import sys
 import threading
 import time
 from dataclasses import dataclass
-
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, quote, unquote, urlsplit
 
 from rigkit.scripts.fetch_shards import REPO_META, STATE_NAME, State, hash_file
 
 LFS_EXTENSIONS = {
-    ".gguf", ".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".onnx", ".msgpack", ".h5", ".npz", ".npy",
-    ".pkl", ".model", ".zip", ".tar", ".gz", ".zst", ".xz", ".arrow", ".parquet", ".tflite", ".ot", ".mlmodel",
+    ".gguf",
+    ".safetensors",
+    ".bin",
+    ".pt",
+    ".pth",
+    ".ckpt",
+    ".onnx",
+    ".msgpack",
+    ".h5",
+    ".npz",
+    ".npy",
+    ".pkl",
+    ".model",
+    ".zip",
+    ".tar",
+    ".gz",
+    ".zst",
+    ".xz",
+    ".arrow",
+    ".parquet",
+    ".tflite",
+    ".ot",
+    ".mlmodel",
 }
 LFS_MIN_SIZE = 10 * 1024 * 1024
 _SHA_RE = re.compile(r"^[0-9a-f]{40}$")
@@ -132,8 +152,9 @@ class MirrorStore:
                         hashes = _hash_file(ap, git=not lfs)
                     self._cache[key] = hashes
                     sha256, git = hashes
-                    pointer = (f"version https://git-lfs.github.com/spec/v1\noid sha256:{sha256}\n"
-                               f"size {st.st_size}\n").encode()
+                    pointer = (
+                        f"version https://git-lfs.github.com/spec/v1\noid sha256:{sha256}\nsize {st.st_size}\n"
+                    ).encode()
                     if lfs:
                         git = hashlib.sha1(b"blob %d\0" % len(pointer) + pointer).hexdigest()
                     files[rel] = FileInfo(rel, ap, st.st_size, sha256, git, lfs, len(pointer))
@@ -160,7 +181,7 @@ class MirrorStore:
 
 
 class _Handler(BaseHTTPRequestHandler):
-    server: "MirrorServer"
+    server: MirrorServer
     protocol_version = "HTTP/1.1"
 
     def log_message(self, fmt, *args):  # noqa: D401 - quiet unless verbose
@@ -275,12 +296,22 @@ class _Handler(BaseHTTPRequestHandler):
     # -- API -----------------------------------------------------------------
 
     def _info(self, idx: RepoIndex, sha: str):
-        self._json({
-            "_id": sha[:24], "id": idx.repo, "modelId": idx.repo, "author": idx.repo.split("/")[0],
-            "sha": sha, "private": bool(self.server.token), "gated": False, "disabled": False,
-            "tags": [], "siblings": [{"rfilename": p} for p in sorted(idx.files)],
-            "lastModified": "2024-01-01T00:00:00.000Z", "createdAt": "2024-01-01T00:00:00.000Z",
-        })
+        self._json(
+            {
+                "_id": sha[:24],
+                "id": idx.repo,
+                "modelId": idx.repo,
+                "author": idx.repo.split("/")[0],
+                "sha": sha,
+                "private": bool(self.server.token),
+                "gated": False,
+                "disabled": False,
+                "tags": [],
+                "siblings": [{"rfilename": p} for p in sorted(idx.files)],
+                "lastModified": "2024-01-01T00:00:00.000Z",
+                "createdAt": "2024-01-01T00:00:00.000Z",
+            }
+        )
 
     @staticmethod
     def _entries(idx: RepoIndex, prefix: str, recursive: bool) -> list[dict]:
@@ -290,7 +321,7 @@ class _Handler(BaseHTTPRequestHandler):
         for p in sorted(idx.files):
             if prefix and not p.startswith(prefix + "/"):
                 continue
-            rel = p[len(prefix) + 1:] if prefix else p
+            rel = p[len(prefix) + 1 :] if prefix else p
             parts = rel.split("/")
             if not recursive and len(parts) > 1:
                 dirs.add((prefix + "/" if prefix else "") + parts[0])
@@ -298,8 +329,10 @@ class _Handler(BaseHTTPRequestHandler):
             for i in range(1, len(parts)):
                 dirs.add((prefix + "/" if prefix else "") + "/".join(parts[:i]))
             files.append(idx.files[p].entry())
-        out = [{"type": "directory", "oid": hashlib.sha1(d.encode()).hexdigest(), "size": 0, "path": d}
-               for d in sorted(dirs)]
+        out = [
+            {"type": "directory", "oid": hashlib.sha1(d.encode()).hexdigest(), "size": 0, "path": d}
+            for d in sorted(dirs)
+        ]
         return out + files
 
     def _tree(self, idx: RepoIndex, sha: str, sub: str, q: dict, raw_path: str):
@@ -312,7 +345,7 @@ class _Handler(BaseHTTPRequestHandler):
         except ValueError:
             start = 0
         size = self.server.page_size
-        page = entries[start:start + size]
+        page = entries[start : start + size]
         headers = {"X-Repo-Commit": sha}
         if start + size < len(entries):
             host = self.headers.get("Host") or f"{self.server.server_address[0]!s}:{self.server.server_address[1]}"
@@ -352,7 +385,7 @@ class _Handler(BaseHTTPRequestHandler):
             headers["X-Linked-Size"] = str(fi.size)
         if fi.lfs and not blob and self.server.blob_server is not None:
             b = self.server.blob_server.server_address
-            loc = (f"http://{b[0]!s}:{b[1]}/_blobs/{quote(idx.repo)}/{sha}/{quote(path)}")
+            loc = f"http://{b[0]!s}:{b[1]}/_blobs/{quote(idx.repo)}/{sha}/{quote(path)}"
             headers["Location"] = loc
             return self._send(302, b"", headers, ctype="text/plain")
         size = fi.size
@@ -421,8 +454,16 @@ class MirrorServer(ThreadingHTTPServer):
     allow_reuse_address = True
     request_queue_size = 64
 
-    def __init__(self, addr, store: MirrorStore, *, token: str | None = None, page_size: int = 1000,
-                 verbose: bool = False, is_blob_server: bool = False):
+    def __init__(
+        self,
+        addr,
+        store: MirrorStore,
+        *,
+        token: str | None = None,
+        page_size: int = 1000,
+        verbose: bool = False,
+        is_blob_server: bool = False,
+    ):
         super().__init__(addr, _Handler)
         self.store = store
         self.token = token
@@ -457,7 +498,7 @@ class MirrorServer(ThreadingHTTPServer):
         with self._stats_lock:
             self.bytes_sent.clear()
 
-    def start(self) -> "MirrorServer":
+    def start(self) -> MirrorServer:
         for s in (self, self.blob_server):
             if s is not None:
                 t = threading.Thread(target=s.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True)
@@ -473,9 +514,17 @@ class MirrorServer(ThreadingHTTPServer):
                 s.server_close()
 
 
-def serve(directory: str, host: str = "127.0.0.1", port: int = 0, *, token: str | None = None,
-          page_size: int = 1000, lfs_redirect: bool = False, verbose: bool = False,
-          start: bool = True) -> MirrorServer:
+def serve(
+    directory: str,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    *,
+    token: str | None = None,
+    page_size: int = 1000,
+    lfs_redirect: bool = False,
+    verbose: bool = False,
+    start: bool = True,
+) -> MirrorServer:
     """Start a mirror of ``directory`` (in background threads when ``start``); ``.stop()`` ends it."""
     store = MirrorStore(directory)
     srv = MirrorServer((host, port), store, token=token, page_size=page_size, verbose=verbose)
@@ -491,8 +540,10 @@ def serve(directory: str, host: str = "127.0.0.1", port: int = 0, *, token: str 
 
 
 def mirror_main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="rigkit mirror", description="Serve downloaded models over the subset of "
-                                 "the Hugging Face Hub HTTP API that downloads use.")
+    ap = argparse.ArgumentParser(
+        prog="rigkit mirror",
+        description="Serve downloaded models over the subset of the Hugging Face Hub HTTP API that downloads use.",
+    )
     sub = ap.add_subparsers(dest="cmd", required=True)
     s = sub.add_parser("serve", help="serve DIR laid out as DIR/<org>/<name>/<files>")
     s.add_argument("dir")
@@ -509,19 +560,28 @@ def mirror_main(argv: list[str] | None = None) -> int:
     if args.token_file:
         with open(args.token_file, encoding="utf-8") as f:
             token = f.read().strip() or None
-    srv = serve(args.dir, args.host, args.port, token=token, lfs_redirect=args.lfs_redirect,
-                verbose=args.verbose, start=False)
+    srv = serve(
+        args.dir, args.host, args.port, token=token, lfs_redirect=args.lfs_redirect, verbose=args.verbose, start=False
+    )
     store = srv.store
-    repos = sorted(f"{o}/{n}" for o in os.listdir(store.root) if os.path.isdir(os.path.join(store.root, o))
-                   for n in os.listdir(os.path.join(store.root, o)) if store.repo_dir(f"{o}/{n}"))
+    repos = sorted(
+        f"{o}/{n}"
+        for o in os.listdir(store.root)
+        if os.path.isdir(os.path.join(store.root, o))
+        for n in os.listdir(os.path.join(store.root, o))
+        if store.repo_dir(f"{o}/{n}")
+    )
     t0 = time.time()
     for r in repos:  # hash up front so the first client does not wait
         idx = store.index(r)
         if idx is None:
             continue
         print(f"rigkit mirror: {r} @ {idx.sha} ({len(idx.files)} files)", file=sys.stderr)
-    print(f"rigkit mirror: serving {store.root} on {srv.url} (indexed in {time.time() - t0:.1f}s)"
-          f"{' (token required)' if token else ''}; HF_ENDPOINT={srv.url}", file=sys.stderr)
+    print(
+        f"rigkit mirror: serving {store.root} on {srv.url} (indexed in {time.time() - t0:.1f}s)"
+        f"{' (token required)' if token else ''}; HF_ENDPOINT={srv.url}",
+        file=sys.stderr,
+    )
     if srv.blob_server is not None:
         threading.Thread(target=srv.blob_server.serve_forever, daemon=True).start()
     try:

@@ -56,7 +56,7 @@ class BuildIdentity:
     flags_hash: str
 
     @classmethod
-    def of(cls, pin: LlamaCpp, cuda_arch: tuple[str, ...] = ()) -> "BuildIdentity":
+    def of(cls, pin: LlamaCpp, cuda_arch: tuple[str, ...] = ()) -> BuildIdentity:
         flags = cmake_flags(pin, cuda_arch)
         return cls(pin=pin, cuda_arch=cuda_arch, flags=tuple(flags), flags_hash=flags_hash(flags, pin.targets))
 
@@ -73,8 +73,9 @@ def tool():
     service check it uses to ``/opt/rigkit/bin``.
     """
     scripts = package_files("rigkit") / "scripts"
-    yield from files.put._inner(src=str(scripts / "check_service.py"), dest=CHECK_TOOL, mode="755",
-                                create_remote_dir=True)
+    yield from files.put._inner(
+        src=str(scripts / "check_service.py"), dest=CHECK_TOOL, mode="755", create_remote_dir=True
+    )
     yield from files.put._inner(src=str(scripts / "llama_host.py"), dest=TOOL, mode="755", create_remote_dir=True)
 
 
@@ -96,10 +97,24 @@ def build(identity: BuildIdentity, jobs: int = 0):
         if matches(info, pin.ref, identity.flags_hash):
             host.noop(f"llama.cpp {pin.ref} is already built with these flags ({name})")
             return
-    yield tool_command("build", "--root", pin.root, "--url", pin.git_url, "--ref", pin.ref,
-                       "--flags-hash", identity.flags_hash, "--targets", ",".join(pin.targets),
-                       "--jobs", str(jobs), "--", *identity.flags,
-                       prefix=("PATH=/usr/local/cuda/bin:$PATH",))
+    yield tool_command(
+        "build",
+        "--root",
+        pin.root,
+        "--url",
+        pin.git_url,
+        "--ref",
+        pin.ref,
+        "--flags-hash",
+        identity.flags_hash,
+        "--targets",
+        ",".join(pin.targets),
+        "--jobs",
+        str(jobs),
+        "--",
+        *identity.flags,
+        prefix=("PATH=/usr/local/cuda/bin:$PATH",),
+    )
 
 
 @operation()

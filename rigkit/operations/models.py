@@ -29,8 +29,16 @@ from rigkit.scripts.fetch_shards import STATE_NAME
 REMOTE_DIR = "/var/lib/rigkit"  # the fetch script, the token and the manifests on the host
 
 
-def manifest_for(ref: ModelRef, lock_entry, *, endpoint: str | None = None, token_file: str | None = None,
-                 parallel: int = 4, margin_bytes: int = 2 << 30, reverify: bool = False) -> dict:
+def manifest_for(
+    ref: ModelRef,
+    lock_entry,
+    *,
+    endpoint: str | None = None,
+    token_file: str | None = None,
+    parallel: int = 4,
+    margin_bytes: int = 2 << 30,
+    reverify: bool = False,
+) -> dict:
     """The JSON manifest fetch_shards.py reads (also usable without pyinfra)."""
     ep = resolve_endpoint(ref.endpoint or endpoint)
     if lock_entry.repo != ref.repo:
@@ -73,11 +81,15 @@ def fetcher(token_file: str | None = None, use_token: bool = True, remote_dir: s
     """
     token = read_token(token_file) if use_token else None
     if token:
-        yield from files.put._inner(src=StringIO(token + "\n"), dest=posixpath.join(remote_dir, "hf-token"),
-                                    mode="600", create_remote_dir=True)
-    yield from files.put._inner(src=str(package_files("rigkit") / "scripts" / "fetch_shards.py"),
-                                dest=posixpath.join(remote_dir, "fetch_shards.py"), mode="755",
-                                create_remote_dir=True)
+        yield from files.put._inner(
+            src=StringIO(token + "\n"), dest=posixpath.join(remote_dir, "hf-token"), mode="600", create_remote_dir=True
+        )
+    yield from files.put._inner(
+        src=str(package_files("rigkit") / "scripts" / "fetch_shards.py"),
+        dest=posixpath.join(remote_dir, "fetch_shards.py"),
+        mode="755",
+        create_remote_dir=True,
+    )
 
 
 @operation()
@@ -128,14 +140,22 @@ def shards(
             return
 
     remote_token = posixpath.join(remote_dir, "hf-token") if use_token and read_token(token_file) else None
-    manifest = manifest_for(ref, lock_entry, endpoint=endpoint or host.data.get("hf_endpoint"),
-                            token_file=remote_token, parallel=parallel, margin_bytes=margin_bytes,
-                            reverify=reverify)
+    manifest = manifest_for(
+        ref,
+        lock_entry,
+        endpoint=endpoint or host.data.get("hf_endpoint"),
+        token_file=remote_token,
+        parallel=parallel,
+        margin_bytes=margin_bytes,
+        reverify=reverify,
+    )
     remote_manifest = posixpath.join(remote_dir, "manifests", manifest_file)
-    yield from files.put._inner(src=StringIO(json.dumps(manifest, indent=1)), dest=remote_manifest, mode="600",
-                                create_remote_dir=True)
-    yield StringCommand("python3", QuoteString(posixpath.join(remote_dir, "fetch_shards.py")),
-                        QuoteString(remote_manifest))
+    yield from files.put._inner(
+        src=StringIO(json.dumps(manifest, indent=1)), dest=remote_manifest, mode="600", create_remote_dir=True
+    )
+    yield StringCommand(
+        "python3", QuoteString(posixpath.join(remote_dir, "fetch_shards.py")), QuoteString(remote_manifest)
+    )
 
 
 LOCAL_HASHES = Path(os.environ.get("RIGKIT_HASH_CACHE", "~/.cache/rigkit/upload-sha256.json")).expanduser()
@@ -187,6 +207,13 @@ def uploaded(src: str, dest: str, remote_dir: str = REMOTE_DIR):
     for path, (target, size, sha) in todo:
         staged = posixpath.join(dest, f".{path.name}.rigkit-upload")
         yield FileUploadCommand(str(path), staged)
-        yield StringCommand("python3", QuoteString(posixpath.join(remote_dir, "fetch_shards.py")), "record-upload",
-                            QuoteString(state_file), QuoteString(staged), QuoteString(target), str(size),
-                            QuoteString(sha))
+        yield StringCommand(
+            "python3",
+            QuoteString(posixpath.join(remote_dir, "fetch_shards.py")),
+            "record-upload",
+            QuoteString(state_file),
+            QuoteString(staged),
+            QuoteString(target),
+            str(size),
+            QuoteString(sha),
+        )

@@ -61,7 +61,22 @@ def secret_file(src: str, dest: str, user: str, group: str, mode: str = "400"):
     yield StringCommand("install", "-d", "-m", "755", QuoteString(posixpath.dirname(dest)))
     yield StringCommand("install", "-m", "600", "/dev/null", QuoteString(staged))
     yield FileUploadCommand(BytesIO(content), staged)
-    yield StringCommand("chown", QuoteString(f"{user}:{group}"), QuoteString(staged), "&&",
-                        "chmod", QuoteString(mode), QuoteString(staged), "&&",
-                        "mv", "-f", QuoteString(staged), QuoteString(dest), "&&",
-                        "echo", QuoteString(version), ">", QuoteString(dest + VERSION_SUFFIX))
+    yield StringCommand(
+        "chown",
+        QuoteString(f"{user}:{group}"),
+        QuoteString(staged),
+        "&&",
+        "chmod",
+        QuoteString(mode),
+        QuoteString(staged),
+        "&&",
+        "mv",
+        "-f",
+        QuoteString(staged),
+        QuoteString(dest),
+        "&&",
+        "echo",
+        QuoteString(version),
+        ">",
+        QuoteString(dest + VERSION_SUFFIX),
+    )

@@ -42,8 +42,16 @@ def removed(unit: str, user: str, key_file: str | None = None):
     """
     name = unit.split("-", 2)[2].removesuffix(".service")
     watchdog = [f"rigkit-watchdog-{name}.timer", f"rigkit-watchdog-{name}.service"]
-    yield StringCommand("systemctl", "disable", "--now", QuoteString(unit), *(QuoteString(w) for w in watchdog),
-                        "2>/dev/null", "||", "true")
+    yield StringCommand(
+        "systemctl",
+        "disable",
+        "--now",
+        QuoteString(unit),
+        *(QuoteString(w) for w in watchdog),
+        "2>/dev/null",
+        "||",
+        "true",
+    )
     paths = [f"{UNIT_DIR}/{u}" for u in (unit, *watchdog)] + ([key_file, key_file + VERSION_SUFFIX] if key_file else [])
     yield StringCommand("rm", "-f", *(QuoteString(p) for p in paths))
     yield StringCommand("systemctl", "daemon-reload")

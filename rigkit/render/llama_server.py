@@ -25,15 +25,24 @@ def command_line(service: Service, binary: str) -> list[str]:
     opts = service.options
     argv = [
         binary,
-        "-m", service.model,
-        "--host", service.host,
-        "--port", str(service.port),
-        "-ngl", str(opts.n_gpu_layers),
-        "-c", str(service.ctx),
-        "-ctk", opts.cache_type_k,
-        "-ctv", opts.cache_type_v,
-        "--parallel", str(opts.parallel),
-        "--split-mode", opts.split_mode,
+        "-m",
+        service.model,
+        "--host",
+        service.host,
+        "--port",
+        str(service.port),
+        "-ngl",
+        str(opts.n_gpu_layers),
+        "-c",
+        str(service.ctx),
+        "-ctk",
+        opts.cache_type_k,
+        "-ctv",
+        opts.cache_type_v,
+        "--parallel",
+        str(opts.parallel),
+        "--split-mode",
+        opts.split_mode,
     ]
     if opts.tensor_split:
         argv += ["-ts", ",".join(f"{v:g}" for v in opts.tensor_split)]
@@ -69,14 +78,27 @@ def render_unit(service: Service, llama_root: str, gpu: bool = False) -> str:
 
 def services_manifest(rig: Rig, llama_root: str) -> str:
     """What the host-side verifier reads: enabled services, ports, key files, models."""
-    return json.dumps({
-        "llama_root": llama_root,
-        "services": [
-            {"name": s.name, "unit": s.unit, "port": s.port, "model": s.model,
-             "model_id": s.model_id, "key_file": key_path(s) if s.api_key_file else None}
-            for s in rig.enabled_services
-        ],
-    }, indent=2, sort_keys=True) + "\n"
+    return (
+        json.dumps(
+            {
+                "llama_root": llama_root,
+                "services": [
+                    {
+                        "name": s.name,
+                        "unit": s.unit,
+                        "port": s.port,
+                        "model": s.model,
+                        "model_id": s.model_id,
+                        "key_file": key_path(s) if s.api_key_file else None,
+                    }
+                    for s in rig.enabled_services
+                ],
+            },
+            indent=2,
+            sort_keys=True,
+        )
+        + "\n"
+    )
 
 
 def opencode_config(rig: Rig, address: str) -> str:
@@ -95,16 +117,27 @@ def opencode_config(rig: Rig, address: str) -> str:
                 },
             },
         }
-    return json.dumps({"$schema": "https://opencode.ai/config.json", "provider": providers},
-                      indent=2, sort_keys=True) + "\n"
+    return (
+        json.dumps({"$schema": "https://opencode.ai/config.json", "provider": providers}, indent=2, sort_keys=True)
+        + "\n"
+    )
 
 
 def render_watchdog(service: Service, manifest: str) -> tuple[str, str]:
     """The watchdog's oneshot unit and its timer (``rigkit/scripts/check_service.py --watchdog``)."""
     from rigkit.facts.llama_cpp import CHECK_TOOL
 
-    argv = ["/usr/bin/python3", CHECK_TOOL, manifest, "--watchdog", service.name,
-            "--failures", str(service.watchdog_failures), "--timeout", str(service.watchdog_interval)]
+    argv = [
+        "/usr/bin/python3",
+        CHECK_TOOL,
+        manifest,
+        "--watchdog",
+        service.name,
+        "--failures",
+        str(service.watchdog_failures),
+        "--timeout",
+        str(service.watchdog_interval),
+    ]
     unit = templates.get_template("rigkit-watchdog.service.j2").render(service=service, exec_start=exec_line(argv))
     timer = templates.get_template("rigkit-watchdog.timer.j2").render(service=service)
     return unit, timer

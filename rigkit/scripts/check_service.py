@@ -20,22 +20,27 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-TOOLS = [{
-    "type": "function",
-    "function": {
-        "name": "get_weather",
-        "description": "Current weather for a city",
-        "parameters": {"type": "object", "properties": {"city": {"type": "string"}},
-                       "required": ["city"]},
-    },
-}]
+TOOLS = [
+    {
+        "type": "function",
+        "function": {
+            "name": "get_weather",
+            "description": "Current weather for a city",
+            "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+        },
+    }
+]
 # Seed 001: llama.cpp b7991 crashed rendering exactly this (arguments as a JSON *string*).
 TOOL_REPLAY = [
     {"role": "user", "content": "What is the weather in Paris?"},
-    {"role": "assistant", "content": "", "tool_calls": [{
-        "id": "call_1", "type": "function",
-        "function": {"name": "get_weather", "arguments": "{\"city\": \"Paris\"}"}}]},
-    {"role": "tool", "tool_call_id": "call_1", "content": "{\"temperature_c\": 18, \"sky\": \"sunny\"}"},
+    {
+        "role": "assistant",
+        "content": "",
+        "tool_calls": [
+            {"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'}}
+        ],
+    },
+    {"role": "tool", "tool_call_id": "call_1", "content": '{"temperature_c": 18, "sky": "sunny"}'},
 ]
 
 
@@ -65,14 +70,16 @@ def model_bytes(model: str) -> int:
 
 
 def unit_state(unit: str) -> dict:
-    out = subprocess.run(["systemctl", "show", "-p", "ActiveState,SubState,NRestarts", unit],
-                         capture_output=True, text=True).stdout
+    out = subprocess.run(
+        ["systemctl", "show", "-p", "ActiveState,SubState,NRestarts", unit], capture_output=True, text=True
+    ).stdout
     return dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
 
 
 def journal_tail(unit: str, lines: int = 40) -> str:
-    return subprocess.run(["journalctl", "-u", unit, "-n", str(lines), "--no-pager", "-o", "cat"],
-                          capture_output=True, text=True).stdout
+    return subprocess.run(
+        ["journalctl", "-u", unit, "-n", str(lines), "--no-pager", "-o", "cat"], capture_output=True, text=True
+    ).stdout
 
 
 def wait_ready(svc: dict, base: str, key: str | None) -> str | None:
@@ -110,16 +117,25 @@ def check_service(svc: dict) -> str | None:
     # llama-server without --alias lists the model's path; the alias (or file stem) is in it.
     if not any(isinstance(m, str) and svc["model_id"] in m for m in served):
         return f"/v1/models lists {served}, not {svc['model_id']}"
-    status, body = request(f"{base}/v1/chat/completions", key, {
-        "model": svc["model_id"], "max_tokens": 8, "temperature": 0,
-        "messages": [{"role": "user", "content": "Say hello."}]})
+    status, body = request(
+        f"{base}/v1/chat/completions",
+        key,
+        {
+            "model": svc["model_id"],
+            "max_tokens": 8,
+            "temperature": 0,
+            "messages": [{"role": "user", "content": "Say hello."}],
+        },
+    )
     if status != 200:
         return f"chat completion returned {status}: {body[:300]}"
     if "choices" not in json.loads(body):
         return f"chat completion without choices: {body[:300]}"
-    status, body = request(f"{base}/v1/chat/completions", key, {
-        "model": svc["model_id"], "max_tokens": 8, "temperature": 0,
-        "messages": TOOL_REPLAY, "tools": TOOLS})
+    status, body = request(
+        f"{base}/v1/chat/completions",
+        key,
+        {"model": svc["model_id"], "max_tokens": 8, "temperature": 0, "messages": TOOL_REPLAY, "tools": TOOLS},
+    )
     if status != 200:
         return f"tool-call replay returned {status}: {body[:300]}"
     return None
@@ -131,8 +147,7 @@ def check_all(services: list[dict], log=print) -> list[str]:
     for svc in services:
         problem = check_service(svc)
         if problem:
-            problems.append(f"{svc['name']}: {problem}\n--- journal of {svc['unit']} ---\n"
-                            f"{journal_tail(svc['unit'])}")
+            problems.append(f"{svc['name']}: {problem}\n--- journal of {svc['unit']} ---\n{journal_tail(svc['unit'])}")
         else:
             log(f"[rigkit] {svc['name']}: ready, /v1/models, chat and tool-call replay answered")
     return problems
@@ -153,9 +168,17 @@ def probe(svc: dict, timeout: float) -> str | None:
         return None
     if status not in (200, 404):
         return f"/health: {status or 'no answer'} {body[:200]}"
-    status, body = request(f"{base}/v1/chat/completions", key, {
-        "model": svc["model_id"], "max_tokens": 2, "temperature": 0,
-        "messages": [{"role": "user", "content": "ping"}]}, timeout=timeout)
+    status, body = request(
+        f"{base}/v1/chat/completions",
+        key,
+        {
+            "model": svc["model_id"],
+            "max_tokens": 2,
+            "temperature": 0,
+            "messages": [{"role": "user", "content": "ping"}],
+        },
+        timeout=timeout,
+    )
     if status != 200:
         return f"chat completion: {status or 'no answer'} {body[:200]}"
     return None
@@ -184,8 +207,9 @@ def watchdog(manifest: dict, name: str, failures: int, timeout: float) -> None:
         state["last_error"] = problem
         print(f"[rigkit] watchdog: {svc['unit']} probe failed ({state['failures']}/{failures}): {problem}")
         if state["failures"] >= failures:
-            print(f"[rigkit] watchdog: restarting {svc['unit']} after {failures} failed probes in a row "
-                  f"(last: {problem})")
+            print(
+                f"[rigkit] watchdog: restarting {svc['unit']} after {failures} failed probes in a row (last: {problem})"
+            )
             subprocess.run(["systemctl", "restart", "--no-block", svc["unit"]], check=False)
             state.update(failures=0, restarts=state.get("restarts", 0) + 1, last_restart=now)
     tmp = state_file.with_suffix(".new")

@@ -31,7 +31,6 @@ import argparse
 import hashlib
 import json
 import os
-import socket
 import sys
 import threading
 import time
@@ -77,8 +76,13 @@ def human(n):
 def entry_verified(entry, size, sha256, st_size, st_mtime_ns):
     """A state entry still vouches for a file: the size and sha256 wanted, and the file on disk
     unchanged since it was hashed (same size and mtime)."""
-    return bool(entry) and entry.get("size") == size and entry.get("sha256") == sha256 \
-        and st_size == size and st_mtime_ns == entry.get("mtime_ns")
+    return (
+        bool(entry)
+        and entry.get("size") == size
+        and entry.get("sha256") == sha256
+        and st_size == size
+        and st_mtime_ns == entry.get("mtime_ns")
+    )
 
 
 class State:
@@ -104,8 +108,12 @@ class State:
     def record(self, dest, size, sha256):
         st = os.stat(dest)
         with self.lock:
-            self.files[dest] = {"size": size, "mtime_ns": st.st_mtime_ns, "sha256": sha256,
-                                "verified_at": int(time.time())}
+            self.files[dest] = {
+                "size": size,
+                "mtime_ns": st.st_mtime_ns,
+                "sha256": sha256,
+                "verified_at": int(time.time()),
+            }
             self._save()
 
     def forget(self, dest):
@@ -177,7 +185,7 @@ def open_url(url, token, offset, timeout):
         if code in (408, 429) or code >= 500:
             raise Retryable("HTTP %d" % code)
         raise Fatal("HTTP %d for %s" % (code, safe))
-    except (urllib.error.URLError, socket.timeout, ConnectionError, OSError) as e:
+    except (TimeoutError, urllib.error.URLError, ConnectionError, OSError) as e:
         raise Retryable("%s: %s" % (type(e).__name__, getattr(e, "reason", e)))
 
 
@@ -224,8 +232,15 @@ class Progress:
         name, done, size, t0, done0 = self.active[idx]
         rate = (done - done0) / max(time.time() - t0, 1e-6)
         unit, div = ("GB", 1e9) if size >= 1e9 else ("MB", 1e6)
-        return "[%d/%d] %s %.1f/%.1f %s %d MB/s" % (idx, self.total_files, name, done / div, size / div, unit,
-                                                    rate / 1e6)
+        return "[%d/%d] %s %.1f/%.1f %s %d MB/s" % (
+            idx,
+            self.total_files,
+            name,
+            done / div,
+            size / div,
+            unit,
+            rate / 1e6,
+        )
 
     def run(self):
         while not self.stop.wait(self.interval):
@@ -286,7 +301,7 @@ def download(idx, item, ctx):
             if stalls > retries:
                 raise Fatal("%s: giving up after %d attempts: %s" % (name, stalls, e))
             log("[%d/%d] %s: %s; retrying (%d/%d)" % (idx, ctx["n"], name, e, stalls, retries))
-            time.sleep(min(2 ** stalls * 0.25, 10))
+            time.sleep(min(2**stalls * 0.25, 10))
             continue
         if size == 0 and not os.path.exists(partial):
             open(partial, "wb").close()
@@ -303,8 +318,11 @@ def download(idx, item, ctx):
             return
         os.unlink(partial)
         mismatches += 1
-        msg = ("%s: sha256 mismatch (expected %s, got %s, %d bytes)" % (name, want, got, actual)
-               if actual == size else "%s: size mismatch (expected %d bytes, got %d)" % (name, size, actual))
+        msg = (
+            "%s: sha256 mismatch (expected %s, got %s, %d bytes)" % (name, want, got, actual)
+            if actual == size
+            else "%s: size mismatch (expected %d bytes, got %d)" % (name, size, actual)
+        )
         if mismatches > retries:
             prog.finish(idx)
             raise Fatal(msg + "; deleted, failed after %d attempts" % mismatches)
@@ -351,7 +369,7 @@ def fetch_into(idx, item, partial, have, h, ctx, track):
                     pos += n
                     track["pos"] = pos
                     prog.add(idx, n)
-            except (socket.timeout, ConnectionError, OSError) as e:
+            except (TimeoutError, ConnectionError, OSError) as e:
                 if isinstance(e, OSError) and e.errno == 28:  # ENOSPC
                     raise Fatal("disk full while writing %s" % partial, EXIT_SPACE)
                 raise Retryable("%s after %s" % (type(e).__name__, human(pos)))
@@ -383,7 +401,7 @@ def check_space(todo, margin):
         dev = os.stat(d).st_dev
         e = per_dev.setdefault(dev, [d, 0])
         e[1] += missing
-    for dev, (d, missing) in per_dev.items():
+    for _dev, (d, missing) in per_dev.items():
         st = os.statvfs(d)
         free = st.f_bavail * st.f_frsize
         need = missing + margin
@@ -391,7 +409,9 @@ def check_space(todo, margin):
             raise Fatal(
                 "not enough disk space on the filesystem of %s: need %d bytes (%s: %d bytes still missing + %d "
                 "margin), free %d bytes (%s); nothing was downloaded"
-                % (d, need, human(need), missing, margin, free, human(free)), EXIT_SPACE)
+                % (d, need, human(need), missing, margin, free, human(free)),
+                EXIT_SPACE,
+            )
 
 
 def load_manifest(path):
@@ -478,7 +498,7 @@ def run(argv=None):
 
     # 2. Free space before any download.
     missing = []
-    for i, f in todo:
+    for _i, f in todo:
         try:
             have = os.path.getsize(f["dest"] + ".partial")
         except OSError:
@@ -490,11 +510,21 @@ def run(argv=None):
     # 3. Download.
     token = read_token(m.get("token_file"))
     progress = Progress(n, args.progress_interval)
-    ctx = {"token": token, "timeout": float(m.get("timeout", 60)), "retries": int(m.get("retries", 3)),
-           "state": state, "progress": progress, "n": n, "root": root, "fsync": not args.no_fsync}
+    ctx = {
+        "token": token,
+        "timeout": float(m.get("timeout", 60)),
+        "retries": int(m.get("retries", 3)),
+        "state": state,
+        "progress": progress,
+        "n": n,
+        "root": root,
+        "fsync": not args.no_fsync,
+    }
     if todo:
-        log("downloading %d file(s), %s missing, %d in parallel" % (len(todo), human(sum(b for _, b in missing)),
-                                                                     parallel))
+        log(
+            "downloading %d file(s), %s missing, %d in parallel"
+            % (len(todo), human(sum(b for _, b in missing)), parallel)
+        )
         pt = threading.Thread(target=progress.run, daemon=True)
         pt.start()
         failures = []
@@ -522,10 +552,18 @@ def run(argv=None):
         write_repo_meta(meta)
 
     dt = time.time() - t0
-    summary = {"ok": True, "files": n, "skipped": len(verified), "downloaded": len(todo),
-               "bytes_fetched": progress.fetched, "seconds": round(dt, 3)}
-    log("done: %d file(s), %d already verified, %d downloaded (%s in %.1f s)"
-        % (n, len(verified), len(todo), human(progress.fetched), dt))
+    summary = {
+        "ok": True,
+        "files": n,
+        "skipped": len(verified),
+        "downloaded": len(todo),
+        "bytes_fetched": progress.fetched,
+        "seconds": round(dt, 3),
+    }
+    log(
+        "done: %d file(s), %d already verified, %d downloaded (%s in %.1f s)"
+        % (n, len(verified), len(todo), human(progress.fetched), dt)
+    )
     print(json.dumps(summary))
     return EXIT_OK
 

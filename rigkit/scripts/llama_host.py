@@ -27,8 +27,8 @@ import shutil
 import subprocess
 import sys
 import time
-from typing import NoReturn
 from pathlib import Path
+from typing import NoReturn
 
 try:  # on the host: the sibling script in /opt/rigkit/bin; in the package: its module
     from check_service import check_all, model_bytes, request, unit_state
@@ -109,8 +109,9 @@ def build(args: argparse.Namespace) -> None:
     root = Path(args.root)
     (root / "builds").mkdir(parents=True, exist_ok=True)
     repo = fetch(root, args.url)
-    resolved = subprocess.run(["git", "rev-parse", "--verify", "--quiet", f"{args.ref}^{{commit}}"],
-                              cwd=repo, capture_output=True, text=True)
+    resolved = subprocess.run(
+        ["git", "rev-parse", "--verify", "--quiet", f"{args.ref}^{{commit}}"], cwd=repo, capture_output=True, text=True
+    )
     if resolved.returncode != 0:
         fail(f"llama_cpp.ref {args.ref} is not a tag or commit of {args.url}")
     commit = resolved.stdout.strip()
@@ -138,13 +139,14 @@ def build(args: argparse.Namespace) -> None:
     env = {k: v for k, v in os.environ.items() if k not in ("LANG", "LANGUAGE") and not k.startswith("LC_")}
     env.update(CCACHE_DIR=CCACHE_DIR, CCACHE_BASEDIR=str(tree), CCACHE_NOHASHDIR="1", LC_ALL="C")
     jobs = args.jobs or os.cpu_count() or 2
-    configure = ["cmake", "-S", str(src), "-B", str(tree / "build"), "-DCMAKE_BUILD_TYPE=Release",
-                 *flags]
+    configure = ["cmake", "-S", str(src), "-B", str(tree / "build"), "-DCMAKE_BUILD_TYPE=Release", *flags]
     log(f"building llama.cpp b{number} ({commit[:9]}) with {' '.join(flags)}; log: {work}/build.log")
     started = time.monotonic()
     with open(work / "build.log", "w") as logf:
-        for step in (configure, ["cmake", "--build", str(tree / "build"), "-j", str(jobs),
-                                 "--target", *args.targets.split(",")]):
+        for step in (
+            configure,
+            ["cmake", "--build", str(tree / "build"), "-j", str(jobs), "--target", *args.targets.split(",")],
+        ):
             logf.write(f"$ {' '.join(step)}\n")
             logf.flush()
             if subprocess.run(step, stdout=logf, stderr=subprocess.STDOUT, env=env).returncode != 0:
@@ -153,16 +155,24 @@ def build(args: argparse.Namespace) -> None:
                 shutil.copy(work / "build.log", failed)
                 shutil.rmtree(work, ignore_errors=True)
                 shutil.rmtree(tree, ignore_errors=True)
-                fail(f"llama.cpp b{number} ({commit[:9]}) did not build; the running build is "
-                     f"untouched. Full log: {failed}. Last lines:\n" + "\n".join(tail))
+                fail(
+                    f"llama.cpp b{number} ({commit[:9]}) did not build; the running build is "
+                    f"untouched. Full log: {failed}. Last lines:\n" + "\n".join(tail)
+                )
     (work / "bin").mkdir()
     for target in args.targets.split(","):
         shutil.copy2(tree / "build/bin" / target, work / "bin" / target)
     info = {
-        "ref": args.ref, "commit": commit, "build": number, "url": args.url,
-        "flags": flags, "flags_hash": args.flags_hash, "targets": args.targets.split(","),
+        "ref": args.ref,
+        "commit": commit,
+        "build": number,
+        "url": args.url,
+        "flags": flags,
+        "flags_hash": args.flags_hash,
+        "targets": args.targets.split(","),
         "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "build_seconds": round(time.monotonic() - started, 1), "verified_at": None,
+        "build_seconds": round(time.monotonic() - started, 1),
+        "verified_at": None,
     }
     shutil.rmtree(tree)
     (work / "build.json").write_text(json.dumps(info, indent=2) + "\n")
@@ -281,8 +291,9 @@ def restore_good(manifest: dict, root: Path) -> dict | None:
     for svc in old["services"]:
         user = svc["unit"].removeprefix("rigkit-").removesuffix(".service")
         if subprocess.run(["id", user], capture_output=True).returncode != 0:  # removed with its service
-            subprocess.run(["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", user],
-                           check=False)
+            subprocess.run(
+                ["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", user], check=False
+            )
         shutil.copy2(GOOD / "units" / svc["unit"], UNIT_DIR / svc["unit"])
         if svc.get("key_file"):
             shutil.copy2(GOOD / "keys" / svc["name"], svc["key_file"])
@@ -317,12 +328,14 @@ def verify(args: argparse.Namespace) -> None:
     units = [s["unit"] for s in old["services"]]
     subprocess.run(["systemctl", "restart", *units], check=False)
     again = check_all(old["services"])
-    state = "the previous build is serving and verified, with the last verified units and keys" \
-        if not again else "the last verified state ALSO fails:\n" + "\n".join(again)
+    state = (
+        "the previous build is serving and verified, with the last verified units and keys"
+        if not again
+        else "the last verified state ALSO fails:\n" + "\n".join(again)
+    )
     if not again:
         mark_verified(root)
-    fail(f"verification of the new deploy failed and it was rolled back; {state}.\n"
-         f"What failed:\n{report}")
+    fail(f"verification of the new deploy failed and it was rolled back; {state}.\nWhat failed:\n{report}")
 
 
 def status(args: argparse.Namespace) -> None:
@@ -333,16 +346,25 @@ def status(args: argparse.Namespace) -> None:
     root = Path(manifest.get("llama_root", args.root))
     try:
         good = json.loads((GOOD / "state.json").read_text())
-        last_good = {"build": Path(good["build"]).name if good.get("build") else None,
-                     "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime((GOOD / "state.json").stat().st_mtime))}
+        last_good = {
+            "build": Path(good["build"]).name if good.get("build") else None,
+            "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime((GOOD / "state.json").stat().st_mtime)),
+        }
     except (OSError, ValueError, KeyError):
         last_good = None
-    report: dict = {"current": read_build(root / "current"), "previous": read_build(root / "previous"),
-                    "builds": sorted(b.name for b in (root / "builds").glob("b*") if read_build(b)),
-                    "last_verified": last_good, "services": []}
+    report: dict = {
+        "current": read_build(root / "current"),
+        "previous": read_build(root / "previous"),
+        "builds": sorted(b.name for b in (root / "builds").glob("b*") if read_build(b)),
+        "last_verified": last_good,
+        "services": [],
+    }
     declared = {svc["unit"] for svc in manifest["services"]}
-    report["orphans"] = sorted(p.name for p in UNIT_DIR.glob("rigkit-*-*.service")
-                               if not p.name.startswith("rigkit-watchdog-") and p.name not in declared)
+    report["orphans"] = sorted(
+        p.name
+        for p in UNIT_DIR.glob("rigkit-*-*.service")
+        if not p.name.startswith("rigkit-watchdog-") and p.name not in declared
+    )
     for svc in manifest["services"]:
         active = unit_state(svc["unit"]).get("ActiveState", "unknown")
         health, _ = request(f"http://127.0.0.1:{svc['port']}/health", None, timeout=3)
@@ -353,14 +375,21 @@ def status(args: argparse.Namespace) -> None:
         except (OSError, ValueError):
             watchdog = None
         timer = unit_state(f"rigkit-watchdog-{svc['name']}.timer").get("ActiveState", "unknown")
-        report["services"].append({
-            "name": svc["name"], "unit": svc["unit"], "port": svc["port"], "active": active,
-            # Its own unit active and the port answering: an orphan on the port is not this service.
-            "healthy": active == "active" and health == 200, "model": svc["model"],
-            "model_present": model.exists(), "model_bytes": model_bytes(svc["model"]),
-            "unit_sha256": hashlib.sha256(unit_file.read_bytes()).hexdigest() if unit_file.exists() else None,
-            "watchdog": {"timer": timer, **(watchdog or {})},
-        })
+        report["services"].append(
+            {
+                "name": svc["name"],
+                "unit": svc["unit"],
+                "port": svc["port"],
+                "active": active,
+                # Its own unit active and the port answering: an orphan on the port is not this service.
+                "healthy": active == "active" and health == 200,
+                "model": svc["model"],
+                "model_present": model.exists(),
+                "model_bytes": model_bytes(svc["model"]),
+                "unit_sha256": hashlib.sha256(unit_file.read_bytes()).hexdigest() if unit_file.exists() else None,
+                "watchdog": {"timer": timer, **(watchdog or {})},
+            }
+        )
     print(json.dumps(report))
 
 
@@ -387,15 +416,19 @@ def host_lock(what: str, wait: float):
                 except OSError:
                     holder = "unknown"
                 if time.monotonic() >= deadline:
-                    fail(f"another rigkit deploy holds this host's lock ({holder}); waited {wait:.0f}s. "
-                         f"Run again when it is done.", code=75)
+                    fail(
+                        f"another rigkit deploy holds this host's lock ({holder}); waited {wait:.0f}s. "
+                        f"Run again when it is done.",
+                        code=75,
+                    )
                 if time.monotonic() >= next_note:
                     log(f"waiting for the host lock held by {holder}")
                     next_note = time.monotonic() + 30
                 time.sleep(0.5)
         client = (os.environ.get("SSH_CLIENT") or "local").split()[0]
-        holder_file.write_text(f"{what}, pid {os.getpid()}, from {client}, since "
-                               f"{time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}\n")
+        holder_file.write_text(
+            f"{what}, pid {os.getpid()}, from {client}, since {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}\n"
+        )
         try:
             yield
         finally:
@@ -405,8 +438,9 @@ def host_lock(what: str, wait: float):
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--lock-wait", type=float, default=3600,
-                        help="seconds to wait for another deploy's host lock (0: fail at once)")
+    parser.add_argument(
+        "--lock-wait", type=float, default=3600, help="seconds to wait for another deploy's host lock (0: fail at once)"
+    )
     sub = parser.add_subparsers(dest="cmd", required=True)
     p = sub.add_parser("build")
     p.add_argument("--root", required=True)
@@ -432,8 +466,14 @@ def main() -> None:
     p.add_argument("--root", default="/opt/rigkit/llama.cpp")
     p.add_argument("--manifest", default="/etc/rigkit/llama/services.json")
     args = parser.parse_args()
-    command = {"build": build, "activate": activate, "rollback": rollback, "prune": prune,
-               "verify": verify, "status": status}[args.cmd]
+    command = {
+        "build": build,
+        "activate": activate,
+        "rollback": rollback,
+        "prune": prune,
+        "verify": verify,
+        "status": status,
+    }[args.cmd]
     if args.cmd == "status":  # reads only
         return command(args)
     with host_lock(args.cmd, args.lock_wait):
