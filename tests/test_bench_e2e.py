@@ -193,3 +193,27 @@ def test_power_sampled_over_the_ssh_connection(sandbox_hosts, first_deploy, tmp_
     assert row["decode_tokens_per_kwh"] == pytest.approx(
         row["decode_tps"] * 3.6e6 / row["decode_watts"], rel=0.25)
     assert (tmp_path / "sandbox-1" / "tiny" / "power.png").stat().st_size > 10_000
+
+
+def test_loopback_service_reached_through_an_ssh_forward(sandbox_hosts, first_deploy, api_key):
+    """What rigkit bench does for a service on the host's 127.0.0.1 (rigkit's default): a
+    local port forwarded over the SSH connection."""
+    import paramiko
+
+    from rigkit.bench.client import Client
+    from rigkit.bench.tunnel import SSHTunnel
+
+    sb, host = sandbox_hosts, sandbox_hosts.hosts[0]
+    client = paramiko.SSHClient()
+    client.load_host_keys(sb.known_hosts)
+    client.set_missing_host_key_policy(paramiko.RejectPolicy())
+    client.connect(host.address, username="root", key_filename=sb.ssh_key, timeout=30)
+    tunnel = SSHTunnel(client.get_transport(), "127.0.0.1", 8000)
+    try:
+        bench_client = Client(tunnel.url, api_key=api_key[0])
+        assert bench_client.engine() == "llama.cpp"
+        sample = bench_client.complete("The forwarded port", max_tokens=8, depth=4, run=0)
+        assert sample.completion_tokens == 8 and sample.timings["predicted_n"] == 8
+    finally:
+        tunnel.close()
+        client.close()
