@@ -144,3 +144,27 @@ def test_hardened_unit_directives():
     assert "PrivateDevices" not in gpu and "DevicePolicy=closed" in gpu
     assert "DeviceAllow=char-nvidia-frontend rw" in gpu and "DeviceAllow=char-nvidia-uvm rw" in gpu
     assert "MemoryDenyWriteExecute" not in gpu
+
+
+class FakeHost:
+    def __init__(self, data):
+        self.name, self.data = "rig-7", data
+
+
+@pytest.mark.parametrize(
+    "key, value",
+    [
+        ("hf_endpoint", "http://mirror.lan:8080\nX: y"),
+        ("hf_endpoint", "file:///etc/passwd"),
+        ("hf_endpoint", "http://mirror.lan/$(id)"),
+        ("hf_token_file", "/home/me/token\n"),
+        ("model_lock", "/srv/rig.lock.yaml\n"),
+    ],
+)
+def test_hostile_host_level_keys(key, value):
+    from rigkit.hostdata import rig_for
+
+    data = {**base(), "models": [{"name": "m", "repo": "org/n", "dest": "/srv/m"}], key: value}
+    with pytest.raises(HostDataError) as err:
+        rig_for(FakeHost(data))
+    assert err.value.key == key

@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from pyinfra.api.exceptions import PyinfraError
 
@@ -21,6 +23,7 @@ from rigkit.hostdata.services import Service, parse_services
 from rigkit.models import lockfile
 from rigkit.models.lockfile import LockEntry, LockError
 
+URL = re.compile(r"https?://[A-Za-z0-9._~:/@%+\[\]-]+")
 LOCK_ENV = "RIGKIT_MODEL_LOCK"
 # The host-data keys rigkit reads; the rest (ssh_*, sandbox_*, ...) belongs to pyinfra or tools.
 COMPONENTS = ("gpus", "llama_cpp", "services", "models")
@@ -64,8 +67,11 @@ class Rig:
         try:
             return self.locks[model.ref.key]
         except KeyError:
-            raise HostDataError(self.host, "models", f"{model.repo} resolved through the model lock "
-                                "(rig_for() does that; parse_rig() alone does not)") from None
+            raise HostDataError(
+                self.host,
+                "models",
+                f"{model.repo} resolved through the model lock (rig_for() does that; parse_rig() alone does not)",
+            ) from None
 
 
 def parse_rig(host: str, data: Mapping[str, Any]) -> Rig:
@@ -75,15 +81,23 @@ def parse_rig(host: str, data: Mapping[str, Any]) -> Rig:
     services = parse_services(host, data.get("services"), gpus)
     for i, svc in enumerate(services):
         if svc.engine == "llama.cpp" and llama is None:
-            raise HostDataError(host, "llama_cpp", f"a mapping with at least ref (a build tag such as b8137): "
-                                f"services[{i}] ({svc.name}) has engine llama.cpp")
+            raise HostDataError(
+                host,
+                "llama_cpp",
+                f"a mapping with at least ref (a build tag such as b8137): "
+                f"services[{i}] ({svc.name}) has engine llama.cpp",
+            )
     models = parse_models(host, data.get("models"))
     hub_names = [m.name for m in models if isinstance(m, HubModel) and m.name]
     for i, svc in enumerate(services):
-        if svc.model.startswith(MODEL_REF_PREFIX) and svc.model[len(MODEL_REF_PREFIX):] not in hub_names:
-            raise HostDataError(host, f"services[{i}].model",
-                                f"{MODEL_REF_PREFIX}<name> naming a Hub model of this host's models "
-                                f"({', '.join(hub_names) or 'none declared'})", svc.model)
+        if svc.model.startswith(MODEL_REF_PREFIX) and svc.model[len(MODEL_REF_PREFIX) :] not in hub_names:
+            raise HostDataError(
+                host,
+                f"services[{i}].model",
+                f"{MODEL_REF_PREFIX}<name> naming a Hub model of this host's models "
+                f"({', '.join(hub_names) or 'none declared'})",
+                svc.model,
+            )
     return Rig(host=host, gpus=gpus, llama_cpp=llama, services=services, models=models)
 
 
@@ -100,13 +114,14 @@ def resolve_model_refs(rig: Rig, lock: Mapping[str, LockEntry], inventory: str =
     services = []
     for svc in rig.services:
         if svc.model.startswith(MODEL_REF_PREFIX):
-            m = by_name[svc.model[len(MODEL_REF_PREFIX):]]
+            m = by_name[svc.model[len(MODEL_REF_PREFIX) :]]
             try:
                 # vLLM loads the model's directory; llama-server its first shard.
                 path = m.dest if svc.engine == "vllm" else locks[m.ref.key].model_path(m.dest)
             except ValueError as exc:
-                raise HostDataError(rig.host, f"services[{svc.name}].model",
-                                    f"a Hub model with one first shard ({exc})") from None
+                raise HostDataError(
+                    rig.host, f"services[{svc.name}].model", f"a Hub model with one first shard ({exc})"
+                ) from None
             svc = dataclasses.replace(svc, model=path)
         services.append(svc)
     return dataclasses.replace(rig, services=tuple(services), locks=locks)
@@ -123,12 +138,26 @@ def find_model_lock(data: Mapping[str, Any]) -> tuple[Path | None, str]:
     return path, str(path.with_name(path.name.removesuffix(".lock.yaml") + ".py"))
 
 
+def check_model_supply(host: str, data: Any) -> None:
+    """Host-level keys the model step reads: ``hf_endpoint`` (a URL) and ``hf_token_file`` (a
+    file on the deploying machine)."""
+    endpoint = data.get("hf_endpoint")
+    if endpoint is not None and not (isinstance(endpoint, str) and URL.fullmatch(endpoint)):
+        raise HostDataError(host, "hf_endpoint", "an http(s) URL of the Hub or a mirror", endpoint)
+    token_file = data.get("hf_token_file")
+    if token_file is not None:
+        if not isinstance(token_file, str) or not token_file:
+            raise HostDataError(host, "hf_token_file", "a file on this machine", token_file)
+        check_text(token_file, host, "hf_token_file")
+
+
 def rig_for(host: Any) -> Rig:
     """The validated rig data of a pyinfra host (``from pyinfra import host``), Hub model
     references resolved through the model lock; raises before any host changes when the
     data is bad or the lock is missing or stale."""
     data = {k: host.data.get(k) for k in COMPONENTS if host.data.get(k) is not None}
     rig = parse_rig(host.name, data)
+    check_model_supply(host.name, host.data)
     if not rig.hub_models:
         return rig
     model_lock = host.data.get("model_lock")
@@ -140,8 +169,9 @@ def rig_for(host: Any) -> Rig:
     if path is None:
         raise ModelLockError(
             f"host {host.name}: models: Hub models need the model lock: name it in the inventory's host "
-            f"data (\"model_lock\": lockfile.lock_path_for(__file__), rigkit.models.lockfile) or set "
-            f"${LOCK_ENV}; write it with: rigkit lock INVENTORY")
+            f'data ("model_lock": lockfile.lock_path_for(__file__), rigkit.models.lockfile) or set '
+            f"${LOCK_ENV}; write it with: rigkit lock INVENTORY"
+        )
     try:
         return resolve_model_refs(rig, lockfile.load(path, inventory=inventory), inventory)
     except LockError as exc:
