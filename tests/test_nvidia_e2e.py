@@ -14,12 +14,15 @@ from __future__ import annotations
 import json
 import os
 import socket
+import subprocess
+import time
 from pathlib import Path
 
 import pytest
 
-from pyinfra_run import run_pyinfra
+from pyinfra_run import PYINFRA, REPO, run_pyinfra
 from rigkit import sandbox
+from rigkit.sandbox.processes import alive
 from standins import nvidia_repo
 
 pytestmark = pytest.mark.e2e
@@ -197,6 +200,38 @@ def test_branch_change_upgrades_then_mismatch_is_reboot_pending(env):
     assert again.returncode == 0, output(again)[-4000:]
     assert "reboot pending: the loaded kernel module is 580.95.05, the installed userspace 590.48.01" in output(again)
     assert again.changed == {}, again.changed
+
+
+def test_reboot_true_reboots_onto_the_changed_driver_and_checks_the_gpus(env):
+    """Back to 580 with reboot: true: the deploy reboots the host (here the nspawn host ends,
+    and the sandbox boots it again on its disk, as firmware would), reconnects and checks that
+    nvidia-smi sees the 6 GPUs."""
+    sb, standin = env
+    h1 = sb.hosts[0]
+    data = {h1.name: standin.host_data(**{**SEEDS, "reboot": True})}
+    proc = subprocess.Popen([PYINFRA, "-y", "--json", "--limit", h1.name, INVENTORY, "deploys/nvidia.py"],
+                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "RIGKIT_TEST_NVIDIA": json.dumps(data)})
+    rebooted = False
+    deadline = time.monotonic() + 600
+    while proc.poll() is None and time.monotonic() < deadline:
+        if not rebooted and not alive(h1.pid, "systemd-nspawn"):
+            sandbox.reboot(h1.name)
+            # pyinfra confirms a reboot by a smaller /proc/uptime; a container shows the build
+            # machine's, so the new boot's is laid over it (as lxcfs does for containers).
+            sb.ssh(h1, "echo '3.00 3.00' > /run/rigkit-uptime && mount --bind /run/rigkit-uptime /proc/uptime")
+            rebooted = True
+        time.sleep(0.5)
+    stdout, stderr = proc.communicate(timeout=60)
+    assert rebooted, "the deploy did not reboot the host"
+    assert proc.returncode == 0, (stdout + stderr)[-4000:]
+    ops = {op["name"].split(" | ")[-1]: op for op in json.loads(stdout)["results"]["operations"]}
+    assert ops["Reboot onto the new NVIDIA driver"]["success"]
+    assert ops["nvidia-smi sees the GPUs after the reboot"]["success"]
+    assert "REBOOT PENDING" not in stdout + stderr
+    assert installed(sb, h1, "nvidia-open") == "installed 580.95.05-1"
+    assert installed(sb, h1, "nvidia-driver-pinning-580") == "installed 580.95.05-1"
+    assert sb.ssh(h1, "nvidia-smi -L | grep -c '^GPU '") == "6"
 
 
 def test_dgx_os_left_alone(env):

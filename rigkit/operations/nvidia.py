@@ -278,8 +278,10 @@ def _report(message: str) -> None:
 
 
 @deploy("NVIDIA driver, CUDA toolkit, container toolkit")
-def setup(nv: Nvidia):
-    """Everything ``nvidia`` host data asks for, checked against the host's facts first."""
+def setup(nv: Nvidia, gpu_count: int = 0):
+    """Everything ``nvidia`` host data asks for, checked against the host's facts first.
+    ``gpu_count``: how many GPUs nvidia-smi must see after a reboot (host data ``gpus.count``;
+    default: as many as it sees now)."""
     os = host.get_fact(NvidiaHostOs)
     dgx = host.get_fact(DgxOs)
     gpus = host.get_fact(NvidiaGpus)
@@ -362,7 +364,7 @@ def setup(nv: Nvidia):
         if nv.reboot:
             server.reboot(name="Reboot onto the new NVIDIA driver", reboot_timeout=900,
                           _if=driver_op.did_change)
-            expected = len(gpus) if gpus else None
+            expected = len(gpus) if gpus else (gpu_count or None)
             check = "nvidia-smi -L"
             if expected:
                 check += f" | grep -c '^GPU ' | grep -qx {expected} || {{ echo 'expected {expected} GPUs' >&2; exit 1; }}"
@@ -433,7 +435,7 @@ def docker_runtime():
 def for_host(pyinfra_host) -> None:
     """:func:`setup` where the host's data declares ``nvidia`` (the step of ``deploys/rig.py``);
     nothing elsewhere."""
-    from rigkit.hostdata.nvidia import nvidia_for
+    from rigkit.hostdata.nvidia import gpu_count, nvidia_for
 
     if pyinfra_host.data.get("nvidia") is not None:
-        setup(nvidia_for(pyinfra_host))
+        setup(nvidia_for(pyinfra_host), gpu_count=gpu_count(pyinfra_host))

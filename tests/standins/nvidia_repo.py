@@ -304,6 +304,7 @@ def build(root: Path, base_url: str, kernel: str | None = None,
          depends=f"nvidia-container-toolkit-base (= {v}), libnvidia-container-tools (>= {v})")
     _index(container, home, "NVIDIA container toolkit")
     (standin.www / "libnvidia-container/gpgkey").write_bytes(armored)
+    subprocess.run(["gpgconf", "--homedir", str(home), "--kill", "gpg-agent"], check=False, capture_output=True)
     return standin
 
 
