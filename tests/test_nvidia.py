@@ -4,6 +4,7 @@ written from NVIDIA's documented formats)."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -281,3 +282,46 @@ def test_a_uuid_that_is_not_one_is_refused():
     # A UUID goes into ExecStart and a shell check: anything but the expected shape is no GPU line.
     assert parse_gpus(["0, GPU-1 -pl 1; reboot, X, 9.0, 1, 1, 1, 1, 580.1.1"]) is None
     assert parse_gpus(["0, GPU-73736827-e95d-f8bc-dbc4-a81d0f9fa17c$(id), X, 9.0, 1, 1, 1, 1, 580.1.1"]) is None
+
+
+# --- the lent H100, recorded read-only (tests/recordings/nvidia/record.sh) ----------------------------
+
+H100 = json.loads((REC / "h100" / "facts.json").read_text())
+
+
+def recorded(name: str):
+    return getattr(facts, name)().process(H100[name]["stdout"])
+
+
+def test_h100_facts_as_recorded_on_the_lent_machine():
+    [gpu] = recorded("NvidiaGpus")
+    assert gpu.name == "NVIDIA H100 80GB HBM3" and gpu.cuda_arch == "90" and gpu.memory_mib == 81559
+    assert (gpu.power_min_w, gpu.power_max_w) == (200.0, 700.0) and gpu.driver_version == "580.159.04"
+    assert parse_gpus((REC / "h100" / "query-gpu.csv").read_text().splitlines()) == [gpu]
+    state = recorded("NvidiaDriver")
+    assert state.kernel == "580.159.04" and state.open_kernel is True
+    # The driver is the host's, mounted into a container with an unversioned libnvidia-ml.so.1:
+    # no installed userspace to compare, so nothing is pending.
+    assert not state.reboot_pending
+    os = recorded("NvidiaHostOs")
+    assert (os.distro, os.release, os.arch) == ("ubuntu", "24.04", "x86_64")
+    assert ops.repo_dir(os) == "ubuntu2404/x86_64"
+    pkgs = recorded("NvidiaPackages")
+    assert "cuda-compat-13-0" in pkgs and not [n for n in pkgs if ops.is_driver_package(n)]
+    assert recorded("DgxOs") is None and recorded("SecureBoot") == SecureBootState(None, None)
+    nv = parse_nvidia("h100", {"driver_branch": "580", "cuda_toolkit": "13.0", "power_limit_w": 350})
+    assert ops.problems(nv, os, [gpu], recorded("SecureBoot"), None, True, False) == []
+
+
+def test_h100_dry_run_plan():
+    plan = (REC / "h100" / "pyinfra-dry.txt").read_text()
+    assert plan.rstrip().endswith("pyinfra rc=0")
+    for step in ("NVIDIA CUDA repository (ubuntu2404/x86_64)", "NVIDIA driver branch 580 (nvidia-open-580, held)",
+                 "CUDA toolkit 13.0", "Kernel headers for 6.18.44-fc-v657-gpu"):
+        assert step in plan, step
+    assert "systemd is not running the host" in plan  # a container: no units touched there
+
+
+def test_toolkit_from_nvcc_without_version_json():
+    out = ["/usr/local/cuda nvcc release 13.0", "/usr/local/cuda-13.0 nvcc release 13.0", "/usr/local/cuda-12.8 nvcc "]
+    assert facts.parse_toolkits(out) == facts.CudaToolkits(installed=("13.0",), default="13.0")

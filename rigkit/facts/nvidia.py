@@ -166,7 +166,7 @@ class NvidiaDriver(FactBase[DriverState]):
             "printf 'sys %s\\n' \"$(cat /sys/module/nvidia/version 2>/dev/null)\"; "
             "printf 'proc %s\\n' \"$(head -n1 /proc/driver/nvidia/version 2>/dev/null)\"; "
             "for f in /usr/lib/*/libnvidia-ml.so.* /usr/lib64/libnvidia-ml.so.* /usr/lib/libnvidia-ml.so.*; "
-            "do [ -e \"$f\" ] && printf 'lib %s\\n' \"$f\"; done; "
+            "do [ -e \"$f\" ] && printf 'lib %s\\n' \"$(readlink -f \"$f\")\"; done; "
             "if command -v nvidia-smi >/dev/null 2>&1; then "
             "printf 'smi %s\\n' \"$(nvidia-smi -L 2>&1 | grep -E 'Failed|failed|mismatch' | head -n1)\"; fi; true"
         )
@@ -195,10 +195,13 @@ def parse_toolkits(output: list[str]) -> CudaToolkits:
     default = None
     for line in output:
         path, _, doc = line.partition(" ")
-        try:
-            version = _major_minor(json.loads(doc)["cuda"]["version"])
-        except (ValueError, KeyError, TypeError):
-            continue
+        if doc.startswith("nvcc "):
+            version = _major_minor(doc.removeprefix("nvcc ").removeprefix("release "))
+        else:
+            try:
+                version = _major_minor(json.loads(doc)["cuda"]["version"])
+            except (ValueError, KeyError, TypeError):
+                continue
         if version is None:
             continue
         if path == "/usr/local/cuda":
@@ -217,8 +220,11 @@ class CudaToolkit(FactBase[CudaToolkits]):
     """
 
     def command(self) -> str:
-        return ("for d in /usr/local/cuda /usr/local/cuda-*; do [ -f \"$d/version.json\" ] || continue; "
-                "printf '%s ' \"$d\"; tr -d '\\n' < \"$d/version.json\"; echo; done; true")
+        # version.json where the toolkit ships one, else what its nvcc says.
+        return ("for d in /usr/local/cuda /usr/local/cuda-*; do if [ -f \"$d/version.json\" ]; then "
+                "printf '%s ' \"$d\"; tr -d '\\n' < \"$d/version.json\"; echo; "
+                "elif [ -x \"$d/bin/nvcc\" ]; then printf '%s nvcc %s\\n' \"$d\" "
+                "\"$(\"$d/bin/nvcc\" --version 2>/dev/null | grep -o 'release [0-9.]*')\"; fi; done; true")
 
     def process(self, output: list[str]) -> CudaToolkits:
         return parse_toolkits(output)
