@@ -21,11 +21,12 @@ SITE = "usr/local/lib/python3.11/dist-packages"
 
 
 class Dockerd:
-    def __init__(self, work: Path, netns: str | None = None, group: str | None = None):
+    def __init__(self, work: Path, argv: list[str] | None = None, socket: Path | None = None):
+        """``argv``/``socket``: another dockerd command line (a sandbox host's, see
+        ``rigkit.sandbox.docker``) and its socket."""
         self.work = work
-        self.socket = work / "docker.sock"
-        self.netns = netns
-        self.group = group
+        self.socket = socket or work / "docker.sock"
+        self.argv = argv
         self.proc: subprocess.Popen | None = None
 
     @property
@@ -35,14 +36,10 @@ class Dockerd:
     def start(self) -> Dockerd:
         for d in ("data", "exec"):
             (self.work / d).mkdir(parents=True, exist_ok=True)
-        argv = ["dockerd", "-H", f"unix://{self.socket}", "--data-root", str(self.work / "data"),
-                "--exec-root", str(self.work / "exec"), "--pidfile", str(self.work / "dockerd.pid"),
-                "--iptables=false", "--ip6tables=false", "--bridge=none", "--ip-forward=false",
-                "--ip-masq=false"]
-        if self.group:
-            argv += ["--group", self.group]
-        if self.netns:
-            argv = ["ip", "netns", "exec", self.netns] + argv
+        argv = self.argv or [
+            "dockerd", "-H", f"unix://{self.socket}", "--data-root", str(self.work / "data"),
+            "--exec-root", str(self.work / "exec"), "--pidfile", str(self.work / "dockerd.pid"),
+            "--iptables=false", "--ip6tables=false", "--bridge=none", "--ip-forward=false", "--ip-masq=false"]
         log = (self.work / "dockerd.log").open("a")
         self.proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         deadline = time.monotonic() + 60
@@ -68,7 +65,8 @@ class Dockerd:
                 self.proc.kill()
                 self.proc.wait(10)
         # containerd's shims and mounts under the exec-root go with dockerd; what is left:
-        subprocess.run(["umount", "-R", str(self.work / "data")], capture_output=True)
+        for d in ("exec/netns/default", "exec", "data"):
+            subprocess.run(["umount", "-R", str(self.work / d)], capture_output=True)
 
 
 def base_root() -> Path:

@@ -7,6 +7,7 @@ inside an nspawn host does not work (pitfall 9); this is the way round. Test too
 from __future__ import annotations
 
 import grp
+import shlex
 import shutil
 import subprocess
 from pathlib import Path
@@ -49,26 +50,21 @@ def prepare_client(sb: Sandbox, host: SandboxHost, group: str = "docker") -> Pat
     return socket_path(host)
 
 
+#: The host's directories that bind mounts of its units name (models, keys): dockerd resolves a
+#: ``-v SRC:DST`` in its own mount namespace, where these are the host's.
+HOST_PATHS = ("etc", "srv")
+
+
 def dockerd_argv(host: SandboxHost, work: Path, group: str = "docker") -> list[str]:
-    """dockerd in the host's network namespace (nothing else of the host's), its state under
-    ``work``, no iptables, bridge or forwarding changes to this machine."""
-    return [
-        "nsenter",
-        f"--net={netns_path(host)}",
-        "dockerd",
-        "-H",
-        f"unix://{socket_path(host)}",
-        "--group",
-        group,
-        "--data-root",
-        str(work / "data"),
-        "--exec-root",
-        str(work / "exec"),
-        "--pidfile",
-        str(work / "dockerd.pid"),
-        "--iptables=false",
-        "--ip6tables=false",
-        "--bridge=none",
-        "--ip-forward=false",
-        "--ip-masq=false",
-    ]
+    """dockerd in the host's network namespace, in a private mount namespace where /etc and
+    /srv are the host's (so ``-v /srv/models/..`` and ``-v /etc/rigkit/..`` in its units name
+    the host's files, and nothing is created on this machine); its state under ``work``; no
+    iptables, bridge or forwarding changes to this machine."""
+    root = host_root(host)
+    binds = " && ".join(f"mount --bind {shlex.quote(str(root / p))} /{p}" for p in HOST_PATHS)
+    dockerd = ["nsenter", f"--net={netns_path(host)}", "dockerd", "-H", f"unix://{socket_path(host)}",
+               "--group", group, "--data-root", str(work / "data"), "--exec-root", str(work / "exec"),
+               "--pidfile", str(work / "dockerd.pid"), "--iptables=false", "--ip6tables=false",
+               "--bridge=none", "--ip-forward=false", "--ip-masq=false"]
+    return ["unshare", "--mount", "--propagation", "private", "sh", "-c",
+            f"{binds} && exec {shlex.join(dockerd)}"]
