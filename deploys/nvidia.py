@@ -11,4 +11,6 @@ from pyinfra import host
 from rigkit.hostdata.nvidia import gpu_count, nvidia_for
 from rigkit.operations import nvidia
 
-nvidia.setup(nvidia_for(host), gpu_count=gpu_count(host))  # validated, then checked against the host's facts, before any change
+nvidia.setup(
+    nvidia_for(host), gpu_count=gpu_count(host)
+)  # validated, then checked against the host's facts, before any change

@@ -54,7 +54,11 @@ def test_gb10_na_fields_become_none():
 
 
 def test_not_supported_is_none_too():
-    [gpu] = parse_gpus(["0, GPU-00000000-0000-0000-0000-000000000001, Some GPU, 8.9, 23028, [Not Supported], [Not Supported], [Not Supported], 580.95.05"])
+    [gpu] = parse_gpus(
+        [
+            "0, GPU-00000000-0000-0000-0000-000000000001, Some GPU, 8.9, 23028, [Not Supported], [Not Supported], [Not Supported], 580.95.05"
+        ]
+    )
     assert gpu.power_limit_w is None and gpu.memory_mib == 23028
 
 
@@ -67,60 +71,83 @@ def test_nvml_mismatch_is_no_gpus_not_a_crash():
 
 
 def test_kernel_userspace_mismatch_is_reboot_pending():
-    state = facts.parse_driver([
-        "sys 580.95.05",
-        "proc NVRM version: NVIDIA UNIX Open Kernel Module for x86_64  580.95.05  Release Build  (dvs-builder@U22)",
-        "lib /usr/lib/x86_64-linux-gnu/libnvidia-ml.so.1",
-        "lib /usr/lib/x86_64-linux-gnu/libnvidia-ml.so.580.126.09",
-        "smi Failed to initialize NVML: Driver/library version mismatch",
-    ])
+    state = facts.parse_driver(
+        [
+            "sys 580.95.05",
+            "proc NVRM version: NVIDIA UNIX Open Kernel Module for x86_64  580.95.05  Release Build  (dvs-builder@U22)",
+            "lib /usr/lib/x86_64-linux-gnu/libnvidia-ml.so.1",
+            "lib /usr/lib/x86_64-linux-gnu/libnvidia-ml.so.580.126.09",
+            "smi Failed to initialize NVML: Driver/library version mismatch",
+        ]
+    )
     assert (state.kernel, state.userspace, state.open_kernel) == ("580.95.05", "580.126.09", True)
     assert state.reboot_pending and "mismatch" in state.nvml_error
 
 
 def test_driver_states():
-    h100 = facts.parse_driver(["sys 580.159.04", "proc ", "lib /usr/lib/x86_64-linux-gnu/libnvidia-ml.so.580.159.04", "smi "])
+    h100 = facts.parse_driver(
+        ["sys 580.159.04", "proc ", "lib /usr/lib/x86_64-linux-gnu/libnvidia-ml.so.580.159.04", "smi "]
+    )
     assert not h100.reboot_pending and h100.nvml_error is None
     fresh = facts.parse_driver(["sys ", "proc ", "lib /usr/lib/x86_64-linux-gnu/libnvidia-ml.so.580.95.05"])
     assert fresh.kernel is None and fresh.reboot_pending  # installed, never loaded
     assert not facts.parse_driver(["sys ", "proc "]).reboot_pending  # no driver at all
     # Only /proc (older kernels): the version comes from its first line.
-    proc = facts.parse_driver(["sys ", "proc NVRM version: NVIDIA UNIX x86_64 Kernel Module  570.172.08  Tue Jul 8 2025"])
+    proc = facts.parse_driver(
+        ["sys ", "proc NVRM version: NVIDIA UNIX x86_64 Kernel Module  570.172.08  Tue Jul 8 2025"]
+    )
     assert proc.kernel == "570.172.08" and proc.open_kernel is False
 
 
 def test_toolkits():
-    out = ['/usr/local/cuda {"cuda" : {"name" : "CUDA SDK", "version" : "13.0.2"}}',
-           '/usr/local/cuda-12.8 {"cuda" : {"name" : "CUDA SDK", "version" : "12.8.1"}}',
-           '/usr/local/cuda-13.0 {"cuda" : {"name" : "CUDA SDK", "version" : "13.0.2"}}',
-           "/usr/local/cuda-broken {not json"]
+    out = [
+        '/usr/local/cuda {"cuda" : {"name" : "CUDA SDK", "version" : "13.0.2"}}',
+        '/usr/local/cuda-12.8 {"cuda" : {"name" : "CUDA SDK", "version" : "12.8.1"}}',
+        '/usr/local/cuda-13.0 {"cuda" : {"name" : "CUDA SDK", "version" : "13.0.2"}}',
+        "/usr/local/cuda-broken {not json",
+    ]
     assert facts.parse_toolkits(out) == facts.CudaToolkits(installed=("12.8", "13.0"), default="13.0")
 
 
 def test_dgx_release_and_secure_boot_and_os():
-    release = DgxOs().process(['DGX_NAME="DGX Spark"', 'DGX_PRETTY_NAME="NVIDIA DGX Spark"',
-                               'DGX_SWBUILD_VERSION="7.2.3"'])
+    release = DgxOs().process(
+        ['DGX_NAME="DGX Spark"', 'DGX_PRETTY_NAME="NVIDIA DGX Spark"', 'DGX_SWBUILD_VERSION="7.2.3"']
+    )
     assert release["DGX_NAME"] == "DGX Spark"
     assert DgxOs().process([]) is None
     assert facts.parse_secure_boot(["mokutil SecureBoot enabled"]) == SecureBootState(True, None)
     assert facts.parse_secure_boot(["mokutil SecureBoot disabled", "key /var/lib/dkms/mok.pub"]).enabled is False
     assert facts.parse_secure_boot(["efivar  6 0 0 0 1"]) == SecureBootState(True, None)
     assert facts.parse_secure_boot([]) == SecureBootState(None, None)
-    assert facts.parse_os(["id ubuntu", "version 24.04", "arch aarch64", "kernel 6.11.0-1016-nvidia"]) == \
-        HostOs("ubuntu", "24.04", "aarch64", "6.11.0-1016-nvidia")
+    assert facts.parse_os(["id ubuntu", "version 24.04", "arch aarch64", "kernel 6.11.0-1016-nvidia"]) == HostOs(
+        "ubuntu", "24.04", "aarch64", "6.11.0-1016-nvidia"
+    )
 
 
 def test_packages_fact_reads_holds():
-    pkgs = NvidiaPackages().process([
-        "hi  nvidia-open 580.95.05-1 hold", "ii  libnvidia-compute 580.95.05-1 install",
-        "un  nvidia-driver-pinning-590 <none> unknown"])
+    pkgs = NvidiaPackages().process(
+        [
+            "hi  nvidia-open 580.95.05-1 hold",
+            "ii  libnvidia-compute 580.95.05-1 install",
+            "un  nvidia-driver-pinning-590 <none> unknown",
+        ]
+    )
     assert pkgs["nvidia-open"].held and not pkgs["libnvidia-compute"].held
     assert "nvidia-driver-pinning-590" not in pkgs
 
 
 def test_fact_commands_only_read():
-    for cls in (facts.NvidiaGpus, facts.NvidiaDriver, facts.CudaToolkit, facts.DgxOs, facts.SecureBoot,
-                facts.NvidiaHostOs, facts.NvidiaPackages, facts.DockerRuntimes, facts.DebianSourcesWithoutContrib):
+    for cls in (
+        facts.NvidiaGpus,
+        facts.NvidiaDriver,
+        facts.CudaToolkit,
+        facts.DgxOs,
+        facts.SecureBoot,
+        facts.NvidiaHostOs,
+        facts.NvidiaPackages,
+        facts.DockerRuntimes,
+        facts.DebianSourcesWithoutContrib,
+    ):
         command = cls().command()
         for writer in (" -pl", "-pm", "-lgc", "--gpu-reset", "-mig", "apt-get", "> /", "tee "):
             assert writer not in command, (cls.__name__, writer)
@@ -129,18 +156,22 @@ def test_fact_commands_only_read():
 # --- repository layout -------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("distro,release,arch,path", [
-    ("ubuntu", "22.04", "x86_64", "ubuntu2204/x86_64"),
-    ("ubuntu", "24.04", "x86_64", "ubuntu2404/x86_64"),
-    ("ubuntu", "24.04", "aarch64", "ubuntu2404/sbsa"),
-    ("debian", "12", "x86_64", "debian12/x86_64"),
-])
+@pytest.mark.parametrize(
+    "distro,release,arch,path",
+    [
+        ("ubuntu", "22.04", "x86_64", "ubuntu2204/x86_64"),
+        ("ubuntu", "24.04", "x86_64", "ubuntu2404/x86_64"),
+        ("ubuntu", "24.04", "aarch64", "ubuntu2404/sbsa"),
+        ("debian", "12", "x86_64", "debian12/x86_64"),
+    ],
+)
 def test_repo_line_per_distro_and_arch(distro, release, arch, path):
     os = HostOs(distro, release, arch, "k")
     assert ops.repo_dir(os) == path
     assert ops.repo_line(NVIDIA_REPO, os) == (
         "deb [signed-by=/usr/share/keyrings/cuda-archive-keyring.gpg] "
-        f"https://developer.download.nvidia.com/compute/cuda/repos/{path}/ /")
+        f"https://developer.download.nvidia.com/compute/cuda/repos/{path}/ /"
+    )
     assert ops.repo_list(os) == f"/etc/apt/sources.list.d/cuda-{path.replace('/', '-')}.list"
 
 
@@ -148,7 +179,9 @@ def test_unknown_distro_is_refused():
     with pytest.raises(ValueError, match="no ubuntu 20.10"):
         ops.repo_dir(HostOs("ubuntu", "20.10", "x86_64", "k"))
     nv = parse_nvidia("h", {"driver_branch": "580"})
-    assert "no fedora" in " ".join(ops.problems(nv, HostOs("fedora", "41", "x86_64", "k"), None, NO_SB, None, True, False))
+    assert "no fedora" in " ".join(
+        ops.problems(nv, HostOs("fedora", "41", "x86_64", "k"), None, NO_SB, None, True, False)
+    )
 
 
 def test_branch_pinning_the_repository_way():
@@ -168,8 +201,11 @@ def test_branch_pinning_the_repository_way():
 
 
 def test_host_data_defaults_and_values():
-    nv = parse_nvidia("rig", {"driver_branch": "580", "cuda_toolkit": "13.0", "power_limit_w": 350,
-                              "container_toolkit": True}, gpu_count=6)
+    nv = parse_nvidia(
+        "rig",
+        {"driver_branch": "580", "cuda_toolkit": "13.0", "power_limit_w": 350, "container_toolkit": True},
+        gpu_count=6,
+    )
     assert nv.open_modules and not nv.reboot and nv.branch == 580
     assert nv.power_limits(6) == (350,) * 6
     per = parse_nvidia("rig", {"driver_branch": "580", "power_limit_w": [300, 350]}, gpu_count=2)
@@ -177,27 +213,30 @@ def test_host_data_defaults_and_values():
     assert parse_nvidia("rig", None) is None
 
 
-@pytest.mark.parametrize("raw,key", [
-    ({"driver_branch": "58O"}, "nvidia.driver_branch"),
-    ({"driver_branch": "580\n"}, "nvidia.driver_branch"),
-    ({"driver_branch": "$(reboot)"}, "nvidia.driver_branch"),
-    ({"driver_branch": 580}, "nvidia.driver_branch"),
-    ({"driver_branch": "470"}, "nvidia.open_modules"),  # no open modules before 515
-    ({"driver_branch": "570", "cuda_toolkit": "13.0"}, "nvidia.driver_branch"),  # CUDA 13 needs 580
-    ({"driver_branch": "580", "cuda_toolkit": "13"}, "nvidia.cuda_toolkit"),
-    ({"driver_branch": "580", "cuda_toolkit": "9.2"}, "nvidia.cuda_toolkit"),
-    ({"driver_branch": "580", "cuda_toolkit": "14.0"}, "nvidia.cuda_toolkit"),
-    ({"power_limit_w": 0}, "nvidia.power_limit_w"),
-    ({"power_limit_w": 350.5}, "nvidia.power_limit_w"),
-    ({"power_limit_w": [350, 9999]}, "nvidia.power_limit_w[1]"),
-    ({"power_limit_w": []}, "nvidia.power_limit_w"),
-    ({"power_limit_w": [350, 350, 350]}, "nvidia.power_limit_w"),  # gpus.count is 6
-    ({"reboot": "yes"}, "nvidia.reboot"),
-    ({"repo_url": "http://mirror.lan/cuda\nrepos"}, "nvidia.repo_url"),
-    ({"repo_url": "http://mirror.lan/$(id)"}, "nvidia.repo_url"),
-    ({"container_key_url": "file:///etc/shadow"}, "nvidia.container_key_url"),
-    ({"driver": "580"}, "nvidia.driver"),
-])
+@pytest.mark.parametrize(
+    "raw,key",
+    [
+        ({"driver_branch": "58O"}, "nvidia.driver_branch"),
+        ({"driver_branch": "580\n"}, "nvidia.driver_branch"),
+        ({"driver_branch": "$(reboot)"}, "nvidia.driver_branch"),
+        ({"driver_branch": 580}, "nvidia.driver_branch"),
+        ({"driver_branch": "470"}, "nvidia.open_modules"),  # no open modules before 515
+        ({"driver_branch": "570", "cuda_toolkit": "13.0"}, "nvidia.driver_branch"),  # CUDA 13 needs 580
+        ({"driver_branch": "580", "cuda_toolkit": "13"}, "nvidia.cuda_toolkit"),
+        ({"driver_branch": "580", "cuda_toolkit": "9.2"}, "nvidia.cuda_toolkit"),
+        ({"driver_branch": "580", "cuda_toolkit": "14.0"}, "nvidia.cuda_toolkit"),
+        ({"power_limit_w": 0}, "nvidia.power_limit_w"),
+        ({"power_limit_w": 350.5}, "nvidia.power_limit_w"),
+        ({"power_limit_w": [350, 9999]}, "nvidia.power_limit_w[1]"),
+        ({"power_limit_w": []}, "nvidia.power_limit_w"),
+        ({"power_limit_w": [350, 350, 350]}, "nvidia.power_limit_w"),  # gpus.count is 6
+        ({"reboot": "yes"}, "nvidia.reboot"),
+        ({"repo_url": "http://mirror.lan/cuda\nrepos"}, "nvidia.repo_url"),
+        ({"repo_url": "http://mirror.lan/$(id)"}, "nvidia.repo_url"),
+        ({"container_key_url": "file:///etc/shadow"}, "nvidia.container_key_url"),
+        ({"driver": "580"}, "nvidia.driver"),
+    ],
+)
 def test_host_data_refused(raw, key):
     with pytest.raises(HostDataError) as err:
         parse_nvidia("rig", raw, gpu_count=6)
@@ -244,7 +283,11 @@ def test_secure_boot_without_key_stops_a_driver_install():
 
 
 def test_old_gpus_and_the_toolkit():
-    pascal = parse_gpus(["0, GPU-00000000-0000-0000-0000-000000000002, Tesla P100-PCIE-16GB, 6.0, 16384, 250.00, 125.00, 250.00, 580.95.05"])
+    pascal = parse_gpus(
+        [
+            "0, GPU-00000000-0000-0000-0000-000000000002, Tesla P100-PCIE-16GB, 6.0, 16384, 250.00, 125.00, 250.00, 580.95.05"
+        ]
+    )
     nv = parse_nvidia("rig", {"driver_branch": "580", "cuda_toolkit": "13.0"})
     found = " ".join(ops.problems(nv, UBUNTU, pascal, NO_SB, None, False, False))
     assert "needs the proprietary modules" in found and "CUDA 13 builds for compute 7.5" in found
@@ -265,10 +308,19 @@ def test_power_unit_per_gpu_by_uuid():
     lines = unit.splitlines()
     starts = [line for line in lines if line.startswith("ExecStart=")]
     assert starts == [f"ExecStart=/usr/bin/nvidia-smi -i {g.uuid} -pl 350" for g in rig]
-    for needed in ("Type=oneshot", "RemainAfterExit=yes", "After=nvidia-persistenced.service",
-                   "Wants=nvidia-persistenced.service", "WantedBy=multi-user.target", "DevicePolicy=closed",
-                   "DeviceAllow=/dev/nvidiactl rw", "DeviceAllow=/dev/nvidia5 rw", "ProtectSystem=strict",
-                   "NoNewPrivileges=yes", "PrivateNetwork=yes"):
+    for needed in (
+        "Type=oneshot",
+        "RemainAfterExit=yes",
+        "After=nvidia-persistenced.service",
+        "Wants=nvidia-persistenced.service",
+        "WantedBy=multi-user.target",
+        "DevicePolicy=closed",
+        "DeviceAllow=/dev/nvidiactl rw",
+        "DeviceAllow=/dev/nvidia5 rw",
+        "ProtectSystem=strict",
+        "NoNewPrivileges=yes",
+        "PrivateNetwork=yes",
+    ):
         assert needed in lines, needed
     assert "DeviceAllow=/dev/nvidia6 rw" not in lines
     assert "# GPU 0: NVIDIA GeForce RTX 3090, 100-400 W" in lines
@@ -316,8 +368,12 @@ def test_h100_facts_as_recorded_on_the_lent_machine():
 def test_h100_dry_run_plan():
     plan = (REC / "h100" / "pyinfra-dry.txt").read_text()
     assert plan.rstrip().endswith("pyinfra rc=0")
-    for step in ("NVIDIA CUDA repository (ubuntu2404/x86_64)", "NVIDIA driver branch 580 (nvidia-open-580, held)",
-                 "CUDA toolkit 13.0", "Kernel headers for 6.18.44-fc-v657-gpu"):
+    for step in (
+        "NVIDIA CUDA repository (ubuntu2404/x86_64)",
+        "NVIDIA driver branch 580 (nvidia-open-580, held)",
+        "CUDA toolkit 13.0",
+        "Kernel headers for 6.18.44-fc-v657-gpu",
+    ):
         assert step in plan, step
     assert "systemd is not running the host" in plan  # a container: no units touched there
 

@@ -19,21 +19,29 @@ import time
 from pathlib import Path
 
 import pytest
-
 from pyinfra_run import PYINFRA, REPO, run_pyinfra
+from standins import nvidia_repo
+
 from rigkit import sandbox
 from rigkit.sandbox.processes import alive
-from standins import nvidia_repo
 
 pytestmark = pytest.mark.e2e
 
 STATE = Path(os.environ.get("RIGKIT_TEST_NVIDIA_SANDBOX_DIR", "/var/lib/rigkit/sandbox-nvidia"))
 INVENTORY = "tests/standins/nvidia_inventory.py"
-RIG = [line for line in (Path(__file__).parent / "recordings/nvidia/rtx3090x6-query-gpu.csv").read_text().splitlines()
-       if line.strip()]
+RIG = [
+    line
+    for line in (Path(__file__).parent / "recordings/nvidia/rtx3090x6-query-gpu.csv").read_text().splitlines()
+    if line.strip()
+]
 UUIDS = [line.split(",")[1].strip() for line in RIG]
-DRIVER_PACKAGES = {"nvidia-open", "nvidia-driver-cuda", "nvidia-kernel-open-dkms", "libnvidia-compute",
-                   "nvidia-persistenced"}
+DRIVER_PACKAGES = {
+    "nvidia-open",
+    "nvidia-driver-cuda",
+    "nvidia-kernel-open-dkms",
+    "libnvidia-compute",
+    "nvidia-persistenced",
+}
 
 
 def _free_port(address: str) -> int:
@@ -54,8 +62,10 @@ def env(tmp_path_factory):
         server = nvidia_repo.serve(standin.www, sb.gateway, port)
         for host in sb.hosts:
             # apt goes through apt-cacher-ng; the stand-in is reached directly.
-            sb.ssh(host, f"echo 'Acquire::http::Proxy::{sb.gateway} \"DIRECT\";' "
-                         "> /etc/apt/apt.conf.d/02rigkit-nvidia-standin")
+            sb.ssh(
+                host,
+                f"echo 'Acquire::http::Proxy::{sb.gateway} \"DIRECT\";' > /etc/apt/apt.conf.d/02rigkit-nvidia-standin",
+            )
         yield sb, standin
     finally:
         if server is not None:
@@ -69,8 +79,9 @@ def env(tmp_path_factory):
 
 def deploy(standin, host: str, **nvidia):
     data = {host: standin.host_data(**nvidia)}
-    return run_pyinfra(INVENTORY, "deploys/nvidia.py", "--limit", host,
-                       env={"RIGKIT_TEST_NVIDIA": json.dumps(data)}, timeout=900)
+    return run_pyinfra(
+        INVENTORY, "deploys/nvidia.py", "--limit", host, env={"RIGKIT_TEST_NVIDIA": json.dumps(data)}, timeout=900
+    )
 
 
 def output(run) -> str:
@@ -87,7 +98,9 @@ def held(sb, host) -> set[str]:
 
 
 def installed(sb, host, package: str) -> str:
-    return sb.ssh(host, f"dpkg-query -W -f='${{db:Status-Status}} ${{Version}}' {package} 2>/dev/null || true", check=False)
+    return sb.ssh(
+        host, f"dpkg-query -W -f='${{db:Status-Status}} ${{Version}}' {package} 2>/dev/null || true", check=False
+    )
 
 
 SEEDS = {"driver_branch": "580", "cuda_toolkit": "13.0", "power_limit_w": 350}
@@ -102,9 +115,16 @@ def test_first_install_pins_holds_and_reports_reboot(env):
     assert any(name.startswith("NVIDIA driver branch 580") for name in changed(run)), run.changed
     # cuda-keyring's source line for debian12/x86_64, contrib on.
     assert sb.ssh(h1, "cat /etc/apt/sources.list.d/cuda-debian12-x86_64.list") == (
-        f"deb [signed-by=/usr/share/keyrings/cuda-archive-keyring.gpg] {standin.repo_url}/debian12/x86_64/ /")
-    assert sb.ssh(h1, "grep -hE '^(deb |Components:)' /etc/apt/sources.list /etc/apt/sources.list.d/*.sources "
-                      "2>/dev/null | grep -c contrib") != "0"
+        f"deb [signed-by=/usr/share/keyrings/cuda-archive-keyring.gpg] {standin.repo_url}/debian12/x86_64/ /"
+    )
+    assert (
+        sb.ssh(
+            h1,
+            "grep -hE '^(deb |Components:)' /etc/apt/sources.list /etc/apt/sources.list.d/*.sources "
+            "2>/dev/null | grep -c contrib",
+        )
+        != "0"
+    )
     # Branch pinned by the pinning package, the driver's packages held, the toolkit not.
     assert installed(sb, h1, "nvidia-driver-pinning-580") == "installed 580.95.05-1"
     assert installed(sb, h1, "nvidia-open") == "installed 580.95.05-1"
@@ -113,8 +133,11 @@ def test_first_install_pins_holds_and_reports_reboot(env):
     assert DRIVER_PACKAGES | {"nvidia-driver-pinning-580"} <= holds, holds
     assert "cuda-toolkit-13-0" not in holds and "cuda-keyring" not in holds
     # An upgrade (what unattended-upgrades does) leaves held packages alone.
-    sb.ssh(h1, "DEBIAN_FRONTEND=noninteractive apt-get -y -o APT::Get::Always-Include-Phased-Updates=1 upgrade",
-           timeout=300)
+    sb.ssh(
+        h1,
+        "DEBIAN_FRONTEND=noninteractive apt-get -y -o APT::Get::Always-Include-Phased-Updates=1 upgrade",
+        timeout=300,
+    )
     assert installed(sb, h1, "nvidia-open").endswith("580.95.05-1")
     assert installed(sb, h1, "cuda-toolkit-13-0") == "installed 13.0.88-1"
     assert sb.ssh(h1, "readlink -f /usr/local/cuda") == "/usr/local/cuda-13.0"
@@ -130,9 +153,12 @@ def test_first_install_pins_holds_and_reports_reboot(env):
 def _boot_loaded(sb, host, version: str) -> None:
     """What a reboot would do on a GPU host: the installed module is the loaded one (the
     sandbox has none, so a tmpfs stands in for /sys/module), power limits are gone."""
-    sb.ssh(host, "mountpoint -q /sys/module || mount -t tmpfs -o mode=755 rigkit-standin /sys/module; "
-                 f"mkdir -p /sys/module/nvidia && echo {version} > /sys/module/nvidia/version; "
-                 "rm -rf /dev/shm/nvidia-standin")
+    sb.ssh(
+        host,
+        "mountpoint -q /sys/module || mount -t tmpfs -o mode=755 rigkit-standin /sys/module; "
+        f"mkdir -p /sys/module/nvidia && echo {version} > /sys/module/nvidia/version; "
+        "rm -rf /dev/shm/nvidia-standin",
+    )
 
 
 def test_after_reboot_power_unit_by_uuid_then_noop(env):
@@ -159,15 +185,24 @@ def test_after_reboot_power_unit_by_uuid_then_noop(env):
 def test_power_limit_out_of_range_refused_before_any_change(env):
     sb, standin = env
     h1 = sb.hosts[0]
-    before = sb.ssh(h1, "sha256sum /etc/systemd/system/rigkit-nvidia-power.service; apt-mark showhold | sort | md5sum; "
-                        "ls -l --time-style=+%s /var/lib/dpkg/status")
+    before = sb.ssh(
+        h1,
+        "sha256sum /etc/systemd/system/rigkit-nvidia-power.service; apt-mark showhold | sort | md5sum; "
+        "ls -l --time-style=+%s /var/lib/dpkg/status",
+    )
     run = deploy(standin, h1.name, **{**SEEDS, "power_limit_w": 450})
     assert run.returncode != 0
     text = output(run)
     assert "450 W is outside GPU 0's range (NVIDIA GeForce RTX 3090: 100-400 W)" in text
     assert "nothing was changed" in text
-    assert sb.ssh(h1, "sha256sum /etc/systemd/system/rigkit-nvidia-power.service; apt-mark showhold | sort | md5sum; "
-                      "ls -l --time-style=+%s /var/lib/dpkg/status") == before
+    assert (
+        sb.ssh(
+            h1,
+            "sha256sum /etc/systemd/system/rigkit-nvidia-power.service; apt-mark showhold | sort | md5sum; "
+            "ls -l --time-style=+%s /var/lib/dpkg/status",
+        )
+        == before
+    )
     # A per-GPU list of the wrong length fails validation, before any host contact changes anything.
     short = deploy(standin, h1.name, **{**SEEDS, "power_limit_w": [300, 300]})
     assert short.returncode != 0 and "nvidia.power_limit_w: expected 6 values" in output(short)
@@ -209,9 +244,14 @@ def test_reboot_true_reboots_onto_the_changed_driver_and_checks_the_gpus(env):
     sb, standin = env
     h1 = sb.hosts[0]
     data = {h1.name: standin.host_data(**{**SEEDS, "reboot": True})}
-    proc = subprocess.Popen([PYINFRA, "-y", "--json", "--limit", h1.name, INVENTORY, "deploys/nvidia.py"],
-                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "RIGKIT_TEST_NVIDIA": json.dumps(data)})
+    proc = subprocess.Popen(
+        [PYINFRA, "-y", "--json", "--limit", h1.name, INVENTORY, "deploys/nvidia.py"],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "RIGKIT_TEST_NVIDIA": json.dumps(data)},
+    )
     rebooted = False
     deadline = time.monotonic() + 600
     while proc.poll() is None and time.monotonic() < deadline:
@@ -237,13 +277,18 @@ def test_reboot_true_reboots_onto_the_changed_driver_and_checks_the_gpus(env):
 def test_dgx_os_left_alone(env):
     sb, standin = env
     h2 = sb.hosts[1]
-    sb.ssh(h2, "printf 'DGX_NAME=\"DGX Spark\"\\nDGX_PRETTY_NAME=\"NVIDIA DGX Spark\"\\nDGX_SWBUILD_VERSION=\"7.2.3\"\\n' "
-               "> /etc/dgx-release")
+    sb.ssh(
+        h2,
+        'printf \'DGX_NAME="DGX Spark"\\nDGX_PRETTY_NAME="NVIDIA DGX Spark"\\nDGX_SWBUILD_VERSION="7.2.3"\\n\' '
+        "> /etc/dgx-release",
+    )
     try:
         run = deploy(standin, h2.name, driver_branch="580", cuda_toolkit="13.0")
         assert run.returncode == 0, output(run)[-4000:]
-        assert "DGX OS (NVIDIA DGX Spark 7.2.3): its driver and CUDA toolkit are DGX OS's; rigkit leaves them alone" \
+        assert (
+            "DGX OS (NVIDIA DGX Spark 7.2.3): its driver and CUDA toolkit are DGX OS's; rigkit leaves them alone"
             in output(run)
+        )
         assert not any("driver branch" in name or "CUDA" in name for name in changed(run)), run.changed
         assert sb.ssh(h2, "ls /etc/apt/sources.list.d/ | grep -c cuda || true") == "0"
         assert sb.ssh(h2, "dpkg-query -W 'nvidia-*' 'cuda-*' 2>/dev/null | wc -l") == "0"
@@ -255,7 +300,10 @@ def test_secure_boot_without_key_stops_before_installing(env):
     sb, standin = env
     h2 = sb.hosts[1]
     # A mokutil stand-in: this host "boots" with Secure Boot on and has no DKMS signing key.
-    sb.ssh(h2, "printf '#!/bin/sh\\necho SecureBoot enabled\\n' > /usr/local/bin/mokutil && chmod 755 /usr/local/bin/mokutil")
+    sb.ssh(
+        h2,
+        "printf '#!/bin/sh\\necho SecureBoot enabled\\n' > /usr/local/bin/mokutil && chmod 755 /usr/local/bin/mokutil",
+    )
     try:
         before = sb.ssh(h2, "ls -l --time-style=+%s /var/lib/dpkg/status; ls /etc/apt/sources.list.d | md5sum")
         run = deploy(standin, h2.name, **SEEDS)
@@ -271,16 +319,20 @@ def test_container_toolkit_configures_docker(env):
     h2 = sb.hosts[1]
     # A docker STAND-IN (Docker cannot run inside these nspawn hosts): `docker info` reads
     # /etc/docker/daemon.json's runtimes as the real daemon reports them after a restart.
-    sb.ssh(h2, "cat > /usr/local/bin/docker <<'EOF'\n#!/usr/bin/python3\nimport json, os, sys\n"
-               "p = '/etc/docker/daemon.json'\nc = json.load(open(p)) if os.path.exists(p) else {}\n"
-               "print(json.dumps({'io.containerd.runc.v2': {}, 'runc': {}, **c.get('runtimes', {})}))\nEOF\n"
-               "chmod 755 /usr/local/bin/docker; printf '[Service]\\nExecStart=/bin/sleep infinity\\n' "
-               "> /etc/systemd/system/docker.service; systemctl daemon-reload; systemctl start docker")
+    sb.ssh(
+        h2,
+        "cat > /usr/local/bin/docker <<'EOF'\n#!/usr/bin/python3\nimport json, os, sys\n"
+        "p = '/etc/docker/daemon.json'\nc = json.load(open(p)) if os.path.exists(p) else {}\n"
+        "print(json.dumps({'io.containerd.runc.v2': {}, 'runc': {}, **c.get('runtimes', {})}))\nEOF\n"
+        "chmod 755 /usr/local/bin/docker; printf '[Service]\\nExecStart=/bin/sleep infinity\\n' "
+        "> /etc/systemd/system/docker.service; systemctl daemon-reload; systemctl start docker",
+    )
     run = deploy(standin, h2.name, container_toolkit=True)
     assert run.returncode == 0, output(run)[-4000:]
     assert installed(sb, h2, "nvidia-container-toolkit") == "installed 1.18.0-1"
     assert sb.ssh(h2, "cat /etc/apt/sources.list.d/nvidia-container-toolkit.list") == (
-        f"deb [signed-by=/usr/share/keyrings/nvidia-container-toolkit-keyring.gpg] {standin.container_repo_url}/$(ARCH) /")
+        f"deb [signed-by=/usr/share/keyrings/nvidia-container-toolkit-keyring.gpg] {standin.container_repo_url}/$(ARCH) /"
+    )
     assert "nvidia" in json.loads(sb.ssh(h2, "docker info --format '{{json .Runtimes}}'"))
     again = deploy(standin, h2.name, container_toolkit=True)
     assert again.returncode == 0 and again.changed == {}, (again.changed, output(again)[-2000:])
@@ -297,9 +349,16 @@ def test_seed_rig_plans_the_nvidia_step_first(env, tmp_path):
     standin_lock(tmp_path / "hub", lock, str(Path(__file__).resolve().parent.parent / "inventories/rig.py"))
     marker = "ls -l --time-style=+%s /var/lib/dpkg/status /etc/apt/sources.list.d /etc/systemd/system | md5sum"
     before = sb.ssh(h2, marker)
-    run = run_pyinfra("inventories/rig.py", "deploys/rig.py", "--dry",
-                      "--data", f"ssh_known_hosts_file={sb.known_hosts}", "--data", f"model_lock={lock}",
-                      env={"RIG_HOST": h2.address, "RIG_SSH_KEY": sb.ssh_key})
+    run = run_pyinfra(
+        "inventories/rig.py",
+        "deploys/rig.py",
+        "--dry",
+        "--data",
+        f"ssh_known_hosts_file={sb.known_hosts}",
+        "--data",
+        f"model_lock={lock}",
+        env={"RIG_HOST": h2.address, "RIG_SSH_KEY": sb.ssh_key},
+    )
     assert run.returncode == 0, output(run)[-3000:]
     plan = [op["name"] for op in json.loads(run.stdout)["plan"]]
     nvidia = "NVIDIA driver, CUDA toolkit, container toolkit | "

@@ -16,8 +16,17 @@ from dataclasses import dataclass
 from pyinfra.api import FactBase
 
 #: What ``NvidiaGpus`` asks ``nvidia-smi`` for, in this order.
-GPU_FIELDS = ("index", "uuid", "name", "compute_cap", "memory.total", "power.limit",
-              "power.min_limit", "power.max_limit", "driver_version")
+GPU_FIELDS = (
+    "index",
+    "uuid",
+    "name",
+    "compute_cap",
+    "memory.total",
+    "power.limit",
+    "power.min_limit",
+    "power.max_limit",
+    "driver_version",
+)
 GPU_QUERY = f"nvidia-smi --query-gpu={','.join(GPU_FIELDS)} --format=csv,noheader,nounits"
 MISSING = ("[N/A]", "[Not Supported]", "N/A", "[Unknown Error]", "")
 VERSION = re.compile(r"\d{3}\.\d{1,3}(?:\.\d{1,3})?")
@@ -69,9 +78,17 @@ def parse_gpu_line(line: str) -> Gpu:
     if not UUID.fullmatch(uuid):
         raise ValueError(f"not a GPU UUID: {uuid!r}")
     mem = _number(memory)
-    return Gpu(index=int(index), uuid=uuid, name=name, compute_cap=_value(cap),
-               memory_mib=int(mem) if mem is not None else None, power_limit_w=_number(limit),
-               power_min_w=_number(low), power_max_w=_number(high), driver_version=_value(driver))
+    return Gpu(
+        index=int(index),
+        uuid=uuid,
+        name=name,
+        compute_cap=_value(cap),
+        memory_mib=int(mem) if mem is not None else None,
+        power_limit_w=_number(limit),
+        power_min_w=_number(low),
+        power_max_w=_number(high),
+        driver_version=_value(driver),
+    )
 
 
 def parse_gpus(output: list[str]) -> list[Gpu] | None:
@@ -166,7 +183,7 @@ class NvidiaDriver(FactBase[DriverState]):
             "printf 'sys %s\\n' \"$(cat /sys/module/nvidia/version 2>/dev/null)\"; "
             "printf 'proc %s\\n' \"$(head -n1 /proc/driver/nvidia/version 2>/dev/null)\"; "
             "for f in /usr/lib/*/libnvidia-ml.so.* /usr/lib64/libnvidia-ml.so.* /usr/lib/libnvidia-ml.so.*; "
-            "do [ -e \"$f\" ] && printf 'lib %s\\n' \"$(readlink -f \"$f\")\"; done; "
+            'do [ -e "$f" ] && printf \'lib %s\\n\' "$(readlink -f "$f")"; done; '
             "if command -v nvidia-smi >/dev/null 2>&1; then "
             "printf 'smi %s\\n' \"$(nvidia-smi -L 2>&1 | grep -E 'Failed|failed|mismatch' | head -n1)\"; fi; true"
         )
@@ -221,10 +238,12 @@ class CudaToolkit(FactBase[CudaToolkits]):
 
     def command(self) -> str:
         # version.json where the toolkit ships one, else what its nvcc says.
-        return ("for d in /usr/local/cuda /usr/local/cuda-*; do if [ -f \"$d/version.json\" ]; then "
-                "printf '%s ' \"$d\"; tr -d '\\n' < \"$d/version.json\"; echo; "
-                "elif [ -x \"$d/bin/nvcc\" ]; then printf '%s nvcc %s\\n' \"$d\" "
-                "\"$(\"$d/bin/nvcc\" --version 2>/dev/null | grep -o 'release [0-9.]*')\"; fi; done; true")
+        return (
+            'for d in /usr/local/cuda /usr/local/cuda-*; do if [ -f "$d/version.json" ]; then '
+            "printf '%s ' \"$d\"; tr -d '\\n' < \"$d/version.json\"; echo; "
+            'elif [ -x "$d/bin/nvcc" ]; then printf \'%s nvcc %s\\n\' "$d" '
+            '"$("$d/bin/nvcc" --version 2>/dev/null | grep -o \'release [0-9.]*\')"; fi; done; true'
+        )
 
     def process(self, output: list[str]) -> CudaToolkits:
         return parse_toolkits(output)
@@ -299,9 +318,9 @@ class SecureBoot(FactBase[SecureBootState]):
         keys = " ".join(SIGNING_KEYS)
         return (
             "if command -v mokutil >/dev/null 2>&1; then printf 'mokutil %s\\n' \"$(mokutil --sb-state 2>&1 | head -n1)\"; fi; "
-            "for f in /sys/firmware/efi/efivars/SecureBoot-*; do [ -r \"$f\" ] && "
+            'for f in /sys/firmware/efi/efivars/SecureBoot-*; do [ -r "$f" ] && '
             "printf 'efivar %s\\n' \"$(od -An -t u1 \"$f\" | tr -s ' ')\"; done; "
-            f"for k in {keys}; do [ -f \"$k\" ] && printf 'key %s\\n' \"$k\"; done; true"
+            f'for k in {keys}; do [ -f "$k" ] && printf \'key %s\\n\' "$k"; done; true'
         )
 
     def process(self, output: list[str]) -> SecureBootState:
@@ -325,8 +344,12 @@ def parse_os(output: list[str]) -> HostOs:
     for line in output:
         key, _, value = line.partition(" ")
         values[key] = value.strip()
-    return HostOs(distro=values.get("id", ""), release=values.get("version", ""),
-                  arch=values.get("arch", ""), kernel=values.get("kernel", ""))
+    return HostOs(
+        distro=values.get("id", ""),
+        release=values.get("version", ""),
+        arch=values.get("arch", ""),
+        kernel=values.get("kernel", ""),
+    )
 
 
 class NvidiaHostOs(FactBase[HostOs]):
@@ -339,8 +362,10 @@ class NvidiaHostOs(FactBase[HostOs]):
     """
 
     def command(self) -> str:
-        return ("( . /etc/os-release 2>/dev/null; printf 'id %s\\nversion %s\\n' \"$ID\" \"$VERSION_ID\" ); "
-                "printf 'arch %s\\nkernel %s\\n' \"$(uname -m)\" \"$(uname -r)\"")
+        return (
+            '( . /etc/os-release 2>/dev/null; printf \'id %s\\nversion %s\\n\' "$ID" "$VERSION_ID" ); '
+            'printf \'arch %s\\nkernel %s\\n\' "$(uname -m)" "$(uname -r)"'
+        )
 
     def process(self, output: list[str]) -> HostOs:
         return parse_os(output)
@@ -365,8 +390,10 @@ class NvidiaPackages(FactBase[dict[str, DebPackage]]):
         return "dpkg-query"
 
     def command(self) -> str:
-        return ("dpkg-query -W -f='${db:Status-Abbrev} ${Package} ${Version} ${db:Status-Want}\\n' "
-                "'nvidia-*' 'libnvidia-*' 'cuda-*' 'libcuda*' 'linux-headers-*' 2>/dev/null || true")
+        return (
+            "dpkg-query -W -f='${db:Status-Abbrev} ${Package} ${Version} ${db:Status-Want}\\n' "
+            "'nvidia-*' 'libnvidia-*' 'cuda-*' 'libcuda*' 'linux-headers-*' 2>/dev/null || true"
+        )
 
     def process(self, output: list[str]) -> dict[str, DebPackage]:
         packages = {}
@@ -435,10 +462,10 @@ class DebianSourcesWithoutContrib(FactBase[list[tuple[str, str]]]):
 
     def command(self) -> str:
         return (
-            "for f in /etc/apt/sources.list /etc/apt/sources.list.d/*.list; do [ -f \"$f\" ] || continue; "
+            'for f in /etc/apt/sources.list /etc/apt/sources.list.d/*.list; do [ -f "$f" ] || continue; '
             "grep -qE '^deb(-src)? [^#]*debian[^#]* main( |$)' \"$f\" && "
             "grep -E '^deb(-src)? [^#]*debian' \"$f\" | grep -qvE ' contrib( |$)' && printf 'list %s\\n' \"$f\"; done; "
-            "for f in /etc/apt/sources.list.d/*.sources; do [ -f \"$f\" ] || continue; "
+            'for f in /etc/apt/sources.list.d/*.sources; do [ -f "$f" ] || continue; '
             "grep -qiE '^URIs:.*debian' \"$f\" && grep -E '^Components:' \"$f\" | grep -qvE ' contrib( |$)' "
             "&& printf 'sources %s\\n' \"$f\"; done; true"
         )

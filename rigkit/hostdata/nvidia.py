@@ -64,23 +64,36 @@ def parse_nvidia(host: str, raw: Any, gpu_count: int = 0) -> Nvidia | None:
         return None
     nv = build(Nvidia, raw, host, "nvidia")
     if nv.driver_branch is not None:
-        check_pattern(nv.driver_branch, BRANCH, host, "nvidia.driver_branch",
-                      'a driver branch such as "580" (three digits)')
+        check_pattern(
+            nv.driver_branch, BRANCH, host, "nvidia.driver_branch", 'a driver branch such as "580" (three digits)'
+        )
         if nv.open_modules and int(nv.driver_branch) < FIRST_OPEN_BRANCH:
-            raise HostDataError(host, "nvidia.open_modules", f"false for branch {nv.driver_branch}: the "
-                                f"open kernel modules start with branch {FIRST_OPEN_BRANCH}", True)
+            raise HostDataError(
+                host,
+                "nvidia.open_modules",
+                f"false for branch {nv.driver_branch}: the open kernel modules start with branch {FIRST_OPEN_BRANCH}",
+                True,
+            )
     if nv.cuda_toolkit is not None:
-        check_pattern(nv.cuda_toolkit, TOOLKIT, host, "nvidia.cuda_toolkit",
-                      'a CUDA toolkit release such as "13.0" (major.minor)')
+        check_pattern(
+            nv.cuda_toolkit, TOOLKIT, host, "nvidia.cuda_toolkit", 'a CUDA toolkit release such as "13.0" (major.minor)'
+        )
         major = int(nv.cuda_toolkit.split(".")[0])
         if major not in MIN_BRANCH_FOR_CUDA:
-            raise HostDataError(host, "nvidia.cuda_toolkit", "a CUDA release rigkit knows the driver "
-                                f"needs of ({', '.join(f'{m}.x' for m in MIN_BRANCH_FOR_CUDA)})",
-                                nv.cuda_toolkit)
+            raise HostDataError(
+                host,
+                "nvidia.cuda_toolkit",
+                f"a CUDA release rigkit knows the driver needs of ({', '.join(f'{m}.x' for m in MIN_BRANCH_FOR_CUDA)})",
+                nv.cuda_toolkit,
+            )
         need = MIN_BRANCH_FOR_CUDA[major]
         if nv.branch is not None and nv.branch < need:
-            raise HostDataError(host, "nvidia.driver_branch", f"{need} or newer: CUDA {major}.x does not "
-                                f"run on older drivers (cuda_toolkit is {nv.cuda_toolkit})", nv.driver_branch)
+            raise HostDataError(
+                host,
+                "nvidia.driver_branch",
+                f"{need} or newer: CUDA {major}.x does not run on older drivers (cuda_toolkit is {nv.cuda_toolkit})",
+                nv.driver_branch,
+            )
     for key in ("repo_url", "container_repo_url", "container_key_url"):
         check_pattern(getattr(nv, key), URL, host, f"nvidia.{key}", "an http(s) URL")
     limits = nv.power_limit_w
@@ -92,8 +105,12 @@ def parse_nvidia(host: str, raw: Any, gpu_count: int = 0) -> Nvidia | None:
             key = "nvidia.power_limit_w" + (f"[{i}]" if isinstance(limits, tuple) else "")
             raise HostDataError(host, key, f"watts between {POWER_W[0]} and {POWER_W[1]}", watts)
     if isinstance(limits, tuple) and gpu_count and len(limits) != gpu_count:
-        raise HostDataError(host, "nvidia.power_limit_w", f"{gpu_count} values, one per GPU (gpus.count), "
-                            "or one value for all", list(limits))
+        raise HostDataError(
+            host,
+            "nvidia.power_limit_w",
+            f"{gpu_count} values, one per GPU (gpus.count), or one value for all",
+            list(limits),
+        )
     return nv
 
 
@@ -108,6 +125,7 @@ def nvidia_for(host: Any) -> Nvidia:
     """The validated ``nvidia`` host data of a pyinfra host (for ``deploys/nvidia.py``)."""
     nv = parse_nvidia(host.name, host.data.get("nvidia"), gpu_count=gpu_count(host))
     if nv is None:
-        raise HostDataError(host.name, "nvidia", 'a mapping such as {"driver_branch": "580"} '
-                            "(this deploy installs the NVIDIA driver)")
+        raise HostDataError(
+            host.name, "nvidia", 'a mapping such as {"driver_branch": "580"} (this deploy installs the NVIDIA driver)'
+        )
     return nv

@@ -77,9 +77,11 @@ def repo_dir(os: HostOs) -> str:
     distro = REPO_DISTROS.get((os.distro, os.release))
     arch = REPO_ARCHES.get(os.arch)
     if distro is None or arch is None:
-        raise ValueError(f"NVIDIA's network repository has no {os.distro} {os.release} {os.arch} "
-                         f"(rigkit knows {', '.join(sorted(set(REPO_DISTROS.values())))} on "
-                         f"{', '.join(REPO_ARCHES)})")
+        raise ValueError(
+            f"NVIDIA's network repository has no {os.distro} {os.release} {os.arch} "
+            f"(rigkit knows {', '.join(sorted(set(REPO_DISTROS.values())))} on "
+            f"{', '.join(REPO_ARCHES)})"
+        )
     return f"{distro}/{arch}"
 
 
@@ -118,8 +120,15 @@ def driver_installed(pkgs: dict[str, DebPackage], distro: str, branch: int, open
 # --- checks before any change ---------------------------------------------------------------
 
 
-def problems(nv: Nvidia, os: HostOs, gpus: list[Gpu] | None, secure: SecureBootState,
-             dgx: dict[str, str] | None, driver_changes: bool, docker: bool) -> list[str]:
+def problems(
+    nv: Nvidia,
+    os: HostOs,
+    gpus: list[Gpu] | None,
+    secure: SecureBootState,
+    dgx: dict[str, str] | None,
+    driver_changes: bool,
+    docker: bool,
+) -> list[str]:
     """What stops this deploy on this host, found from facts alone; empty: go ahead."""
     found = []
     if not dgx:
@@ -128,40 +137,55 @@ def problems(nv: Nvidia, os: HostOs, gpus: list[Gpu] | None, secure: SecureBootS
         except ValueError as exc:
             found.append(f"nvidia: {exc}")
         if driver_changes and secure.enabled and not secure.signing_key:
-            found.append("nvidia: Secure Boot is on and there is no module signing key "
-                         f"({' or '.join(('/var/lib/dkms/mok.pub', '/var/lib/shim-signed/mok/MOK.der'))}): "
-                         "the NVIDIA modules would not load. Create and enroll a key (dkms generate_mok; "
-                         "mokutil --import /var/lib/dkms/mok.pub; reboot to enroll), or turn Secure Boot off")
+            found.append(
+                "nvidia: Secure Boot is on and there is no module signing key "
+                f"({' or '.join(('/var/lib/dkms/mok.pub', '/var/lib/shim-signed/mok/MOK.der'))}): "
+                "the NVIDIA modules would not load. Create and enroll a key (dkms generate_mok; "
+                "mokutil --import /var/lib/dkms/mok.pub; reboot to enroll), or turn Secure Boot off"
+            )
     for gpu in gpus or ():
         cap = float(gpu.compute_cap) if gpu.compute_cap else None
         if cap is None or dgx or nv.driver_branch is None:
             continue
         if nv.open_modules and cap < 7.5:
-            found.append(f"nvidia.open_modules: GPU {gpu.index} ({gpu.name}, compute {gpu.compute_cap}) needs "
-                         "the proprietary modules (open_modules: false): the open ones need Turing or newer")
+            found.append(
+                f"nvidia.open_modules: GPU {gpu.index} ({gpu.name}, compute {gpu.compute_cap}) needs "
+                "the proprietary modules (open_modules: false): the open ones need Turing or newer"
+            )
         if not nv.open_modules and cap >= 10.0:
-            found.append(f"nvidia.open_modules: GPU {gpu.index} ({gpu.name}, compute {gpu.compute_cap}) runs "
-                         "only with the open kernel modules (open_modules: true)")
+            found.append(
+                f"nvidia.open_modules: GPU {gpu.index} ({gpu.name}, compute {gpu.compute_cap}) runs "
+                "only with the open kernel modules (open_modules: true)"
+            )
     if nv.cuda_toolkit and nv.cuda_toolkit.startswith("13.") and gpus:
         old = [g for g in gpus if g.compute_cap and float(g.compute_cap) < 7.5]
         if old:
-            found.append(f"nvidia.cuda_toolkit: CUDA 13 builds for compute 7.5 and newer; GPU {old[0].index} "
-                         f"({old[0].name}) is {old[0].compute_cap}")
+            found.append(
+                f"nvidia.cuda_toolkit: CUDA 13 builds for compute 7.5 and newer; GPU {old[0].index} "
+                f"({old[0].name}) is {old[0].compute_cap}"
+            )
     if nv.power_limit_w is not None and gpus is not None:
         limits = nv.power_limits(len(gpus))
         if len(limits) != len(gpus):
-            found.append(f"nvidia.power_limit_w: expected {len(gpus)} values, one per GPU nvidia-smi "
-                         f"reports, got {list(limits)}")
+            found.append(
+                f"nvidia.power_limit_w: expected {len(gpus)} values, one per GPU nvidia-smi reports, got {list(limits)}"
+            )
         for gpu, watts in zip(gpus, limits):
             if not gpu.power_settable:
-                found.append(f"nvidia.power_limit_w: GPU {gpu.index} ({gpu.name}) reports no settable power "
-                             "limit ([N/A]); leave power_limit_w out for this host")
+                found.append(
+                    f"nvidia.power_limit_w: GPU {gpu.index} ({gpu.name}) reports no settable power "
+                    "limit ([N/A]); leave power_limit_w out for this host"
+                )
             elif not gpu.power_min_w <= watts <= gpu.power_max_w:  # type: ignore[operator]
-                found.append(f"nvidia.power_limit_w: {watts} W is outside GPU {gpu.index}'s range "
-                             f"({gpu.name}: {gpu.power_min_w:g}-{gpu.power_max_w:g} W)")
+                found.append(
+                    f"nvidia.power_limit_w: {watts} W is outside GPU {gpu.index}'s range "
+                    f"({gpu.name}: {gpu.power_min_w:g}-{gpu.power_max_w:g} W)"
+                )
     if nv.container_toolkit and not docker:
-        found.append("nvidia.container_toolkit: Docker is not installed on the host (no `docker` command); "
-                     "install Docker first, then the container toolkit configures its runtime")
+        found.append(
+            "nvidia.container_toolkit: Docker is not installed on the host (no `docker` command); "
+            "install Docker first, then the container toolkit configures its runtime"
+        )
     return found
 
 
@@ -224,8 +248,9 @@ def driver(branch: str, open_modules: bool, distro: str):
     pin, meta = driver_packages(distro, number, open_modules)
     pkgs = host.get_fact(NvidiaPackages)
     if driver_installed(pkgs, distro, number, open_modules):
-        unheld = sorted(n for n, p in pkgs.items()
-                        if is_driver_package(n) and p.version.startswith(f"{branch}.") and not p.held)
+        unheld = sorted(
+            n for n, p in pkgs.items() if is_driver_package(n) and p.version.startswith(f"{branch}.") and not p.held
+        )
         if unheld:
             yield StringCommand("apt-mark", "hold", *(QuoteString(n) for n in unheld))
         else:
@@ -244,8 +269,10 @@ def hold_driver_command(branch: str) -> str:
     """Hold every installed driver package of ``branch`` (read when it runs, after the install)."""
     prefixes = "|".join(p.replace("-", "\\-") for p in DRIVER_PREFIXES)
     excluded = "|".join(p.replace("-", "\\-") for p in NOT_DRIVER_PREFIXES)
-    return (f"dpkg-query -W -f='${{Package}} ${{Version}}\\n' | awk '$2 ~ /^{branch}\\./ {{print $1}}' "
-            f"| grep -E '^({prefixes})' | grep -vE '^({excluded})' | xargs -r apt-mark hold")
+    return (
+        f"dpkg-query -W -f='${{Package}} ${{Version}}\\n' | awk '$2 ~ /^{branch}\\./ {{print $1}}' "
+        f"| grep -E '^({prefixes})' | grep -vE '^({excluded})' | xargs -r apt-mark hold"
+    )
 
 
 # --- the deploy -----------------------------------------------------------------------------
@@ -255,10 +282,16 @@ def power_unit(gpus: list[Gpu], limits: tuple[int, ...]) -> str:
     """The oneshot unit that sets each GPU's limit by UUID at every boot."""
     from jinja2 import Environment, FileSystemLoader, StrictUndefined
 
-    env = Environment(loader=FileSystemLoader(str(TEMPLATES)), undefined=StrictUndefined,
-                      keep_trailing_newline=True, trim_blocks=True, lstrip_blocks=True)
+    env = Environment(
+        loader=FileSystemLoader(str(TEMPLATES)),
+        undefined=StrictUndefined,
+        keep_trailing_newline=True,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
     return env.get_template("nvidia-power-limit.service.j2").render(
-        unit=POWER_UNIT, gpus=list(zip(gpus, limits)), device_count=len(gpus))
+        unit=POWER_UNIT, gpus=list(zip(gpus, limits)), device_count=len(gpus)
+    )
 
 
 def power_check_command(gpus: list[Gpu], limits: tuple[int, ...]) -> str:
@@ -269,7 +302,8 @@ def power_check_command(gpus: list[Gpu], limits: tuple[int, ...]) -> str:
         checks.append(
             f"nvidia-smi -i {uuid} --query-gpu=power.limit --format=csv,noheader,nounits "
             f"| awk -v w={watts} '{{ if ($1 + 0 != w) exit 1 }}' "
-            f"|| {{ echo 'GPU {gpu.index} ({gpu.uuid}): power limit is not {watts} W after {POWER_UNIT}' >&2; exit 1; }}")
+            f"|| {{ echo 'GPU {gpu.index} ({gpu.uuid}): power limit is not {watts} W after {POWER_UNIT}' >&2; exit 1; }}"
+        )
     return "; ".join(checks)
 
 
@@ -296,85 +330,128 @@ def setup(nv: Nvidia, gpu_count: int = 0):
 
     pending = state.reboot_pending
     if state.reboot_pending:
-        _report(f"host {host.name}: NVIDIA reboot pending: the loaded kernel module is "
-                f"{state.kernel or 'not loaded'}, the installed userspace {state.userspace}"
-                + (f" ({state.nvml_error})" if state.nvml_error else ""))
+        _report(
+            f"host {host.name}: NVIDIA reboot pending: the loaded kernel module is "
+            f"{state.kernel or 'not loaded'}, the installed userspace {state.userspace}"
+            + (f" ({state.nvml_error})" if state.nvml_error else "")
+        )
 
     driver_op = None
     if dgx:
-        _report(f"host {host.name}: DGX OS ({dgx.get('DGX_PRETTY_NAME') or dgx.get('DGX_NAME', 'dgx-release')}"
-                f" {dgx.get('DGX_SWBUILD_VERSION', '')}): its driver and CUDA toolkit are DGX OS's; "
-                "rigkit leaves them alone (power limits and container toolkit still applied)")
+        _report(
+            f"host {host.name}: DGX OS ({dgx.get('DGX_PRETTY_NAME') or dgx.get('DGX_NAME', 'dgx-release')}"
+            f" {dgx.get('DGX_SWBUILD_VERSION', '')}): its driver and CUDA toolkit are DGX OS's; "
+            "rigkit leaves them alone (power limits and container toolkit still applied)"
+        )
     else:
-        apt.packages(name="Install curl, gnupg, ca-certificates", packages=["curl", "gnupg", "ca-certificates"],
-                     update=True, cache_time=86400, no_recommends=True)
+        apt.packages(
+            name="Install curl, gnupg, ca-certificates",
+            packages=["curl", "gnupg", "ca-certificates"],
+            update=True,
+            cache_time=86400,
+            no_recommends=True,
+        )
         contrib = debian_contrib(name="Enable contrib in Debian's sources") if os.distro == "debian" else None
         repo = cuda_repository(name=f"NVIDIA CUDA repository ({repo_dir(os)})", repo_url=nv.repo_url, os=os)
-        apt.update(name="Update apt after repository changes",
-                   _if=any_changed(repo, *([contrib] if contrib else [])))
-        apt.packages(name=f"Kernel headers for {os.kernel}", packages=[f"linux-headers-{os.kernel}"],
-                     no_recommends=True)
-        blacklist = files.put(name="Blacklist nouveau", src=str(TEMPLATES / "nvidia-blacklist-nouveau.conf"),
-                              dest=NOUVEAU_CONF, mode="644")
-        server.shell(name="Rebuild the initramfs without nouveau",
-                     commands=["if command -v update-initramfs >/dev/null; then update-initramfs -u; fi"],
-                     _if=blacklist.did_change)
+        apt.update(name="Update apt after repository changes", _if=any_changed(repo, *([contrib] if contrib else [])))
+        apt.packages(
+            name=f"Kernel headers for {os.kernel}", packages=[f"linux-headers-{os.kernel}"], no_recommends=True
+        )
+        blacklist = files.put(
+            name="Blacklist nouveau",
+            src=str(TEMPLATES / "nvidia-blacklist-nouveau.conf"),
+            dest=NOUVEAU_CONF,
+            mode="644",
+        )
+        server.shell(
+            name="Rebuild the initramfs without nouveau",
+            commands=["if command -v update-initramfs >/dev/null; then update-initramfs -u; fi"],
+            _if=blacklist.did_change,
+        )
         if nv.driver_branch is not None:
             pin, meta = driver_packages(os.distro, nv.branch or 0, nv.open_modules)
-            driver_op = driver(name=f"NVIDIA driver branch {nv.driver_branch} ({pin + ' + ' if pin else ''}{meta}, held)",
-                               branch=nv.driver_branch, open_modules=nv.open_modules, distro=os.distro)
+            driver_op = driver(
+                name=f"NVIDIA driver branch {nv.driver_branch} ({pin + ' + ' if pin else ''}{meta}, held)",
+                branch=nv.driver_branch,
+                open_modules=nv.open_modules,
+                distro=os.distro,
+            )
             pending = pending or driver_op.will_change
         if nv.cuda_toolkit:
-            apt.packages(name=f"CUDA toolkit {nv.cuda_toolkit}", packages=[toolkit_package(nv.cuda_toolkit)],
-                         no_recommends=True)
+            apt.packages(
+                name=f"CUDA toolkit {nv.cuda_toolkit}", packages=[toolkit_package(nv.cuda_toolkit)], no_recommends=True
+            )
 
     if not host.get_fact(SystemdBooted):
-        _report(f"host {host.name}: systemd is not running the host (a container?): nvidia-persistenced "
-                "and the power limit unit are not managed here")
+        _report(
+            f"host {host.name}: systemd is not running the host (a container?): nvidia-persistenced "
+            "and the power limit unit are not managed here"
+        )
     else:
-        if driver_op is not None or any(host.get_fact(File, path=f"{d}/nvidia-persistenced.service")
-                                        for d in PERSISTENCED_DIRS):
+        if driver_op is not None or any(
+            host.get_fact(File, path=f"{d}/nvidia-persistenced.service") for d in PERSISTENCED_DIRS
+        ):
             # Enabled now; started only on the driver that is loaded (after a pending reboot, it
             # starts at boot).
-            systemd.service(name="Enable nvidia-persistenced", service="nvidia-persistenced.service",
-                            enabled=True, running=None if pending else True)
+            systemd.service(
+                name="Enable nvidia-persistenced",
+                service="nvidia-persistenced.service",
+                enabled=True,
+                running=None if pending else True,
+            )
 
         if nv.power_limit_w is not None:
             if not gpus or pending:
-                _report(f"host {host.name}: NVIDIA power limits not applied yet: "
-                        + ("a reboot is pending" if pending else "nvidia-smi does not answer")
-                        + "; run this deploy again once the driver is loaded")
+                _report(
+                    f"host {host.name}: NVIDIA power limits not applied yet: "
+                    + ("a reboot is pending" if pending else "nvidia-smi does not answer")
+                    + "; run this deploy again once the driver is loaded"
+                )
             else:
                 limits = nv.power_limits(len(gpus))
-                unit = files.put(name=f"Power limit unit ({', '.join(f'{w} W' for w in limits)} by GPU UUID)",
-                                 src=_text(power_unit(gpus, limits)), dest=f"/etc/systemd/system/{POWER_UNIT}",
-                                 mode="644")
+                unit = files.put(
+                    name=f"Power limit unit ({', '.join(f'{w} W' for w in limits)} by GPU UUID)",
+                    src=_text(power_unit(gpus, limits)),
+                    dest=f"/etc/systemd/system/{POWER_UNIT}",
+                    mode="644",
+                )
                 systemd.daemon_reload(name="Reload systemd units", _if=unit.did_change)
-                start = systemd.service(name=f"Enable and start {POWER_UNIT}", service=POWER_UNIT,
-                                        enabled=True, running=True)
-                restart = systemd.service(name=f"Re-apply power limits ({POWER_UNIT})", service=POWER_UNIT,
-                                          restarted=True, _if=[unit.did_change, lambda: not start.did_change()])
-                server.shell(name="Check the power limits took", commands=[power_check_command(gpus, limits)],
-                             _if=any_changed(start, restart))
+                start = systemd.service(
+                    name=f"Enable and start {POWER_UNIT}", service=POWER_UNIT, enabled=True, running=True
+                )
+                restart = systemd.service(
+                    name=f"Re-apply power limits ({POWER_UNIT})",
+                    service=POWER_UNIT,
+                    restarted=True,
+                    _if=[unit.did_change, lambda: not start.did_change()],
+                )
+                server.shell(
+                    name="Check the power limits took",
+                    commands=[power_check_command(gpus, limits)],
+                    _if=any_changed(start, restart),
+                )
 
     if nv.container_toolkit:
         container_toolkit(nv)
 
     if driver_op is not None and driver_op.will_change:
         if nv.reboot:
-            server.reboot(name="Reboot onto the new NVIDIA driver", reboot_timeout=900,
-                          _if=driver_op.did_change)
+            server.reboot(name="Reboot onto the new NVIDIA driver", reboot_timeout=900, _if=driver_op.did_change)
             expected = len(gpus) if gpus else (gpu_count or None)
             check = "nvidia-smi -L"
             if expected:
-                check += f" | grep -c '^GPU ' | grep -qx {expected} || {{ echo 'expected {expected} GPUs' >&2; exit 1; }}"
-            server.shell(name="nvidia-smi sees the GPUs after the reboot", commands=[check],
-                         _if=driver_op.did_change)
+                check += (
+                    f" | grep -c '^GPU ' | grep -qx {expected} || {{ echo 'expected {expected} GPUs' >&2; exit 1; }}"
+                )
+            server.shell(name="nvidia-smi sees the GPUs after the reboot", commands=[check], _if=driver_op.did_change)
         else:
-            python.call(name="Report: reboot pending", function=_report,
-                        message=f"host {host.name}: NVIDIA driver changed: REBOOT PENDING (reboot: false); "
-                                "nvidia-smi may fail with 'Driver/library version mismatch' until then",
-                        _if=driver_op.did_change)
+            python.call(
+                name="Report: reboot pending",
+                function=_report,
+                message=f"host {host.name}: NVIDIA driver changed: REBOOT PENDING (reboot: false); "
+                "nvidia-smi may fail with 'Driver/library version mismatch' until then",
+                _if=driver_op.did_change,
+            )
 
 
 def _text(content: str):
@@ -383,14 +460,15 @@ def _text(content: str):
     return StringIO(content)
 
 
-@deploy("NVIDIA container toolkit")
-def container_toolkit(nv: Nvidia):
+def container_toolkit(nv: Nvidia) -> None:
     """NVIDIA's container toolkit from its repository, Docker's ``nvidia`` runtime, checked."""
     key = container_key(name="NVIDIA container toolkit signing key", url=nv.container_key_url)
     source = files.put(
         name="NVIDIA container toolkit repository",
         src=_text(f"deb [signed-by={CONTAINER_KEYRING}] {nv.container_repo_url.rstrip('/')}/$(ARCH) /\n"),
-        dest=CONTAINER_LIST, mode="644")
+        dest=CONTAINER_LIST,
+        mode="644",
+    )
     apt.update(name="Update apt after the container repository", _if=any_changed(key, source))
     apt.packages(name="NVIDIA container toolkit", packages=["nvidia-container-toolkit"], no_recommends=True)
     docker_runtime(name="Docker's nvidia runtime")
@@ -408,8 +486,10 @@ def container_key(url: str):
     if host.get_fact(File, path=CONTAINER_KEYRING):
         host.noop(f"{CONTAINER_KEYRING} is there")
         return
-    yield (f"curl -fsSL --retry 3 {shlex.quote(url)} | gpg --batch --yes --dearmor -o {CONTAINER_KEYRING}.new "
-           f"&& mv {CONTAINER_KEYRING}.new {CONTAINER_KEYRING}")
+    yield (
+        f"curl -fsSL --retry 3 {shlex.quote(url)} | gpg --batch --yes --dearmor -o {CONTAINER_KEYRING}.new "
+        f"&& mv {CONTAINER_KEYRING}.new {CONTAINER_KEYRING}"
+    )
 
 
 @operation()
@@ -428,8 +508,10 @@ def docker_runtime():
         return
     yield "nvidia-ctk runtime configure --runtime=docker"
     yield "systemctl restart docker"
-    yield ("docker info --format '{{json .Runtimes}}' | grep -q '\"nvidia\"' "
-           "|| { echo 'docker info does not list the nvidia runtime' >&2; exit 1; }")
+    yield (
+        "docker info --format '{{json .Runtimes}}' | grep -q '\"nvidia\"' "
+        "|| { echo 'docker info does not list the nvidia runtime' >&2; exit 1; }"
+    )
 
 
 def for_host(pyinfra_host) -> None:
@@ -438,4 +520,4 @@ def for_host(pyinfra_host) -> None:
     from rigkit.hostdata.nvidia import gpu_count, nvidia_for
 
     if pyinfra_host.data.get("nvidia") is not None:
-        setup(nvidia_for(pyinfra_host), gpu_count=gpu_count(pyinfra_host))
+        setup(nvidia_for(pyinfra_host), gpu_count=gpu_count(pyinfra_host))  # type: ignore[call-arg,arg-type]

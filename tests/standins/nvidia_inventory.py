@@ -11,5 +11,7 @@ from rigkit.sandbox import pyinfra_hosts
 
 NVIDIA = json.loads(os.environ.get("RIGKIT_TEST_NVIDIA", "{}"))
 
-sandbox = [(name, {**data, "gpus": {"count": 6}, **({"nvidia": NVIDIA[name]} if name in NVIDIA else {})})
-           for name, data in pyinfra_hosts()]
+sandbox = [
+    (name, {**data, "gpus": {"count": 6}, **({"nvidia": NVIDIA[name]} if name in NVIDIA else {})})
+    for name, data in pyinfra_hosts()
+]

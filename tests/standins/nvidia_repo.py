@@ -181,17 +181,35 @@ class StandIn:
         return f"{self.base_url}/libnvidia-container/gpgkey"
 
     def host_data(self, **nvidia) -> dict:
-        return {"repo_url": self.repo_url, "container_repo_url": self.container_repo_url,
-                "container_key_url": self.container_key_url, **nvidia}
+        return {
+            "repo_url": self.repo_url,
+            "container_repo_url": self.container_repo_url,
+            "container_key_url": self.container_key_url,
+            **nvidia,
+        }
 
 
 def _gpg(home: Path, *args: str, **kwargs) -> subprocess.CompletedProcess:
-    return subprocess.run(["gpg", "--homedir", str(home), "--batch", "--yes", "--pinentry-mode", "loopback",
-                           "--passphrase", "", *args], check=True, capture_output=True, **kwargs)
+    return subprocess.run(
+        ["gpg", "--homedir", str(home), "--batch", "--yes", "--pinentry-mode", "loopback", "--passphrase", "", *args],
+        check=True,
+        capture_output=True,
+        **kwargs,
+    )
 
 
-def _deb(out: Path, name: str, version: str, arch: str = "amd64", depends: str = "", files=None,
-         extra: str = "", postinst: str = "", prerm: str = "", description: str = "") -> None:
+def _deb(
+    out: Path,
+    name: str,
+    version: str,
+    arch: str = "amd64",
+    depends: str = "",
+    files=None,
+    extra: str = "",
+    postinst: str = "",
+    prerm: str = "",
+    description: str = "",
+) -> None:
     tree = Path(tempfile.mkdtemp(prefix=f"standin-{name}-"))
     tree.chmod(0o755)
     (tree / "DEBIAN").mkdir()
@@ -200,8 +218,10 @@ def _deb(out: Path, name: str, version: str, arch: str = "amd64", depends: str =
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_bytes(content if isinstance(content, bytes) else content.encode())
         target.chmod(mode)
-    control = (f"Package: {name}\nVersion: {version}\nArchitecture: {arch}\n"
-               "Maintainer: rigkit tests <standin@rigkit.invalid>\nSection: misc\nPriority: optional\n")
+    control = (
+        f"Package: {name}\nVersion: {version}\nArchitecture: {arch}\n"
+        "Maintainer: rigkit tests <standin@rigkit.invalid>\nSection: misc\nPriority: optional\n"
+    )
     if depends:
         control += f"Depends: {depends}\n"
     control += extra
@@ -212,20 +232,41 @@ def _deb(out: Path, name: str, version: str, arch: str = "amd64", depends: str =
             (tree / "DEBIAN" / script).write_text(f"#!/bin/sh\nset -e\n{body}\n")
             (tree / "DEBIAN" / script).chmod(0o755)
     try:
-        subprocess.run(["dpkg-deb", "-Zgzip", "--root-owner-group", "--build", str(tree),
-                        str(out / f"{name}_{version}_{arch}.deb")], check=True, capture_output=True)
+        subprocess.run(
+            [
+                "dpkg-deb",
+                "-Zgzip",
+                "--root-owner-group",
+                "--build",
+                str(tree),
+                str(out / f"{name}_{version}_{arch}.deb"),
+            ],
+            check=True,
+            capture_output=True,
+        )
     finally:
         shutil.rmtree(tree)
 
 
+def _same(version: str, *names: str) -> str:
+    """Depends on each of ``names`` at exactly ``version``."""
+    return ", ".join(f"{n} (= {version})" for n in names)
+
+
 def _index(repo: Path, home: Path, label: str) -> None:
     """Packages, Release, InRelease and Release.gpg of a flat repository."""
-    packages = subprocess.run(["dpkg-scanpackages", "--multiversion", "."], cwd=repo, check=True,
-                              capture_output=True).stdout
+    packages = subprocess.run(
+        ["dpkg-scanpackages", "--multiversion", "."], cwd=repo, check=True, capture_output=True
+    ).stdout
     (repo / "Packages").write_bytes(packages)
     (repo / "Packages.gz").write_bytes(gzip.compress(packages, mtime=0))
-    lines = ["Origin: rigkit stand-in", f"Label: {label} (rigkit test stand-in)", "Architectures: amd64 all",
-             f"Date: {formatdate(time.time(), usegmt=True)}", "SHA256:"]
+    lines = [
+        "Origin: rigkit stand-in",
+        f"Label: {label} (rigkit test stand-in)",
+        "Architectures: amd64 all",
+        f"Date: {formatdate(time.time(), usegmt=True)}",
+        "SHA256:",
+    ]
     for name in ("Packages", "Packages.gz"):
         data = (repo / name).read_bytes()
         lines.append(f" {hashlib.sha256(data).hexdigest()} {len(data)} {name}")
@@ -234,62 +275,134 @@ def _index(repo: Path, home: Path, label: str) -> None:
     _gpg(home, "--armor", "--detach-sign", "-o", str(repo / "Release.gpg"), str(repo / "Release"))
 
 
-def build(root: Path, base_url: str, kernel: str | None = None,
-          recording: Path = RECORDINGS / "rtx3090x6-query-gpu.csv") -> StandIn:
+def build(
+    root: Path, base_url: str, kernel: str | None = None, recording: Path = RECORDINGS / "rtx3090x6-query-gpu.csv"
+) -> StandIn:
     """Make the stand-in repositories under ``root`` for hosts that reach it at ``base_url``."""
     standin = StandIn(root=root, base_url=base_url.rstrip("/"))
     kernel = kernel or os.uname().release
     home = root / "gnupg"
     home.mkdir(parents=True, mode=0o700, exist_ok=True)
-    _gpg(home, "--quick-generate-key", "rigkit stand-in NVIDIA repository (TEST KEY) <standin@rigkit.invalid>",
-         "ed25519", "sign", "1d")
+    _gpg(
+        home,
+        "--quick-generate-key",
+        "rigkit stand-in NVIDIA repository (TEST KEY) <standin@rigkit.invalid>",
+        "ed25519",
+        "sign",
+        "1d",
+    )
     key = _gpg(home, "--export").stdout
     armored = _gpg(home, "--armor", "--export").stdout
 
     cuda = standin.www / "compute/cuda/repos/debian12/x86_64"
     cuda.mkdir(parents=True)
-    _deb(cuda, "cuda-keyring", "1.1-1", "all", files={
-        KEYRING_PATH: (key, 0o644),
-        "/etc/apt/sources.list.d/cuda-debian12-x86_64.list":
-            (f"deb [signed-by={KEYRING_PATH}] {standin.repo_url}/debian12/x86_64/ /\n", 0o644),
-    }, description="GPG keyring for the CUDA repository: the stand-in's test key and source line")
-    pinned = "nvidia-open cuda-drivers nvidia-driver-cuda nvidia-kernel-open-dkms nvidia-kernel-dkms " \
-             "libnvidia-compute nvidia-persistenced"
+    _deb(
+        cuda,
+        "cuda-keyring",
+        "1.1-1",
+        "all",
+        files={
+            KEYRING_PATH: (key, 0o644),
+            "/etc/apt/sources.list.d/cuda-debian12-x86_64.list": (
+                f"deb [signed-by={KEYRING_PATH}] {standin.repo_url}/debian12/x86_64/ /\n",
+                0o644,
+            ),
+        },
+        description="GPG keyring for the CUDA repository: the stand-in's test key and source line",
+    )
+    pinned = (
+        "nvidia-open cuda-drivers nvidia-driver-cuda nvidia-kernel-open-dkms nvidia-kernel-dkms "
+        "libnvidia-compute nvidia-persistenced"
+    )
     for branch, upstream in BRANCHES.items():
         v = f"{upstream}-1"
-        _deb(cuda, f"nvidia-driver-pinning-{branch}", v, "all",
-             extra="Provides: nvidia-driver-pinning\nConflicts: nvidia-driver-pinning\nReplaces: nvidia-driver-pinning\n",
-             files={f"/etc/apt/preferences.d/nvidia-driver-pinning-{branch}":
-                    (f"Package: {pinned}\nPin: version {branch}.*\nPin-Priority: 1000\n", 0o644)})
-        same = lambda *names: ", ".join(f"{n} (= {v})" for n in names)  # noqa: E731
-        _deb(cuda, "nvidia-open", v, "all", depends=same("nvidia-driver-cuda", "nvidia-kernel-open-dkms",
-                                                           "libnvidia-compute", "nvidia-persistenced"))
-        _deb(cuda, "cuda-drivers", v, "amd64", depends=same("nvidia-driver-cuda", "nvidia-kernel-dkms",
-                                                            "libnvidia-compute", "nvidia-persistenced"))
-        for flavour, other in (("nvidia-kernel-open-dkms", "nvidia-kernel-dkms"),
-                               ("nvidia-kernel-dkms", "nvidia-kernel-open-dkms")):
-            _deb(cuda, flavour, v, extra=f"Conflicts: {other}\n",
-                 files={f"/usr/src/nvidia-{upstream}/STANDIN": ("rigkit stand-in: no kernel module\n", 0o644)})
-        _deb(cuda, "libnvidia-compute", v,
-             files={f"/usr/lib/x86_64-linux-gnu/libnvidia-ml.so.{upstream}": ("rigkit stand-in\n", 0o644)})
-        _deb(cuda, "nvidia-driver-cuda", v, depends=same("libnvidia-compute"), files={
-            "/usr/bin/nvidia-smi": (NVIDIA_SMI.replace("@VERSION@", upstream), 0o755),
-            "/usr/share/nvidia-standin/query-gpu.csv": (recording.read_text(), 0o644),
-        })
-        _deb(cuda, "nvidia-persistenced", v, files={
-            "/usr/bin/nvidia-persistenced": ("#!/bin/sh\n# rigkit stand-in\nexec sleep infinity\n", 0o755),
-            "/lib/systemd/system/nvidia-persistenced.service": (PERSISTENCED_UNIT, 0o644),
-        })
+        _deb(
+            cuda,
+            f"nvidia-driver-pinning-{branch}",
+            v,
+            "all",
+            extra="Provides: nvidia-driver-pinning\nConflicts: nvidia-driver-pinning\nReplaces: nvidia-driver-pinning\n",
+            files={
+                f"/etc/apt/preferences.d/nvidia-driver-pinning-{branch}": (
+                    f"Package: {pinned}\nPin: version {branch}.*\nPin-Priority: 1000\n",
+                    0o644,
+                )
+            },
+        )
+        _deb(
+            cuda,
+            "nvidia-open",
+            v,
+            "all",
+            depends=_same(
+                v, "nvidia-driver-cuda", "nvidia-kernel-open-dkms", "libnvidia-compute", "nvidia-persistenced"
+            ),
+        )
+        _deb(
+            cuda,
+            "cuda-drivers",
+            v,
+            "amd64",
+            depends=_same(v, "nvidia-driver-cuda", "nvidia-kernel-dkms", "libnvidia-compute", "nvidia-persistenced"),
+        )
+        for flavour, other in (
+            ("nvidia-kernel-open-dkms", "nvidia-kernel-dkms"),
+            ("nvidia-kernel-dkms", "nvidia-kernel-open-dkms"),
+        ):
+            _deb(
+                cuda,
+                flavour,
+                v,
+                extra=f"Conflicts: {other}\n",
+                files={f"/usr/src/nvidia-{upstream}/STANDIN": ("rigkit stand-in: no kernel module\n", 0o644)},
+            )
+        _deb(
+            cuda,
+            "libnvidia-compute",
+            v,
+            files={f"/usr/lib/x86_64-linux-gnu/libnvidia-ml.so.{upstream}": ("rigkit stand-in\n", 0o644)},
+        )
+        _deb(
+            cuda,
+            "nvidia-driver-cuda",
+            v,
+            depends=_same(v, "libnvidia-compute"),
+            files={
+                "/usr/bin/nvidia-smi": (NVIDIA_SMI.replace("@VERSION@", upstream), 0o755),
+                "/usr/share/nvidia-standin/query-gpu.csv": (recording.read_text(), 0o644),
+            },
+        )
+        _deb(
+            cuda,
+            "nvidia-persistenced",
+            v,
+            files={
+                "/usr/bin/nvidia-persistenced": ("#!/bin/sh\n# rigkit stand-in\nexec sleep infinity\n", 0o755),
+                "/lib/systemd/system/nvidia-persistenced.service": (PERSISTENCED_UNIT, 0o644),
+            },
+        )
     for release, upstream in TOOLKITS.items():
         home_dir = f"/usr/local/cuda-{release}"
-        _deb(cuda, f"cuda-toolkit-{release.replace('.', '-')}", f"{upstream}-1", files={
-            f"{home_dir}/version.json": ('{"cuda" : {"name" : "CUDA SDK", "version" : "%s"}}\n' % upstream, 0o644),
-            f"{home_dir}/bin/nvcc": (f"#!/bin/sh\necho 'Cuda compilation tools, release {release}, V{upstream} "
-                                     "(rigkit stand-in)'\n", 0o755),
-        }, postinst=f"update-alternatives --install /usr/local/cuda cuda {home_dir} {release.replace('.', '')}",
-            prerm=f"update-alternatives --remove cuda {home_dir}")
-    _deb(cuda, f"linux-headers-{kernel}", "1-1", files={
-        f"/usr/src/linux-headers-{kernel}/STANDIN": ("rigkit stand-in kernel headers\n", 0o644)})
+        _deb(
+            cuda,
+            f"cuda-toolkit-{release.replace('.', '-')}",
+            f"{upstream}-1",
+            files={
+                f"{home_dir}/version.json": ('{"cuda" : {"name" : "CUDA SDK", "version" : "%s"}}\n' % upstream, 0o644),
+                f"{home_dir}/bin/nvcc": (
+                    f"#!/bin/sh\necho 'Cuda compilation tools, release {release}, V{upstream} (rigkit stand-in)'\n",
+                    0o755,
+                ),
+            },
+            postinst=f"update-alternatives --install /usr/local/cuda cuda {home_dir} {release.replace('.', '')}",
+            prerm=f"update-alternatives --remove cuda {home_dir}",
+        )
+    _deb(
+        cuda,
+        f"linux-headers-{kernel}",
+        "1-1",
+        files={f"/usr/src/linux-headers-{kernel}/STANDIN": ("rigkit stand-in kernel headers\n", 0o644)},
+    )
     _index(cuda, home, "NVIDIA CUDA")
 
     container = standin.www / "libnvidia-container/stable/deb/amd64"
@@ -297,11 +410,21 @@ def build(root: Path, base_url: str, kernel: str | None = None,
     v = f"{CONTAINER_TOOLKIT}-1"
     _deb(container, "libnvidia-container1", v)
     _deb(container, "libnvidia-container-tools", v, depends=f"libnvidia-container1 (>= {v})")
-    _deb(container, "nvidia-container-toolkit-base", v, files={
-        "/usr/bin/nvidia-ctk": (NVIDIA_CTK, 0o755),
-        "/usr/bin/nvidia-container-runtime": ("#!/bin/sh\nexit 0\n", 0o755)})
-    _deb(container, "nvidia-container-toolkit", v,
-         depends=f"nvidia-container-toolkit-base (= {v}), libnvidia-container-tools (>= {v})")
+    _deb(
+        container,
+        "nvidia-container-toolkit-base",
+        v,
+        files={
+            "/usr/bin/nvidia-ctk": (NVIDIA_CTK, 0o755),
+            "/usr/bin/nvidia-container-runtime": ("#!/bin/sh\nexit 0\n", 0o755),
+        },
+    )
+    _deb(
+        container,
+        "nvidia-container-toolkit",
+        v,
+        depends=f"nvidia-container-toolkit-base (= {v}), libnvidia-container-tools (>= {v})",
+    )
     _index(container, home, "NVIDIA container toolkit")
     (standin.www / "libnvidia-container/gpgkey").write_bytes(armored)
     subprocess.run(["gpgconf", "--homedir", str(home), "--kill", "gpg-agent"], check=False, capture_output=True)
