@@ -381,3 +381,17 @@ def test_h100_dry_run_plan():
 def test_toolkit_from_nvcc_without_version_json():
     out = ["/usr/local/cuda nvcc release 13.0", "/usr/local/cuda-13.0 nvcc release 13.0", "/usr/local/cuda-12.8 nvcc "]
     assert facts.parse_toolkits(out) == facts.CudaToolkits(installed=("13.0",), default="13.0")
+
+
+def test_llama_cpp_build_takes_cuda_arch_from_the_gpu_facts(monkeypatch):
+    from rigkit import rig as rig_steps
+    from rigkit.hostdata import parse_rig
+
+    class Host:
+        def get_fact(self, fact):
+            assert fact is facts.NvidiaGpus
+            return gpus("rtx3090x6") + gpus("gb10")
+
+    monkeypatch.setattr(rig_steps, "host", Host())
+    config = parse_rig("rig", {"gpus": {"count": 7}, "llama_cpp": {"ref": "b8137"}})
+    assert rig_steps.cuda_arch(config) == ("121", "86")

@@ -432,7 +432,7 @@ def setup(nv: Nvidia, gpu_count: int = 0):
                 )
 
     if nv.container_toolkit:
-        container_toolkit(nv)
+        container_toolkit(nv, installed=bool(dgx) and "nvidia-container-toolkit" in pkgs)
 
     if driver_op is not None and driver_op.will_change:
         if nv.reboot:
@@ -460,8 +460,13 @@ def _text(content: str):
     return StringIO(content)
 
 
-def container_toolkit(nv: Nvidia) -> None:
-    """NVIDIA's container toolkit from its repository, Docker's ``nvidia`` runtime, checked."""
+def container_toolkit(nv: Nvidia, installed: bool = False) -> None:
+    """NVIDIA's container toolkit from its repository, Docker's ``nvidia`` runtime, checked.
+    ``installed``: the toolkit is there already (DGX OS ships it with its own source line,
+    which a second one for the same repository would conflict with): only Docker is configured."""
+    if installed:
+        docker_runtime(name="Docker's nvidia runtime")
+        return
     key = container_key(name="NVIDIA container toolkit signing key", url=nv.container_key_url)
     source = files.put(
         name="NVIDIA container toolkit repository",
