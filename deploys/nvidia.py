@@ -8,9 +8,12 @@ each host that declares ``nvidia`` host data; DGX OS keeps its own driver.
 
 from pyinfra import host
 
-from rigkit.hostdata.nvidia import gpu_count, nvidia_for
+from rigkit.hostdata import HostDataError, rig_for
 from rigkit.operations import nvidia
 
-nvidia.setup(
-    nvidia_for(host), gpu_count=gpu_count(host)
-)  # validated, then checked against the host's facts, before any change
+config = rig_for(host)  # validated, then checked against the host's facts, before any change
+if config.nvidia is None:
+    raise HostDataError(
+        host.name, "nvidia", 'a mapping such as {"driver_branch": "580"} (this deploy installs the NVIDIA driver)'
+    )
+nvidia.setup(config.nvidia, gpu_count=config.gpus.count)

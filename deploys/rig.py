@@ -16,8 +16,8 @@ from rigkit.vllm import vllm_services
 config = rig_for(host)  # every component validated before any host changes
 address = host.data.get("ssh_hostname") or host.name
 
-nvidia.for_host(host)  # NVIDIA driver, CUDA toolkit, power limits, where host data declares nvidia
-
+if config.nvidia:  # the driver, CUDA toolkit, container toolkit, power limits
+    nvidia.setup(config.nvidia, gpu_count=config.gpus.count)
 models = rig.models(config)
 if config.llama_cpp:
     build, identity = rig.llama_cpp_build(config)

@@ -112,20 +112,3 @@ def parse_nvidia(host: str, raw: Any, gpu_count: int = 0) -> Nvidia | None:
             list(limits),
         )
     return nv
-
-
-def gpu_count(host: Any) -> int:
-    """Host data ``gpus.count`` of a pyinfra host (0 when absent)."""
-    gpus = host.data.get("gpus") or {}
-    count = gpus.get("count", 0) if isinstance(gpus, dict) else 0
-    return count if isinstance(count, int) and not isinstance(count, bool) else 0
-
-
-def nvidia_for(host: Any) -> Nvidia:
-    """The validated ``nvidia`` host data of a pyinfra host (for ``deploys/nvidia.py``)."""
-    nv = parse_nvidia(host.name, host.data.get("nvidia"), gpu_count=gpu_count(host))
-    if nv is None:
-        raise HostDataError(
-            host.name, "nvidia", 'a mapping such as {"driver_branch": "580"} (this deploy installs the NVIDIA driver)'
-        )
-    return nv

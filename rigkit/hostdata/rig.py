@@ -18,6 +18,7 @@ from pyinfra.api.exceptions import PyinfraError
 from rigkit.hostdata.gpus import Gpus, parse_gpus
 from rigkit.hostdata.llama_cpp import LlamaCpp, parse_llama_cpp
 from rigkit.hostdata.models import MODEL_REF_PREFIX, HubModel, Model, parse_models
+from rigkit.hostdata.nvidia import Nvidia, parse_nvidia
 from rigkit.hostdata.schema import HostDataError, check_text
 from rigkit.hostdata.services import Service, parse_services
 from rigkit.models import lockfile
@@ -26,7 +27,7 @@ from rigkit.models.lockfile import LockEntry, LockError
 URL = re.compile(r"https?://[A-Za-z0-9._~:/@%+\[\]-]+")
 LOCK_ENV = "RIGKIT_MODEL_LOCK"
 # The host-data keys rigkit reads; the rest (ssh_*, sandbox_*, ...) belongs to pyinfra or tools.
-COMPONENTS = ("gpus", "llama_cpp", "services", "models")
+COMPONENTS = ("gpus", "nvidia", "llama_cpp", "services", "models")
 
 
 class ModelLockError(PyinfraError, LockError):
@@ -40,6 +41,7 @@ class Rig:
 
     host: str
     gpus: Gpus = field(default_factory=Gpus)
+    nvidia: Nvidia | None = None
     llama_cpp: LlamaCpp | None = None
     services: tuple[Service, ...] = ()
     models: tuple[Model, ...] = ()
@@ -77,6 +79,7 @@ class Rig:
 def parse_rig(host: str, data: Mapping[str, Any]) -> Rig:
     """Validate one host's components; raises HostDataError on the first problem."""
     gpus = parse_gpus(host, data.get("gpus"))
+    nvidia = parse_nvidia(host, data.get("nvidia"), gpu_count=gpus.count)
     llama = parse_llama_cpp(host, data["llama_cpp"], gpus) if data.get("llama_cpp") is not None else None
     services = parse_services(host, data.get("services"), gpus)
     for i, svc in enumerate(services):
@@ -98,7 +101,7 @@ def parse_rig(host: str, data: Mapping[str, Any]) -> Rig:
                 f"({', '.join(hub_names) or 'none declared'})",
                 svc.model,
             )
-    return Rig(host=host, gpus=gpus, llama_cpp=llama, services=services, models=models)
+    return Rig(host=host, gpus=gpus, nvidia=nvidia, llama_cpp=llama, services=services, models=models)
 
 
 def resolve_model_refs(rig: Rig, lock: Mapping[str, LockEntry], inventory: str = "INVENTORY") -> Rig:

@@ -517,12 +517,3 @@ def docker_runtime():
         "docker info --format '{{json .Runtimes}}' | grep -q '\"nvidia\"' "
         "|| { echo 'docker info does not list the nvidia runtime' >&2; exit 1; }"
     )
-
-
-def for_host(pyinfra_host) -> None:
-    """:func:`setup` where the host's data declares ``nvidia`` (the step of ``deploys/rig.py``);
-    nothing elsewhere."""
-    from rigkit.hostdata.nvidia import gpu_count, nvidia_for
-
-    if pyinfra_host.data.get("nvidia") is not None:
-        setup(nvidia_for(pyinfra_host), gpu_count=gpu_count(pyinfra_host))  # type: ignore[call-arg,arg-type]
