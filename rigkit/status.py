@@ -22,6 +22,7 @@ from pyinfra.api.connect import connect_all, disconnect_all
 from pyinfra.api.exceptions import PyinfraError
 from pyinfra.api.facts import get_facts
 
+from rigkit import status_vllm
 from rigkit.facts.llama_cpp import RigStatus
 from rigkit.hostdata import Rig, rig_for
 from rigkit.operations.llama_cpp import BuildIdentity
@@ -64,6 +65,8 @@ def drift(rig: Rig, info: dict) -> list[str]:
             problems.append(f"llama.cpp: running {current['ref']}, pinned {pin.ref}")
     on_host = {s["name"]: s for s in info.get("services", [])}
     for svc in rig.enabled_services:
+        if svc.engine == "vllm":  # rigkit.status_vllm
+            continue
         seen = on_host.get(svc.name)
         if seen is None:
             problems.append(f"{svc.name}: declared, not deployed")
@@ -78,7 +81,7 @@ def drift(rig: Rig, info: dict) -> list[str]:
             problems.append(f"{svc.name}: {seen.get('active')}, not healthy")
         if not seen.get("model_present"):
             problems.append(f"{svc.name}: model missing")
-    for name in set(on_host) - {s.name for s in rig.enabled_services}:
+    for name in set(on_host) - {s.name for s in rig.enabled_services if s.engine != "vllm"}:
         problems.append(f"{name}: deployed, no longer declared enabled")
     problems += [f"{unit}: on the host, not in the inventory" for unit in info.get("orphans", [])]
     return problems
@@ -99,6 +102,7 @@ def collect(inventory_path: str) -> tuple[int, dict[str, dict]]:
     connect_all(state)
     try:
         facts = get_facts(state, RigStatus)
+        vllm_facts = status_vllm.facts(state) if any(r.engine_services("vllm") for r in rigs.values()) else {}
     finally:
         disconnect_all(state)
     report: dict[str, dict] = {}
@@ -110,6 +114,9 @@ def collect(inventory_path: str) -> tuple[int, dict[str, dict]]:
             code = UNREACHABLE
             continue
         problems = drift(rigs[host.name], info)
+        if rigs[host.name].engine_services("vllm"):
+            info = {**info, "vllm": vllm_facts.get(host) or {"services": []}}
+            problems += status_vllm.drift(rigs[host.name], info["vllm"])
         report[host.name] = {"reachable": True, **info, "problems": problems}
         if problems and code == OK:
             code = UNHEALTHY
@@ -119,6 +126,11 @@ def collect(inventory_path: str) -> tuple[int, dict[str, dict]]:
 def render_text(report: dict[str, dict]) -> str:
     lines = []
     for host, info in report.items():
+        if info.get("reachable", True) and "vllm" in info and "current" not in info:
+            lines.append(f"{host}: vLLM services")
+            lines += status_vllm.lines(info["vllm"])
+            lines += [f"  DRIFT/PROBLEM: {problem}" for problem in info["problems"]]
+            continue
         if not info.get("reachable", True) or "current" not in info:
             lines.append(f"{host}: " + "; ".join(info["problems"]))
             continue
@@ -146,6 +158,7 @@ def render_text(report: dict[str, dict]) -> str:
                 f"{'healthy' if svc['healthy'] else 'unhealthy'}  {model} "
                 f"({svc['model_bytes'] / 1e9:.2f} GB) {svc['model']}; {watchdog}"
             )
+        lines += status_vllm.lines(info.get("vllm", {}))
         for problem in info["problems"]:
             lines.append(f"  DRIFT/PROBLEM: {problem}")
     return "\n".join(lines)

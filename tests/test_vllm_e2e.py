@@ -159,6 +159,22 @@ def test_changed_flags_restart(env):
     assert c["State"]["StartedAt"] != env["started"] and c["Args"][c["Args"].index("--max-num-seqs") + 1] == "4"
 
 
+def test_status_shows_the_vllm_service(env):
+    import subprocess
+    import sys
+
+    data = {"gpus": {"count": 0}, "services": [service(env, max_num_seqs=4)],
+            "models": [{"upload": str(env["tmp"] / "model"), "dest": "/srv/models/tiny-vllm"}]}
+    rigkit = str(Path(sys.executable).with_name("rigkit"))
+    done = subprocess.run([rigkit, "status", str(env["tmp"] / "inventory.py")], capture_output=True, text=True,
+                          env={**os.environ, "RIGKIT_VLLM_E2E": json.dumps(data), "RIGKIT_SANDBOX_DIR": STATE},
+                          timeout=120)
+    image = container(env)["Config"]["Image"]
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert f"tiny             :8000  active    healthy  vLLM {image} (container running, verified)" in done.stdout
+    assert "tiny" in done.stdout and ":8000" in done.stdout
+
+
 def test_failed_check_rolls_back_to_the_previous_image(env):
     run = deploy(env, service(env, max_num_seqs=4, base_image=BROKEN))
     assert run.returncode != 0
