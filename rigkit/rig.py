@@ -117,8 +117,9 @@ def llama_services(rig: Rig, identity: BuildIdentity, address: str, models: Sequ
     """Users, keys and units per service, the switch to the new build, restarts, verification.
     ``models``: the operations that placed model files (a changed model restarts too)."""
     pin = identity.pin
-    for svc in rig.enabled_services:
-        if svc.public and not svc.api_key_file:
+    served = rig.engine_services("llama.cpp")  # vLLM services have their own step
+    for svc in served:
+        if svc.enabled and svc.public and not svc.api_key_file:
             logger.warning(
                 f"host {rig.host}: service {svc.name} listens on {svc.host}:{svc.port} WITHOUT "
                 "an API key (allow_unauthenticated: true): /v1/*, /metrics, /slots and /props "
@@ -137,7 +138,7 @@ def llama_services(rig: Rig, identity: BuildIdentity, address: str, models: Sequ
             )
     restart_on: dict[str, list] = {}  # per service: its key file and unit (unit last)
     watchdog_units: list = []
-    for svc in rig.services:
+    for svc in served:
         restart_on[svc.name] = []
         if not svc.api_key_file and svc.name in on_host["keys"]:
             restart_on[svc.name].append(
@@ -224,7 +225,7 @@ def llama_services(rig: Rig, identity: BuildIdentity, address: str, models: Sequ
             name="Reload systemd units", _if=any_changed(*(ops[-1] for ops in restart_on.values()), *watchdog_units)
         )
     started = []
-    for svc in rig.services:
+    for svc in served:
         systemd.service(
             name=f"{'Enable' if svc.enabled else 'Disable'} {svc.unit}",
             service=svc.unit,
@@ -252,7 +253,7 @@ def llama_services(rig: Rig, identity: BuildIdentity, address: str, models: Sequ
             name="Verify services (health, chat, tool-call replay)",
             _if=any_changed(switch, *models, *(op for svc, start in started for op in (*restart_on[svc.name], start))),
         )
-    for svc in rig.services:
+    for svc in served:
         if svc.enabled and svc.watchdog:
             systemd.service(
                 name=f"Start the watchdog of {svc.name}", service=svc.watchdog_timer, running=True, enabled=True

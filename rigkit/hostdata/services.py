@@ -153,7 +153,7 @@ def parse_service(host: str, key: str, raw: Any, gpus: Gpus) -> Service:
     if engine == "llama.cpp":
         _check_llama_server(host, key, svc, gpus)
     elif engine == "vllm":
-        check_vllm(host, key, svc, gpus)
+        check_vllm(host, key, svc.options, svc.model, svc.gpus, gpus)  # type: ignore[arg-type]
     return svc
 
 

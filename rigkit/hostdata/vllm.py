@@ -19,13 +19,10 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from rigkit.hostdata.gpus import Gpus
 from rigkit.hostdata.schema import HostDataError, check_pattern
-
-if TYPE_CHECKING:
-    from rigkit.hostdata.services import Service
 
 #: ``files/vllm`` of this checkout: the Dockerfile, the patches, the helper package.
 IMAGE_SOURCE = Path(__file__).resolve().parents[2] / "files" / "vllm"
@@ -108,8 +105,9 @@ def available_patches() -> dict[str, Path]:
     return found
 
 
-def check_vllm(host: str, key: str, svc: Service, gpus: Gpus) -> None:
-    opts: VllmOptions = svc.options  # type: ignore[assignment]
+def check_vllm(host: str, key: str, opts: VllmOptions, model: str, service_gpus: tuple[int, ...], gpus: Gpus) -> None:
+    """A vLLM service's own options, with the service's model and GPUs (rigkit.hostdata.services
+    calls this with its fields: that module imports this one)."""
     if not opts.base_image:
         raise HostDataError(host, f"{key}.base_image", "a pinned base image (exact tag or digest) for "
                             "files/vllm/Dockerfile, e.g. vllm/vllm-openai:v0.19.1")
@@ -128,11 +126,11 @@ def check_vllm(host: str, key: str, svc: Service, gpus: Gpus) -> None:
     for name, value in (("tensor_parallel", opts.tensor_parallel), ("pipeline_parallel", opts.pipeline_parallel)):
         if value < 1:
             raise HostDataError(host, f"{key}.{name}", "a positive integer", value)
-    available = len(svc.gpus) or gpus.count
+    available = len(service_gpus) or gpus.count
     if available and opts.tensor_parallel * opts.pipeline_parallel > available:
         raise HostDataError(host, f"{key}.tensor_parallel",
                             f"tensor_parallel x pipeline_parallel at most the {available} GPU(s) the service "
-                            f"uses ({'its gpus' if svc.gpus else 'gpus.count'})",
+                            f"uses ({'its gpus' if service_gpus else 'gpus.count'})",
                             opts.tensor_parallel * opts.pipeline_parallel)
     if not 0 < opts.gpu_memory_utilization <= 1:
         raise HostDataError(host, f"{key}.gpu_memory_utilization", "a fraction in (0, 1]",
@@ -182,9 +180,9 @@ def check_vllm(host: str, key: str, svc: Service, gpus: Gpus) -> None:
         raise HostDataError(host, f"{key}.ready_timeout", "seconds between 60 and 7200", opts.ready_timeout)
     if not 1 <= opts.stop_timeout <= 600:
         raise HostDataError(host, f"{key}.stop_timeout", "seconds between 1 and 600", opts.stop_timeout)
-    if svc.model.endswith(".gguf"):
+    if model.endswith(".gguf"):
         raise HostDataError(host, f"{key}.model", "the model's directory on the host (vLLM loads "
-                            "safetensors checkpoints), or ref:<name> of a Hub model", svc.model)
+                            "safetensors checkpoints), or ref:<name> of a Hub model", model)
 
 
 def mtp_problem(model_dir: Any) -> str | None:

@@ -92,6 +92,7 @@ def services_manifest(rig: Rig, llama_root: str) -> str:
                         "key_file": key_path(s) if s.api_key_file else None,
                     }
                     for s in rig.enabled_services
+                    if s.engine == "llama.cpp"
                 ],
             },
             indent=2,
@@ -104,7 +105,7 @@ def services_manifest(rig: Rig, llama_root: str) -> str:
 def opencode_config(rig: Rig, address: str) -> str:
     """opencode.json provider entries (seed 000's form), one provider per enabled service."""
     providers = {}
-    for s in rig.enabled_services:
+    for s in (s for s in rig.enabled_services if s.engine == "llama.cpp"):
         providers[f"llama-cpp-{s.name}"] = {
             "npm": "@ai-sdk/openai-compatible",
             "name": f"llama.cpp {s.name} on {rig.host}",
