@@ -145,7 +145,7 @@ def run(args: argparse.Namespace) -> int:
         service, argv = service_and_argv(args, model, binary)
         meta["argv"] = argv
         log("llama-server: " + " ".join(argv))
-        server_log = open(work / "llama-server.log", "w")
+        server_log = open(work / "llama-server.log", "w")  # noqa: SIM115 (closed in the finally below)
         proc = subprocess.Popen(argv, stdout=server_log, stderr=subprocess.STDOUT)
         try:
             meta["load_seconds"] = round(wait_health(service.port, proc), 1)

@@ -18,7 +18,6 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-
 from pyinfra_run import REPO, ssh
 
 pytestmark = pytest.mark.e2e

@@ -239,7 +239,7 @@ class Client:
         except (requests.ConnectionError, requests.exceptions.ChunkedEncodingError) as exc:
             raise ServerError(f"POST {self.url}{path}: the stream broke off ({_reason(exc)})") from None
         t_end = time.monotonic()
-        if t_first is None:
+        if t_first is None or t_last is None:
             raise ServerError(f"POST {self.url}{path}: the stream carried no generated text")
         prompt_tokens = usage.get("prompt_tokens")
         completion_tokens = usage.get("completion_tokens")

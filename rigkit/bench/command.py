@@ -152,7 +152,7 @@ def _opts(service):
     return getattr(service, "options", service) if service is not None else None
 
 
-def _endpoint(host, service) -> tuple[str, object | None]:
+def _endpoint(host, service) -> tuple[str, Any]:
     """(URL of the service as seen from here, a tunnel to close or None): a service that
     listens on the host's loopback is reached through an SSH port forward."""
     client = getattr(host.connector, "client", None)
@@ -253,10 +253,9 @@ def run_compare(argv: list[str]) -> int:
         except (OSError, ValueError) as exc:
             print(f"rigkit bench compare: {path}: {exc}", file=sys.stderr)
             return 1
-    names = tuple(args.names.split(",", 1)) if args.names else tuple(
-        Path(x).resolve().parent.name or x for x in (args.a, args.b))
-    if names[0] == names[1]:
-        names = ("A", "B")
+    given = args.names.split(",", 1) if args.names else [Path(x).resolve().parent.name or x
+                                                         for x in (args.a, args.b)]
+    names = (given[0], given[-1]) if len(given) == 2 and given[0] != given[1] else ("A", "B")
     text = report.compare(results[0], results[1], names)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

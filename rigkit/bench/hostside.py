@@ -28,7 +28,6 @@ import subprocess
 import sys
 import time
 
-
 # --- power ---------------------------------------------------------------------------------
 
 
@@ -101,11 +100,12 @@ def sample(interval: float, indexes: list[int] | None) -> None:
                             stdout=subprocess.PIPE, text=True)
     out.write(json.dumps({"source": "nvidia-smi", "why": why, "gpus": indexes}) + "\n")
     out.flush()
-    joules, last_t, batch, last_idx = 0.0, None, {}, None
-    for line in proc.stdout:
+    joules, last_t, last_idx = 0.0, None, None
+    batch: dict[int, float] = {}
+    for line in proc.stdout or ():
         try:
-            idx, watts = (s.strip() for s in line.split(","))
-            idx, watts = int(idx), float(watts)
+            first, second = (s.strip() for s in line.split(","))
+            idx, watts = int(first), float(second)
         except ValueError:
             continue
         if indexes and idx not in indexes:
@@ -151,7 +151,8 @@ def listening_pid(port: int) -> int | None:
     inodes = set()
     for table in ("/proc/net/tcp", "/proc/net/tcp6"):
         try:
-            lines = open(table).read().splitlines()[1:]
+            with open(table) as f:
+                lines = f.read().splitlines()[1:]
         except OSError:
             continue
         for line in lines:
@@ -171,7 +172,8 @@ def listening_pid(port: int) -> int | None:
 def process(pid: int) -> dict:
     info: dict = {"pid": pid}
     try:
-        info["argv"] = open(f"/proc/{pid}/cmdline", "rb").read().decode().split("\0")[:-1]
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            info["argv"] = f.read().decode().split("\0")[:-1]
         info["exe"] = os.readlink(f"/proc/{pid}/exe")
     except OSError as exc:
         info["error"] = str(exc)
@@ -179,7 +181,8 @@ def process(pid: int) -> dict:
     if exe:
         build_json = os.path.join(os.path.dirname(os.path.dirname(exe)), "build.json")
         try:
-            info["build"] = json.load(open(build_json))
+            with open(build_json) as f:
+                info["build"] = json.load(f)
         except (OSError, ValueError):
             pass
         version = subprocess.run([exe, "--version"], capture_output=True, text=True, timeout=30) \
@@ -262,7 +265,9 @@ def model_files(model: str) -> list[str]:
 
 
 def model_info(model: str) -> dict:
-    files, meta, tensors = [], {}, []
+    files: list[dict] = []
+    meta: dict = {}
+    tensors: list[dict] = []
     for path in model_files(model):
         try:
             files.append({"path": path, "bytes": os.path.getsize(path)})

@@ -62,6 +62,7 @@ class LocalRunner(Runner):
             except subprocess.TimeoutExpired:
                 proc.kill()
 
+        assert proc.stdout is not None
         return iter(proc.stdout.readline, ""), stop
 
 
@@ -92,8 +93,7 @@ class SSHRunner(Runner):
         stdout, _ = self._exec(args, None)
 
         def lines():
-            for line in stdout:
-                yield line
+            yield from stdout
 
         return lines(), lambda: stdout.channel.close()
 
@@ -114,7 +114,7 @@ class PowerMonitor:
         self._thread: threading.Thread | None = None
         self._ready = threading.Event()
 
-    def start(self, wait: float = 15.0) -> "PowerMonitor":
+    def start(self, wait: float = 15.0) -> PowerMonitor:
         if self.runner is None:
             self.header = {"source": None, "why": "no host to sample (a bare --url)"}
             return self

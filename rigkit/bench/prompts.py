@@ -80,7 +80,7 @@ class PromptMaker:
         self.seed = seed
         self._ids: list[int] = []
         self._chars = 0  # corpus characters tokenized so far
-        self._special = None  # tokens the server adds (BOS) to a prompt
+        self._special: int | None = None  # tokens the server adds (BOS) to a prompt
 
     def _corpus_ids(self, need: int) -> list[int]:
         text = corpus()

@@ -16,7 +16,6 @@ Columns, per depth (median over the runs; min and max in the CSV and JSON):
 from __future__ import annotations
 
 import csv
-import io
 import json
 import statistics
 from pathlib import Path

@@ -110,11 +110,11 @@ def roofline(model: dict[str, Any] | None, gpu_names: list[str], split_mode: str
     weights = weights_per_token(model)
     if weights is None:
         return None
-    per_gpu = [bandwidth_for(n) for n in gpu_names]
+    known = [b for b in (bandwidth_for(n) for n in gpu_names) if b]
     if measured_bandwidth:
         bw, source = measured_bandwidth, "measured"
-    elif per_gpu and all(per_gpu):
-        bw = sum(per_gpu) if split_mode == "row" else min(per_gpu)
+    elif known and len(known) == len(gpu_names):
+        bw = sum(known) if split_mode == "row" else min(known)
         source = f"nominal ({gpu_names[0]}{' x' + str(len(gpu_names)) if len(gpu_names) > 1 else ''}, {split_mode} split)"
     else:
         return {**weights, "bandwidth": None,

@@ -10,8 +10,9 @@ from __future__ import annotations
 import secrets
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 from rigkit.bench.client import Client, ServerError
 from rigkit.bench.power import PowerMonitor
