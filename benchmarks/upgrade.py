@@ -7,7 +7,8 @@ warm ccache versus cold, through rigkit's own deploy and build path on a sandbox
 
 Uses its own sandbox instance (/var/lib/rigkit/sandbox-bench-upgrade, one host) and tears it
 down at the end. The rebuilds go beside the deployed builds under a new build key (as a changed pin or
-flag gives); the cold one disables ccache (CCACHE_DISABLE=1) for that one build.
+flag gives); the cold one disables ccache (CCACHE_DISABLE=1) for that one build. Each build's ccache
+hit rate comes from the host's `ccache --print-stats` (the counters of `ccache -s`) before and after.
 """
 
 from __future__ import annotations
@@ -29,50 +30,94 @@ from rigkit.facts.llama_cpp import TOOL  # noqa: E402
 from rigkit.hostdata import LlamaCpp  # noqa: E402
 from rigkit.operations.llama_cpp import cmake_flags  # noqa: E402
 from rigkit.sandbox.health import HealthPoller  # noqa: E402
+from rigkit.scripts.llama_host import CCACHE_DIR  # noqa: E402
 
 PYINFRA = str(Path(sys.executable).with_name("pyinfra"))
 
 
 def deploy(ref: str) -> float:
     started = time.monotonic()
-    subprocess.run([PYINFRA, "-y", "inventories/sandbox.py", "deploys/rig.py"], cwd=REPO, check=True,
-                   capture_output=True, env={**os.environ, "RIGKIT_LLAMA_REF": ref})
+    subprocess.run(
+        [PYINFRA, "-y", "inventories/sandbox.py", "deploys/rig.py"],
+        cwd=REPO,
+        check=True,
+        capture_output=True,
+        env={**os.environ, "RIGKIT_LLAMA_REF": ref},
+    )
     return time.monotonic() - started
 
 
-def build_seconds(sb: sandbox.Sandbox, key: str, ccache: bool) -> float:
+HITS = ("direct_cache_hit", "preprocessed_cache_hit")
+
+
+def ccache_stats(sb: sandbox.Sandbox) -> dict[str, int]:
+    """The host's ccache counters (what `ccache -s` shows), machine-readable."""
+    out = sb.ssh(sb.hosts[0], f"CCACHE_DIR={CCACHE_DIR} ccache --print-stats")
+    return {k: int(v) for k, v in (line.split("\t") for line in out.splitlines()) if v.isdigit()}
+
+
+def hit_rate(before: dict[str, int], after: dict[str, int]) -> tuple[int, int]:
+    """(hits, cacheable compilations) between two ccache_stats()."""
+    delta = {k: after.get(k, 0) - before.get(k, 0) for k in after}
+    hits = sum(delta.get(k, 0) for k in HITS)
+    return hits, hits + delta.get("cache_miss", 0)
+
+
+def hits_text(before: dict[str, int], after: dict[str, int]) -> str:
+    hits, calls = hit_rate(before, after)
+    return f"{hits}/{calls} hits ({100 * hits / calls:.1f} %)" if calls else "no lookups"
+
+
+def timed_deploy(sb: sandbox.Sandbox, ref: str) -> tuple[float, str]:
+    before = ccache_stats(sb)
+    seconds = deploy(ref)
+    return seconds, hits_text(before, ccache_stats(sb))
+
+
+def build_seconds(sb: sandbox.Sandbox, key: str, ccache: bool) -> tuple[float, str]:
     """One more build of b11312 through the host tool with the deploy's own flags, beside the
-    deployed ones (a new build key, as a changed pin or flag gives), then removed again."""
+    deployed ones (a new build key, as a changed pin or flag gives), then removed again.
+    Its seconds, and its ccache hits as text."""
     pin = LlamaCpp(ref="b11312", cuda=False)
     flags = " ".join(shlex.quote(f) for f in cmake_flags(pin, ()))
     env = "" if ccache else "CCACHE_DISABLE=1 "
     host = sb.hosts[0]
-    sb.ssh(host, f"{env}python3 {TOOL} build --root {pin.root} --url {sb.git_url}/llama.cpp.git "
-                 f"--ref {pin.ref} --flags-hash {key} -- {flags}", timeout=None)
-    info = json.loads(sb.ssh(host, f"cat {pin.root}/builds/{pin.ref}-*-{key}/build.json && "
-                                   f"rm -rf {pin.root}/builds/{pin.ref}-*-{key}"))
-    return info["build_seconds"]
+    before = ccache_stats(sb)
+    sb.ssh(
+        host,
+        f"{env}python3 {TOOL} build --root {pin.root} --url {sb.git_url}/llama.cpp.git "
+        f"--ref {pin.ref} --flags-hash {key} -- {flags}",
+        timeout=None,
+    )
+    info = json.loads(
+        sb.ssh(
+            host, f"cat {pin.root}/builds/{pin.ref}-*-{key}/build.json && rm -rf {pin.root}/builds/{pin.ref}-*-{key}"
+        )
+    )
+    return info["build_seconds"], hits_text(before, ccache_stats(sb))
 
 
 def main() -> None:
     rows = []
     try:
         sb = sandbox.up(hosts=1)
-        rows.append(("deploy b9976 (build, start, verify)", deploy("b9976")))
+        rows.append(("deploy b9976 (build, start, verify)", *timed_deploy(sb, "b9976")))
         url = f"http://{sb.hosts[0].address}:8000/health"
         with HealthPoller(url) as poller:
-            rows.append(("upgrade to b11312 (build beside, switch, restart, verify)", deploy("b11312")))
+            rows.append(("upgrade to b11312 (build beside, switch, restart, verify)", *timed_deploy(sb, "b11312")))
         rows.append(("  longest /health outage during the upgrade", poller.longest_outage()))
         rows.append(("  share of 100 ms polls answered 200", poller.healthy_fraction * 100))
         rows.append(("re-run, nothing to do", deploy("b11312")))
-        rows.append(("llama-server b11312 rebuild, ccache warm", build_seconds(sb, "benchwarm", True)))
-        rows.append(("llama-server b11312 rebuild, ccache off (cold)", build_seconds(sb, "benchcold", False)))
+        run = int(time.time())  # a build directory no earlier run used
+        for name, key, ccache in (("ccache warm", f"warm{run}", True), ("ccache off (cold)", f"cold{run}", False)):
+            seconds, hits = build_seconds(sb, key, ccache)
+            rows.append((f"llama-server b11312 rebuild, {name}", seconds, hits))
     finally:
         sandbox.down()
-    print("| step | value |\n|---|---:|")
-    for name, value in rows:
+    print("| step | value | ccache |\n|---|---:|---|")
+    for name, value, *hits in rows:
         unit = "%" if "share" in name else "s"
-        print(f"| {name} | {value:.1f} {unit} |")
+        print(f"| {name} | {value:.1f} {unit} | {''.join(hits)} |")
 
 
 if __name__ == "__main__":
