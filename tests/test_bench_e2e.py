@@ -132,8 +132,8 @@ def test_server_stopped_mid_sweep_keeps_partial_results(sandbox_hosts, first_dep
             if line.startswith("[1/9]"):
                 ssh(sb, host, f"systemctl stop {UNIT}")
                 break
-        rest, _ = proc.communicate(timeout=300)
-        stderr.append(proc.stderr.read() if proc.stderr and not proc.stderr.closed else "")
+        _, rest = proc.communicate(timeout=300)
+        stderr.append(rest)
     finally:
         if proc.poll() is None:
             proc.kill()
