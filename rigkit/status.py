@@ -99,12 +99,18 @@ def collect(inventory_path: str) -> tuple[int, dict[str, dict]]:
             errors.append(str(exc))
     if errors:
         return INVALID, {"errors": {"problems": errors}}
-    connect_all(state)
+    facts: dict = {}
+    vllm_facts: dict = {}
     try:
-        facts = get_facts(state, RigStatus)
-        vllm_facts = status_vllm.facts(state) if any(r.engine_services("vllm") for r in rigs.values()) else {}
-    finally:
-        disconnect_all(state)
+        connect_all(state)
+    except PyinfraError:  # "No hosts remaining!": none could be reached
+        pass
+    else:
+        try:
+            facts = get_facts(state, RigStatus)
+            vllm_facts = status_vllm.facts(state) if any(r.engine_services("vllm") for r in rigs.values()) else {}
+        finally:
+            disconnect_all(state)
     report: dict[str, dict] = {}
     code = OK
     for host in inventory:
