@@ -140,7 +140,7 @@ def test_status_exit_codes(sandbox_hosts, first_deploy, tmp_path):
     assert invalid.returncode == 2 and "llama_cpp.ref: expected" in invalid.stderr, invalid.stderr
     unreachable = tmp_path / "gone.py"
     unreachable.write_text(
-        "gone = [('198.18.255.254', {'ssh_connect_retries': 0, 'ssh_timeout': 2, "
+        "gone = [('127.0.0.1', {'ssh_port': 9, 'ssh_connect_retries': 0, 'ssh_timeout': 2, "
         "'llama_cpp': {'ref': 'b11312', 'cuda': False}})]\n"
     )
     assert status(str(unreachable), env).returncode == 3
