@@ -393,7 +393,7 @@ def test_compare_prints_ratios_and_draws_both(fake, tmp_path):
     text = (tmp_path / "cmp" / "compare.md").read_text()
     assert "decode t/s: before / after / ratio" in text
     ratios = [float(m) for m in re.findall(r"/ (\d+\.\d+)x", text.splitlines()[2])]
-    assert ratios[1] > 1.5  # decode about 4x faster "after"
+    assert ratios[2] > 1.5  # server decode t/s, about 4x faster "after" (streamed decode is noisier)
     assert (tmp_path / "cmp" / "compare-throughput.png").stat().st_size > 10_000
 
 
