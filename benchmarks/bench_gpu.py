@@ -50,9 +50,14 @@ def log(msg: str) -> None:
 
 
 def _env(args: argparse.Namespace, model: str) -> dict:
-    env = dict(os.environ, RIGKIT_GPU_BUNDLE=str(args.bundle_path), RIGKIT_GPU_MODEL=model,
-               RIGKIT_GPU_ROOT=args.root, RIGKIT_GPU_FA_ALL_QUANTS="1" if args.fa_all_quants else "0",
-               RIGKIT_BENCH_CTX=str(args.ctx))
+    env = dict(
+        os.environ,
+        RIGKIT_GPU_BUNDLE=str(args.bundle_path),
+        RIGKIT_GPU_MODEL=model,
+        RIGKIT_GPU_ROOT=args.root,
+        RIGKIT_GPU_FA_ALL_QUANTS="1" if args.fa_all_quants else "0",
+        RIGKIT_BENCH_CTX=str(args.ctx),
+    )
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH")) if p)
     return env
 
@@ -120,8 +125,9 @@ def run(args: argparse.Namespace) -> int:
                     for k, v in env.items():
                         if k.startswith("RIGKIT_"):
                             os.environ[k] = v
-                    built["info"] = gpu.pyinfra_deploy(work, args.bundle_path, args.fa_all_quants, True,
-                                                       model, args.root)
+                    built["info"] = gpu.pyinfra_deploy(
+                        work, args.bundle_path, args.fa_all_quants, True, model, args.root
+                    )
                 except Exception as exc:  # reported below
                     built["error"] = exc
 
@@ -150,8 +156,21 @@ def run(args: argparse.Namespace) -> int:
         try:
             meta["load_seconds"] = round(wait_health(service.port, proc), 1)
             log(f"llama-server healthy in {meta['load_seconds']} s")
-            bench = [sys.executable, "-m", "rigkit.cli", "bench", INVENTORY, "--service", service.name,
-                     "--out", str(work / "out"), "--runs", str(args.runs), "--gen", str(args.gen)]
+            bench = [
+                sys.executable,
+                "-m",
+                "rigkit.cli",
+                "bench",
+                INVENTORY,
+                "--service",
+                service.name,
+                "--out",
+                str(work / "out"),
+                "--runs",
+                str(args.runs),
+                "--gen",
+                str(args.gen),
+            ]
             if args.depths:
                 bench += ["--depths", args.depths]
             bw = (meta.get("bandwidth") or {}).get("d2d_copy_bytes_per_s")
@@ -202,8 +221,7 @@ def follow(args: argparse.Namespace) -> int:
         time.sleep(3)
     out.mkdir(parents=True, exist_ok=True)
     with tarfile.open(out / "results.tgz", "w:gz") as tar:
-        for p in [work / "out", work / "meta.json", work / "llama-server.log", logfile,
-                  *work.glob("pyinfra-*.log")]:
+        for p in [work / "out", work / "meta.json", work / "llama-server.log", logfile, *work.glob("pyinfra-*.log")]:
             if p.exists():
                 tar.add(p, arcname=p.name)
     for md in (work / "out").glob("*/*/bench.md"):  # out/<host>/<service>/bench.md

@@ -17,8 +17,11 @@ def _sandbox(args: argparse.Namespace) -> int:
             sb = sandbox.up(hosts=args.hosts, boot_timeout=args.boot_timeout, sources=args.sources)
             for host in sb.hosts:
                 print(f"{host.name}\t{host.address}")
-            print(f"sandbox up: {len(sb.hosts)} host(s) in {time.monotonic() - started:.1f}s; "
-                  f"run: pyinfra -y inventories/sandbox.py deploys/sample.py", file=sys.stderr)
+            print(
+                f"sandbox up: {len(sb.hosts)} host(s) in {time.monotonic() - started:.1f}s; "
+                f"run: pyinfra -y inventories/sandbox.py deploys/sample.py",
+                file=sys.stderr,
+            )
         elif args.action == "reboot":
             host = sandbox.reboot(args.host, boot_timeout=args.boot_timeout)
             print(f"{host.name}\t{host.address}")
@@ -79,16 +82,18 @@ def build_parser() -> argparse.ArgumentParser:
     sb_sub = sb.add_subparsers(dest="action", required=True)
     sb_up = sb_sub.add_parser("up", help="start N hosts (idempotent)")
     sb_up.add_argument("--hosts", type=int, default=2)
-    sb_up.add_argument("--boot-timeout", type=float, default=60.0,
-                       help="seconds a host may take to answer SSH")
-    sb_up.add_argument("--no-sources", dest="sources", action="store_false",
-                       help="skip the local llama.cpp mirror and tiny model (sample deploy only)")
+    sb_up.add_argument("--boot-timeout", type=float, default=60.0, help="seconds a host may take to answer SSH")
+    sb_up.add_argument(
+        "--no-sources",
+        dest="sources",
+        action="store_false",
+        help="skip the local llama.cpp mirror and tiny model (sample deploy only)",
+    )
     sb_st = sb_sub.add_parser("status", help="list hosts and services")
     sb_st.add_argument("--json", action="store_true")
     sb_rb = sb_sub.add_parser("reboot", help="restart a host keeping its disk (orderly shutdown, boot again)")
     sb_rb.add_argument("host", help="e.g. sandbox-1")
-    sb_rb.add_argument("--boot-timeout", type=float, default=60.0,
-                       help="seconds the host may take to answer SSH again")
+    sb_rb.add_argument("--boot-timeout", type=float, default=60.0, help="seconds the host may take to answer SSH again")
     sb_sub.add_parser("down", help="stop and remove everything the sandbox created")
     sb.set_defaults(func=_sandbox)
 
@@ -96,8 +101,11 @@ def build_parser() -> argparse.ArgumentParser:
         ("lock", "pin an inventory's Hub models to commits and sha256s (rigkit lock INVENTORY [-h])"),
         ("mirror", "serve downloaded models over the Hub's download API (rigkit mirror serve DIR [-h])"),
         ("status", "per host: llama.cpp build, services active/healthy, models (rigkit status INVENTORY)"),
-        ("bench", "context sweep: prefill, decode, TTFT, power, tokens/kWh (rigkit bench --url URL | "
-                  "INVENTORY | compare A.json B.json [-h])"),
+        (
+            "bench",
+            "context sweep: prefill, decode, TTFT, power, tokens/kWh (rigkit bench --url URL | "
+            "INVENTORY | compare A.json B.json [-h])",
+        ),
     ):
         sub.add_parser(name, help=help_text, add_help=False)  # listed in --help; main() runs them
     return parser

@@ -37,8 +37,10 @@ def problems(facts: dict, rig: Rig, user: str = "root") -> tuple[list[str], list
     errors: list[str] = []
     warnings: list[str] = []
     if not facts.get("dgx_release"):
-        errors.append(f"DGX OS: /etc/dgx-release not found (OS {facts.get('os') or 'unknown'}); this deploy "
-                      "is for a DGX Spark as shipped")
+        errors.append(
+            f"DGX OS: /etc/dgx-release not found (OS {facts.get('os') or 'unknown'}); this deploy "
+            "is for a DGX Spark as shipped"
+        )
     if facts.get("arch") != "aarch64":
         errors.append(f"architecture: aarch64 expected, got {facts.get('arch') or 'unknown'}")
     gpu = facts.get("gpu", "")
@@ -53,23 +55,30 @@ def problems(facts: dict, rig: Rig, user: str = "root") -> tuple[list[str], list
             errors.append(f"GPU: compute capability 12.1 expected, got {cap or 'unknown'}")
         branch = int(driver.split(".")[0]) if driver.split(".")[0].isdigit() else None
         if branch in DEADLOCK_BRANCHES:
-            warnings.append(f"driver {driver}: vLLM users report CUDA-graph capture deadlocks on GB10 with the "
-                            f"{branch} branch; {GOOD_DRIVER_BRANCH}.x is known good (rigkit does not change "
-                            "DGX OS's driver)")
+            warnings.append(
+                f"driver {driver}: vLLM users report CUDA-graph capture deadlocks on GB10 with the "
+                f"{branch} branch; {GOOD_DRIVER_BRANCH}.x is known good (rigkit does not change "
+                "DGX OS's driver)"
+            )
         elif branch is None or branch < GOOD_DRIVER_BRANCH:
             errors.append(f"driver: branch {GOOD_DRIVER_BRANCH} or newer expected, got {driver or 'unknown'}")
     if not facts.get("docker"):
         errors.append("Docker: the docker command is not installed")
     else:
         if facts.get("docker_access") != "ok":
-            errors.append(f"Docker: the deploy user ({user}) cannot use Docker "
-                          "(add it to the docker group, or deploy as root)")
+            errors.append(
+                f"Docker: the deploy user ({user}) cannot use Docker (add it to the docker group, or deploy as root)"
+            )
         elif "nvidia" not in facts.get("runtimes", "").split(","):
-            errors.append("Docker: no nvidia runtime (install nvidia-container-toolkit and run "
-                          "nvidia-ctk runtime configure --runtime=docker)")
+            errors.append(
+                "Docker: no nvidia runtime (install nvidia-container-toolkit and run "
+                "nvidia-ctk runtime configure --runtime=docker)"
+            )
     need_models = model_bytes(rig) / 1e9
-    for key, what, need in (("disk_docker", "Docker's data root", IMAGE_GB), ("disk_models", "the model directory",
-                                                                              need_models)):
+    for key, what, need in (
+        ("disk_docker", "Docker's data root", IMAGE_GB),
+        ("disk_models", "the model directory", need_models),
+    ):
         free = facts.get(key)
         if free and free.isdigit() and int(free) < need:
             errors.append(f"disk: {need:.0f} GB free needed under {what}, {free} GB free")
@@ -84,5 +93,7 @@ def preflight(rig: Rig):
     for warning in warnings:
         logger.warning(f"host {rig.host}: {warning}")
     if errors:
-        raise PyinfraError(f"host {rig.host}: not ready for the Spark deploy ({len(errors)} problem(s)); nothing "
-                           "was changed:\n  - " + "\n  - ".join(errors))
+        raise PyinfraError(
+            f"host {rig.host}: not ready for the Spark deploy ({len(errors)} problem(s)); nothing "
+            "was changed:\n  - " + "\n  - ".join(errors)
+        )

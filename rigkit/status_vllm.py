@@ -32,17 +32,23 @@ def drift(rig: Rig, info: dict) -> list[str]:
         if seen.get("image") != declared:
             problems.append(f"{svc.name}: runs {seen.get('image')}, declared {declared}")
         if seen.get("container") != "running" or not seen.get("healthy"):
-            problems.append(f"{svc.name}: container {seen.get('container')}, "
-                            f"{'healthy' if seen.get('healthy') else 'not healthy'}")
+            problems.append(
+                f"{svc.name}: container {seen.get('container')}, {'healthy' if seen.get('healthy') else 'not healthy'}"
+            )
     return problems
 
 
 def lines(info: dict) -> list[str]:
     out = []
     for s in info.get("services", []):
-        verified = "verified" if s.get("verified_image") == s.get("image") else \
-            f"last verified {s.get('verified_image') or 'never'}"
-        out.append(f"  {s['name']:<16} :{s['port']:<5} {s.get('active') or 'unknown':<9} "
-                   f"{'healthy' if s.get('healthy') else 'unhealthy'}  vLLM {s.get('image')} "
-                   f"(container {s.get('container')}, {verified})")
+        verified = (
+            "verified"
+            if s.get("verified_image") == s.get("image")
+            else f"last verified {s.get('verified_image') or 'never'}"
+        )
+        out.append(
+            f"  {s['name']:<16} :{s['port']:<5} {s.get('active') or 'unknown':<9} "
+            f"{'healthy' if s.get('healthy') else 'unhealthy'}  vLLM {s.get('image')} "
+            f"(container {s.get('container')}, {verified})"
+        )
     return out

@@ -44,15 +44,18 @@ def vllm_services(rig: Rig, models: Sequence[Any] = ()):
     services = rig.engine_services("vllm")
     for svc in services:
         if svc.enabled and svc.public and not svc.api_key_file:
-            logger.warning(f"host {rig.host}: service {svc.name} listens on {svc.host}:{svc.port} WITHOUT "
-                           "an API key (allow_unauthenticated: true): /v1/* is open to the network")
+            logger.warning(
+                f"host {rig.host}: service {svc.name} listens on {svc.host}:{svc.port} WITHOUT "
+                "an API key (allow_unauthenticated: true): /v1/* is open to the network"
+            )
     vllm_ops.tool(name="Install rigkit's vLLM host tool")
     on_host = host.get_fact(ManagedServices)
     declared = {svc.name for svc in rig.services}
     for name, unit in sorted(on_host["units"].items()):
         if name not in declared and unit.startswith("rigkit-vllm-"):
-            service_ops.removed(name=f"Remove {unit} (no longer in the inventory)", unit=unit,
-                                user=f"vllm-{name}", key_file=None)
+            service_ops.removed(
+                name=f"Remove {unit} (no longer in the inventory)", unit=unit, user=f"vllm-{name}", key_file=None
+            )
             files.file(name=f"Remove the API key of {name}", path=f"{render.KEY_DIR}/{name}.key", present=False)
     images: dict[str, str] = {}
     restart_on: dict[str, list] = {}
@@ -61,28 +64,58 @@ def vllm_services(rig: Rig, models: Sequence[Any] = ()):
         images[svc.name] = identity.tag
         restart_on[svc.name] = []
         if svc.enabled:
-            vllm_ops.image(name=f"Image {identity.tag} for {svc.name} (FROM {identity.base}, patches: "
-                                f"{', '.join(identity.patches) or 'none'})", identity=identity)
-        server.user(name=f"System user {svc.user}", user=svc.user, system=True,
-                    home=f"/var/lib/rigkit-vllm-{svc.name}", create_home=False, shell="/usr/sbin/nologin")
+            vllm_ops.image(
+                name=f"Image {identity.tag} for {svc.name} (FROM {identity.base}, patches: "
+                f"{', '.join(identity.patches) or 'none'})",
+                identity=identity,
+            )
+        server.user(
+            name=f"System user {svc.user}",
+            user=svc.user,
+            system=True,
+            home=f"/var/lib/rigkit-vllm-{svc.name}",
+            create_home=False,
+            shell="/usr/sbin/nologin",
+        )
         if svc.api_key_file:
             local = Path(svc.api_key_file).expanduser()
             if not local.is_file():
-                raise PyinfraError(f"host {rig.host}: services[{svc.name}].api_key_file: expected a "
-                                   f"readable file on this machine, {local} is not one")
-            restart_on[svc.name].append(secret_ops.secret_file(
-                name=f"API key of {svc.name} (0400, {svc.user} only)",
-                src=str(local), dest=render.key_path(svc), user=svc.user, group=svc.user, mode="400"))
+                raise PyinfraError(
+                    f"host {rig.host}: services[{svc.name}].api_key_file: expected a "
+                    f"readable file on this machine, {local} is not one"
+                )
+            restart_on[svc.name].append(
+                secret_ops.secret_file(
+                    name=f"API key of {svc.name} (0400, {svc.user} only)",
+                    src=str(local),
+                    dest=render.key_path(svc),
+                    user=svc.user,
+                    group=svc.user,
+                    mode="400",
+                )
+            )
         else:
-            restart_on[svc.name].append(files.file(
-                name=f"No API key file for {svc.name}", path=render.key_path(svc), present=False))
-            files.file(name=f"No API key version for {svc.name}", path=render.key_path(svc) + VERSION_SUFFIX,
-                       present=False)
-        restart_on[svc.name].append(files.put(
-            name=f"Unit {svc.unit}", src=StringIO(render.render_unit(svc, identity.tag, rig.gpus.count)),
-            dest=f"/etc/systemd/system/{svc.unit}", mode="644"))
-    files.put(name="vLLM services manifest for verification", src=StringIO(render.services_manifest(rig, images)),
-              dest=render.MANIFEST, mode="600", create_remote_dir=True)
+            restart_on[svc.name].append(
+                files.file(name=f"No API key file for {svc.name}", path=render.key_path(svc), present=False)
+            )
+            files.file(
+                name=f"No API key version for {svc.name}", path=render.key_path(svc) + VERSION_SUFFIX, present=False
+            )
+        restart_on[svc.name].append(
+            files.put(
+                name=f"Unit {svc.unit}",
+                src=StringIO(render.render_unit(svc, identity.tag, rig.gpus.count)),
+                dest=f"/etc/systemd/system/{svc.unit}",
+                mode="644",
+            )
+        )
+    files.put(
+        name="vLLM services manifest for verification",
+        src=StringIO(render.services_manifest(rig, images)),
+        dest=render.MANIFEST,
+        mode="600",
+        create_remote_dir=True,
+    )
     systemd.daemon_reload(name="Reload systemd units", _if=any_changed(*(ops[-1] for ops in restart_on.values())))
     started = []
     for svc in services:
@@ -90,15 +123,25 @@ def vllm_services(rig: Rig, models: Sequence[Any] = ()):
         if svc.enabled and svc.options.mtp:  # type: ignore[attr-defined]
             # Before the service (re)starts on a new model or flags: MTP needs its weights.
             vllm_ops.mtp_check(name=f"MTP weights of {svc.name} in {svc.model}", model=svc.model, _if=changed)
-        systemd.service(name=f"{'Enable' if svc.enabled else 'Disable'} {svc.unit}",
-                        service=svc.unit, running=None, enabled=svc.enabled)
-        start = systemd.service(name=f"{'Start' if svc.enabled else 'Stop'} {svc.unit}",
-                                service=svc.unit, running=svc.enabled)
+        systemd.service(
+            name=f"{'Enable' if svc.enabled else 'Disable'} {svc.unit}",
+            service=svc.unit,
+            running=None,
+            enabled=svc.enabled,
+        )
+        start = systemd.service(
+            name=f"{'Start' if svc.enabled else 'Stop'} {svc.unit}", service=svc.unit, running=svc.enabled
+        )
         if svc.enabled:
             started.append((svc, start))
-            systemd.service(name=f"Restart {svc.unit}", service=svc.unit, restarted=True,
-                            _if=[changed, partial(_not_changed, start)])
+            systemd.service(
+                name=f"Restart {svc.unit}",
+                service=svc.unit,
+                restarted=True,
+                _if=[changed, partial(_not_changed, start)],
+            )
     if started:
-        vllm_ops.verify(name="Verify vLLM services (ready, /v1/models, chat, tool-call replay)",
-                        _if=any_changed(*models, *(op for svc, start in started
-                                                   for op in (*restart_on[svc.name], start))))
+        vllm_ops.verify(
+            name="Verify vLLM services (ready, /v1/models, chat, tool-call replay)",
+            _if=any_changed(*models, *(op for svc, start in started for op in (*restart_on[svc.name], start))),
+        )

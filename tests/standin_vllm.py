@@ -25,7 +25,9 @@ def flag(name, default=None):
 MODEL = args[0]
 NAME = flag("--served-model-name", MODEL)
 KEY = os.environ.get("VLLM_API_KEY")
-print(f"stand-in vllm serve {MODEL} as {NAME} on {flag('--host')}:{flag('--port')}; argv {json.dumps(args)}", flush=True)
+print(
+    f"stand-in vllm serve {MODEL} as {NAME} on {flag('--host')}:{flag('--port')}; argv {json.dumps(args)}", flush=True
+)
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -59,8 +61,16 @@ class Handler(BaseHTTPRequestHandler):
             return
         if body.get("model") != NAME:
             return self.reply(404, {"error": f"model {body.get('model')} does not exist"})
-        return self.reply(200, {"object": "chat.completion", "model": NAME, "choices": [
-            {"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": "Hello."}}]})
+        return self.reply(
+            200,
+            {
+                "object": "chat.completion",
+                "model": NAME,
+                "choices": [
+                    {"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": "Hello."}}
+                ],
+            },
+        )
 
     def log_message(self, *a):
         pass

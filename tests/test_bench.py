@@ -33,8 +33,9 @@ class FakeLlamaServer:
     /detokenize, /health, streaming /v1/completions with usage and timings. A token is a
     word with its leading whitespace; BOS is token 0 when add_special."""
 
-    def __init__(self, n_ctx: int = 4096, decode_s: float = 0.002, die_after: int | None = None,
-                 api_key: str | None = None):
+    def __init__(
+        self, n_ctx: int = 4096, decode_s: float = 0.002, die_after: int | None = None, api_key: str | None = None
+    ):
         self.api_key = api_key
         self.vocab: dict[str, int] = {"<s>": 0}
         self.words: list[str] = ["<s>"]
@@ -70,9 +71,15 @@ class FakeLlamaServer:
                 if self.path != "/health" and self.unauthorized():
                     return
                 if self.path == "/props":
-                    self._send(200, {"build_info": "b11312-82af735a2", "total_slots": 1,
-                                     "model_path": "/srv/models/fake.gguf",
-                                     "default_generation_settings": {"n_ctx": fake.n_ctx}})
+                    self._send(
+                        200,
+                        {
+                            "build_info": "b11312-82af735a2",
+                            "total_slots": 1,
+                            "model_path": "/srv/models/fake.gguf",
+                            "default_generation_settings": {"n_ctx": fake.n_ctx},
+                        },
+                    )
                 elif self.path == "/v1/models":
                     self._send(200, {"data": [{"id": "fake"}]})
                 elif self.path == "/health":
@@ -122,12 +129,26 @@ class FakeLlamaServer:
                     time.sleep(fake.decode_s)
                 t2 = time.monotonic()
                 n = body["max_tokens"]
-                chunk({"choices": [{"text": "", "index": 0, "finish_reason": "length"}],
-                       "timings": {"cache_n": 0, "prompt_n": n_prompt, "prompt_ms": (t1 - t0) * 1e3,
-                                   "prompt_per_second": n_prompt / (t1 - t0), "predicted_n": n,
-                                   "predicted_ms": (t2 - t1) * 1e3, "predicted_per_second": n / (t2 - t1)}})
-                chunk({"choices": [], "usage": {"prompt_tokens": n_prompt, "completion_tokens": n,
-                                                "total_tokens": n_prompt + n}})
+                chunk(
+                    {
+                        "choices": [{"text": "", "index": 0, "finish_reason": "length"}],
+                        "timings": {
+                            "cache_n": 0,
+                            "prompt_n": n_prompt,
+                            "prompt_ms": (t1 - t0) * 1e3,
+                            "prompt_per_second": n_prompt / (t1 - t0),
+                            "predicted_n": n,
+                            "predicted_ms": (t2 - t1) * 1e3,
+                            "predicted_per_second": n / (t2 - t1),
+                        },
+                    }
+                )
+                chunk(
+                    {
+                        "choices": [],
+                        "usage": {"prompt_tokens": n_prompt, "completion_tokens": n, "total_tokens": n_prompt + n},
+                    }
+                )
                 chunk("[DONE]")
                 self.wfile.write(b"0\r\n\r\n")
 
@@ -228,9 +249,13 @@ def test_sweep_with_power_report_and_charts(fake, tmp_path):
     progress = []
     saved = []
     try:
-        result = run_sweep(client, SweepConfig(depths=[64, 256, 1024], runs=2, gen_tokens=16),
-                           power=power, save=lambda r: saved.append(len(r["samples"])),
-                           progress=progress.append)
+        result = run_sweep(
+            client,
+            SweepConfig(depths=[64, 256, 1024], runs=2, gen_tokens=16),
+            power=power,
+            save=lambda r: saved.append(len(r["samples"])),
+            progress=progress.append,
+        )
     finally:
         power.stop()
     assert result["status"] == "complete" and len(result["samples"]) == 6
@@ -259,8 +284,12 @@ def test_sweep_with_power_report_and_charts(fake, tmp_path):
 
 def test_without_a_gpu_power_is_na_never_zero(fake, tmp_path):
     client = Client(fake.url)
-    result = run_sweep(client, SweepConfig(depths=[64], runs=1, gen_tokens=8), power=PowerMonitor(None).start(),
-                       progress=lambda m: None)
+    result = run_sweep(
+        client,
+        SweepConfig(depths=[64], runs=1, gen_tokens=8),
+        power=PowerMonitor(None).start(),
+        progress=lambda m: None,
+    )
     row = report.rows(result)[0]
     assert row["decode_watts"] is None and row["decode_tokens_per_kwh"] is None
     md = report.markdown(result)
@@ -273,8 +302,9 @@ def test_without_a_gpu_power_is_na_never_zero(fake, tmp_path):
 def test_server_that_dies_mid_sweep_keeps_partial_results(tmp_path):
     server = FakeLlamaServer(die_after=4)  # warm-up + 3 samples, then it is gone
     try:
-        rc = command.main(["--url", server.url, "--depths", "64,128,256", "--runs", "2",
-                           "--gen", "8", "--out", str(tmp_path)])
+        rc = command.main(
+            ["--url", server.url, "--depths", "64,128,256", "--runs", "2", "--gen", "8", "--out", str(tmp_path)]
+        )
     finally:
         server.httpd.server_close()
     assert rc == 1
@@ -289,8 +319,7 @@ def test_nothing_fits_is_an_error_not_an_empty_result():
     server = FakeLlamaServer(n_ctx=100)
     try:
         with pytest.raises(BenchError, match="no depth fits the context one request may use .100 tokens"):
-            run_sweep(Client(server.url), SweepConfig(depths=[4096], runs=1, gen_tokens=128),
-                      progress=lambda m: None)
+            run_sweep(Client(server.url), SweepConfig(depths=[4096], runs=1, gen_tokens=128), progress=lambda m: None)
     finally:
         server.close()
 
@@ -299,8 +328,7 @@ def test_sweep_error_names_the_place_and_what_was_kept():
     server = FakeLlamaServer(die_after=2)
     try:
         with pytest.raises(BenchError) as err:
-            run_sweep(Client(server.url), SweepConfig(depths=[64, 128], runs=1, gen_tokens=4),
-                      progress=lambda m: None)
+            run_sweep(Client(server.url), SweepConfig(depths=[64, 128], runs=1, gen_tokens=4), progress=lambda m: None)
     finally:
         server.httpd.server_close()
     assert "during depth 128, run 1/1" in str(err.value) and "(1 of 2 samples kept)" in str(err.value)
@@ -314,8 +342,25 @@ def test_api_key_from_a_file_and_a_clear_401(tmp_path):
             Client(server.url).engine() == "llama.cpp" and Client(server.url).model()
         key = tmp_path / "key"
         key.write_text("rk-secret\n")
-        assert command.main(["--url", server.url, "--api-key-file", str(key), "--depths", "32",
-                             "--runs", "1", "--gen", "4", "--out", str(tmp_path / "o")]) == 0
+        assert (
+            command.main(
+                [
+                    "--url",
+                    server.url,
+                    "--api-key-file",
+                    str(key),
+                    "--depths",
+                    "32",
+                    "--runs",
+                    "1",
+                    "--gen",
+                    "4",
+                    "--out",
+                    str(tmp_path / "o"),
+                ]
+            )
+            == 0
+        )
         assert "rk-secret" not in (tmp_path / "o" / "bench.json").read_text()
     finally:
         server.close()
@@ -353,9 +398,13 @@ def test_gguf_tensor_sizes_and_moe_roofline(tmp_path):
     write_gguf(path, moe=True)
     info = gguf_read(str(path))
     sizes = {t["name"]: t["bytes"] for t in info["tensors"]}
-    assert sizes == {"token_embd.weight": 12800, "blk.0.attn_q.weight": 8192,
-                     "blk.0.attn_norm.weight": 256, "blk.0.ffn_up_exps.weight": 32768,
-                     "output.weight": 12800}
+    assert sizes == {
+        "token_embd.weight": 12800,
+        "blk.0.attn_q.weight": 8192,
+        "blk.0.attn_norm.weight": 256,
+        "blk.0.ffn_up_exps.weight": 32768,
+        "output.weight": 12800,
+    }
     assert info["meta"]["llama.expert_used_count"] == 2
     w = weights_per_token(model_info(str(path)))
     # everything but the embedding; experts at 2 of 8
@@ -386,8 +435,24 @@ def test_compare_prints_ratios_and_draws_both(fake, tmp_path):
     for name, decode_s in (("before", 0.004), ("after", 0.001)):
         fake.decode_s = decode_s
         out = tmp_path / name
-        assert command.main(["--url", fake.url, "--depths", "64,256", "--runs", "1", "--gen", "16",
-                             "--out", str(out), "--no-warmup"]) == 0
+        assert (
+            command.main(
+                [
+                    "--url",
+                    fake.url,
+                    "--depths",
+                    "64,256",
+                    "--runs",
+                    "1",
+                    "--gen",
+                    "16",
+                    "--out",
+                    str(out),
+                    "--no-warmup",
+                ]
+            )
+            == 0
+        )
         results.append(out / "bench.json")
     assert command.main(["compare", str(results[0]), str(results[1]), "--out", str(tmp_path / "cmp")]) == 0
     text = (tmp_path / "cmp" / "compare.md").read_text()
@@ -402,15 +467,20 @@ def test_provenance_takes_the_model_hashes_from_the_lock():
 
     from rigkit.bench.provenance import lock_hashes
 
-    files = (NS(path="Q6/m-00001-of-00002.gguf", size=10, sha256="a" * 64),
-             NS(path="Q6/m-00002-of-00002.gguf", size=20, sha256="b" * 64))
+    files = (
+        NS(path="Q6/m-00001-of-00002.gguf", size=10, sha256="a" * 64),
+        NS(path="Q6/m-00002-of-00002.gguf", size=20, sha256="b" * 64),
+    )
     other = (NS(path="x.gguf", size=1, sha256="c" * 64),)
-    rig = NS(locks={"k1": NS(repo="org/m", sha="1" * 40, files=files),
-                    "k2": NS(repo="org/x", sha="2" * 40, files=other)})
+    rig = NS(
+        locks={"k1": NS(repo="org/m", sha="1" * 40, files=files), "k2": NS(repo="org/x", sha="2" * 40, files=other)}
+    )
     service = NS(model="/srv/models/m/m-00001-of-00002.gguf")
     got = lock_hashes(rig, service)
     assert [(h["path"], h["sha256"][0], h["commit"][0]) for h in got] == [
-        ("Q6/m-00001-of-00002.gguf", "a", "1"), ("Q6/m-00002-of-00002.gguf", "b", "1")]
+        ("Q6/m-00001-of-00002.gguf", "a", "1"),
+        ("Q6/m-00002-of-00002.gguf", "b", "1"),
+    ]
     assert lock_hashes(NS(locks={}), service) == []
 
 

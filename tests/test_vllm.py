@@ -31,14 +31,25 @@ def spark() -> dict:
     """Seed 003's service on one GB10."""
     return {
         "gpus": {"count": 1, "cuda_arch": ["121"]},
-        "services": [{
-            "name": "qwen122b", "engine": "vllm", "model": "/srv/models/qwen122b-int4",
-            "alias": "qwen3.5-122b", "port": 8000, "ctx": 262144, "base_image": BASE,
-            "patches": ["inc-hybrid-fp8"], "gpu_memory_utilization": 0.90, "reasoning_parser": "qwen3",
-            "attention_backend": "FLASHINFER", "enable_auto_tool_choice": True,
-            "tool_call_parser": "qwen3_coder", "speculative": {"method": "mtp", "num_speculative_tokens": 1},
-            "drop_page_cache": True,
-        }],
+        "services": [
+            {
+                "name": "qwen122b",
+                "engine": "vllm",
+                "model": "/srv/models/qwen122b-int4",
+                "alias": "qwen3.5-122b",
+                "port": 8000,
+                "ctx": 262144,
+                "base_image": BASE,
+                "patches": ["inc-hybrid-fp8"],
+                "gpu_memory_utilization": 0.90,
+                "reasoning_parser": "qwen3",
+                "attention_backend": "FLASHINFER",
+                "enable_auto_tool_choice": True,
+                "tool_call_parser": "qwen3_coder",
+                "speculative": {"method": "mtp", "num_speculative_tokens": 1},
+                "drop_page_cache": True,
+            }
+        ],
     }
 
 
@@ -46,24 +57,55 @@ def tp4() -> dict:
     """Seed 002's service on 4 GPUs."""
     return {
         "gpus": {"count": 4},
-        "services": [{
-            "name": "qwen122b", "engine": "vllm", "model": "/srv/models/qwen122b-gptq",
-            "alias": "btbtyler09/Qwen3.5-122B-A10B-GPTQ-4bit", "ctx": 32768, "base_image": BASE,
-            "patches": ["rope-keys-set"], "gpu_memory_utilization": 0.95, "tensor_parallel": 4,
-            "reasoning_parser": "qwen3", "enable_auto_tool_choice": True, "tool_call_parser": "qwen3_coder",
-            "dtype": "float16", "skip_mm_profiling": True, "limit_mm_per_prompt": {"image": 2},
-        }],
+        "services": [
+            {
+                "name": "qwen122b",
+                "engine": "vllm",
+                "model": "/srv/models/qwen122b-gptq",
+                "alias": "btbtyler09/Qwen3.5-122B-A10B-GPTQ-4bit",
+                "ctx": 32768,
+                "base_image": BASE,
+                "patches": ["rope-keys-set"],
+                "gpu_memory_utilization": 0.95,
+                "tensor_parallel": 4,
+                "reasoning_parser": "qwen3",
+                "enable_auto_tool_choice": True,
+                "tool_call_parser": "qwen3_coder",
+                "dtype": "float16",
+                "skip_mm_profiling": True,
+                "limit_mm_per_prompt": {"image": 2},
+            }
+        ],
     }
 
 
 def test_seed_002_flags_exactly():
     svc = parse_rig("tp4", tp4()).services[0]
     assert render.serve_args(svc) == [
-        "/srv/models/qwen122b-gptq", "--served-model-name", "btbtyler09/Qwen3.5-122B-A10B-GPTQ-4bit",
-        "--host", "127.0.0.1", "--port", "8000", "--max-model-len", "32768",
-        "--gpu-memory-utilization", "0.95", "--tensor-parallel-size", "4", "--dtype", "float16",
-        "--reasoning-parser", "qwen3", "--enable-auto-tool-choice", "--tool-call-parser", "qwen3_coder",
-        "--skip-mm-profiling", "--limit-mm-per-prompt", '{"image":2}']
+        "/srv/models/qwen122b-gptq",
+        "--served-model-name",
+        "btbtyler09/Qwen3.5-122B-A10B-GPTQ-4bit",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        "8000",
+        "--max-model-len",
+        "32768",
+        "--gpu-memory-utilization",
+        "0.95",
+        "--tensor-parallel-size",
+        "4",
+        "--dtype",
+        "float16",
+        "--reasoning-parser",
+        "qwen3",
+        "--enable-auto-tool-choice",
+        "--tool-call-parser",
+        "qwen3_coder",
+        "--skip-mm-profiling",
+        "--limit-mm-per-prompt",
+        '{"image":2}',
+    ]
     argv = render.command_line(svc, "rigkit/vllm:0123456789abcdef", gpus=4)
     assert argv[:2] == ["/usr/bin/docker", "run"] and "--gpus" in argv and argv[argv.index("--gpus") + 1] == "all"
     assert argv[argv.index("--ipc") + 1] == "host" and argv[argv.index("--network") + 1] == "host"
@@ -118,7 +160,10 @@ HOSTILE = [
     (dict(attention_backend="FLASHINFER --api-key=x"), "services[0].attention_backend"),
     (dict(speculative={"method": "mtp\nUser=root", "num_speculative_tokens": 1}), "services[0].speculative.method"),
     (dict(speculative={"method": "$(id)", "num_speculative_tokens": 1}), "services[0].speculative.method"),
-    (dict(speculative={"method": "mtp", "model": "../x y", "num_speculative_tokens": 1}), "services[0].speculative.model"),
+    (
+        dict(speculative={"method": "mtp", "model": "../x y", "num_speculative_tokens": 1}),
+        "services[0].speculative.model",
+    ),
     (dict(env={"VLLM_API_KEY": "sekrit"}), "services[0].env.VLLM_API_KEY"),
     (dict(env={"HF_TOKEN": "hf_x"}), "services[0].env.HF_TOKEN"),
     (dict(env={"FOO": "$(id)"}), "services[0].env.FOO"),
@@ -135,7 +180,10 @@ HOSTILE = [
     (dict(dtype="int3"), "services[0].dtype"),
     (dict(tool_call_parser=None), "services[0].tool_call_parser"),
     (dict(limit_mm_per_prompt={"sound": 1}), "services[0].limit_mm_per_prompt"),
-    (dict(speculative={"method": "mtp", "num_speculative_tokens": 0}), "services[0].speculative.num_speculative_tokens"),
+    (
+        dict(speculative={"method": "mtp", "num_speculative_tokens": 0}),
+        "services[0].speculative.num_speculative_tokens",
+    ),
     (dict(model="/srv/models/q.gguf"), "services[0].model"),
     (dict(no_such_key=1), "services[0].no_such_key"),
     (dict(host="0.0.0.0"), "services[0].host"),
@@ -152,8 +200,11 @@ def test_hostile_vllm_host_data(change, key):
 
 
 def test_tensor_parallel_larger_than_gpus_and_two_services_on_one_port():
-    with pytest.raises(HostDataError, match=r"services\[0\].tensor_parallel: expected tensor_parallel x "
-                                            r"pipeline_parallel at most the 4 GPU"):
+    with pytest.raises(
+        HostDataError,
+        match=r"services\[0\].tensor_parallel: expected tensor_parallel x "
+        r"pipeline_parallel at most the 4 GPU",
+    ):
         parse_rig("h", mutate(tp4, tensor_parallel=8))
     data = tp4()
     data["services"].append(dict(data["services"][0], name="second"))
@@ -161,10 +212,16 @@ def test_tensor_parallel_larger_than_gpus_and_two_services_on_one_port():
         parse_rig("h", data)
 
 
-@pytest.mark.parametrize("ref", ["vllm/vllm-openai:v0.19.1", "nvcr.io/nvidia/vllm:26.01-py3",
-                                 "localhost:5000/rigkit-test/vllm-base:0.19.1",
-                                 "vllm/vllm-openai@sha256:" + "a" * 64,
-                                 "vllm/vllm-openai:latest@sha256:" + "b" * 64])
+@pytest.mark.parametrize(
+    "ref",
+    [
+        "vllm/vllm-openai:v0.19.1",
+        "nvcr.io/nvidia/vllm:26.01-py3",
+        "localhost:5000/rigkit-test/vllm-base:0.19.1",
+        "vllm/vllm-openai@sha256:" + "a" * 64,
+        "vllm/vllm-openai:latest@sha256:" + "b" * 64,
+    ],
+)
 def test_pinned_bases_accepted(ref):
     parse_rig("h", mutate(spark, base_image=ref))
 
@@ -177,8 +234,11 @@ def test_image_tag_is_the_content_hash(tmp_path):
     opts = parse_rig("h", spark()).services[0].options
     first = render.ImageIdentity.of(opts, src)
     assert first == render.ImageIdentity.of(opts, src) and first.tag.startswith("rigkit/vllm:")
-    assert {rel for rel, _ in first.files} >= {"Dockerfile", "rigkit_vllm_patches/apply.py",
-                                               "patches/01-inc-hybrid-fp8/inc.py.diff"}
+    assert {rel for rel, _ in first.files} >= {
+        "Dockerfile",
+        "rigkit_vllm_patches/apply.py",
+        "patches/01-inc-hybrid-fp8/inc.py.diff",
+    }
     assert not any("02-rope" in rel for rel, _ in first.files)  # only the chosen patches
     diff = src / "patches/01-inc-hybrid-fp8/inc.py.diff"
     diff.write_text(diff.read_text() + "\n")
@@ -215,8 +275,9 @@ def test_every_patch_applies_to_the_real_vllm(real_vllm, tmp_path, monkeypatch):
     rope = apply.apply_patch(root, version, *patches["rope-keys-set"])
     # 0.19.1 has the set form: decided by the file, nothing changed.
     assert [e["result"].split(" ")[0] for e in rope["edits"]] == ["not", "not"]
-    assert (root / "transformers_utils/configs/qwen3_5_moe.py").read_text() == \
-        (real_vllm / "transformers_utils/configs/qwen3_5_moe.py").read_text()
+    assert (root / "transformers_utils/configs/qwen3_5_moe.py").read_text() == (
+        real_vllm / "transformers_utils/configs/qwen3_5_moe.py"
+    ).read_text()
     record = {"vllm": version, "vllm_dir": str(root), "patches": [inc, rope]}
     failures, notes = selfcheck.check(record)
     assert not failures, failures
@@ -225,14 +286,17 @@ def test_every_patch_applies_to_the_real_vllm(real_vllm, tmp_path, monkeypatch):
 
 def test_rope_fix_on_the_list_form(real_vllm):
     text = (real_vllm / "transformers_utils/configs/qwen3_5_moe.py").read_text()
-    listed = text.replace('"] = {\n                "mrope_section",\n                "mrope_interleaved",\n'
-                          '            }', '"] = [\n                "mrope_section",\n                '
-                          '"mrope_interleaved",\n            ]')
+    listed = text.replace(
+        '"] = {\n                "mrope_section",\n                "mrope_interleaved",\n            }',
+        '"] = [\n                "mrope_section",\n                "mrope_interleaved",\n            ]',
+    )
     assert listed != text and rope_keys.has_list_form(listed) and not rope_keys.has_list_form(text)
     fixed = rope_keys.fix(listed)
     assert fixed == text and rope_keys.check(fixed) and rope_keys.fix(text) is None
     one_line = 'kwargs["ignore_keys_at_rope_validation"] = ["mrope_section", "mrope_interleaved"]'
-    assert rope_keys.fix(one_line) == 'kwargs["ignore_keys_at_rope_validation"] = {"mrope_section", "mrope_interleaved"}'
+    assert (
+        rope_keys.fix(one_line) == 'kwargs["ignore_keys_at_rope_validation"] = {"mrope_section", "mrope_interleaved"}'
+    )
 
 
 def test_a_patch_that_does_not_apply_names_file_and_hunk(real_vllm, tmp_path):
@@ -241,11 +305,18 @@ def test_a_patch_that_does_not_apply_names_file_and_hunk(real_vllm, tmp_path):
     root = tmp_path / "vllm"
     shutil.copytree(real_vllm, root)
     inc = root / "model_executor/layers/quantization/inc.py"
-    inc.write_text(inc.read_text().replace("        self.pack_factor = Fraction(32, weight_bits)\n",
-                                           "        self.pack_factor = Fraction(32, self.weight_bits)\n"))
+    inc.write_text(
+        inc.read_text().replace(
+            "        self.pack_factor = Fraction(32, weight_bits)\n",
+            "        self.pack_factor = Fraction(32, self.weight_bits)\n",
+        )
+    )
     patches = apply.load_patches(IMAGE_SOURCE / "patches")
-    with pytest.raises(apply.PatchError, match=r"vllm/model_executor/layers/quantization/inc.py: hunk 2 of 5 "
-                                               r"\(@@ -86,6 \+92,9 @@\) does not apply"):
+    with pytest.raises(
+        apply.PatchError,
+        match=r"vllm/model_executor/layers/quantization/inc.py: hunk 2 of 5 "
+        r"\(@@ -86,6 \+92,9 @@\) does not apply",
+    ):
         apply.apply_patch(root, "0.19.1", *patches["inc-hybrid-fp8"])
     with pytest.raises(apply.PatchError, match=r"inc-hybrid-fp8 is for vLLM >=0.19,<0.20; this image has vLLM 0.20.0"):
         apply.apply_patch(root, "0.20.0", *patches["inc-hybrid-fp8"])
@@ -311,11 +382,17 @@ def make_model(root: Path, mtp_in_index: bool = True, extra: bool = True) -> Pat
     write_safetensors(root / "model-00001-of-00001.safetensors", {"model.embed_tokens.weight": ("BF16", [4, 2])})
     weight_map = {"model.embed_tokens.weight": "model-00001-of-00001.safetensors"}
     if extra:
-        write_safetensors(root / "model_extra_tensors.safetensors",
-                          {"mtp.fc.weight": ("BF16", [2, 2]), "mtp.layers.0.mlp.gate.weight": ("BF16", [2, 2])})
+        write_safetensors(
+            root / "model_extra_tensors.safetensors",
+            {"mtp.fc.weight": ("BF16", [2, 2]), "mtp.layers.0.mlp.gate.weight": ("BF16", [2, 2])},
+        )
     if mtp_in_index:
-        weight_map.update({"mtp.fc.weight": "model_extra_tensors.safetensors",
-                           "mtp.layers.0.mlp.gate.weight": "model_extra_tensors.safetensors"})
+        weight_map.update(
+            {
+                "mtp.fc.weight": "model_extra_tensors.safetensors",
+                "mtp.layers.0.mlp.gate.weight": "model_extra_tensors.safetensors",
+            }
+        )
     (root / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
     return root
 
@@ -326,8 +403,9 @@ def test_mtp_weights(tmp_path):
     assert "references no mtp.* tensors" in mtp_weights_problem(make_model(tmp_path / "none", False, False))
     missing = make_model(tmp_path / "missing")
     (missing / "model_extra_tensors.safetensors").unlink()
-    assert mtp_weights_problem(missing) == ("model_extra_tensors.safetensors is missing (2 MTP tensors of the "
-                                            "index live there)")
+    assert mtp_weights_problem(missing) == (
+        "model_extra_tensors.safetensors is missing (2 MTP tensors of the index live there)"
+    )
     short = make_model(tmp_path / "short")
     write_safetensors(short / "model_extra_tensors.safetensors", {"mtp.fc.weight": ("BF16", [2, 2])})
     assert "lacks 1 MTP tensor(s)" in mtp_weights_problem(short)

@@ -22,18 +22,20 @@ from vllm_docker import Dockerd, import_base
 from rigkit import sandbox
 from rigkit.sandbox import docker as sandbox_docker
 
-pytestmark = [pytest.mark.e2e,
-              pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("dockerd"), reason="needs root and dockerd")]
+pytestmark = [
+    pytest.mark.e2e,
+    pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("dockerd"), reason="needs root and dockerd"),
+]
 STATE = "/var/lib/rigkit/sandbox-vllm"
 BASE = "rigkit-test/vllm-base:0.19.1"
 BROKEN = "rigkit-test/vllm-base:0.19.1-broken"  # its stand-in exits at start
 SECRET = "vllm-e2e-" + os.urandom(6).hex()
-INVENTORY = '''
+INVENTORY = """
 import json, os
 from rigkit.sandbox import pyinfra_hosts
 _data = json.loads(os.environ["RIGKIT_VLLM_E2E"])
 hosts = [(name, {**d, **_data}) for name, d in pyinfra_hosts()]
-'''
+"""
 
 
 def write_safetensors(path: Path, names: list[str]) -> None:
@@ -84,20 +86,41 @@ def env(tmp_path_factory):
 
 
 def service(env, **kw) -> dict:
-    svc = {"name": "tiny", "engine": "vllm", "model": "/srv/models/tiny-vllm", "alias": "tiny-vllm",
-           "port": 8000, "ctx": 4096, "base_image": BASE, "patches": ["inc-hybrid-fp8", "rope-keys-set"],
-           "reasoning_parser": "qwen3", "enable_auto_tool_choice": True, "tool_call_parser": "qwen3_coder",
-           "speculative": {"method": "mtp", "num_speculative_tokens": 1}, "attention_backend": "FLASHINFER",
-           "api_key_file": str(env["tmp"] / "key"), "ready_timeout": 60, "stop_timeout": 5, "watchdog": False}
+    svc = {
+        "name": "tiny",
+        "engine": "vllm",
+        "model": "/srv/models/tiny-vllm",
+        "alias": "tiny-vllm",
+        "port": 8000,
+        "ctx": 4096,
+        "base_image": BASE,
+        "patches": ["inc-hybrid-fp8", "rope-keys-set"],
+        "reasoning_parser": "qwen3",
+        "enable_auto_tool_choice": True,
+        "tool_call_parser": "qwen3_coder",
+        "speculative": {"method": "mtp", "num_speculative_tokens": 1},
+        "attention_backend": "FLASHINFER",
+        "api_key_file": str(env["tmp"] / "key"),
+        "ready_timeout": 60,
+        "stop_timeout": 5,
+        "watchdog": False,
+    }
     svc.update(kw)
     return svc
 
 
 def deploy(env, svc: dict, model_dir: Path | None = None):
-    data = {"gpus": {"count": 0}, "services": [svc],
-            "models": [{"upload": str(model_dir or env["tmp"] / "model"), "dest": "/srv/models/tiny-vllm"}]}
-    return run_pyinfra(str(env["tmp"] / "inventory.py"), "deploys/rig.py",
-                       env={"RIGKIT_VLLM_E2E": json.dumps(data), "RIGKIT_SANDBOX_DIR": STATE}, timeout=900)
+    data = {
+        "gpus": {"count": 0},
+        "services": [svc],
+        "models": [{"upload": str(model_dir or env["tmp"] / "model"), "dest": "/srv/models/tiny-vllm"}],
+    }
+    return run_pyinfra(
+        str(env["tmp"] / "inventory.py"),
+        "deploys/rig.py",
+        env={"RIGKIT_VLLM_E2E": json.dumps(data), "RIGKIT_SANDBOX_DIR": STATE},
+        timeout=900,
+    )
 
 
 def ops(run, *texts: str) -> list[str]:
@@ -112,9 +135,11 @@ def container(env) -> dict:
 def ask(env, path="/v1/models", key: str | None = SECRET) -> str:
     """GET on the host (no curl there): the body, or the HTTP status code of an error."""
     header = f", headers={{'Authorization': 'Bearer {key}'}}" if key else ""
-    script = (f"import urllib.request, urllib.error\ntry:\n print(urllib.request.urlopen(urllib.request.Request("
-              f"'http://127.0.0.1:8000{path}'{header})).read().decode())\nexcept urllib.error.HTTPError as e:\n"
-              f" print(e.code)")
+    script = (
+        f"import urllib.request, urllib.error\ntry:\n print(urllib.request.urlopen(urllib.request.Request("
+        f"'http://127.0.0.1:8000{path}'{header})).read().decode())\nexcept urllib.error.HTTPError as e:\n"
+        f" print(e.code)"
+    )
     return env["sb"].ssh(env["host"], f"python3 -c {shlex.quote(script)}")
 
 
@@ -128,8 +153,10 @@ def test_deploy_unit_checks_and_key(env):
     assert c["HostConfig"]["NetworkMode"] == "host" and c["HostConfig"]["IpcMode"] == "host"
     assert "/srv/models/tiny-vllm:/srv/models/tiny-vllm:ro" in c["HostConfig"]["Binds"]
     assert "HF_HUB_OFFLINE=1" in c["Config"]["Env"]
-    assert c["Args"][-2:] == ["--speculative-config", '{"method":"mtp","num_speculative_tokens":1}'] or \
-        '{"method":"mtp","num_speculative_tokens":1}' in c["Args"]
+    assert (
+        c["Args"][-2:] == ["--speculative-config", '{"method":"mtp","num_speculative_tokens":1}']
+        or '{"method":"mtp","num_speculative_tokens":1}' in c["Args"]
+    )
     unit = env["sb"].ssh(env["host"], "cat /etc/systemd/system/rigkit-vllm-tiny.service")
     assert c["Config"]["Image"] in unit and "User=vllm-tiny" in unit
     assert json.loads(ask(env))["data"][0]["id"] == "tiny-vllm"
@@ -163,12 +190,19 @@ def test_status_shows_the_vllm_service(env):
     import subprocess
     import sys
 
-    data = {"gpus": {"count": 0}, "services": [service(env, max_num_seqs=4)],
-            "models": [{"upload": str(env["tmp"] / "model"), "dest": "/srv/models/tiny-vllm"}]}
+    data = {
+        "gpus": {"count": 0},
+        "services": [service(env, max_num_seqs=4)],
+        "models": [{"upload": str(env["tmp"] / "model"), "dest": "/srv/models/tiny-vllm"}],
+    }
     rigkit = str(Path(sys.executable).with_name("rigkit"))
-    done = subprocess.run([rigkit, "status", str(env["tmp"] / "inventory.py")], capture_output=True, text=True,
-                          env={**os.environ, "RIGKIT_VLLM_E2E": json.dumps(data), "RIGKIT_SANDBOX_DIR": STATE},
-                          timeout=120)
+    done = subprocess.run(
+        [rigkit, "status", str(env["tmp"] / "inventory.py")],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "RIGKIT_VLLM_E2E": json.dumps(data), "RIGKIT_SANDBOX_DIR": STATE},
+        timeout=120,
+    )
     image = container(env)["Config"]["Image"]
     assert done.returncode == 0, done.stdout + done.stderr
     assert f"tiny             :8000  active    healthy  vLLM {image} (container running, verified)" in done.stdout
@@ -196,6 +230,8 @@ def test_mtp_without_weights_stops_before_the_restart(env):
     started = container(env)["State"]["StartedAt"]
     run = deploy(env, service(env, max_num_seqs=4), model_dir=model)
     assert run.returncode != 0
-    assert "references no mtp.* tensors: the model has no MTP weights (model_extra_tensors.safetensors is there " \
-           "but not referenced" in run.stdout + run.stderr
+    assert (
+        "references no mtp.* tensors: the model has no MTP weights (model_extra_tensors.safetensors is there "
+        "but not referenced" in run.stdout + run.stderr
+    )
     assert container(env)["State"]["StartedAt"] == started

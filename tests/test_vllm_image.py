@@ -19,8 +19,10 @@ from rigkit.hostdata import parse_rig
 from rigkit.hostdata.vllm import IMAGE_SOURCE
 from rigkit.render.vllm import ImageIdentity
 
-pytestmark = [pytest.mark.e2e,
-              pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("dockerd"), reason="needs root and dockerd")]
+pytestmark = [
+    pytest.mark.e2e,
+    pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("dockerd"), reason="needs root and dockerd"),
+]
 TOOL = Path(__file__).resolve().parents[1] / "rigkit/scripts/vllm_host.py"
 BASE = "rigkit-test/vllm-base:0.19.1"
 
@@ -37,16 +39,38 @@ def engine(tmp_path_factory):
 
 
 def build(engine: Dockerd, source: Path, patches: list[str]) -> tuple[subprocess.CompletedProcess, str]:
-    opts = parse_rig("h", {"services": [{"name": "s", "engine": "vllm", "model": "/srv/m", "base_image": BASE,
-                                         "patches": patches}]}).services[0].options
+    opts = (
+        parse_rig(
+            "h",
+            {"services": [{"name": "s", "engine": "vllm", "model": "/srv/m", "base_image": BASE, "patches": patches}]},
+        )
+        .services[0]
+        .options
+    )
     identity = ImageIdentity.of(opts, source)
     context = source.parent / ("ctx-" + identity.tag.split(":")[1])
     for rel, path in identity.files:
         (context / rel).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(path, context / rel)
-    result = subprocess.run([sys.executable, str(TOOL), "build", "--context", str(context), "--tag", identity.tag,
-                             "--base", BASE, "--patches", ",".join(patches)],
-                            env=engine.env, capture_output=True, text=True, timeout=600)
+    result = subprocess.run(
+        [
+            sys.executable,
+            str(TOOL),
+            "build",
+            "--context",
+            str(context),
+            "--tag",
+            identity.tag,
+            "--base",
+            BASE,
+            "--patches",
+            ",".join(patches),
+        ],
+        env=engine.env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     return result, identity.tag
 
 
@@ -57,14 +81,32 @@ def test_build_selfcheck_no_rebuild_new_tag_and_failing_patch(engine, tmp_path):
     assert result.returncode == 0, result.stdout + result.stderr
     assert "built " + tag in result.stdout and "self-check" in result.stdout
     # The image's own check, run again with the image's Python.
-    check = engine.docker("run", "--rm", "--network", "none", "--entrypoint", "python3", tag,
-                          "/opt/rigkit/vllm/rigkit_vllm_patches/selfcheck.py")
+    check = engine.docker(
+        "run",
+        "--rm",
+        "--network",
+        "none",
+        "--entrypoint",
+        "python3",
+        tag,
+        "/opt/rigkit/vllm/rigkit_vllm_patches/selfcheck.py",
+    )
     report = json.loads(check.stdout)
     assert report["ok"] and report["vllm"] == "0.19.1" and report["patches"] == ["inc-hybrid-fp8", "rope-keys-set"]
-    applied = json.loads(engine.docker("run", "--rm", "--entrypoint", "cat", tag, "/opt/rigkit/vllm/applied.json").stdout)
+    applied = json.loads(
+        engine.docker("run", "--rm", "--entrypoint", "cat", tag, "/opt/rigkit/vllm/applied.json").stdout
+    )
     assert [e["result"] for p in applied["patches"] for e in p["edits"]][0] == "patched"
-    patched = engine.docker("run", "--rm", "--entrypoint", "grep", tag, "-c", "RIGKIT_INC_HYBRID_FP8 = True",
-                            "/usr/local/lib/python3.11/dist-packages/vllm/model_executor/layers/quantization/inc.py")
+    patched = engine.docker(
+        "run",
+        "--rm",
+        "--entrypoint",
+        "grep",
+        tag,
+        "-c",
+        "RIGKIT_INC_HYBRID_FP8 = True",
+        "/usr/local/lib/python3.11/dist-packages/vllm/model_executor/layers/quantization/inc.py",
+    )
     assert patched.stdout.strip() == "1"
     # The same inputs: nothing built.
     again, same = build(engine, source, ["inc-hybrid-fp8", "rope-keys-set"])
@@ -76,10 +118,15 @@ def test_build_selfcheck_no_rebuild_new_tag_and_failing_patch(engine, tmp_path):
     assert changed.returncode == 0, changed.stderr and new_tag != tag
     assert engine.docker("image", "inspect", tag, check=False).returncode == 0
     # A patch that does not fit vLLM 0.19.1: the build fails naming file and hunk; no tag.
-    diff.write_text(diff.read_text().replace("         self.pack_factor = Fraction(32, weight_bits)",
-                                             "         self.pack_factor = Fraction(32, bits)"))
+    diff.write_text(
+        diff.read_text().replace(
+            "         self.pack_factor = Fraction(32, weight_bits)", "         self.pack_factor = Fraction(32, bits)"
+        )
+    )
     broken, broken_tag = build(engine, source, ["inc-hybrid-fp8"])
     assert broken.returncode == 1
-    assert ("PATCH FAILED: patch inc-hybrid-fp8: vllm/model_executor/layers/quantization/inc.py: hunk 2 of 5 "
-            "(@@ -86,6 +92,9 @@) does not apply") in broken.stderr, broken.stderr
+    assert (
+        "PATCH FAILED: patch inc-hybrid-fp8: vllm/model_executor/layers/quantization/inc.py: hunk 2 of 5 "
+        "(@@ -86,6 +92,9 @@) does not apply"
+    ) in broken.stderr, broken.stderr
     assert engine.docker("image", "inspect", broken_tag, check=False).returncode != 0

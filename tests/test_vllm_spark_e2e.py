@@ -14,12 +14,12 @@ from rigkit import sandbox
 
 pytestmark = pytest.mark.e2e
 STATE = "/var/lib/rigkit/sandbox-vllm"
-INVENTORY = '''
+INVENTORY = """
 import json, os
 from rigkit.sandbox import pyinfra_hosts
 _data = json.loads(os.environ["RIGKIT_SPARK_E2E"])
 hosts = [(name, {**d, **_data}) for name, d in pyinfra_hosts()]
-'''
+"""
 
 
 @pytest.fixture(scope="module")
@@ -42,17 +42,26 @@ def test_preflight_lists_everything_missing_and_changes_nothing(bare_host, tmp_p
     model.mkdir()
     (model / "config.json").write_text("{}")
     service = dict(data["services"][0], model="/srv/models/qwen122b-int4-autoround")
-    host_data = {"gpus": data["gpus"], "services": [service],
-                 "models": [{"upload": str(model), "dest": "/srv/models/qwen122b-int4-autoround"}]}
+    host_data = {
+        "gpus": data["gpus"],
+        "services": [service],
+        "models": [{"upload": str(model), "dest": "/srv/models/qwen122b-int4-autoround"}],
+    }
     (tmp_path / "inventory.py").write_text(INVENTORY)
     before = bare_host.ssh(bare_host.hosts[0], "ls /etc/systemd/system /srv 2>&1; getent passwd | wc -l")
-    run = run_pyinfra(str(tmp_path / "inventory.py"), "deploys/spark.py",
-                      env={"RIGKIT_SPARK_E2E": json.dumps(host_data), "RIGKIT_SANDBOX_DIR": STATE}, timeout=300)
+    run = run_pyinfra(
+        str(tmp_path / "inventory.py"),
+        "deploys/spark.py",
+        env={"RIGKIT_SPARK_E2E": json.dumps(host_data), "RIGKIT_SANDBOX_DIR": STATE},
+        timeout=300,
+    )
     out = run.stdout + run.stderr
     assert run.returncode != 0
-    assert ("host sandbox-1: not ready for the Spark deploy (4 problem(s)); nothing was changed:\n"
-            "  - DGX OS: /etc/dgx-release not found (OS debian-12); this deploy is for a DGX Spark as shipped\n"
-            "  - architecture: aarch64 expected, got x86_64\n"
-            "  - GPU: nvidia-smi not found or no GPU listed (a GB10 expected; DGX OS ships the driver)\n"
-            "  - Docker: the docker command is not installed") in out, out[-3000:]
+    assert (
+        "host sandbox-1: not ready for the Spark deploy (4 problem(s)); nothing was changed:\n"
+        "  - DGX OS: /etc/dgx-release not found (OS debian-12); this deploy is for a DGX Spark as shipped\n"
+        "  - architecture: aarch64 expected, got x86_64\n"
+        "  - GPU: nvidia-smi not found or no GPU listed (a GB10 expected; DGX OS ships the driver)\n"
+        "  - Docker: the docker command is not installed"
+    ) in out, out[-3000:]
     assert bare_host.ssh(bare_host.hosts[0], "ls /etc/systemd/system /srv 2>&1; getent passwd | wc -l") == before

@@ -37,9 +37,21 @@ class Dockerd:
         for d in ("data", "exec"):
             (self.work / d).mkdir(parents=True, exist_ok=True)
         argv = self.argv or [
-            "dockerd", "-H", f"unix://{self.socket}", "--data-root", str(self.work / "data"),
-            "--exec-root", str(self.work / "exec"), "--pidfile", str(self.work / "dockerd.pid"),
-            "--iptables=false", "--ip6tables=false", "--bridge=none", "--ip-forward=false", "--ip-masq=false"]
+            "dockerd",
+            "-H",
+            f"unix://{self.socket}",
+            "--data-root",
+            str(self.work / "data"),
+            "--exec-root",
+            str(self.work / "exec"),
+            "--pidfile",
+            str(self.work / "dockerd.pid"),
+            "--iptables=false",
+            "--ip6tables=false",
+            "--bridge=none",
+            "--ip-forward=false",
+            "--ip-masq=false",
+        ]
         log = (self.work / "dockerd.log").open("a")
         self.proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         deadline = time.monotonic() + 60
@@ -74,6 +86,7 @@ def base_root() -> Path:
     found = sorted(cache.glob("base-bookworm-*"))
     if not found:
         from rigkit.sandbox import ensure_base
+
         return ensure_base()
     return found[0]
 
@@ -87,7 +100,7 @@ def import_base(dockerd: Dockerd, tag: str, work: Path, standin_mode: str = "ser
     shutil.rmtree(extra, ignore_errors=True)
     unpack(extra / SITE, PATCHED_FILES)
     (extra / "usr/local/bin").mkdir(parents=True)
-    standin = (HERE / "standin_vllm.py").read_text().replace("MODE = \"serve\"", f"MODE = {standin_mode!r}")
+    standin = (HERE / "standin_vllm.py").read_text().replace('MODE = "serve"', f"MODE = {standin_mode!r}")
     (extra / "usr/local/bin/vllm").write_text(standin)
     (extra / "usr/local/bin/vllm").chmod(0o755)
     tar_path = work / f"base-{standin_mode}.tar"
@@ -97,8 +110,11 @@ def import_base(dockerd: Dockerd, tag: str, work: Path, standin_mode: str = "ser
         for entry in sorted(root.iterdir()):
             if entry.name in ("var", "proc", "sys", "dev", "run", "tmp"):
                 continue
-            tar.add(entry, arcname=entry.name,
-                    filter=lambda info: None if info.name == "usr/local" or info.name.startswith("usr/local/") else info)
+            tar.add(
+                entry,
+                arcname=entry.name,
+                filter=lambda info: None if info.name == "usr/local" or info.name.startswith("usr/local/") else info,
+            )
         for d in ("var/tmp", "var/lib", "tmp", "run", "proc", "sys", "dev"):
             info = tarfile.TarInfo(d)
             info.type, info.mode = tarfile.DIRTYPE, 0o1777 if "tmp" in d else 0o755

@@ -28,8 +28,9 @@ def wheel(version: str = VLLM_VERSION) -> Path:
     if found:
         return found[0]
     WHEELS.mkdir(parents=True, exist_ok=True)
-    subprocess.run([sys.executable, "-m", "pip", "download", "-q", f"vllm=={version}", "--no-deps",
-                    "-d", str(WHEELS)], check=True)
+    subprocess.run(
+        [sys.executable, "-m", "pip", "download", "-q", f"vllm=={version}", "--no-deps", "-d", str(WHEELS)], check=True
+    )
     return sorted(WHEELS.glob(f"vllm-{version}-*.whl"))[0]
 
 

@@ -78,8 +78,15 @@ class Sample:
 
     def to_json(self) -> dict[str, Any]:
         d = asdict(self)
-        for key in ("ttft_s", "e2e_s", "prefill_tps", "decode_tps", "server_prefill_tps",
-                    "server_decode_tps", "acceptance"):
+        for key in (
+            "ttft_s",
+            "e2e_s",
+            "prefill_tps",
+            "decode_tps",
+            "server_prefill_tps",
+            "server_decode_tps",
+            "acceptance",
+        ):
             d[key] = getattr(self, key)
         return d
 
@@ -87,8 +94,7 @@ class Sample:
 class Client:
     """One OpenAI-compatible server (llama-server or vLLM) at ``url``."""
 
-    def __init__(self, url: str, api_key: str | None = None, model: str | None = None,
-                 timeout: float = 3600.0):
+    def __init__(self, url: str, api_key: str | None = None, model: str | None = None, timeout: float = 3600.0):
         self.url = url.rstrip("/")
         if self.url.endswith("/v1"):
             self.url = self.url[:-3]
@@ -111,8 +117,10 @@ class Client:
         except requests.Timeout:
             raise ServerError(f"{self.url}{path}: no answer in time") from None
         if resp.status_code == 401:
-            raise ServerError(f"{self.url}{path}: 401 Unauthorized (the server wants an API key: "
-                              "--api-key-file, or api_key_file in the service's host data)")
+            raise ServerError(
+                f"{self.url}{path}: 401 Unauthorized (the server wants an API key: "
+                "--api-key-file, or api_key_file in the service's host data)"
+            )
         return resp
 
     def _json(self, method: str, path: str, **kw) -> Any:
@@ -172,25 +180,31 @@ class Client:
 
     def tokenize(self, text: str, add_special: bool = False) -> list[int]:
         if self.engine() == "llama.cpp":
-            return self._json("POST", "/tokenize", json={"content": text, "add_special": add_special},
-                              timeout=300)["tokens"]
-        return self._json("POST", "/tokenize", json={"model": self.model(), "prompt": text,
-                                                     "add_special_tokens": add_special},
-                          timeout=300)["tokens"]
+            return self._json("POST", "/tokenize", json={"content": text, "add_special": add_special}, timeout=300)[
+                "tokens"
+            ]
+        return self._json(
+            "POST",
+            "/tokenize",
+            json={"model": self.model(), "prompt": text, "add_special_tokens": add_special},
+            timeout=300,
+        )["tokens"]
 
     def detokenize(self, tokens: list[int]) -> str:
         if self.engine() == "llama.cpp":
             return self._json("POST", "/detokenize", json={"tokens": tokens}, timeout=300)["content"]
-        return self._json("POST", "/detokenize", json={"model": self.model(), "tokens": tokens},
-                          timeout=300)["prompt"]
+        return self._json("POST", "/detokenize", json={"model": self.model(), "tokens": tokens}, timeout=300)["prompt"]
 
     # --- one measured request -----------------------------------------------------------------
 
-    def complete(self, prompt: str, max_tokens: int, depth: int, run: int,
-                 chat: bool = False) -> Sample:
+    def complete(self, prompt: str, max_tokens: int, depth: int, run: int, chat: bool = False) -> Sample:
         body: dict[str, Any] = {
-            "model": self.model(), "stream": True, "stream_options": {"include_usage": True},
-            "max_tokens": max_tokens, "temperature": 0, "ignore_eos": True,
+            "model": self.model(),
+            "stream": True,
+            "stream_options": {"include_usage": True},
+            "max_tokens": max_tokens,
+            "temperature": 0,
+            "ignore_eos": True,
         }
         if self.engine() == "llama.cpp":
             body["cache_prompt"] = False  # no reuse of an earlier prompt's KV cache
@@ -248,16 +262,32 @@ class Client:
                 prompt_tokens = timings["prompt_n"] + timings.get("cache_n", 0)
             if completion_tokens is None:
                 completion_tokens = timings.get("predicted_n")
-        return Sample(depth=depth, run=run, prompt_tokens=prompt_tokens,
-                      completion_tokens=completion_tokens, t_start=t_start, t_first=t_first,
-                      t_last=t_last, t_end=t_end, chunks=chunks, timings=timings,
-                      finish_reason=finish, wall_start=wall)
+        return Sample(
+            depth=depth,
+            run=run,
+            prompt_tokens=prompt_tokens,
+            completion_tokens=completion_tokens,
+            t_start=t_start,
+            t_first=t_first,
+            t_last=t_last,
+            t_end=t_end,
+            chunks=chunks,
+            timings=timings,
+            finish_reason=finish,
+            wall_start=wall,
+        )
 
 
 def _reason(exc: BaseException) -> str:
     text = str(exc)
-    for hint in ("Connection refused", "Connection reset", "Remote end closed", "timed out",
-                 "IncompleteRead", "Connection aborted"):
+    for hint in (
+        "Connection refused",
+        "Connection reset",
+        "Remote end closed",
+        "timed out",
+        "IncompleteRead",
+        "Connection aborted",
+    ):
         if hint in text:
             return hint.lower()
     return text[:200]

@@ -53,9 +53,17 @@ def _argv_value(argv: list[str], *flags: str) -> str | None:
     return None
 
 
-def bench_one(client: Client, cfg: SweepConfig, out: Path, runner: Runner | None,
-              gpus: list[int] | None, args: argparse.Namespace, rig=None, service=None,
-              host: str | None = None) -> dict[str, Any]:
+def bench_one(
+    client: Client,
+    cfg: SweepConfig,
+    out: Path,
+    runner: Runner | None,
+    gpus: list[int] | None,
+    args: argparse.Namespace,
+    rig=None,
+    service=None,
+    host: str | None = None,
+) -> dict[str, Any]:
     """Probe, sample power, sweep, write everything under ``out``. Raises BenchError."""
     out.mkdir(parents=True, exist_ok=True)
     probe: dict[str, Any] = {}
@@ -63,9 +71,17 @@ def bench_one(client: Client, cfg: SweepConfig, out: Path, runner: Runner | None
     port = service.port if service is not None else int(m.group(1)) if m else 80
     if runner is not None:
         try:
-            probe = json.loads(runner.run(["probe", str(port), service.unit if service else "",
-                                           service.model if service else (args.model_file or "")],
-                                          timeout=300))
+            probe = json.loads(
+                runner.run(
+                    [
+                        "probe",
+                        str(port),
+                        service.unit if service else "",
+                        service.model if service else (args.model_file or ""),
+                    ],
+                    timeout=300,
+                )
+            )
         except Exception as exc:
             probe = {"error": f"probe on {runner.where} failed: {exc}"}
             print(f"rigkit bench: {probe['error']}", file=sys.stderr)
@@ -79,19 +95,22 @@ def bench_one(client: Client, cfg: SweepConfig, out: Path, runner: Runner | None
     gpu_rows = prov["gpus"]
     if gpus:
         gpu_rows = [g for g in gpu_rows if str(g.get("index")) in {str(i) for i in gpus}]
-    roof = roofline(probe.get("model"), [g.get("name", "") for g in gpu_rows],
-                    split_mode=(_opts(service).split_mode if service else _argv_value(argv, "--split-mode", "-sm"))
-                    or "layer",
-                    type_k=(_opts(service).cache_type_k if service else _argv_value(argv, "-ctk", "--cache-type-k"))
-                    or "f16",
-                    type_v=(_opts(service).cache_type_v if service else _argv_value(argv, "-ctv", "--cache-type-v"))
-                    or "f16",
-                    measured_bandwidth=args.bandwidth * 1e9 if args.bandwidth else None)
+    roof = roofline(
+        probe.get("model"),
+        [g.get("name", "") for g in gpu_rows],
+        split_mode=(_opts(service).split_mode if service else _argv_value(argv, "--split-mode", "-sm")) or "layer",
+        type_k=(_opts(service).cache_type_k if service else _argv_value(argv, "-ctk", "--cache-type-k")) or "f16",
+        type_v=(_opts(service).cache_type_v if service else _argv_value(argv, "-ctv", "--cache-type-v")) or "f16",
+        measured_bandwidth=args.bandwidth * 1e9 if args.bandwidth else None,
+    )
     power = PowerMonitor(None if args.no_power else runner, interval=args.power_interval, gpus=gpus).start()
     src = power.header.get("source")
-    print(f"rigkit bench: power: {src or 'n/a'}"
-          + (f" ({power.header.get('why')})" if not src and power.header.get("why") else ""),
-          file=sys.stderr, flush=True)
+    print(
+        f"rigkit bench: power: {src or 'n/a'}"
+        + (f" ({power.header.get('why')})" if not src and power.header.get("why") else ""),
+        file=sys.stderr,
+        flush=True,
+    )
 
     def save(result: dict[str, Any]) -> None:
         result["roofline"] = roof
@@ -115,9 +134,14 @@ def bench_one(client: Client, cfg: SweepConfig, out: Path, runner: Runner | None
 
 
 def _config(args: argparse.Namespace) -> SweepConfig:
-    return SweepConfig(depths=args.depths or list(SEED_DEPTHS), runs=args.runs,
-                       gen_tokens=args.gen, chat=args.chat, seed=args.seed,
-                       warmup=not args.no_warmup)
+    return SweepConfig(
+        depths=args.depths or list(SEED_DEPTHS),
+        runs=args.runs,
+        gen_tokens=args.gen,
+        chat=args.chat,
+        seed=args.seed,
+        warmup=not args.no_warmup,
+    )
 
 
 def _read_key(path: str | None) -> str | None:
@@ -207,8 +231,11 @@ def run_inventory(args: argparse.Namespace) -> int:
             rig = rig_for(host)
             services = [s for s in rig.services if (s.name == args.service if args.service else s.enabled)]
             if args.service and not services:
-                print(f"rigkit bench: {host.name}: no service {args.service!r} "
-                      f"(services: {', '.join(s.name for s in rig.services)})", file=sys.stderr)
+                print(
+                    f"rigkit bench: {host.name}: no service {args.service!r} "
+                    f"(services: {', '.join(s.name for s in rig.services)})",
+                    file=sys.stderr,
+                )
                 failures += 1
                 continue
             for service in services:
@@ -216,13 +243,24 @@ def run_inventory(args: argparse.Namespace) -> int:
                 tunnel = None
                 try:
                     url, tunnel = _endpoint(host, service)
-                    print(f"rigkit bench: {host.name} / {service.name}: {url}"
-                          + (f" (SSH forward to {service.host}:{service.port})" if tunnel else ""),
-                          file=sys.stderr, flush=True)
+                    print(
+                        f"rigkit bench: {host.name} / {service.name}: {url}"
+                        + (f" (SSH forward to {service.host}:{service.port})" if tunnel else ""),
+                        file=sys.stderr,
+                        flush=True,
+                    )
                     client = Client(url, api_key=_read_key(service.api_key_file), model=args.model)
-                    bench_one(client, _config(args), out_root / host.name / service.name,
-                              _host_runner(host), list(service.gpus) or None, args, rig=rig,
-                              service=service, host=host.name)
+                    bench_one(
+                        client,
+                        _config(args),
+                        out_root / host.name / service.name,
+                        _host_runner(host),
+                        list(service.gpus) or None,
+                        args,
+                        rig=rig,
+                        service=service,
+                        host=host.name,
+                    )
                 except (BenchError, ServerError) as exc:
                     print(f"rigkit bench: {host.name} / {service.name}: {exc}", file=sys.stderr)
                     failures += 1
@@ -238,9 +276,10 @@ def run_inventory(args: argparse.Namespace) -> int:
 
 
 def run_compare(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="rigkit bench compare",
-                                description="Per-depth ratios (B / A) of two bench.json files, and "
-                                            "both on one set of charts.")
+    p = argparse.ArgumentParser(
+        prog="rigkit bench compare",
+        description="Per-depth ratios (B / A) of two bench.json files, and both on one set of charts.",
+    )
     p.add_argument("a")
     p.add_argument("b")
     p.add_argument("--names", help="labels for A and B, comma-separated (default: the file names' folders)")
@@ -253,8 +292,7 @@ def run_compare(argv: list[str]) -> int:
         except (OSError, ValueError) as exc:
             print(f"rigkit bench compare: {path}: {exc}", file=sys.stderr)
             return 1
-    given = args.names.split(",", 1) if args.names else [Path(x).resolve().parent.name or x
-                                                         for x in (args.a, args.b)]
+    given = args.names.split(",", 1) if args.names else [Path(x).resolve().parent.name or x for x in (args.a, args.b)]
     names = (given[0], given[-1]) if len(given) == 2 and given[0] != given[1] else ("A", "B")
     text = report.compare(results[0], results[1], names)
     out = Path(args.out)
@@ -262,15 +300,19 @@ def run_compare(argv: list[str]) -> int:
     (out / "compare.md").write_text(text)
     files = report.charts(list(zip(names, results)), out, prefix="compare-")
     print(text)
-    print("rigkit bench compare: wrote " + ", ".join(str(p) for p in [out / "compare.md", *files.values()]),
-          file=sys.stderr)
+    print(
+        "rigkit bench compare: wrote " + ", ".join(str(p) for p in [out / "compare.md", *files.values()]),
+        file=sys.stderr,
+    )
     return 0
 
 
 def run_report(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="rigkit bench report",
-                                description="Tables and charts again from a bench.json (e.g. after a "
-                                            "change to the charts, or of a partial result).")
+    p = argparse.ArgumentParser(
+        prog="rigkit bench report",
+        description="Tables and charts again from a bench.json (e.g. after a "
+        "change to the charts, or of a partial result).",
+    )
     p.add_argument("json")
     p.add_argument("--out", help="folder (default: the JSON's own folder)")
     args = p.parse_args(argv)
@@ -291,17 +333,24 @@ def run_report(argv: list[str]) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="rigkit bench", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="rigkit bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("target", nargs="?", help="an inventory file (or use --url)")
     p.add_argument("--url", help="base URL of an OpenAI-compatible server, e.g. http://rig.lan:8000")
-    p.add_argument("--local", action="store_true",
-                   help="with --url: the server runs on this machine (power, argv, build read here)")
+    p.add_argument(
+        "--local",
+        action="store_true",
+        help="with --url: the server runs on this machine (power, argv, build read here)",
+    )
     p.add_argument("--service", help="with an inventory: only this service (default: every enabled one)")
     p.add_argument("--limit", action="append", help="with an inventory: only this host (repeatable)")
-    p.add_argument("--depths", type=parse_depths,
-                   help="prompt lengths in tokens, comma-separated, K = 1024 (default: the seeds' "
-                        "4K,8K,16K,32K,64K,128K,198K,256K, capped at the context per request)")
+    p.add_argument(
+        "--depths",
+        type=parse_depths,
+        help="prompt lengths in tokens, comma-separated, K = 1024 (default: the seeds' "
+        "4K,8K,16K,32K,64K,128K,198K,256K, capped at the context per request)",
+    )
     p.add_argument("--runs", type=int, default=3, help="requests per depth (default 3)")
     p.add_argument("--gen", type=int, default=128, help="tokens generated per request (default 128)")
     p.add_argument("--chat", action="store_true", help="use /v1/chat/completions (default /v1/completions)")
@@ -309,14 +358,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--api-key-file", help="with --url: file holding the server's API key")
     p.add_argument("--gpus", help="with --url --local: GPU indexes the server uses (default all)")
     p.add_argument("--model-file", help="with --url: the GGUF (first shard) on this machine, for the roofline")
-    p.add_argument("--bandwidth", type=float, help="memory bandwidth in GB/s for the roofline "
-                                                   "(default: the GPU's nominal figure)")
+    p.add_argument(
+        "--bandwidth", type=float, help="memory bandwidth in GB/s for the roofline (default: the GPU's nominal figure)"
+    )
     p.add_argument("--power-interval", type=float, default=0.05, help="seconds between power samples")
     p.add_argument("--no-power", action="store_true", help="do not sample power")
     p.add_argument("--no-warmup", action="store_true", help="no unmeasured request before the sweep")
     p.add_argument("--seed", type=int, default=0, help="picks the stretches of text the prompts use")
-    p.add_argument("--out", help="output folder (default bench-<date>-<time>; per host and service "
-                                 "below it with an inventory)")
+    p.add_argument(
+        "--out", help="output folder (default bench-<date>-<time>; per host and service below it with an inventory)"
+    )
     return p
 
 

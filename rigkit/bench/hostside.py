@@ -84,20 +84,17 @@ def sample(interval: float, indexes: list[int] | None) -> None:
         start = nvml.energy()
         while True:
             watts = nvml.power()
-            out.write(f"{time.time():.4f} {nvml.energy() - start:.3f} "
-                      f"{'nan' if watts is None else f'{watts:.2f}'}\n")
+            out.write(f"{time.time():.4f} {nvml.energy() - start:.3f} {'nan' if watts is None else f'{watts:.2f}'}\n")
             out.flush()
             time.sleep(interval)
     query = ["nvidia-smi", "--query-gpu=index,power.draw", "--format=csv,noheader,nounits"]
     try:
         subprocess.run(query, capture_output=True, check=True, timeout=20)
     except (OSError, subprocess.SubprocessError):
-        out.write(json.dumps({"source": None, "why": f"no NVML energy counter ({why}) and no "
-                              "nvidia-smi"}) + "\n")
+        out.write(json.dumps({"source": None, "why": f"no NVML energy counter ({why}) and no nvidia-smi"}) + "\n")
         out.flush()
         return
-    proc = subprocess.Popen(query + [f"-lms={max(20, int(interval * 1000))}"],
-                            stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(query + [f"-lms={max(20, int(interval * 1000))}"], stdout=subprocess.PIPE, text=True)
     out.write(json.dumps({"source": "nvidia-smi", "why": why, "gpus": indexes}) + "\n")
     out.flush()
     joules, last_t, last_idx = 0.0, None, None
@@ -134,9 +131,20 @@ def sh(cmd: list[str]) -> str | None:
 
 
 def gpus() -> list[dict]:
-    fields = ["index", "name", "uuid", "driver_version", "memory.total", "power.limit",
-              "power.default_limit", "power.max_limit", "clocks.max.sm", "clocks.max.mem",
-              "persistence_mode", "compute_cap"]
+    fields = [
+        "index",
+        "name",
+        "uuid",
+        "driver_version",
+        "memory.total",
+        "power.limit",
+        "power.default_limit",
+        "power.max_limit",
+        "clocks.max.sm",
+        "clocks.max.mem",
+        "persistence_mode",
+        "compute_cap",
+    ]
     out = sh(["nvidia-smi", f"--query-gpu={','.join(fields)}", "--format=csv,noheader"])
     if out is None:  # an older nvidia-smi that lacks a field: the ones every version has
         fields = ["index", "name", "driver_version", "memory.total", "power.limit"]
@@ -185,26 +193,58 @@ def process(pid: int) -> dict:
                 info["build"] = json.load(f)
         except (OSError, ValueError):
             pass
-        version = subprocess.run([exe, "--version"], capture_output=True, text=True, timeout=30) \
-            if os.path.exists(exe) else None
+        version = (
+            subprocess.run([exe, "--version"], capture_output=True, text=True, timeout=30)
+            if os.path.exists(exe)
+            else None
+        )
         if version is not None:
             info["version"] = (version.stdout + version.stderr).strip()[-2000:]
     return info
 
 
 GGML_TYPES = {  # type id: (block size in elements, bytes per block)
-    0: (1, 4), 1: (1, 2), 2: (32, 18), 3: (32, 20), 6: (32, 22), 7: (32, 24), 8: (32, 34),
-    9: (32, 40), 10: (256, 84), 11: (256, 110), 12: (256, 144), 13: (256, 176), 14: (256, 210),
-    15: (256, 292), 16: (256, 66), 17: (256, 74), 18: (256, 98), 19: (256, 50), 20: (32, 18),
-    21: (256, 110), 22: (256, 82), 23: (256, 136), 24: (1, 1), 25: (1, 2), 26: (1, 4),
-    27: (1, 8), 28: (1, 8), 29: (256, 56), 30: (1, 2), 34: (256, 54), 35: (256, 66),
-    39: (32, 17), 40: (64, 36), 41: (128, 18),
+    0: (1, 4),
+    1: (1, 2),
+    2: (32, 18),
+    3: (32, 20),
+    6: (32, 22),
+    7: (32, 24),
+    8: (32, 34),
+    9: (32, 40),
+    10: (256, 84),
+    11: (256, 110),
+    12: (256, 144),
+    13: (256, 176),
+    14: (256, 210),
+    15: (256, 292),
+    16: (256, 66),
+    17: (256, 74),
+    18: (256, 98),
+    19: (256, 50),
+    20: (32, 18),
+    21: (256, 110),
+    22: (256, 82),
+    23: (256, 136),
+    24: (1, 1),
+    25: (1, 2),
+    26: (1, 4),
+    27: (1, 8),
+    28: (1, 8),
+    29: (256, 56),
+    30: (1, 2),
+    34: (256, 54),
+    35: (256, 66),
+    39: (32, 17),
+    40: (64, 36),
+    41: (128, 18),
 }
 
 
 def gguf_read(path: str) -> dict:
     """Metadata (scalars and short arrays) and tensor sizes of one GGUF file."""
     with open(path, "rb") as f:
+
         def rd(fmt):
             size = struct.calcsize(fmt)
             return struct.unpack("<" + fmt, f.read(size))[0]
@@ -212,8 +252,7 @@ def gguf_read(path: str) -> dict:
         def rstr():
             return f.read(rd("Q")).decode("utf-8", "replace")
 
-        scalar = {0: "B", 1: "b", 2: "H", 3: "h", 4: "I", 5: "i", 6: "f", 7: "?", 10: "Q",
-                  11: "q", 12: "d"}
+        scalar = {0: "B", 1: "b", 2: "H", 3: "h", 4: "I", 5: "i", 6: "f", 7: "?", 10: "Q", 11: "q", 12: "d"}
 
         def value(t):
             if t in scalar:
@@ -248,8 +287,9 @@ def gguf_read(path: str) -> dict:
             for d in dims:
                 n *= d
             block, nbytes = GGML_TYPES.get(ttype, (1, 0))
-            tensors.append({"name": name, "dims": dims, "type": ttype,
-                            "bytes": n // block * nbytes if nbytes else None})
+            tensors.append(
+                {"name": name, "dims": dims, "type": ttype, "bytes": n // block * nbytes if nbytes else None}
+            )
     return {"version": version, "meta": meta, "tensors": tensors}
 
 
@@ -261,7 +301,7 @@ def model_files(model: str) -> list[str]:
     if not m:
         return [model]
     total = int(m.group(2))
-    return [model[:m.start()] + f"-{i:05d}-of-{total:05d}.gguf" for i in range(1, total + 1)]
+    return [model[: m.start()] + f"-{i:05d}-of-{total:05d}.gguf" for i in range(1, total + 1)]
 
 
 def model_info(model: str) -> dict:
@@ -281,8 +321,12 @@ def model_info(model: str) -> dict:
 
 
 def probe(port: int, unit: str | None, model: str | None) -> dict:
-    out: dict = {"hostname": socket.gethostname(), "kernel": os.uname().release,
-                 "gpus": gpus(), "cpu_count": os.cpu_count()}
+    out: dict = {
+        "hostname": socket.gethostname(),
+        "kernel": os.uname().release,
+        "gpus": gpus(),
+        "cpu_count": os.cpu_count(),
+    }
     pid = None
     if unit:
         main = sh(["systemctl", "show", "-p", "MainPID", "--value", unit])
@@ -310,8 +354,15 @@ def main(argv: list[str]) -> int:
             pass
         return 0
     if mode == "probe":
-        print(json.dumps(probe(int(argv[1]), argv[2] if len(argv) > 2 and argv[2] else None,
-                               argv[3] if len(argv) > 3 and argv[3] else None)))
+        print(
+            json.dumps(
+                probe(
+                    int(argv[1]),
+                    argv[2] if len(argv) > 2 and argv[2] else None,
+                    argv[3] if len(argv) > 3 and argv[3] else None,
+                )
+            )
+        )
         return 0
     print(__doc__, file=sys.stderr)
     return 2

@@ -45,15 +45,13 @@ class LocalRunner(Runner):
         self.python = python
 
     def run(self, args: list[str], timeout: float = 120) -> str:
-        res = subprocess.run([self.python, str(HOSTSIDE), *args], capture_output=True, text=True,
-                             timeout=timeout)
+        res = subprocess.run([self.python, str(HOSTSIDE), *args], capture_output=True, text=True, timeout=timeout)
         if res.returncode != 0:
             raise RuntimeError(f"hostside {' '.join(args)} exited {res.returncode}: {res.stderr[-500:]}")
         return res.stdout
 
     def stream(self, args: list[str]):
-        proc = subprocess.Popen([self.python, "-u", str(HOSTSIDE), *args], stdout=subprocess.PIPE,
-                                text=True)
+        proc = subprocess.Popen([self.python, "-u", str(HOSTSIDE), *args], stdout=subprocess.PIPE, text=True)
 
         def stop():
             proc.terminate()
@@ -85,8 +83,7 @@ class SSHRunner(Runner):
         stdout, stderr = self._exec(args, timeout)
         out = stdout.read().decode()
         if stdout.channel.recv_exit_status() != 0:
-            raise RuntimeError(f"hostside {' '.join(args)} on {self.where}: "
-                               f"{stderr.read().decode()[-500:]}")
+            raise RuntimeError(f"hostside {' '.join(args)} on {self.where}: {stderr.read().decode()[-500:]}")
         return out
 
     def stream(self, args: list[str]):
@@ -199,12 +196,16 @@ class PowerMonitor:
             return None
         dt = t1 - t0
         inside = sum(1 for t in self.t if t0 <= t <= t1)
-        return {"joules": e1 - e0, "watts": (e1 - e0) / dt, "seconds": dt, "samples": inside,
-                "coarse": dt < 0.2}
+        return {"joules": e1 - e0, "watts": (e1 - e0) / dt, "seconds": dt, "samples": inside, "coarse": dt < 0.2}
 
     def log(self) -> dict[str, Any]:
         """Everything sampled, for the JSON (times relative to the first sample)."""
         t0 = self.t[0] if self.t else 0.0
-        return {"header": self.header, "interval_s": self.interval,
-                "t": [round(t - t0, 4) for t in self.t], "joules": self.joules, "watts": self.watts,
-                "t0_monotonic": t0}
+        return {
+            "header": self.header,
+            "interval_s": self.interval,
+            "t": [round(t - t0, 4) for t in self.t],
+            "joules": self.joules,
+            "watts": self.watts,
+            "t0_monotonic": t0,
+        }

@@ -53,8 +53,9 @@ def corpus() -> str:
             parts.append(doc.strip())
     text = "\n\n".join(parts)
     if len(text) < 100_000:
-        raise RuntimeError("the Python standard library's documentation text is missing "
-                           f"(found {len(text)} characters under {stdlib})")
+        raise RuntimeError(
+            f"the Python standard library's documentation text is missing (found {len(text)} characters under {stdlib})"
+        )
     return text
 
 
@@ -91,15 +92,14 @@ class PromptMaker:
             # cut at a paragraph boundary so no token is split between two chunks
             cut = text.rfind("\n\n", self._chars + 1, chunk_end) if chunk_end < len(text) else -1
             end = cut if cut > self._chars else chunk_end
-            self._ids += self.tok.tokenize(text[self._chars:end])
+            self._ids += self.tok.tokenize(text[self._chars : end])
             self._chars = end
         return self._ids
 
     def special_tokens(self) -> int:
         if self._special is None:
             probe = "hello world"
-            self._special = max(0, len(self.tok.tokenize(probe, add_special=True))
-                                - len(self.tok.tokenize(probe)))
+            self._special = max(0, len(self.tok.tokenize(probe, add_special=True)) - len(self.tok.tokenize(probe)))
         return self._special
 
     def make(self, n: int, run: int) -> Prompt:
@@ -111,14 +111,14 @@ class PromptMaker:
         span = len(ids) - body_n - 1
         # a different stretch of the corpus for every (depth, run): a large prime stride
         offset = ((self.seed * 7919 + run * 104729 + n * 31) % span) if span > 0 else 0
-        body = self.tok.detokenize(ids[offset:offset + body_n])
+        body = self.tok.detokenize(ids[offset : offset + body_n])
         text = prefix + body
         count = len(self.tok.tokenize(text, add_special=True))
         for _ in range(8):  # retokenizing at the seams may shift a token or two
             if count == n:
                 break
             body_n += n - count
-            body = self.tok.detokenize(ids[offset:offset + body_n])
+            body = self.tok.detokenize(ids[offset : offset + body_n])
             text = prefix + body
             count = len(self.tok.tokenize(text, add_special=True))
         return Prompt(text=text, target_tokens=n, tokens=count, offset=offset, prefix=prefix)

@@ -43,9 +43,15 @@ def engine_info(client, probe: dict[str, Any] | None) -> dict[str, Any]:
     server = (probe or {}).get("server") or {}
     build = server.get("build") or {}
     if build:
-        eng.update({"build": build.get("build", eng.get("build")), "ref": build.get("ref"),
-                    "commit": build.get("commit", eng.get("commit")),
-                    "flags": " ".join(build.get("flags", [])), "built_at": build.get("built_at")})
+        eng.update(
+            {
+                "build": build.get("build", eng.get("build")),
+                "ref": build.get("ref"),
+                "commit": build.get("commit", eng.get("commit")),
+                "flags": " ".join(build.get("flags", [])),
+                "built_at": build.get("built_at"),
+            }
+        )
     if server.get("version"):
         eng["version_output"] = server["version"].splitlines()[-1] if server["version"] else None
     return eng
@@ -59,21 +65,32 @@ def lock_hashes(rig, service) -> list[dict[str, Any]]:
     for entry in (getattr(rig, "locks", None) or {}).values():
         files = getattr(entry, "files", ())
         if model is None or any(f.path.rsplit("/", 1)[-1] == model for f in files):
-            out += [{"repo": entry.repo, "commit": entry.sha, "path": f.path, "size": f.size,
-                     "sha256": f.sha256} for f in files]
+            out += [
+                {"repo": entry.repo, "commit": entry.sha, "path": f.path, "size": f.size, "sha256": f.sha256}
+                for f in files
+            ]
     return out
 
 
-def collect(client, probe: dict[str, Any] | None = None, rig=None, service=None,
-            host: str | None = None, argv: list[str] | None = None) -> dict[str, Any]:
+def collect(
+    client,
+    probe: dict[str, Any] | None = None,
+    rig=None,
+    service=None,
+    host: str | None = None,
+    argv: list[str] | None = None,
+) -> dict[str, Any]:
     probe = probe or {}
     server = probe.get("server") or {}
     model = probe.get("model") or {}
     return {
         "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "rigkit_version": rigkit_version(),
-        "bench_machine": {"hostname": socket.gethostname(), "python": sys.version.split()[0],
-                          "platform": platform.platform()},
+        "bench_machine": {
+            "hostname": socket.gethostname(),
+            "python": sys.version.split()[0],
+            "platform": platform.platform(),
+        },
         "bench_argv": argv if argv is not None else sys.argv,
         "host": host or probe.get("hostname"),
         "host_kernel": probe.get("kernel"),
@@ -84,9 +101,12 @@ def collect(client, probe: dict[str, Any] | None = None, rig=None, service=None,
         "gpus": probe.get("gpus") or [],
         "model_files": model.get("files") or [],
         "model_lock": lock_hashes(rig, service) if rig is not None else [],
-        "model_meta": {k: v for k, v in (model.get("meta") or {}).items()
-                       if k.startswith("general.") or k.endswith((".block_count", ".expert_count",
-                                                                  ".expert_used_count", ".context_length"))},
+        "model_meta": {
+            k: v
+            for k, v in (model.get("meta") or {}).items()
+            if k.startswith("general.")
+            or k.endswith((".block_count", ".expert_count", ".expert_used_count", ".context_length"))
+        },
         "service": _service(service),
         "probe_error": probe.get("error"),
     }

@@ -70,8 +70,9 @@ def rows(result: dict[str, Any]) -> list[dict[str, Any]]:
             row[key + "_max"] = max(values) if values else None
         prompt = row["prompt_tokens"] or depth
         row["roofline_tps"] = ceiling(roof, prompt + gen / 2)
-        row["roofline_share"] = (row["server_decode_tps"] or row["decode_tps"] or 0) / row["roofline_tps"] \
-            if row["roofline_tps"] else None
+        row["roofline_share"] = (
+            (row["server_decode_tps"] or row["decode_tps"] or 0) / row["roofline_tps"] if row["roofline_tps"] else None
+        )
         out.append(row)
     return out
 
@@ -84,16 +85,23 @@ def markdown(result: dict[str, Any]) -> str:
     """The seeds' table, then the details and where the figures came from."""
     rs = rows(result)
     p = result.get("provenance") or {}
-    lines = ["| Context | Prefill (t/s) | Decode (t/s) | TTFT (ms) | Power (W) | Decode (tokens/kWh) |",
-             "|---|---|---|---|---|---|"]
+    lines = [
+        "| Context | Prefill (t/s) | Decode (t/s) | TTFT (ms) | Power (W) | Decode (tokens/kWh) |",
+        "|---|---|---|---|---|---|",
+    ]
     for r in rs:
-        lines.append(f"| {r['depth']:,} | {_n(r['prefill_tps'])} | {_n(r['decode_tps'])} | "
-                     f"{_n(r['ttft_ms'], ',.0f')} | {_n(r['decode_watts'], ',.0f')} | "
-                     f"{_n(r['decode_tokens_per_kwh'], ',.0f')} |")
-    lines += ["", "| Context | prompt tokens | runs | prefill t/s (min-max) | server prefill t/s | "
-              "decode t/s (min-max) | server decode t/s | draft acceptance | TTFT ms (min-max) | "
-              "end-to-end s | prefill W | decode ceiling t/s | of ceiling |",
-              "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+        lines.append(
+            f"| {r['depth']:,} | {_n(r['prefill_tps'])} | {_n(r['decode_tps'])} | "
+            f"{_n(r['ttft_ms'], ',.0f')} | {_n(r['decode_watts'], ',.0f')} | "
+            f"{_n(r['decode_tokens_per_kwh'], ',.0f')} |"
+        )
+    lines += [
+        "",
+        "| Context | prompt tokens | runs | prefill t/s (min-max) | server prefill t/s | "
+        "decode t/s (min-max) | server decode t/s | draft acceptance | TTFT ms (min-max) | "
+        "end-to-end s | prefill W | decode ceiling t/s | of ceiling |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in rs:
         lines.append(
             f"| {r['depth']:,} | {_n(r['prompt_tokens'], ',.0f')} | {r['runs']} | "
@@ -103,25 +111,37 @@ def markdown(result: dict[str, Any]) -> str:
             f"{_n(r['server_decode_tps'])} | {_n(r['acceptance'], '.0%')} | "
             f"{_n(r['ttft_ms'], ',.0f')} ({_n(r['ttft_ms_min'], ',.0f')}-{_n(r['ttft_ms_max'], ',.0f')}) | "
             f"{_n(r['e2e_s'], '.2f')} | {_n(r['prefill_watts'], ',.0f')} | {_n(r['roofline_tps'])} | "
-            f"{_n(r['roofline_share'], '.0%')} |")
+            f"{_n(r['roofline_share'], '.0%')} |"
+        )
     cfg = result.get("config") or {}
-    lines += ["", f"{result.get('engine')} at {result.get('url')}, model `{result.get('model')}`; "
-              f"{cfg.get('runs')} runs per depth, {cfg.get('gen_tokens')} generated tokens, "
-              f"/v1/{cfg.get('api')}, prompts from {cfg.get('prompt_text')} "
-              f"(sha256 {str(cfg.get('prompt_text_sha256'))[:12]}), caching defeated: "
-              f"{cfg.get('cache_defeated')}. Median of the runs."]
+    lines += [
+        "",
+        f"{result.get('engine')} at {result.get('url')}, model `{result.get('model')}`; "
+        f"{cfg.get('runs')} runs per depth, {cfg.get('gen_tokens')} generated tokens, "
+        f"/v1/{cfg.get('api')}, prompts from {cfg.get('prompt_text')} "
+        f"(sha256 {str(cfg.get('prompt_text_sha256'))[:12]}), caching defeated: "
+        f"{cfg.get('cache_defeated')}. Median of the runs.",
+    ]
     power = (result.get("power") or {}).get("header") or {}
-    lines.append(f"Power: {power.get('source') or 'n/a'}"
-                 + (f" ({power['why']})" if power.get("why") and not power.get("source") else "")
-                 + (f", GPUs {power.get('gpus')}" if power.get("gpus") else "") + ".")
+    lines.append(
+        f"Power: {power.get('source') or 'n/a'}"
+        + (f" ({power['why']})" if power.get("why") and not power.get("source") else "")
+        + (f", GPUs {power.get('gpus')}" if power.get("gpus") else "")
+        + "."
+    )
     roof = result.get("roofline") or {}
     if roof.get("bandwidth"):
-        lines.append(f"Decode ceiling: {roof['bandwidth'] / 1e9:,.0f} GB/s ({roof['bandwidth_source']}) "
-                     f"/ ({roof['bytes_per_token'] / 1e9:.2f} GB of weights per token"
-                     + (f", {roof['expert_used_count']} of {roof['expert_count']} experts"
-                        if roof.get("expert_count") else "")
-                     + (f" + {roof['kv_bytes_per_context_token'] / 1e3:.1f} kB of K/V per context token"
-                        if roof.get("kv_bytes_per_context_token") else "") + ").")
+        lines.append(
+            f"Decode ceiling: {roof['bandwidth'] / 1e9:,.0f} GB/s ({roof['bandwidth_source']}) "
+            f"/ ({roof['bytes_per_token'] / 1e9:.2f} GB of weights per token"
+            + (f", {roof['expert_used_count']} of {roof['expert_count']} experts" if roof.get("expert_count") else "")
+            + (
+                f" + {roof['kv_bytes_per_context_token'] / 1e3:.1f} kB of K/V per context token"
+                if roof.get("kv_bytes_per_context_token")
+                else ""
+            )
+            + ")."
+        )
     elif roof.get("why"):
         lines.append(f"Decode ceiling: n/a ({roof['why']}).")
     lines += provenance_lines(p)
@@ -138,8 +158,10 @@ def provenance_lines(p: dict[str, Any]) -> list[str]:
     gpus = p.get("gpus") or []
     if gpus:
         g = gpus[0]
-        out.append(f"GPU: {len(gpus)} x {g.get('name')}, driver {g.get('driver_version')}, power limit "
-                   f"{g.get('power.limit')} (default {g.get('power.default_limit')}).")
+        out.append(
+            f"GPU: {len(gpus)} x {g.get('name')}, driver {g.get('driver_version')}, power limit "
+            f"{g.get('power.limit')} (default {g.get('power.default_limit')})."
+        )
     if p.get("argv"):
         out.append("Server argv: `" + " ".join(p["argv"]) + "`")
     if p.get("host"):
@@ -225,8 +247,13 @@ def charts(results: list[tuple[str, dict]], out: Path, prefix: str = "") -> dict
         line(ax2, res, "server_decode_tps", f"{tag}decode, server timings", "--x", alpha=0.7)
         xs = [r["depth"] for r in rows(res) if r.get("roofline_tps")]
         if xs:
-            ax2.plot(xs, [r["roofline_tps"] for r in rows(res) if r.get("roofline_tps")], ":",
-                     color="grey", label=f"{tag}bandwidth ceiling")
+            ax2.plot(
+                xs,
+                [r["roofline_tps"] for r in rows(res) if r.get("roofline_tps")],
+                ":",
+                color="grey",
+                label=f"{tag}bandwidth ceiling",
+            )
     for ax, what in ((ax1, "Prefill"), (ax2, "Decode")):
         ctx_axis(ax)
         ax.set_ylabel(f"{what} throughput (tokens/s)")
@@ -286,9 +313,14 @@ def charts(results: list[tuple[str, dict]], out: Path, prefix: str = "") -> dict
 
 # --- compare -------------------------------------------------------------------------------
 
-COMPARED = [("prefill_tps", "prefill t/s", ",.1f"), ("decode_tps", "decode t/s", ",.1f"),
-            ("server_decode_tps", "server decode t/s", ",.1f"), ("ttft_ms", "TTFT ms", ",.0f"),
-            ("decode_watts", "power W", ",.0f"), ("decode_tokens_per_kwh", "tokens/kWh", ",.0f")]
+COMPARED = [
+    ("prefill_tps", "prefill t/s", ",.1f"),
+    ("decode_tps", "decode t/s", ",.1f"),
+    ("server_decode_tps", "server decode t/s", ",.1f"),
+    ("ttft_ms", "TTFT ms", ",.0f"),
+    ("decode_watts", "power W", ",.0f"),
+    ("decode_tokens_per_kwh", "tokens/kWh", ",.0f"),
+]
 
 
 def compare(a: dict[str, Any], b: dict[str, Any], names: tuple[str, str] = ("A", "B")) -> str:
@@ -312,6 +344,9 @@ def compare(a: dict[str, Any], b: dict[str, Any], names: tuple[str, str] = ("A",
     for name, res in zip(names, (a, b)):
         p = res.get("provenance") or {}
         eng = p.get("engine") or {}
-        out += (f"\n{name}: {res.get('model')} at {res.get('url')}, {res.get('started')}, "
-                + ", ".join(f"{k} {v}" for k, v in eng.items() if v) + f"; status {res.get('status')}")
+        out += (
+            f"\n{name}: {res.get('model')} at {res.get('url')}, {res.get('started')}, "
+            + ", ".join(f"{k} {v}" for k, v in eng.items() if v)
+            + f"; status {res.get('status')}"
+        )
     return out + "\n"

@@ -44,8 +44,17 @@ BANDWIDTH = [
     ("T4", 320e9),
 ]
 
-KV_BYTES = {"f32": 4.0, "f16": 2.0, "bf16": 2.0, "q8_0": 34 / 32, "q5_0": 22 / 32,
-            "q5_1": 24 / 32, "q4_0": 18 / 32, "q4_1": 20 / 32, "iq4_nl": 18 / 32}
+KV_BYTES = {
+    "f32": 4.0,
+    "f16": 2.0,
+    "bf16": 2.0,
+    "q8_0": 34 / 32,
+    "q5_0": 22 / 32,
+    "q5_1": 24 / 32,
+    "q4_0": 18 / 32,
+    "q4_1": 20 / 32,
+    "iq4_nl": 18 / 32,
+}
 
 
 def bandwidth_for(gpu_name: str) -> float | None:
@@ -76,9 +85,16 @@ def weights_per_token(model: dict[str, Any]) -> dict[str, Any] | None:
         else:
             dense += t["bytes"]
     share = (n_used / n_expert) if n_expert and n_used else 1.0
-    return {"file_bytes": total, "dense_bytes": dense, "expert_bytes": experts,
-            "expert_share": share, "bytes_per_token": dense + experts * share,
-            "architecture": arch, "expert_count": n_expert, "expert_used_count": n_used}
+    return {
+        "file_bytes": total,
+        "dense_bytes": dense,
+        "expert_bytes": experts,
+        "expert_share": share,
+        "bytes_per_token": dense + experts * share,
+        "architecture": arch,
+        "expert_count": n_expert,
+        "expert_used_count": n_used,
+    }
 
 
 def kv_per_token_of_context(model: dict[str, Any], type_k: str = "f16", type_v: str = "f16") -> float | None:
@@ -100,9 +116,14 @@ def kv_per_token_of_context(model: dict[str, Any], type_k: str = "f16", type_v: 
     return layers * kv_heads * (k_dim * KV_BYTES.get(type_k, 2.0) + v_dim * KV_BYTES.get(type_v, 2.0))
 
 
-def roofline(model: dict[str, Any] | None, gpu_names: list[str], split_mode: str = "layer",
-             type_k: str = "f16", type_v: str = "f16",
-             measured_bandwidth: float | None = None) -> dict[str, Any] | None:
+def roofline(
+    model: dict[str, Any] | None,
+    gpu_names: list[str],
+    split_mode: str = "layer",
+    type_k: str = "f16",
+    type_v: str = "f16",
+    measured_bandwidth: float | None = None,
+) -> dict[str, Any] | None:
     """What the ceiling needs: bandwidth (measured, or from the table) and bytes per token.
     None where either is unknown."""
     if not model:
@@ -115,13 +136,23 @@ def roofline(model: dict[str, Any] | None, gpu_names: list[str], split_mode: str
         bw, source = measured_bandwidth, "measured"
     elif known and len(known) == len(gpu_names):
         bw = sum(known) if split_mode == "row" else min(known)
-        source = f"nominal ({gpu_names[0]}{' x' + str(len(gpu_names)) if len(gpu_names) > 1 else ''}, {split_mode} split)"
+        source = (
+            f"nominal ({gpu_names[0]}{' x' + str(len(gpu_names)) if len(gpu_names) > 1 else ''}, {split_mode} split)"
+        )
     else:
-        return {**weights, "bandwidth": None,
-                "why": f"memory bandwidth of {gpu_names} unknown" if gpu_names else "no GPU"}
-    return {**weights, "bandwidth": bw, "bandwidth_source": source,
-            "kv_bytes_per_context_token": kv_per_token_of_context(model, type_k, type_v),
-            "type_k": type_k, "type_v": type_v}
+        return {
+            **weights,
+            "bandwidth": None,
+            "why": f"memory bandwidth of {gpu_names} unknown" if gpu_names else "no GPU",
+        }
+    return {
+        **weights,
+        "bandwidth": bw,
+        "bandwidth_source": source,
+        "kv_bytes_per_context_token": kv_per_token_of_context(model, type_k, type_v),
+        "type_k": type_k,
+        "type_v": type_v,
+    }
 
 
 def ceiling(roof: dict[str, Any] | None, context: float) -> float | None:

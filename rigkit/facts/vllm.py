@@ -23,8 +23,17 @@ class DockerImages(FactBase[list]):
     """
 
     def command(self) -> StringCommand:
-        return StringCommand("docker", "image", "ls", "--format", QuoteString("{{.Repository}}:{{.Tag}}"),
-                             "rigkit/vllm", "2>/dev/null", "||", "true")
+        return StringCommand(
+            "docker",
+            "image",
+            "ls",
+            "--format",
+            QuoteString("{{.Repository}}:{{.Tag}}"),
+            "rigkit/vllm",
+            "2>/dev/null",
+            "||",
+            "true",
+        )
 
     def process(self, output: list[str]) -> list:
         return sorted(line.strip() for line in output if line.strip().startswith("rigkit/vllm:"))
@@ -38,8 +47,17 @@ class VllmStatus(FactBase[dict]):
     """Per vLLM service: unit state, container state, running and verified image, health."""
 
     def command(self, manifest: str) -> StringCommand:
-        return StringCommand("python3", QuoteString(VLLM_TOOL), "status", "--manifest", QuoteString(manifest),
-                             "2>/dev/null", "||", "echo", QuoteString('{"services": []}'))
+        return StringCommand(
+            "python3",
+            QuoteString(VLLM_TOOL),
+            "status",
+            "--manifest",
+            QuoteString(manifest),
+            "2>/dev/null",
+            "||",
+            "echo",
+            QuoteString('{"services": []}'),
+        )
 
     def process(self, output: list[str]) -> dict:
         return json.loads("\n".join(output) or '{"services": []}')
@@ -53,23 +71,27 @@ class SparkPreflight(FactBase[dict]):
 
     def command(self, model_root: str = "/srv/models") -> StringCommand:
         return StringCommand(
-            "sh", "-c", QuoteString(
+            "sh",
+            "-c",
+            QuoteString(
                 'echo "os=$(. /etc/os-release 2>/dev/null; echo $ID-$VERSION_ID)"; '
-                'echo "dgx=$(grep -h DGX_OTA_VERSION /etc/dgx-release 2>/dev/null | head -1 | cut -d= -f2 | tr -d \'\\"\' ||'
+                "echo \"dgx=$(grep -h DGX_OTA_VERSION /etc/dgx-release 2>/dev/null | head -1 | cut -d= -f2 | tr -d '\\\"' ||"
                 ' true)"; '
-                'test -f /etc/dgx-release && echo dgx_release=1; '
+                "test -f /etc/dgx-release && echo dgx_release=1; "
                 'echo "arch=$(uname -m)"; '
-                'if command -v nvidia-smi >/dev/null; then '
+                "if command -v nvidia-smi >/dev/null; then "
                 'echo "gpu=$(nvidia-smi --query-gpu=name,compute_cap,driver_version --format=csv,noheader 2>/dev/null'
                 ' | head -1)"; fi; '
-                'if command -v docker >/dev/null; then echo docker=1; '
+                "if command -v docker >/dev/null; then echo docker=1; "
                 'echo "docker_access=$(docker info --format ok 2>/dev/null)"; '
-                'echo "runtimes=$(docker info --format \'{{range $k, $v := .Runtimes}}{{$k}},{{end}}\' 2>/dev/null)"; '
-                'echo "docker_root=$(docker info --format \'{{.DockerRootDir}}\' 2>/dev/null)"; fi; '
-                'd=$(docker info --format \'{{.DockerRootDir}}\' 2>/dev/null); '
+                "echo \"runtimes=$(docker info --format '{{range $k, $v := .Runtimes}}{{$k}},{{end}}' 2>/dev/null)\"; "
+                "echo \"docker_root=$(docker info --format '{{.DockerRootDir}}' 2>/dev/null)\"; fi; "
+                "d=$(docker info --format '{{.DockerRootDir}}' 2>/dev/null); "
                 'echo "disk_docker=$(df -P -B1G "${d:-/var/lib}" 2>/dev/null | awk \'NR==2{print $4}\')"; '
                 f'm={shlex.quote(model_root)}; while [ ! -d "$m" ]; do m=$(dirname "$m"); done; '
-                'echo "disk_models=$(df -P -B1G "$m" 2>/dev/null | awk \'NR==2{print $4}\')"'))
+                'echo "disk_models=$(df -P -B1G "$m" 2>/dev/null | awk \'NR==2{print $4}\')"'
+            ),
+        )
 
     def process(self, output: list[str]) -> dict:
         facts: dict = {}

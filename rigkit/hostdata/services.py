@@ -144,8 +144,9 @@ def parse_service(host: str, key: str, raw: Any, gpus: Gpus) -> Service:
     own = {f.name for f in dataclasses.fields(options_cls)}
     unknown = sorted(set(raw) - COMMON - own)
     if unknown:
-        raise HostDataError(host, f"{key}.{unknown[0]}",
-                            f"one of the known keys ({', '.join(sorted(COMMON | own))})", "unknown key")
+        raise HostDataError(
+            host, f"{key}.{unknown[0]}", f"one of the known keys ({', '.join(sorted(COMMON | own))})", "unknown key"
+        )
     common = coerce_fields(Service, {k: v for k, v in raw.items() if k in COMMON}, host, key)
     options = options_cls(**coerce_fields(options_cls, {k: v for k, v in raw.items() if k in own}, host, key))
     svc = Service(**common, options=options)
@@ -172,27 +173,42 @@ def parse_services(host: str, raw: Any, gpus: Gpus) -> tuple[Service, ...]:
         seen_names.add(svc.name)
         if svc.enabled:
             if svc.port in ports:
-                raise HostDataError(host, f"{key}.port",
-                                    f"a port no other enabled service uses ({ports[svc.port]} has it)",
-                                    svc.port)
+                raise HostDataError(
+                    host, f"{key}.port", f"a port no other enabled service uses ({ports[svc.port]} has it)", svc.port
+                )
             ports[svc.port] = svc.name
     return services
 
 
 def _check_common(host: str, key: str, svc: Service, gpus: Gpus) -> None:
-    check_pattern(svc.name, SERVICE_NAME, host, f"{key}.name", "lowercase letters, digits and '-', "
-                  "starting with a letter, at most 24 characters")
+    check_pattern(
+        svc.name,
+        SERVICE_NAME,
+        host,
+        f"{key}.name",
+        "lowercase letters, digits and '-', starting with a letter, at most 24 characters",
+    )
     if svc.model.startswith(MODEL_REF_PREFIX):
-        check_pattern(svc.model[len(MODEL_REF_PREFIX):], MODEL_NAME, host, f"{key}.model",
-                      f"{MODEL_REF_PREFIX}<name of a Hub model in models>")
+        check_pattern(
+            svc.model[len(MODEL_REF_PREFIX) :],
+            MODEL_NAME,
+            host,
+            f"{key}.model",
+            f"{MODEL_REF_PREFIX}<name of a Hub model in models>",
+        )
     else:
-        check_path(svc.model, host, f"{key}.model", "an absolute path to the model on the host "
-                   f"(or {MODEL_REF_PREFIX}<name> of a Hub model)")
+        check_path(
+            svc.model,
+            host,
+            f"{key}.model",
+            f"an absolute path to the model on the host (or {MODEL_REF_PREFIX}<name> of a Hub model)",
+        )
     try:
         ipaddress.ip_address(svc.host)
     except ValueError:
-        raise HostDataError(host, f"{key}.host", "an IP address to listen on (127.0.0.1, 0.0.0.0, "
-                            "a LAN address)", svc.host) from None
+        raise HostDataError(
+            host, f"{key}.host", "an IP address to listen on (127.0.0.1, 0.0.0.0, a LAN address)", svc.host
+        ) from None
     if not 1 <= svc.port <= 65535:
         raise HostDataError(host, f"{key}.port", "a TCP port (1-65535)", svc.port)
     if svc.ctx < 1:
@@ -204,23 +220,41 @@ def _check_common(host: str, key: str, svc: Service, gpus: Gpus) -> None:
     if svc.alias is not None:
         check_pattern(svc.alias, MODEL_ID, host, f"{key}.alias", "a model name: letters, digits and . _ : / @ + -")
     if svc.display_name is not None:
-        check_pattern(svc.display_name, DISPLAY_NAME, host, f"{key}.display_name",
-                      "a display name: letters, digits, spaces and . _ : / @ + ( ) -")
+        check_pattern(
+            svc.display_name,
+            DISPLAY_NAME,
+            host,
+            f"{key}.display_name",
+            "a display name: letters, digits, spaces and . _ : / @ + ( ) -",
+        )
     if svc.api_key_file is not None and "\x00" in svc.api_key_file:
         raise HostDataError(host, f"{key}.api_key_file", "a file on the deploying machine", svc.api_key_file)
     if gpus.count and any(g < 0 or g >= gpus.count for g in svc.gpus):
         raise HostDataError(host, f"{key}.gpus", f"GPU indexes between 0 and {gpus.count - 1}", list(svc.gpus))
     for i, arg in enumerate(svc.extra_args):
         if arg.split("=", 1)[0] in KEY_FLAGS:
-            raise HostDataError(host, f"{key}.extra_args[{i}]",
-                                "no API key flag (use api_key_file; keys never go on a command line)", arg)
-        check_pattern(arg, EXTRA_ARG, host, f"{key}.extra_args[{i}]",
-                      "one flag or value per element: letters, digits and _ . , : / @ + = - "
-                      "(no spaces, quotes, '$', '%', ';' or '\\')")
+            raise HostDataError(
+                host,
+                f"{key}.extra_args[{i}]",
+                "no API key flag (use api_key_file; keys never go on a command line)",
+                arg,
+            )
+        check_pattern(
+            arg,
+            EXTRA_ARG,
+            host,
+            f"{key}.extra_args[{i}]",
+            "one flag or value per element: letters, digits and _ . , : / @ + = - "
+            "(no spaces, quotes, '$', '%', ';' or '\\')",
+        )
     if svc.public and svc.enabled and not svc.api_key_file and not svc.allow_unauthenticated:
-        raise HostDataError(host, f"{key}.host", "127.0.0.1 (the default), or an api_key_file for a service "
-                            "listening beyond loopback (or allow_unauthenticated: true to open it knowingly)",
-                            svc.host)
+        raise HostDataError(
+            host,
+            f"{key}.host",
+            "127.0.0.1 (the default), or an api_key_file for a service "
+            "listening beyond loopback (or allow_unauthenticated: true to open it knowingly)",
+            svc.host,
+        )
 
 
 def _check_llama_server(host: str, key: str, svc: Service, gpus: Gpus) -> None:
@@ -228,13 +262,18 @@ def _check_llama_server(host: str, key: str, svc: Service, gpus: Gpus) -> None:
     if not svc.model.startswith(MODEL_REF_PREFIX):
         model = PurePosixPath(svc.model)
         if model.suffix != ".gguf":
-            raise HostDataError(host, f"{key}.model", "an absolute path to a .gguf file on the host "
-                                f"(or {MODEL_REF_PREFIX}<name> of a Hub model)", svc.model)
+            raise HostDataError(
+                host,
+                f"{key}.model",
+                f"an absolute path to a .gguf file on the host (or {MODEL_REF_PREFIX}<name> of a Hub model)",
+                svc.model,
+            )
         shard = SHARD.search(model.name)
         if shard and shard.group(1) != "00001":
             first = SHARD.sub(f"-00001-of-{shard.group(2)}.gguf", model.name)
-            raise HostDataError(host, f"{key}.model",
-                                f"the first shard (llama-server loads the rest), i.e. {first}", model.name)
+            raise HostDataError(
+                host, f"{key}.model", f"the first shard (llama-server loads the rest), i.e. {first}", model.name
+            )
     if opts.parallel < 1:
         raise HostDataError(host, f"{key}.parallel", "a positive integer", opts.parallel)
     for name, value in (("cache_type_k", opts.cache_type_k), ("cache_type_v", opts.cache_type_v)):
@@ -244,12 +283,12 @@ def _check_llama_server(host: str, key: str, svc: Service, gpus: Gpus) -> None:
         raise HostDataError(host, f"{key}.split_mode", f"one of {', '.join(SPLIT_MODES)}", opts.split_mode)
     used_gpus = len(svc.gpus) or gpus.count
     if opts.tensor_split and len(opts.tensor_split) != used_gpus:
-        raise HostDataError(host, f"{key}.tensor_split",
-                            f"{used_gpus} values, one per GPU the service uses", list(opts.tensor_split))
+        raise HostDataError(
+            host, f"{key}.tensor_split", f"{used_gpus} values, one per GPU the service uses", list(opts.tensor_split)
+        )
     if any(v < 0 for v in opts.tensor_split):
         raise HostDataError(host, f"{key}.tensor_split", "non-negative ratios", list(opts.tensor_split))
     if opts.sampling is not None and opts.sampling not in SAMPLING_PRESETS:
-        raise HostDataError(host, f"{key}.sampling", f"one of the presets {', '.join(SAMPLING_PRESETS)}",
-                            opts.sampling)
+        raise HostDataError(host, f"{key}.sampling", f"one of the presets {', '.join(SAMPLING_PRESETS)}", opts.sampling)
     if opts.flash_attn is not None and opts.flash_attn not in ("on", "off", "auto"):
         raise HostDataError(host, f"{key}.flash_attn", "on, off or auto", opts.flash_attn)

@@ -31,10 +31,27 @@ IMAGE_SOURCE = Path(__file__).resolve().parents[2] / "files" / "vllm"
 IMAGE_REF = re.compile(
     r"(?P<name>[a-z0-9][a-z0-9_.-]{0,127}(?::[0-9]{1,5})?(?:/[a-z0-9][a-z0-9_.-]{0,127}){0,8})"
     r"(?::(?P<tag>[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}))?"
-    r"(?:@(?P<digest>sha256:[0-9a-f]{64}))?")
+    r"(?:@(?P<digest>sha256:[0-9a-f]{64}))?"
+)
 #: Tags that name whatever was pushed last: never a pin.
-MOVING_TAGS = frozenset({"latest", "main", "master", "nightly", "stable", "edge", "dev", "head", "rolling",
-                         "release", "current", "newest", "unstable", "testing"})
+MOVING_TAGS = frozenset(
+    {
+        "latest",
+        "main",
+        "master",
+        "nightly",
+        "stable",
+        "edge",
+        "dev",
+        "head",
+        "rolling",
+        "release",
+        "current",
+        "newest",
+        "unstable",
+        "testing",
+    }
+)
 PATCH_NAME = re.compile(r"[a-z0-9][a-z0-9-]{0,63}")
 PARSER = re.compile(r"[a-z0-9][a-z0-9_]{0,63}")
 ATTENTION_BACKEND = re.compile(r"[A-Z][A-Z0-9_]{0,63}")
@@ -45,8 +62,17 @@ ENV_VALUE = re.compile(r"[A-Za-z0-9_.,:/@+=-]{0,256}")
 DTYPES = ("auto", "half", "float16", "bfloat16", "float", "float32")
 MM_KINDS = ("image", "video", "audio")
 #: Environment rigkit sets itself, or that would carry a secret into the unit.
-RESERVED_ENV = frozenset({"VLLM_API_KEY", "HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HF_HUB_OFFLINE",
-                          "CUDA_VISIBLE_DEVICES", "NVIDIA_VISIBLE_DEVICES", "RIGKIT_API_KEY_FILE"})
+RESERVED_ENV = frozenset(
+    {
+        "VLLM_API_KEY",
+        "HF_TOKEN",
+        "HUGGING_FACE_HUB_TOKEN",
+        "HF_HUB_OFFLINE",
+        "CUDA_VISIBLE_DEVICES",
+        "NVIDIA_VISIBLE_DEVICES",
+        "RIGKIT_API_KEY_FILE",
+    }
+)
 SECRET_ENV = re.compile(r"(?:.*_)?(?:KEY|TOKEN|SECRET|PASSWORD)(?:_.*)?")
 
 
@@ -109,18 +135,29 @@ def check_vllm(host: str, key: str, opts: VllmOptions, model: str, service_gpus:
     """A vLLM service's own options, with the service's model and GPUs (rigkit.hostdata.services
     calls this with its fields: that module imports this one)."""
     if not opts.base_image:
-        raise HostDataError(host, f"{key}.base_image", "a pinned base image (exact tag or digest) for "
-                            "files/vllm/Dockerfile, e.g. vllm/vllm-openai:v0.19.1")
+        raise HostDataError(
+            host,
+            f"{key}.base_image",
+            "a pinned base image (exact tag or digest) for files/vllm/Dockerfile, e.g. vllm/vllm-openai:v0.19.1",
+        )
     problem = image_tag_problem(opts.base_image)
     if problem:
-        raise HostDataError(host, f"{key}.base_image", f"a pinned image reference: an exact tag or a digest "
-                            f"(got {problem})", opts.base_image)
+        raise HostDataError(
+            host,
+            f"{key}.base_image",
+            f"a pinned image reference: an exact tag or a digest (got {problem})",
+            opts.base_image,
+        )
     known = available_patches()
     for i, name in enumerate(opts.patches):
         check_pattern(name, PATCH_NAME, host, f"{key}.patches[{i}]", "a patch name")
         if name not in known:
-            raise HostDataError(host, f"{key}.patches[{i}]", f"one of the patches in files/vllm/patches "
-                                f"({', '.join(known) or 'none'})", name)
+            raise HostDataError(
+                host,
+                f"{key}.patches[{i}]",
+                f"one of the patches in files/vllm/patches ({', '.join(known) or 'none'})",
+                name,
+            )
     if len(set(opts.patches)) != len(opts.patches):
         raise HostDataError(host, f"{key}.patches", "each patch once", list(opts.patches))
     for name, value in (("tensor_parallel", opts.tensor_parallel), ("pipeline_parallel", opts.pipeline_parallel)):
@@ -128,13 +165,15 @@ def check_vllm(host: str, key: str, opts: VllmOptions, model: str, service_gpus:
             raise HostDataError(host, f"{key}.{name}", "a positive integer", value)
     available = len(service_gpus) or gpus.count
     if available and opts.tensor_parallel * opts.pipeline_parallel > available:
-        raise HostDataError(host, f"{key}.tensor_parallel",
-                            f"tensor_parallel x pipeline_parallel at most the {available} GPU(s) the service "
-                            f"uses ({'its gpus' if service_gpus else 'gpus.count'})",
-                            opts.tensor_parallel * opts.pipeline_parallel)
+        raise HostDataError(
+            host,
+            f"{key}.tensor_parallel",
+            f"tensor_parallel x pipeline_parallel at most the {available} GPU(s) the service "
+            f"uses ({'its gpus' if service_gpus else 'gpus.count'})",
+            opts.tensor_parallel * opts.pipeline_parallel,
+        )
     if not 0 < opts.gpu_memory_utilization <= 1:
-        raise HostDataError(host, f"{key}.gpu_memory_utilization", "a fraction in (0, 1]",
-                            opts.gpu_memory_utilization)
+        raise HostDataError(host, f"{key}.gpu_memory_utilization", "a fraction in (0, 1]", opts.gpu_memory_utilization)
     if opts.dtype is not None and opts.dtype not in DTYPES:
         raise HostDataError(host, f"{key}.dtype", f"one of {', '.join(DTYPES)}", opts.dtype)
     for name in ("reasoning_parser", "tool_call_parser"):
@@ -142,23 +181,35 @@ def check_vllm(host: str, key: str, opts: VllmOptions, model: str, service_gpus:
         if value is not None:
             check_pattern(value, PARSER, host, f"{key}.{name}", "a parser name (lowercase letters, digits, _)")
     if opts.enable_auto_tool_choice and not opts.tool_call_parser:
-        raise HostDataError(host, f"{key}.tool_call_parser", "a tool-call parser (enable_auto_tool_choice "
-                            "needs one, e.g. qwen3_coder)")
+        raise HostDataError(
+            host, f"{key}.tool_call_parser", "a tool-call parser (enable_auto_tool_choice needs one, e.g. qwen3_coder)"
+        )
     if opts.attention_backend is not None:
-        check_pattern(opts.attention_backend, ATTENTION_BACKEND, host, f"{key}.attention_backend",
-                      "a vLLM attention backend name such as FLASHINFER")
+        check_pattern(
+            opts.attention_backend,
+            ATTENTION_BACKEND,
+            host,
+            f"{key}.attention_backend",
+            "a vLLM attention backend name such as FLASHINFER",
+        )
     if opts.speculative is not None:
         if "method" not in opts.speculative:
             raise HostDataError(host, f"{key}.speculative.method", "a speculative method (e.g. mtp)")
         for k, v in opts.speculative.items():
             check_pattern(k, SPEC_KEY, host, f"{key}.speculative", "keys of lowercase letters, digits and _")
             if isinstance(v, str):
-                check_pattern(v, SPEC_TEXT, host, f"{key}.speculative.{k}",
-                              "letters, digits and _ . : / @ + - (no spaces, quotes or shell syntax)")
+                check_pattern(
+                    v,
+                    SPEC_TEXT,
+                    host,
+                    f"{key}.speculative.{k}",
+                    "letters, digits and _ . : / @ + - (no spaces, quotes or shell syntax)",
+                )
         tokens = opts.speculative.get("num_speculative_tokens")
         if opts.mtp and (not isinstance(tokens, int) or not 1 <= tokens <= 8):
-            raise HostDataError(host, f"{key}.speculative.num_speculative_tokens",
-                                "an integer from 1 to 8 for MTP", tokens)
+            raise HostDataError(
+                host, f"{key}.speculative.num_speculative_tokens", "an integer from 1 to 8 for MTP", tokens
+            )
     if opts.limit_mm_per_prompt is not None:
         for k, v in opts.limit_mm_per_prompt.items():
             if k not in MM_KINDS:
@@ -172,17 +223,31 @@ def check_vllm(host: str, key: str, opts: VllmOptions, model: str, service_gpus:
     for k, v in opts.env.items():
         check_pattern(k, ENV_NAME, host, f"{key}.env", "variable names of A-Z, 0-9 and _")
         if k in RESERVED_ENV or SECRET_ENV.fullmatch(k):
-            raise HostDataError(host, f"{key}.env.{k}", "no secret and nothing rigkit sets itself (the key "
-                                "goes through api_key_file; HF_HUB_OFFLINE and the GPUs are rigkit's)", k)
-        check_pattern(v, ENV_VALUE, host, f"{key}.env.{k}",
-                      "letters, digits and _ . , : / @ + = - (no spaces, quotes, '$', '%', ';' or '\\')")
+            raise HostDataError(
+                host,
+                f"{key}.env.{k}",
+                "no secret and nothing rigkit sets itself (the key "
+                "goes through api_key_file; HF_HUB_OFFLINE and the GPUs are rigkit's)",
+                k,
+            )
+        check_pattern(
+            v,
+            ENV_VALUE,
+            host,
+            f"{key}.env.{k}",
+            "letters, digits and _ . , : / @ + = - (no spaces, quotes, '$', '%', ';' or '\\')",
+        )
     if not 60 <= opts.ready_timeout <= 7200:
         raise HostDataError(host, f"{key}.ready_timeout", "seconds between 60 and 7200", opts.ready_timeout)
     if not 1 <= opts.stop_timeout <= 600:
         raise HostDataError(host, f"{key}.stop_timeout", "seconds between 1 and 600", opts.stop_timeout)
     if model.endswith(".gguf"):
-        raise HostDataError(host, f"{key}.model", "the model's directory on the host (vLLM loads "
-                            "safetensors checkpoints), or ref:<name> of a Hub model", model)
+        raise HostDataError(
+            host,
+            f"{key}.model",
+            "the model's directory on the host (vLLM loads safetensors checkpoints), or ref:<name> of a Hub model",
+            model,
+        )
 
 
 def mtp_problem(model_dir: Any) -> str | None:

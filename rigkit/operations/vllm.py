@@ -26,10 +26,10 @@ def tool_command(*args: str) -> StringCommand:
 def tool():
     """Upload rigkit's host-side vLLM tool and the engine-neutral service check to /opt/rigkit/bin."""
     scripts = package_files("rigkit") / "scripts"
-    yield from files.put._inner(src=str(scripts / "check_service.py"), dest=CHECK_TOOL, mode="755",
-                                create_remote_dir=True)
-    yield from files.put._inner(src=str(scripts / "vllm_host.py"), dest=VLLM_TOOL, mode="755",
-                                create_remote_dir=True)
+    yield from files.put._inner(
+        src=str(scripts / "check_service.py"), dest=CHECK_TOOL, mode="755", create_remote_dir=True
+    )
+    yield from files.put._inner(src=str(scripts / "vllm_host.py"), dest=VLLM_TOOL, mode="755", create_remote_dir=True)
 
 
 @operation()
@@ -48,12 +48,27 @@ def image(identity: ImageIdentity):
         return
     yield StringCommand("rm", "-rf", QuoteString(identity.context))
     dirs = sorted({posixpath.dirname(rel) for rel, _ in identity.files} - {""})
-    yield StringCommand("install", "-d", "-m", "755", QuoteString(identity.context),
-                        *(QuoteString(f"{identity.context}/{d}") for d in dirs))
+    yield StringCommand(
+        "install",
+        "-d",
+        "-m",
+        "755",
+        QuoteString(identity.context),
+        *(QuoteString(f"{identity.context}/{d}") for d in dirs),
+    )
     for rel, path in identity.files:
         yield from files.put._inner(src=str(path), dest=f"{identity.context}/{rel}", mode="644")
-    yield tool_command("build", "--context", identity.context, "--tag", identity.tag,
-                       "--base", identity.base, "--patches", ",".join(identity.patches))
+    yield tool_command(
+        "build",
+        "--context",
+        identity.context,
+        "--tag",
+        identity.tag,
+        "--base",
+        identity.base,
+        "--patches",
+        ",".join(identity.patches),
+    )
 
 
 @operation(is_idempotent=False)

@@ -39,11 +39,17 @@ class ImageIdentity:
 
     @classmethod
     def of(cls, opts: VllmOptions, source: Path = IMAGE_SOURCE) -> ImageIdentity:
-        known = available_patches() if source == IMAGE_SOURCE else {
-            d.name.split("-", 1)[1]: d for d in sorted((source / "patches").iterdir()) if (d / "patch.json").is_file()}
+        known = (
+            available_patches()
+            if source == IMAGE_SOURCE
+            else {
+                d.name.split("-", 1)[1]: d
+                for d in sorted((source / "patches").iterdir())
+                if (d / "patch.json").is_file()
+            }
+        )
         files: list[tuple[str, Path]] = [("Dockerfile", source / "Dockerfile")]
-        files += [(f"rigkit_vllm_patches/{p.name}", p)
-                  for p in sorted((source / "rigkit_vllm_patches").glob("*.py"))]
+        files += [(f"rigkit_vllm_patches/{p.name}", p) for p in sorted((source / "rigkit_vllm_patches").glob("*.py"))]
         for name in opts.patches:
             d = known[name]
             files += [(f"patches/{d.name}/{p.name}", p) for p in sorted(d.iterdir()) if p.is_file()]
@@ -53,8 +59,12 @@ class ImageIdentity:
             content = path.read_bytes()
             digest.update(f"{rel} {len(content)}\n".encode())
             digest.update(content)
-        return cls(tag=f"{IMAGE_REPO}:{digest.hexdigest()[:16]}", base=opts.base_image,
-                   patches=tuple(opts.patches), files=tuple(files))
+        return cls(
+            tag=f"{IMAGE_REPO}:{digest.hexdigest()[:16]}",
+            base=opts.base_image,
+            patches=tuple(opts.patches),
+            files=tuple(files),
+        )
 
 
 def key_path(service: Service) -> str:
@@ -68,10 +78,21 @@ def container_name(service: Service) -> str:
 def serve_args(service: Service) -> list[str]:
     """``vllm serve`` arguments (after the image's entrypoint): the model, then the flags."""
     opts: VllmOptions = service.options  # type: ignore[assignment]
-    argv = [service.model, "--served-model-name", service.model_id, "--host", service.host,
-            "--port", str(service.port), "--max-model-len", str(service.ctx),
-            "--gpu-memory-utilization", f"{opts.gpu_memory_utilization:g}",
-            "--tensor-parallel-size", str(opts.tensor_parallel)]
+    argv = [
+        service.model,
+        "--served-model-name",
+        service.model_id,
+        "--host",
+        service.host,
+        "--port",
+        str(service.port),
+        "--max-model-len",
+        str(service.ctx),
+        "--gpu-memory-utilization",
+        f"{opts.gpu_memory_utilization:g}",
+        "--tensor-parallel-size",
+        str(opts.tensor_parallel),
+    ]
     if opts.pipeline_parallel != 1:
         argv += ["--pipeline-parallel-size", str(opts.pipeline_parallel)]
     if opts.dtype:
@@ -104,9 +125,23 @@ def command_line(service: Service, image: str, gpus: int) -> list[str]:
     """The ``docker run`` argv of a service's container (no secret in it: the key is a file
     mounted read-only that the entrypoint reads)."""
     opts: VllmOptions = service.options  # type: ignore[assignment]
-    argv = [DOCKER, "run", "--name", container_name(service), "--pull", "never", "--network", "host",
-            "--ipc", "host", "--init", "--label", f"org.rigkit.service={service.name}",
-            "--stop-timeout", str(opts.stop_timeout)]
+    argv = [
+        DOCKER,
+        "run",
+        "--name",
+        container_name(service),
+        "--pull",
+        "never",
+        "--network",
+        "host",
+        "--ipc",
+        "host",
+        "--init",
+        "--label",
+        f"org.rigkit.service={service.name}",
+        "--stop-timeout",
+        str(opts.stop_timeout),
+    ]
     if service.gpus:
         argv += ["--gpus", '"device=' + ",".join(str(g) for g in service.gpus) + '"']
     elif gpus:
@@ -136,14 +171,29 @@ def render_unit(service: Service, image: str, gpus: int) -> str:
 def services_manifest(rig: Rig, images: dict[str, str]) -> str:
     """What the host tool reads: enabled vLLM services, their units, containers, images,
     ports, key files and models; ``ready_timeout`` sizes the readiness wait."""
-    return json.dumps({
-        "engine": "vllm",
-        "services": [
-            {"name": s.name, "unit": s.unit, "container": container_name(s), "image": images[s.name],
-             "port": s.port, "model": s.model, "model_id": s.model_id,
-             "key_file": key_path(s) if s.api_key_file else None,
-             "ready_timeout": s.options.ready_timeout,  # type: ignore[attr-defined]
-             "mtp": s.options.mtp}  # type: ignore[attr-defined]
-            for s in rig.enabled_services if s.engine == "vllm"
-        ],
-    }, indent=2, sort_keys=True) + "\n"
+    return (
+        json.dumps(
+            {
+                "engine": "vllm",
+                "services": [
+                    {
+                        "name": s.name,
+                        "unit": s.unit,
+                        "container": container_name(s),
+                        "image": images[s.name],
+                        "port": s.port,
+                        "model": s.model,
+                        "model_id": s.model_id,
+                        "key_file": key_path(s) if s.api_key_file else None,
+                        "ready_timeout": s.options.ready_timeout,  # type: ignore[attr-defined]
+                        "mtp": s.options.mtp,
+                    }  # type: ignore[attr-defined]
+                    for s in rig.enabled_services
+                    if s.engine == "vllm"
+                ],
+            },
+            indent=2,
+            sort_keys=True,
+        )
+        + "\n"
+    )

@@ -62,9 +62,24 @@ def dockerd_argv(host: SandboxHost, work: Path, group: str = "docker") -> list[s
     iptables, bridge or forwarding changes to this machine."""
     root = host_root(host)
     binds = " && ".join(f"mount --bind {shlex.quote(str(root / p))} /{p}" for p in HOST_PATHS)
-    dockerd = ["nsenter", f"--net={netns_path(host)}", "dockerd", "-H", f"unix://{socket_path(host)}",
-               "--group", group, "--data-root", str(work / "data"), "--exec-root", str(work / "exec"),
-               "--pidfile", str(work / "dockerd.pid"), "--iptables=false", "--ip6tables=false",
-               "--bridge=none", "--ip-forward=false", "--ip-masq=false"]
-    return ["unshare", "--mount", "--propagation", "private", "sh", "-c",
-            f"{binds} && exec {shlex.join(dockerd)}"]
+    dockerd = [
+        "nsenter",
+        f"--net={netns_path(host)}",
+        "dockerd",
+        "-H",
+        f"unix://{socket_path(host)}",
+        "--group",
+        group,
+        "--data-root",
+        str(work / "data"),
+        "--exec-root",
+        str(work / "exec"),
+        "--pidfile",
+        str(work / "dockerd.pid"),
+        "--iptables=false",
+        "--ip6tables=false",
+        "--bridge=none",
+        "--ip-forward=false",
+        "--ip-masq=false",
+    ]
+    return ["unshare", "--mount", "--propagation", "private", "sh", "-c", f"{binds} && exec {shlex.join(dockerd)}"]

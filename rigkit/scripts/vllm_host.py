@@ -66,16 +66,33 @@ def build(args: argparse.Namespace) -> None:
     log(f"building {args.tag} FROM {args.base} with patches: {args.patches or 'none'}")
     started = time.monotonic()
     result = subprocess.run(
-        [DOCKER, "build", "--network", "host", "--build-arg", f"BASE={args.base}",
-         "--build-arg", f"PATCHES={args.patches}", "--label", f"org.rigkit.vllm.tag={args.tag}",
-         "-t", args.tag, args.context],
-        capture_output=True, text=True)
+        [
+            DOCKER,
+            "build",
+            "--network",
+            "host",
+            "--build-arg",
+            f"BASE={args.base}",
+            "--build-arg",
+            f"PATCHES={args.patches}",
+            "--label",
+            f"org.rigkit.vllm.tag={args.tag}",
+            "-t",
+            args.tag,
+            args.context,
+        ],
+        capture_output=True,
+        text=True,
+    )
     output = result.stdout + result.stderr
     if result.returncode != 0:
         patch_lines = [line for line in output.splitlines() if "PATCH FAILED" in line]
         tail = "\n".join(output.splitlines()[-30:])
-        fail(f"building {args.tag} failed" + (":\n" + "\n".join(patch_lines) if patch_lines else "")
-             + f"\n--- build output (last lines) ---\n{tail}")
+        fail(
+            f"building {args.tag} failed"
+            + (":\n" + "\n".join(patch_lines) if patch_lines else "")
+            + f"\n--- build output (last lines) ---\n{tail}"
+        )
     check = docker("run", "--rm", "--network", "none", "--entrypoint", "python3", args.tag, SELFCHECK)
     if check.returncode != 0:
         docker("image", "rm", args.tag)
@@ -151,8 +168,10 @@ def check(services: list[dict]) -> list[str]:
     out = []
     for problem in problems:
         svc = by_name[problem.split(":", 1)[0]]
-        out.append(f"{problem}\n--- container {svc['container']} ({svc['image']}), last lines ---\n"
-                   f"{container_tail(svc['container'])}")
+        out.append(
+            f"{problem}\n--- container {svc['container']} ({svc['image']}), last lines ---\n"
+            f"{container_tail(svc['container'])}"
+        )
     return out
 
 
@@ -210,8 +229,11 @@ def verify(args: argparse.Namespace) -> None:
     subprocess.run(["systemctl", "restart", *(s["unit"] for s in old["services"])], check=False)
     again = check(old["services"])
     images = ", ".join(f"{s['name']} on {s['image']}" for s in old["services"])
-    state = f"the previous image is serving and verified ({images})" if not again else \
-        "the last verified state ALSO fails:\n" + "\n".join(again)
+    state = (
+        f"the previous image is serving and verified ({images})"
+        if not again
+        else "the last verified state ALSO fails:\n" + "\n".join(again)
+    )
     if not again:
         save_good(manifest_path, old)
     fail(f"verification of the new vLLM deploy failed and it was rolled back; {state}.\nWhat failed:\n{report}")
@@ -234,10 +256,19 @@ def status(args: argparse.Namespace) -> None:
         inspect = docker("inspect", "--format", "{{.State.Status}} {{.Config.Image}}", svc["container"])
         state, _, image = inspect.stdout.strip().partition(" ") if inspect.returncode == 0 else ("absent", "", "")
         code, _ = request(f"http://127.0.0.1:{svc['port']}/health", None, timeout=3)
-        out.append({"name": svc["name"], "unit": svc["unit"], "port": svc["port"],
-                    "active": unit_state(svc["unit"]).get("ActiveState"), "container": state,
-                    "image": image or svc["image"], "declared_image": svc["image"],
-                    "verified_image": (good or {}).get(svc["name"]), "healthy": code == 200})
+        out.append(
+            {
+                "name": svc["name"],
+                "unit": svc["unit"],
+                "port": svc["port"],
+                "active": unit_state(svc["unit"]).get("ActiveState"),
+                "container": state,
+                "image": image or svc["image"],
+                "declared_image": svc["image"],
+                "verified_image": (good or {}).get(svc["name"]),
+                "healthy": code == 200,
+            }
+        )
     print(json.dumps({"services": out}))
 
 

@@ -93,9 +93,11 @@ def apply_hunks(text: str, hunks: list[Hunk], name: str) -> str:
         expected = max(hunk.old_start - 1 + offset, 0)
         at = _find(lines, old, expected)
         if at is None:
-            raise PatchError(f"{name}: hunk {number} of {len(hunks)} ({hunk.header}) does not apply: "
-                             f"{_first_mismatch(lines, old, expected)}")
-        lines[at:at + len(old)] = new
+            raise PatchError(
+                f"{name}: hunk {number} of {len(hunks)} ({hunk.header}) does not apply: "
+                f"{_first_mismatch(lines, old, expected)}"
+            )
+        lines[at : at + len(old)] = new
         offset += len(new) - len(old) + (at - expected)
     return "\n".join(lines)
 
@@ -104,7 +106,7 @@ def _find(lines: list[str], old: list[str], expected: int) -> int | None:
     n = len(old)
     for distance in range(len(lines) + 1):
         for at in (expected - distance, expected + distance) if distance else (expected,):
-            if 0 <= at <= len(lines) - n and lines[at:at + n] == old:
+            if 0 <= at <= len(lines) - n and lines[at : at + n] == old:
                 return at
     return None
 
@@ -137,7 +139,7 @@ def version_matches(version: str, spec: str) -> bool:
         op, want_text = re.match(r"(>=|<=|==|>|<)\s*(.+)", clause).groups()  # type: ignore[union-attr]
         if op == "==" and want_text.endswith(".*"):
             want = version_tuple(want_text[:-2])
-            if have[:len(want)] != want:
+            if have[: len(want)] != want:
                 return False
             continue
         want = version_tuple(want_text)
@@ -176,8 +178,14 @@ def apply_patch(root: Path, version: str, directory: Path, meta: dict) -> dict:
     name = meta["name"]
     if not version_matches(version, meta["vllm"]):
         raise PatchError(f"patch {name} is for vLLM {meta['vllm']}; this image has vLLM {version}")
-    done: dict = {"name": name, "vllm": version, "edits": [], "marker": meta.get("marker"),
-                  "imports": meta.get("imports", []), "modules": meta.get("modules", [])}
+    done: dict = {
+        "name": name,
+        "vllm": version,
+        "edits": [],
+        "marker": meta.get("marker"),
+        "imports": meta.get("imports", []),
+        "modules": meta.get("modules", []),
+    }
     for edit in meta["edits"]:
         target = root / edit["file"]
         label = f"vllm/{edit['file']}"
@@ -202,8 +210,9 @@ def apply_patch(root: Path, version: str, directory: Path, meta: dict) -> dict:
         if new is not None:
             compile(new, str(target), "exec")  # a patch that breaks the syntax fails here
             target.write_text(new)
-        done["edits"].append({"file": edit["file"], "kind": "diff" if "diff" in edit else edit["transform"],
-                              "result": result})
+        done["edits"].append(
+            {"file": edit["file"], "kind": "diff" if "diff" in edit else edit["transform"], "result": result}
+        )
     return done
 
 

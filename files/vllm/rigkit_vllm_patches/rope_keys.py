@@ -12,7 +12,9 @@ import re
 
 KEY = "ignore_keys_at_rope_validation"
 # kwargs["ignore_keys_at_rope_validation"] = [ "a", "b", ]   (any layout, string items only)
-LIST_FORM = re.compile(r'(?P<lhs>\[\s*["\']' + KEY + r'["\']\s*\]\s*=\s*)\[(?P<items>(?:\s*["\'][A-Za-z0-9_]+["\']\s*,?)+\s*)\]')
+LIST_FORM = re.compile(
+    r'(?P<lhs>\[\s*["\']' + KEY + r'["\']\s*\]\s*=\s*)\[(?P<items>(?:\s*["\'][A-Za-z0-9_]+["\']\s*,?)+\s*)\]'
+)
 SET_FORM = re.compile(r'\[\s*["\']' + KEY + r'["\']\s*\]\s*=\s*(?:\{|set\(|frozenset\()')
 
 

@@ -76,8 +76,18 @@ def check(record: dict) -> tuple[list[str], list[str]]:
 def main() -> int:
     record = json.loads(RECORD.read_text())
     failures, notes = check(record)
-    print(json.dumps({"vllm": record["vllm"], "patches": [p["name"] for p in record["patches"]],
-                      "ok": not failures, "failures": failures, "notes": notes}, indent=2))
+    print(
+        json.dumps(
+            {
+                "vllm": record["vllm"],
+                "patches": [p["name"] for p in record["patches"]],
+                "ok": not failures,
+                "failures": failures,
+                "notes": notes,
+            },
+            indent=2,
+        )
+    )
     return 1 if failures else 0
 
 
