@@ -2,6 +2,7 @@
 #   make demo   set up, bring up a sandbox host, and deploy a verified llama-server on it
 #               (the first run builds llama.cpp from source: minutes on 2 cores)
 #   make test   set up and run every test, end-to-end ones included
+#   make lint   the formatter, the linter and the type checker (CI runs it before the tests)
 # Both need root for the sandbox (nspawn hosts, network namespaces); run them as root or
 # they use sudo. They install only what they use: the Vagrantfile's check (tests/) runs
 # where vagrant is installed and is skipped otherwise.
@@ -15,7 +16,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 APT_PACKAGES := python3-venv debootstrap systemd-container apt-cacher-ng iproute2 openssh-client git docker.io
 PYTEST_ARGS ?=
 
-.PHONY: setup prereqs demo test sandbox-address sandbox-down clean
+.PHONY: setup prereqs demo test lint sandbox-address sandbox-down clean
 
 $(VENV)/.installed: pyproject.toml | prereqs
 	$(PYTHON) -m venv $(VENV)
@@ -39,6 +40,11 @@ demo: prereqs setup
 
 test: prereqs setup
 	$(SUDO) $(VENV)/bin/pytest $(PYTEST_ARGS)
+
+lint: setup
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
 
 # The first sandbox host's address: curl -s http://$$(make -s sandbox-address):8000/health
 sandbox-address:
