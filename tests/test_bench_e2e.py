@@ -44,7 +44,7 @@ def sweep(sandbox_hosts, first_deploy, tmp_path_factory):
     _, env = first_deploy
     out = tmp_path_factory.mktemp("bench")
     run = bench("inventories/sandbox.py", "--service", "tiny", "--limit", "sandbox-1",
-                "--depths", "128,256,512", "--runs", "3", "--gen", "32", "--out", str(out), env=env)
+                "--depths", "128,256,512", "--runs", "3", "--gen", "64", "--out", str(out), env=env)
     assert run.returncode == 0, run.stderr[-4000:]
     return run, out / "sandbox-1" / "tiny"
 
@@ -60,15 +60,20 @@ def test_sweep_figures_agree_with_the_server(sweep):
         # token counts are the server's: the prompt is exactly the depth, nothing came from a cache
         assert s["prompt_tokens"] == s["depth"] == t["prompt_n"] + t["cache_n"]
         assert t["cache_n"] == 0
-        assert s["completion_tokens"] == t["predicted_n"] == 32
+        assert s["completion_tokens"] == t["predicted_n"] == 64
         assert s["prefill_tps"] > 0 and s["decode_tps"] > 0 and s["server_decode_tps"] > 0
         # the client waits at least as long as the server computes
         assert s["ttft_s"] * 1000 >= t["prompt_ms"] * 0.95
         assert s["e2e_s"] * 1000 >= (t["prompt_ms"] + t["predicted_ms"]) * 0.95
+    # streamed decode (what the user gets) and the server's decode rate agree (no MTP here):
+    # over all samples, as one sample's few tokens can arrive bunched on this busy machine
+    streamed = sum(s["completion_tokens"] - 1 for s in data["samples"]) / \
+        sum(s["t_last"] - s["t_first"] for s in data["samples"])
+    server = sum(s["timings"]["predicted_n"] for s in data["samples"]) / \
+        sum(s["timings"]["predicted_ms"] / 1000 for s in data["samples"])
+    assert 0.5 < streamed / server < 2.0, (streamed, server)
     for r in data["rows"]:
-        assert r["prefill_tps"] > 0 and r["ttft_ms"] > 0
-        # streamed decode (what the user gets) and the server's decode rate agree (no MTP here)
-        assert 0.5 < r["decode_tps"] / r["server_decode_tps"] < 2.0, r
+        assert r["prefill_tps"] > 0 and r["ttft_ms"] > 0 and r["decode_tps"] > 0
         assert r["prefill_tps"] <= r["server_prefill_tps"] * 1.05  # prompt / TTFT includes HTTP
         assert r["decode_watts"] is None and r["decode_tokens_per_kwh"] is None  # no GPU: n/a
     # progress lines while it ran
