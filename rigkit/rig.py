@@ -15,18 +15,17 @@ from typing import Any
 from pyinfra import host
 from pyinfra.api import deploy
 from pyinfra.api.exceptions import PyinfraError
-from pyinfra.operations import apt, files, server, systemd
+from pyinfra.operations import apt, files, systemd
 from pyinfra.operations.util import any_changed
 
 from rigkit.facts.nvidia import NvidiaGpus
-from rigkit.facts.secrets import VERSION_SUFFIX
 from rigkit.facts.services import ManagedServices
 from rigkit.hostdata import LlamaCpp, Rig, UploadModel
 from rigkit.operations import llama_cpp, services
 from rigkit.operations import models as model_ops
-from rigkit.operations import secrets as secret_ops
 from rigkit.operations.llama_cpp import BuildIdentity
 from rigkit.render import llama_server as render
+from rigkit.service_identity import user_and_key
 
 logger = logging.getLogger("pyinfra")
 
@@ -139,45 +138,7 @@ def llama_services(rig: Rig, identity: BuildIdentity, address: str, models: Sequ
     restart_on: dict[str, list] = {}  # per service: its key file and unit (unit last)
     watchdog_units: list = []
     for svc in served:
-        restart_on[svc.name] = []
-        if not svc.api_key_file and svc.name in on_host["keys"]:
-            restart_on[svc.name].append(
-                files.file(
-                    name=f"Remove the API key of {svc.name} (no longer declared)",
-                    path=render.key_path(svc),
-                    present=False,
-                )
-            )
-            files.file(
-                name=f"Remove the API key version of {svc.name}",
-                path=render.key_path(svc) + VERSION_SUFFIX,
-                present=False,
-            )
-        server.user(
-            name=f"System user {svc.user}",
-            user=svc.user,
-            system=True,
-            home=f"/var/lib/rigkit-llama-{svc.name}",
-            create_home=False,
-            shell="/usr/sbin/nologin",
-        )
-        if svc.api_key_file:
-            local = Path(svc.api_key_file).expanduser()
-            if not local.is_file():
-                raise PyinfraError(
-                    f"host {rig.host}: services[{svc.name}].api_key_file: expected a "
-                    f"readable file on this machine, {local} is not one"
-                )
-            restart_on[svc.name].append(
-                secret_ops.secret_file(
-                    name=f"API key of {svc.name} (0400, {svc.user} only)",
-                    src=str(local),
-                    dest=render.key_path(svc),
-                    user=svc.user,
-                    group=svc.user,
-                    mode="400",
-                )
-            )
+        restart_on[svc.name] = user_and_key(rig, svc, render.key_path(svc), key_on_host=svc.name in on_host["keys"])
         if svc.enabled and svc.watchdog:
             unit, timer = render.render_watchdog(svc, services.MANIFEST)
             watchdog_units.append(

@@ -12,23 +12,20 @@ import logging
 from collections.abc import Sequence
 from functools import partial
 from io import StringIO
-from pathlib import Path
 from typing import Any
 
 from pyinfra import host
 from pyinfra.api import deploy
-from pyinfra.api.exceptions import PyinfraError
-from pyinfra.operations import files, server, systemd
+from pyinfra.operations import files, systemd
 from pyinfra.operations.util import any_changed
 
-from rigkit.facts.secrets import VERSION_SUFFIX
 from rigkit.facts.services import ManagedServices
 from rigkit.hostdata import Rig
-from rigkit.operations import secrets as secret_ops
 from rigkit.operations import services as service_ops
 from rigkit.operations import vllm as vllm_ops
 from rigkit.render import vllm as render
 from rigkit.render.vllm import ImageIdentity
+from rigkit.service_identity import user_and_key
 
 logger = logging.getLogger("pyinfra")
 
@@ -69,38 +66,7 @@ def vllm_services(rig: Rig, models: Sequence[Any] = ()):
                 f"{', '.join(identity.patches) or 'none'})",
                 identity=identity,
             )
-        server.user(
-            name=f"System user {svc.user}",
-            user=svc.user,
-            system=True,
-            home=f"/var/lib/rigkit-vllm-{svc.name}",
-            create_home=False,
-            shell="/usr/sbin/nologin",
-        )
-        if svc.api_key_file:
-            local = Path(svc.api_key_file).expanduser()
-            if not local.is_file():
-                raise PyinfraError(
-                    f"host {rig.host}: services[{svc.name}].api_key_file: expected a "
-                    f"readable file on this machine, {local} is not one"
-                )
-            restart_on[svc.name].append(
-                secret_ops.secret_file(
-                    name=f"API key of {svc.name} (0400, {svc.user} only)",
-                    src=str(local),
-                    dest=render.key_path(svc),
-                    user=svc.user,
-                    group=svc.user,
-                    mode="400",
-                )
-            )
-        else:
-            restart_on[svc.name].append(
-                files.file(name=f"No API key file for {svc.name}", path=render.key_path(svc), present=False)
-            )
-            files.file(
-                name=f"No API key version for {svc.name}", path=render.key_path(svc) + VERSION_SUFFIX, present=False
-            )
+        restart_on[svc.name] += user_and_key(rig, svc, render.key_path(svc))
         restart_on[svc.name].append(
             files.put(
                 name=f"Unit {svc.unit}",

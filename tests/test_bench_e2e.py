@@ -27,8 +27,14 @@ UNIT = "rigkit-llama-tiny.service"
 
 
 def bench(*args: str, env: dict | None = None, timeout: float = 900) -> subprocess.CompletedProcess:
-    return subprocess.run([RIGKIT, "bench", *args], cwd=REPO, capture_output=True, text=True,
-                          timeout=timeout, env={**os.environ, **(env or {})})
+    return subprocess.run(
+        [RIGKIT, "bench", *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, **(env or {})},
+    )
 
 
 def healthy(address: str, port: int = 8000) -> bool:
@@ -43,8 +49,22 @@ def healthy(address: str, port: int = 8000) -> bool:
 def sweep(sandbox_hosts, first_deploy, tmp_path_factory):
     _, env = first_deploy
     out = tmp_path_factory.mktemp("bench")
-    run = bench("inventories/sandbox.py", "--service", "tiny", "--limit", "sandbox-1",
-                "--depths", "128,256,512", "--runs", "3", "--gen", "64", "--out", str(out), env=env)
+    run = bench(
+        "inventories/sandbox.py",
+        "--service",
+        "tiny",
+        "--limit",
+        "sandbox-1",
+        "--depths",
+        "128,256,512",
+        "--runs",
+        "3",
+        "--gen",
+        "64",
+        "--out",
+        str(out),
+        env=env,
+    )
     assert run.returncode == 0, run.stderr[-4000:]
     return run, out / "sandbox-1" / "tiny"
 
@@ -67,10 +87,12 @@ def test_sweep_figures_agree_with_the_server(sweep):
         assert s["e2e_s"] * 1000 >= (t["prompt_ms"] + t["predicted_ms"]) * 0.95
     # streamed decode (what the user gets) and the server's decode rate agree (no MTP here):
     # over all samples, as one sample's few tokens can arrive bunched on this busy machine
-    streamed = sum(s["completion_tokens"] - 1 for s in data["samples"]) / \
-        sum(s["t_last"] - s["t_first"] for s in data["samples"])
-    server = sum(s["timings"]["predicted_n"] for s in data["samples"]) / \
-        sum(s["timings"]["predicted_ms"] / 1000 for s in data["samples"])
+    streamed = sum(s["completion_tokens"] - 1 for s in data["samples"]) / sum(
+        s["t_last"] - s["t_first"] for s in data["samples"]
+    )
+    server = sum(s["timings"]["predicted_n"] for s in data["samples"]) / sum(
+        s["timings"]["predicted_ms"] / 1000 for s in data["samples"]
+    )
     assert 0.5 < streamed / server < 2.0, (streamed, server)
     for r in data["rows"]:
         assert r["prefill_tps"] > 0 and r["ttft_ms"] > 0 and r["decode_tps"] > 0
@@ -91,7 +113,9 @@ def test_provenance_and_outputs(sweep):
     assert [f["bytes"] > 0 for f in p["model_files"]] == [True, True]  # both shards
     assert p["gpus"] == [] and data["power"]["header"]["source"] is None
     md = (out / "bench.md").read_text()
-    assert md.splitlines()[0] == "| Context | Prefill (t/s) | Decode (t/s) | TTFT (ms) | Power (W) | Decode (tokens/kWh) |"
+    assert (
+        md.splitlines()[0] == "| Context | Prefill (t/s) | Decode (t/s) | TTFT (ms) | Power (W) | Decode (tokens/kWh) |"
+    )
     assert md.splitlines()[2].startswith("| 128 |") and md.splitlines()[2].endswith("| n/a | n/a |")
     assert "Server argv: `/opt/rigkit/llama.cpp/current/bin/llama-server -m /srv/models/tiny-qwen/" in md
     assert (out / "bench.csv").read_text().startswith("depth,runs,prefill_tps")
@@ -106,14 +130,33 @@ def test_url_sweep_and_compare(sandbox_hosts, first_deploy, api_key, sweep, tmp_
     _, first = sweep
     host = sandbox_hosts.hosts[0]
     second = tmp_path / "url"
-    run = bench("--url", f"http://{host.address}:8000", "--api-key-file", api_key[1],
-                "--depths", "128,256", "--runs", "2", "--gen", "32", "--out", str(second))
+    run = bench(
+        "--url",
+        f"http://{host.address}:8000",
+        "--api-key-file",
+        api_key[1],
+        "--depths",
+        "128,256",
+        "--runs",
+        "2",
+        "--gen",
+        "32",
+        "--out",
+        str(second),
+    )
     assert run.returncode == 0, run.stderr[-3000:]
     data = json.loads((second / "bench.json").read_text())
     assert data["provenance"]["engine"]["build"] == 11312  # from /props over HTTP
     assert data["provenance"]["argv"] is None  # --url alone: the host is not probed
-    cmp = bench("compare", str(first / "bench.json"), str(second / "bench.json"),
-                "--names", "inventory,url", "--out", str(tmp_path / "cmp"))
+    cmp = bench(
+        "compare",
+        str(first / "bench.json"),
+        str(second / "bench.json"),
+        "--names",
+        "inventory,url",
+        "--out",
+        str(tmp_path / "cmp"),
+    )
     assert cmp.returncode == 0, cmp.stderr
     lines = cmp.stdout.splitlines()
     assert lines[0].startswith("| Context | prefill t/s: inventory / url / ratio")
@@ -125,11 +168,31 @@ def test_url_sweep_and_compare(sandbox_hosts, first_deploy, api_key, sweep, tmp_
 def test_server_stopped_mid_sweep_keeps_partial_results(sandbox_hosts, first_deploy, tmp_path):
     sb, host = sandbox_hosts, sandbox_hosts.hosts[0]
     _, env = first_deploy
-    proc = subprocess.Popen([RIGKIT, "bench", "inventories/sandbox.py", "--service", "tiny", "--limit",
-                             "sandbox-1", "--depths", "128,256,384", "--runs", "3", "--gen", "400",
-                             "--no-warmup", "--out", str(tmp_path)],
-                            cwd=REPO, stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-                            env={**os.environ, **env})
+    proc = subprocess.Popen(
+        [
+            RIGKIT,
+            "bench",
+            "inventories/sandbox.py",
+            "--service",
+            "tiny",
+            "--limit",
+            "sandbox-1",
+            "--depths",
+            "128,256,384",
+            "--runs",
+            "3",
+            "--gen",
+            "400",
+            "--no-warmup",
+            "--out",
+            str(tmp_path),
+        ],
+        cwd=REPO,
+        stderr=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, **env},
+    )
     stderr = []
     try:
         for line in proc.stderr:
@@ -149,8 +212,11 @@ def test_server_stopped_mid_sweep_keeps_partial_results(sandbox_hosts, first_dep
     assert healthy(host.address), ssh(sb, host, f"journalctl -u {UNIT} -n 30 --no-pager", check=False)
     err = "".join(stderr)
     assert proc.returncode == 1
-    m = re.search(r"stopped answering during depth (\d+), run (\d)/3: .*\((\d) of 9 samples kept\); "
-                  r"partial results in (\S+bench.json)", err)
+    m = re.search(
+        r"stopped answering during depth (\d+), run (\d)/3: .*\((\d) of 9 samples kept\); "
+        r"partial results in (\S+bench.json)",
+        err,
+    )
     assert m, err[-2000:]
     kept = int(m.group(3))
     assert 1 <= kept < 9 and (int(m.group(1)), int(m.group(2))) == ((128, 256, 384)[kept // 3], kept % 3 + 1)
@@ -159,7 +225,7 @@ def test_server_stopped_mid_sweep_keeps_partial_results(sandbox_hosts, first_dep
     assert "Status: partial" in (tmp_path / "sandbox-1" / "tiny" / "bench.md").read_text()
 
 
-FAKE_SMI = r'''#!/usr/bin/env python3
+FAKE_SMI = r"""#!/usr/bin/env python3
 # A stand-in nvidia-smi for one test: one "GPU" drawing 250 W, nothing else.
 import sys, time
 args = " ".join(sys.argv[1:])
@@ -172,7 +238,7 @@ if "power.draw" in args:
         time.sleep(int(lms[0][5:]) / 1000)
 elif "--query-gpu" in args:
     print("0, Stand-in GPU, 580.0, 1000 MiB, 300.00 W")
-'''
+"""
 
 
 def test_power_sampled_over_the_ssh_connection(sandbox_hosts, first_deploy, tmp_path):
@@ -183,8 +249,22 @@ def test_power_sampled_over_the_ssh_connection(sandbox_hosts, first_deploy, tmp_
     path = "/usr/local/bin/nvidia-smi"
     ssh(sb, host, f"cat > {path} <<'EOF'\n{FAKE_SMI}EOF\nchmod 755 {path}")
     try:
-        run = bench("inventories/sandbox.py", "--service", "tiny", "--limit", "sandbox-1",
-                    "--depths", "256", "--runs", "2", "--gen", "64", "--out", str(tmp_path), env=env)
+        run = bench(
+            "inventories/sandbox.py",
+            "--service",
+            "tiny",
+            "--limit",
+            "sandbox-1",
+            "--depths",
+            "256",
+            "--runs",
+            "2",
+            "--gen",
+            "64",
+            "--out",
+            str(tmp_path),
+            env=env,
+        )
     finally:
         ssh(sb, host, f"rm -f {path}")
     assert run.returncode == 0, run.stderr[-3000:]
@@ -194,8 +274,7 @@ def test_power_sampled_over_the_ssh_connection(sandbox_hosts, first_deploy, tmp_
     assert data["provenance"]["gpus"][0]["name"] == "Stand-in GPU"
     row = data["rows"][0]
     assert row["decode_watts"] == pytest.approx(250, rel=0.1)
-    assert row["decode_tokens_per_kwh"] == pytest.approx(
-        row["decode_tps"] * 3.6e6 / row["decode_watts"], rel=0.25)
+    assert row["decode_tokens_per_kwh"] == pytest.approx(row["decode_tps"] * 3.6e6 / row["decode_watts"], rel=0.25)
     assert (tmp_path / "sandbox-1" / "tiny" / "power.png").stat().st_size > 10_000
 
 

@@ -186,8 +186,8 @@ def services_manifest(rig: Rig, images: dict[str, str]) -> str:
                         "model_id": s.model_id,
                         "key_file": key_path(s) if s.api_key_file else None,
                         "ready_timeout": s.options.ready_timeout,  # type: ignore[attr-defined]
-                        "mtp": s.options.mtp,
-                    }  # type: ignore[attr-defined]
+                        "mtp": s.options.mtp,  # type: ignore[attr-defined]
+                    }
                     for s in rig.enabled_services
                     if s.engine == "vllm"
                 ],
