@@ -7,8 +7,10 @@ warm ccache versus cold, through rigkit's own deploy and build path on a sandbox
 
 Uses its own sandbox instance (/var/lib/rigkit/sandbox-bench-upgrade, one host) and tears it
 down at the end. The rebuilds go beside the deployed builds under a new build key (as a changed pin or
-flag gives); the cold one disables ccache (CCACHE_DISABLE=1) for that one build. Each build's ccache
-hit rate comes from the host's `ccache --print-stats` (the counters of `ccache -s`) before and after.
+flag gives); the cold one disables ccache (CCACHE_DISABLE=1) for that one build. Beside each time, the
+ccache hits: for the deploys the host's `ccache --print-stats` (the counters of `ccache -s`) before and
+after, cache-wide (the sandbox's cache directory is shared by every sandbox on this machine, so builds
+elsewhere count too); for the timed rebuilds, exactly that build's compilations (CCACHE_STATSLOG).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from __future__ import annotations
 import json
 import os
 import shlex
+import shutil
 import subprocess
 import sys
 import time
@@ -51,8 +54,17 @@ HITS = ("direct_cache_hit", "preprocessed_cache_hit")
 
 
 def ccache_stats(sb: sandbox.Sandbox) -> dict[str, int]:
-    """The host's ccache counters (what `ccache -s` shows), machine-readable."""
-    out = sb.ssh(sb.hosts[0], f"CCACHE_DIR={CCACHE_DIR} ccache --print-stats")
+    """The host's ccache counters (what `ccache -s` shows), machine-readable. Before the first
+    deploy installed ccache there, the same cache directory is read from this machine (the
+    sandbox keeps it here), with this machine's ccache if it has one."""
+    out = sb.ssh(sb.hosts[0], f"! command -v ccache >/dev/null || CCACHE_DIR={CCACHE_DIR} ccache --print-stats")
+    if not out and shutil.which("ccache"):
+        out = subprocess.run(
+            ["ccache", "--print-stats"],
+            env={**os.environ, "CCACHE_DIR": str(sandbox.cache_dir() / "sandbox-ccache")},
+            capture_output=True,
+            text=True,
+        ).stdout
     return {k: int(v) for k, v in (line.split("\t") for line in out.splitlines()) if v.isdigit()}
 
 
@@ -64,8 +76,10 @@ def hit_rate(before: dict[str, int], after: dict[str, int]) -> tuple[int, int]:
 
 
 def hits_text(before: dict[str, int], after: dict[str, int]) -> str:
+    if not before or not after:
+        return "n/a (no ccache to read the counters with)"
     hits, calls = hit_rate(before, after)
-    return f"{hits}/{calls} hits ({100 * hits / calls:.1f} %)" if calls else "no lookups"
+    return f"{hits}/{calls} hits ({100 * hits / calls:.1f} %) cache-wide" if calls else "no lookups"
 
 
 def timed_deploy(sb: sandbox.Sandbox, ref: str) -> tuple[float, str]:
@@ -77,15 +91,16 @@ def timed_deploy(sb: sandbox.Sandbox, ref: str) -> tuple[float, str]:
 def build_seconds(sb: sandbox.Sandbox, key: str, ccache: bool) -> tuple[float, str]:
     """One more build of b11312 through the host tool with the deploy's own flags, beside the
     deployed ones (a new build key, as a changed pin or flag gives), then removed again.
-    Its seconds, and its ccache hits as text."""
+    Its seconds, and its own ccache hits as text (from a stats log of this build's compilations
+    only: the cache directory is shared with every sandbox on this machine)."""
     pin = LlamaCpp(ref="b11312", cuda=False)
     flags = " ".join(shlex.quote(f) for f in cmake_flags(pin, ()))
     env = "" if ccache else "CCACHE_DISABLE=1 "
     host = sb.hosts[0]
-    before = ccache_stats(sb)
+    log = f"/tmp/rigkit-bench-{key}.stats"
     sb.ssh(
         host,
-        f"{env}python3 {TOOL} build --root {pin.root} --url {sb.git_url}/llama.cpp.git "
+        f"rm -f {log}; {env}CCACHE_STATSLOG={log} python3 {TOOL} build --root {pin.root} --url {sb.git_url}/llama.cpp.git "
         f"--ref {pin.ref} --flags-hash {key} -- {flags}",
         timeout=None,
     )
@@ -94,7 +109,10 @@ def build_seconds(sb: sandbox.Sandbox, key: str, ccache: bool) -> tuple[float, s
             host, f"cat {pin.root}/builds/{pin.ref}-*-{key}/build.json && rm -rf {pin.root}/builds/{pin.ref}-*-{key}"
         )
     )
-    return info["build_seconds"], hits_text(before, ccache_stats(sb))
+    outcomes = sb.ssh(host, f"cat {log} 2>/dev/null; rm -f {log}").splitlines()
+    hits = sum(line in HITS for line in outcomes)
+    calls = hits + outcomes.count("cache_miss")
+    return info["build_seconds"], (f"{hits}/{calls} hits ({100 * hits / calls:.1f} %)" if calls else "no lookups")
 
 
 def main() -> None:
