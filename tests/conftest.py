@@ -30,6 +30,9 @@ def sandbox_hosts():
     previous = os.environ.get("RIGKIT_SANDBOX_DIR")
     os.environ["RIGKIT_SANDBOX_DIR"] = str(TEST_STATE)
     try:
+        # Fresh disks: hosts keep theirs across `up` now, and a killed session's leftovers
+        # would make the first deploy a no-op.
+        sandbox.down()
         sb = sandbox.up(hosts=2)
         yield sb
     finally:
