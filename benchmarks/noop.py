@@ -12,6 +12,7 @@ first deploy on each host builds llama.cpp from the ccache the suite left warm.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import statistics
 import subprocess
@@ -29,17 +30,25 @@ PYINFRA = str(Path(sys.executable).with_name("pyinfra"))
 
 
 def deploy(hosts: int) -> float:
-    limit = ",".join(f"sandbox-{i}" for i in range(1, hosts + 1))
+    limits = [arg for i in range(1, hosts + 1) for arg in ("--limit", f"sandbox-{i}")]
     started = time.monotonic()
     proc = subprocess.run(
-        [PYINFRA, "-y", "--limit", limit, "inventories/sandbox.py", "deploys/rig.py"],
+        [PYINFRA, "-y", "--json", *limits, "inventories/sandbox.py", "deploys/rig.py"],
         cwd=REPO,
         capture_output=True,
         text=True,
     )
+    elapsed = time.monotonic() - started
     if proc.returncode != 0:
         sys.exit(proc.stderr[-3000:])
-    return time.monotonic() - started
+    try:
+        operations = json.loads(proc.stdout)["results"]["operations"]
+    except (ValueError, KeyError, TypeError):
+        sys.exit(f"pyinfra printed no results:\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}")
+    ran = {h for op in operations for h in op["success"] + op["no_change"]}
+    if len(ran) != hosts:  # a limit that matched fewer hosts would time nothing
+        sys.exit(f"expected {hosts} hosts in the run, pyinfra ran on {sorted(ran)}")
+    return elapsed
 
 
 def main() -> None:
