@@ -1,0 +1,154 @@
+"""
+Host data ``cluster``: a Ray cluster that a vLLM service spans across machines. Every node
+of the cluster carries the same ``cluster`` entry, plus its own ``interconnect`` (the
+interface NCCL, Gloo and Ray use between the nodes) and ``address`` (this node's address
+on that interface)::
+
+    "cluster": {"name": "qwen122b", "nodes": ["spark-1", "spark-2"], "ray_port": 6379,
+                "tensor_parallel": 2, "pipeline_parallel": 1,
+                "interconnect": "enp1s0f0np0", "address": "192.168.100.11"}
+
+``nodes`` are inventory host names; the first is the head (where Ray's GCS and the API
+listen). ``tensor_parallel`` x ``pipeline_parallel`` must equal the GPUs the nodes bring
+(``gpus.count`` summed over the nodes); both absent means a Ray cluster without a sized
+vLLM service yet (the sandbox, which has no GPU). :func:`validate_cluster` checks all of it
+across hosts, before any host changes.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from rigkit.hostdata.gpus import parse_gpus
+from rigkit.hostdata.schema import HostDataError, build, check_path, check_pattern
+
+CLUSTER_NAME = re.compile(r"[a-z0-9][a-z0-9-]{0,31}")
+# An inventory host name: a DNS name or an address, nothing a shell or a unit would read.
+NODE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,252}")
+# A Linux interface name (IFNAMSIZ 16 with the NUL): what NCCL_SOCKET_IFNAME takes.
+INTERFACE = re.compile(r"[A-Za-z0-9_.:-]{1,15}")
+VERSION = re.compile(r"[0-9]+(?:\.[0-9]+){1,3}")
+ADDRESS = re.compile(r"[0-9A-Fa-f.:]{2,39}")
+DEFAULT_RAY = "/opt/rigkit/ray/bin/ray"
+
+
+@dataclass(frozen=True)
+class Cluster:
+    name: str
+    nodes: tuple[str, ...]
+    interconnect: str
+    address: str
+    ray_port: int = 6379
+    tensor_parallel: int | None = None
+    pipeline_parallel: int | None = None
+    # The ``ray`` command on the node (a virtualenv, or the image's in a container).
+    ray: str = DEFAULT_RAY
+    # How long a worker waits for the head's port, and the head for every node, in seconds.
+    join_timeout: int = 300
+    # Install Ray into the virtualenv of ``ray`` from wheels in this directory on the deploying
+    # machine (``pip download ray==VERSION``), for nodes without the image or the internet.
+    wheelhouse: str | None = None
+    ray_version: str | None = None
+
+    @property
+    def head(self) -> str:
+        return self.nodes[0]
+
+    def shared(self) -> tuple:
+        """What every node must declare alike."""
+        return (self.name, self.nodes, self.ray_port, self.tensor_parallel, self.pipeline_parallel)
+
+
+def parse_cluster(host: str, raw: Any) -> Cluster:
+    """One host's ``cluster`` entry, checked on its own (see :func:`validate_cluster`)."""
+    c = build(Cluster, raw, host, "cluster")
+    check_pattern(c.name, CLUSTER_NAME, host, "cluster.name", "a cluster name: lower-case letters, digits and '-'")
+    if not c.nodes:
+        raise HostDataError(host, "cluster.nodes", "the inventory hosts the cluster spans, head first", [])
+    for i, node in enumerate(c.nodes):
+        check_pattern(node, NODE_NAME, host, f"cluster.nodes[{i}]", "an inventory host name")
+    dupes = sorted({n for n in c.nodes if c.nodes.count(n) > 1})
+    if dupes:
+        raise HostDataError(host, "cluster.nodes", "each host once", dupes[0])
+    if host not in c.nodes:
+        raise HostDataError(host, "cluster.nodes", f"a list that names this host ({host})", list(c.nodes))
+    check_pattern(
+        c.interconnect,
+        INTERFACE,
+        host,
+        "cluster.interconnect",
+        "a network interface name (1-15 of letters, digits, _ . : -)",
+    )
+    if c.interconnect in (".", ".."):
+        raise HostDataError(host, "cluster.interconnect", "a network interface name", c.interconnect)
+    check_pattern(c.address, ADDRESS, host, "cluster.address", "this node's IP address on the interconnect")
+    try:
+        ip = ipaddress.ip_address(c.address)
+    except ValueError:
+        raise HostDataError(host, "cluster.address", "this node's IP address on the interconnect", c.address) from None
+    if ip.is_unspecified or ip.is_multicast or ip.is_loopback and len(c.nodes) > 1:
+        raise HostDataError(host, "cluster.address", "an address the other nodes can reach", c.address)
+    if not 1024 <= c.ray_port <= 65535:
+        raise HostDataError(host, "cluster.ray_port", "a port from 1024 to 65535", c.ray_port)
+    if (c.tensor_parallel is None) != (c.pipeline_parallel is None):
+        raise HostDataError(host, "cluster", "tensor_parallel and pipeline_parallel together, or neither")
+    for key in ("tensor_parallel", "pipeline_parallel"):
+        value = getattr(c, key)
+        if value is not None and value < 1:
+            raise HostDataError(host, f"cluster.{key}", "1 or more", value)
+    check_path(c.ray, host, "cluster.ray", "the ray command's absolute path on the host")
+    if c.wheelhouse is not None:
+        check_path(c.wheelhouse, host, "cluster.wheelhouse", "a directory of wheels on the deploying machine")
+        if c.ray_version is None:
+            raise HostDataError(host, "cluster.ray_version", "the Ray version to install from the wheelhouse")
+    if c.ray_version is not None:
+        check_pattern(c.ray_version, VERSION, host, "cluster.ray_version", "a release such as 2.40.0")
+    if not 10 <= c.join_timeout <= 3600:
+        raise HostDataError(host, "cluster.join_timeout", "10 to 3600 seconds", c.join_timeout)
+    return c
+
+
+def validate_cluster(hosts_data: dict[str, dict]) -> None:
+    """Every host's ``cluster`` entry checked, then the clusters across hosts: every node
+    exists in the inventory and declares the same cluster, no address is used twice, and
+    tensor x pipeline parallel equals the GPUs the nodes bring. Raises :class:`HostDataError`
+    naming the host and key; changes nothing."""
+    clusters = {
+        host: parse_cluster(host, data["cluster"])
+        for host, data in hosts_data.items()
+        if isinstance(data, dict) and data.get("cluster") is not None
+    }
+    for host, c in clusters.items():
+        for i, node in enumerate(c.nodes):
+            if node not in hosts_data:
+                raise HostDataError(host, f"cluster.nodes[{i}]", "a host of this inventory", node)
+            other = clusters.get(node)
+            if other is None:
+                raise HostDataError(node, "cluster", f"the cluster {c.name!r} that {host} names this host in")
+            if other.shared() != c.shared():
+                raise HostDataError(
+                    node,
+                    "cluster",
+                    f"the same name, nodes, ray_port and parallel sizes as {host} ({c.name}, {list(c.nodes)})",
+                    f"{other.name}, {list(other.nodes)}",
+                )
+        addresses = [clusters[n].address for n in c.nodes]
+        for node in c.nodes:
+            if addresses.count(clusters[node].address) > 1:
+                raise HostDataError(
+                    node, "cluster.address", "an address no other node of the cluster has", clusters[node].address
+                )
+        if c.tensor_parallel is not None and c.pipeline_parallel is not None:
+            gpus = {n: parse_gpus(n, hosts_data[n].get("gpus")).count for n in c.nodes}
+            wanted = c.tensor_parallel * c.pipeline_parallel
+            if wanted != sum(gpus.values()):
+                brought = ", ".join(f"{n}: {g}" for n, g in gpus.items())
+                raise HostDataError(
+                    host,
+                    "cluster",
+                    f"tensor_parallel x pipeline_parallel ({c.tensor_parallel} x {c.pipeline_parallel} = {wanted}) "
+                    f"equal to the GPUs the nodes bring ({sum(gpus.values())}: {brought})",
+                )
