@@ -8,7 +8,6 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from functools import partial
-from io import StringIO
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +20,7 @@ from pyinfra.operations.util import any_changed
 from rigkit.facts.nvidia import NvidiaGpus
 from rigkit.facts.services import ManagedServices
 from rigkit.hostdata import LlamaCpp, Rig, UploadModel
-from rigkit.operations import llama_cpp, services
+from rigkit.operations import llama_cpp, rendered, services
 from rigkit.operations import models as model_ops
 from rigkit.operations.llama_cpp import BuildIdentity
 from rigkit.render import llama_server as render
@@ -137,47 +136,52 @@ def llama_services(rig: Rig, identity: BuildIdentity, address: str, models: Sequ
             )
     restart_on: dict[str, list] = {}  # per service: its key file and unit (unit last)
     watchdog_units: list = []
+    unit_dir = "/etc/systemd/system"
+    opencode = "/etc/rigkit/opencode.json"
+    # Every file this step renders, asked about in one round trip.
+    batch = (services.MANIFEST, opencode) + tuple(
+        f"{unit_dir}/{unit}" for svc in served for unit in (svc.unit, svc.watchdog_unit, svc.watchdog_timer)
+    )
     for svc in served:
         restart_on[svc.name] = user_and_key(rig, svc, render.key_path(svc), key_on_host=svc.name in on_host["keys"])
         if svc.enabled and svc.watchdog:
             unit, timer = render.render_watchdog(svc, services.MANIFEST)
             watchdog_units.append(
-                files.put(
+                rendered.put(
                     name=f"Watchdog {svc.watchdog_unit}",
-                    src=StringIO(unit),
-                    dest=f"/etc/systemd/system/{svc.watchdog_unit}",
-                    mode="644",
+                    content=unit,
+                    dest=f"{unit_dir}/{svc.watchdog_unit}",
+                    batch=batch,
                 )
             )
             watchdog_units.append(
-                files.put(
+                rendered.put(
                     name=f"Watchdog timer of {svc.name}",
-                    src=StringIO(timer),
-                    dest=f"/etc/systemd/system/{svc.watchdog_timer}",
-                    mode="644",
+                    content=timer,
+                    dest=f"{unit_dir}/{svc.watchdog_timer}",
+                    batch=batch,
                 )
             )
         restart_on[svc.name].append(
-            files.put(
+            rendered.put(
                 name=f"Unit {svc.unit}",
-                src=StringIO(render.render_unit(svc, pin.root, gpu=pin.cuda)),
-                dest=f"/etc/systemd/system/{svc.unit}",
-                mode="644",
+                content=render.render_unit(svc, pin.root, gpu=pin.cuda),
+                dest=f"{unit_dir}/{svc.unit}",
+                batch=batch,
             )
         )
-    files.put(
+    rendered.put(
         name="Services manifest for verification",
-        src=StringIO(render.services_manifest(rig, pin.root)),
+        content=render.services_manifest(rig, pin.root),
         dest=services.MANIFEST,
         mode="600",
-        create_remote_dir=True,
+        batch=batch,
     )
-    files.put(
+    rendered.put(
         name="opencode.json provider entries",
-        src=StringIO(render.opencode_config(rig, address)),
-        dest="/etc/rigkit/opencode.json",
-        mode="644",
-        create_remote_dir=True,
+        content=render.opencode_config(rig, address),
+        dest=opencode,
+        batch=batch,
     )
 
     switch = llama_cpp.activate(name=f"Switch llama.cpp to {pin.ref}", identity=identity)

@@ -10,13 +10,14 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 from importlib.resources import files as package_files
+from pathlib import Path
 
 from pyinfra import host
 from pyinfra.api import QuoteString, StringCommand, operation
-from pyinfra.operations import files
 
 from rigkit.facts.llama_cpp import CHECK_TOOL, TOOL, LlamaCppBuilds
 from rigkit.hostdata import LlamaCpp
+from rigkit.operations import rendered
 from rigkit.scripts.llama_host import matches
 
 
@@ -72,11 +73,9 @@ def tool():
     Upload rigkit's host-side llama.cpp tool (build, switch, verify) and the engine-neutral
     service check it uses to ``/opt/rigkit/bin``.
     """
-    scripts = package_files("rigkit") / "scripts"
-    yield from files.put._inner(
-        src=str(scripts / "check_service.py"), dest=CHECK_TOOL, mode="755", create_remote_dir=True
-    )
-    yield from files.put._inner(src=str(scripts / "llama_host.py"), dest=TOOL, mode="755", create_remote_dir=True)
+    scripts = Path(str(package_files("rigkit") / "scripts"))
+    for name, dest in (("check_service.py", CHECK_TOOL), ("llama_host.py", TOOL)):
+        yield from rendered.put._inner(content=scripts / name, dest=dest, mode="755", batch=(CHECK_TOOL, TOOL))
 
 
 @operation()

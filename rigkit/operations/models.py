@@ -24,6 +24,8 @@ from pyinfra.operations import files
 
 from rigkit.facts.models import ShardsVerified
 from rigkit.models.hub import ModelRef, read_token, resolve_endpoint
+from rigkit.operations import rendered
+from rigkit.operations.secrets import secret_file
 from rigkit.scripts.fetch_shards import STATE_NAME
 
 REMOTE_DIR = "/var/lib/rigkit"  # the fetch script, the token and the manifests on the host
@@ -80,15 +82,18 @@ def fetcher(token_file: str | None = None, use_token: bool = True, remote_dir: s
         models.fetcher(token_file="~/.hf-token")
     """
     token = read_token(token_file) if use_token else None
-    if token:
-        yield from files.put._inner(
-            src=StringIO(token + "\n"), dest=posixpath.join(remote_dir, "hf-token"), mode="600", create_remote_dir=True
+    if token:  # a secret: placed without any hash of it in pyinfra's output
+        yield from secret_file._inner(
+            src=(token + "\n").encode(),
+            dest=posixpath.join(remote_dir, "hf-token"),
+            user="root",
+            group="root",
+            mode="600",
         )
-    yield from files.put._inner(
-        src=str(package_files("rigkit") / "scripts" / "fetch_shards.py"),
+    yield from rendered.put._inner(
+        content=Path(str(package_files("rigkit") / "scripts" / "fetch_shards.py")),
         dest=posixpath.join(remote_dir, "fetch_shards.py"),
         mode="755",
-        create_remote_dir=True,
     )
 
 

@@ -29,9 +29,9 @@ def _record_path(dest: str) -> Path:
 
 
 @operation()
-def secret_file(src: str, dest: str, user: str, group: str, mode: str = "400"):
+def secret_file(src: str | bytes, dest: str, user: str, group: str, mode: str = "400"):
     """
-    Copy the secret file ``src`` (on this machine) to ``dest`` on the host, owned by
+    Copy the secret file ``src`` (on this machine; or the secret itself, as bytes) to ``dest`` on the host, owned by
     ``user:group`` with ``mode``, replacing it atomically.
 
     .. code:: python
@@ -39,7 +39,7 @@ def secret_file(src: str, dest: str, user: str, group: str, mode: str = "400"):
         secrets.secret_file(src="~/keys/qwen.key", dest="/etc/rigkit/llama/qwen.key",
                             user="llama-qwen", group="llama-qwen")
     """
-    content = Path(src).expanduser().read_bytes()
+    content = src if isinstance(src, bytes) else Path(src).expanduser().read_bytes()
     fingerprint = hashlib.sha256(content).hexdigest()  # stays on this machine
     record_path = _record_path(dest)
     try:
