@@ -206,19 +206,9 @@ def follow(args: argparse.Namespace) -> int:
     """Stream the detached run's log until it is done or --limit seconds pass; pack results."""
     work, out = Path(args.work), Path(args.out)
     logfile = Path(args.log)
-    started, pos, done = time.monotonic(), 0, False
-    while True:
-        if logfile.exists():
-            with open(logfile) as f:
-                f.seek(pos)
-                chunk = f.read()
-                pos = f.tell()
-            if chunk:
-                print(chunk, end="", flush=True)
-        done = (work / "done").exists()
-        if done or time.monotonic() - started > args.limit:
-            break
-        time.sleep(3)
+    import gpu  # benchmarks/gpu.py
+
+    done = gpu.tail_until_done(logfile, work / "done", args.limit)
     out.mkdir(parents=True, exist_ok=True)
     with tarfile.open(out / "results.tgz", "w:gz") as tar:
         for p in [work / "out", work / "meta.json", work / "llama-server.log", logfile, *work.glob("pyinfra-*.log")]:

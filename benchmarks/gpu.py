@@ -664,10 +664,9 @@ def markdown(d: dict) -> str:
     return "\n".join(out) + "\n"
 
 
-def follow(args: argparse.Namespace) -> None:
-    """Stream a detached run's log until it is done or --limit seconds pass; copy results."""
-    work, out = Path(args.work), Path(args.out)
-    logfile = work / "run.log"
+def tail_until_done(logfile: Path, done_marker: Path, limit: float) -> bool:
+    """Print ``logfile`` as it grows until ``done_marker`` exists (True) or ``limit`` seconds
+    pass (False)."""
     started, pos = time.monotonic(), 0
     while True:
         if logfile.exists():
@@ -677,10 +676,17 @@ def follow(args: argparse.Namespace) -> None:
                 pos = f.tell()
             if chunk:
                 print(chunk, end="", flush=True)
-        done = (work / "done").exists()
-        if done or time.monotonic() - started > args.limit:
-            break
+        if done_marker.exists():
+            return True
+        if time.monotonic() - started > limit:
+            return False
         time.sleep(3)
+
+
+def follow(args: argparse.Namespace) -> None:
+    """Stream a detached run's log until it is done or --limit seconds pass; copy results."""
+    work, out = Path(args.work), Path(args.out)
+    done = tail_until_done(work / "run.log", work / "done", args.limit)
     out.mkdir(parents=True, exist_ok=True)
     for name in ("results.json", "results.md", "run.log", "llama-server.log", "pyinfra-fa1.log", "pyinfra-fa0.log"):
         if (work / name).exists():

@@ -52,3 +52,22 @@ def run_pyinfra(inventory: str, deploy: str, *extra: str, env: dict | None = Non
 def ssh(sb, host, command: str, check: bool = True) -> str:
     """Run a command on a sandbox host over SSH (strict host key checking), return stdout."""
     return sb.ssh(host, command, check=check)
+
+
+def dry_run_seed_rig(sb, host, tmp_path: Path) -> PyinfraRun:
+    """``inventories/rig.py`` (the seeds' rig) planned with ``--dry`` against a sandbox host,
+    its Hub models locked against a stand-in Hub (the real one cannot be reached from here)."""
+    from standin_hub import standin_lock
+
+    lock = tmp_path / "rig.lock.yaml"
+    standin_lock(tmp_path / "hub", lock, str(REPO / "inventories/rig.py"))
+    return run_pyinfra(
+        "inventories/rig.py",
+        "deploys/rig.py",
+        "--dry",
+        "--data",
+        f"ssh_known_hosts_file={sb.known_hosts}",
+        "--data",
+        f"model_lock={lock}",
+        env={"RIG_HOST": host.address, "RIG_SSH_KEY": sb.ssh_key},
+    )

@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 import pytest
-from pyinfra_run import PYINFRA, REPO, run_pyinfra
+from pyinfra_run import PYINFRA, REPO, dry_run_seed_rig, run_pyinfra
 from standins import nvidia_repo
 
 from rigkit import sandbox
@@ -341,24 +341,12 @@ def test_container_toolkit_configures_docker(env):
 def test_seed_rig_plans_the_nvidia_step_first(env, tmp_path):
     """inventories/rig.py (6x RTX 3090, nvidia branch 580, 350 W) through deploys/rig.py --dry on a
     sandbox host: the NVIDIA step is planned before the models and the build; nothing changes."""
-    from standin_hub import standin_lock
 
     sb, _ = env
     h2 = sb.hosts[1]
-    lock = tmp_path / "rig.lock.yaml"
-    standin_lock(tmp_path / "hub", lock, str(Path(__file__).resolve().parent.parent / "inventories/rig.py"))
     marker = "ls -l --time-style=+%s /var/lib/dpkg/status /etc/apt/sources.list.d /etc/systemd/system | md5sum"
     before = sb.ssh(h2, marker)
-    run = run_pyinfra(
-        "inventories/rig.py",
-        "deploys/rig.py",
-        "--dry",
-        "--data",
-        f"ssh_known_hosts_file={sb.known_hosts}",
-        "--data",
-        f"model_lock={lock}",
-        env={"RIG_HOST": h2.address, "RIG_SSH_KEY": sb.ssh_key},
-    )
+    run = dry_run_seed_rig(sb, h2, tmp_path)
     assert run.returncode == 0, output(run)[-3000:]
     plan = [op["name"] for op in json.loads(run.stdout)["plan"]]
     nvidia = "NVIDIA driver, CUDA toolkit, container toolkit | "

@@ -16,7 +16,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from pyinfra_run import REPO, run_pyinfra, ssh
+from pyinfra_run import REPO, dry_run_seed_rig, run_pyinfra, ssh
 
 pytestmark = pytest.mark.e2e
 
@@ -183,23 +183,10 @@ def test_bad_input_fails_before_any_host_changes(sandbox_hosts, tmp_path, case):
 def test_seed_inventory_dry_run_prints_a_plan(sandbox_hosts, tmp_path):
     """inventories/rig.py (the seeds' 6x3090 rig) planned against a sandbox host, --dry; its
     models locked against a stand-in Hub (the real one cannot be reached from here)."""
-    from standin_hub import standin_lock
-
     sb, host = sandbox_hosts, sandbox_hosts.hosts[1]
-    lock = tmp_path / "rig.lock.yaml"
-    standin_lock(tmp_path / "hub", lock, str(REPO / "inventories/rig.py"))
     marker = "ls /etc/systemd/system /srv 2>&1 | sort | md5sum"
     before = ssh(sb, host, marker)
-    run = run_pyinfra(
-        "inventories/rig.py",
-        "deploys/rig.py",
-        "--dry",
-        "--data",
-        f"ssh_known_hosts_file={sb.known_hosts}",
-        "--data",
-        f"model_lock={lock}",
-        env={"RIG_HOST": host.address, "RIG_SSH_KEY": sb.ssh_key},
-    )
+    run = dry_run_seed_rig(sb, host, tmp_path)
     assert run.returncode == 0, run.stderr[-3000:]
     plan = {op["name"] for op in json.loads(run.stdout)["plan"]}
     for name in (
