@@ -1,70 +1,92 @@
 """
-A Ray cluster across inventory hosts (host data ``cluster``, :mod:`rigkit.hostdata.cluster`):
-validated across every host before any host changes, then on each node the Ray user, Ray
-itself (from a wheelhouse where the nodes cannot reach an index), the role unit, and on the
-head the readiness unit, run after anything changed.
-
-    pyinfra inventories/INVENTORY.py deploys/ray_cluster.py
+A vLLM service across the nodes of a Ray cluster (host data ``cluster``, validated across
+the inventory before any host changes): on every node the service's image, proven the same
+across the nodes (built from the same base image ID) before anything starts, and a unit
+running the node's Ray role in that image; on the head, the readiness unit that the vLLM
+unit requires. :func:`rigkit.vllm.vllm_services` calls :func:`ray_node` for the service
+that spans the host's cluster.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from io import StringIO
 from pathlib import Path
 
-from pyinfra import host, inventory
-from pyinfra.api import deploy
-from pyinfra.operations import apt, files, pip, server, systemd
+from pyinfra import host
+from pyinfra.api.exceptions import PyinfraError
+from pyinfra.operations import files, server, systemd
 from pyinfra.operations.util import any_changed
 
-from rigkit.hostdata.cluster import Cluster, parse_cluster, validate_cluster
+from rigkit.facts.cluster import ImageBase
+from rigkit.hostdata import Rig, Service
+from rigkit.hostdata.cluster import Cluster, parse_cluster
 from rigkit.hostdata.gpus import parse_gpus
+from rigkit.operations import cluster as cluster_ops
 from rigkit.render import ray as render
 
 SCRIPTS = Path(__file__).resolve().parent / "scripts"
-REMOTE_WHEELS = "/var/cache/rigkit/ray-wheels"
+
+# Cluster name -> every node's operations (pyinfra prepares all hosts before running any):
+# the image builds, and what (re)starts the node's Ray. The head's vLLM restarts when any
+# node's Ray did: its Ray actors lived there.
+_IMAGE_OPS: dict[str, list] = {}
+_RAY_OPS: dict[str, list] = {}
 
 
-def cluster_nodes() -> tuple[Cluster, dict[str, Cluster], int] | None:
-    """This host's cluster entry, every node's (head first) and the GPUs they bring, after
-    validating the whole inventory; None for a host outside any cluster."""
-    data = {h.name: h.data.dict() for h in inventory}
-    validate_cluster(data)
-    raw = host.data.get("cluster")
-    if raw is None:
-        return None
-    mine = parse_cluster(host.name, raw)
-    nodes = {n: parse_cluster(n, data[n]["cluster"]) for n in mine.nodes}
-    gpus = sum(parse_gpus(n, data[n].get("gpus")).count for n in mine.nodes)
-    return mine, nodes, gpus
+class ImageMismatch(PyinfraError):
+    """The nodes of a cluster hold images built from different bases."""
 
 
-@deploy("Ray cluster node")
-def ray_cluster():
-    found = cluster_nodes()
-    if found is None:
-        return
-    mine, nodes, gpus = found
+def nodes_of(rig: Rig) -> dict[str, Cluster]:
+    """Every node's cluster entry, head first (the inventory was validated by rig_for)."""
+    assert rig.cluster is not None
+    return {n: parse_cluster(n, host.inventory.get_host(n).data.get("cluster")) for n in rig.cluster.nodes}
+
+
+def cluster_gpus(rig: Rig) -> int:
+    assert rig.cluster is not None
+    return sum(parse_gpus(n, host.inventory.get_host(n).data.get("gpus")).count for n in rig.cluster.nodes)
+
+
+def check_present_images(cluster: Cluster, image: str) -> None:
+    """Where every node already holds ``image``: the same base on each, or refuse now,
+    before any operation runs on any host."""
+    bases = {}
+    for node in cluster.nodes:
+        found = host.inventory.get_host(node).get_fact(ImageBase, image=image)
+        if found is None:
+            return  # built in this run; compared after the build (cluster_ops.same_image)
+        bases[node] = found["base"]
+    problem = cluster_ops.mismatch(cluster.name, image, bases)
+    if problem:
+        raise ImageMismatch(problem + "; nothing was changed")
+
+
+def _any(ops: list) -> Callable[[], bool]:
+    return lambda: any(op.did_change() for op in ops)
+
+
+def ray_node(rig: Rig, service: Service, image: str, image_op) -> Callable[[], bool]:
+    """This node's part of ``service``'s cluster; returns whether any node's Ray (re)started
+    in this run (evaluated when the operations run)."""
+    mine = rig.cluster
+    assert mine is not None
+    nodes = nodes_of(rig)
     head = nodes[mine.head]
-    is_head = host.name == mine.head
-    changed = []
-    if mine.wheelhouse is not None:
-        venv = str(Path(mine.ray).parent.parent)
-        apt.packages(
-            name="Python virtualenvs", packages=["python3-venv"], update=True, cache_time=86400, no_recommends=True
-        )
-        wheels = sorted(Path(mine.wheelhouse).glob("*.whl"))
-        for wheel in wheels:
-            files.put(name=f"Wheel {wheel.name}", src=str(wheel), dest=f"{REMOTE_WHEELS}/{wheel.name}", mode="644")
-        pip.venv(name=f"Ray virtualenv {venv}", path=venv, python="python3")
-        changed.append(
-            pip.packages(
-                name=f"Ray {mine.ray_version} from the wheelhouse",
-                packages=[f"ray=={mine.ray_version}"],
-                virtualenv=venv,
-                extra_install_args=f"--no-index --find-links {REMOTE_WHEELS}",
-            )
-        )
+    _IMAGE_OPS.setdefault(mine.name, []).append(image_op)
+    ray_ops = _RAY_OPS.setdefault(mine.name, [])
+
+    check_present_images(mine, image)
+    built = _any(_IMAGE_OPS[mine.name])
+    cluster_ops.record_image(name=f"Base of {image} on this node", cluster=mine.name, image=image, _if=built)
+    cluster_ops.same_image(
+        name=f"Same image on every node of cluster {mine.name}",
+        cluster=mine.name,
+        image=image,
+        nodes=list(nodes),
+        _if=built,
+    )
     server.user(
         name=f"System user {render.USER}",
         user=render.USER,
@@ -73,47 +95,50 @@ def ray_cluster():
         home=f"/var/lib/{render.USER}",
         create_home=False,
     )
-    for script in (render.WAIT_HEAD, render.READY):
-        changed.append(
-            files.put(
-                name=f"Script {script}",
-                src=str(SCRIPTS / Path(script).name),
-                dest=script,
-                mode="755",
-                create_remote_dir=True,
-            )
+    changed = [
+        files.put(
+            name=f"Script {script}",
+            src=str(SCRIPTS / Path(script).name),
+            dest=script,
+            mode="755",
+            create_remote_dir=True,
         )
+        for script in ((render.READY,) if rig.is_head else (render.WAIT_HEAD,))
+    ]
     unit = render.node_unit_name(mine)
     changed.append(
         files.put(
             name=f"Unit {unit}",
-            src=StringIO(render.render_node_unit(mine, head, is_head)),
+            src=StringIO(render.render_node_unit(mine, head, rig.is_head, service, image, rig.gpus.count)),
             dest=f"/etc/systemd/system/{unit}",
             mode="644",
         )
     )
-    if is_head:
+    if rig.is_head:
         changed.append(
             files.put(
                 name=f"Unit {render.ready_unit_name(mine)}",
-                src=StringIO(render.render_ready_unit(head, nodes, gpus)),
+                src=StringIO(render.render_ready_unit(head, nodes, cluster_gpus(rig))),
                 dest=f"/etc/systemd/system/{render.ready_unit_name(mine)}",
                 mode="644",
             )
         )
     systemd.daemon_reload(name="Reload systemd units", _if=any_changed(*changed))
     start = systemd.service(name=f"Start {unit}", service=unit, running=True, enabled=True)
-    systemd.service(
+    restart = systemd.service(
         name=f"Restart {unit}",
         service=unit,
         restarted=True,
-        _if=[any_changed(*changed), lambda: not start.did_change()],
+        _if=[any_changed(*changed, image_op), lambda: not start.did_change()],
     )
-    if is_head:
-        # Workers join in the same operation on their hosts; the check waits for them.
+    ray_ops += [start, restart]
+    ray_changed = _any(ray_ops)
+    if rig.is_head:
+        # Workers (re)join in the operations above on their hosts; this waits for every node.
         systemd.service(
             name=f"Ray cluster {mine.name}: every node joined",
             service=render.ready_unit_name(mine),
             restarted=True,
-            _if=any_changed(start, *changed),
+            _if=ray_changed,
         )
+    return ray_changed

@@ -101,6 +101,7 @@ def collect(inventory_path: str) -> tuple[int, dict[str, dict]]:
         return INVALID, {"errors": {"problems": errors}}
     facts: dict = {}
     vllm_facts: dict = {}
+    ray_facts: dict = {}
     try:
         connect_all(state)
     except PyinfraError:  # "No hosts remaining!": none could be reached
@@ -109,6 +110,7 @@ def collect(inventory_path: str) -> tuple[int, dict[str, dict]]:
         try:
             facts = get_facts(state, RigStatus)
             vllm_facts = status_vllm.facts(state) if any(r.engine_services("vllm") for r in rigs.values()) else {}
+            ray_facts = status_vllm.cluster_facts([h for h in inventory if h in facts], rigs)
         finally:
             disconnect_all(state)
     report: dict[str, dict] = {}
@@ -123,6 +125,9 @@ def collect(inventory_path: str) -> tuple[int, dict[str, dict]]:
         if rigs[host.name].engine_services("vllm"):
             info = {**info, "vllm": vllm_facts.get(host) or {"services": []}}
             problems += status_vllm.drift(rigs[host.name], info["vllm"])
+        if rigs[host.name].cluster is not None:
+            info = {**info, "cluster": status_vllm.cluster_info(rigs[host.name], ray_facts.get(host.name))}
+            problems += status_vllm.cluster_drift(info["cluster"])
         report[host.name] = {"reachable": True, **info, "problems": problems}
         if problems and code == OK:
             code = UNHEALTHY
@@ -135,6 +140,7 @@ def render_text(report: dict[str, dict]) -> str:
         if info.get("reachable", True) and "vllm" in info and "current" not in info:
             lines.append(f"{host}: vLLM services")
             lines += status_vllm.lines(info["vllm"])
+            lines += status_vllm.cluster_lines(info.get("cluster"))
             lines += [f"  DRIFT/PROBLEM: {problem}" for problem in info["problems"]]
             continue
         if not info.get("reachable", True) or "current" not in info:

@@ -9,7 +9,7 @@ verification that rolls back to the previous image. ``deploys/rig.py`` and
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from functools import partial
 from io import StringIO
 from typing import Any
@@ -19,6 +19,7 @@ from pyinfra.api import deploy
 from pyinfra.operations import files, systemd
 from pyinfra.operations.util import any_changed
 
+from rigkit.cluster import ray_node
 from rigkit.facts.services import ManagedServices
 from rigkit.hostdata import Rig
 from rigkit.operations import services as service_ops
@@ -34,6 +35,10 @@ def _not_changed(op: Any) -> bool:
     return not op.did_change()
 
 
+def _either(first: Callable[[], bool], second: Callable[[], bool] | None) -> bool:
+    return first() or (second is not None and second())
+
+
 @deploy("Serve vLLM")
 def vllm_services(rig: Rig, models: Sequence[Any] = ()):
     """Images, users, keys and units of the host's vLLM services, restarts, verification.
@@ -47,7 +52,7 @@ def vllm_services(rig: Rig, models: Sequence[Any] = ()):
             )
     vllm_ops.tool(name="Install rigkit's vLLM host tool")
     on_host = host.get_fact(ManagedServices)
-    declared = {svc.name for svc in rig.services}
+    declared = {svc.name for svc in rig.services if rig.serves(svc)}
     for name, unit in sorted(on_host["units"].items()):
         if name not in declared and unit.startswith("rigkit-vllm-"):
             service_ops.removed(
@@ -56,25 +61,33 @@ def vllm_services(rig: Rig, models: Sequence[Any] = ()):
             files.file(name=f"Remove the API key of {name}", path=f"{render.KEY_DIR}/{name}.key", present=False)
     images: dict[str, str] = {}
     restart_on: dict[str, list] = {}
+    ray_restarted: Callable[[], bool] = lambda: False  # noqa: E731
     for svc in services:
         identity = ImageIdentity.of(svc.options)  # type: ignore[arg-type]
         images[svc.name] = identity.tag
         restart_on[svc.name] = []
         if svc.enabled:
-            vllm_ops.image(
+            image = vllm_ops.image(
                 name=f"Image {identity.tag} for {svc.name} (FROM {identity.base}, patches: "
                 f"{', '.join(identity.patches) or 'none'})",
                 identity=identity,
             )
+            if svc.options.cluster:  # type: ignore[attr-defined]
+                ray_restarted = ray_node(rig, svc, identity.tag, image)
+        if not rig.serves(svc):
+            continue  # a cluster's other node: Ray in the image, the head serves
         restart_on[svc.name] += user_and_key(rig, svc, render.key_path(svc))
         restart_on[svc.name].append(
             files.put(
                 name=f"Unit {svc.unit}",
-                src=StringIO(render.render_unit(svc, identity.tag, rig.gpus.count)),
+                src=StringIO(
+                    render.render_unit(svc, identity.tag, rig.gpus.count, rig.cluster if rig.is_head else None)
+                ),
                 dest=f"/etc/systemd/system/{svc.unit}",
                 mode="644",
             )
         )
+    services = tuple(svc for svc in services if rig.serves(svc))
     files.put(
         name="vLLM services manifest for verification",
         src=StringIO(render.services_manifest(rig, images)),
@@ -82,10 +95,13 @@ def vllm_services(rig: Rig, models: Sequence[Any] = ()):
         mode="600",
         create_remote_dir=True,
     )
-    systemd.daemon_reload(name="Reload systemd units", _if=any_changed(*(ops[-1] for ops in restart_on.values())))
+    units = [ops[-1] for ops in restart_on.values() if ops]  # a cluster's other node has none
+    if units:
+        systemd.daemon_reload(name="Reload systemd units", _if=any_changed(*units))
     started = []
     for svc in services:
-        changed = any_changed(*models, *restart_on[svc.name])
+        own = any_changed(*models, *restart_on[svc.name])
+        changed = partial(_either, own, ray_restarted if svc.options.cluster else None)  # type: ignore[attr-defined]
         if svc.enabled and svc.options.mtp:  # type: ignore[attr-defined]
             # Before the service (re)starts on a new model or flags: MTP needs its weights.
             vllm_ops.mtp_check(name=f"MTP weights of {svc.name} in {svc.model}", model=svc.model, _if=changed)
@@ -109,5 +125,9 @@ def vllm_services(rig: Rig, models: Sequence[Any] = ()):
     if started:
         vllm_ops.verify(
             name="Verify vLLM services (ready, /v1/models, chat, tool-call replay)",
-            _if=any_changed(*models, *(op for svc, start in started for op in (*restart_on[svc.name], start))),
+            _if=partial(
+                _either,
+                any_changed(*models, *(op for svc, start in started for op in (*restart_on[svc.name], start))),
+                ray_restarted,
+            ),
         )

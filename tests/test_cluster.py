@@ -1,4 +1,5 @@
-"""Host data ``cluster`` (validated across hosts) and the Ray units rendered from it."""
+"""Host data ``cluster`` (validated across hosts), the vLLM service that spans it, and the
+Ray and vLLM units rendered from them."""
 
 from __future__ import annotations
 
@@ -6,9 +7,31 @@ import copy
 
 import pytest
 
+from rigkit.hostdata import parse_rig
 from rigkit.hostdata.cluster import parse_cluster, validate_cluster
+from rigkit.hostdata.rig import check_clusters
 from rigkit.hostdata.schema import HostDataError
 from rigkit.render import ray as render
+from rigkit.render import vllm as render_vllm
+
+BASE = "vllm/vllm-openai:v0.19.1"
+
+
+def qwen_service(**kw) -> dict:
+    """Seed 003's service, across the pair with tensor parallel 2."""
+    return {
+        "name": "qwen122b",
+        "engine": "vllm",
+        "model": "/srv/models/qwen122b-int4",
+        "alias": "qwen3.5-122b",
+        "port": 8000,
+        "ctx": 262144,
+        "base_image": BASE,
+        "tensor_parallel": 2,
+        "reasoning_parser": "qwen3",
+        "cluster": "qwen",
+        **kw,
+    }
 
 
 def spark_pair(**shared) -> dict[str, dict]:
@@ -17,10 +40,12 @@ def spark_pair(**shared) -> dict[str, dict]:
         "spark-1": {
             "gpus": {"count": 1},
             "cluster": {**common, "interconnect": "enp1s0f0np0", "address": "192.168.100.11"},
+            "services": [qwen_service()],
         },
         "spark-2": {
             "gpus": {"count": 1},
             "cluster": {**common, "interconnect": "enp1s0f0np0", "address": "192.168.100.12"},
+            "services": [qwen_service()],
         },
     }
 
@@ -84,9 +109,6 @@ def test_nodes_must_agree_and_name_themselves():
         ("name", "../x", "a cluster name"),
         ("ray_port", 22, "1024 to 65535"),
         ("ray_port", "6379", "an integer"),
-        ("ray", "/opt/../bin/ray", "absolute and normalised"),
-        ("ray", "ray", "absolute and normalised"),
-        ("ray_version", "2.40.0; rm -rf /", "a release"),
         ("join_timeout", 0, "10 to 3600"),
         ("tensor_parallel", 0, "1 or more"),
         ("unknown", 1, "one of the known keys"),
@@ -116,32 +138,121 @@ def parsed(data=None):
     return {n: parse_cluster(n, d["cluster"]) for n, d in data.items()}
 
 
-def test_head_and_worker_units():
+def rigs(data=None):
+    data = data or spark_pair()
+    return {n: parse_rig(n, d) for n, d in data.items()}
+
+
+def test_head_and_worker_units_run_ray_in_the_services_image():
     nodes = parsed()
     head, worker = nodes["spark-1"], nodes["spark-2"]
-    head_unit = render.render_node_unit(head, head, is_head=True)
-    worker_unit = render.render_node_unit(worker, head, is_head=False)
-    assert (
-        "ExecStart=/opt/rigkit/ray/bin/ray start --head --port 6379 --node-ip-address 192.168.100.11 --block"
-        in head_unit
+    svc = rigs()["spark-1"].services[0]
+    image = "rigkit/vllm:0123456789abcdef"
+    head_unit = render.render_node_unit(head, head, True, svc, image, 1)
+    worker_unit = render.render_node_unit(worker, head, False, svc, image, 1)
+    docker_run = (
+        "/usr/bin/docker run --name rigkit-ray-qwen --pull never --network host --ipc host --init "
+        "--label org.rigkit.cluster=qwen --gpus all -v /srv/models/qwen122b-int4:/srv/models/qwen122b-int4:ro "
+        "-v rigkit-ray-qwen:/tmp/ray -e NCCL_SOCKET_IFNAME=enp1s0f0np0 -e GLOO_SOCKET_IFNAME=enp1s0f0np0 "
     )
-    assert "ExecStartPre" not in head_unit
+    assert f"ExecStart={docker_run}-e VLLM_HOST_IP=192.168.100.11 " in head_unit
     assert (
-        "ExecStart=/opt/rigkit/ray/bin/ray start --address 192.168.100.11:6379 --node-ip-address 192.168.100.12 --block"
+        "--entrypoint ray rigkit/vllm:0123456789abcdef start --head --port 6379 --node-ip-address 192.168.100.11 "
+        "--block --disable-usage-stats\n" in head_unit
+    )
+    assert "ray_wait_head" not in head_unit and "PrivateNetwork=yes" in head_unit
+    assert f"ExecStart={docker_run}-e VLLM_HOST_IP=192.168.100.12 " in worker_unit
+    assert (
+        "rigkit/vllm:0123456789abcdef start --address 192.168.100.11:6379 --node-ip-address 192.168.100.12 --block"
         in worker_unit
     )
     assert (
-        "ExecStartPre=/opt/rigkit/ray/bin/python /usr/local/lib/rigkit/ray_wait_head.py 192.168.100.11 6379 300"
-        in worker_unit
+        "ExecStartPre=/usr/bin/python3 /usr/local/lib/rigkit/ray_wait_head.py 192.168.100.11 6379 300\n" in worker_unit
     )
     for unit in (head_unit, worker_unit):
-        assert "Environment=NCCL_SOCKET_IFNAME=enp1s0f0np0\n" in unit
-        assert "Environment=GLOO_SOCKET_IFNAME=enp1s0f0np0\n" in unit
+        assert "ExecStartPre=-/usr/bin/docker rm -f rigkit-ray-qwen\n" in unit
         assert "RemoveIPC=no\n" in unit and "Restart=always\n" in unit and "User=rigkit-ray\n" in unit
-        assert "NoNewPrivileges=yes\n" in unit and "ProtectSystem=strict\n" in unit
+        assert "SupplementaryGroups=docker\n" in unit and "NoNewPrivileges=yes\n" in unit
     ready = render.render_ready_unit(head, nodes, 2)
-    assert "--gpus 2 --node spark-1=192.168.100.11 --node spark-2=192.168.100.12\n" in ready
+    assert (
+        "ExecStart=/usr/bin/python3 /usr/local/lib/rigkit/ray_ready.py --container rigkit-ray-qwen "
+        "--address 192.168.100.11:6379 --timeout 300 --gpus 2 --node spark-1=192.168.100.11 "
+        "--node spark-2=192.168.100.12\n" in ready
+    )
     assert "Requires=rigkit-ray-qwen.service\n" in ready
+
+
+def test_head_vllm_joins_the_cluster_and_waits_for_it():
+    rig = rigs()["spark-1"]
+    svc = rig.services[0]
+    argv = render_vllm.command_line(svc, "rigkit/vllm:x", 1, rig.cluster)
+    assert argv[argv.index("rigkit/vllm:x") - 12 :][:4] == [
+        "-v",
+        "rigkit-ray-qwen:/tmp/ray",
+        "-e",
+        "RAY_ADDRESS=192.168.100.11:6379",
+    ]
+    assert "NCCL_SOCKET_IFNAME=enp1s0f0np0" in argv
+    serve = argv[argv.index("rigkit/vllm:x") + 1 :]
+    assert serve[serve.index("--tensor-parallel-size") + 1] == "2"
+    assert serve[serve.index("--distributed-executor-backend") + 1] == "ray"
+    unit = render_vllm.render_unit(svc, "rigkit/vllm:x", 1, rig.cluster)
+    assert "Requires=rigkit-ray-ready-qwen.service\nAfter=rigkit-ray-ready-qwen.service\n" in unit
+    alone = render_vllm.render_unit(svc, "rigkit/vllm:x", 1)
+    assert "Requires=" not in alone and "RAY_ADDRESS" not in alone and "distributed-executor" not in alone
+
+
+def test_only_the_head_serves():
+    both = rigs()
+    head, worker = both["spark-1"], both["spark-2"]
+    svc = head.services[0]
+    assert head.is_head and head.serves(svc)
+    assert not worker.is_head and not worker.serves(worker.services[0])
+    assert render_vllm.services_manifest(worker, {svc.name: "rigkit/vllm:x"}).count('"name"') == 0
+    assert '"name": "qwen122b"' in render_vllm.services_manifest(head, {svc.name: "rigkit/vllm:x"})
+
+
+def test_clustered_service_checks():
+    check_clusters(spark_pair())  # one GPU per node, tensor parallel 2 across them
+    data = spark_pair()
+    data["spark-1"]["services"][0]["cluster"] = "other"
+    with pytest.raises(
+        HostDataError, match=r"services\[0\].cluster: expected the name of this host's cluster \(qwen\)"
+    ):
+        parse_rig("spark-1", data["spark-1"])
+    data = spark_pair()
+    data["spark-1"]["services"][0]["tensor_parallel"] = 1
+    with pytest.raises(
+        HostDataError, match=r"tensor_parallel: expected the cluster's tensor_parallel and pipeline_parallel \(2, 1\)"
+    ):
+        parse_rig("spark-1", data["spark-1"])
+    data = spark_pair()
+    del data["spark-2"]["services"]
+    with pytest.raises(HostDataError, match="host spark-2: cluster: expected one vLLM service that spans it"):
+        check_clusters(data)
+    data = spark_pair()
+    data["spark-2"]["services"][0]["patches"] = ["inc-hybrid-fp8"]
+    with pytest.raises(
+        HostDataError,
+        match="host spark-2: services: expected the service that spans cluster qwen declared as on its head spark-1",
+    ):
+        check_clusters(data)
+    data = spark_pair()
+    data["spark-1"]["services"][0].pop("cluster")
+    # Without the cluster the same service does not fit the node's one GPU.
+    with pytest.raises(HostDataError, match="at most the 1 GPU"):
+        parse_rig("spark-1", data["spark-1"])
+    data["spark-1"]["services"][0]["tensor_parallel"] = 1
+    with pytest.raises(HostDataError, match="host spark-1: cluster: expected one vLLM service"):
+        parse_rig("spark-1", data["spark-1"])
+
+
+@pytest.mark.parametrize("value", ["qwen\nExecStartPre=/bin/sh", "$(reboot)", "../qwen", "qwen --api-key x", ""])
+def test_hostile_cluster_reference_is_refused(value):
+    data = spark_pair()
+    data["spark-1"]["services"][0]["cluster"] = value
+    with pytest.raises(HostDataError, match=r"services\[0\]"):
+        parse_rig("spark-1", data["spark-1"])
 
 
 def test_ipv6_head_address():
@@ -149,7 +260,8 @@ def test_ipv6_head_address():
     data["spark-1"]["cluster"]["address"] = "fd00::11"
     data["spark-2"]["cluster"]["address"] = "fd00::12"
     nodes = parsed(data)
-    unit = render.render_node_unit(nodes["spark-2"], nodes["spark-1"], is_head=False)
+    svc = rigs(data)["spark-2"].services[0]
+    unit = render.render_node_unit(nodes["spark-2"], nodes["spark-1"], False, svc, "rigkit/vllm:x", 1)
     assert "--address [fd00::11]:6379 " in unit
 
 
@@ -184,3 +296,30 @@ def test_validation_does_not_mutate():
     before = copy.deepcopy(data)
     validate_cluster(data)
     assert data == before
+
+
+def test_spark_cluster_inventory():
+    """inventories/spark-cluster.py: two Sparks, seed 003's service with tensor parallel 2."""
+    import runpy
+    from pathlib import Path
+
+    from rigkit.render.vllm import ImageIdentity
+
+    inventory = runpy.run_path(str(Path(__file__).resolve().parent.parent / "inventories" / "spark-cluster.py"))
+    data = dict(inventory["sparks"])
+    check_clusters(data)
+    head, worker = (
+        parse_rig(h, {k: v for k, v in d.items() if k in ("gpus", "cluster", "services", "models")})
+        for h, d in data.items()
+    )
+    assert head.is_head and not worker.is_head
+    svc = head.services[0]
+    image = ImageIdentity.of(svc.options).tag
+    argv = render_vllm.command_line(svc, image, head.gpus.count, head.cluster)
+    serve = argv[argv.index(image) + 1 :]
+    assert serve[serve.index("--tensor-parallel-size") + 1] == "2"
+    assert serve[serve.index("--distributed-executor-backend") + 1] == "ray"
+    assert '{"method":"mtp","num_speculative_tokens":1}' in serve and "--enable-auto-tool-choice" in serve
+    assert "RAY_ADDRESS=192.168.100.11:6379" in argv and "NCCL_SOCKET_IFNAME=enp1s0f0np0" in argv
+    unit = render.render_node_unit(worker.cluster, head.cluster, False, worker.services[0], image, 1)
+    assert "--gpus all" in unit and "start --address 192.168.100.11:6379 --node-ip-address 192.168.100.12" in unit

@@ -1,17 +1,21 @@
-"""A real Ray cluster across two sandbox hosts (their own instance,
-/var/lib/rigkit/sandbox-ray), deployed by deploys/ray_cluster.py with the unit command
-lines rigkit renders. The sandbox hosts cannot run the vLLM container (no GPU, no registry)
-nor reach PyPI, so Ray is installed on them from its wheel (cp311 manylinux, downloaded
-once on this machine into /var/cache/rigkit/wheels/ray, uploaded and installed with
-``pip install --no-index --find-links``) into the virtualenv the units run. No vLLM here:
-the cluster, the worker's wait for the head, the head's readiness check, rejoining after a
-kill and a no-op re-run."""
+"""A vLLM service across a real Ray cluster of three sandbox hosts (their own instance,
+/var/lib/rigkit/sandbox-ray), deployed by deploys/rig.py: on every host a dockerd of this
+test's own (in the host's network namespace, rigkit.sandbox.docker), the same test base image
+(loaded from one ``docker save``, so the same image ID on every node) carrying Ray 2.40.0
+from its wheel as the real vLLM images do, and rigkit's image built on each node from it.
+Ray runs for real in those containers, with the command lines rigkit's units render. The
+``vllm`` on the head is the STAND-IN of the vLLM tests (tests/standin_vllm.py; no GPU here):
+with ``--distributed-executor-backend ray`` it joins the cluster as Ray's driver, as vLLM
+does, places an actor on every node and exits when one dies. The model is uploaded from this
+machine to every node (the deploying machine serves it)."""
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import shlex
+import shutil
 import subprocess
 import sys
 import time
@@ -19,46 +23,72 @@ from pathlib import Path
 
 import pytest
 from pyinfra_run import run_pyinfra
+from vllm_docker import Dockerd, import_base, ray_wheelhouse
 
 from rigkit import sandbox
-from rigkit.render import ray as render
+from rigkit.sandbox import docker as sandbox_docker
 
-pytestmark = [pytest.mark.e2e, pytest.mark.skipif(os.geteuid() != 0, reason="needs root for nspawn hosts")]
+pytestmark = [
+    pytest.mark.e2e,
+    pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("dockerd"), reason="needs root and dockerd"),
+]
 STATE = "/var/lib/rigkit/sandbox-ray"
-RAY_VERSION = "2.40.0"
-WHEELS = Path(os.environ.get("RIGKIT_CACHE", "/var/cache/rigkit")) / "wheels" / "ray"
+BASE = "rigkit-test/vllm-base:0.19.1-ray"
 CLUSTER = "e2e"
 PORT = 6380
-UNIT = f"rigkit-ray-{CLUSTER}.service"
+RAY_UNIT = f"rigkit-ray-{CLUSTER}.service"
+READY_UNIT = f"rigkit-ray-ready-{CLUSTER}.service"
+VLLM_UNIT = "rigkit-vllm-tiny.service"
+JOIN_TIMEOUT = 20
 INVENTORY = """
 import json, os
 from rigkit.sandbox import pyinfra_hosts
-_extra = json.loads(os.environ["RIGKIT_RAY_E2E"])
-hosts = [(name, {**d, **_extra[name]}) for name, d in pyinfra_hosts()]
+_data = json.loads(os.environ["RIGKIT_RAY_E2E"])
+hosts = [(name, {**d, **_data[name]}) for name, d in pyinfra_hosts()]
 """
-PY = "/opt/rigkit/ray/bin/python"
 
 
-def ensure_wheelhouse() -> Path:
-    if not list(WHEELS.glob(f"ray-{RAY_VERSION}-cp311-*manylinux*x86_64.whl")):
-        WHEELS.mkdir(parents=True, exist_ok=True)
-        subprocess.run(
-            [sys.executable, "-m", "pip", "download", f"ray=={RAY_VERSION}", "--only-binary=:all:", "-d", str(WHEELS)],
-            check=True,
-        )
-    return WHEELS
+def write_model(d: Path) -> None:
+    d.mkdir(parents=True, exist_ok=True)
+    (d / "config.json").write_text(json.dumps({"architectures": ["Qwen3_5MoeForConditionalGeneration"]}))
+    (d / "model.safetensors").write_bytes(b"\x02\0\0\0\0\0\0\0{}")
 
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
-    wheels = ensure_wheelhouse()
+    tmp = Path(tmp_path_factory.mktemp("ray-e2e"))
     previous = os.environ.get("RIGKIT_SANDBOX_DIR")
     os.environ["RIGKIT_SANDBOX_DIR"] = STATE
+    engines: list[Dockerd] = []
     try:
-        sb = sandbox.up(hosts=2)
-        head, worker = sb.hosts
-        nodes = [head.name, worker.name]
-        extra = {
+        sb = sandbox.up(hosts=3, sources=False)
+        for i, h in enumerate(sb.hosts):
+            socket = sandbox_docker.prepare_client(sb, h)
+            work = Path(STATE) / f"dockerd-{i}"
+            engines.append(Dockerd(work, argv=sandbox_docker.dockerd_argv(h, work), socket=socket).start())
+        import_base(engines[0], BASE, tmp, ray_wheels=ray_wheelhouse())
+        for other in engines[1:]:
+            engines[0].copy_image(BASE, other)
+        write_model(tmp / "model")
+        (tmp / "key").write_text("ray-e2e-" + os.urandom(6).hex() + "\n")
+        (tmp / "key").chmod(0o600)
+        (tmp / "inventory.py").write_text(INVENTORY)
+        nodes = [h.name for h in sb.hosts]
+        service = {
+            "name": "tiny",
+            "engine": "vllm",
+            "model": "/srv/models/tiny-vllm",
+            "alias": "tiny-vllm",
+            "port": 8000,
+            "ctx": 4096,
+            "base_image": BASE,
+            "api_key_file": str(tmp / "key"),
+            "ready_timeout": 60,
+            "stop_timeout": 5,
+            "watchdog": False,
+            "cluster": CLUSTER,
+        }
+        data = {
             h.name: {
                 "gpus": {"count": 0},
                 "cluster": {
@@ -67,167 +97,269 @@ def cluster(tmp_path_factory):
                     "interconnect": "host0",
                     "address": h.address,
                     "ray_port": PORT,
-                    "join_timeout": 120,
-                    "wheelhouse": str(wheels),
-                    "ray_version": RAY_VERSION,
+                    "join_timeout": JOIN_TIMEOUT,
                 },
+                "services": [service],
+                "models": [{"upload": str(tmp / "model"), "dest": "/srv/models/tiny-vllm"}],
             }
             for h in sb.hosts
         }
-        inventory = tmp_path_factory.mktemp("ray") / "ray_inventory.py"
-        inventory.write_text(INVENTORY)
-        env = {"RIGKIT_RAY_E2E": json.dumps(extra)}
-        first = run_pyinfra(str(inventory), "deploys/ray_cluster.py", env=env)
+        env = {"RIGKIT_RAY_E2E": json.dumps(data), "RIGKIT_SANDBOX_DIR": STATE}
+        first = run_pyinfra(str(tmp / "inventory.py"), "deploys/rig.py", env=env, timeout=1200)
         assert first.returncode == 0, first.stderr[-5000:] + first.stdout[-3000:]
-        yield sb, head, worker, str(inventory), env
+        yield {"sb": sb, "hosts": sb.hosts, "docker": engines, "tmp": tmp, "env": env, "first": first}
     finally:
+        for engine in engines:
+            engine.stop()
         sandbox.down()
+        for i in range(3):
+            shutil.rmtree(Path(STATE) / f"dockerd-{i}", ignore_errors=True)
         if previous is None:
             os.environ.pop("RIGKIT_SANDBOX_DIR", None)
         else:
             os.environ["RIGKIT_SANDBOX_DIR"] = previous
 
 
-def as_ray(sb, host, script: str, check: bool = True) -> subprocess.CompletedProcess:
-    """A Python driver on ``host`` as the Ray user (whose /tmp/ray session it joins)."""
-    cmd = f"cd /var/lib/rigkit-ray && runuser -u rigkit-ray -- env RAY_USAGE_STATS_ENABLED=0 {PY} -c {shlex.quote(script)}"
+def deploy(c):
+    return run_pyinfra(str(c["tmp"] / "inventory.py"), "deploys/rig.py", env=c["env"], timeout=1200)
+
+
+def ray_state(c, timeout: float | None = None) -> dict:
+    """The readiness script's view (Ray asked inside the head's container), as the status
+    fact reads it; with ``timeout``: the waiting check itself, returning its exit and output."""
+    sb, head = c["sb"], c["hosts"][0]
+    unit = sb.ssh(head, f"systemctl show -p ExecStart --value {READY_UNIT}")
+    argv = shlex.split(unit.split("argv[]=")[1].split(" ;")[0])
+    if timeout is None:
+        return json.loads(sb.ssh(head, shlex.join([*argv, "--json"])))
+    i = argv.index("--timeout")
+    argv[i + 1] = str(timeout)
     proc = subprocess.run(
-        [
-            "ssh",
-            "-i",
-            sb.ssh_key,
-            "-o",
-            f"UserKnownHostsFile={sb.known_hosts}",
-            "-o",
-            "StrictHostKeyChecking=yes",
-            f"root@{host.address}",
-            cmd,
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    if check:
-        assert proc.returncode == 0, proc.stderr[-3000:]
-    return proc
-
-
-def ready(sb, head, worker, timeout: int) -> subprocess.CompletedProcess:
-    argv = [
-        "runuser",
-        "-u",
-        "rigkit-ray",
-        "--",
-        "env",
-        "RAY_USAGE_STATS_ENABLED=0",
-        PY,
-        render.READY,
-        "--address",
-        f"{head.address}:{PORT}",
-        "--timeout",
-        str(timeout),
-        "--gpus",
-        "0",
-        "--node",
-        f"{head.name}={head.address}",
-        "--node",
-        f"{worker.name}={worker.address}",
-    ]
-    return subprocess.run(
-        [
-            "ssh",
-            "-i",
-            sb.ssh_key,
-            "-o",
-            f"UserKnownHostsFile={sb.known_hosts}",
-            "-o",
-            "StrictHostKeyChecking=yes",
-            f"root@{head.address}",
-            "cd /var/lib/rigkit-ray && " + shlex.join(argv),
-        ],
+        [*ssh_argv(sb, head), shlex.join(argv)],
         capture_output=True,
         text=True,
         timeout=timeout + 120,
     )
+    return {"code": proc.returncode, "out": proc.stdout, "err": proc.stderr}
 
 
-NODES = """
-import json, ray
-ray.init(address="HEAD", logging_level="ERROR", log_to_driver=False)
-print(json.dumps([{"ip": n["NodeManagerAddress"], "alive": n["Alive"], "cpu": n["Resources"].get("CPU", 0)}
-                  for n in ray.nodes()]))
-"""
-
-# A task that needs the worker's own node resource ("node:<its address>") runs there.
-ON_WORKER = """
-import ray, socket
-ray.init(address="HEAD", logging_level="ERROR", log_to_driver=False)
-@ray.remote(resources={"node:WORKER": 0.01})
-def where():
-    return socket.gethostname()
-print(ray.get(where.remote(), timeout=120))
-"""
+def ssh_argv(sb, host) -> list[str]:
+    return [
+        "ssh",
+        "-i",
+        sb.ssh_key,
+        "-o",
+        f"UserKnownHostsFile={sb.known_hosts}",
+        "-o",
+        "StrictHostKeyChecking=yes",
+        f"root@{host.address}",
+    ]
 
 
-def alive_nodes(sb, head) -> dict[str, float]:
-    """Address -> CPUs of the nodes Ray reports alive."""
-    out = as_ray(sb, head, NODES.replace("HEAD", f"{head.address}:{PORT}")).stdout.strip().splitlines()[-1]
-    return {n["ip"]: n["cpu"] for n in json.loads(out) if n["alive"]}
+def standin_ray(c) -> dict | None:
+    """What the stand-in vLLM on the head says about its Ray workers (None: not answering)."""
+    script = (
+        "import urllib.request\ntry:\n print(urllib.request.urlopen('http://127.0.0.1:8000/rigkit-standin/ray',"
+        " timeout=5).read().decode())\nexcept Exception:\n print('null')"
+    )
+    return json.loads(c["sb"].ssh(c["hosts"][0], f"python3 -c {shlex.quote(script)}"))
 
 
-def test_cluster_reports_both_nodes_with_cpus(cluster):
-    sb, head, worker, _, _ = cluster
-    out = json.loads(as_ray(sb, head, NODES.replace("HEAD", f"{head.address}:{PORT}")).stdout.strip().splitlines()[-1])
-    alive = {n["ip"]: n["cpu"] for n in out if n["alive"]}
-    assert set(alive) == {head.address, worker.address}, out
-    assert all(cpu >= 1 for cpu in alive.values()), out
-    units = sb.ssh(worker, f"systemctl cat {UNIT}")
-    assert "NCCL_SOCKET_IFNAME=host0" in units and "RemoveIPC=no" in units
-    assert f"--address {head.address}:{PORT}" in units
-
-
-def test_task_pinned_to_worker_runs_there(cluster):
-    sb, head, worker, _, _ = cluster
-    out = as_ray(
-        sb, head, ON_WORKER.replace("HEAD", f"{head.address}:{PORT}").replace("WORKER", worker.address)
-    ).stdout.strip()
-    assert out.splitlines()[-1] == sb.ssh(worker, "hostname")
-
-
-def test_readiness_names_a_missing_worker(cluster):
-    sb, head, worker, _, _ = cluster
-    sb.ssh(worker, f"systemctl stop {UNIT}")
-    try:
-        # Ray marks the stopped node dead (its raylet says goodbye); only then is it missing.
-        deadline = time.monotonic() + 60
-        while worker.address in alive_nodes(sb, head):
-            assert time.monotonic() < deadline, "Ray still reports the stopped worker alive"
-            time.sleep(1)
-        proc = ready(sb, head, worker, timeout=10)
-        assert proc.returncode == 1, proc.stdout + proc.stderr
-        assert f"missing node(s): {worker.name} ({worker.address})" in proc.stderr
-        assert head.name not in proc.stderr.split("missing node(s):")[1]
-    finally:
-        sb.ssh(worker, f"systemctl start {UNIT}")
-    back = ready(sb, head, worker, timeout=120)
-    assert back.returncode == 0, back.stderr[-3000:]
-
-
-def test_killed_worker_rejoins(cluster):
-    sb, head, worker, _, _ = cluster
-    before = sb.ssh(worker, f"systemctl show -p NRestarts --value {UNIT}")
-    sb.ssh(worker, f"systemctl kill {UNIT}")
-    deadline = time.monotonic() + 60
-    while sb.ssh(worker, f"systemctl show -p NRestarts --value {UNIT}") == before:
-        assert time.monotonic() < deadline, "the killed worker was not restarted"
+def wait_for(what: str, check, timeout: float = 120):
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
         time.sleep(1)
-    proc = ready(sb, head, worker, timeout=120)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "all 2 nodes alive" in proc.stdout
+
+
+def alive(c) -> set[str]:
+    return {n["address"] for n in ray_state(c)["nodes"] if n["alive"]}
+
+
+def test_every_node_joins_in_the_services_image(cluster):
+    c = cluster
+    sb, hosts = c["sb"], c["hosts"]
+    state = ray_state(c)
+    assert state["reachable"], state
+    assert {(n["name"], n["address"]) for n in state["nodes"] if n["alive"] and n["cpu"] >= 1} == {
+        (h.name, h.address) for h in hosts
+    }, state
+    image = json.loads(c["docker"][0].docker("inspect", "rigkit-ray-e2e").stdout)[0]["Config"]["Image"]
+    assert image.startswith("rigkit/vllm:")
+    for h, engine in zip(hosts, c["docker"]):
+        info = json.loads(engine.docker("inspect", "rigkit-ray-e2e").stdout)[0]
+        assert info["Config"]["Image"] == image and info["State"]["Running"]
+        assert (
+            "NCCL_SOCKET_IFNAME=host0" in info["Config"]["Env"] and f"VLLM_HOST_IP={h.address}" in info["Config"]["Env"]
+        )
+        assert info["HostConfig"]["IpcMode"] == "host" and info["HostConfig"]["NetworkMode"] == "host"
+        exposure = sb.ssh(h, f"systemd-analyze security {RAY_UNIT} | tail -1")
+        level = re.search(r"exposure level for \S+: ([0-9.]+)", exposure)
+        assert level and float(level.group(1)) <= 3.0, exposure
+    # Only the head serves: the workers have no vLLM unit.
+    for worker in hosts[1:]:
+        assert sb.ssh(worker, f"test -e /etc/systemd/system/{VLLM_UNIT} && echo yes || echo no") == "no"
+    head_unit = sb.ssh(hosts[0], f"cat /etc/systemd/system/{VLLM_UNIT}")
+    assert "--distributed-executor-backend ray" in head_unit and f"RAY_ADDRESS={hosts[0].address}:{PORT}" in head_unit
+    assert f"Requires={READY_UNIT}" in head_unit
+
+
+def test_vllm_on_the_head_drives_ray_on_every_node(cluster):
+    c = cluster
+    ops = [n for n in c["first"].changed if "Verify vLLM services" in n]
+    assert ops, c["first"].changed  # the engine-neutral checks passed on the head
+    workers = standin_ray(c)
+    assert workers is not None
+    # By address: the containers share each host's network, not its host name (the dockerds
+    # of this test run in the hosts' network namespaces only).
+    assert sorted(n["ip"] for n in workers["nodes"]) == sorted(h.address for h in c["hosts"]), workers
+
+
+def test_task_pinned_to_a_worker_runs_there(cluster):
+    c = cluster
+    head, worker = c["hosts"][0], c["hosts"][2]
+    script = (
+        "import ray\n"
+        f"ray.init(address='{head.address}:{PORT}', logging_level='ERROR', log_to_driver=False)\n"
+        f"@ray.remote(resources={{'node:{worker.address}': 0.01}})\n"
+        "def where():\n    return ray.util.get_node_ip_address()\n"
+        "print(ray.get(where.remote(), timeout=120))"
+    )
+    out = c["docker"][0].docker("exec", "rigkit-ray-e2e", "python3", "-c", script, timeout=300).stdout
+    assert out.strip().splitlines()[-1] == worker.address
 
 
 def test_second_deploy_changes_nothing(cluster):
-    _, _, _, inventory, env = cluster
-    again = run_pyinfra(inventory, "deploys/ray_cluster.py", env=env)
+    c = cluster
+    pids = {h.name: c["sb"].ssh(h, f"systemctl show -p MainPID --value {RAY_UNIT}") for h in c["hosts"]}
+    again = deploy(c)
     assert again.returncode == 0, again.stderr[-5000:]
     assert again.changed == {}, again.changed
+    assert pids == {h.name: c["sb"].ssh(h, f"systemctl show -p MainPID --value {RAY_UNIT}") for h in c["hosts"]}
+
+
+def status(c) -> subprocess.CompletedProcess:
+    rigkit = str(Path(sys.executable).with_name("rigkit"))
+    return subprocess.run(
+        [rigkit, "status", str(c["tmp"] / "inventory.py")],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **c["env"]},
+        timeout=180,
+    )
+
+
+def test_status_shows_the_clusters_nodes(cluster):
+    c = cluster
+    head, w1, w2 = c["hosts"]
+    done = status(c)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert (
+        f"  cluster {CLUSTER}: Ray head :{PORT}; {head.name} alive (" in done.stdout
+        and f"{w2.name} alive (" in done.stdout
+    ), done.stdout
+    assert f"  cluster {CLUSTER}: Ray worker of {head.name}" in done.stdout
+    assert "tiny" in done.stdout and "declared, not deployed" not in done.stdout
+
+
+def test_killed_worker_rejoins_and_the_head_serves_again(cluster):
+    c = cluster
+    sb, worker = c["sb"], c["hosts"][1]
+    before = sb.ssh(worker, f"systemctl show -p NRestarts --value {RAY_UNIT}")
+    sb.ssh(worker, f"systemctl kill {RAY_UNIT}")
+    wait_for(
+        "the killed worker restarted",
+        lambda: sb.ssh(worker, f"systemctl show -p NRestarts --value {RAY_UNIT}") != before,
+    )
+    back = ray_state(c, timeout=120)
+    assert back["code"] == 0, back
+    assert "all 3 nodes alive" in back["out"]
+    # vLLM's actors on that node died with it: the engine exits and systemd starts it again.
+    nodes = wait_for("the head's vLLM serving on every node again", lambda: (standin_ray(c) or {}).get("nodes"), 180)
+    assert len(nodes) == 3
+
+
+def test_head_waits_for_a_late_worker_and_names_a_missing_one(cluster):
+    c = cluster
+    sb, head, late = c["sb"], c["hosts"][0], c["hosts"][2]
+    sb.ssh(late, f"systemctl stop {RAY_UNIT}")
+    try:
+        wait_for("Ray to mark the stopped node dead", lambda: late.address not in alive(c), 90)
+        missing = ray_state(c, timeout=5)
+        assert missing["code"] == 1, missing
+        report = status(c)
+        assert report.returncode == 1, report.stdout + report.stderr
+        assert f"cluster {CLUSTER}: node {late.name} ({late.address}) is not in the Ray cluster" in report.stdout
+        assert f"missing node(s): {late.name} ({late.address})" in missing["err"]
+        assert head.name not in missing["err"].split("missing node(s):")[1]
+        # The head's service waits (its unit requires the readiness unit) for a worker that comes late.
+        sb.ssh(head, f"systemctl restart --no-block {VLLM_UNIT}")
+        time.sleep(5)
+        assert sb.ssh(head, f"systemctl is-active {READY_UNIT}", check=False) == "activating"
+    finally:
+        sb.ssh(late, f"systemctl start {RAY_UNIT}")
+    wait_for(
+        "vLLM active after the late worker",
+        lambda: sb.ssh(head, f"systemctl is-active {VLLM_UNIT}", check=False) == "active",
+        120,
+    )
+    nodes = wait_for("the head's vLLM on every node", lambda: (standin_ray(c) or {}).get("nodes"), 120)
+    assert late.address in {n["ip"] for n in nodes}
+    journal = sb.ssh(head, f"journalctl -u {READY_UNIT} -o cat --no-pager | tail -5")
+    assert "all 3 nodes alive" in journal
+
+
+def test_missing_worker_fails_the_head_after_the_time_out(cluster):
+    c = cluster
+    sb, head, gone = c["sb"], c["hosts"][0], c["hosts"][1]
+    sb.ssh(gone, f"systemctl stop {RAY_UNIT}")
+    try:
+        wait_for("Ray to mark the stopped node dead", lambda: gone.address not in alive(c), 90)
+        failed = subprocess.run(
+            [*ssh_argv(sb, head), f"systemctl restart {VLLM_UNIT}"], capture_output=True, text=True, timeout=300
+        )
+        assert failed.returncode != 0
+        journal = sb.ssh(head, f"journalctl -u {READY_UNIT} -o cat --no-pager | tail -5")
+        assert f"not complete after {JOIN_TIMEOUT} s; missing node(s): {gone.name} ({gone.address})" in journal
+    finally:
+        sb.ssh(gone, f"systemctl start {RAY_UNIT}")
+    sb.ssh(head, f"systemctl restart {VLLM_UNIT}", timeout=300)
+    assert wait_for("vLLM back on every node", lambda: len((standin_ray(c) or {}).get("nodes") or []) == 3, 120)
+
+
+def test_an_image_built_from_another_base_is_refused_before_any_change(cluster):
+    c = cluster
+    sb, hosts, odd = c["sb"], c["hosts"], c["docker"][2]
+    image = json.loads(odd.docker("inspect", "rigkit-ray-e2e").stdout)[0]["Config"]["Image"]
+    original = odd.image_id(image)
+    other_base = "sha256:" + "0" * 64
+    context = c["tmp"] / "odd"
+    context.mkdir(exist_ok=True)
+    (context / "Dockerfile").write_text(f"FROM {image}\nLABEL org.rigkit.vllm.base-id={other_base}\n")
+    odd.docker("build", "-q", "-t", image, str(context), timeout=300)
+    before = {
+        h.name: sb.ssh(h, "sha256sum /etc/systemd/system/rigkit-* ; systemctl show -p MainPID --value " + RAY_UNIT)
+        for h in hosts
+    }
+    try:
+        run = deploy(c)
+        out = run.stdout + run.stderr
+        assert run.returncode != 0
+        assert f"cluster {CLUSTER}: the nodes' {image} were built from different base images" in out, out[-3000:]
+        assert f"{hosts[2].name}: {other_base}" in out
+        head_base = (
+            c["docker"][0]
+            .docker("image", "inspect", "--format", '{{index .Config.Labels "org.rigkit.vllm.base-id"}}', image)
+            .stdout.strip()
+        )
+        assert f"{hosts[0].name}: {head_base}" in out and "nothing was changed" in out
+        after = {
+            h.name: sb.ssh(h, "sha256sum /etc/systemd/system/rigkit-* ; systemctl show -p MainPID --value " + RAY_UNIT)
+            for h in hosts
+        }
+        assert after == before
+    finally:
+        odd.docker("tag", original, image)

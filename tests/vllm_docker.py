@@ -3,13 +3,17 @@ work directory; no iptables, bridge or ip_forward changes to this machine) and t
 image: a root filesystem with Python (the sandbox's debootstrapped base, without its
 /var/cache) carrying vLLM 0.19.1's real sources from PyPI's wheel, imported with
 ``docker import``. Its ``vllm`` command is a STAND-IN that speaks the OpenAI API
-(``standin_vllm.py``): no GPU, no torch, no real vLLM runs here."""
+(``standin_vllm.py``): no GPU, no torch, no real vLLM runs here. With ``ray_wheels`` the
+image also carries Ray 2.40.0 (installed from its wheelhouse, ``ray_wheelhouse()``) and a
+``ray`` command, as the real vLLM images do; the stand-in then drives a Ray cluster with
+``--distributed-executor-backend ray``."""
 
 from __future__ import annotations
 
 import os
 import shutil
 import subprocess
+import sys
 import tarfile
 import time
 from pathlib import Path
@@ -18,6 +22,29 @@ from vllm_wheel import PATCHED_FILES, unpack
 
 HERE = Path(__file__).resolve().parent
 SITE = "usr/local/lib/python3.11/dist-packages"
+RAY_VERSION = "2.40.0"
+#: The image's interpreter (Debian bookworm's python3, glibc 2.36), whatever runs the tests.
+IMAGE_PYTHON_TAGS = (
+    "--python-version",
+    "3.11",
+    "--implementation",
+    "cp",
+    "--abi",
+    "cp311",
+    "--platform",
+    "manylinux_2_36_x86_64",
+    "--platform",
+    "manylinux2014_x86_64",
+    "--only-binary=:all:",
+)
+RAY_LAUNCHER = """#!/usr/bin/python3
+import sys
+
+from ray.scripts.scripts import main
+
+if __name__ == "__main__":
+    sys.exit(main())
+"""
 
 
 class Dockerd:
@@ -66,6 +93,24 @@ class Dockerd:
     def docker(self, *args: str, check: bool = True, **kw) -> subprocess.CompletedProcess:
         return subprocess.run(["docker", *args], env=self.env, capture_output=True, text=True, check=check, **kw)
 
+    def image_id(self, tag: str) -> str:
+        return self.docker("image", "inspect", "--format", "{{.Id}}", tag).stdout.strip()
+
+    def copy_image(self, tag: str, other: Dockerd) -> str:
+        """``tag`` into ``other``'s engine with ``docker save | docker load``: the same image ID
+        on both (``docker import`` makes a new one each time). Returns that ID."""
+        save = subprocess.Popen(["docker", "save", tag], env=self.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        assert save.stdout is not None
+        load = subprocess.run(["docker", "load"], env=other.env, stdin=save.stdout, capture_output=True, text=True)
+        save.stdout.close()
+        save_err = save.stderr.read().decode() if save.stderr else ""
+        if save.wait() != 0 or load.returncode != 0:
+            raise RuntimeError(f"docker save {tag} | docker load failed: {save_err}{load.stderr}")
+        image = self.image_id(tag)
+        if other.image_id(tag) != image:
+            raise RuntimeError(f"{tag} has another image ID after docker load")
+        return image
+
     def stop(self) -> None:
         if self.proc and self.proc.poll() is None:
             for cid in self.docker("ps", "-aq", check=False).stdout.split():
@@ -91,19 +136,66 @@ def base_root() -> Path:
     return found[0]
 
 
-def import_base(dockerd: Dockerd, tag: str, work: Path, standin_mode: str = "serve") -> str:
+def ray_wheelhouse() -> Path:
+    """Ray's cp311 manylinux wheel and its dependencies, downloaded once with pip into
+    $RIGKIT_CACHE/wheels/ray (default /var/cache/rigkit/wheels/ray)."""
+    wheels = Path(os.environ.get("RIGKIT_CACHE", "/var/cache/rigkit")) / "wheels" / "ray"
+    if not list(wheels.glob(f"ray-{RAY_VERSION}-cp311-*manylinux*x86_64.whl")):
+        wheels.mkdir(parents=True, exist_ok=True)
+        subprocess.run(
+            [sys.executable, "-m", "pip", "download", f"ray=={RAY_VERSION}", "--only-binary=:all:", "-d", str(wheels)],
+            check=True,
+        )
+    return wheels
+
+
+def install_ray(site: Path, bin_dir: Path, wheels: Path) -> None:
+    """Ray from ``wheels`` into ``site`` (the image's dist-packages) with this machine's pip,
+    for the image's interpreter, and ``bin_dir/ray`` started by the image's /usr/bin/python3
+    (pip's console scripts would name this machine's interpreter)."""
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--disable-pip-version-check",
+            "--no-index",
+            "--find-links",
+            str(wheels),
+            "--target",
+            str(site),
+            *IMAGE_PYTHON_TAGS,
+            f"ray=={RAY_VERSION}",
+        ],
+        check=True,
+    )
+    shutil.rmtree(site / "bin")
+    (bin_dir / "ray").write_text(RAY_LAUNCHER)
+    (bin_dir / "ray").chmod(0o755)
+
+
+def import_base(
+    dockerd: Dockerd, tag: str, work: Path, standin_mode: str = "serve", ray_wheels: Path | None = None
+) -> str:
     """The test base image ``tag``: Python, vLLM 0.19.1's patched files from the wheel, and
-    the stand-in ``vllm`` command (``standin_mode`` ``fail`` makes it exit at start)."""
+    the stand-in ``vllm`` command (``standin_mode`` ``fail`` makes it exit at start).
+    ``ray_wheels`` (``ray_wheelhouse()``): Ray 2.40.0 and its ``ray`` command too, under
+    another ``tag`` than the image without."""
     if dockerd.docker("image", "inspect", tag, check=False).returncode == 0:
         return tag
-    extra = work / f"extra-{standin_mode}"
+    name = standin_mode + ("-ray" if ray_wheels else "")
+    extra = work / f"extra-{name}"
     shutil.rmtree(extra, ignore_errors=True)
     unpack(extra / SITE, PATCHED_FILES)
     (extra / "usr/local/bin").mkdir(parents=True)
+    if ray_wheels:
+        install_ray(extra / SITE, extra / "usr/local/bin", ray_wheels)
     standin = (HERE / "standin_vllm.py").read_text().replace('MODE = "serve"', f"MODE = {standin_mode!r}")
     (extra / "usr/local/bin/vllm").write_text(standin)
     (extra / "usr/local/bin/vllm").chmod(0o755)
-    tar_path = work / f"base-{standin_mode}.tar"
+    tar_path = work / f"base-{name}.tar"
     root = base_root()
     shutil.copytree(root / "usr/local", extra / "usr/local", symlinks=True, dirs_exist_ok=True)
     with tarfile.open(tar_path, "w") as tar:
@@ -125,4 +217,5 @@ def import_base(dockerd: Dockerd, tag: str, work: Path, standin_mode: str = "ser
     if done.returncode != 0:
         raise RuntimeError(f"docker import failed: {done.stderr}")
     tar_path.unlink()
+    shutil.rmtree(extra)
     return tag

@@ -10,9 +10,12 @@ on that interface)::
 
 ``nodes`` are inventory host names; the first is the head (where Ray's GCS and the API
 listen). ``tensor_parallel`` x ``pipeline_parallel`` must equal the GPUs the nodes bring
-(``gpus.count`` summed over the nodes); both absent means a Ray cluster without a sized
-vLLM service yet (the sandbox, which has no GPU). :func:`validate_cluster` checks all of it
-across hosts, before any host changes.
+(``gpus.count`` summed over the nodes); both absent is for nodes without GPUs (the sandbox).
+:func:`validate_cluster` checks all of it across hosts, before any host changes.
+
+What runs on the cluster is a vLLM service that names it (``"cluster": "qwen122b"`` among its
+options, the same service declared on every node): Ray runs in that service's image on every
+node, and the head serves the model (:mod:`rigkit.cluster`).
 """
 
 from __future__ import annotations
@@ -23,16 +26,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from rigkit.hostdata.gpus import parse_gpus
-from rigkit.hostdata.schema import HostDataError, build, check_path, check_pattern
+from rigkit.hostdata.schema import HostDataError, build, check_pattern
 
 CLUSTER_NAME = re.compile(r"[a-z0-9][a-z0-9-]{0,31}")
 # An inventory host name: a DNS name or an address, nothing a shell or a unit would read.
 NODE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,252}")
 # A Linux interface name (IFNAMSIZ 16 with the NUL): what NCCL_SOCKET_IFNAME takes.
 INTERFACE = re.compile(r"[A-Za-z0-9_.:-]{1,15}")
-VERSION = re.compile(r"[0-9]+(?:\.[0-9]+){1,3}")
 ADDRESS = re.compile(r"[0-9A-Fa-f.:]{2,39}")
-DEFAULT_RAY = "/opt/rigkit/ray/bin/ray"
 
 
 @dataclass(frozen=True)
@@ -44,18 +45,19 @@ class Cluster:
     ray_port: int = 6379
     tensor_parallel: int | None = None
     pipeline_parallel: int | None = None
-    # The ``ray`` command on the node (a virtualenv, or the image's in a container).
-    ray: str = DEFAULT_RAY
     # How long a worker waits for the head's port, and the head for every node, in seconds.
     join_timeout: int = 300
-    # Install Ray into the virtualenv of ``ray`` from wheels in this directory on the deploying
-    # machine (``pip download ray==VERSION``), for nodes without the image or the internet.
-    wheelhouse: str | None = None
-    ray_version: str | None = None
 
     @property
     def head(self) -> str:
         return self.nodes[0]
+
+    @property
+    def parallel(self) -> tuple[int, int] | None:
+        """(tensor, pipeline) parallel sizes, when declared."""
+        if self.tensor_parallel is None or self.pipeline_parallel is None:
+            return None
+        return self.tensor_parallel, self.pipeline_parallel
 
     def shared(self) -> tuple:
         """What every node must declare alike."""
@@ -99,13 +101,6 @@ def parse_cluster(host: str, raw: Any) -> Cluster:
         value = getattr(c, key)
         if value is not None and value < 1:
             raise HostDataError(host, f"cluster.{key}", "1 or more", value)
-    check_path(c.ray, host, "cluster.ray", "the ray command's absolute path on the host")
-    if c.wheelhouse is not None:
-        check_path(c.wheelhouse, host, "cluster.wheelhouse", "a directory of wheels on the deploying machine")
-        if c.ray_version is None:
-            raise HostDataError(host, "cluster.ray_version", "the Ray version to install from the wheelhouse")
-    if c.ray_version is not None:
-        check_pattern(c.ray_version, VERSION, host, "cluster.ray_version", "a release such as 2.40.0")
     if not 10 <= c.join_timeout <= 3600:
         raise HostDataError(host, "cluster.join_timeout", "10 to 3600 seconds", c.join_timeout)
     return c

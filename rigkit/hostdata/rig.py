@@ -15,6 +15,7 @@ from typing import Any
 
 from pyinfra.api.exceptions import PyinfraError
 
+from rigkit.hostdata.cluster import Cluster, parse_cluster, validate_cluster
 from rigkit.hostdata.gpus import Gpus, parse_gpus
 from rigkit.hostdata.llama_cpp import LlamaCpp, parse_llama_cpp
 from rigkit.hostdata.models import MODEL_REF_PREFIX, HubModel, Model, parse_models
@@ -27,7 +28,7 @@ from rigkit.models.lockfile import LockEntry, LockError
 URL = re.compile(r"https?://[A-Za-z0-9._~:/@%+\[\]-]+")
 LOCK_ENV = "RIGKIT_MODEL_LOCK"
 # The host-data keys rigkit reads; the rest (ssh_*, sandbox_*, ...) belongs to pyinfra or tools.
-COMPONENTS = ("gpus", "nvidia", "llama_cpp", "services", "models")
+COMPONENTS = ("gpus", "nvidia", "llama_cpp", "services", "models", "cluster")
 
 
 class ModelLockError(PyinfraError, LockError):
@@ -45,6 +46,7 @@ class Rig:
     llama_cpp: LlamaCpp | None = None
     services: tuple[Service, ...] = ()
     models: tuple[Model, ...] = ()
+    cluster: Cluster | None = None
     # ModelRef.key -> the lock entry, filled by resolve_model_refs()
     locks: Mapping[str, LockEntry] = field(default_factory=dict, compare=False)
 
@@ -54,6 +56,19 @@ class Rig:
 
     def engine_services(self, engine: str) -> tuple[Service, ...]:
         return tuple(s for s in self.services if s.engine == engine)
+
+    def serves(self, svc: Service) -> bool:
+        """Whether the service's unit runs here: everywhere but on a cluster's other nodes
+        (which run Ray workers in its image)."""
+        return self.cluster is None or getattr(svc.options, "cluster", None) is None or self.is_head
+
+    @property
+    def is_head(self) -> bool:
+        return self.cluster is not None and self.cluster.head == self.host
+
+    def clustered(self) -> Service | None:
+        """The vLLM service that spans this host's cluster."""
+        return next((s for s in self.services if getattr(s.options, "cluster", None) is not None), None)
 
     @property
     def hub_models(self) -> tuple[HubModel, ...]:
@@ -101,7 +116,64 @@ def parse_rig(host: str, data: Mapping[str, Any]) -> Rig:
                 f"({', '.join(hub_names) or 'none declared'})",
                 svc.model,
             )
-    return Rig(host=host, gpus=gpus, nvidia=nvidia, llama_cpp=llama, services=services, models=models)
+    cluster = parse_cluster(host, data["cluster"]) if data.get("cluster") is not None else None
+    _check_clustered_services(host, services, cluster)
+    return Rig(host=host, gpus=gpus, nvidia=nvidia, llama_cpp=llama, services=services, models=models, cluster=cluster)
+
+
+def _check_clustered_services(host: str, services: tuple[Service, ...], cluster: Cluster | None) -> None:
+    """A service that names a cluster names this host's; a cluster has exactly one service."""
+    spanning = []
+    for i, svc in enumerate(services):
+        name = getattr(svc.options, "cluster", None)
+        if name is None:
+            continue
+        if cluster is None or cluster.name != name:
+            raise HostDataError(
+                host,
+                f"services[{i}].cluster",
+                f"the name of this host's cluster ({cluster.name if cluster else 'none declared'})",
+                name,
+            )
+        opts = svc.options
+        if cluster.parallel and (opts.tensor_parallel, opts.pipeline_parallel) != cluster.parallel:  # type: ignore[attr-defined]
+            raise HostDataError(
+                host,
+                f"services[{i}].tensor_parallel",
+                f"the cluster's tensor_parallel and pipeline_parallel ({cluster.tensor_parallel}, "
+                f"{cluster.pipeline_parallel})",
+                [opts.tensor_parallel, opts.pipeline_parallel],  # type: ignore[attr-defined]
+            )
+        spanning.append(svc.name)
+    if cluster is not None and len(spanning) != 1:
+        raise HostDataError(
+            host,
+            "cluster",
+            f"one vLLM service that spans it (options cluster: {cluster.name!r}; Ray runs in its image)",
+            spanning,
+        )
+
+
+def check_clusters(hosts_data: Mapping[str, Mapping[str, Any]]) -> None:
+    """The inventory's clusters across hosts (:func:`validate_cluster`), and the service that
+    spans each declared alike on every node (same image, model and flags everywhere)."""
+    validate_cluster(dict(hosts_data))  # type: ignore[arg-type]
+    rigs: dict[str, Rig] = {}
+    for name, data in hosts_data.items():
+        if data.get("cluster") is not None:
+            rigs[name] = parse_rig(name, {k: data[k] for k in COMPONENTS if data.get(k) is not None})
+    for name, rig in rigs.items():
+        assert rig.cluster is not None
+        head = rigs[rig.cluster.head]
+        mine, theirs = rig.clustered(), head.clustered()
+        if mine != theirs:
+            raise HostDataError(
+                name,
+                "services",
+                f"the service that spans cluster {rig.cluster.name} declared as on its head {head.host} "
+                f"({theirs.name if theirs else None}: same model, image and flags)",
+                mine.name if mine else None,
+            )
 
 
 def resolve_model_refs(rig: Rig, lock: Mapping[str, LockEntry], inventory: str = "INVENTORY") -> Rig:
@@ -161,6 +233,8 @@ def rig_for(host: Any) -> Rig:
     data = {k: host.data.get(k) for k in COMPONENTS if host.data.get(k) is not None}
     rig = parse_rig(host.name, data)
     check_model_supply(host.name, host.data)
+    if rig.cluster is not None:
+        check_clusters({h.name: h.data.dict() for h in host.inventory})
     if not rig.hub_models:
         return rig
     model_lock = host.data.get("model_lock")

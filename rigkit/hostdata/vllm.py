@@ -102,6 +102,9 @@ class VllmOptions:
     drop_page_cache: bool = False
     ready_timeout: int = 900  # seconds for the model to load (~15 min for 122B on a Spark)
     stop_timeout: int = 60
+    # The host's ``cluster`` (rigkit.hostdata.cluster) this service spans: declared alike on
+    # every node; the head serves it through Ray, the other nodes run Ray in its image.
+    cluster: str | None = None
 
     @property
     def mtp(self) -> bool:
@@ -164,7 +167,8 @@ def check_vllm(host: str, key: str, opts: VllmOptions, model: str, service_gpus:
         if value < 1:
             raise HostDataError(host, f"{key}.{name}", "a positive integer", value)
     available = len(service_gpus) or gpus.count
-    if available and opts.tensor_parallel * opts.pipeline_parallel > available:
+    # Across a cluster the sizes are checked against every node's GPUs (rigkit.hostdata.rig).
+    if available and opts.cluster is None and opts.tensor_parallel * opts.pipeline_parallel > available:
         raise HostDataError(
             host,
             f"{key}.tensor_parallel",

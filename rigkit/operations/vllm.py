@@ -47,7 +47,8 @@ def image(identity: ImageIdentity):
         host.noop(f"{identity.tag} is present")
         return
     yield StringCommand("rm", "-rf", QuoteString(identity.context))
-    dirs = sorted({posixpath.dirname(rel) for rel, _ in identity.files} - {""})
+    # The Dockerfile copies patches/ whichever are chosen, none included.
+    dirs = sorted({posixpath.dirname(rel) for rel, _ in identity.files} - {""} | {"patches"})
     yield StringCommand(
         "install",
         "-d",

@@ -13,7 +13,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from rigkit.hostdata import Rig, Service
+from rigkit.hostdata.cluster import Cluster
 from rigkit.hostdata.vllm import IMAGE_SOURCE, VllmOptions, available_patches
+from rigkit.render import ray
 from rigkit.render.systemd import exec_line, templates
 
 KEY_DIR = "/etc/rigkit/vllm"
@@ -75,8 +77,9 @@ def container_name(service: Service) -> str:
     return f"rigkit-vllm-{service.name}"
 
 
-def serve_args(service: Service) -> list[str]:
-    """``vllm serve`` arguments (after the image's entrypoint): the model, then the flags."""
+def serve_args(service: Service, cluster: Cluster | None = None) -> list[str]:
+    """``vllm serve`` arguments (after the image's entrypoint): the model, then the flags
+    (with Ray as the executor across the ``cluster`` it heads)."""
     opts: VllmOptions = service.options  # type: ignore[assignment]
     argv = [
         service.model,
@@ -95,6 +98,8 @@ def serve_args(service: Service) -> list[str]:
     ]
     if opts.pipeline_parallel != 1:
         argv += ["--pipeline-parallel-size", str(opts.pipeline_parallel)]
+    if cluster is not None:
+        argv += ray.VLLM_SERVE_ARGS
     if opts.dtype:
         argv += ["--dtype", opts.dtype]
     if opts.reasoning_parser:
@@ -121,9 +126,9 @@ def serve_args(service: Service) -> list[str]:
     return argv
 
 
-def command_line(service: Service, image: str, gpus: int) -> list[str]:
+def command_line(service: Service, image: str, gpus: int, cluster: Cluster | None = None) -> list[str]:
     """The ``docker run`` argv of a service's container (no secret in it: the key is a file
-    mounted read-only that the entrypoint reads)."""
+    mounted read-only that the entrypoint reads); ``cluster``: the Ray cluster it heads."""
     opts: VllmOptions = service.options  # type: ignore[assignment]
     argv = [
         DOCKER,
@@ -149,18 +154,21 @@ def command_line(service: Service, image: str, gpus: int) -> list[str]:
     argv += ["-v", f"{service.model}:{service.model}:ro", "-e", "HF_HUB_OFFLINE=1"]
     if service.api_key_file:
         argv += ["-v", f"{key_path(service)}:{CONTAINER_KEY}:ro", "-e", f"RIGKIT_API_KEY_FILE={CONTAINER_KEY}"]
+    if cluster is not None:
+        argv += ray.vllm_docker_args(cluster, cluster)
     for name, value in sorted(opts.env.items()):
         argv += ["-e", f"{name}={value}"]
-    return argv + [image] + serve_args(service)
+    return argv + [image] + serve_args(service, cluster)
 
 
-def render_unit(service: Service, image: str, gpus: int) -> str:
+def render_unit(service: Service, image: str, gpus: int, cluster: Cluster | None = None) -> str:
     opts: VllmOptions = service.options  # type: ignore[assignment]
     name = container_name(service)
     return templates.get_template("vllm.service.j2").render(
         service=service,
         image=image,
-        exec_start=exec_line(command_line(service, image, gpus)),
+        exec_start=exec_line(command_line(service, image, gpus, cluster)),
+        ready_unit=ray.ready_unit_name(cluster) if cluster else None,
         exec_remove=exec_line([DOCKER, "rm", "-f", name]),
         exec_stop=exec_line([DOCKER, "stop", "-t", str(opts.stop_timeout), name]),
         drop_page_cache=opts.drop_page_cache,
@@ -189,7 +197,7 @@ def services_manifest(rig: Rig, images: dict[str, str]) -> str:
                         "mtp": s.options.mtp,  # type: ignore[attr-defined]
                     }
                     for s in rig.enabled_services
-                    if s.engine == "vllm"
+                    if s.engine == "vllm" and rig.serves(s)
                 ],
             },
             indent=2,

@@ -65,6 +65,13 @@ def build(args: argparse.Namespace) -> None:
         return
     log(f"building {args.tag} FROM {args.base} with patches: {args.patches or 'none'}")
     started = time.monotonic()
+    if not image_present(args.base):
+        log(f"pulling {args.base}")
+        pulled = docker("pull", args.base)
+        if pulled.returncode != 0:
+            fail(f"pulling {args.base} failed:\n{pulled.stdout[-2000:]}{pulled.stderr[-2000:]}")
+    # What the base reference resolved to here: the nodes of a cluster compare it.
+    base_id = docker("image", "inspect", "--format", "{{.Id}}", args.base).stdout.strip()
     result = subprocess.run(
         [
             DOCKER,
@@ -77,6 +84,8 @@ def build(args: argparse.Namespace) -> None:
             f"PATCHES={args.patches}",
             "--label",
             f"org.rigkit.vllm.tag={args.tag}",
+            "--label",
+            f"org.rigkit.vllm.base-id={base_id}",
             "-t",
             args.tag,
             args.context,

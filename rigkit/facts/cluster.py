@@ -1,0 +1,63 @@
+"""Facts for a Ray cluster's nodes: what base an image was built from (the nodes compare
+it), and the cluster's nodes as Ray on the head reports them (``rigkit status``)."""
+
+from __future__ import annotations
+
+import json
+
+from pyinfra.api import FactBase, QuoteString, StringCommand
+
+#: The label ``vllm_host.py build`` puts on rigkit's images: the base image's ID there.
+BASE_ID_LABEL = "org.rigkit.vllm.base-id"
+
+
+class ImageBase(FactBase[dict | None]):
+    """An image's ID and the ID of the base it was built from (None when the image is absent).
+
+    .. code:: python
+
+        {"id": "sha256:5e1b...", "base": "sha256:0a7c..."}
+    """
+
+    def command(self, image: str) -> StringCommand:
+        return StringCommand(
+            "docker",
+            "image",
+            "inspect",
+            "--format",
+            QuoteString('{{.Id}} {{index .Config.Labels "' + BASE_ID_LABEL + '"}}'),
+            QuoteString(image),
+            "2>/dev/null",
+            "||",
+            "true",
+        )
+
+    def process(self, output: list[str]) -> dict | None:
+        fields = " ".join(output).split()
+        if not fields:
+            return None
+        return {"id": fields[0], "base": fields[1] if len(fields) > 1 and fields[1] != "<no" else None}
+
+
+class RayNodes(FactBase[dict]):
+    """The cluster's expected nodes as Ray on the head reports them (``ray_ready.py --json``,
+    run with the argv of the head's readiness unit).
+
+    .. code:: python
+
+        {"nodes": [{"name": "spark-1", "address": "192.168.100.11", "alive": True,
+                    "cpu": 20, "gpu": 1}], "gpus": 1, "reachable": True, "error": ""}
+    """
+
+    def command(self, ready_argv: list[str]) -> StringCommand:
+        return StringCommand(
+            *(QuoteString(a) for a in ready_argv),
+            "--json",
+            "2>/dev/null",
+            "||",
+            "echo",
+            QuoteString('{"nodes": [], "reachable": false, "error": "ray_ready.py failed"}'),
+        )
+
+    def process(self, output: list[str]) -> dict:
+        return json.loads("\n".join(output))

@@ -1,0 +1,69 @@
+"""
+The nodes of a Ray cluster agree on their image: each node's image was built from the same
+base (its image ID there), compared across the nodes after a build and before anything
+starts. Two operations, because pyinfra runs each operation on every host before the next:
+:func:`record_image` on every node, then :func:`same_image` on every node, which all fail
+alike on a mismatch (so no node goes on to change its units).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+
+from pyinfra.api import FunctionCommand, operation
+from pyinfra.api.host import Host
+from pyinfra.api.state import State
+
+from rigkit.facts.cluster import ImageBase
+
+logger = logging.getLogger("pyinfra")
+
+#: cluster -> node -> the base ID its image was built from (None: no image), filled when
+#: record_image runs on the node.
+RECORDED: dict[str, dict[str, str | None]] = {}
+
+
+def mismatch(cluster: str, image: str, bases: dict[str, str | None]) -> str | None:
+    """Why the nodes' images differ (naming the hosts and IDs), or None."""
+    missing = sorted(node for node, base in bases.items() if base is None)
+    if missing:
+        return f"cluster {cluster}: {image} is missing (or has no base ID) on {', '.join(missing)}"
+    if len(set(bases.values())) > 1:
+        each = ", ".join(f"{node}: {base}" for node, base in bases.items())
+        return f"cluster {cluster}: the nodes' {image} were built from different base images ({each})"
+    return None
+
+
+def _record(state: State, host: Host, cluster: str, image: str) -> bool:
+    status, output = host.run_shell_command(ImageBase().command(image))
+    found = ImageBase().process(output.stdout_lines) if status else None
+    RECORDED.setdefault(cluster, {})[host.name] = found["base"] if found else None
+    return True
+
+
+def _compare(state: State, host: Host, cluster: str, image: str, nodes: Sequence[str]) -> bool:
+    recorded = RECORDED.get(cluster, {})
+    problem = mismatch(cluster, image, {node: recorded.get(node) for node in nodes})
+    if problem:
+        host.log_styled(f"Refused: {problem}", fg="red", log_func=logger.error)
+        return False
+    return True
+
+
+@operation(is_idempotent=False)
+def record_image(cluster: str, image: str):
+    """Read which base this node's ``image`` was built from, for :func:`same_image`.
+
+    .. code:: python
+
+        cluster.record_image(cluster="qwen", image="rigkit/vllm:0123456789abcdef")
+    """
+    yield FunctionCommand(_record, (cluster, image), {})
+
+
+@operation(is_idempotent=False)
+def same_image(cluster: str, image: str, nodes: Sequence[str]):
+    """Fail unless every node recorded ``image`` built from the same base image ID; the
+    error names each host and its ID."""
+    yield FunctionCommand(_compare, (cluster, image, list(nodes)), {})
