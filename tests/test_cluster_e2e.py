@@ -120,8 +120,24 @@ def cluster(tmp_path_factory):
             os.environ["RIGKIT_SANDBOX_DIR"] = previous
 
 
-def deploy(c):
-    return run_pyinfra(str(c["tmp"] / "inventory.py"), "deploys/rig.py", env=c["env"], timeout=1200)
+def deploy(c, service: dict | None = None, cluster: dict | None = None):
+    """The deploy, with ``service``/``cluster`` keys changed on every node."""
+    data = json.loads(c["env"]["RIGKIT_RAY_E2E"])
+    for d in data.values():
+        d["services"][0].update(service or {})
+        d["cluster"].update(cluster or {})
+    env = {**c["env"], "RIGKIT_RAY_E2E": json.dumps(data)}
+    return run_pyinfra(str(c["tmp"] / "inventory.py"), "deploys/rig.py", env=env, timeout=1200)
+
+
+def host_state(c) -> dict:
+    """What a deploy must not touch unless it has to: the units rigkit wrote and the pids of
+    the Ray and vLLM services."""
+    units = f"{RAY_UNIT} {VLLM_UNIT}"
+    return {
+        h.name: c["sb"].ssh(h, f"sha256sum /etc/systemd/system/rigkit-* ; systemctl show -p MainPID --value {units}")
+        for h in c["hosts"]
+    }
 
 
 def ray_state(c, timeout: float | None = None) -> dict:
@@ -265,6 +281,48 @@ def test_status_shows_the_clusters_nodes(cluster):
     assert "tiny" in done.stdout and "declared, not deployed" not in done.stdout
 
 
+def test_new_flags_restart_vllm_on_the_head_and_nothing_else(cluster):
+    c = cluster
+    sb, head = c["sb"], c["hosts"][0]
+    ray_pids = {h.name: sb.ssh(h, f"systemctl show -p MainPID --value {RAY_UNIT}") for h in c["hosts"]}
+    vllm_pid = sb.ssh(head, f"systemctl show -p MainPID --value {VLLM_UNIT}")
+    run = deploy(c, service={"max_num_seqs": 4})
+    assert run.returncode == 0, run.stderr[-5000:]
+    restarted = [n for n in run.changed if "Restart" in n]
+    assert restarted == [f"Serve vLLM | Restart {VLLM_UNIT}"], run.changed
+    assert run.changed[restarted[0]] == [head.name]
+    assert ray_pids == {h.name: sb.ssh(h, f"systemctl show -p MainPID --value {RAY_UNIT}") for h in c["hosts"]}
+    assert sb.ssh(head, f"systemctl show -p MainPID --value {VLLM_UNIT}") != vllm_pid
+    assert "--max-num-seqs 4" in sb.ssh(head, f"cat /etc/systemd/system/{VLLM_UNIT}")
+    assert len((standin_ray(c) or {}).get("nodes") or []) == 3
+    c["env"]["RIGKIT_RAY_E2E"] = json.dumps(
+        {
+            n: {**d, "services": [{**d["services"][0], "max_num_seqs": 4}]}
+            for n, d in json.loads(c["env"]["RIGKIT_RAY_E2E"]).items()
+        }
+    )
+
+
+@pytest.mark.parametrize(
+    "service, cluster_keys, refused",
+    [
+        ({}, {"interconnect": "host0\nExecStartPre=/bin/sh -c reboot"}, "control characters"),
+        ({}, {"interconnect": "$(reboot)"}, "cluster.interconnect: expected a network interface name"),
+        ({}, {"address": "198.18.4.11; reboot"}, "cluster.address"),
+        ({}, {"nodes": ["sandbox-1", "../sandbox-2", "sandbox-3"]}, "cluster.nodes[1]"),
+        ({"cluster": "e2e --api-key x"}, {}, "services[0].cluster"),
+        ({"env": {"NCCL_DEBUG": "INFO $(reboot)"}}, {}, "services[0].env.NCCL_DEBUG"),
+    ],
+)
+def test_hostile_cluster_data_changes_nothing(cluster, service, cluster_keys, refused):
+    c = cluster
+    before = host_state(c)
+    run = deploy(c, service=service, cluster=cluster_keys)
+    assert run.returncode != 0
+    assert refused in run.stdout + run.stderr, (run.stdout + run.stderr)[-3000:]
+    assert host_state(c) == before
+
+
 def test_killed_worker_rejoins_and_the_head_serves_again(cluster):
     c = cluster
     sb, worker = c["sb"], c["hosts"][1]
@@ -330,9 +388,15 @@ def test_missing_worker_fails_the_head_after_the_time_out(cluster):
     assert wait_for("vLLM back on every node", lambda: len((standin_ray(c) or {}).get("nodes") or []) == 3, 120)
 
 
+def base_id_of(engine, image: str) -> str:
+    return engine.docker(
+        "image", "inspect", "--format", '{{index .Config.Labels "org.rigkit.vllm.base-id"}}', image
+    ).stdout.strip()
+
+
 def test_an_image_built_from_another_base_is_refused_before_any_change(cluster):
     c = cluster
-    sb, hosts, odd = c["sb"], c["hosts"], c["docker"][2]
+    hosts, odd = c["hosts"], c["docker"][2]
     image = json.loads(odd.docker("inspect", "rigkit-ray-e2e").stdout)[0]["Config"]["Image"]
     original = odd.image_id(image)
     other_base = "sha256:" + "0" * 64
@@ -340,26 +404,45 @@ def test_an_image_built_from_another_base_is_refused_before_any_change(cluster):
     context.mkdir(exist_ok=True)
     (context / "Dockerfile").write_text(f"FROM {image}\nLABEL org.rigkit.vllm.base-id={other_base}\n")
     odd.docker("build", "-q", "-t", image, str(context), timeout=300)
-    before = {
-        h.name: sb.ssh(h, "sha256sum /etc/systemd/system/rigkit-* ; systemctl show -p MainPID --value " + RAY_UNIT)
-        for h in hosts
-    }
+    before = host_state(c)
     try:
         run = deploy(c)
         out = run.stdout + run.stderr
         assert run.returncode != 0
         assert f"cluster {CLUSTER}: the nodes' {image} were built from different base images" in out, out[-3000:]
         assert f"{hosts[2].name}: {other_base}" in out
-        head_base = (
-            c["docker"][0]
-            .docker("image", "inspect", "--format", '{{index .Config.Labels "org.rigkit.vllm.base-id"}}', image)
-            .stdout.strip()
-        )
-        assert f"{hosts[0].name}: {head_base}" in out and "nothing was changed" in out
-        after = {
-            h.name: sb.ssh(h, "sha256sum /etc/systemd/system/rigkit-* ; systemctl show -p MainPID --value " + RAY_UNIT)
-            for h in hosts
-        }
-        assert after == before
+        assert f"{hosts[0].name}: {base_id_of(c['docker'][0], image)}" in out and "nothing was changed" in out
+        assert host_state(c) == before
     finally:
         odd.docker("tag", original, image)
+
+
+def test_a_node_that_builds_from_another_base_is_refused_before_its_units_change(cluster):
+    """A node whose pinned base tag resolves to another image (pushed again, or built there)
+    builds rigkit's image from it; the nodes compare after the build, and all stop before any
+    unit is written or restarted."""
+    c = cluster
+    hosts, odd = c["hosts"], c["docker"][2]
+    image = json.loads(odd.docker("inspect", "rigkit-ray-e2e").stdout)[0]["Config"]["Image"]
+    original_image, original_base = odd.image_id(image), odd.image_id(BASE)
+    context = c["tmp"] / "odd-base"
+    context.mkdir(exist_ok=True)
+    (context / "Dockerfile").write_text(f"FROM {BASE}\nLABEL org.rigkit.test=another-push\n")
+    odd.docker("build", "-q", "-t", BASE, str(context), timeout=300)
+    odd.docker("tag", image, "rigkit-test/kept:1")
+    odd.docker("rmi", image)  # untags; the running container keeps its image
+    before = host_state(c)
+    try:
+        run = deploy(c)
+        out = run.stdout + run.stderr
+        assert run.returncode != 0
+        assert f"Refused: cluster {CLUSTER}: the nodes' {image} were built from different base images" in out, out[
+            -3000:
+        ]
+        assert f"{hosts[2].name}: {odd.image_id(BASE)}" in out and f"{hosts[1].name}: {original_base}" in out
+        assert base_id_of(odd, image) == odd.image_id(BASE)  # it did build, from the other base
+        assert host_state(c) == before
+    finally:
+        odd.docker("tag", original_base, BASE)
+        odd.docker("tag", original_image, image)
+        odd.docker("rmi", "rigkit-test/kept:1")
