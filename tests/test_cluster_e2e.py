@@ -11,6 +11,7 @@ machine to every node (the deploying machine serves it)."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -215,6 +216,10 @@ def test_every_node_joins_in_the_services_image(cluster):
         exposure = sb.ssh(h, f"systemd-analyze security {RAY_UNIT} | tail -1")
         level = re.search(r"exposure level for \S+: ([0-9.]+)", exposure)
         assert level and float(level.group(1)) <= 3.0, exposure
+    # The model on every node, as uploaded from this machine (which serves it to them).
+    local = hashlib.sha256((c["tmp"] / "model" / "model.safetensors").read_bytes()).hexdigest()
+    for h in hosts:
+        assert sb.ssh(h, "sha256sum /srv/models/tiny-vllm/model.safetensors").split()[0] == local
     # Only the head serves: the workers have no vLLM unit.
     for worker in hosts[1:]:
         assert sb.ssh(worker, f"test -e /etc/systemd/system/{VLLM_UNIT} && echo yes || echo no") == "no"
