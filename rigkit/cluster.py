@@ -15,7 +15,7 @@ from pathlib import Path
 
 from pyinfra import host
 from pyinfra.api.exceptions import PyinfraError
-from pyinfra.operations import files, server, systemd
+from pyinfra.operations import files, systemd
 from pyinfra.operations.util import any_changed
 
 from rigkit.facts.cluster import ImageBase
@@ -23,6 +23,7 @@ from rigkit.hostdata import Rig, Service
 from rigkit.hostdata.cluster import Cluster, parse_cluster
 from rigkit.hostdata.gpus import parse_gpus
 from rigkit.operations import cluster as cluster_ops
+from rigkit.operations import users
 from rigkit.render import ray as render
 
 SCRIPTS = Path(__file__).resolve().parent / "scripts"
@@ -87,14 +88,7 @@ def ray_node(rig: Rig, service: Service, image: str, image_op) -> Callable[[], b
         nodes=list(nodes),
         _if=built,
     )
-    server.user(
-        name=f"System user {render.USER}",
-        user=render.USER,
-        system=True,
-        shell="/usr/sbin/nologin",
-        home=f"/var/lib/{render.USER}",
-        create_home=False,
-    )
+    users.system_user(name=f"System user {render.USER}", user=render.USER, home=f"/var/lib/{render.USER}")
     changed = [
         files.put(
             name=f"Script {script}",

@@ -14,13 +14,13 @@ from typing import Any
 from pyinfra import host
 from pyinfra.api import deploy
 from pyinfra.api.exceptions import PyinfraError
-from pyinfra.operations import apt, files, systemd
+from pyinfra.operations import files, systemd
 from pyinfra.operations.util import any_changed
 
 from rigkit.facts.nvidia import NvidiaGpus
 from rigkit.facts.services import ManagedServices
 from rigkit.hostdata import LlamaCpp, Rig, UploadModel
-from rigkit.operations import llama_cpp, rendered, services
+from rigkit.operations import llama_cpp, packages, rendered, services, units
 from rigkit.operations import models as model_ops
 from rigkit.operations.llama_cpp import BuildIdentity
 from rigkit.render import llama_server as render
@@ -101,9 +101,7 @@ def models(rig: Rig):
 def llama_cpp_build(rig: Rig):
     """Packages, the host tool, then the pinned build; returns the build op and the build's
     identity (ref, flags, hash), which the switch and prune steps take as they are."""
-    apt.packages(
-        name="Install build dependencies", packages=BUILD_PACKAGES, update=True, cache_time=86400, no_recommends=True
-    )
+    packages.present(name="Install build dependencies", packages=BUILD_PACKAGES)
     llama_cpp.tool(name="Install rigkit's llama.cpp host tool")
     identity = BuildIdentity.of(llama_pin(rig), cuda_arch(rig))
     built = llama_cpp.build(name=f"Build llama.cpp {identity.pin.ref}", identity=identity)
@@ -190,16 +188,21 @@ def llama_services(rig: Rig, identity: BuildIdentity, address: str, models: Sequ
             name="Reload systemd units", _if=any_changed(*(ops[-1] for ops in restart_on.values()), *watchdog_units)
         )
     started = []
+    # Every unit this step starts or stops, asked about in one round trip.
+    step_units = tuple(u for svc in served for u in (svc.unit, svc.watchdog_timer))
     for svc in served:
-        systemd.service(
+        units.unit(
             name=f"{'Enable' if svc.enabled else 'Disable'} {svc.unit}",
-            service=svc.unit,
-            running=None,
+            unit=svc.unit,
             enabled=svc.enabled,
+            batch=step_units,
         )
         # Separate from enabling: only a real start may stand in for a restart below.
-        start = systemd.service(
-            name=f"{'Start' if svc.enabled else 'Stop'} {svc.unit}", service=svc.unit, running=svc.enabled
+        start = units.unit(
+            name=f"{'Start' if svc.enabled else 'Stop'} {svc.unit}",
+            unit=svc.unit,
+            running=svc.enabled,
+            batch=step_units,
         )
         if svc.enabled:
             started.append((svc, start))
@@ -220,12 +223,20 @@ def llama_services(rig: Rig, identity: BuildIdentity, address: str, models: Sequ
         )
     for svc in served:
         if svc.enabled and svc.watchdog:
-            systemd.service(
-                name=f"Start the watchdog of {svc.name}", service=svc.watchdog_timer, running=True, enabled=True
+            units.unit(
+                name=f"Start the watchdog of {svc.name}",
+                unit=svc.watchdog_timer,
+                running=True,
+                enabled=True,
+                batch=step_units,
             )
         elif svc.watchdog_timer in on_host["timers"]:
-            systemd.service(
-                name=f"Stop the watchdog of {svc.name}", service=svc.watchdog_timer, running=False, enabled=False
+            units.unit(
+                name=f"Stop the watchdog of {svc.name}",
+                unit=svc.watchdog_timer,
+                running=False,
+                enabled=False,
+                batch=step_units,
             )
             for unit in (svc.watchdog_timer, svc.watchdog_unit):
                 files.file(name=f"Remove {unit}", path=f"/etc/systemd/system/{unit}", present=False)

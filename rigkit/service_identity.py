@@ -8,24 +8,18 @@ from __future__ import annotations
 from pathlib import Path
 
 from pyinfra.api.exceptions import PyinfraError
-from pyinfra.operations import files, server
+from pyinfra.operations import files
 
 from rigkit.facts.secrets import VERSION_SUFFIX
 from rigkit.hostdata import Rig, Service
 from rigkit.operations import secrets as secret_ops
+from rigkit.operations import users
 
 
 def user_and_key(rig: Rig, svc: Service, key_path: str, key_on_host: bool = True) -> list:
     """The service's user and key; returns the key operations (a changed or removed key
     restarts the service). ``key_on_host``: whether a key may be there to remove."""
-    server.user(
-        name=f"System user {svc.user}",
-        user=svc.user,
-        system=True,
-        home=f"/var/lib/rigkit-{svc.prefix}-{svc.name}",
-        create_home=False,
-        shell="/usr/sbin/nologin",
-    )
+    users.system_user(name=f"System user {svc.user}", user=svc.user, home=f"/var/lib/rigkit-{svc.prefix}-{svc.name}")
     if not svc.api_key_file:
         if not key_on_host:
             return []

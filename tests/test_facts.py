@@ -51,3 +51,61 @@ def test_llama_builds_fact_quotes_its_root(tmp_path):
     assert facts["current"] == "b1-abc-123" and facts["builds"]["b1-abc-123"]["ref"] == "b1"
     assert not (tmp_path / "pwned").exists() and not os.path.exists("pwned")
     assert run_fact(LlamaCppBuilds(), root=str(tmp_path / "missing")) == LlamaCppBuilds.default()
+
+
+def test_system_user_fact_reads_one_user_and_its_group(tmp_path):
+    from rigkit.facts.users import SystemUser
+
+    root = run_fact(SystemUser(), user="root")
+    assert root["home"] == "/root" and root["group"] is True and root["shell"]
+    assert run_fact(SystemUser(), user="rigkit-no-such-user") == {"home": None, "shell": None, "group": False}
+    hostile = f"x; touch {tmp_path}/pwned"
+    assert run_fact(SystemUser(), user=hostile)["home"] is None
+    assert not (tmp_path / "pwned").exists()
+
+
+def test_missing_packages_asks_dpkg_for_just_those(tmp_path):
+    from rigkit.facts.packages import MissingPackages
+
+    assert run_fact(MissingPackages(), packages=("dpkg", "rigkit-no-such-package", "bash")) == [
+        "rigkit-no-such-package"
+    ]
+    hostile = f"$(touch {tmp_path}/pwned)"
+    assert run_fact(MissingPackages(), packages=(hostile,)) == [hostile]
+    assert not (tmp_path / "pwned").exists()
+
+
+def test_unit_states_from_one_systemctl_show():
+    from rigkit.facts.units import UnitStates
+
+    command = UnitStates().command(units=("rigkit-llama-tiny.service", "x;reboot.timer")).get_raw_value()
+    assert command.endswith("-- rigkit-llama-tiny.service 'x;reboot.timer'")
+    output = (
+        "Id=rigkit-llama-tiny.service\nLoadState=loaded\nSubState=running\nUnitFileState=enabled\n\n"
+        "Id=rigkit-watchdog-tiny.timer\nLoadState=loaded\nSubState=dead\nUnitFileState=disabled\n\n"
+        "Id=gone.service\nLoadState=not-found\nSubState=dead\nUnitFileState=\n"
+    ).splitlines()
+    assert UnitStates().process(output) == {
+        "rigkit-llama-tiny.service": {"running": True, "enabled": True},
+        "rigkit-watchdog-tiny.timer": {"running": False, "enabled": False},
+    }
+
+
+def test_per_run_reads_once_until_forgotten():
+    from rigkit.facts import per_run
+    from rigkit.facts.units import UnitStates
+
+    class Host:
+        asked = 0
+
+        def get_fact(self, fact, **kwargs):
+            self.asked += 1
+            return {"asked": self.asked, **kwargs}
+
+    host, other = Host(), Host()
+    assert per_run.read(host, UnitStates, units=("a",)) == {"asked": 1, "units": ("a",)}
+    assert per_run.read(host, UnitStates, units=("a",))["asked"] == 1
+    assert per_run.read(host, UnitStates, units=("b",))["asked"] == 2  # another batch
+    assert per_run.read(other, UnitStates, units=("a",))["asked"] == 1  # another host
+    per_run.forget(host, UnitStates)
+    assert per_run.read(host, UnitStates, units=("a",))["asked"] == 3

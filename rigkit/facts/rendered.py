@@ -11,7 +11,8 @@ class RenderedFiles(FactBase[dict]):
     """
     ``{path: {"sha256": ..., "mode": "644", "owner": "root:root"}}`` for each of ``paths``
     that is a regular file; missing paths are left out. Pass the same ``paths`` from every
-    operation of a deploy step and pyinfra asks the host once.
+    operation of a deploy step and read it with :func:`rigkit.facts.per_run.read`: the host
+    is asked once.
 
     .. code:: python
 

@@ -15,6 +15,7 @@ from pathlib import Path
 from pyinfra import host
 from pyinfra.api import QuoteString, StringCommand, operation
 
+from rigkit.facts import per_run
 from rigkit.facts.llama_cpp import CHECK_TOOL, TOOL, LlamaCppBuilds
 from rigkit.hostdata import LlamaCpp
 from rigkit.operations import rendered
@@ -91,11 +92,12 @@ def build(identity: BuildIdentity, jobs: int = 0):
         llama_cpp.build(identity=BuildIdentity.of(rig.llama_cpp, cuda_arch=("86",)))
     """
     pin = identity.pin
-    installed = host.get_fact(LlamaCppBuilds, root=pin.root)
+    installed = per_run.read(host, LlamaCppBuilds, root=pin.root)
     for name, info in installed["builds"].items():
         if matches(info, pin.ref, identity.flags_hash):
             host.noop(f"llama.cpp {pin.ref} is already built with these flags ({name})")
             return
+    per_run.forget(host, LlamaCppBuilds)  # a new build: activate reads the host again
     yield tool_command(
         "build",
         "--root",
@@ -126,11 +128,12 @@ def activate(identity: BuildIdentity):
         llama_cpp.activate(identity=identity)
     """
     pin = identity.pin
-    installed = host.get_fact(LlamaCppBuilds, root=pin.root)
+    installed = per_run.read(host, LlamaCppBuilds, root=pin.root)
     current = installed["builds"].get(installed["current"] or "")
     if current and matches(current, pin.ref, identity.flags_hash):
         host.noop(f"llama.cpp current is already {installed['current']}")
         return
+    per_run.forget(host, LlamaCppBuilds)
     yield tool_command("activate", "--root", pin.root, "--ref", pin.ref, "--flags-hash", identity.flags_hash)
 
 

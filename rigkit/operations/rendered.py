@@ -13,6 +13,7 @@ from pyinfra import host
 from pyinfra.api import operation
 from pyinfra.operations import files
 
+from rigkit.facts import per_run
 from rigkit.facts.rendered import RenderedFiles
 
 
@@ -31,7 +32,8 @@ def put(content: str | bytes | Path, dest: str, mode: str = "644", batch: tuple[
         if isinstance(content, Path)
         else (content.encode() if isinstance(content, str) else content)
     )
-    current = host.get_fact(RenderedFiles, paths=tuple(batch) or (dest,)).get(dest)
+    # Each operation of a batch writes only its own dest: the batch's answer holds for all.
+    current = per_run.read(host, RenderedFiles, paths=tuple(batch) or (dest,)).get(dest)
     if (
         current
         and current["sha256"] == hashlib.sha256(data).hexdigest()
