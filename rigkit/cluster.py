@@ -31,8 +31,8 @@ SCRIPTS = Path(__file__).resolve().parent / "scripts"
 # Cluster name -> every node's operations (pyinfra prepares all hosts before running any):
 # the image builds, and what (re)starts the node's Ray. The head's vLLM restarts when any
 # node's Ray did: its Ray actors lived there.
-_IMAGE_OPS: dict[str, list] = {}
-_RAY_OPS: dict[str, list] = {}
+_IMAGE_OPS: dict[tuple[int, str], list] = {}
+_RAY_OPS: dict[tuple[int, str], list] = {}
 
 
 class ImageMismatch(PyinfraError):
@@ -65,7 +65,8 @@ def check_present_images(cluster: Cluster, image: str) -> None:
 
 
 def _any(ops: list) -> Callable[[], bool]:
-    return lambda: any(op.did_change() for op in ops)
+    # A node that failed earlier never ran its operations: they did not change anything.
+    return lambda: any(op.is_complete() and op.did_change() for op in ops)
 
 
 def ray_node(rig: Rig, service: Service, image: str, image_op) -> Callable[[], bool]:
@@ -75,11 +76,13 @@ def ray_node(rig: Rig, service: Service, image: str, image_op) -> Callable[[], b
     assert mine is not None
     nodes = nodes_of(rig)
     head = nodes[mine.head]
-    _IMAGE_OPS.setdefault(mine.name, []).append(image_op)
-    ray_ops = _RAY_OPS.setdefault(mine.name, [])
+    run = (id(host.state), mine.name)
+    image_ops = _IMAGE_OPS.setdefault(run, [])
+    image_ops.append(image_op)
+    ray_ops = _RAY_OPS.setdefault(run, [])
 
     check_present_images(mine, image)
-    built = _any(_IMAGE_OPS[mine.name])
+    built = _any(image_ops)
     cluster_ops.record_image(name=f"Base of {image} on this node", cluster=mine.name, image=image, _if=built)
     cluster_ops.same_image(
         name=f"Same image on every node of cluster {mine.name}",
@@ -89,7 +92,7 @@ def ray_node(rig: Rig, service: Service, image: str, image_op) -> Callable[[], b
         _if=built,
     )
     users.system_user(name=f"System user {render.USER}", user=render.USER, home=f"/var/lib/{render.USER}")
-    changed = [
+    scripts = [
         files.put(
             name=f"Script {script}",
             src=str(SCRIPTS / Path(script).name),
@@ -100,14 +103,13 @@ def ray_node(rig: Rig, service: Service, image: str, image_op) -> Callable[[], b
         for script in ((render.READY,) if rig.is_head else (render.WAIT_HEAD,))
     ]
     unit = render.node_unit_name(mine)
-    changed.append(
-        files.put(
-            name=f"Unit {unit}",
-            src=StringIO(render.render_node_unit(mine, head, rig.is_head, service, image, rig.gpus.count)),
-            dest=f"/etc/systemd/system/{unit}",
-            mode="644",
-        )
+    node_unit = files.put(
+        name=f"Unit {unit}",
+        src=StringIO(render.render_node_unit(mine, head, rig.is_head, service, image, rig.gpus.count)),
+        dest=f"/etc/systemd/system/{unit}",
+        mode="644",
     )
+    changed = [*scripts, node_unit]
     if rig.is_head:
         changed.append(
             files.put(
@@ -123,7 +125,8 @@ def ray_node(rig: Rig, service: Service, image: str, image_op) -> Callable[[], b
         name=f"Restart {unit}",
         service=unit,
         restarted=True,
-        _if=[any_changed(*changed, image_op), lambda: not start.did_change()],
+        # Only for its own unit or image: a new readiness check or script restarts nothing.
+        _if=[any_changed(node_unit, image_op), lambda: not start.did_change()],
     )
     ray_ops += [start, restart]
     ray_changed = _any(ray_ops)

@@ -19,11 +19,12 @@ from pyinfra.api import deploy
 from pyinfra.operations import files, systemd
 from pyinfra.operations.util import any_changed
 
-from rigkit.cluster import ray_node
+from rigkit.cluster import cluster_gpus, nodes_of, ray_node
 from rigkit.facts.services import ManagedServices
 from rigkit.hostdata import Rig
 from rigkit.operations import services as service_ops
 from rigkit.operations import vllm as vllm_ops
+from rigkit.render import ray as render_ray
 from rigkit.render import vllm as render
 from rigkit.render.vllm import ImageIdentity
 from rigkit.service_identity import user_and_key
@@ -33,6 +34,14 @@ logger = logging.getLogger("pyinfra")
 
 def _not_changed(op: Any) -> bool:
     return not op.did_change()
+
+
+def spanned(rig: Rig, svc: Any) -> tuple[Any, list[str] | None]:
+    """The cluster the service spans (and this host heads) and its readiness check's argv,
+    or Nones."""
+    if not (svc.options.cluster and rig.is_head) or rig.cluster is None:
+        return None, None
+    return rig.cluster, render_ray.ready_argv(rig.cluster, nodes_of(rig), cluster_gpus(rig))
 
 
 def _either(first: Callable[[], bool], second: Callable[[], bool] | None) -> bool:
@@ -80,9 +89,7 @@ def vllm_services(rig: Rig, models: Sequence[Any] = ()):
         restart_on[svc.name].append(
             files.put(
                 name=f"Unit {svc.unit}",
-                src=StringIO(
-                    render.render_unit(svc, identity.tag, rig.gpus.count, rig.cluster if rig.is_head else None)
-                ),
+                src=StringIO(render.render_unit(svc, identity.tag, rig.gpus.count, *spanned(rig, svc))),
                 dest=f"/etc/systemd/system/{svc.unit}",
                 mode="644",
             )
@@ -123,8 +130,11 @@ def vllm_services(rig: Rig, models: Sequence[Any] = ()):
                 _if=[changed, partial(_not_changed, start)],
             )
     if started:
+        # Across a cluster the previous image would meet Ray on the new one on every node:
+        # a failed check there fails the run and leaves the new state, no rollback.
         vllm_ops.verify(
             name="Verify vLLM services (ready, /v1/models, chat, tool-call replay)",
+            rollback=not any(svc.options.cluster for svc, _ in started),  # type: ignore[attr-defined]
             _if=partial(
                 _either,
                 any_changed(*models, *(op for svc, start in started for op in (*restart_on[svc.name], start))),

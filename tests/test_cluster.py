@@ -152,12 +152,13 @@ def test_head_and_worker_units_run_ray_in_the_services_image():
     worker_unit = render.render_node_unit(worker, head, False, svc, image, 1)
     docker_run = (
         "/usr/bin/docker run --name rigkit-ray-qwen --pull never --network host --ipc host --init "
-        "--label org.rigkit.cluster=qwen --gpus all -v /srv/models/qwen122b-int4:/srv/models/qwen122b-int4:ro "
+        "--security-opt no-new-privileges --label org.rigkit.cluster=qwen --gpus all -v /srv/models/qwen122b-int4:/srv/models/qwen122b-int4:ro "
         "-v rigkit-ray-qwen:/tmp/ray -e NCCL_SOCKET_IFNAME=enp1s0f0np0 -e GLOO_SOCKET_IFNAME=enp1s0f0np0 "
     )
     assert f"ExecStart={docker_run}-e VLLM_HOST_IP=192.168.100.11 " in head_unit
     assert (
-        "--entrypoint ray rigkit/vllm:0123456789abcdef start --head --port 6379 --node-ip-address 192.168.100.11 "
+        "--entrypoint ray rigkit/vllm:0123456789abcdef start --head --port 6379 --include-dashboard=false "
+        "--node-ip-address 192.168.100.11 "
         "--block --disable-usage-stats\n" in head_unit
     )
     assert "ray_wait_head" not in head_unit and "PrivateNetwork=yes" in head_unit
@@ -196,10 +197,19 @@ def test_head_vllm_joins_the_cluster_and_waits_for_it():
     serve = argv[argv.index("rigkit/vllm:x") + 1 :]
     assert serve[serve.index("--tensor-parallel-size") + 1] == "2"
     assert serve[serve.index("--distributed-executor-backend") + 1] == "ray"
-    unit = render_vllm.render_unit(svc, "rigkit/vllm:x", 1, rig.cluster)
-    assert "Requires=rigkit-ray-ready-qwen.service\nAfter=rigkit-ray-ready-qwen.service\n" in unit
+    ready = render.ready_argv(rig.cluster, parsed(), 2)
+    unit = render_vllm.render_unit(svc, "rigkit/vllm:x", 1, rig.cluster, ready)
+    assert "Wants=rigkit-ray-qwen.service\nAfter=rigkit-ray-qwen.service\n" in unit
+    # Every start waits for the whole cluster (and Restart= retries a failed wait).
+    assert (
+        "ExecStartPre=/usr/bin/python3 /usr/local/lib/rigkit/ray_ready.py --container rigkit-ray-qwen "
+        "--address 192.168.100.11:6379 --timeout 300 --gpus 2 --node spark-1=192.168.100.11 "
+        "--node spark-2=192.168.100.12\n" in unit
+    )
+    assert "Restart=on-failure\n" in unit and "Requires=" not in unit
+    assert f"TimeoutStartSec={900 + 60 + 300}\n" in unit
     alone = render_vllm.render_unit(svc, "rigkit/vllm:x", 1)
-    assert "Requires=" not in alone and "RAY_ADDRESS" not in alone and "distributed-executor" not in alone
+    assert "ray_ready" not in alone and "RAY_ADDRESS" not in alone and "distributed-executor" not in alone
 
 
 def test_only_the_head_serves():
@@ -245,6 +255,25 @@ def test_clustered_service_checks():
     data["spark-1"]["services"][0]["tensor_parallel"] = 1
     with pytest.raises(HostDataError, match="host spark-1: cluster: expected one vLLM service"):
         parse_rig("spark-1", data["spark-1"])
+
+
+def test_a_clustered_service_takes_every_gpu_and_leaves_the_interconnect_alone():
+    data = spark_pair()
+    data["spark-1"]["services"][0]["gpus"] = [0]
+    with pytest.raises(HostDataError, match=r"services\[0\].gpus: expected no GPU subset"):
+        parse_rig("spark-1", data["spark-1"])
+    for var in ("NCCL_SOCKET_IFNAME", "VLLM_HOST_IP", "RAY_ADDRESS"):
+        data = spark_pair()
+        data["spark-1"]["services"][0]["env"] = {var: "eth0"}
+        with pytest.raises(HostDataError, match=rf"services\[0\].env.{var}: expected none of"):
+            parse_rig("spark-1", data["spark-1"])
+    data = spark_pair()
+    for d in data.values():
+        del d["cluster"]["tensor_parallel"], d["cluster"]["pipeline_parallel"]
+    with pytest.raises(
+        HostDataError, match=r"cluster: expected tensor_parallel and pipeline_parallel \(the nodes bring 2"
+    ):
+        validate_cluster(data)
 
 
 @pytest.mark.parametrize("value", ["qwen\nExecStartPre=/bin/sh", "$(reboot)", "../qwen", "qwen --api-key x", ""])
@@ -323,3 +352,16 @@ def test_spark_cluster_inventory():
     assert "RAY_ADDRESS=192.168.100.11:6379" in argv and "NCCL_SOCKET_IFNAME=enp1s0f0np0" in argv
     unit = render.render_node_unit(worker.cluster, head.cluster, False, worker.services[0], image, 1)
     assert "--gpus all" in unit and "start --address 192.168.100.11:6379 --node-ip-address 192.168.100.12" in unit
+
+
+def test_a_second_vllm_service_on_the_head_is_not_wired_into_ray():
+    from rigkit.vllm import spanned
+
+    data = spark_pair()
+    data["spark-1"]["services"].append(
+        {"name": "small", "engine": "vllm", "model": "/srv/models/small", "port": 8001, "base_image": BASE}
+    )
+    rig = parse_rig("spark-1", data["spark-1"])
+    assert spanned(rig, rig.services[1]) == (None, None)
+    unit = render_vllm.render_unit(rig.services[1], "rigkit/vllm:x", 1, *spanned(rig, rig.services[1]))
+    assert "ray" not in unit.lower().replace("array", "")

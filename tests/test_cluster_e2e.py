@@ -225,7 +225,7 @@ def test_every_node_joins_in_the_services_image(cluster):
         assert sb.ssh(worker, f"test -e /etc/systemd/system/{VLLM_UNIT} && echo yes || echo no") == "no"
     head_unit = sb.ssh(hosts[0], f"cat /etc/systemd/system/{VLLM_UNIT}")
     assert "--distributed-executor-backend ray" in head_unit and f"RAY_ADDRESS={hosts[0].address}:{PORT}" in head_unit
-    assert f"Requires={READY_UNIT}" in head_unit
+    assert "ExecStartPre=/usr/bin/python3 /usr/local/lib/rigkit/ray_ready.py --container rigkit-ray-e2e" in head_unit
 
 
 def test_vllm_on_the_head_drives_ray_on_every_node(cluster):
@@ -358,10 +358,14 @@ def test_head_waits_for_a_late_worker_and_names_a_missing_one(cluster):
         assert f"cluster {CLUSTER}: node {late.name} ({late.address}) is not in the Ray cluster" in report.stdout
         assert f"missing node(s): {late.name} ({late.address})" in missing["err"]
         assert head.name not in missing["err"].split("missing node(s):")[1]
-        # The head's service waits (its unit requires the readiness unit) for a worker that comes late.
+        # The head's service waits (the readiness check runs before every start) for a worker
+        # that comes late.
         sb.ssh(head, f"systemctl restart --no-block {VLLM_UNIT}")
         time.sleep(5)
-        assert sb.ssh(head, f"systemctl is-active {READY_UNIT}", check=False) == "activating"
+        assert sb.ssh(head, f"systemctl show -p ActiveState -p SubState --value {VLLM_UNIT}").split() == [
+            "activating",
+            "start-pre",
+        ]
     finally:
         sb.ssh(late, f"systemctl start {RAY_UNIT}")
     wait_for(
@@ -371,8 +375,8 @@ def test_head_waits_for_a_late_worker_and_names_a_missing_one(cluster):
     )
     nodes = wait_for("the head's vLLM on every node", lambda: (standin_ray(c) or {}).get("nodes"), 120)
     assert late.address in {n["ip"] for n in nodes}
-    journal = sb.ssh(head, f"journalctl -u {READY_UNIT} -o cat --no-pager | tail -5")
-    assert "all 3 nodes alive" in journal
+    journal = sb.ssh(head, f"journalctl -u {VLLM_UNIT} -o cat --no-pager | grep 'ray cluster at' | tail -1")
+    assert "all 3 nodes alive" in journal, journal
 
 
 def test_missing_worker_fails_the_head_after_the_time_out(cluster):
@@ -385,8 +389,10 @@ def test_missing_worker_fails_the_head_after_the_time_out(cluster):
             [*ssh_argv(sb, head), f"systemctl restart {VLLM_UNIT}"], capture_output=True, text=True, timeout=300
         )
         assert failed.returncode != 0
-        journal = sb.ssh(head, f"journalctl -u {READY_UNIT} -o cat --no-pager | tail -5")
+        journal = sb.ssh(head, f"journalctl -u {VLLM_UNIT} -o cat --no-pager | tail -20")
         assert f"not complete after {JOIN_TIMEOUT} s; missing node(s): {gone.name} ({gone.address})" in journal
+        # ...and tries again by itself (a node that boots late is waited for).
+        assert sb.ssh(head, f"systemctl show -p SubState --value {VLLM_UNIT}") == "auto-restart"
     finally:
         sb.ssh(gone, f"systemctl start {RAY_UNIT}")
     sb.ssh(head, f"systemctl restart {VLLM_UNIT}", timeout=300)

@@ -59,6 +59,12 @@ def test_system_user_fact_reads_one_user_and_its_group(tmp_path):
     root = run_fact(SystemUser(), user="root")
     assert root["home"] == "/root" and root["group"] is True and root["shell"]
     assert run_fact(SystemUser(), user="rigkit-no-such-user") == {"home": None, "shell": None, "group": False}
+    # A name with "--" in it (service names allow it) is read whole.
+    assert SystemUser().process(["vllm-a--b:x:990:990::/var/lib/rigkit-vllm-a--b:/usr/sbin/nologin", "--", "x"]) == {
+        "home": "/var/lib/rigkit-vllm-a--b",
+        "shell": "/usr/sbin/nologin",
+        "group": True,
+    }
     hostile = f"x; touch {tmp_path}/pwned"
     assert run_fact(SystemUser(), user=hostile)["home"] is None
     assert not (tmp_path / "pwned").exists()

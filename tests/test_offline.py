@@ -267,3 +267,38 @@ def test_vagrantfile_validates(tmp_path: Path, gpu_pci: str | None) -> None:
     result = subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "validated successfully" in result.stdout
+
+
+def test_sdist_fetch_checks_the_index_sha256(tmp_path: Path) -> None:
+    """A local index (PyPI's JSON API, relative URLs as mirrors answer) whose sdist does not
+    match the sha256 it publishes: refused, nothing left in the cache; then a matching one."""
+    import hashlib
+    import json
+    import threading
+    from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+
+    root = tmp_path / "index"
+    (root / "pypi/llama-cpp-python").mkdir(parents=True)
+    (root / "packages").mkdir()
+    (root / "packages/llama_cpp_python-9.9.9.tar.gz").write_bytes(b"not what the index says")
+
+    def publish(sha: str) -> None:
+        release = [
+            {"packagetype": "sdist", "url": "../../packages/llama_cpp_python-9.9.9.tar.gz", "digests": {"sha256": sha}}
+        ]
+        (root / "pypi/llama-cpp-python/json").write_text(json.dumps({"releases": {"9.9.9": release}}))
+
+    handler = lambda *a, **kw: SimpleHTTPRequestHandler(*a, directory=str(root), **kw)  # noqa: E731
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    index = f"http://127.0.0.1:{server.server_address[1]}"
+    try:
+        publish("0" * 64)
+        with pytest.raises(ValueError, match="sha256"):
+            fetch_llama_sdist("9.9.9", tmp_path / "cache", index=index)
+        assert list((tmp_path / "cache").iterdir()) == []
+        publish(hashlib.sha256(b"not what the index says").hexdigest())
+        got = fetch_llama_sdist("9.9.9", tmp_path / "cache", index=index)
+        assert got.read_bytes() == b"not what the index says"
+    finally:
+        server.shutdown()

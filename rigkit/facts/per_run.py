@@ -18,7 +18,8 @@ _READ: WeakKeyDictionary[Any, dict[tuple, Any]] = WeakKeyDictionary()
 
 def read(host: Any, fact: type[FactBase[T]], **kwargs: Any) -> T:
     """``host.get_fact(fact, **kwargs)``, asked once per host and run."""
-    key = (fact, tuple(sorted(kwargs.items())))
+    # Planning (pyinfra without -y) and running apart: the host may change in between.
+    key = (fact, tuple(sorted(kwargs.items())), getattr(getattr(host, "state", None), "is_executing", None))
     known = _READ.setdefault(host, {})
     if key not in known:
         known[key] = host.get_fact(fact, **kwargs)

@@ -33,7 +33,8 @@ class SystemUser(FactBase[dict]):
         )
 
     def process(self, output: list[str]) -> dict:
-        passwd, _, group = "\n".join(output).partition("--")
+        split = output.index("--") if "--" in output else len(output)
+        passwd, group = "\n".join(output[:split]), "\n".join(output[split + 1 :])
         fields = passwd.strip().split(":")
         found = len(fields) >= 7
         return {

@@ -136,8 +136,13 @@ def validate_cluster(hosts_data: dict[str, dict]) -> None:
                 raise HostDataError(
                     node, "cluster.address", "an address no other node of the cluster has", clusters[node].address
                 )
+        gpus: dict[str, int] = {n: parse_gpus(n, hosts_data[n].get("gpus")).count for n in c.nodes}
+        total = sum(gpus.values())
+        if c.parallel is None and total > 0:
+            raise HostDataError(
+                host, "cluster", f"tensor_parallel and pipeline_parallel (the nodes bring {total} GPUs)"
+            )
         if c.tensor_parallel is not None and c.pipeline_parallel is not None:
-            gpus = {n: parse_gpus(n, hosts_data[n].get("gpus")).count for n in c.nodes}
             wanted = c.tensor_parallel * c.pipeline_parallel
             if wanted != sum(gpus.values()):
                 brought = ", ".join(f"{n}: {g}" for n, g in gpus.items())

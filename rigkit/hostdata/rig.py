@@ -28,6 +28,10 @@ from rigkit.models.lockfile import LockEntry, LockError
 URL = re.compile(r"https?://[A-Za-z0-9._~:/@%+\[\]-]+")
 LOCK_ENV = "RIGKIT_MODEL_LOCK"
 # The host-data keys rigkit reads; the rest (ssh_*, sandbox_*, ...) belongs to pyinfra or tools.
+#: Set by rigkit in a cluster's containers (rigkit.render.ray); not a service's to override.
+CLUSTER_ENV = frozenset(
+    {"NCCL_SOCKET_IFNAME", "GLOO_SOCKET_IFNAME", "VLLM_HOST_IP", "RAY_ADDRESS", "RAY_USAGE_STATS_ENABLED"}
+)
 COMPONENTS = ("gpus", "nvidia", "llama_cpp", "services", "models", "cluster")
 
 
@@ -136,6 +140,18 @@ def _check_clustered_services(host: str, services: tuple[Service, ...], cluster:
                 name,
             )
         opts = svc.options
+        if svc.gpus:
+            raise HostDataError(
+                host, f"services[{i}].gpus", "no GPU subset: a service across a cluster uses every GPU of its nodes"
+            )
+        for var in opts.env:  # type: ignore[attr-defined]
+            if var in CLUSTER_ENV:
+                raise HostDataError(
+                    host,
+                    f"services[{i}].env.{var}",
+                    f"none of {', '.join(sorted(CLUSTER_ENV))} (rigkit sets them for the cluster's interconnect)",
+                    var,
+                )
         if cluster.parallel and (opts.tensor_parallel, opts.pipeline_parallel) != cluster.parallel:  # type: ignore[attr-defined]
             raise HostDataError(
                 host,

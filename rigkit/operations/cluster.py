@@ -19,9 +19,9 @@ from rigkit.facts.cluster import ImageBase
 
 logger = logging.getLogger("pyinfra")
 
-#: cluster -> node -> the base ID its image was built from (None: no image), filled when
+#: (run, cluster) -> node -> the base ID its image was built from (None: no image), filled when
 #: record_image runs on the node.
-RECORDED: dict[str, dict[str, str | None]] = {}
+RECORDED: dict[tuple[int, str], dict[str, str | None]] = {}
 
 
 def mismatch(cluster: str, image: str, bases: dict[str, str | None]) -> str | None:
@@ -36,14 +36,13 @@ def mismatch(cluster: str, image: str, bases: dict[str, str | None]) -> str | No
 
 
 def _record(state: State, host: Host, cluster: str, image: str) -> bool:
-    status, output = host.run_shell_command(ImageBase().command(image))
-    found = ImageBase().process(output.stdout_lines) if status else None
-    RECORDED.setdefault(cluster, {})[host.name] = found["base"] if found else None
+    found = host.get_fact(ImageBase, image=image)  # read now, after this run's builds
+    RECORDED.setdefault((id(state), cluster), {})[host.name] = found["base"] if found else None
     return True
 
 
 def _compare(state: State, host: Host, cluster: str, image: str, nodes: Sequence[str]) -> bool:
-    recorded = RECORDED.get(cluster, {})
+    recorded = RECORDED.get((id(state), cluster), {})
     problem = mismatch(cluster, image, {node: recorded.get(node) for node in nodes})
     if problem:
         host.log_styled(f"Refused: {problem}", fg="red", log_func=logger.error)

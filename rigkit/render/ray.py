@@ -60,7 +60,8 @@ def interconnect_env(cluster: Cluster) -> list[str]:
 def ray_argv(cluster: Cluster, head: Cluster, is_head: bool) -> list[str]:
     common = ["--node-ip-address", cluster.address, "--block", "--disable-usage-stats"]
     if is_head:
-        return ["start", "--head", "--port", str(cluster.ray_port), *common]
+        # No dashboard: its job API runs code for anyone who reaches it (CVE-2023-48022).
+        return ["start", "--head", "--port", str(cluster.ray_port), "--include-dashboard=false", *common]
     return ["start", "--address", head_address(head), *common]
 
 
@@ -68,7 +69,7 @@ def node_argv(cluster: Cluster, head: Cluster, is_head: bool, service: Service, 
     """The ``docker run`` argv of the node's Ray container: host network and IPC (NCCL and
     Ray's object store), the GPUs, the model read-only at the path the head's vLLM names."""
     argv = [DOCKER, "run", "--name", container_name(cluster), "--pull", "never", "--network", "host", "--ipc", "host"]
-    argv += ["--init", "--label", f"org.rigkit.cluster={cluster.name}"]
+    argv += ["--init", "--security-opt", "no-new-privileges", "--label", f"org.rigkit.cluster={cluster.name}"]
     if service.gpus:
         argv += ["--gpus", '"device=' + ",".join(str(g) for g in service.gpus) + '"']
     elif gpus:

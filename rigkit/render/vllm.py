@@ -24,6 +24,9 @@ CONTEXT_DIR = "/opt/rigkit/vllm/context"
 IMAGE_REPO = "rigkit/vllm"
 DOCKER = "/usr/bin/docker"
 CONTAINER_KEY = "/run/rigkit/api.key"
+#: What vllm_host.py build adds beyond the context (in the tag: an image built before it
+#: changed is built again): the base image's ID as a label, which a cluster's nodes compare.
+BUILD_SCHEME = "build 2: org.rigkit.vllm.base-id"
 
 
 @dataclass(frozen=True)
@@ -56,7 +59,7 @@ class ImageIdentity:
             d = known[name]
             files += [(f"patches/{d.name}/{p.name}", p) for p in sorted(d.iterdir()) if p.is_file()]
         digest = hashlib.sha256()
-        digest.update(f"base {opts.base_image}\npatches {','.join(opts.patches)}\n".encode())
+        digest.update(f"{BUILD_SCHEME}\nbase {opts.base_image}\npatches {','.join(opts.patches)}\n".encode())
         for rel, path in files:
             content = path.read_bytes()
             digest.update(f"{rel} {len(content)}\n".encode())
@@ -161,18 +164,23 @@ def command_line(service: Service, image: str, gpus: int, cluster: Cluster | Non
     return argv + [image] + serve_args(service, cluster)
 
 
-def render_unit(service: Service, image: str, gpus: int, cluster: Cluster | None = None) -> str:
+def render_unit(
+    service: Service, image: str, gpus: int, cluster: Cluster | None = None, ready: list[str] | None = None
+) -> str:
+    """The hardened unit; with ``cluster`` (the Ray cluster it heads), ``ready`` is the
+    readiness check's argv, run before every start (a boot included)."""
     opts: VllmOptions = service.options  # type: ignore[assignment]
     name = container_name(service)
     return templates.get_template("vllm.service.j2").render(
         service=service,
         image=image,
         exec_start=exec_line(command_line(service, image, gpus, cluster)),
-        ready_unit=ray.ready_unit_name(cluster) if cluster else None,
+        ray_unit=ray.node_unit_name(cluster) if cluster else None,
+        ready=exec_line(ready) if ready else None,
         exec_remove=exec_line([DOCKER, "rm", "-f", name]),
         exec_stop=exec_line([DOCKER, "stop", "-t", str(opts.stop_timeout), name]),
         drop_page_cache=opts.drop_page_cache,
-        start_timeout=opts.ready_timeout + 60,
+        start_timeout=opts.ready_timeout + 60 + (cluster.join_timeout if cluster else 0),
     )
 
 
