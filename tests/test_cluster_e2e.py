@@ -308,6 +308,34 @@ def test_new_flags_restart_vllm_on_the_head_and_nothing_else(cluster):
     )
 
 
+def test_a_workers_ray_change_restarts_the_heads_vllm(cluster):
+    """Only one worker's unit changes (its interconnect for NCCL): that worker's Ray restarts,
+    and so must the head's vLLM (its actors there died), though its own unit is the same."""
+    c = cluster
+    sb, head, w1, w2 = c["sb"], *c["hosts"]
+    ray_pids = {h.name: sb.ssh(h, f"systemctl show -p MainPID --value {RAY_UNIT}") for h in c["hosts"]}
+    vllm_pid = sb.ssh(head, f"systemctl show -p MainPID --value {VLLM_UNIT}")
+    data = json.loads(c["env"]["RIGKIT_RAY_E2E"])
+    data[w2.name]["cluster"]["interconnect"] = "lo"
+    c["env"]["RIGKIT_RAY_E2E"] = json.dumps(data)
+    run = deploy(c)
+    assert run.returncode == 0, run.stderr[-5000:]
+    ray_restarts = {n: hosts for n, hosts in run.changed.items() if RAY_UNIT in n and "Restart" in n}
+    assert ray_restarts == {f"Serve vLLM | Restart {RAY_UNIT}": [w2.name]}, run.changed
+    # The deploy (re)starts it: a restart, or a start when the engine had already exited
+    # (its actor on that worker died) and systemd was waiting to start it again.
+    vllm_ops = {
+        n: hosts for n, hosts in run.changed.items() if VLLM_UNIT in n and n != f"Serve vLLM | Unit {VLLM_UNIT}"
+    }
+    assert list(vllm_ops.values()) == [[head.name]], run.changed
+    assert set(vllm_ops) <= {f"Serve vLLM | Restart {VLLM_UNIT}", f"Serve vLLM | Start {VLLM_UNIT}"}, run.changed
+    after = {h.name: sb.ssh(h, f"systemctl show -p MainPID --value {RAY_UNIT}") for h in c["hosts"]}
+    assert after[head.name] == ray_pids[head.name] and after[w1.name] == ray_pids[w1.name]
+    assert after[w2.name] != ray_pids[w2.name]
+    assert sb.ssh(head, f"systemctl show -p MainPID --value {VLLM_UNIT}") != vllm_pid
+    assert len((standin_ray(c) or {}).get("nodes") or []) == 3
+
+
 @pytest.mark.parametrize(
     "service, cluster_keys, refused",
     [
