@@ -18,11 +18,11 @@ the head; set SPARK_API_KEY_FILE and SPARK_LISTEN=0.0.0.0 to open it to the LAN.
 """
 
 import os
+import runpy
+from pathlib import Path
 
 from rigkit.models.lockfile import lock_path_for
 
-_key = os.environ.get("SPARK_API_KEY_FILE")
-_listen = os.environ.get("SPARK_LISTEN", "127.0.0.1")
 _link = os.environ.get("SPARK_LINK_IF", "enp1s0f0np0")
 _nodes = {
     os.environ.get("SPARK_1", "spark-1.lan"): os.environ.get("SPARK_1_LINK", "192.168.100.11"),
@@ -32,35 +32,16 @@ _nodes = {
 # internet is read once, not once per node; each node verifies every file against the lock.
 _mirror = os.environ.get("SPARK_MODEL_MIRROR")
 
-# Declared alike on both nodes (checked across the inventory before any host changes).
+# Seed 003's model and service as inventories/spark.py declares them for one Spark (its
+# SPARK_API_KEY_FILE and SPARK_LISTEN apply), spanning the cluster with tensor parallel 2;
+# declared alike on both nodes (checked across the inventory before any host changes).
+_seed = runpy.run_path(str(Path(__file__).with_name("spark.py")))["spark"][0][1]
+_model = _seed["models"][0]
 _service = {
-    "name": "qwen122b",
-    "engine": "vllm",
+    **_seed["services"][0],
     "cluster": "qwen122b",
-    "model": "ref:qwen122b-int4",
-    "alias": "qwen3.5-122b",
-    "host": _listen,
-    "port": 8000,
-    "ctx": 262144,
-    "base_image": "vllm/vllm-openai:v0.19.1",
-    "patches": ["inc-hybrid-fp8"],
     "tensor_parallel": 2,
-    "gpu_memory_utilization": 0.90,
-    "reasoning_parser": "qwen3",
-    "attention_backend": "FLASHINFER",
-    "enable_auto_tool_choice": True,
-    "tool_call_parser": "qwen3_coder",
-    "speculative": {"method": "mtp", "num_speculative_tokens": 1},
-    "drop_page_cache": True,  # unified memory
     "ready_timeout": 1200,  # loading across two nodes, NCCL set-up included
-    **({"api_key_file": _key} if _key else {}),
-}
-_model = {
-    "name": "qwen122b-int4",
-    "repo": "Intel/Qwen3.5-122B-A10B-int4-AutoRound",
-    "revision": "main",
-    "include": ["*.json", "*.safetensors", "*.txt", "*.jinja", "*.py", "merges.txt", "vocab.json"],
-    "dest": "/srv/models/qwen122b-int4-autoround",
 }
 
 sparks = [

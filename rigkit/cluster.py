@@ -18,6 +18,7 @@ from pyinfra.api.exceptions import PyinfraError
 from pyinfra.operations import files, systemd
 from pyinfra.operations.util import any_changed
 
+from rigkit.facts import per_run
 from rigkit.facts.cluster import ImageBase
 from rigkit.hostdata import Rig, Service
 from rigkit.hostdata.cluster import Cluster, parse_cluster
@@ -55,7 +56,8 @@ def check_present_images(cluster: Cluster, image: str) -> None:
     before any operation runs on any host."""
     bases = {}
     for node in cluster.nodes:
-        found = host.inventory.get_host(node).get_fact(ImageBase, image=image)
+        # Every node plans this comparison: each node's image is read once for all of them.
+        found = per_run.read(host.inventory.get_host(node), ImageBase, image=image)
         if found is None:
             return  # built in this run; compared after the build (cluster_ops.same_image)
         bases[node] = found["base"]

@@ -222,22 +222,16 @@ def llama_services(rig: Rig, identity: BuildIdentity, address: str, models: Sequ
             _if=any_changed(switch, *models, *(op for svc, start in started for op in (*restart_on[svc.name], start))),
         )
     for svc in served:
-        if svc.enabled and svc.watchdog:
+        watched = svc.enabled and svc.watchdog
+        if watched or svc.watchdog_timer in on_host["timers"]:
             units.unit(
-                name=f"Start the watchdog of {svc.name}",
+                name=f"{'Start' if watched else 'Stop'} the watchdog of {svc.name}",
                 unit=svc.watchdog_timer,
-                running=True,
-                enabled=True,
+                running=watched,
+                enabled=watched,
                 batch=step_units,
             )
-        elif svc.watchdog_timer in on_host["timers"]:
-            units.unit(
-                name=f"Stop the watchdog of {svc.name}",
-                unit=svc.watchdog_timer,
-                running=False,
-                enabled=False,
-                batch=step_units,
-            )
+        if not watched and svc.watchdog_timer in on_host["timers"]:
             for unit in (svc.watchdog_timer, svc.watchdog_unit):
                 files.file(name=f"Remove {unit}", path=f"/etc/systemd/system/{unit}", present=False)
     llama_cpp.prune(name=f"Keep the last {pin.keep_builds} llama.cpp builds", pin=pin, _if=switch.did_change)

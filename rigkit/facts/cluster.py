@@ -25,7 +25,7 @@ class ImageBase(FactBase[dict | None]):
             "image",
             "inspect",
             "--format",
-            QuoteString('{{.Id}} {{index .Config.Labels "' + BASE_ID_LABEL + '"}}'),
+            QuoteString('{{.Id}} {{with index .Config.Labels "' + BASE_ID_LABEL + '"}}{{.}}{{end}}'),
             QuoteString(image),
             "2>/dev/null",
             "||",
@@ -36,7 +36,7 @@ class ImageBase(FactBase[dict | None]):
         fields = " ".join(output).split()
         if not fields:
             return None
-        return {"id": fields[0], "base": fields[1] if len(fields) > 1 and fields[1] != "<no" else None}
+        return {"id": fields[0], "base": fields[1] if len(fields) > 1 else None}
 
 
 class RayNodes(FactBase[dict]):
