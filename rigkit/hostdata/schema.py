@@ -25,6 +25,31 @@ T = TypeVar("T")
 # C0 and C1 control characters and DEL; tabs and newlines included.
 CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
+#: Where model directories and ``dest`` may be, unless the inventory names its own roots
+#: (host data ``model_roots``, e.g. a home directory).
+MODEL_ROOTS = ("/srv/models", "/data", "/mnt", "/models")
+#: Never a model directory, ``dest`` or root, whatever the inventory says: the system's
+#: directories (a container that mounts ``/var/run`` reaches ``docker.sock``) and rigkit's own.
+SYSTEM_DIRS = (
+    "/bin",
+    "/boot",
+    "/dev",
+    "/etc",
+    "/lib",
+    "/lib32",
+    "/lib64",
+    "/libx32",
+    "/opt/rigkit",
+    "/proc",
+    "/run",
+    "/sbin",
+    "/sys",
+    "/usr",
+    "/var/lib/docker",
+    "/var/lib/rigkit",
+    "/var/run",
+)
+
 
 class HostDataError(PyinfraError, ValueError):
     """Bad host data: says which host, which key, and what was expected."""
@@ -56,6 +81,46 @@ def check_path(value: str, host: str, key: str, what: str = "an absolute path on
     path = PurePosixPath(value)
     if not path.is_absolute() or str(path) != value or ".." in path.parts or value == "/":
         raise HostDataError(host, key, f"{what} (absolute and normalised: no '..', '//' or trailing '/')", value)
+    return value
+
+
+def is_within(path: str, root: str) -> bool:
+    """``path`` is ``root`` or below it (both absolute and normalised)."""
+    return path == root or path.startswith(root.rstrip("/") + "/")
+
+
+def check_model_roots(value: Any, host: str, key: str = "model_roots") -> tuple[str, ...]:
+    """Host data ``model_roots``: absolute directories models may live under (default
+    :data:`MODEL_ROOTS`); none of them a system directory or inside one."""
+    if value is None:
+        return MODEL_ROOTS
+    if isinstance(value, str) or not isinstance(value, (list, tuple)) or not value:
+        raise HostDataError(host, key, "a non-empty list of absolute directories", value)
+    roots = []
+    for i, root in enumerate(value):
+        if not isinstance(root, str) or not root:
+            raise HostDataError(host, f"{key}[{i}]", "an absolute directory on the host", root)
+        check_text(root, host, f"{key}[{i}]")
+        check_path(root, host, f"{key}[{i}]", "an absolute directory on the host")
+        if any(is_within(root, d) or is_within(d, root) for d in SYSTEM_DIRS):
+            raise HostDataError(
+                host, f"{key}[{i}]", "a directory that is no system directory, holds none and is not rigkit's own", root
+            )
+        roots.append(root)
+    return tuple(roots)
+
+
+def check_under_roots(value: str, roots: tuple[str, ...], host: str, key: str, what: str) -> str:
+    """``value`` (already an absolute, normalised path) below one of ``roots`` and no system
+    directory: what a root-run fetcher writes into, or a root container mounts."""
+    if any(is_within(value, d) for d in SYSTEM_DIRS) or not any(is_within(value, r) for r in roots):
+        raise HostDataError(
+            host,
+            key,
+            f"{what} under one of the model roots ({', '.join(roots)}; host data model_roots names others), "
+            "never a system directory",
+            value,
+        )
     return value
 
 
