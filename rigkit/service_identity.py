@@ -29,7 +29,8 @@ def user_and_key(rig: Rig, svc: Service, key_path: str, key_on_host: bool = True
     local = Path(svc.api_key_file).expanduser()
     if not local.is_file():
         raise PyinfraError(
-            f"host {rig.host}: services[{svc.name}].api_key_file: expected a readable file on this machine, "
+            f"host {rig.host}: services[{rig.services.index(svc)}].api_key_file ({svc.name}): expected a readable "
+            "file on this machine, "
             f"{local} is not one"
         )
     return [

@@ -89,7 +89,8 @@ def test_unit_runs_as_own_user_with_sandboxing_and_no_secret(tmp_path):
 
 
 def test_model_under_home_is_bound_read_only():
-    rig = parse_rig("h", base(model="/home/tom/models/q-00001-of-00004.gguf"))
+    data = {**base(model="/home/tom/models/q-00001-of-00004.gguf"), "model_roots": ["/home/tom/models"]}
+    rig = parse_rig("h", data)
     unit = llama_server.render_unit(rig.services[0], "/opt/rigkit/llama.cpp")
     assert "ProtectHome=tmpfs" in unit and "BindReadOnlyPaths=/home/tom/models" in unit
 

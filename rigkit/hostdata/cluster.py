@@ -20,13 +20,14 @@ node, and the head serves the model (:mod:`rigkit.cluster`).
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import re
 from dataclasses import dataclass
 from typing import Any
 
 from rigkit.hostdata.gpus import parse_gpus
-from rigkit.hostdata.schema import HostDataError, build, check_pattern
+from rigkit.hostdata.schema import HostDataError, build, check_address, check_pattern
 
 CLUSTER_NAME = re.compile(r"[a-z0-9][a-z0-9-]{0,31}")
 # An inventory host name: a DNS name or an address, nothing a shell or a unit would read.
@@ -87,10 +88,9 @@ def parse_cluster(host: str, raw: Any) -> Cluster:
     if c.interconnect in (".", ".."):
         raise HostDataError(host, "cluster.interconnect", "a network interface name", c.interconnect)
     check_pattern(c.address, ADDRESS, host, "cluster.address", "this node's IP address on the interconnect")
-    try:
-        ip = ipaddress.ip_address(c.address)
-    except ValueError:
-        raise HostDataError(host, "cluster.address", "this node's IP address on the interconnect", c.address) from None
+    address = check_address(c.address, host, "cluster.address", "this node's IP address on the interconnect")
+    ip = ipaddress.ip_address(address)
+    c = dataclasses.replace(c, address=address)
     if ip.is_unspecified or ip.is_multicast or ip.is_loopback and len(c.nodes) > 1:
         raise HostDataError(host, "cluster.address", "an address the other nodes can reach", c.address)
     if not 1024 <= c.ray_port <= 65535:

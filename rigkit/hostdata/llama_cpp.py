@@ -14,7 +14,20 @@ BUILD_TAG = re.compile(r"b\d+")
 COMMIT_SHA = re.compile(r"[0-9a-f]{7,40}")
 PIN = re.compile(rf"{BUILD_TAG.pattern}|{COMMIT_SHA.pattern}")
 # A cmake cache entry: -DNAME=VALUE or -DNAME:TYPE=VALUE, the value free of shell and list syntax.
-CMAKE_FLAG = re.compile(r"-D[A-Za-z_][A-Za-z0-9_]*(:[A-Z]+)?=[A-Za-z0-9_.,;+/:=-]*")
+CMAKE_FLAG = re.compile(r"-D(?P<name>[A-Za-z_][A-Za-z0-9_]*)(:[A-Z]+)?=[A-Za-z0-9_.,;+/:=-]*", re.ASCII)
+#: The cache entries a build may set: llama.cpp's and ggml's own options, and the few CMake
+#: variables that choose what is built. Nothing that makes the root build read a file or run a
+#: program the host data names (CMAKE_PROJECT_INCLUDE, CMAKE_TOOLCHAIN_FILE, *_COMPILER_LAUNCHER).
+CMAKE_NAME = re.compile(r"(?:GGML|LLAMA)_[A-Z0-9_]+", re.ASCII)
+CMAKE_VARIABLES = frozenset(
+    {
+        "CMAKE_BUILD_TYPE",
+        "CMAKE_CUDA_ARCHITECTURES",
+        "BUILD_SHARED_LIBS",
+        "CMAKE_POSITION_INDEPENDENT_CODE",
+        "CMAKE_INTERPROCEDURAL_OPTIMIZATION",
+    }
+)
 TARGET = re.compile(r"[a-z][a-z0-9_-]{0,63}")
 # git clone URLs: http(s), git, ssh, or an absolute local path; no whitespace or shell syntax.
 GIT_URL = re.compile(r"(https?|git|ssh)://[A-Za-z0-9._~:/@%+-]+|/[A-Za-z0-9._/+-]+")
@@ -64,6 +77,14 @@ def parse_llama_cpp(host: str, raw: Any, gpus: Gpus) -> LlamaCpp:
             f"llama_cpp.cmake_flags[{i}]",
             "a -DNAME=VALUE cmake flag (value: letters, digits and . , ; + / : = _ -)",
         )
+        name = flag[2:].split("=", 1)[0].split(":", 1)[0]
+        if not (CMAKE_NAME.fullmatch(name) or name in CMAKE_VARIABLES):
+            raise HostDataError(
+                host,
+                f"llama_cpp.cmake_flags[{i}]",
+                f"a llama.cpp or ggml option (GGML_*, LLAMA_*) or one of {', '.join(sorted(CMAKE_VARIABLES))}",
+                flag,
+            )
     if not llama.targets:
         raise HostDataError(host, "llama_cpp.targets", "at least one cmake target (llama-server)")
     for i, target in enumerate(llama.targets):

@@ -20,7 +20,7 @@ from rigkit.hostdata.gpus import Gpus, parse_gpus
 from rigkit.hostdata.llama_cpp import LlamaCpp, parse_llama_cpp
 from rigkit.hostdata.models import MODEL_REF_PREFIX, HubModel, Model, parse_models
 from rigkit.hostdata.nvidia import Nvidia, parse_nvidia
-from rigkit.hostdata.schema import HostDataError, check_text
+from rigkit.hostdata.schema import HostDataError, check_model_roots, check_text, check_under_roots
 from rigkit.hostdata.services import Service, parse_services
 from rigkit.models import lockfile
 from rigkit.models.lockfile import LockEntry, LockError
@@ -32,7 +32,7 @@ LOCK_ENV = "RIGKIT_MODEL_LOCK"
 CLUSTER_ENV = frozenset(
     {"NCCL_SOCKET_IFNAME", "GLOO_SOCKET_IFNAME", "VLLM_HOST_IP", "RAY_ADDRESS", "RAY_USAGE_STATS_ENABLED"}
 )
-COMPONENTS = ("gpus", "nvidia", "llama_cpp", "services", "models", "cluster")
+COMPONENTS = ("gpus", "nvidia", "llama_cpp", "services", "models", "cluster", "model_roots")
 
 
 class ModelLockError(PyinfraError, LockError):
@@ -122,7 +122,17 @@ def parse_rig(host: str, data: Mapping[str, Any]) -> Rig:
             )
     cluster = parse_cluster(host, data["cluster"]) if data.get("cluster") is not None else None
     _check_clustered_services(host, services, cluster)
+    _check_model_paths(host, services, check_model_roots(data.get("model_roots"), host))
     return Rig(host=host, gpus=gpus, nvidia=nvidia, llama_cpp=llama, services=services, models=models, cluster=cluster)
+
+
+def _check_model_paths(host: str, services: tuple[Service, ...], roots: tuple[str, ...]) -> None:
+    """A service's model given as a path lies under the model roots (``ref:`` models have their
+    ``dest`` checked alike): llama-server reads it, vLLM's root container mounts it."""
+    for i, svc in enumerate(services):
+        if svc.model.startswith(MODEL_REF_PREFIX):
+            continue
+        check_under_roots(svc.model, roots, host, f"services[{i}].model", "a model")
 
 
 def _check_clustered_services(host: str, services: tuple[Service, ...], cluster: Cluster | None) -> None:
@@ -199,11 +209,16 @@ def resolve_model_refs(rig: Rig, lock: Mapping[str, LockEntry], inventory: str =
     hub = rig.hub_models
     if not hub:
         return rig
-    entries = lockfile.check([m.ref for m in hub], lock, inventory=inventory)
+    labels = {}
+    for i, m in enumerate(rig.models):
+        if isinstance(m, HubModel):
+            users = [f"services[{j}].model" for j, s in enumerate(rig.services) if s.model == MODEL_REF_PREFIX + str(m.name)]
+            labels[m.ref.key] = ", ".join([f"models[{i}]" + (f" {m.name}" if m.name else ""), *users])
+    entries = lockfile.check([m.ref for m in hub], lock, inventory=inventory, labels=labels)
     locks = {m.ref.key: entries[m.ref.key] for m in hub}
     by_name = {m.name: m for m in hub if m.name}
     services = []
-    for svc in rig.services:
+    for i, svc in enumerate(rig.services):
         if svc.model.startswith(MODEL_REF_PREFIX):
             m = by_name[svc.model[len(MODEL_REF_PREFIX) :]]
             try:
@@ -211,7 +226,7 @@ def resolve_model_refs(rig: Rig, lock: Mapping[str, LockEntry], inventory: str =
                 path = m.dest if svc.engine == "vllm" else locks[m.ref.key].model_path(m.dest)
             except ValueError as exc:
                 raise HostDataError(
-                    rig.host, f"services[{svc.name}].model", f"a Hub model with one first shard ({exc})"
+                    rig.host, f"services[{i}].model", f"a Hub model with one first shard ({exc})"
                 ) from None
             svc = dataclasses.replace(svc, model=path)
         services.append(svc)

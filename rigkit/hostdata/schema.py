@@ -12,6 +12,7 @@ normalised (no ``..``, no ``//``, no trailing ``/``).
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import re
 import types
 import typing
@@ -64,9 +65,25 @@ class HostDataError(PyinfraError, ValueError):
 
 def check_text(value: str, host: str, key: str) -> str:
     """A string without control characters (newlines, tabs, escapes)."""
-    if CONTROL.search(value):
-        raise HostDataError(host, key, "text without control characters (no newlines or tabs)", value)
+    bad = CONTROL.search(value)
+    if bad:
+        what = {"\n": "a newline", "\r": "a carriage return", "\t": "a tab"}.get(bad.group(), "a control character")
+        raise HostDataError(
+            host, key, f"text without control characters (it holds {what}, which could end a unit's line)", value
+        )
     return value
+
+
+def check_address(value: str, host: str, key: str, expected: str) -> str:
+    """An IP address in its canonical form; an IPv4-mapped IPv6 address (``::ffff:0.0.0.0``)
+    becomes the IPv4 address it is, so no check on the address can be passed by its spelling."""
+    try:
+        ip = ipaddress.ip_address(value)
+    except ValueError:
+        raise HostDataError(host, key, expected, value) from None
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        return str(ip.ipv4_mapped)
+    return str(ip)
 
 
 def check_pattern(value: str, pattern: re.Pattern[str], host: str, key: str, expected: str) -> str:
@@ -113,6 +130,10 @@ def check_model_roots(value: Any, host: str, key: str = "model_roots") -> tuple[
 def check_under_roots(value: str, roots: tuple[str, ...], host: str, key: str, what: str) -> str:
     """``value`` (already an absolute, normalised path) below one of ``roots`` and no system
     directory: what a root-run fetcher writes into, or a root container mounts."""
+    if ":" in value:
+        raise HostDataError(
+            host, key, f"{what} path without ':' (docker -v and systemd's BindReadOnlyPaths= read it as a separator)", value
+        )
     if any(is_within(value, d) for d in SYSTEM_DIRS) or not any(is_within(value, r) for r in roots):
         raise HostDataError(
             host,

@@ -22,7 +22,7 @@ from typing import Any
 
 from rigkit.hostdata.gpus import Gpus
 from rigkit.hostdata.models import MODEL_NAME, MODEL_REF_PREFIX
-from rigkit.hostdata.schema import HostDataError, check_path, check_pattern, coerce_fields
+from rigkit.hostdata.schema import HostDataError, check_address, check_path, check_pattern, coerce_fields
 from rigkit.hostdata.vllm import VllmOptions, check_vllm
 
 SERVICE_NAME = re.compile(r"[a-z][a-z0-9-]{0,23}")
@@ -148,6 +148,10 @@ def parse_service(host: str, key: str, raw: Any, gpus: Gpus) -> Service:
             host, f"{key}.{unknown[0]}", f"one of the known keys ({', '.join(sorted(COMMON | own))})", "unknown key"
         )
     common = coerce_fields(Service, {k: v for k, v in raw.items() if k in COMMON}, host, key)
+    if "host" in common:
+        common["host"] = check_address(
+            common["host"], host, f"{key}.host", "an IP address to listen on (127.0.0.1, 0.0.0.0, a LAN address)"
+        )
     options = options_cls(**coerce_fields(options_cls, {k: v for k, v in raw.items() if k in own}, host, key))
     svc = Service(**common, options=options)
     _check_common(host, key, svc, gpus)
@@ -203,12 +207,6 @@ def _check_common(host: str, key: str, svc: Service, gpus: Gpus) -> None:
             f"{key}.model",
             f"an absolute path to the model on the host (or {MODEL_REF_PREFIX}<name> of a Hub model)",
         )
-    try:
-        ipaddress.ip_address(svc.host)
-    except ValueError:
-        raise HostDataError(
-            host, f"{key}.host", "an IP address to listen on (127.0.0.1, 0.0.0.0, a LAN address)", svc.host
-        ) from None
     if not 1 <= svc.port <= 65535:
         raise HostDataError(host, f"{key}.port", "a TCP port (1-65535)", svc.port)
     if svc.ctx < 1:
@@ -282,6 +280,13 @@ def _check_llama_server(host: str, key: str, svc: Service, gpus: Gpus) -> None:
     if opts.split_mode not in SPLIT_MODES:
         raise HostDataError(host, f"{key}.split_mode", f"one of {', '.join(SPLIT_MODES)}", opts.split_mode)
     used_gpus = len(svc.gpus) or gpus.count
+    if opts.tensor_split and not used_gpus:
+        raise HostDataError(
+            host,
+            f"{key}.tensor_split",
+            "GPUs to split across: gpus.count in host data (or the service's gpus); this host declares none",
+            list(opts.tensor_split),
+        )
     if opts.tensor_split and len(opts.tensor_split) != used_gpus:
         raise HostDataError(
             host, f"{key}.tensor_split", f"{used_gpus} values, one per GPU the service uses", list(opts.tensor_split)

@@ -20,6 +20,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from rigkit.hostdata.gpus import Gpus
 from rigkit.hostdata.schema import HostDataError, check_pattern
@@ -27,12 +28,17 @@ from rigkit.hostdata.schema import HostDataError, check_pattern
 #: ``files/vllm`` of this checkout: the Dockerfile, the patches, the helper package.
 IMAGE_SOURCE = Path(__file__).resolve().parents[2] / "files" / "vllm"
 
-# A Docker image reference, matched whole: [registry[:port]/]name[/name...][:tag][@sha256:digest].
-IMAGE_REF = re.compile(
-    r"(?P<name>[a-z0-9][a-z0-9_.-]{0,127}(?::[0-9]{1,5})?(?:/[a-z0-9][a-z0-9_.-]{0,127}){0,8})"
-    r"(?::(?P<tag>[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}))?"
-    r"(?:@(?P<digest>sha256:[0-9a-f]{64}))?"
+# A Docker image reference, read as docker reads it: [domain[:port]/]path[:tag][@sha256:digest].
+# The first component is a domain when it holds '.' or ':' or is localhost; domains are
+# case-insensitive host names, the path components lower-case.
+DOMAIN = re.compile(
+    r"(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*"
+    r"(?::[0-9]{1,5})?",
+    re.ASCII,
 )
+PATH_COMPONENT = re.compile(r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*", re.ASCII)
+TAG = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}", re.ASCII)
+DIGEST = re.compile(r"sha256:[0-9a-f]{64}", re.ASCII)
 #: Tags that name whatever was pushed last: never a pin.
 MOVING_TAGS = frozenset(
     {
@@ -52,13 +58,28 @@ MOVING_TAGS = frozenset(
         "testing",
     }
 )
-PATCH_NAME = re.compile(r"[a-z0-9][a-z0-9-]{0,63}")
-PARSER = re.compile(r"[a-z0-9][a-z0-9_]{0,63}")
-ATTENTION_BACKEND = re.compile(r"[A-Z][A-Z0-9_]{0,63}")
-SPEC_KEY = re.compile(r"[a-z][a-z0-9_]{0,63}")
-SPEC_TEXT = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.:/@+-]{0,127}")
-ENV_NAME = re.compile(r"[A-Z_][A-Z0-9_]{0,63}")
-ENV_VALUE = re.compile(r"[A-Za-z0-9_.,:/@+=-]{0,256}")
+PATCH_NAME = re.compile(r"[a-z0-9][a-z0-9-]{0,63}", re.ASCII)
+PARSER = re.compile(r"[a-z0-9][a-z0-9_]{0,63}", re.ASCII)
+ATTENTION_BACKEND = re.compile(r"[A-Z][A-Z0-9_]{0,63}", re.ASCII)
+SPEC_KEY = re.compile(r"[a-z][a-z0-9_]{0,63}", re.ASCII)
+SPEC_TEXT = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.:/@+-]{0,127}", re.ASCII)
+ENV_NAME = re.compile(r"[A-Z_][A-Z0-9_]{0,63}", re.ASCII)
+#: Printable ASCII without spaces (NCCL's "^lo,docker0" and "=eth0" forms included); the value
+#: reaches the unit through rigkit.render.systemd.escape like every other word.
+ENV_VALUE = re.compile(r"[!-~]{0,256}", re.ASCII)
+#: What a service's ``env`` may name: the documented tuning variables of what runs in the
+#: container (vLLM's own, vllm/envs.py; NCCL, Gloo, CUDA, PyTorch and Inductor, Triton,
+#: FlashInfer, Ray, OpenMP, the Hugging Face libraries) and the proxy pair in either case.
+ENV_FAMILY = re.compile(
+    r"(?:VLLM|NCCL|GLOO|CUDA|TORCH|TORCHINDUCTOR|PYTORCH|TRITON|FLASHINFER|RAY|OMP|MKL|HF|HF_HUB|TRANSFORMERS|"
+    r"TOKENIZERS|SAFETENSORS)_[A-Z0-9_]+",
+    re.ASCII,
+)
+PROXY_ENV = frozenset({"HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY", "http_proxy", "https_proxy", "no_proxy"})
+#: Even in those families, a variable that points the process at files or code to load (a
+#: plugin, a library, a logging config, a cache or home directory) is not host data's to set:
+#: what runs in the container is the image's.
+ENV_POINTS_AT_CODE = re.compile(r".*_(?:PATH|PATHS|DIR|DIRS|HOME|ROOT|FILE|LIB|LIBS|PLUGIN|PLUGINS|CONFIG_PATH)", re.ASCII)
 DTYPES = ("auto", "half", "float16", "bfloat16", "float", "float32")
 MM_KINDS = ("image", "video", "audio")
 #: Environment rigkit sets itself, or that would carry a secret into the unit.
@@ -113,13 +134,60 @@ class VllmOptions:
 
 def image_tag_problem(ref: str) -> str | None:
     """Why ``ref`` is not a pinned image reference, or None."""
-    match = IMAGE_REF.fullmatch(ref)
-    if not match or ".." in ref:
+    name, _, digest = ref.partition("@")
+    if digest and not DIGEST.fullmatch(digest):
+        return "not an image reference (a digest is sha256: and 64 hex digits)"
+    parts = name.split("/")
+    last, _, tag = parts[-1].partition(":")
+    parts[-1] = last
+    domain = parts[0] if len(parts) > 1 and ("." in parts[0] or ":" in parts[0] or parts[0] == "localhost") else None
+    path = parts[1:] if domain is not None else parts
+    if (
+        (domain is not None and not DOMAIN.fullmatch(domain))
+        or not 1 <= len(path) <= 9
+        or not all(PATH_COMPONENT.fullmatch(p) for p in path)
+        or (tag and not TAG.fullmatch(tag))
+    ):
         return "not an image reference"
-    if not match.group("tag") and not match.group("digest"):
+    if not tag and not digest:
         return "no tag or digest (that means :latest)"
-    if match.group("tag") and match.group("tag").lower() in MOVING_TAGS and not match.group("digest"):
-        return f"the moving tag :{match.group('tag')}"
+    if tag and tag.lower() in MOVING_TAGS and not digest:
+        return f"the moving tag :{tag}"
+    return None
+
+
+def env_problem(name: str, value: str) -> tuple[str, str] | None:
+    """Why ``name=value`` may not enter a service's container, as (what is wrong, what is
+    expected), or None."""
+    if name in RESERVED_ENV or SECRET_ENV.fullmatch(name.upper()):
+        return "name", (
+            "no secret and nothing rigkit sets itself (the key goes through api_key_file; "
+            "HF_HUB_OFFLINE and the GPUs are rigkit's)"
+        )
+    if name not in PROXY_ENV and not ENV_FAMILY.fullmatch(name):
+        return "name", (
+            "a documented variable of what runs in the container: VLLM_*, NCCL_*, GLOO_*, CUDA_*, TORCH_*, "
+            "PYTORCH_*, TRITON_*, FLASHINFER_*, RAY_*, OMP_*, HF_*, TRANSFORMERS_*, TOKENIZERS_*, "
+            "or HTTP(S)_PROXY / NO_PROXY in either case"
+        )
+    if ENV_POINTS_AT_CODE.fullmatch(name):
+        return "name", (
+            "a tuning variable, not one that points the process at files or code to load "
+            "(*_PATH, *_DIR, *_HOME, *_ROOT, *_FILE, *_LIB, *_PLUGIN(S): the container's files are the image's)"
+        )
+    if not ENV_VALUE.fullmatch(value):
+        return "value", "printable ASCII without spaces (at most 256 characters)"
+    for word in value.split(","):
+        if "://" in word:
+            try:
+                url = urlsplit(word)
+            except ValueError:
+                return "value", "a well-formed URL"
+            if url.username is not None or url.password is not None:
+                return "value", (
+                    "a URL without credentials (a password in a unit is readable by every local user; "
+                    "use a proxy that needs none, or one on the host's loopback)"
+                )
     return None
 
 
@@ -225,22 +293,12 @@ def check_vllm(host: str, key: str, opts: VllmOptions, model: str, service_gpus:
         if value is not None and value < 1:
             raise HostDataError(host, f"{key}.{name}", "a positive integer", value)
     for k, v in opts.env.items():
-        check_pattern(k, ENV_NAME, host, f"{key}.env", "variable names of A-Z, 0-9 and _")
-        if k in RESERVED_ENV or SECRET_ENV.fullmatch(k):
-            raise HostDataError(
-                host,
-                f"{key}.env.{k}",
-                "no secret and nothing rigkit sets itself (the key "
-                "goes through api_key_file; HF_HUB_OFFLINE and the GPUs are rigkit's)",
-                k,
-            )
-        check_pattern(
-            v,
-            ENV_VALUE,
-            host,
-            f"{key}.env.{k}",
-            "letters, digits and _ . , : / @ + = - (no spaces, quotes, '$', '%', ';' or '\\')",
-        )
+        if k not in PROXY_ENV:
+            check_pattern(k, ENV_NAME, host, f"{key}.env", "variable names of A-Z, 0-9 and _ (or the proxy pair)")
+        problem = env_problem(k, v)
+        if problem:
+            what, expected = problem
+            raise HostDataError(host, f"{key}.env.{k}", expected, k if what == "name" else v)
     if not 60 <= opts.ready_timeout <= 7200:
         raise HostDataError(host, f"{key}.ready_timeout", "seconds between 60 and 7200", opts.ready_timeout)
     if not 1 <= opts.stop_timeout <= 600:

@@ -118,19 +118,26 @@ def dump(entries: Mapping[str, LockEntry], path: str | os.PathLike, *, inventory
 
 
 def check(
-    refs: Iterable[ModelRef], lock: Mapping[str, LockEntry], *, inventory: str = "INVENTORY"
+    refs: Iterable[ModelRef],
+    lock: Mapping[str, LockEntry],
+    *,
+    inventory: str = "INVENTORY",
+    labels: Mapping[str, str] | None = None,
 ) -> dict[str, LockEntry]:
-    """Lock entry per reference key; raises :class:`LockError` naming the fix when any is missing or stale."""
+    """Lock entry per reference key; raises :class:`LockError` naming the fix when any is
+    missing or stale. ``labels``: reference key -> the host-data keys that name it (e.g.
+    ``models[0] (qwen, services[1].model)``), said with each problem."""
     problems = []
     out: dict[str, LockEntry] = {}
     for ref in refs:
         e = lock.get(ref.key)
+        where = f" (named by {labels[ref.key]})" if labels and ref.key in labels else ""
         if e is None:
-            problems.append(f"{ref.key}: no lock entry")
+            problems.append(f"{ref.key}: no lock entry{where}")
         elif (e.repo, e.revision, e.include) != (ref.repo, ref.revision, ref.include):
-            problems.append(f"{ref.key}: lock entry is for {e.repo}@{e.revision} {list(e.include)}")
+            problems.append(f"{ref.key}: lock entry is for {e.repo}@{e.revision} {list(e.include)}{where}")
         elif not e.files:
-            problems.append(f"{ref.key}: lock entry lists no files")
+            problems.append(f"{ref.key}: lock entry lists no files{where}")
         else:
             out[ref.key] = e
     if problems:
