@@ -265,6 +265,6 @@ def test_rig_for_reads_the_lock_or_names_the_fix(tmp_path, monkeypatch):
     with pytest.raises(hostdata.ModelLockError, match=r"Q4/\*.gguf: no lock entry[\s\S]*run: rigkit lock"):
         hostdata.rig_for(FakeHost("gpu1", stale))
     # Hosts without Hub models need no lock.
-    plain = {k: v for k, v in rig_data(model="/srv/m.gguf").items() if k != "models"}
+    plain = {k: v for k, v in rig_data(model="/srv/models/m.gguf").items() if k != "models"}
     lock_path.unlink()
-    assert hostdata.rig_for(FakeHost("cpu", plain)).services[0].model == "/srv/m.gguf"
+    assert hostdata.rig_for(FakeHost("cpu", plain)).services[0].model == "/srv/models/m.gguf"
