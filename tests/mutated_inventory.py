@@ -19,6 +19,9 @@ def mutated(data):
     for key, value in MUTATION.items():
         if key == "@hosts":
             continue
+        if key == "@data":
+            data.update(value)
+            continue
         if key == "@models":
             data["models"] = data["models"] + value
             continue
@@ -37,7 +40,8 @@ sandbox = [(name, {{**data, **mutated(data)}}) for name, data in pyinfra_hosts()
 
 def write_inventory(tmp_path: Path, mutation: dict, name: str = "mutated") -> Path:
     """An inventory file (``"@hosts": [...]`` in ``mutation`` keeps only those hosts, ``"@llama_cpp"``
-    updates llama_cpp, ``"@models"`` adds models, a ``None`` value drops a service key); run pyinfra with ``PYTHONPATH=tmp_path`` so it finds the copy of
+    updates llama_cpp, ``"@models"`` adds models, ``"@data"`` sets host-level keys, a ``None``
+    value drops a service key); run pyinfra with ``PYTHONPATH=tmp_path`` so it finds the copy of
     inventories/sandbox.py it imports."""
     (tmp_path / "inventories_sandbox.py").write_text((REPO / "inventories/sandbox.py").read_text())
     inv = tmp_path / f"{name}.py"

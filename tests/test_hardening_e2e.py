@@ -51,6 +51,17 @@ HOSTILE = {  # mutation of sandbox-1's service (or llama_cpp) -> the key the err
     "ref trailing newline": ({"@llama_cpp": {"ref": "b11312\n"}}, "llama_cpp.ref"),
     "git url option": ({"@llama_cpp": {"git_url": "--upload-pack=touch /root/pwned"}}, "llama_cpp.git_url"),
     "cmake substitution": ({"@llama_cpp": {"cmake_flags": ["-DX=$(id)"]}}, "llama_cpp.cmake_flags[0]"),
+    # Round two (issue 20): what the engine's own parser would have taken.
+    "smuggled --host": ({"extra_args": ["--no-warmup", "--host", "127.0.0.2"]}, "services[0].extra_args[1]"),
+    "smuggled --port=": ({"extra_args": ["--port=9999"]}, "services[0].extra_args[0]"),
+    "key flag as a value": ({"extra_args": ["-b", "--api-key", "k"]}, "services[0].extra_args[1]"),
+    "cmake project include": (
+        {"@llama_cpp": {"cmake_flags": ["-DCMAKE_PROJECT_INCLUDE=/srv/models/tiny-qwen/x.cmake"]}},
+        "llama_cpp.cmake_flags[0]",
+    ),
+    "system dest": ({"@models": [{"upload": "/tmp", "dest": "/etc"}]}, "models[1].dest"),
+    "model under /var/run": ({"model": "/var/run/x.gguf"}, "services[0].model"),
+    "http keyring": ({"@data": {"nvidia": {"repo_url": "http://mirror.lan/cuda/repos"}}}, "nvidia.repo_url"),
 }
 
 
@@ -74,6 +85,33 @@ WORD = st.text(st.characters(blacklist_categories=("Cc", "Cs"), max_codepoint=0x
 
 @settings(max_examples=3, deadline=None, suppress_health_check=list(HealthCheck))
 @given(argvs=st.lists(st.lists(WORD, min_size=1, max_size=6), min_size=40, max_size=40))
+def test_a_tampered_lock_changes_nothing_on_a_serving_host(sandbox_hosts, first_deploy, tmp_path):
+    """A lock whose file path climbs out of the model's dest is refused when it is read, before
+    any host changes (the root fetcher would have written it)."""
+    sb, host = sandbox_hosts, sandbox_hosts.hosts[0]
+    env = dict(first_deploy[1], PYTHONPATH=str(tmp_path))
+    lock = tmp_path / "mutated.lock.yaml"
+    entry = {
+        "repo": "org/tiny",
+        "revision": "main",
+        "include": ["*.gguf"],
+        "sha": "0" * 40,
+        "files": [{"path": "../../../etc/cron.d/rigkit-pwned", "size": 10, "sha256": "0" * 64}],
+    }
+    lock.write_text(json.dumps({"version": 1, "models": {"org/tiny@main:*.gguf": entry}}))  # JSON is YAML
+    mutation = {
+        "@data": {"model_lock": str(lock)},
+        "@models": [{"name": "evil", "repo": "org/tiny", "include": ["*.gguf"], "dest": "/srv/models/evil"}],
+    }
+    before = ssh(sb, host, SNAPSHOT)
+    run = run_pyinfra(str(write_inventory(tmp_path, mutation)), "deploys/rig.py", "--limit", "sandbox-1", env=env)
+    output = run.stdout + run.stderr
+    assert run.returncode != 0 and "Traceback" not in output, output[-2000:]
+    assert "host sandbox-1:" in output and "../../../etc/cron.d/rigkit-pwned" in output, output[-2000:]
+    assert ssh(sb, host, SNAPSHOT) == before
+    assert ssh(sb, host, "ls /etc/cron.d/rigkit-pwned /srv/models/evil 2>&1 | grep -c 'No such'") == "2"
+
+
 def test_systemd_runs_exactly_the_argv_rigkit_meant(sandbox_hosts, argvs):
     """Round trip through systemd itself: one oneshot unit, one ExecStart= per argv (rendered
     by the one escaping function), each writing the argv it received as JSON."""

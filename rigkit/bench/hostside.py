@@ -177,7 +177,10 @@ def listening_pid(port: int) -> int | None:
     return None
 
 
-def process(pid: int) -> dict:
+def process(pid: int, run_version: bool = True) -> dict:
+    """What ``pid`` runs: argv, binary, the llama.cpp build.json beside it, and with
+    ``run_version`` its ``--version`` (only for the process systemd started for the unit:
+    whatever else listens on a port may be any local user's program)."""
     info: dict = {"pid": pid}
     try:
         with open(f"/proc/{pid}/cmdline", "rb") as f:
@@ -195,7 +198,7 @@ def process(pid: int) -> dict:
             pass
         version = (
             subprocess.run([exe, "--version"], capture_output=True, text=True, timeout=30)
-            if os.path.exists(exe)
+            if run_version and os.path.exists(exe)
             else None
         )
         if version is not None:
@@ -327,14 +330,17 @@ def probe(port: int, unit: str | None, model: str | None) -> dict:
         "gpus": gpus(),
         "cpu_count": os.cpu_count(),
     }
-    pid = None
     if unit:
+        # The unit's main process as systemd knows it, never a port's listener: a local user
+        # who binds the port first would otherwise get a binary of theirs run by us.
         main = sh(["systemctl", "show", "-p", "MainPID", "--value", unit])
         pid = int(main) if main and main.isdigit() and int(main) > 0 else None
         out["unit"] = unit
-    pid = pid or listening_pid(port)
+        trusted = True
+    else:
+        pid, trusted = listening_pid(port), False
     if pid:
-        out["server"] = process(pid)
+        out["server"] = process(pid, run_version=trusted)
         argv = out["server"].get("argv") or []
         if not model and "-m" in argv:
             model = argv[argv.index("-m") + 1]

@@ -212,7 +212,9 @@ def resolve_model_refs(rig: Rig, lock: Mapping[str, LockEntry], inventory: str =
     labels = {}
     for i, m in enumerate(rig.models):
         if isinstance(m, HubModel):
-            users = [f"services[{j}].model" for j, s in enumerate(rig.services) if s.model == MODEL_REF_PREFIX + str(m.name)]
+            users = [
+                f"services[{j}].model" for j, s in enumerate(rig.services) if s.model == MODEL_REF_PREFIX + str(m.name)
+            ]
             labels[m.ref.key] = ", ".join([f"models[{i}]" + (f" {m.name}" if m.name else ""), *users])
     entries = lockfile.check([m.ref for m in hub], lock, inventory=inventory, labels=labels)
     locks = {m.ref.key: entries[m.ref.key] for m in hub}

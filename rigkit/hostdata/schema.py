@@ -132,7 +132,10 @@ def check_under_roots(value: str, roots: tuple[str, ...], host: str, key: str, w
     directory: what a root-run fetcher writes into, or a root container mounts."""
     if ":" in value:
         raise HostDataError(
-            host, key, f"{what} path without ':' (docker -v and systemd's BindReadOnlyPaths= read it as a separator)", value
+            host,
+            key,
+            f"{what} path without ':' (docker -v and systemd's BindReadOnlyPaths= read it as a separator)",
+            value,
         )
     if any(is_within(value, d) for d in SYSTEM_DIRS) or not any(is_within(value, r) for r in roots):
         raise HostDataError(

@@ -79,7 +79,9 @@ PROXY_ENV = frozenset({"HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY", "http_proxy", "h
 #: Even in those families, a variable that points the process at files or code to load (a
 #: plugin, a library, a logging config, a cache or home directory) is not host data's to set:
 #: what runs in the container is the image's.
-ENV_POINTS_AT_CODE = re.compile(r".*_(?:PATH|PATHS|DIR|DIRS|HOME|ROOT|FILE|LIB|LIBS|PLUGIN|PLUGINS|CONFIG_PATH)", re.ASCII)
+ENV_POINTS_AT_CODE = re.compile(
+    r".*_(?:PATH|PATHS|DIR|DIRS|HOME|ROOT|FILE|LIB|LIBS|PLUGIN|PLUGINS|CONFIG_PATH)", re.ASCII
+)
 DTYPES = ("auto", "half", "float16", "bfloat16", "float", "float32")
 MM_KINDS = ("image", "video", "audio")
 #: Environment rigkit sets itself, or that would carry a secret into the unit.
