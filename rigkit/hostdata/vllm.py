@@ -297,9 +297,9 @@ def check_vllm(host: str, key: str, opts: VllmOptions, model: str, service_gpus:
     for k, v in opts.env.items():
         if k not in PROXY_ENV:
             check_pattern(k, ENV_NAME, host, f"{key}.env", "variable names of A-Z, 0-9 and _ (or the proxy pair)")
-        problem = env_problem(k, v)
-        if problem:
-            what, expected = problem
+        env_refusal = env_problem(k, v)
+        if env_refusal:
+            what, expected = env_refusal
             raise HostDataError(host, f"{key}.env.{k}", expected, k if what == "name" else v)
     if not 60 <= opts.ready_timeout <= 7200:
         raise HostDataError(host, f"{key}.ready_timeout", "seconds between 60 and 7200", opts.ready_timeout)
