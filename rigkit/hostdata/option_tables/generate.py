@@ -665,7 +665,9 @@ def vllm_serve_options(sources: dict[str, str]) -> dict[str, dict[str, Any]]:
     serve = ast.parse(sources["vllm/entrypoints/cli/serve.py"])
     sub = next(n for n in ast.walk(serve) if isinstance(n, ast.FunctionDef) and n.name == "subparser_init")  # --grpc
     _add_argument_calls(mod, sub, options)
-    # FlexibleArgumentParser.parse_args rewrites `-O<level>` / `-O <0-3>` to --optimization-level.
+    # argparse's own (add_help is left True); FlexibleArgumentParser.parse_args rewrites
+    # `-O<level>` / `-O <0-3>` to --optimization-level (engine_args mirrors that).
+    _record(options, ["-h", "--help"], {"action": "help"})
     return dict(sorted(options.items()))
 
 
