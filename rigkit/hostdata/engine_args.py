@@ -181,6 +181,9 @@ def check_extra_args(
         at = f"{key}.extra_args[{i}]"
         if CONTROL.search(word):
             raise HostDataError(host, at, "text without control characters (no newlines or tabs)", word)
+        if not word.isascii():
+            # Look-alike dashes and letters are no spelling of either engine.
+            raise HostDataError(host, at, f"an option of {engine} (ASCII only: '-' and letters, not look-alikes)", word)
         if not word.startswith("-") or not _looks_like_option(word):
             raise HostDataError(
                 host, at, f"an option of {engine} (a value belongs after the option that takes it)", word
