@@ -150,14 +150,16 @@ def test_a_unit_that_fails_to_start_is_rolled_back_with_the_old_flags_serving(sa
     sb, host = sandbox_hosts, sandbox_hosts.hosts[0]
     env = dict(first_deploy[1], PYTHONPATH=str(tmp_path))
     unit_before = ssh(sb, host, f"md5sum /etc/systemd/system/{UNIT}")
-    inv = write_inventory(tmp_path, {"extra_args": ["--no-warmup", "--rigkit-test-not-a-flag"]})
+    # A real option whose value llama-server refuses while parsing argv: it exits at start.
+    bad = "/nonexistent/rigkit-test-template.jinja"
+    inv = write_inventory(tmp_path, {"extra_args": ["--no-warmup", "--chat-template-file", bad]})
     run = run_pyinfra(str(inv), "deploys/rig.py", "--limit", "sandbox-1", env=env)
     output = run.stdout + run.stderr
     assert run.returncode != 0 and "rolled back" in output, output[-3000:]
     assert "did not stay up" in output
     assert ssh(sb, host, f"md5sum /etc/systemd/system/{UNIT}") == unit_before
     assert ssh(sb, host, f"systemctl is-active {UNIT}") == "active"
-    assert "--rigkit-test-not-a-flag" not in ssh(sb, host, f"systemctl show -p ExecStart --value {UNIT}")
+    assert bad not in ssh(sb, host, f"systemctl show -p ExecStart --value {UNIT}")
     # The next deploy of the good inventory has nothing to put back.
     again = run_pyinfra("inventories/sandbox.py", "deploys/rig.py", "--limit", "sandbox-1", env=first_deploy[1])
     assert again.returncode == 0, again.stderr[-3000:]

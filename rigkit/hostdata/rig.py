@@ -100,7 +100,7 @@ def parse_rig(host: str, data: Mapping[str, Any]) -> Rig:
     gpus = parse_gpus(host, data.get("gpus"))
     nvidia = parse_nvidia(host, data.get("nvidia"), gpu_count=gpus.count)
     llama = parse_llama_cpp(host, data["llama_cpp"], gpus) if data.get("llama_cpp") is not None else None
-    services = parse_services(host, data.get("services"), gpus)
+    services = parse_services(host, data.get("services"), gpus, llama.ref if llama else None)
     for i, svc in enumerate(services):
         if svc.engine == "llama.cpp" and llama is None:
             raise HostDataError(

@@ -30,9 +30,6 @@ SHARD = re.compile(r"-(\d{5})-of-(\d{5})\.gguf")
 # What clients call the model: printable, no spaces, quotes, '%' or shell syntax.
 MODEL_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:/@+-]{0,127}")
 DISPLAY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9 ._:/@+()-]{0,127}")
-# An extra server argument: a flag or a value; no whitespace, quotes, '$', '%', '\' or ';'.
-EXTRA_ARG = re.compile(r"[A-Za-z0-9_.,:/@+=-][A-Za-z0-9_.,:/@+=-]{0,255}")
-KEY_FLAGS = ("--api-key", "--api-key-file")
 KV_TYPES = ("f32", "f16", "bf16", "q8_0", "q4_0", "q4_1", "iq4_nl", "q5_0", "q5_1")
 SPLIT_MODES = ("none", "layer", "row")
 LOOPBACK = "127.0.0.1"
@@ -131,8 +128,9 @@ class Service:
 COMMON = {f.name for f in dataclasses.fields(Service)} - {"options"}
 
 
-def parse_service(host: str, key: str, raw: Any, gpus: Gpus) -> Service:
-    """One ``services[]`` entry: common keys to :class:`Service`, the rest to the engine's options."""
+def parse_service(host: str, key: str, raw: Any, gpus: Gpus, llama_ref: str | None = None) -> Service:
+    """One ``services[]`` entry: common keys to :class:`Service`, the rest to the engine's options;
+    ``llama_ref`` (host data ``llama_cpp.ref``) picks the llama-server option table."""
     if isinstance(raw, Service):
         return raw
     if not isinstance(raw, dict):
@@ -155,6 +153,7 @@ def parse_service(host: str, key: str, raw: Any, gpus: Gpus) -> Service:
     options = options_cls(**coerce_fields(options_cls, {k: v for k, v in raw.items() if k in own}, host, key))
     svc = Service(**common, options=options)
     _check_common(host, key, svc, gpus)
+    _check_extra_args(host, key, svc, llama_ref)
     if engine == "llama.cpp":
         _check_llama_server(host, key, svc, gpus)
     elif engine == "vllm":
@@ -162,12 +161,12 @@ def parse_service(host: str, key: str, raw: Any, gpus: Gpus) -> Service:
     return svc
 
 
-def parse_services(host: str, raw: Any, gpus: Gpus) -> tuple[Service, ...]:
+def parse_services(host: str, raw: Any, gpus: Gpus, llama_ref: str | None = None) -> tuple[Service, ...]:
     if raw is None:
         return ()
     if not isinstance(raw, (list, tuple)):
         raise HostDataError(host, "services", "a list of service mappings", raw)
-    services = tuple(parse_service(host, f"services[{i}]", s, gpus) for i, s in enumerate(raw))
+    services = tuple(parse_service(host, f"services[{i}]", s, gpus, llama_ref) for i, s in enumerate(raw))
     seen_names: set[str] = set()
     ports: dict[int, str] = {}
     for i, svc in enumerate(services):
@@ -229,22 +228,6 @@ def _check_common(host: str, key: str, svc: Service, gpus: Gpus) -> None:
         raise HostDataError(host, f"{key}.api_key_file", "a file on the deploying machine", svc.api_key_file)
     if gpus.count and any(g < 0 or g >= gpus.count for g in svc.gpus):
         raise HostDataError(host, f"{key}.gpus", f"GPU indexes between 0 and {gpus.count - 1}", list(svc.gpus))
-    for i, arg in enumerate(svc.extra_args):
-        if arg.split("=", 1)[0] in KEY_FLAGS:
-            raise HostDataError(
-                host,
-                f"{key}.extra_args[{i}]",
-                "no API key flag (use api_key_file; keys never go on a command line)",
-                arg,
-            )
-        check_pattern(
-            arg,
-            EXTRA_ARG,
-            host,
-            f"{key}.extra_args[{i}]",
-            "one flag or value per element: letters, digits and _ . , : / @ + = - "
-            "(no spaces, quotes, '$', '%', ';' or '\\')",
-        )
     if svc.public and svc.enabled and not svc.api_key_file and not svc.allow_unauthenticated:
         raise HostDataError(
             host,
@@ -253,6 +236,35 @@ def _check_common(host: str, key: str, svc: Service, gpus: Gpus) -> None:
             "listening beyond loopback (or allow_unauthenticated: true to open it knowingly)",
             svc.host,
         )
+
+
+def _check_extra_args(host: str, key: str, svc: Service, llama_ref: str | None) -> None:
+    """``extra_args`` parsed as the engine parses them (rigkit.hostdata.engine_args), with the
+    option table of its pinned version; refused where they name an option rigkit sets
+    (the static lists and every flag of the command line rigkit renders for this service)."""
+    if not svc.extra_args:
+        return
+    # The renderers import this module: imported here, when a service has extra_args.
+    from rigkit.hostdata import engine_args, option_tables
+
+    bare = dataclasses.replace(svc, extra_args=())
+    if svc.engine == "vllm":
+        from rigkit.render import ray
+        from rigkit.render.vllm import serve_args
+
+        table = option_tables.vllm_table(svc.options.base_image)  # type: ignore[attr-defined]
+        rendered = serve_args(bare) + ray.VLLM_SERVE_ARGS
+        managed = engine_args.managed_options(table, engine_args.VLLM_MANAGED, rendered)
+    else:
+        from rigkit.render.llama_server import command_line
+
+        table = option_tables.llama_server_table(llama_ref)
+        # The rendered line holds the sampling preset's flags only when the service names one:
+        # otherwise sampling is the service's own to set.
+        managed = engine_args.managed_options(
+            table, engine_args.LLAMA_SERVER_MANAGED, command_line(bare, "llama-server")
+        )
+    engine_args.check_extra_args(host, key, svc.extra_args, table, managed)
 
 
 def _check_llama_server(host: str, key: str, svc: Service, gpus: Gpus) -> None:

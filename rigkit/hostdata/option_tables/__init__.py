@@ -1,0 +1,54 @@
+"""
+The option tables of the engines rigkit pins: every spelling each engine's command-line
+parser accepts, its arity and (where the engine's own code says so) its value kind, as JSON
+data generated from the engine's sources by :mod:`rigkit.hostdata.option_tables.generate`.
+
+A table is ``{"engine", "version", "source", "rules", "options"}``; ``options`` maps every
+accepted spelling (aliases and negative ``--no-`` forms each their own entry) to
+``{"canonical": <the option's first long spelling>, "arity": 0|1|2, "kind": "int" | "float" |
+"json" | "text" | "bool"}`` (``kind`` of arity-0 options is ``"flag"``). ``rules`` records how
+that engine's parser matches argv (see :mod:`rigkit.hostdata.engine_args`).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from functools import cache
+from importlib import resources
+from typing import Any
+
+#: llama-server tables by build number, vLLM tables by version; the newest is the last.
+LLAMA_SERVER_BUILDS = (9976, 11312)
+VLLM_VERSIONS = ("0.19.1",)
+BUILD_TAG = re.compile(r"b([0-9]+)", re.ASCII)
+VERSION = re.compile(r"v?([0-9]+(?:\.[0-9]+){1,2})", re.ASCII)
+
+
+@cache
+def load(name: str) -> dict[str, Any]:
+    """The committed table ``<name>.json`` (e.g. ``llama-server-b11312``)."""
+    text = resources.files(__package__).joinpath(f"{name}.json").read_text(encoding="utf-8")
+    table: dict[str, Any] = json.loads(text)
+    return table
+
+
+def llama_server_table(ref: str | None) -> dict[str, Any]:
+    """The table for a ``llama_cpp.ref``: a build tag's own table, else the nearest older one
+    (options are rarely removed, so an older table refuses new options but never accepts a
+    removed one rigkit did not know); a commit sha (or none): the newest table."""
+    m = BUILD_TAG.fullmatch(ref or "")
+    build = LLAMA_SERVER_BUILDS[-1]
+    if m:
+        older = [b for b in LLAMA_SERVER_BUILDS if b <= int(m.group(1))]
+        build = older[-1] if older else LLAMA_SERVER_BUILDS[0]
+    return load(f"llama-server-b{build}")
+
+
+def vllm_table(base_image: str | None) -> dict[str, Any]:
+    """The table for a vLLM base image: the version in its tag (``vllm/vllm-openai:v0.19.1``),
+    else the newest table."""
+    tag = (base_image or "").split("@", 1)[0].rpartition("/")[2].partition(":")[2]
+    m = VERSION.fullmatch(tag)
+    version = m.group(1) if m and m.group(1) in VLLM_VERSIONS else VLLM_VERSIONS[-1]
+    return load(f"vllm-{version}")
