@@ -12,6 +12,7 @@ import copy
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -294,3 +295,46 @@ def test_rigkit_stops_quietly_on_a_closed_pipe():
     os.close(writer)
     assert "Traceback" not in done.stderr and "BrokenPipe" not in done.stderr, done.stderr
     assert done.returncode == 141
+
+
+# --- numbers and look-alikes --------------------------------------------------------------------
+
+
+def test_numeric_keys_take_integers():
+    data = llama_rig()
+    data["gpus"]["cuda_arch"] = [86, "121a"]
+    data["llama_cpp"]["cuda_arch"] = [90]
+    rig = parse_rig("h", data)
+    assert rig.gpus.cuda_arch == ("86", "121a") and rig.llama_cpp.cuda_arch == ("90",)
+    data["gpus"]["cuda_arch"] = [True]
+    assert refused(data).key == "gpus.cuda_arch[0]"
+
+
+@pytest.mark.parametrize(
+    "mutate,key",
+    [
+        (lambda d: d["gpus"].update(cuda_arch=["8\u0666"]), "gpus.cuda_arch[0]"),  # Arabic-Indic six
+        (lambda d: d["llama_cpp"].update(ref="b1131\u0662"), "llama_cpp.ref"),
+        (lambda d: d["services"][0].update(name="sv\u0441"), "services[0].name"),  # Cyrillic es
+        (lambda d: d["services"][0].update(alias="qwen\u2215x"), "services[0].alias"),  # division slash
+        (lambda d: d["services"][0].update(port="８０００"), "services[0].port"),  # fullwidth digits
+    ],
+)
+def test_unicode_look_alikes_are_refused(mutate, key):
+    data = llama_rig()
+    mutate(data)
+    assert refused(data).key == key
+
+
+def test_every_host_data_pattern_is_ascii_only():
+    """``\\d`` and ``\\w`` match any script's digits and letters unless re.ASCII is given."""
+    import ast
+
+    root = Path(__file__).resolve().parents[1] / "rigkit"
+    missing = []
+    for path in [*(root / "hostdata").rglob("*.py"), *(root / "models").rglob("*.py")]:
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Call) and ast.unparse(node.func) == "re.compile":
+                if "re.ASCII" not in ast.unparse(node):
+                    missing.append(f"{path.relative_to(root)}:{node.lineno}")
+    assert not missing, missing

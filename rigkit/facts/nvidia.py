@@ -29,10 +29,10 @@ GPU_FIELDS = (
 )
 GPU_QUERY = f"nvidia-smi --query-gpu={','.join(GPU_FIELDS)} --format=csv,noheader,nounits"
 MISSING = ("[N/A]", "[Not Supported]", "N/A", "[Unknown Error]", "")
-VERSION = re.compile(r"\d{3}\.\d{1,3}(?:\.\d{1,3})?")
+VERSION = re.compile(r"\d{3}\.\d{1,3}(?:\.\d{1,3})?", re.ASCII)
 NVML_MISMATCH = "Driver/library version mismatch"
 # What a GPU (or MIG device) UUID looks like; it ends up in a unit's ExecStart.
-UUID = re.compile(r"(?:GPU|MIG)-[0-9a-fA-F]{8}(?:-[0-9a-fA-F]{4}){3}-[0-9a-fA-F]{12}")
+UUID = re.compile(r"(?:GPU|MIG)-[0-9a-fA-F]{8}(?:-[0-9a-fA-F]{4}){3}-[0-9a-fA-F]{12}", re.ASCII)
 
 
 @dataclass(frozen=True)

@@ -10,8 +10,8 @@ from rigkit.hostdata.services import ENGINES, SERVICE_NAME
 
 UNIT_DIR = "/etc/systemd/system"
 KEY_DIR = "/etc/rigkit/llama"
-_TIMER = re.compile(r"rigkit-watchdog-(.+)\.timer")
-_UNIT = re.compile(rf"rigkit-({'|'.join(prefix for _, prefix in ENGINES.values())})-(.+)\.service")
+_TIMER = re.compile(r"rigkit-watchdog-(.+)\.timer", re.ASCII)
+_UNIT = re.compile(rf"rigkit-({'|'.join(prefix for _, prefix in ENGINES.values())})-(.+)\.service", re.ASCII)
 
 
 class ManagedServices(FactBase[dict]):

@@ -29,12 +29,12 @@ from typing import Any
 from rigkit.hostdata.gpus import parse_gpus
 from rigkit.hostdata.schema import HostDataError, build, check_address, check_pattern
 
-CLUSTER_NAME = re.compile(r"[a-z0-9][a-z0-9-]{0,31}")
+CLUSTER_NAME = re.compile(r"[a-z0-9][a-z0-9-]{0,31}", re.ASCII)
 # An inventory host name: a DNS name or an address, nothing a shell or a unit would read.
-NODE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,252}")
+NODE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,252}", re.ASCII)
 # A Linux interface name (IFNAMSIZ 16 with the NUL): what NCCL_SOCKET_IFNAME takes.
-INTERFACE = re.compile(r"[A-Za-z0-9_.:-]{1,15}")
-ADDRESS = re.compile(r"[0-9A-Fa-f.:]{2,39}")
+INTERFACE = re.compile(r"[A-Za-z0-9_.:-]{1,15}", re.ASCII)
+ADDRESS = re.compile(r"[0-9A-Fa-f.:]{2,39}", re.ASCII)
 
 
 @dataclass(frozen=True)

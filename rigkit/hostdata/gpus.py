@@ -6,9 +6,9 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from rigkit.hostdata.schema import HostDataError, build, check_pattern
+from rigkit.hostdata.schema import HostDataError, NumericText, build, check_pattern
 
-CUDA_ARCH = re.compile(r"\d{2,3}[af]?")
+CUDA_ARCH = re.compile(r"\d{2,3}[af]?", re.ASCII)
 
 
 @dataclass(frozen=True)
@@ -16,7 +16,7 @@ class Gpus:
     count: int = 0
     # CUDA architectures such as "86" (RTX 3090), "90" (H100), "121" (GB10). Empty: read
     # from the host's GPUs (nvidia-smi) at deploy time.
-    cuda_arch: tuple[str, ...] = ()
+    cuda_arch: tuple[NumericText, ...] = ()
 
 
 def parse_gpus(host: str, raw: Any) -> Gpus:

@@ -7,12 +7,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from rigkit.hostdata.gpus import CUDA_ARCH, Gpus
-from rigkit.hostdata.schema import HostDataError, build, check_path, check_pattern
+from rigkit.hostdata.schema import HostDataError, NumericText, build, check_path, check_pattern
 
 UPSTREAM_LLAMA_CPP = "https://github.com/ggml-org/llama.cpp"
-BUILD_TAG = re.compile(r"b\d+")
-COMMIT_SHA = re.compile(r"[0-9a-f]{7,40}")
-PIN = re.compile(rf"{BUILD_TAG.pattern}|{COMMIT_SHA.pattern}")
+BUILD_TAG = re.compile(r"b\d+", re.ASCII)
+COMMIT_SHA = re.compile(r"[0-9a-f]{7,40}", re.ASCII)
+PIN = re.compile(rf"{BUILD_TAG.pattern}|{COMMIT_SHA.pattern}", re.ASCII)
 # A cmake cache entry: -DNAME=VALUE or -DNAME:TYPE=VALUE, the value free of shell and list syntax.
 CMAKE_FLAG = re.compile(r"-D(?P<name>[A-Za-z_][A-Za-z0-9_]*)(:[A-Z]+)?=[A-Za-z0-9_.,;+/:=-]*", re.ASCII)
 #: The cache entries a build may set: llama.cpp's and ggml's own options, and the few CMake
@@ -28,9 +28,9 @@ CMAKE_VARIABLES = frozenset(
         "CMAKE_INTERPROCEDURAL_OPTIMIZATION",
     }
 )
-TARGET = re.compile(r"[a-z][a-z0-9_-]{0,63}")
+TARGET = re.compile(r"[a-z][a-z0-9_-]{0,63}", re.ASCII)
 # git clone URLs: http(s), git, ssh, or an absolute local path; no whitespace or shell syntax.
-GIT_URL = re.compile(r"(https?|git|ssh)://[A-Za-z0-9._~:/@%+-]+|/[A-Za-z0-9._/+-]+")
+GIT_URL = re.compile(r"(https?|git|ssh)://[A-Za-z0-9._~:/@%+-]+|/[A-Za-z0-9._/+-]+", re.ASCII)
 
 
 @dataclass(frozen=True)
@@ -38,7 +38,7 @@ class LlamaCpp:
     ref: str  # a build tag (b8137) or a commit sha; never a branch
     git_url: str = UPSTREAM_LLAMA_CPP
     cuda: bool = True
-    cuda_arch: tuple[str, ...] = ()  # default: the host's gpus.cuda_arch
+    cuda_arch: tuple[NumericText, ...] = ()  # default: the host's gpus.cuda_arch
     fa_all_quants: bool = True
     cmake_flags: tuple[str, ...] = ()
     targets: tuple[str, ...] = ("llama-server",)

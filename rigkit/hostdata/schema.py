@@ -17,14 +17,19 @@ import re
 import types
 import typing
 from pathlib import PurePosixPath
-from typing import Any, TypeVar
+from typing import Annotated, Any, TypeVar
 
 from pyinfra.api.exceptions import PyinfraError
 
 T = TypeVar("T")
 
+#: A string of digits that host data may also give as an integer (``driver_branch: 580``,
+#: ``cuda_arch: [86]``): the integer becomes its decimal string before the key's own check.
+NUMERIC = "numeric text"
+NumericText = Annotated[str, NUMERIC]
+
 # C0 and C1 control characters and DEL; tabs and newlines included.
-CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]", re.ASCII)
 
 #: Where model directories and ``dest`` may be, unless the inventory names its own roots
 #: (host data ``model_roots``, e.g. a home directory).
@@ -164,7 +169,7 @@ def build(cls: type[T], raw: Any, host: str, key: str) -> T:
 
 def coerce_fields(cls: type, raw: dict[str, Any], host: str, key: str) -> dict[str, Any]:
     """The values of ``raw`` for the fields of ``cls``, typed; required fields present."""
-    hints = typing.get_type_hints(cls)
+    hints = typing.get_type_hints(cls, include_extras=True)
     values = {}
     for f in dataclasses.fields(cls):
         if not f.init:
@@ -180,6 +185,10 @@ def coerce_fields(cls: type, raw: dict[str, Any], host: str, key: str) -> dict[s
 def coerce(value: Any, hint: Any, host: str, key: str) -> Any:
     origin = typing.get_origin(hint)
     args = typing.get_args(hint)
+    if origin is Annotated:
+        if NUMERIC in hint.__metadata__ and isinstance(value, int) and not isinstance(value, bool):
+            value = str(value)
+        return coerce(value, args[0], host, key)
     if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in args:
             return None

@@ -25,11 +25,11 @@ from rigkit.hostdata.models import MODEL_NAME, MODEL_REF_PREFIX
 from rigkit.hostdata.schema import HostDataError, check_address, check_path, check_pattern, coerce_fields
 from rigkit.hostdata.vllm import VllmOptions, check_vllm
 
-SERVICE_NAME = re.compile(r"[a-z][a-z0-9-]{0,23}")
-SHARD = re.compile(r"-(\d{5})-of-(\d{5})\.gguf")
+SERVICE_NAME = re.compile(r"[a-z][a-z0-9-]{0,23}", re.ASCII)
+SHARD = re.compile(r"-(\d{5})-of-(\d{5})\.gguf", re.ASCII)
 # What clients call the model: printable, no spaces, quotes, '%' or shell syntax.
-MODEL_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:/@+-]{0,127}")
-DISPLAY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9 ._:/@+()-]{0,127}")
+MODEL_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:/@+-]{0,127}", re.ASCII)
+DISPLAY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9 ._:/@+()-]{0,127}", re.ASCII)
 KV_TYPES = ("f32", "f16", "bf16", "q8_0", "q4_0", "q4_1", "iq4_nl", "q5_0", "q5_1")
 SPLIT_MODES = ("none", "layer", "row")
 LOOPBACK = "127.0.0.1"

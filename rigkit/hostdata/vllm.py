@@ -96,7 +96,7 @@ RESERVED_ENV = frozenset(
         "RIGKIT_API_KEY_FILE",
     }
 )
-SECRET_ENV = re.compile(r"(?:.*_)?(?:KEY|TOKEN|SECRET|PASSWORD)(?:_.*)?")
+SECRET_ENV = re.compile(r"(?:.*_)?(?:KEY|TOKEN|SECRET|PASSWORD)(?:_.*)?", re.ASCII)
 
 
 @dataclass(frozen=True)
