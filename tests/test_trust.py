@@ -334,7 +334,7 @@ def test_every_host_data_pattern_is_ascii_only():
     missing = []
     for path in [*(root / "hostdata").rglob("*.py"), *(root / "models").rglob("*.py")]:
         for node in ast.walk(ast.parse(path.read_text())):
-            if isinstance(node, ast.Call) and ast.unparse(node.func) == "re.compile":
-                if "re.ASCII" not in ast.unparse(node):
-                    missing.append(f"{path.relative_to(root)}:{node.lineno}")
+            call = isinstance(node, ast.Call) and ast.unparse(node.func) == "re.compile"
+            if call and "re.ASCII" not in ast.unparse(node):
+                missing.append(f"{path.relative_to(root)}:{node.lineno}")
     assert not missing, missing
