@@ -127,14 +127,14 @@ def test_collect_model_refs_skips_uploads_and_applies_hf_endpoint(tmp_path):
         textwrap.dedent(f"""
         hosts = [
             ("a", {{"hf_endpoint": "http://mirror:8090", "models": {rig_data()["models"]!r}}}),
-            ("b", {{"models": [{{"repo": "{HUB_REPO}", "include": ["Q8/*.gguf"], "dest": "/m"}}]}}),
+            ("b", {{"models": [{{"repo": "{HUB_REPO}", "include": ["Q8/*.gguf"], "dest": "/srv/models/m"}}]}}),
         ]
     """)
     )
     refs = lockfile.collect_model_refs(inv)
     assert {r.key for r in refs} == {f"{HUB_REPO}@main:Q8/*.gguf"}  # one lock entry for both hosts
-    assert {(r.dest, r.endpoint) for r in refs} == {("/srv/models/tiny", "http://mirror:8090"), ("/m", None)}
-    inv.write_text('hosts = [("a", {"models": [{"name": "x", "repo": "bad", "dest": "/m"}]})]\n')
+    assert {(r.dest, r.endpoint) for r in refs} == {("/srv/models/tiny", "http://mirror:8090"), ("/srv/models/m", None)}
+    inv.write_text('hosts = [("a", {"models": [{"name": "x", "repo": "bad", "dest": "/srv/models/m"}]})]\n')
     with pytest.raises(HostDataError, match=r"host a: models\[0\].repo"):
         lockfile.collect_model_refs(inv)
 

@@ -20,7 +20,7 @@ from rigkit.hostdata.gpus import Gpus, parse_gpus
 from rigkit.hostdata.llama_cpp import LlamaCpp, parse_llama_cpp
 from rigkit.hostdata.models import MODEL_REF_PREFIX, HubModel, Model, parse_models
 from rigkit.hostdata.nvidia import Nvidia, parse_nvidia
-from rigkit.hostdata.schema import HostDataError, check_text
+from rigkit.hostdata.schema import MODEL_ROOTS, HostDataError, check_model_roots, check_text
 from rigkit.hostdata.services import Service, parse_services
 from rigkit.models import lockfile
 from rigkit.models.lockfile import LockEntry, LockError
@@ -33,6 +33,8 @@ CLUSTER_ENV = frozenset(
     {"NCCL_SOCKET_IFNAME", "GLOO_SOCKET_IFNAME", "VLLM_HOST_IP", "RAY_ADDRESS", "RAY_USAGE_STATS_ENABLED"}
 )
 COMPONENTS = ("gpus", "nvidia", "llama_cpp", "services", "models", "cluster")
+#: Host-level keys parse_rig reads beside the components.
+HOST_KEYS = ("model_roots",)
 
 
 class ModelLockError(PyinfraError, LockError):
@@ -51,6 +53,8 @@ class Rig:
     services: tuple[Service, ...] = ()
     models: tuple[Model, ...] = ()
     cluster: Cluster | None = None
+    # Where model files and directories may be on this host (host data model_roots).
+    model_roots: tuple[str, ...] = MODEL_ROOTS
     # ModelRef.key -> the lock entry, filled by resolve_model_refs()
     locks: Mapping[str, LockEntry] = field(default_factory=dict, compare=False)
 
@@ -97,6 +101,7 @@ class Rig:
 
 def parse_rig(host: str, data: Mapping[str, Any]) -> Rig:
     """Validate one host's components; raises HostDataError on the first problem."""
+    roots = check_model_roots(data.get("model_roots"), host)
     gpus = parse_gpus(host, data.get("gpus"))
     nvidia = parse_nvidia(host, data.get("nvidia"), gpu_count=gpus.count)
     llama = parse_llama_cpp(host, data["llama_cpp"], gpus) if data.get("llama_cpp") is not None else None
@@ -109,7 +114,7 @@ def parse_rig(host: str, data: Mapping[str, Any]) -> Rig:
                 f"a mapping with at least ref (a build tag such as b8137): "
                 f"services[{i}] ({svc.name}) has engine llama.cpp",
             )
-    models = parse_models(host, data.get("models"))
+    models = parse_models(host, data.get("models"), roots)
     hub_names = [m.name for m in models if isinstance(m, HubModel) and m.name]
     for i, svc in enumerate(services):
         if svc.model.startswith(MODEL_REF_PREFIX) and svc.model[len(MODEL_REF_PREFIX) :] not in hub_names:
@@ -122,7 +127,16 @@ def parse_rig(host: str, data: Mapping[str, Any]) -> Rig:
             )
     cluster = parse_cluster(host, data["cluster"]) if data.get("cluster") is not None else None
     _check_clustered_services(host, services, cluster)
-    return Rig(host=host, gpus=gpus, nvidia=nvidia, llama_cpp=llama, services=services, models=models, cluster=cluster)
+    return Rig(
+        host=host,
+        gpus=gpus,
+        nvidia=nvidia,
+        llama_cpp=llama,
+        services=services,
+        models=models,
+        cluster=cluster,
+        model_roots=roots,
+    )
 
 
 def _check_clustered_services(host: str, services: tuple[Service, ...], cluster: Cluster | None) -> None:
@@ -177,7 +191,7 @@ def check_clusters(hosts_data: Mapping[str, Mapping[str, Any]]) -> None:
     rigs: dict[str, Rig] = {}
     for name, data in hosts_data.items():
         if data.get("cluster") is not None:
-            rigs[name] = parse_rig(name, {k: data[k] for k in COMPONENTS if data.get(k) is not None})
+            rigs[name] = parse_rig(name, {k: data[k] for k in COMPONENTS + HOST_KEYS if data.get(k) is not None})
     for name, rig in rigs.items():
         assert rig.cluster is not None
         head = rigs[rig.cluster.head]
@@ -246,7 +260,7 @@ def rig_for(host: Any) -> Rig:
     """The validated rig data of a pyinfra host (``from pyinfra import host``), Hub model
     references resolved through the model lock; raises before any host changes when the
     data is bad or the lock is missing or stale."""
-    data = {k: host.data.get(k) for k in COMPONENTS if host.data.get(k) is not None}
+    data = {k: host.data.get(k) for k in COMPONENTS + HOST_KEYS if host.data.get(k) is not None}
     rig = parse_rig(host.name, data)
     check_model_supply(host.name, host.data)
     if rig.cluster is not None:

@@ -161,6 +161,7 @@ def collect_model_refs(inventory_path: str | os.PathLike) -> list[ModelRef]:
     Upload entries (``{"upload": ..., "dest": ...}``) need no lock and are skipped.
     """
     from rigkit.hostdata.models import HubModel, parse_models
+    from rigkit.hostdata.schema import check_model_roots
 
     path = Path(inventory_path)
     spec = importlib.util.spec_from_file_location(f"_rigkit_inventory_{abs(hash(str(path.resolve())))}", path)
@@ -176,7 +177,8 @@ def collect_model_refs(inventory_path: str | os.PathLike) -> list[ModelRef]:
             if not (isinstance(item, tuple) and len(item) == 2 and isinstance(item[1], Mapping)):
                 continue
             host, data = item
-            for m in parse_models(str(host), data.get("models")):
+            roots = check_model_roots(data.get("model_roots"), str(host))
+            for m in parse_models(str(host), data.get("models"), roots):
                 if isinstance(m, HubModel):
                     ref = m.ref
                     if ref.endpoint is None and data.get("hf_endpoint"):
