@@ -31,13 +31,13 @@ from typing import Any
 from urllib.parse import quote
 
 DEFAULT_ENDPOINT = "https://huggingface.co"
-REPO_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*")  # fullmatch
+REPO_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*", re.ASCII)  # fullmatch
 # A branch, tag or commit: git's ref characters, no whitespace, control characters or '..'.
-REVISION_RE = re.compile(r"(?!.*\.\.)[A-Za-z0-9][A-Za-z0-9._/-]{0,199}")
+REVISION_RE = re.compile(r"(?!.*\.\.)[A-Za-z0-9][A-Za-z0-9._/-]{0,199}", re.ASCII)
 # A glob over repository paths: no control characters, no absolute paths or '..' components.
-INCLUDE_RE = re.compile(r"(?!/)(?!.*(^|/)\.\.(/|$))[^\x00-\x1f\x7f]{1,200}")
-_SHA_RE = re.compile(r"^[0-9a-f]{40}$")
-_SHARD_RE = re.compile(r"-0*1-of-(\d+)\.gguf$")
+INCLUDE_RE = re.compile(r"(?!/)(?!.*(^|/)\.\.(/|$))[\x20-\x7e]{1,200}", re.ASCII)
+_SHA_RE = re.compile(r"[0-9a-f]{40}", re.ASCII)  # fullmatch
+_SHARD_RE = re.compile(r"-0*1-of-([0-9]+)\.gguf$", re.ASCII)
 
 
 class HubError(Exception):
@@ -309,7 +309,7 @@ class HubClient:
             sha = r.json()["sha"]
         except (ValueError, KeyError, TypeError):
             raise HubError(f"resolve revision: {self.endpoint} gave no commit sha for {repo}@{revision}") from None
-        if not isinstance(sha, str) or not _SHA_RE.match(sha):
+        if not isinstance(sha, str) or not _SHA_RE.fullmatch(sha):
             raise HubError(f"resolve revision: {self.endpoint} gave an invalid commit sha for {repo}@{revision}")
         return sha
 
