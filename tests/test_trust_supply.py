@@ -177,3 +177,121 @@ def test_a_tampered_lockfile_is_refused_on_load(tmp_path):
     path.write_text(yaml.safe_dump({"version": 1, "models": [KEY]}))
     with pytest.raises(lockfile.LockError, match="models: expected a mapping"):
         lockfile.load(path)
+
+
+# --- NVIDIA's keyring and GPG key: https, or a pinned http mirror ---------------------------
+
+PIN = "ab" * 32
+
+
+def nvidia(**values):
+    from rigkit.hostdata.nvidia import parse_nvidia
+
+    return parse_nvidia("rig-7", values, gpu_count=6)
+
+
+def nvidia_refused(values: dict, key: str, expected: str) -> HostDataError:
+    with pytest.raises(HostDataError) as err:
+        nvidia(**values)
+    assert (err.value.host, err.value.key) == ("rig-7", key), str(err.value)
+    assert expected in err.value.expected, str(err.value)
+    return err.value
+
+
+@pytest.mark.parametrize("key", ["repo_url", "container_repo_url", "container_key_url"])
+@pytest.mark.parametrize(
+    "url, expected",
+    [
+        ("http://mirror.lan/cuda/repos", "nvidia.insecure_http_mirror: true"),
+        ("https://developer.download.nvidia.com@evil.example/repos", "user name or password"),
+        ("https://user:pw@mirror.lan/repos", "user name or password"),
+        ("https://mirror.lan/repos\nX", "control characters"),
+        ("https://mirror.lan/$(id)", "path"),
+        ("https://mirror.lan/../etc", "path"),
+        ("https://nvіdia.com/repos", "ASCII"),  # a Cyrillic i
+        ("https://mirror.lan:٨٠/repos", "ASCII"),  # Arabic-Indic digits as the port
+        ("file:///etc/shadow", "https"),
+        ("ftp://mirror.lan/repos", "https"),
+        ("https://mirror.lan/repos?x=1", "query"),
+        ("https://[not-v6]/repos", "well-formed"),
+    ],
+)
+def test_hostile_nvidia_urls_refused(key, url, expected):
+    nvidia_refused({key: url}, f"nvidia.{key}", expected)
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "https://[fd00::1]:8443/cuda/repos",
+        "https://MIRROR.Example.LAN/cuda/repos",
+        "https://10.0.0.5:8443/cuda/repos/",
+        "https://developer.download.nvidia.com/compute/cuda/repos",
+    ],
+)
+def test_real_nvidia_urls_accepted(url):
+    assert nvidia(repo_url=url, container_key_url=url).repo_url == url
+
+
+def test_an_http_mirror_needs_the_opt_in_and_pins():
+    mirror = "http://mirror.lan:8080/cuda/repos"
+    nvidia_refused({"repo_url": mirror}, "nvidia.repo_url", "insecure_http_mirror")
+    nvidia_refused({"repo_url": mirror, "insecure_http_mirror": True}, "nvidia.keyring_sha256", "sha256")
+    nv = nvidia(repo_url=mirror, insecure_http_mirror=True, keyring_sha256=PIN)
+    assert nv.keyring_sha256 == PIN and nv.repo_url == mirror
+    key = "http://mirror.lan:8080/gpgkey"
+    both = {"repo_url": mirror, "insecure_http_mirror": True, "keyring_sha256": PIN, "container_key_url": key}
+    assert nvidia(**both).container_key_sha256 is None  # no container toolkit: the key is never fetched
+    nvidia_refused({**both, "container_toolkit": True}, "nvidia.container_key_sha256", "sha256")
+    assert nvidia(**both, container_toolkit=True, container_key_sha256=PIN).container_key_sha256 == PIN
+    for bad in ("AB" * 32, "ab" * 31, "ab" * 32 + "\n", "٠" * 64, 7):
+        with pytest.raises(HostDataError) as err:
+            nvidia(repo_url=mirror, insecure_http_mirror=True, keyring_sha256=bad)
+        assert err.value.key == "nvidia.keyring_sha256"
+
+
+def test_driver_branch_as_an_integer_and_look_alike_digits():
+    assert nvidia(driver_branch=580).driver_branch == "580"
+    assert nvidia(driver_branch=580).branch == 580
+    nvidia_refused({"driver_branch": "58\u0660"}, "nvidia.driver_branch", "three digits")
+    nvidia_refused({"driver_branch": "５８０"}, "nvidia.driver_branch", "three digits")  # full-width
+    nvidia_refused({"driver_branch": 5800}, "nvidia.driver_branch", "three digits")
+    nvidia_refused({"driver_branch": False}, "nvidia.driver_branch", "string")
+    nvidia_refused({"cuda_toolkit": "1３.0"}, "nvidia.cuda_toolkit", "major.minor")
+
+
+def test_the_pin_is_checked_on_the_host_before_anything_is_installed(tmp_path):
+    import hashlib
+    import subprocess
+
+    from rigkit.operations import nvidia as ops
+
+    deb = tmp_path / "cuda-keyring.deb"
+    deb.write_bytes(b"keyring")
+    good = hashlib.sha256(b"keyring").hexdigest()
+    assert subprocess.run(["sh", "-c", ops.sha256_check_command(str(deb), good, "keyring")]).returncode == 0
+    bad = subprocess.run(["sh", "-c", ops.sha256_check_command(str(deb), PIN, "keyring")], capture_output=True)
+    assert bad.returncode == 1 and b"not installed" in bad.stderr and not deb.exists()
+    # curl stays on https for an https URL (no redirect down to http).
+    assert ops.curl_protocols("https://x/y") == ("--proto", "=https", "--proto-redir", "=https")
+    assert ops.curl_protocols("http://x/y") == ("--proto", "=http,https", "--proto-redir", "=http,https")
+
+
+def test_the_standin_host_data_opts_in_and_pins(tmp_path):
+    import hashlib
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from standins.nvidia_repo import StandIn
+
+    standin = StandIn(root=tmp_path, base_url="http://10.0.0.1:8123")
+    deb = standin.www / "compute/cuda/repos/debian12/x86_64/cuda-keyring_1.1-1_all.deb"
+    deb.parent.mkdir(parents=True)
+    deb.write_bytes(b"deb")
+    (standin.www / "libnvidia-container").mkdir()
+    (standin.www / "libnvidia-container/gpgkey").write_bytes(b"key")
+    data = standin.host_data(driver_branch="580", container_toolkit=True)
+    nv = nvidia(**data)
+    assert nv.insecure_http_mirror and nv.keyring_sha256 == hashlib.sha256(b"deb").hexdigest()
+    assert nv.container_key_sha256 == hashlib.sha256(b"key").hexdigest()
