@@ -32,8 +32,14 @@ class UrlError(ValueError):
 def check_url(url: object, *, allow_http: bool = False, opt_in: str = "") -> str:
     """``url`` when rigkit may fetch from it, else :class:`UrlError` naming what was expected
     (``opt_in``: the host-data key that allows plain ``http``, named in the refusal)."""
-    if not isinstance(url, str) or not url.isascii() or not url.isprintable() or " " in url:
-        raise UrlError("a URL of printable ASCII characters (no spaces, newlines or look-alike letters)")
+    if not isinstance(url, str) or not url:
+        raise UrlError("a URL (a non-empty string)")
+    if not url.isprintable():
+        raise UrlError("a URL without control characters (no newlines or tabs)")
+    if not url.isascii():
+        raise UrlError("a URL of ASCII characters only (no look-alike letters or digits)")
+    if " " in url:
+        raise UrlError("a URL without spaces")
     schemes = ("https", "http") if allow_http else ("https",)
     try:
         parts = urlsplit(url)

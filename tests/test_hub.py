@@ -107,7 +107,7 @@ def write_inventory(tmp_path, dest="/models/tiny", revision="main", endpoint=Non
         from rigkit.models.hub import ModelRef
         gpu = [
             ("gpu1", {{"models": [{{"repo": "{REPO}", "revision": "{revision}", "include": ["Q4/*.gguf"],
-                                   "dest": "{dest}"}}], "hf_endpoint": {endpoint!r}}}),
+                                   "dest": "{dest}"}}], "hf_endpoint": {endpoint!r}, "hf_insecure_http": True}}),
             ("gpu2", {{"models": [ModelRef("{REPO}", "{revision}", ("Q4/*.gguf",), "/srv/models/other")]}}),
             "plain-host",
         ]

@@ -126,7 +126,7 @@ def test_collect_model_refs_skips_uploads_and_applies_hf_endpoint(tmp_path):
     inv.write_text(
         textwrap.dedent(f"""
         hosts = [
-            ("a", {{"hf_endpoint": "http://mirror:8090", "models": {rig_data()["models"]!r}}}),
+            ("a", {{"hf_endpoint": "http://mirror:8090", "hf_insecure_http": True, "models": {rig_data()["models"]!r}}}),
             ("b", {{"models": [{{"repo": "{HUB_REPO}", "include": ["Q8/*.gguf"], "dest": "/srv/models/m"}}]}}),
         ]
     """)
@@ -172,7 +172,9 @@ def test_cli_lock_against_a_token_mirror(tmp_path):
     srv = mirror.serve(str(tmp_path / "hub"), token=TOKEN)
     try:
         inv = tmp_path / "prod.py"
-        inv.write_text(f'hosts = [("a", {{"hf_endpoint": {srv.url!r}, "models": {rig_data()["models"]!r}}})]\n')
+        inv.write_text(
+            f'hosts = [("a", {{"hf_endpoint": {srv.url!r}, "hf_insecure_http": True, "models": {rig_data()["models"]!r}}})]\n'
+        )
         env = {"HF_TOKEN": TOKEN}
         assert "usage: rigkit lock" in rigkit("lock", "--help").stdout
         checked = rigkit("lock", "--check", str(inv), env=env)

@@ -295,3 +295,130 @@ def test_the_standin_host_data_opts_in_and_pins(tmp_path):
     nv = nvidia(**data)
     assert nv.insecure_http_mirror and nv.keyring_sha256 == hashlib.sha256(b"deb").hexdigest()
     assert nv.container_key_sha256 == hashlib.sha256(b"key").hexdigest()
+
+
+# --- the Hub: https, or an http mirror opted in and never with a token ----------------------
+
+
+def supply_refused(data: dict, key: str, expected: str) -> None:
+    from rigkit.hostdata.rig import check_model_supply
+
+    with pytest.raises(HostDataError) as err:
+        check_model_supply("rig-7", data)
+    assert (err.value.host, err.value.key) == ("rig-7", key), str(err.value)
+    assert expected in err.value.expected, str(err.value)
+
+
+@pytest.mark.parametrize(
+    "endpoint, expected",
+    [
+        ("http://mirror.lan:8080", "hf_insecure_http: true"),
+        ("https://huggingface.co@evil.example", "user name or password"),
+        ("https://user:pw@mirror.lan", "user name or password"),
+        ("https://mirror.lan\nX-Injected: 1", "control characters"),
+        ("https://mirror.lan/$(id)", "path"),
+        ("https://huggingfаce.co", "ASCII"),  # a Cyrillic a
+        ("file:///etc/passwd", "https"),
+    ],
+)
+def test_hostile_hf_endpoints_refused(endpoint, expected):
+    supply_refused({"hf_endpoint": endpoint}, "hf_endpoint", expected)
+    # The opt-in lets plain http through, nothing else.
+    if not endpoint.startswith("http://"):
+        supply_refused({"hf_endpoint": endpoint, "hf_insecure_http": True}, "hf_endpoint", "")
+
+
+def test_an_http_lan_mirror_with_the_opt_in_and_no_token_is_accepted():
+    from rigkit.hostdata.rig import check_model_supply
+
+    check_model_supply("h", {"hf_endpoint": "http://mirror.lan:8080", "hf_insecure_http": True})
+    check_model_supply("h", {"hf_endpoint": "https://[fd00::1]:8443", "hf_token_file": "~/.hf-token"})
+    check_model_supply("h", {"hf_endpoint": "https://HF-Mirror.Example.com"})
+    supply_refused(
+        {"hf_endpoint": "http://mirror.lan:8080", "hf_insecure_http": True, "hf_token_file": "~/.hf-token"},
+        "hf_token_file",
+        "in the clear",
+    )
+    supply_refused({"hf_insecure_http": "yes"}, "hf_insecure_http", "true or false")
+
+
+def test_models_endpoint_http_needs_the_opt_in():
+    mirror = "http://mirror.lan:8080"
+    refused(hub("/srv/models/m", endpoint=mirror), "models[0].endpoint", "hf_insecure_http: true")
+    rig = parse_rig("h", {**hub("/srv/models/m", endpoint=mirror), "hf_insecure_http": True})
+    assert rig.hub_models[0].endpoint == mirror
+    for bad in ("https://huggingface.co@evil.example", "http://u:p@mirror.lan", "https://x/a b"):
+        refused({**hub("/srv/models/m", endpoint=bad), "hf_insecure_http": True}, "models[0].endpoint", "")
+    assert parse_rig("h", hub("/srv/models/m", endpoint="https://[fd00::1]:8443")).hub_models[0].endpoint
+
+
+def test_the_hub_client_never_sends_a_token_over_plain_http():
+    from rigkit.models.hub import HubClient, HubError
+
+    with pytest.raises(HubError, match="refusing to send the Hub token to http://mirror.lan:8080"):
+        HubClient("http://mirror.lan:8080", "hf_secret")
+    with pytest.raises(HubError, match="user name or password"):
+        HubClient("https://huggingface.co@evil.example")
+    assert HubClient("http://mirror.lan:8080")._token is None  # a LAN mirror without a token
+    assert HubClient("https://huggingface.co", "hf_secret")._token
+    assert HubClient("http://127.0.0.1:8080", "hf_secret")._token  # loopback: never on a network
+
+
+def test_the_token_goes_only_to_the_endpoints_own_https_origin():
+    from rigkit.models.hub import _origin
+    from rigkit.transport import may_carry_token
+
+    assert _origin("https://huggingface.co/x") == _origin("https://HuggingFace.co:443/y")
+    assert _origin("https://huggingface.co/x") != _origin("http://huggingface.co/x")
+    assert _origin("https://huggingface.co/x") != _origin("https://huggingface.co@evil.example/x")
+    assert _origin("https://huggingface.co/x") != _origin("https://huggingface.co:99999/x")
+    assert not may_carry_token("http://huggingface.co/x") and may_carry_token("https://huggingface.co/x")
+    assert may_carry_token("http://[::1]:8080/x") and not may_carry_token("http://[fd00::1]:8080/x")
+
+
+def test_the_fetcher_manifest_carries_no_token_file_for_plain_http():
+    from rigkit.models import lockfile
+    from rigkit.models.hub import ModelRef
+    from rigkit.operations.models import manifest_for
+
+    entry = lockfile.LockEntry.from_data(KEY, lock_entry())
+    for endpoint, carried in (
+        ("http://mirror.lan:8080", False),
+        ("https://huggingface.co", True),
+        ("http://127.0.0.1:8080", True),
+    ):
+        ref = ModelRef(HUB_REPO, "main", ("Q8/*.gguf",), "/srv/models/m", endpoint)
+        m = manifest_for(ref, entry, token_file="/var/lib/rigkit/hf-token")
+        assert ("token_file" in m) is carried, endpoint
+
+
+def test_the_host_side_fetcher_sends_no_token_over_plain_http():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "rigkit" / "scripts" / "fetch_shards.py"
+    spec = importlib.util.spec_from_file_location("fetch_shards_under_test", path)
+    assert spec and spec.loader
+    fetcher = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(fetcher)
+    assert fetcher.may_carry_token("https://huggingface.co/x")
+    assert fetcher.may_carry_token("http://127.0.0.1:9/x") and fetcher.may_carry_token("http://localhost:9/x")
+    assert not fetcher.may_carry_token("http://mirror.lan/x") and not fetcher.may_carry_token("ftp://x/y")
+
+
+# --- token precedence: host data's hf_token_file beats $HF_TOKEN (as the README says) -------
+
+
+def test_hf_token_file_beats_the_environment(tmp_path, monkeypatch):
+    from rigkit.models.hub import read_token
+
+    named = tmp_path / "hf-token"
+    named.write_text("hf_from_file\n")
+    default = tmp_path / "default-token"
+    default.write_text("hf_from_default\n")
+    monkeypatch.setenv("HF_TOKEN_PATH", str(default))
+    monkeypatch.setenv("HF_TOKEN", "hf_from_env")
+    assert read_token(str(named)) == "hf_from_file"  # host data names a file: it wins
+    assert read_token(None) == "hf_from_env"  # none named: the environment, then the default file
+    monkeypatch.delenv("HF_TOKEN")
+    assert read_token(None) == "hf_from_default"

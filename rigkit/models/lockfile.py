@@ -45,7 +45,9 @@ from rigkit.models.hub import (
     RemoteFile,
     first_shard,
     read_token,
+    resolve_endpoint,
 )
+from rigkit.transport import may_carry_token
 
 LOCK_VERSION = 1
 SHA256_RE = re.compile(r"[0-9a-f]{64}", re.ASCII)
@@ -268,6 +270,7 @@ def collect_model_refs(inventory_path: str | os.PathLike) -> list[ModelRef]:
     Upload entries (``{"upload": ..., "dest": ...}``) need no lock and are skipped.
     """
     from rigkit.hostdata.models import HubModel, parse_models
+    from rigkit.hostdata.rig import check_model_supply, insecure_http
     from rigkit.hostdata.schema import check_model_roots
 
     path = Path(inventory_path)
@@ -284,8 +287,9 @@ def collect_model_refs(inventory_path: str | os.PathLike) -> list[ModelRef]:
             if not (isinstance(item, tuple) and len(item) == 2 and isinstance(item[1], Mapping)):
                 continue
             host, data = item
+            check_model_supply(str(host), data)
             roots = check_model_roots(data.get("model_roots"), str(host))
-            for m in parse_models(str(host), data.get("models"), roots):
+            for m in parse_models(str(host), data.get("models"), roots, insecure_http(str(host), data)):
                 if isinstance(m, HubModel):
                     ref = m.ref
                     if ref.endpoint is None and data.get("hf_endpoint"):
@@ -308,7 +312,13 @@ def lock_refs(
         if ref.key in entries:
             continue
         ep = ref.endpoint or endpoint
-        client = clients.get(ep or "") or clients.setdefault(ep or "", HubClient(ep, token))
+        if (ep or "") not in clients:
+            url = resolve_endpoint(ep)
+            carried = token if token and may_carry_token(url) else None
+            if token and not carried:
+                log(f"{url}: plain http, the Hub token is not sent there")
+            clients[ep or ""] = HubClient(ep, carried)
+        client = clients[ep or ""]
         res = client.resolve(ref)
         listed = LockEntry(repo=ref.repo, revision=ref.revision, include=ref.include, sha=res.sha, files=res.files)
         # What the Hub (or a mirror) listed is as untrusted as a lock read back: checked alike.

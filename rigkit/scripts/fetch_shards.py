@@ -35,6 +35,7 @@ The last line of stdout is a JSON summary.
 
 import argparse
 import hashlib
+import ipaddress
 import json
 import os
 import sys
@@ -198,8 +199,16 @@ class State:
 
 
 def _origin(url):
+    """(scheme, host, port); a URL with userinfo or a bad port (a redirect's Location is the
+    server's to write) is no origin the token goes to."""
     u = urllib.parse.urlsplit(url)
-    return (u.scheme, (u.hostname or "").lower(), u.port or (443 if u.scheme == "https" else 80))
+    try:
+        port = u.port or (443 if u.scheme == "https" else 80)
+    except ValueError:
+        return ("invalid", url, 0)
+    if "@" in u.netloc:
+        return ("userinfo", url, 0)
+    return (u.scheme, (u.hostname or "").lower(), port)
 
 
 class _Redirect(urllib.request.HTTPRedirectHandler):
@@ -213,7 +222,7 @@ class _Redirect(urllib.request.HTTPRedirectHandler):
             if k.lower() == "authorization":
                 del new.headers[k]
         auth = req.unredirected_hdrs.get("Authorization")
-        if auth and _origin(newurl) == _origin(req.full_url):
+        if auth and _origin(newurl) == _origin(req.full_url) and may_carry_token(newurl):
             new.add_unredirected_header("Authorization", auth)
         return new
 
@@ -221,9 +230,26 @@ class _Redirect(urllib.request.HTTPRedirectHandler):
 _OPENER = urllib.request.build_opener(_Redirect())
 
 
+def may_carry_token(url):
+    """The token goes over https, or plain http only to this host's loopback interface (as
+    rigkit.transport.may_carry_token decides on the deploying machine)."""
+    u = urllib.parse.urlsplit(url)
+    if u.scheme == "https":
+        return True
+    host = (u.hostname or "").lower()
+    if u.scheme != "http":
+        return False
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 def open_url(url, token, offset, timeout):
     req = urllib.request.Request(url, headers={"User-Agent": "rigkit-fetch/1", "Accept-Encoding": "identity"})
-    if token:
+    if token and may_carry_token(url):
         # unredirected: urllib does not copy it onto redirects; _Redirect re-adds it for the same origin only
         req.add_unredirected_header("Authorization", "Bearer " + token)
     if offset:
