@@ -50,7 +50,8 @@ sparks = [
         {
             "ssh_user": os.environ.get("SPARK_USER", "root"),
             "model_lock": str(lock_path_for(__file__)),
-            **({"hf_endpoint": _mirror} if _mirror else {}),
+            # A LAN mirror on plain http, knowingly (no token is sent to it).
+            **({"hf_endpoint": _mirror, "hf_insecure_http": _mirror.startswith("http://")} if _mirror else {}),
             "gpus": {"count": 1, "cuda_arch": ["121"]},
             "cluster": {
                 "name": "qwen122b",

@@ -20,11 +20,13 @@ from pyinfra.operations.util import any_changed
 from rigkit.facts.nvidia import NvidiaGpus
 from rigkit.facts.services import ManagedServices
 from rigkit.hostdata import LlamaCpp, Rig, UploadModel
+from rigkit.models.hub import resolve_endpoint
 from rigkit.operations import llama_cpp, packages, rendered, services, units
 from rigkit.operations import models as model_ops
 from rigkit.operations.llama_cpp import BuildIdentity
 from rigkit.render import llama_server as render
 from rigkit.service_identity import user_and_key
+from rigkit.transport import may_carry_token
 
 logger = logging.getLogger("pyinfra")
 
@@ -71,7 +73,10 @@ def models(rig: Rig):
         model_ops.fetcher(
             name="Install rigkit's model fetcher",
             token_file=host.data.get("hf_token_file"),
-            use_token=bool(rig.hub_models),
+            # The token goes to the host only when a Hub model's endpoint may carry it (https).
+            use_token=any(
+                may_carry_token(resolve_endpoint(m.endpoint or host.data.get("hf_endpoint"))) for m in rig.hub_models
+            ),
         )
     for entry in rig.models:
         if isinstance(entry, UploadModel):

@@ -290,3 +290,86 @@ def test_pyinfra_operation_local(env):
     assert r.returncode == 0, r.stdout + r.stderr
     assert s.total_sent() == 0
     assert "No changes" in r.stdout + r.stderr or "already verified" in r.stdout + r.stderr
+
+
+# --- where the fetcher writes and what it deletes (issue 20) ---------------------------------
+
+
+def hostile_manifest(tmp_path, root, dest, **more):
+    """A manifest of one file for ``dest`` under ``root`` (the URL is never reached)."""
+    m = {
+        "files": [{"url": "http://127.0.0.1:9/x", "size": 3, "sha256": "0" * 64, "dest": str(dest)}],
+        "root": str(root),
+        **more,
+    }
+    p = tmp_path / f"manifest-{time.monotonic_ns()}.json"
+    p.write_text(json.dumps(m))
+    return p
+
+
+@pytest.mark.parametrize(
+    "dest",
+    [
+        "/etc/cron.d/rigkit-x",  # outside root
+        "{root}/../escaped",  # '..' leading out
+        "{root}/a/../../escaped",
+        "{root}",  # root itself is no file
+        "{root}//x",
+        "{root}-sibling/x",  # a prefix of root's name is not root
+        "relative/x",
+    ],
+)
+def test_fetcher_refuses_dests_outside_root(tmp_path, dest):
+    root = tmp_path / "models" / "m"
+    r, summary = fetch(hostile_manifest(tmp_path, root, dest.format(root=root)))
+    assert r.returncode == 2 and summary["exit"] == 2, r.stderr
+    assert "files[0].dest" in r.stderr
+    assert not (tmp_path / "models").exists() and not (tmp_path / "escaped").exists()
+
+
+def test_fetcher_refuses_a_symlink_out_of_root(tmp_path):
+    root, outside = tmp_path / "models", tmp_path / "outside"
+    root.mkdir()
+    outside.mkdir()
+    (root / "sub").symlink_to(outside)
+    r, summary = fetch(hostile_manifest(tmp_path, root, root / "sub" / "deeper" / "x.gguf"))
+    assert r.returncode == 2 and "outside the manifest's root" in r.stderr, r.stderr
+    assert list(outside.iterdir()) == []
+    # A dest that is itself a symlink (to a file it must not touch) is not written through.
+    victim = outside / "passwd"
+    victim.write_text("root:x:0:0\n")
+    (root / "x.gguf").symlink_to(victim)
+    r, _ = fetch(hostile_manifest(tmp_path, root, root / "x.gguf"))
+    assert r.returncode == 2 and "symbolic link" in r.stderr, r.stderr
+    assert victim.read_text() == "root:x:0:0\n" and (root / "x.gguf").is_symlink()
+
+
+@pytest.mark.parametrize(
+    "more",
+    [
+        {"state_file": "/etc/rigkit-state.json"},
+        {"state_file": "{root}/../state.json"},
+        {"repo_meta": {"dir": "/etc", "repo": "a/b", "sha": "a" * 40}},
+        {"root": "/"},
+        {"root": None},
+    ],
+)
+def test_fetcher_refuses_bookkeeping_outside_root(tmp_path, more):
+    root = tmp_path / "models"
+    more = {k: (v.format(root=root) if isinstance(v, str) else v) for k, v in more.items()}
+    manifest = hostile_manifest(tmp_path, root, root / "x.gguf")
+    manifest.write_text(json.dumps({**json.loads(manifest.read_text()), **more}))
+    r, summary = fetch(manifest)
+    assert r.returncode == 2 and summary["exit"] == 2, r.stderr
+    assert not root.exists()
+
+
+def test_fetcher_never_deletes_a_file_it_did_not_place(tmp_path):
+    root = tmp_path / "models"
+    root.mkdir()
+    theirs = root / "x.gguf"
+    theirs.write_text("someone else's file\n")
+    r, summary = fetch(hostile_manifest(tmp_path, root, theirs))
+    assert r.returncode == 1 and "was not placed by rigkit" in r.stderr and "nothing was deleted" in r.stderr
+    assert theirs.read_text() == "someone else's file\n"
+    assert not (root / "x.gguf.partial").exists()

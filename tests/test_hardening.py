@@ -62,18 +62,20 @@ HOSTILE = [
     (llama(cmake_flags=["-DX=1\n"]), "llama_cpp.cmake_flags[0]"),
     (llama(targets=["llama-server;id"]), "llama_cpp.targets[0]"),
     (lambda d: d["gpus"].update(cuda_arch=["86\n"]), "gpus.cuda_arch[0]"),
-    (lambda d: d.update(models=[{"upload": "/tmp/m\n", "dest": "/srv/m"}]), "models[0].upload"),
-    (lambda d: d.update(models=[{"upload": "/tmp/m", "dest": "/srv/../m"}]), "models[0].dest"),
-    (lambda d: d.update(models=[{"name": "m", "repo": "org/name\n", "dest": "/srv/m"}]), "models[0].repo"),
+    (lambda d: d.update(models=[{"upload": "/tmp/m\n", "dest": "/srv/models/m"}]), "models[0].upload"),
+    (lambda d: d.update(models=[{"upload": "/tmp/m", "dest": "/srv/models/../m"}]), "models[0].dest"),
+    (lambda d: d.update(models=[{"name": "m", "repo": "org/name\n", "dest": "/srv/models/m"}]), "models[0].repo"),
     (
-        lambda d: d.update(models=[{"name": "m", "repo": "org/n", "revision": "$(id)", "dest": "/srv/m"}]),
+        lambda d: d.update(models=[{"name": "m", "repo": "org/n", "revision": "$(id)", "dest": "/srv/models/m"}]),
         "models[0].revision",
     ),
     (
-        lambda d: d.update(models=[{"name": "m", "repo": "org/n", "include": ["../../etc/*"], "dest": "/srv/m"}]),
+        lambda d: d.update(
+            models=[{"name": "m", "repo": "org/n", "include": ["../../etc/*"], "dest": "/srv/models/m"}]
+        ),
         "models[0].include",
     ),
-    (lambda d: d.update(models=[{"name": "m\n", "repo": "org/n", "dest": "/srv/m"}]), "models[0].name"),
+    (lambda d: d.update(models=[{"name": "m\n", "repo": "org/n", "dest": "/srv/models/m"}]), "models[0].name"),
 ]
 
 
@@ -164,7 +166,7 @@ class FakeHost:
 def test_hostile_host_level_keys(key, value):
     from rigkit.hostdata import rig_for
 
-    data = {**base(), "models": [{"name": "m", "repo": "org/n", "dest": "/srv/m"}], key: value}
+    data = {**base(), "models": [{"name": "m", "repo": "org/n", "dest": "/srv/models/m"}], key: value}
     with pytest.raises(HostDataError) as err:
         rig_for(FakeHost(data))
     assert err.value.key == key

@@ -107,8 +107,8 @@ def write_inventory(tmp_path, dest="/models/tiny", revision="main", endpoint=Non
         from rigkit.models.hub import ModelRef
         gpu = [
             ("gpu1", {{"models": [{{"repo": "{REPO}", "revision": "{revision}", "include": ["Q4/*.gguf"],
-                                   "dest": "{dest}"}}], "hf_endpoint": {endpoint!r}}}),
-            ("gpu2", {{"models": [ModelRef("{REPO}", "{revision}", ("Q4/*.gguf",), "/srv/other")]}}),
+                                   "dest": "{dest}"}}], "hf_endpoint": {endpoint!r}, "hf_insecure_http": True}}),
+            ("gpu2", {{"models": [ModelRef("{REPO}", "{revision}", ("Q4/*.gguf",), "/srv/models/other")]}}),
             "plain-host",
         ]
     """)
@@ -121,7 +121,7 @@ def test_lock_main_check_and_stale(served, tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("HF_ENDPOINT", s.url)
     inv = write_inventory(tmp_path)
     refs = lockfile.collect_model_refs(inv)
-    assert {r.dest for r in refs} == {"/models/tiny", "/srv/other"} and len({r.key for r in refs}) == 1
+    assert {r.dest for r in refs} == {"/models/tiny", "/srv/models/other"} and len({r.key for r in refs}) == 1
     # deploy before lock: names the fix
     with pytest.raises(lockfile.LockError, match=f"rigkit lock {inv}"):
         lockfile.entries_for_inventory(str(inv))

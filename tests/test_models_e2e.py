@@ -82,6 +82,7 @@ def write_inventory(tmp_path, endpoint: str):
             return {{
                 "model_lock": str(lock_path_for(__file__)),
                 "hf_endpoint": {endpoint!r},
+                "hf_insecure_http": True,  # the sandbox's mirror: plain http, no token
                 "llama_cpp": {{"ref": "b11312", "cuda": False}},
                 "models": [{{"name": "tiny", "repo": {HUB_REPO!r}, "revision": "main",
                              "include": [{INCLUDE!r}], "dest": {DEST!r}}}],
@@ -100,10 +101,15 @@ def test_hub_models_on_two_hosts(sandbox_hosts, hub_files, token_mirror, tmp_pat
     sb = sandbox_hosts
     srv, token = token_mirror
     env = {"HF_TOKEN": token, "HF_TOKEN_PATH": str(tmp_path / "no-token-file")}
-    inv, deploy = write_inventory(tmp_path, srv.url)
+    # The hosts fetch from the sandbox's own mirror over plain http (hf_insecure_http): the
+    # token in the environment is never sent there, neither by the lock nor by the hosts.
+    inv, deploy = write_inventory(tmp_path, sb.hf_endpoint)
     outputs = []
+    # A token-protected mirror across the network on plain http gets no token from rigkit.
+    with pytest.raises(hub.HubError, match="refusing to send the Hub token"):
+        hub.HubClient(srv.url, token)
 
-    # Lock through the CLI, against the token-protected mirror.
+    # Lock through the CLI, against that mirror.
     locked = subprocess.run(
         [sys.executable, "-m", "rigkit.cli", "lock", str(inv)],
         cwd=REPO,
@@ -114,6 +120,7 @@ def test_hub_models_on_two_hosts(sandbox_hosts, hub_files, token_mirror, tmp_pat
     )
     outputs.append(locked.stdout + locked.stderr)
     assert locked.returncode == 0, locked.stderr
+    assert "plain http, the Hub token is not sent there" in locked.stdout
     lock = lockfile.load(lockfile.lock_path_for(inv))
     (entry,) = lock.values()
     assert [f.path for f in entry.files] == sorted(p for p in hub_files if p.endswith(".gguf"))

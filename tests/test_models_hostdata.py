@@ -126,15 +126,15 @@ def test_collect_model_refs_skips_uploads_and_applies_hf_endpoint(tmp_path):
     inv.write_text(
         textwrap.dedent(f"""
         hosts = [
-            ("a", {{"hf_endpoint": "http://mirror:8090", "models": {rig_data()["models"]!r}}}),
-            ("b", {{"models": [{{"repo": "{HUB_REPO}", "include": ["Q8/*.gguf"], "dest": "/m"}}]}}),
+            ("a", {{"hf_endpoint": "http://mirror:8090", "hf_insecure_http": True, "models": {rig_data()["models"]!r}}}),
+            ("b", {{"models": [{{"repo": "{HUB_REPO}", "include": ["Q8/*.gguf"], "dest": "/srv/models/m"}}]}}),
         ]
     """)
     )
     refs = lockfile.collect_model_refs(inv)
     assert {r.key for r in refs} == {f"{HUB_REPO}@main:Q8/*.gguf"}  # one lock entry for both hosts
-    assert {(r.dest, r.endpoint) for r in refs} == {("/srv/models/tiny", "http://mirror:8090"), ("/m", None)}
-    inv.write_text('hosts = [("a", {"models": [{"name": "x", "repo": "bad", "dest": "/m"}]})]\n')
+    assert {(r.dest, r.endpoint) for r in refs} == {("/srv/models/tiny", "http://mirror:8090"), ("/srv/models/m", None)}
+    inv.write_text('hosts = [("a", {"models": [{"name": "x", "repo": "bad", "dest": "/srv/models/m"}]})]\n')
     with pytest.raises(HostDataError, match=r"host a: models\[0\].repo"):
         lockfile.collect_model_refs(inv)
 
@@ -172,7 +172,9 @@ def test_cli_lock_against_a_token_mirror(tmp_path):
     srv = mirror.serve(str(tmp_path / "hub"), token=TOKEN)
     try:
         inv = tmp_path / "prod.py"
-        inv.write_text(f'hosts = [("a", {{"hf_endpoint": {srv.url!r}, "models": {rig_data()["models"]!r}}})]\n')
+        inv.write_text(
+            f'hosts = [("a", {{"hf_endpoint": {srv.url!r}, "hf_insecure_http": True, "models": {rig_data()["models"]!r}}})]\n'
+        )
         env = {"HF_TOKEN": TOKEN}
         assert "usage: rigkit lock" in rigkit("lock", "--help").stdout
         checked = rigkit("lock", "--check", str(inv), env=env)

@@ -219,7 +219,8 @@ def test_host_data_defaults_and_values():
         ({"driver_branch": "58O"}, "nvidia.driver_branch"),
         ({"driver_branch": "580\n"}, "nvidia.driver_branch"),
         ({"driver_branch": "$(reboot)"}, "nvidia.driver_branch"),
-        ({"driver_branch": 580}, "nvidia.driver_branch"),
+        ({"driver_branch": "58\u0660"}, "nvidia.driver_branch"),  # an Arabic-Indic zero
+        ({"driver_branch": True}, "nvidia.driver_branch"),
         ({"driver_branch": "470"}, "nvidia.open_modules"),  # no open modules before 515
         ({"driver_branch": "570", "cuda_toolkit": "13.0"}, "nvidia.driver_branch"),  # CUDA 13 needs 580
         ({"driver_branch": "580", "cuda_toolkit": "13"}, "nvidia.cuda_toolkit"),

@@ -8,11 +8,23 @@ from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
 
-from rigkit.hostdata.schema import HostDataError, build, check_path, check_pattern
+from rigkit.hostdata.schema import (
+    MODEL_ROOTS,
+    HostDataError,
+    build,
+    check_path,
+    check_pattern,
+    check_under_roots,
+)
 from rigkit.models.hub import ModelRef
 
-MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
-MODEL_REF_PREFIX = "ref:"  # services[].model: "ref:<models[].name>"
+MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}", re.ASCII)
+MODEL_REF_PREFIX = "ref:"
+#: Host data that lets this host's Hub endpoints be plain http (a LAN mirror; never a token).
+INSECURE_HTTP = "hf_insecure_http"
+# A model directory: portable file-name characters between slashes (what a unit, a mount and a
+# shell line take as they are; ASCII only, so no look-alike of a root passes for it).
+DEST = re.compile(r"(?:/[A-Za-z0-9._+@=-]+)+", re.ASCII)  # services[].model: "ref:<models[].name>"
 
 
 @dataclass(frozen=True)
@@ -45,8 +57,14 @@ class HubModel:
 Model = UploadModel | HubModel
 
 
-def parse_models(host: str, raw: Any) -> tuple[Model, ...]:
-    """Validate host data ``models``: upload entries and named Hub references."""
+def parse_models(
+    host: str, raw: Any, roots: tuple[str, ...] = MODEL_ROOTS, insecure_http: bool = False
+) -> tuple[Model, ...]:
+    """Validate host data ``models``: upload entries and named Hub references. Each ``dest``
+    lies under one of ``roots`` (host data ``model_roots``, checked by
+    :func:`~rigkit.hostdata.schema.check_model_roots`): the fetcher writes there as root. An
+    ``endpoint`` is https, or plain http with ``insecure_http`` (host data
+    ``hf_insecure_http: true``), and then no token is sent to it."""
     if raw is None:
         return ()
     if not isinstance(raw, (list, tuple)):
@@ -84,10 +102,21 @@ def parse_models(host: str, raw: Any) -> tuple[Model, ...]:
             except ValueError as exc:
                 field = str(exc).split("'")[1] if "'" in str(exc) else "repo"
                 raise HostDataError(host, f"{key}.{field}", str(exc).split("expected ", 1)[-1]) from None
+            if model.endpoint is not None and not insecure_http and not model.endpoint.lower().startswith("https://"):
+                raise HostDataError(
+                    host,
+                    f"{key}.endpoint",
+                    f"an https URL (plain http only with {INSECURE_HTTP}: true)",
+                    model.endpoint,
+                )
         else:
             raise HostDataError(
                 host, key, "a mapping with upload and dest, or name, repo and dest (a Hub reference)", entry
             )
         check_path(model.dest, host, f"{key}.dest", "an absolute directory path on the host")
+        check_pattern(
+            model.dest, DEST, host, f"{key}.dest", "a directory of letters, digits and . _ + @ = - between '/'"
+        )
+        check_under_roots(model.dest, roots, host, f"{key}.dest", "a directory")
         out.append(model)
     return tuple(out)

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,21 +17,23 @@ from pyinfra.api.exceptions import PyinfraError
 from rigkit.hostdata.cluster import Cluster, parse_cluster, validate_cluster
 from rigkit.hostdata.gpus import Gpus, parse_gpus
 from rigkit.hostdata.llama_cpp import LlamaCpp, parse_llama_cpp
-from rigkit.hostdata.models import MODEL_REF_PREFIX, HubModel, Model, parse_models
+from rigkit.hostdata.models import INSECURE_HTTP, MODEL_REF_PREFIX, HubModel, Model, parse_models
 from rigkit.hostdata.nvidia import Nvidia, parse_nvidia
-from rigkit.hostdata.schema import HostDataError, check_model_roots, check_text, check_under_roots
+from rigkit.hostdata.schema import MODEL_ROOTS, HostDataError, check_model_roots, check_text, check_under_roots
 from rigkit.hostdata.services import Service, parse_services
 from rigkit.models import lockfile
 from rigkit.models.lockfile import LockEntry, LockError
+from rigkit.transport import UrlError, check_url, may_carry_token
 
-URL = re.compile(r"https?://[A-Za-z0-9._~:/@%+\[\]-]+")
 LOCK_ENV = "RIGKIT_MODEL_LOCK"
 # The host-data keys rigkit reads; the rest (ssh_*, sandbox_*, ...) belongs to pyinfra or tools.
 #: Set by rigkit in a cluster's containers (rigkit.render.ray); not a service's to override.
 CLUSTER_ENV = frozenset(
     {"NCCL_SOCKET_IFNAME", "GLOO_SOCKET_IFNAME", "VLLM_HOST_IP", "RAY_ADDRESS", "RAY_USAGE_STATS_ENABLED"}
 )
-COMPONENTS = ("gpus", "nvidia", "llama_cpp", "services", "models", "cluster", "model_roots")
+COMPONENTS = ("gpus", "nvidia", "llama_cpp", "services", "models", "cluster")
+#: Host-level keys parse_rig reads beside the components.
+HOST_KEYS = ("model_roots", INSECURE_HTTP)
 
 
 class ModelLockError(PyinfraError, LockError):
@@ -51,6 +52,8 @@ class Rig:
     services: tuple[Service, ...] = ()
     models: tuple[Model, ...] = ()
     cluster: Cluster | None = None
+    # Where model files and directories may be on this host (host data model_roots).
+    model_roots: tuple[str, ...] = MODEL_ROOTS
     # ModelRef.key -> the lock entry, filled by resolve_model_refs()
     locks: Mapping[str, LockEntry] = field(default_factory=dict, compare=False)
 
@@ -97,6 +100,7 @@ class Rig:
 
 def parse_rig(host: str, data: Mapping[str, Any]) -> Rig:
     """Validate one host's components; raises HostDataError on the first problem."""
+    roots = check_model_roots(data.get("model_roots"), host)
     gpus = parse_gpus(host, data.get("gpus"))
     nvidia = parse_nvidia(host, data.get("nvidia"), gpu_count=gpus.count)
     llama = parse_llama_cpp(host, data["llama_cpp"], gpus) if data.get("llama_cpp") is not None else None
@@ -109,7 +113,7 @@ def parse_rig(host: str, data: Mapping[str, Any]) -> Rig:
                 f"a mapping with at least ref (a build tag such as b8137): "
                 f"services[{i}] ({svc.name}) has engine llama.cpp",
             )
-    models = parse_models(host, data.get("models"))
+    models = parse_models(host, data.get("models"), roots, insecure_http=insecure_http(host, data))
     hub_names = [m.name for m in models if isinstance(m, HubModel) and m.name]
     for i, svc in enumerate(services):
         if svc.model.startswith(MODEL_REF_PREFIX) and svc.model[len(MODEL_REF_PREFIX) :] not in hub_names:
@@ -122,8 +126,17 @@ def parse_rig(host: str, data: Mapping[str, Any]) -> Rig:
             )
     cluster = parse_cluster(host, data["cluster"]) if data.get("cluster") is not None else None
     _check_clustered_services(host, services, cluster)
-    _check_model_paths(host, services, check_model_roots(data.get("model_roots"), host))
-    return Rig(host=host, gpus=gpus, nvidia=nvidia, llama_cpp=llama, services=services, models=models, cluster=cluster)
+    _check_model_paths(host, services, roots)
+    return Rig(
+        host=host,
+        gpus=gpus,
+        nvidia=nvidia,
+        llama_cpp=llama,
+        services=services,
+        models=models,
+        cluster=cluster,
+        model_roots=roots,
+    )
 
 
 def _check_model_paths(host: str, services: tuple[Service, ...], roots: tuple[str, ...]) -> None:
@@ -187,7 +200,7 @@ def check_clusters(hosts_data: Mapping[str, Mapping[str, Any]]) -> None:
     rigs: dict[str, Rig] = {}
     for name, data in hosts_data.items():
         if data.get("cluster") is not None:
-            rigs[name] = parse_rig(name, {k: data[k] for k in COMPONENTS if data.get(k) is not None})
+            rigs[name] = parse_rig(name, {k: data[k] for k in COMPONENTS + HOST_KEYS if data.get(k) is not None})
     for name, rig in rigs.items():
         assert rig.cluster is not None
         head = rigs[rig.cluster.head]
@@ -246,24 +259,46 @@ def find_model_lock(data: Mapping[str, Any]) -> tuple[Path | None, str]:
     return path, str(path.with_name(path.name.removesuffix(".lock.yaml") + ".py"))
 
 
+def insecure_http(host: str, data: Any) -> bool:
+    """Host data ``hf_insecure_http``: this host's Hub endpoints may be plain http (a LAN
+    mirror), knowingly; then no token is sent to them."""
+    value = data.get(INSECURE_HTTP, False)
+    if not isinstance(value, bool):
+        raise HostDataError(host, INSECURE_HTTP, "true or false", value)
+    return value
+
+
 def check_model_supply(host: str, data: Any) -> None:
-    """Host-level keys the model step reads: ``hf_endpoint`` (a URL) and ``hf_token_file`` (a
-    file on the deploying machine)."""
+    """Host-level keys the model step reads: ``hf_endpoint`` (https, or plain http with
+    ``hf_insecure_http: true``; never with userinfo) and ``hf_token_file`` (a file on the
+    deploying machine; never for a plain-http endpoint, which would carry it in the clear)."""
+    allow_http = insecure_http(host, data)
     endpoint = data.get("hf_endpoint")
-    if endpoint is not None and not (isinstance(endpoint, str) and URL.fullmatch(endpoint)):
-        raise HostDataError(host, "hf_endpoint", "an http(s) URL of the Hub or a mirror", endpoint)
+    if endpoint is not None:
+        try:
+            check_url(endpoint, allow_http=allow_http, opt_in=f"{INSECURE_HTTP}: true")
+        except UrlError as exc:
+            raise HostDataError(host, "hf_endpoint", str(exc), endpoint) from None
     token_file = data.get("hf_token_file")
     if token_file is not None:
         if not isinstance(token_file, str) or not token_file:
             raise HostDataError(host, "hf_token_file", "a file on this machine", token_file)
         check_text(token_file, host, "hf_token_file")
+        if endpoint is not None and not may_carry_token(endpoint):
+            raise HostDataError(
+                host,
+                "hf_token_file",
+                f"no token file for a plain-http hf_endpoint ({endpoint}): the token would cross the network "
+                "in the clear (an http mirror serves without one)",
+                token_file,
+            )
 
 
 def rig_for(host: Any) -> Rig:
     """The validated rig data of a pyinfra host (``from pyinfra import host``), Hub model
     references resolved through the model lock; raises before any host changes when the
     data is bad or the lock is missing or stale."""
-    data = {k: host.data.get(k) for k in COMPONENTS if host.data.get(k) is not None}
+    data = {k: host.data.get(k) for k in COMPONENTS + HOST_KEYS if host.data.get(k) is not None}
     rig = parse_rig(host.name, data)
     check_model_supply(host.name, host.data)
     if rig.cluster is not None:

@@ -12,10 +12,16 @@ The client speaks the subset of the Hub's HTTP API that downloads use (see
 * ``GET /api/models/{repo}/tree/{sha}?recursive=1`` -> entries, paged by ``Link: rel="next"``
 * ``GET /{repo}/resolve/{sha}/{path}``              -> file bytes (used to hash non-LFS files)
 
-Tokens come from ``HF_TOKEN``, a token file (``HF_TOKEN_PATH``, else
-``$HF_HOME/token``, else ``~/.cache/huggingface/token``) or the caller; they are
-only ever sent as an ``Authorization`` header and never appear in reprs,
-logs or exception messages.
+Tokens come from the token file the caller names (host data ``hf_token_file``,
+``rigkit lock --token-file``), else ``HF_TOKEN``, else the default token file
+(``HF_TOKEN_PATH``, else ``$HF_HOME/token``, else ``~/.cache/huggingface/token``); they
+are only ever sent as an ``Authorization`` header, only over https (or to a mirror on
+the loopback interface, :func:`rigkit.transport.may_carry_token`) and only to the
+endpoint's own origin, and never appear in reprs, logs or exception messages.
+
+Endpoints are checked by :func:`rigkit.transport.check_url`: https, or plain http (a
+LAN mirror; host data opts in with ``hf_insecure_http: true``), never with a user name or
+password in them.
 """
 
 from __future__ import annotations
@@ -28,16 +34,18 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
+
+from rigkit.transport import UrlError, check_url, may_carry_token
 
 DEFAULT_ENDPOINT = "https://huggingface.co"
-REPO_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*")  # fullmatch
+REPO_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*", re.ASCII)  # fullmatch
 # A branch, tag or commit: git's ref characters, no whitespace, control characters or '..'.
-REVISION_RE = re.compile(r"(?!.*\.\.)[A-Za-z0-9][A-Za-z0-9._/-]{0,199}")
+REVISION_RE = re.compile(r"(?!.*\.\.)[A-Za-z0-9][A-Za-z0-9._/-]{0,199}", re.ASCII)
 # A glob over repository paths: no control characters, no absolute paths or '..' components.
-INCLUDE_RE = re.compile(r"(?!/)(?!.*(^|/)\.\.(/|$))[^\x00-\x1f\x7f]{1,200}")
-_SHA_RE = re.compile(r"^[0-9a-f]{40}$")
-_SHARD_RE = re.compile(r"-0*1-of-(\d+)\.gguf$")
+INCLUDE_RE = re.compile(r"(?!/)(?!.*(^|/)\.\.(/|$))[\x20-\x7e]{1,200}", re.ASCII)
+_SHA_RE = re.compile(r"[0-9a-f]{40}", re.ASCII)  # fullmatch
+_SHARD_RE = re.compile(r"-0*1-of-([0-9]+)\.gguf$", re.ASCII)
 
 
 class HubError(Exception):
@@ -110,16 +118,16 @@ class ModelRef:
             raise ValueError(
                 f"model 'dest' of {self.repo}: expected an absolute directory path on the host, got {self.dest!r}"
             )
-        if self.endpoint is not None and not (isinstance(self.endpoint, str) and _URL_RE.fullmatch(self.endpoint)):
-            raise ValueError(f"model 'endpoint' of {self.repo}: expected an http(s) URL, got {self.endpoint!r}")
+        if self.endpoint is not None:
+            try:  # http is a host's choice (hf_insecure_http), checked with host data; the rest here
+                check_url(self.endpoint, allow_http=True)
+            except UrlError as exc:
+                raise ValueError(f"model 'endpoint' of {self.repo}: expected {exc}, got {self.endpoint!r}") from None
 
     @property
     def key(self) -> str:
         """Stable lockfile key: what is fetched (not where it goes, nor from which mirror)."""
         return f"{self.repo}@{self.revision}:{','.join(self.include)}"
-
-
-_URL_RE = re.compile(r"https?://[A-Za-z0-9._~:/@%+\[\]-]+")
 
 
 def _normal_abspath(path: str) -> bool:
@@ -161,11 +169,14 @@ def token_file_path() -> str:
 
 
 def read_token(token_file: str | None = None) -> str | None:
-    """HF_TOKEN, else the token file; ``None`` when neither is set."""
-    tok = os.environ.get("HF_TOKEN") or os.environ.get("HUGGING_FACE_HUB_TOKEN")
-    if tok and tok.strip():
-        return tok.strip()
-    path = token_file or token_file_path()
+    """The token of ``token_file`` when one is named (host data ``hf_token_file`` beats the
+    environment, as the README says), else ``HF_TOKEN``, else the default token file;
+    ``None`` when there is none."""
+    if not token_file:
+        tok = os.environ.get("HF_TOKEN") or os.environ.get("HUGGING_FACE_HUB_TOKEN")
+        if tok and tok.strip():
+            return tok.strip()
+    path = os.path.expanduser(token_file) if token_file else token_file_path()
     try:
         with open(path, encoding="utf-8") as f:
             tok = f.read().strip()
@@ -229,6 +240,15 @@ class HubClient:
         import requests
 
         self.endpoint = resolve_endpoint(endpoint)
+        try:
+            check_url(self.endpoint, allow_http=True)
+        except UrlError as exc:
+            raise HubError(f"Hub endpoint: expected {exc}, got {self.endpoint!r}") from None
+        if token and not may_carry_token(self.endpoint):
+            raise HubError(
+                f"refusing to send the Hub token to {self.endpoint}: plain http would carry it in the clear "
+                "(use https, or no token for an http mirror)"
+            )
         self.timeout = timeout
         self._session = session or requests.Session()
         self._session.trust_env = True
@@ -267,7 +287,7 @@ class HubClient:
                     break
                 loc = requests.compat.urljoin(url, r.headers["Location"])
                 headers = self._headers()
-                if _origin(loc) != _origin(url):
+                if _origin(loc) != _origin(url) or not may_carry_token(loc):
                     headers.pop("Authorization", None)
                 r.close()
                 r = self._session.get(loc, headers=headers, timeout=self.timeout, stream=stream, allow_redirects=False)
@@ -309,7 +329,7 @@ class HubClient:
             sha = r.json()["sha"]
         except (ValueError, KeyError, TypeError):
             raise HubError(f"resolve revision: {self.endpoint} gave no commit sha for {repo}@{revision}") from None
-        if not isinstance(sha, str) or not _SHA_RE.match(sha):
+        if not isinstance(sha, str) or not _SHA_RE.fullmatch(sha):
             raise HubError(f"resolve revision: {self.endpoint} gave an invalid commit sha for {repo}@{revision}")
         return sha
 
@@ -379,8 +399,13 @@ def match_pattern(path: str, pattern: str) -> bool:
 
 
 def _origin(url: str) -> tuple[str, str]:
-    from urllib.parse import urlsplit
-
+    """(scheme, host:port) of a URL; a URL with userinfo or a bad port (a redirect's
+    ``Location`` is the server's to write) is no origin the token goes to."""
     u = urlsplit(url)
-    port = u.port or (443 if u.scheme == "https" else 80)
+    try:
+        port = u.port or (443 if u.scheme == "https" else 80)
+    except ValueError:
+        return ("invalid", url)
+    if "@" in u.netloc:
+        return ("userinfo", url)
     return (u.scheme, f"{(u.hostname or '').lower()}:{port}")

@@ -25,6 +25,8 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import os
+import posixpath
+import re
 import sys
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -33,9 +35,32 @@ from typing import Any
 
 import yaml
 
-from rigkit.models.hub import HubClient, HubError, ModelRef, RemoteFile, first_shard, read_token
+from rigkit.models.hub import (
+    INCLUDE_RE,
+    REPO_RE,
+    REVISION_RE,
+    HubClient,
+    HubError,
+    ModelRef,
+    RemoteFile,
+    first_shard,
+    read_token,
+    resolve_endpoint,
+)
+from rigkit.transport import may_carry_token
 
 LOCK_VERSION = 1
+SHA256_RE = re.compile(r"[0-9a-f]{64}", re.ASCII)
+COMMIT_RE = re.compile(r"[0-9a-f]{40}", re.ASCII)
+# A locked file's path inside dest: printable ASCII without backslashes (what the Hub's paths
+# are), checked part by part below.
+FILE_PATH_RE = re.compile(r"[\x20-\x5b\x5d-\x7e]{1,1024}", re.ASCII)
+# Names rigkit's fetcher keeps beside the model files (its state, the repo's commit, partial
+# downloads, temporary files): a locked file must not be one of them.
+RESERVED_PREFIX = ".rigkit-"
+RESERVED_SUFFIXES = (".partial", ".tmp", ".rigkit-upload")
+ENTRY_KEYS = ("repo", "revision", "include", "sha", "files")
+FILE_KEYS = ("path", "size", "sha256")
 
 
 class LockError(Exception):
@@ -72,17 +97,93 @@ class LockEntry:
         }
 
     @classmethod
-    def from_data(cls, key: str, d: Mapping[str, Any]) -> LockEntry:
-        try:
-            return cls(
-                repo=str(d["repo"]),
-                revision=str(d["revision"]),
-                include=tuple(str(p) for p in d["include"]),
-                sha=str(d["sha"]),
-                files=tuple(LockedFile(str(f["path"]), int(f["size"]), str(f["sha256"])) for f in d["files"]),
+    def from_data(cls, key: Any, d: Any) -> LockEntry:
+        """A lock entry read from a lockfile, checked whole as untrusted data: the files it
+        names are written by a root fetcher, so each path is relative, normalised and stays in
+        the model's directory; sizes and hashes are well formed. A bad one is a
+        :class:`LockError` naming the entry and the field."""
+        if not isinstance(key, str):
+            raise LockError(f"lock entry {key!r}: expected a string key '<repo>@<revision>:<include,...>'")
+        where = f"lock entry {key!r}"
+        if not isinstance(d, Mapping):
+            raise LockError(f"{where}: expected a mapping of {', '.join(ENTRY_KEYS)}, got {type(d).__name__}")
+        _check_keys(d, ENTRY_KEYS, where)
+        repo = _field(d, "repo", REPO_RE, where, "'<org>/<name>'")
+        if ".." in repo:
+            raise LockError(f"{where}: repo: expected '<org>/<name>' without '..', got {repo!r}")
+        revision = _field(d, "revision", REVISION_RE, where, "a branch, tag or commit")
+        raw_include = d["include"]
+        if isinstance(raw_include, str) or not isinstance(raw_include, list) or not raw_include:
+            raise LockError(f"{where}: include: expected a non-empty list of glob patterns, got {raw_include!r}")
+        include = tuple(
+            _checked(p, INCLUDE_RE, where, f"include[{i}]", "a glob pattern over repository paths")
+            for i, p in enumerate(raw_include)
+        )
+        sha = _field(d, "sha", COMMIT_RE, where, "a commit sha (40 lower-case hex digits)")
+        if key != f"{repo}@{revision}:{','.join(include)}":
+            raise LockError(
+                f"{where}: expected the key of its repo, revision and include "
+                f"({repo}@{revision}:{','.join(include)}): run rigkit lock again rather than edit the lock"
             )
-        except (KeyError, TypeError, ValueError) as e:
-            raise LockError(f"lock entry {key!r} is malformed ({type(e).__name__}: {e})") from None
+        raw_files = d["files"]
+        if not isinstance(raw_files, list):
+            raise LockError(f"{where}: files: expected a list of {{path, size, sha256}}, got {raw_files!r}")
+        files: list[LockedFile] = []
+        seen: set[str] = set()
+        for i, f in enumerate(raw_files):
+            at = f"files[{i}]"
+            if not isinstance(f, Mapping):
+                raise LockError(f"{where}: {at}: expected a mapping of path, size and sha256, got {f!r}")
+            _check_keys(f, FILE_KEYS, f"{where}: {at}")
+            path = _file_path(f["path"], where, f"{at}.path")
+            if path in seen:
+                raise LockError(f"{where}: {at}.path: expected each file once, got {path!r} twice")
+            seen.add(path)
+            size = f["size"]
+            if isinstance(size, bool) or not isinstance(size, int) or size < 0:
+                raise LockError(f"{where}: {at}.size: expected a number of bytes (an integer, 0 or more), got {size!r}")
+            digest = _checked(f["sha256"], SHA256_RE, where, f"{at}.sha256", "a sha256 (64 lower-case hex digits)")
+            files.append(LockedFile(path, size, digest))
+        return cls(repo=repo, revision=revision, include=include, sha=sha, files=tuple(files))
+
+
+def _check_keys(d: Mapping[Any, Any], keys: tuple[str, ...], where: str) -> None:
+    missing = [k for k in keys if k not in d]
+    unknown = sorted(str(k) for k in d if k not in keys)
+    if missing or unknown:
+        problem = f"missing {', '.join(missing)}" if missing else f"unknown key {unknown[0]!r}"
+        raise LockError(f"{where}: expected the keys {', '.join(keys)} ({problem})")
+
+
+def _checked(value: Any, pattern: re.Pattern[str], where: str, field: str, expected: str) -> str:
+    if not isinstance(value, str) or not pattern.fullmatch(value):
+        raise LockError(f"{where}: {field}: expected {expected}, got {value!r}")
+    return value
+
+
+def _field(d: Mapping[str, Any], field: str, pattern: re.Pattern[str], where: str, expected: str) -> str:
+    return _checked(d[field], pattern, where, field, expected)
+
+
+def _file_path(value: Any, where: str, field: str) -> str:
+    """A locked file's path: relative to the model's directory and staying inside it."""
+    expected = (
+        "a relative path inside the model's directory (printable ASCII, no backslash; "
+        "no '..', '.', empty or absolute parts; not a name rigkit's fetcher keeps there)"
+    )
+    if not isinstance(value, str) or not FILE_PATH_RE.fullmatch(value):
+        raise LockError(f"{where}: {field}: expected {expected}, got {value!r}")
+    parts = value.split("/")
+    name = parts[-1]
+    if (
+        value.startswith("/")
+        or posixpath.normpath(value) != value
+        or any(part in ("", ".", "..") or part != part.strip() for part in parts)
+        or name.startswith(RESERVED_PREFIX)
+        or name.endswith(RESERVED_SUFFIXES)
+    ):
+        raise LockError(f"{where}: {field}: expected {expected}, got {value!r}")
+    return value
 
 
 def lock_path_for(inventory_path: str | os.PathLike) -> Path:
@@ -101,9 +202,17 @@ def load(path: str | os.PathLike, *, inventory: str = "INVENTORY") -> dict[str, 
         raise LockError(f"lockfile {p} does not exist{fix}") from None
     except yaml.YAMLError as e:
         raise LockError(f"lockfile {p} is not valid YAML: {e}{fix}") from None
+    if not isinstance(data, dict):
+        raise LockError(f"lockfile {p}: expected a mapping with version and models{fix}")
     if data.get("version") != LOCK_VERSION:
         raise LockError(f"lockfile {p}: expected 'version: {LOCK_VERSION}', got {data.get('version')!r}{fix}")
-    return {k: LockEntry.from_data(k, v) for k, v in (data.get("models") or {}).items()}
+    models = data.get("models") or {}
+    if not isinstance(models, dict):
+        raise LockError(f"lockfile {p}: models: expected a mapping of lock entries{fix}")
+    try:
+        return {k: LockEntry.from_data(k, v) for k, v in models.items()}
+    except LockError as e:
+        raise LockError(f"lockfile {p}: {e}{fix}") from None
 
 
 def dump(entries: Mapping[str, LockEntry], path: str | os.PathLike, *, inventory: str = "INVENTORY") -> None:
@@ -168,6 +277,8 @@ def collect_model_refs(inventory_path: str | os.PathLike) -> list[ModelRef]:
     Upload entries (``{"upload": ..., "dest": ...}``) need no lock and are skipped.
     """
     from rigkit.hostdata.models import HubModel, parse_models
+    from rigkit.hostdata.rig import check_model_supply, insecure_http
+    from rigkit.hostdata.schema import check_model_roots
 
     path = Path(inventory_path)
     spec = importlib.util.spec_from_file_location(f"_rigkit_inventory_{abs(hash(str(path.resolve())))}", path)
@@ -183,7 +294,9 @@ def collect_model_refs(inventory_path: str | os.PathLike) -> list[ModelRef]:
             if not (isinstance(item, tuple) and len(item) == 2 and isinstance(item[1], Mapping)):
                 continue
             host, data = item
-            for m in parse_models(str(host), data.get("models")):
+            check_model_supply(str(host), data)
+            roots = check_model_roots(data.get("model_roots"), str(host))
+            for m in parse_models(str(host), data.get("models"), roots, insecure_http(str(host), data)):
                 if isinstance(m, HubModel):
                     ref = m.ref
                     if ref.endpoint is None and data.get("hf_endpoint"):
@@ -206,15 +319,17 @@ def lock_refs(
         if ref.key in entries:
             continue
         ep = ref.endpoint or endpoint
-        client = clients.get(ep or "") or clients.setdefault(ep or "", HubClient(ep, token))
+        if (ep or "") not in clients:
+            url = resolve_endpoint(ep)
+            carried = token if token and may_carry_token(url) else None
+            if token and not carried:
+                log(f"{url}: plain http, the Hub token is not sent there")
+            clients[ep or ""] = HubClient(ep, carried)
+        client = clients[ep or ""]
         res = client.resolve(ref)
-        entries[ref.key] = LockEntry(
-            repo=ref.repo,
-            revision=ref.revision,
-            include=ref.include,
-            sha=res.sha,
-            files=res.files,
-        )
+        listed = LockEntry(repo=ref.repo, revision=ref.revision, include=ref.include, sha=res.sha, files=res.files)
+        # What the Hub (or a mirror) listed is as untrusted as a lock read back: checked alike.
+        entries[ref.key] = LockEntry.from_data(ref.key, listed.to_data())
         e = entries[ref.key]
         log(f"locked {ref.key} -> {res.sha[:12]} ({len(e.files)} files, {e.total_bytes / 1e9:.2f} GB)")
     return entries

@@ -27,6 +27,7 @@ from rigkit.models.hub import ModelRef, read_token, resolve_endpoint
 from rigkit.operations import rendered
 from rigkit.operations.secrets import secret_file
 from rigkit.scripts.fetch_shards import STATE_NAME
+from rigkit.transport import may_carry_token
 
 REMOTE_DIR = "/var/lib/rigkit"  # the fetch script, the token and the manifests on the host
 
@@ -41,7 +42,9 @@ def manifest_for(
     margin_bytes: int = 2 << 30,
     reverify: bool = False,
 ) -> dict:
-    """The JSON manifest fetch_shards.py reads (also usable without pyinfra)."""
+    """The JSON manifest fetch_shards.py reads (also usable without pyinfra). ``token_file``
+    goes into it only for an endpoint that may carry the token (https, or a mirror on the
+    host's loopback): never for plain http across a network."""
     ep = resolve_endpoint(ref.endpoint or endpoint)
     if lock_entry.repo != ref.repo:
         raise ValueError(f"lock entry is for {lock_entry.repo}, not {ref.repo}")
@@ -62,7 +65,7 @@ def manifest_for(
         "state_file": posixpath.join(ref.dest, STATE_NAME),
         "repo_meta": {"dir": ref.dest, "repo": ref.repo, "revision": ref.revision, "sha": lock_entry.sha},
     }
-    if token_file:
+    if token_file and may_carry_token(ep):
         m["token_file"] = token_file
     return m
 
@@ -144,11 +147,13 @@ def shards(
             host.noop(f"{ref.repo}@{lock_entry.sha[:12]}: {len(wanted)} file(s) already verified in {ref.dest}")
             return
 
-    remote_token = posixpath.join(remote_dir, "hf-token") if use_token and read_token(token_file) else None
+    endpoint = endpoint or host.data.get("hf_endpoint")
+    carries = may_carry_token(resolve_endpoint(ref.endpoint or endpoint))
+    remote_token = posixpath.join(remote_dir, "hf-token") if use_token and carries and read_token(token_file) else None
     manifest = manifest_for(
         ref,
         lock_entry,
-        endpoint=endpoint or host.data.get("hf_endpoint"),
+        endpoint=endpoint,
         token_file=remote_token,
         parallel=parallel,
         margin_bytes=margin_bytes,

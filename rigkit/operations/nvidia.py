@@ -192,11 +192,29 @@ def problems(
 # --- operations -----------------------------------------------------------------------------
 
 
+def curl_protocols(url: str) -> tuple[str, ...]:
+    """curl's options that keep it on the URL's scheme: an https URL is never redirected to
+    plain http (host data's http opt-in allows http, and then the download is pinned)."""
+    allowed = "=https" if url.lower().startswith("https://") else "=http,https"
+    return ("--proto", allowed, "--proto-redir", allowed)
+
+
+def sha256_check_command(path: str, sha256: str, what: str) -> str:
+    """Fails, removing ``path``, unless the file's sha256 is the one host data pins."""
+    return (
+        f"echo {shlex.quote(f'{sha256}  {path}')} | sha256sum -c --status - "
+        f"|| {{ rm -f {shlex.quote(path)}; echo {shlex.quote(f'{what}: sha256 is not {sha256} (host data pins it); not installed')} >&2; exit 1; }}"
+    )
+
+
 @operation()
-def cuda_repository(repo_url: str, os: HostOs):
+def cuda_repository(repo_url: str, os: HostOs, sha256: str | None = None):
     """
     NVIDIA's network repository through its ``cuda-keyring`` package (the signing key and the
     source line for this distribution and architecture).
+
+    + sha256: the package's sha256, checked before ``dpkg -i`` (host data ``keyring_sha256``;
+      required for a plain-http mirror)
 
     .. code:: python
 
@@ -208,7 +226,11 @@ def cuda_repository(repo_url: str, os: HostOs):
         host.noop(f"cuda-keyring installed, {repo_list(os)} names {url}")
         return
     tmp = f"/tmp/rigkit-{KEYRING_DEB}"
-    yield StringCommand("curl", "-fsSL", "--retry", "3", "-o", QuoteString(tmp), QuoteString(url + KEYRING_DEB))
+    yield StringCommand(
+        "curl", "-fsSL", *curl_protocols(url), "--retry", "3", "-o", QuoteString(tmp), QuoteString(url + KEYRING_DEB)
+    )
+    if sha256 is not None:
+        yield sha256_check_command(tmp, sha256, url + KEYRING_DEB)
     yield StringCommand("dpkg", "-i", QuoteString(tmp))
     yield StringCommand("rm", "-f", QuoteString(tmp))
 
@@ -352,7 +374,9 @@ def setup(nv: Nvidia, gpu_count: int = 0):
             no_recommends=True,
         )
         contrib = debian_contrib(name="Enable contrib in Debian's sources") if os.distro == "debian" else None
-        repo = cuda_repository(name=f"NVIDIA CUDA repository ({repo_dir(os)})", repo_url=nv.repo_url, os=os)
+        repo = cuda_repository(
+            name=f"NVIDIA CUDA repository ({repo_dir(os)})", repo_url=nv.repo_url, os=os, sha256=nv.keyring_sha256
+        )
         apt.update(name="Update apt after repository changes", _if=any_changed(repo, *([contrib] if contrib else [])))
         apt.packages(
             name=f"Kernel headers for {os.kernel}", packages=[f"linux-headers-{os.kernel}"], no_recommends=True
@@ -467,7 +491,9 @@ def container_toolkit(nv: Nvidia, installed: bool = False) -> None:
     if installed:
         docker_runtime(name="Docker's nvidia runtime")
         return
-    key = container_key(name="NVIDIA container toolkit signing key", url=nv.container_key_url)
+    key = container_key(
+        name="NVIDIA container toolkit signing key", url=nv.container_key_url, sha256=nv.container_key_sha256
+    )
     source = files.put(
         name="NVIDIA container toolkit repository",
         src=_text(f"deb [signed-by={CONTAINER_KEYRING}] {nv.container_repo_url.rstrip('/')}/$(ARCH) /\n"),
@@ -480,9 +506,12 @@ def container_toolkit(nv: Nvidia, installed: bool = False) -> None:
 
 
 @operation()
-def container_key(url: str):
+def container_key(url: str, sha256: str | None = None):
     """
     The container toolkit repository's signing key, dearmored into its keyring (once).
+
+    + sha256: the key's sha256 as served, checked before it is installed (host data
+      ``container_key_sha256``; required for a plain-http mirror)
 
     .. code:: python
 
@@ -491,9 +520,13 @@ def container_key(url: str):
     if host.get_fact(File, path=CONTAINER_KEYRING):
         host.noop(f"{CONTAINER_KEYRING} is there")
         return
+    tmp = "/tmp/rigkit-nvidia-container-gpgkey"
+    yield StringCommand("curl", "-fsSL", *curl_protocols(url), "--retry", "3", "-o", QuoteString(tmp), QuoteString(url))
+    if sha256 is not None:
+        yield sha256_check_command(tmp, sha256, url)
     yield (
-        f"curl -fsSL --retry 3 {shlex.quote(url)} | gpg --batch --yes --dearmor -o {CONTAINER_KEYRING}.new "
-        f"&& mv {CONTAINER_KEYRING}.new {CONTAINER_KEYRING}"
+        f"gpg --batch --yes --dearmor -o {CONTAINER_KEYRING}.new {tmp} "
+        f"&& mv {CONTAINER_KEYRING}.new {CONTAINER_KEYRING} && rm -f {tmp}"
     )
 
 

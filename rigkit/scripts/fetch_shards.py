@@ -10,8 +10,8 @@ Manifest::
     {"files": [{"url": "...", "size": 123, "sha256": "...", "dest": "/abs/path"}],
      "token_file": "/path/0600/file",      # optional; sent only as an Authorization header
      "parallel": 4, "margin_bytes": 1073741824, "reverify": false,
-     "root": "/abs/model/dir",                      # optional: names in progress lines are relative to it
-     "state_file": "/abs/.rigkit-verified.json",   # optional (default: in root / the files' common directory)
+     "root": "/abs/model/dir",                      # every dest lies below it; names in progress lines are relative to it
+     "state_file": "/abs/model/dir/.rigkit-verified.json",   # optional (default: in root); inside root
      "retries": 3, "timeout": 60,
      "repo_meta": {"dir": "/abs", "repo": "org/name", "revision": "main", "sha": "<40 hex>"}}  # optional
 
@@ -22,6 +22,12 @@ missing plus the margin before downloading anything; download into
 file re-hashes only the partial bytes on disk); rename into place only when
 the sha256 matches; on a mismatch delete and retry, then fail.
 
+Whatever the manifest says, it writes only below ``root`` (each dest's directory resolved
+with its symlinks, ``os.path.realpath``, must stay inside root's), never through a symlink,
+and deletes only files it placed (recorded in its state file) and its own ``.partial`` files:
+a file in the way that it did not place and that does not match is left alone, and the run
+fails naming it.
+
 Exit codes: 0 ok, 1 download/verification failed, 2 bad manifest/usage,
 3 not enough disk space, 4 authentication (HTTP 401/403), 5 not found (404).
 The last line of stdout is a JSON summary.
@@ -29,6 +35,7 @@ The last line of stdout is a JSON summary.
 
 import argparse
 import hashlib
+import ipaddress
 import json
 import os
 import sys
@@ -54,6 +61,55 @@ class Fatal(Exception):
 
 class Retryable(Exception):
     pass
+
+
+# --------------------------------------------------------------------------- #
+# where it may write: below root, never through a symlink
+# --------------------------------------------------------------------------- #
+
+
+def within(path, root):
+    """``path`` is ``root`` or below it (both absolute and normalised)."""
+    return path == root or path.startswith(root.rstrip("/") + "/")
+
+
+def normal_abspath(path):
+    """Absolute and normalised: no '..', '.', '//' parts, no trailing '/'."""
+    return (
+        isinstance(path, str)
+        and path.startswith("/")
+        and not path.startswith("//")
+        and os.path.normpath(path) == path
+        and ".." not in path.split("/")
+    )
+
+
+def check_below_root(path, root, what):
+    """``path`` (absolute, normalised, strictly below ``root``) stays inside root once symlinks
+    are resolved: the realpath of its deepest existing directory lies inside root's realpath,
+    and ``path`` itself, when it exists, is no symlink. Raises Fatal(EXIT_USAGE) otherwise."""
+    if not normal_abspath(path) or path == root or not within(path, root):
+        raise Fatal("%s %r: expected a path below the manifest's root %s" % (what, path, root), EXIT_USAGE)
+    real_root = os.path.realpath(root)
+    have = existing_dir(os.path.dirname(path))
+    real = os.path.realpath(have)
+    # A root not made yet: what exists is above it, and all that is missing gets created below.
+    if not (within(real, real_root) or (have != root and within(root, have))):
+        raise Fatal(
+            "%s %r: its directory resolves to %s, outside the manifest's root %s (a symlink?)"
+            % (what, path, real, real_root),
+            EXIT_USAGE,
+        )
+    if os.path.islink(path):
+        raise Fatal("%s %r is a symbolic link: refusing to write through it" % (what, path), EXIT_USAGE)
+
+
+def make_parent(path, root, what):
+    """Create ``path``'s directory (checked before and after: a directory created on the way
+    cannot lead outside root)."""
+    check_below_root(path, root, what)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    check_below_root(path, root, what)
 
 
 def log(msg):
@@ -116,6 +172,11 @@ class State:
             }
             self._save()
 
+    def placed(self, dest):
+        """Whether this fetcher placed ``dest`` (its state file records it)."""
+        with self.lock:
+            return dest in self.files
+
     def forget(self, dest):
         with self.lock:
             if self.files.pop(dest, None) is not None:
@@ -138,8 +199,16 @@ class State:
 
 
 def _origin(url):
+    """(scheme, host, port); a URL with userinfo or a bad port (a redirect's Location is the
+    server's to write) is no origin the token goes to."""
     u = urllib.parse.urlsplit(url)
-    return (u.scheme, (u.hostname or "").lower(), u.port or (443 if u.scheme == "https" else 80))
+    try:
+        port = u.port or (443 if u.scheme == "https" else 80)
+    except ValueError:
+        return ("invalid", url, 0)
+    if "@" in u.netloc:
+        return ("userinfo", url, 0)
+    return (u.scheme, (u.hostname or "").lower(), port)
 
 
 class _Redirect(urllib.request.HTTPRedirectHandler):
@@ -153,7 +222,7 @@ class _Redirect(urllib.request.HTTPRedirectHandler):
             if k.lower() == "authorization":
                 del new.headers[k]
         auth = req.unredirected_hdrs.get("Authorization")
-        if auth and _origin(newurl) == _origin(req.full_url):
+        if auth and _origin(newurl) == _origin(req.full_url) and may_carry_token(newurl):
             new.add_unredirected_header("Authorization", auth)
         return new
 
@@ -161,9 +230,26 @@ class _Redirect(urllib.request.HTTPRedirectHandler):
 _OPENER = urllib.request.build_opener(_Redirect())
 
 
+def may_carry_token(url):
+    """The token goes over https, or plain http only to this host's loopback interface (as
+    rigkit.transport.may_carry_token decides on the deploying machine)."""
+    u = urllib.parse.urlsplit(url)
+    if u.scheme == "https":
+        return True
+    host = (u.hostname or "").lower()
+    if u.scheme != "http":
+        return False
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 def open_url(url, token, offset, timeout):
     req = urllib.request.Request(url, headers={"User-Agent": "rigkit-fetch/1", "Accept-Encoding": "identity"})
-    if token:
+    if token and may_carry_token(url):
         # unredirected: urllib does not copy it onto redirects; _Redirect re-adds it for the same origin only
         req.add_unredirected_header("Authorization", "Bearer " + token)
     if offset:
@@ -270,7 +356,8 @@ def download(idx, item, ctx):
     dest, size, want = item["dest"], item["size"], item["sha256"]
     name = os.path.relpath(dest, ctx["root"]) if ctx.get("root") else os.path.basename(dest)
     partial = dest + ".partial"
-    os.makedirs(os.path.dirname(dest), exist_ok=True)
+    make_parent(dest, ctx["root"], "files[].dest")
+    check_below_root(partial, ctx["root"], "partial file")
     retries = ctx["retries"]
     mismatches = 0
     stalls = 0
@@ -308,6 +395,7 @@ def download(idx, item, ctx):
         got = h.hexdigest()
         actual = os.path.getsize(partial) if os.path.exists(partial) else 0
         if actual == size and got == want:
+            check_below_root(dest, ctx["root"], "files[].dest")  # still no symlink in the way
             if ctx["fsync"]:
                 with open(partial, "rb") as f:
                     os.fsync(f.fileno())
@@ -427,9 +515,29 @@ def load_manifest(path):
         for k, t in (("url", str), ("size", int), ("sha256", str), ("dest", str)):
             if not isinstance(f.get(k), t):
                 raise Fatal("manifest %s: files[%d].%s: expected %s" % (path, i, k, t.__name__), EXIT_USAGE)
-        if not os.path.isabs(f["dest"]):
-            raise Fatal("manifest %s: files[%d].dest: expected an absolute path" % (path, i), EXIT_USAGE)
         f["sha256"] = f["sha256"].lower()
+    root = m.get("root")
+    if not normal_abspath(root) or root == "/":
+        raise Fatal(
+            "manifest %s: root: expected the model's directory (absolute, normalised), got %r" % (path, root),
+            EXIT_USAGE,
+        )
+    # Every path the manifest names, checked before anything is written.
+    for i, f in enumerate(files):
+        if not normal_abspath(f["dest"]) or f["dest"] == root or not within(f["dest"], root):
+            raise Fatal(
+                "manifest %s: files[%d].dest: expected a path below root %s (absolute, normalised, no '..'), got %r"
+                % (path, i, root, f["dest"]),
+                EXIT_USAGE,
+            )
+    state_file = m.get("state_file")
+    if state_file is not None and not (normal_abspath(state_file) and within(state_file, root) and state_file != root):
+        raise Fatal(
+            "manifest %s: state_file: expected a file below root %s, got %r" % (path, root, state_file), EXIT_USAGE
+        )
+    meta = m.get("repo_meta")
+    if meta and meta.get("dir") != root:
+        raise Fatal("manifest %s: repo_meta.dir: expected root %s, got %r" % (path, root, meta.get("dir")), EXIT_USAGE)
     return m
 
 
@@ -455,9 +563,12 @@ def run(argv=None):
     m = load_manifest(args.manifest)
     files = m["files"]
     n = len(files)
-    dests = [f["dest"] for f in files]
-    root = m.get("root") or os.path.commonpath([os.path.dirname(d) for d in dests])
-    state = State(m.get("state_file") or os.path.join(root, STATE_NAME))
+    root = m["root"]
+    state_file = m.get("state_file") or os.path.join(root, STATE_NAME)
+    for f in files:  # symlinks that lead out of root, before anything is written
+        check_below_root(f["dest"], root, "files[].dest")
+    check_below_root(state_file, root, "state_file")
+    state = State(state_file)
     reverify = args.reverify or bool(m.get("reverify"))
     parallel = max(1, args.parallel or int(m.get("parallel") or 4))
     margin = int(m.get("margin_bytes", 1 << 30))
@@ -468,7 +579,7 @@ def run(argv=None):
     for i, f in enumerate(files, 1):
         if not reverify and state.is_verified(f["dest"], f["size"], f["sha256"]):
             verified.append(f)
-        elif os.path.exists(f["dest"]):
+        elif os.path.lexists(f["dest"]):
             rehash.append((i, f))
         else:
             todo.append((i, f))
@@ -481,6 +592,12 @@ def run(argv=None):
         if ok:
             state.record(f["dest"], f["size"], f["sha256"])
             log("[%d/%d] %s verified (%s)" % (i, n, name, human(f["size"])))
+        elif not state.placed(f["dest"]):
+            # Not ours: another file in the way is left as it is, whatever it holds.
+            raise Fatal(
+                "%s exists, does not match the lock (size or sha256) and was not placed by rigkit "
+                "(not in %s): move it away; nothing was deleted" % (f["dest"], state.path)
+            )
         else:
             log("[%d/%d] %s does not match the lock (size or sha256); deleting it and fetching again" % (i, n, name))
             state.forget(f["dest"])
@@ -549,6 +666,7 @@ def run(argv=None):
 
     meta = m.get("repo_meta")
     if meta and meta.get("dir") and meta.get("sha"):
+        check_below_root(os.path.join(meta["dir"], REPO_META), root, "repo_meta")
         write_repo_meta(meta)
 
     dt = time.time() - t0
@@ -588,6 +706,13 @@ def write_repo_meta(meta):
 def record_upload(state_file, staged, dest, size, sha256):
     """An uploaded file (``staged``, its sha256 known to the deploying machine, which hashed
     it) moved into place and recorded as verified, so later runs skip it without hashing."""
+    directory = os.path.dirname(dest)
+    if not (normal_abspath(dest) and os.path.dirname(staged) == directory and os.path.dirname(state_file) == directory):
+        raise Fatal("record-upload: expected the staged file, dest and state file in one directory", EXIT_USAGE)
+    if os.path.islink(dest) or os.path.islink(staged):
+        raise Fatal(
+            "record-upload: %s or %s is a symbolic link: refusing to write through it" % (staged, dest), EXIT_USAGE
+        )
     if os.path.getsize(staged) != size:
         raise Fatal("%s: %d bytes uploaded, expected %d" % (staged, os.path.getsize(staged), size), EXIT_FAIL)
     os.replace(staged, dest)

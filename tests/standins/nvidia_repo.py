@@ -181,12 +181,21 @@ class StandIn:
         return f"{self.base_url}/libnvidia-container/gpgkey"
 
     def host_data(self, **nvidia) -> dict:
+        """Host data ``nvidia`` for this stand-in: served over plain http on the sandbox, so
+        opted in to an http mirror, the keyring package and GPG key pinned by their sha256."""
         return {
             "repo_url": self.repo_url,
             "container_repo_url": self.container_repo_url,
             "container_key_url": self.container_key_url,
+            "insecure_http_mirror": self.base_url.startswith("http://"),
+            "keyring_sha256": self.sha256("compute/cuda/repos/debian12/x86_64/cuda-keyring_1.1-1_all.deb"),
+            "container_key_sha256": self.sha256("libnvidia-container/gpgkey"),
             **nvidia,
         }
+
+    def sha256(self, path: str) -> str:
+        """sha256 of a file the stand-in serves."""
+        return hashlib.sha256((self.www / path).read_bytes()).hexdigest()
 
 
 def _gpg(home: Path, *args: str, **kwargs) -> subprocess.CompletedProcess:
