@@ -333,6 +333,8 @@ def test_every_host_data_pattern_is_ascii_only():
     root = Path(__file__).resolve().parents[1] / "rigkit"
     missing = []
     for path in [*(root / "hostdata").rglob("*.py"), *(root / "models").rglob("*.py")]:
+        if path.parent.name == "option_tables":  # reads the engines' own sources, not host data
+            continue
         for node in ast.walk(ast.parse(path.read_text())):
             call = isinstance(node, ast.Call) and ast.unparse(node.func) == "re.compile"
             if call and "re.ASCII" not in ast.unparse(node):

@@ -64,8 +64,8 @@ LFS_EXTENSIONS = {
     ".mlmodel",
 }
 LFS_MIN_SIZE = 10 * 1024 * 1024
-_SHA_RE = re.compile(r"^[0-9a-f]{40}$")
-_RANGE_RE = re.compile(r"^bytes=(\d*)-(\d*)$")
+_SHA_RE = re.compile(r"^[0-9a-f]{40}$", re.ASCII)
+_RANGE_RE = re.compile(r"^bytes=(\d*)-(\d*)$", re.ASCII)
 
 
 @dataclass
