@@ -340,3 +340,23 @@ def test_every_host_data_pattern_is_ascii_only():
             if call and "re.ASCII" not in ast.unparse(node):
                 missing.append(f"{path.relative_to(root)}:{node.lineno}")
     assert not missing, missing
+
+
+# --- real values of the write-ups ---------------------------------------------------------------
+
+
+def test_a_draft_model_by_absolute_path_is_mounted_read_only():
+    spec = {"method": "eagle3", "model": "/srv/models/qwen-eagle3", "num_speculative_tokens": 3}
+    svc = parse_rig("h", vllm_rig(speculative=spec)).services[0]
+    argv = render_vllm.command_line(svc, "rigkit/vllm:0123456789abcdef", gpus=1)
+    assert argv[argv.index("/srv/models/qwen-eagle3:/srv/models/qwen-eagle3:ro") - 1] == "-v"
+    serve = argv[argv.index("rigkit/vllm:0123456789abcdef") + 1 :]
+    assert serve[serve.index("--speculative-config") + 1] == (
+        '{"method":"eagle3","model":"/srv/models/qwen-eagle3","num_speculative_tokens":3}'
+    )
+
+
+@pytest.mark.parametrize("path", ["/etc/draft", "/srv/models/../../etc", "/var/run/draft"])
+def test_a_draft_model_outside_the_roots_is_refused(path):
+    err = refused(vllm_rig(speculative={"method": "eagle3", "model": path}))
+    assert err.key == "services[0].speculative.model"

@@ -21,6 +21,7 @@ from rigkit.hostdata.models import INSECURE_HTTP, MODEL_REF_PREFIX, HubModel, Mo
 from rigkit.hostdata.nvidia import Nvidia, parse_nvidia
 from rigkit.hostdata.schema import MODEL_ROOTS, HostDataError, check_model_roots, check_text, check_under_roots
 from rigkit.hostdata.services import Service, parse_services
+from rigkit.hostdata.vllm import VllmOptions
 from rigkit.models import lockfile
 from rigkit.models.lockfile import LockEntry, LockError
 from rigkit.transport import UrlError, check_url, may_carry_token
@@ -143,6 +144,10 @@ def _check_model_paths(host: str, services: tuple[Service, ...], roots: tuple[st
     """A service's model given as a path lies under the model roots (``ref:`` models have their
     ``dest`` checked alike): llama-server reads it, vLLM's root container mounts it."""
     for i, svc in enumerate(services):
+        if isinstance(svc.options, VllmOptions):
+            for k, v in (svc.options.speculative or {}).items():
+                if v in svc.options.draft_paths:
+                    check_under_roots(str(v), roots, host, f"services[{i}].speculative.{k}", "a draft model")
         if svc.model.startswith(MODEL_REF_PREFIX):
             continue
         check_under_roots(svc.model, roots, host, f"services[{i}].model", "a model")

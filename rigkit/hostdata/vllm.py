@@ -23,7 +23,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from rigkit.hostdata.gpus import Gpus
-from rigkit.hostdata.schema import HostDataError, check_pattern
+from rigkit.hostdata.schema import HostDataError, check_path, check_pattern
 
 #: ``files/vllm`` of this checkout: the Dockerfile, the patches, the helper package.
 IMAGE_SOURCE = Path(__file__).resolve().parents[2] / "files" / "vllm"
@@ -62,7 +62,8 @@ PATCH_NAME = re.compile(r"[a-z0-9][a-z0-9-]{0,63}", re.ASCII)
 PARSER = re.compile(r"[a-z0-9][a-z0-9_]{0,63}", re.ASCII)
 ATTENTION_BACKEND = re.compile(r"[A-Z][A-Z0-9_]{0,63}", re.ASCII)
 SPEC_KEY = re.compile(r"[a-z][a-z0-9_]{0,63}", re.ASCII)
-SPEC_TEXT = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.:/@+-]{0,127}", re.ASCII)
+# A speculative value: a word, or a draft model's absolute path on the host (mounted read-only).
+SPEC_TEXT = re.compile(r"[A-Za-z0-9_/][A-Za-z0-9_.:/@+-]{0,255}", re.ASCII)
 ENV_NAME = re.compile(r"[A-Z_][A-Z0-9_]{0,63}", re.ASCII)
 #: Printable ASCII without spaces (NCCL's "^lo,docker0" and "=eth0" forms included); the value
 #: reaches the unit through rigkit.render.systemd.escape like every other word.
@@ -128,6 +129,11 @@ class VllmOptions:
     # The host's ``cluster`` (rigkit.hostdata.cluster) this service spans: declared alike on
     # every node; the head serves it through Ray, the other nodes run Ray in its image.
     cluster: str | None = None
+
+    @property
+    def draft_paths(self) -> tuple[str, ...]:
+        """Host paths the speculative config names (a draft model), which the container mounts."""
+        return tuple(v for v in (self.speculative or {}).values() if isinstance(v, str) and v.startswith("/"))
 
     @property
     def mtp(self) -> bool:
@@ -279,6 +285,8 @@ def check_vllm(host: str, key: str, opts: VllmOptions, model: str, service_gpus:
                     f"{key}.speculative.{k}",
                     "letters, digits and _ . : / @ + - (no spaces, quotes or shell syntax)",
                 )
+                if v.startswith("/"):  # a draft model on the host; rigkit.hostdata.rig checks its root
+                    check_path(v, host, f"{key}.speculative.{k}", "a draft model's absolute path on the host")
         tokens = opts.speculative.get("num_speculative_tokens")
         if opts.mtp and (not isinstance(tokens, int) or not 1 <= tokens <= 8):
             raise HostDataError(

@@ -154,7 +154,10 @@ def command_line(service: Service, image: str, gpus: int, cluster: Cluster | Non
         argv += ["--gpus", '"device=' + ",".join(str(g) for g in service.gpus) + '"']
     elif gpus:
         argv += ["--gpus", "all"]
-    argv += ["-v", f"{service.model}:{service.model}:ro", "-e", "HF_HUB_OFFLINE=1"]
+    argv += ["-v", f"{service.model}:{service.model}:ro"]
+    for path in opts.draft_paths:  # a draft model, at the path the speculative config names
+        argv += ["-v", f"{path}:{path}:ro"]
+    argv += ["-e", "HF_HUB_OFFLINE=1"]
     if service.api_key_file:
         argv += ["-v", f"{key_path(service)}:{CONTAINER_KEY}:ro", "-e", f"RIGKIT_API_KEY_FILE={CONTAINER_KEY}"]
     if cluster is not None:
