@@ -14,6 +14,8 @@ from pyinfra.api import FactBase, QuoteString, StringCommand
 TOOL = "/opt/rigkit/bin/llama_host.py"
 #: the engine-neutral service check beside it (``rigkit/scripts/check_service.py``).
 CHECK_TOOL = "/opt/rigkit/bin/check_service.py"
+#: Every engine's last verified state (rigkit/scripts/last_good.py), beside the check.
+LAST_GOOD_TOOL = "/opt/rigkit/bin/last_good.py"
 
 
 class LlamaCppBuilds(FactBase[dict]):

@@ -16,7 +16,7 @@ from pyinfra import host
 from pyinfra.api import QuoteString, StringCommand, operation
 
 from rigkit.facts import per_run
-from rigkit.facts.llama_cpp import CHECK_TOOL, TOOL, LlamaCppBuilds
+from rigkit.facts.llama_cpp import CHECK_TOOL, LAST_GOOD_TOOL, TOOL, LlamaCppBuilds
 from rigkit.hostdata import LlamaCpp
 from rigkit.operations import rendered
 from rigkit.scripts.llama_host import matches
@@ -75,8 +75,11 @@ def tool():
     service check it uses to ``/opt/rigkit/bin``.
     """
     scripts = Path(str(package_files("rigkit") / "scripts"))
-    for name, dest in (("check_service.py", CHECK_TOOL), ("llama_host.py", TOOL)):
-        yield from rendered.put._inner(content=scripts / name, dest=dest, mode="755", batch=(CHECK_TOOL, TOOL))
+    tools = (("check_service.py", CHECK_TOOL), ("last_good.py", LAST_GOOD_TOOL), ("llama_host.py", TOOL))
+    for name, dest in tools:
+        yield from rendered.put._inner(
+            content=scripts / name, dest=dest, mode="755", batch=tuple(dest for _, dest in tools)
+        )
 
 
 @operation()

@@ -13,7 +13,7 @@ from pyinfra import host
 from pyinfra.api import QuoteString, StringCommand, operation
 from pyinfra.operations import files
 
-from rigkit.facts.llama_cpp import CHECK_TOOL
+from rigkit.facts.llama_cpp import CHECK_TOOL, LAST_GOOD_TOOL
 from rigkit.facts.vllm import VLLM_TOOL, DockerImages
 from rigkit.render.vllm import MANIFEST, ImageIdentity
 
@@ -28,6 +28,9 @@ def tool():
     scripts = package_files("rigkit") / "scripts"
     yield from files.put._inner(
         src=str(scripts / "check_service.py"), dest=CHECK_TOOL, mode="755", create_remote_dir=True
+    )
+    yield from files.put._inner(
+        src=str(scripts / "last_good.py"), dest=LAST_GOOD_TOOL, mode="755", create_remote_dir=True
     )
     yield from files.put._inner(src=str(scripts / "vllm_host.py"), dest=VLLM_TOOL, mode="755", create_remote_dir=True)
 
@@ -87,3 +90,16 @@ def verify(manifest: str = MANIFEST, rollback: bool = True):
     container's log tail.
     """
     yield tool_command("verify", "--manifest", manifest, *(["--rollback"] if rollback else []))
+
+
+@operation(is_idempotent=False)
+def restore(manifest: str = MANIFEST):
+    """
+    Explicit rollback: the last verified vLLM units and keys (so their images) back, and those
+    units restarted, when the host's differ; nothing when they are the same.
+
+    .. code:: python
+
+        vllm.restore(name="Put back the last verified vLLM services")
+    """
+    yield tool_command("restore", "--manifest", manifest)

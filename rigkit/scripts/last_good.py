@@ -35,9 +35,10 @@ VERSION_SUFFIX = ".version"
 class LastGood:
     """One engine's last verified state (``engine``: ``llama.cpp``, ``vllm``, ...)."""
 
-    def __init__(self, engine: str, root: Path = ROOT, unit_dir: Path = UNIT_DIR):
+    def __init__(self, engine: str, root: Path = ROOT, unit_dir: Path = UNIT_DIR, run: Callable = subprocess.run):
         self.engine, self.root, self.unit_dir = engine, root, unit_dir
         self.link = root / engine
+        self.run = run  # systemctl, id, useradd: what restore asks of the host
 
     # --- reading -------------------------------------------------------------------------
 
@@ -143,13 +144,11 @@ class LastGood:
         old_units = {s["unit"] for s in old["services"]}
         gone = [s["unit"] for s in manifest["services"] if s["unit"] not in old_units]
         if gone:
-            subprocess.run(["systemctl", "disable", "--now", *gone], check=False, capture_output=True)
+            self.run(["systemctl", "disable", "--now", *gone], check=False, capture_output=True)
         for svc in old["services"]:
             user = user_of(svc["unit"])
-            if subprocess.run(["id", user], capture_output=True).returncode != 0:  # removed with its service
-                subprocess.run(
-                    ["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", user], check=False
-                )
+            if self.run(["id", user], capture_output=True).returncode != 0:  # removed with its service
+                self.run(["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", user], check=False)
             shutil.copy2(self.link / "units" / svc["unit"], self.unit_dir / svc["unit"])
             key = svc.get("key_file")
             saved = self.link / "keys" / svc["name"]
@@ -157,7 +156,7 @@ class LastGood:
                 saved = self.link / "keys" / Path(key).name if key else saved
             if key and saved.exists():
                 copy_key(saved, Path(key))
-        subprocess.run(["systemctl", "daemon-reload"], check=False)
+        self.run(["systemctl", "daemon-reload"], check=False)
         return state
 
 

@@ -30,10 +30,12 @@ import time
 from pathlib import Path
 from typing import NoReturn
 
-try:  # on the host: the sibling script in /opt/rigkit/bin; in the package: its module
+try:  # on the host: the sibling scripts in /opt/rigkit/bin; in the package: their modules
     from check_service import check_all, model_bytes, request, unit_state
+    from last_good import LastGood
 except ImportError:
     from rigkit.scripts.check_service import check_all, model_bytes, request, unit_state
+    from rigkit.scripts.last_good import LastGood
 
 CCACHE_DIR = "/var/cache/rigkit/ccache"
 
@@ -234,11 +236,18 @@ def prune(args: argparse.Namespace) -> None:
 
 
 # --- verification and the last good state ----------------------------------------------
-# After every verified deploy the units, key files and build that served are copied to
-# GOOD; a failed verification puts all of them back together, restarts and verifies again.
+# After every verified deploy the units, key files and build that served are recorded as
+# llama.cpp's last good state (rigkit/scripts/last_good.py: its own directory, beside the
+# other engines'); a failed verification puts all of them back together, restarts and
+# verifies again.
 
-GOOD = Path("/var/lib/rigkit/last-good")
+GOOD = LastGood("llama.cpp")
 UNIT_DIR = Path("/etc/systemd/system")
+
+
+def unit_user(unit: str) -> str:
+    """``rigkit-llama-tiny.service`` -> ``llama-tiny``."""
+    return unit.removeprefix("rigkit-").removesuffix(".service")
 
 
 def mark_verified(root: Path) -> None:
@@ -251,63 +260,22 @@ def mark_verified(root: Path) -> None:
         tmp.rename(current / "build.json")
 
 
-def owner(path: str | Path) -> tuple[int, int]:
-    st = Path(path).stat()
-    return st.st_uid, st.st_gid
-
-
 def save_good(manifest: dict, root: Path) -> None:
     """Record what serves now (verified) as the state to return to."""
-    tmp = GOOD.with_name(GOOD.name + ".new")
-    shutil.rmtree(tmp, ignore_errors=True)
-    (tmp / "units").mkdir(parents=True)
-    (tmp / "keys").mkdir()
-    tmp.chmod(0o700)
-    for svc in manifest["services"]:
-        shutil.copy2(UNIT_DIR / svc["unit"], tmp / "units" / svc["unit"])
-        if svc.get("key_file"):
-            shutil.copy2(svc["key_file"], tmp / "keys" / svc["name"])
-            shutil.chown(tmp / "keys" / svc["name"], *owner(svc["key_file"]))
-            version = Path(svc["key_file"] + ".version")  # rigkit.operations.secrets' marker
-            if version.exists():
-                shutil.copy2(version, tmp / "keys" / (svc["name"] + ".version"))
-    good = {"manifest": manifest, "build": os.readlink(root / "current") if (root / "current").is_symlink() else None}
-    (tmp / "state.json").write_text(json.dumps(good, indent=2) + "\n")
-    shutil.rmtree(GOOD, ignore_errors=True)
-    tmp.rename(GOOD)
+    GOOD.save(manifest, build=os.readlink(root / "current") if (root / "current").is_symlink() else None)
 
 
 def restore_good(manifest: dict, root: Path) -> dict | None:
     """Put back the last good units, keys and build; the manifest that served then, or None."""
-    try:
-        good = json.loads((GOOD / "state.json").read_text())
-    except (OSError, ValueError):
+    good = GOOD.restore(manifest, unit_user)
+    if good is None:
         return None
-    old = good["manifest"]
-    old_units = {s["unit"] for s in old["services"]}
-    gone = [s["unit"] for s in manifest["services"] if s["unit"] not in old_units]
-    if gone:
-        subprocess.run(["systemctl", "disable", "--now", *gone], check=False, capture_output=True)
-    for svc in old["services"]:
-        user = svc["unit"].removeprefix("rigkit-").removesuffix(".service")
-        if subprocess.run(["id", user], capture_output=True).returncode != 0:  # removed with its service
-            subprocess.run(
-                ["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", user], check=False
-            )
-        shutil.copy2(GOOD / "units" / svc["unit"], UNIT_DIR / svc["unit"])
-        if svc.get("key_file"):
-            shutil.copy2(GOOD / "keys" / svc["name"], svc["key_file"])
-            shutil.chown(svc["key_file"], *owner(GOOD / "keys" / svc["name"]))
-            version = GOOD / "keys" / (svc["name"] + ".version")
-            if version.exists():
-                shutil.copy2(version, svc["key_file"] + ".version")
     current = root / "current"
     if good.get("build") and (not current.is_symlink() or os.readlink(current) != good["build"]):
         if current.is_symlink():
             point(root / "previous", os.readlink(current))
         point(current, good["build"])
-    subprocess.run(["systemctl", "daemon-reload"], check=False)
-    return old
+    return good["manifest"]
 
 
 def verify(args: argparse.Namespace) -> None:
@@ -344,14 +312,12 @@ def status(args: argparse.Namespace) -> None:
     manifest_path = Path(args.manifest)
     manifest = json.loads(manifest_path.read_text()) if manifest_path.exists() else {"services": []}
     root = Path(manifest.get("llama_root", args.root))
-    try:
-        good = json.loads((GOOD / "state.json").read_text())
-        last_good = {
-            "build": Path(good["build"]).name if good.get("build") else None,
-            "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime((GOOD / "state.json").stat().st_mtime)),
-        }
-    except (OSError, ValueError, KeyError):
-        last_good = None
+    good = GOOD.state()
+    last_good = (
+        {"build": Path(good["build"]).name if good.get("build") else None, "at": GOOD.verified_at()}
+        if good is not None
+        else None
+    )
     report: dict = {
         "current": read_build(root / "current"),
         "previous": read_build(root / "previous"),

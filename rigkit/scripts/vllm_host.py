@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import struct
 import subprocess
 import sys
@@ -28,12 +27,15 @@ import time
 from pathlib import Path
 from typing import NoReturn
 
-try:  # on the host: the sibling script in /opt/rigkit/bin; in the package: its module
+try:  # on the host: the sibling scripts in /opt/rigkit/bin; in the package: their modules
     from check_service import check_all, request, unit_state
+    from last_good import LastGood
 except ImportError:
     from rigkit.scripts.check_service import check_all, request, unit_state
+    from rigkit.scripts.last_good import LastGood
 
-GOOD = Path("/var/lib/rigkit/last-good/vllm")
+#: vLLM's last verified state, beside the other engines' (rigkit/scripts/last_good.py).
+GOOD = LastGood("vllm")
 DOCKER = "docker"
 UNIT_DIR = Path("/etc/systemd/system")
 SELFCHECK = "/opt/rigkit/vllm/rigkit_vllm_patches/selfcheck.py"
@@ -186,38 +188,18 @@ def check(services: list[dict]) -> list[str]:
 
 def save_good(manifest_path: Path, manifest: dict) -> None:
     """The verified units, keys and manifest, for the next failed deploy to come back to."""
-    tmp = GOOD.with_name("vllm.new")
-    shutil.rmtree(tmp, ignore_errors=True)
-    (tmp / "units").mkdir(parents=True)
-    (tmp / "keys").mkdir()
-    for svc in manifest["services"]:
-        shutil.copy2(UNIT_DIR / svc["unit"], tmp / "units" / svc["unit"])
-        if svc.get("key_file") and Path(svc["key_file"]).exists():
-            shutil.copy2(svc["key_file"], tmp / "keys" / Path(svc["key_file"]).name)
-            version = Path(svc["key_file"] + ".version")
-            if version.exists():
-                shutil.copy2(version, tmp / "keys" / version.name)
-    (tmp / "keys").chmod(0o700)
-    shutil.copy2(manifest_path, tmp / "services.json")
-    (tmp / "verified_at").write_text(time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()) + "\n")
-    shutil.rmtree(GOOD, ignore_errors=True)
-    tmp.rename(GOOD)
+    GOOD.save(manifest)
 
 
 def restore_good(manifest_path: Path) -> dict | None:
-    if not (GOOD / "services.json").exists():
+    """The last verified units and keys back (so the previous image), and the manifest that
+    named them; None when this host has none."""
+    failed = json.loads(manifest_path.read_text()) if manifest_path.exists() else {"services": []}
+    good = GOOD.restore(failed, lambda unit: unit.removeprefix("rigkit-").removesuffix(".service"))
+    if good is None:
         return None
-    old = json.loads((GOOD / "services.json").read_text())
-    for unit in (GOOD / "units").iterdir():
-        shutil.copy2(unit, UNIT_DIR / unit.name)
-    for svc in old["services"]:
-        if svc.get("key_file"):
-            for name in (Path(svc["key_file"]).name, Path(svc["key_file"]).name + ".version"):
-                if (GOOD / "keys" / name).exists():
-                    shutil.copy2(GOOD / "keys" / name, Path(svc["key_file"]).parent / name)
-    shutil.copy2(GOOD / "services.json", manifest_path)
-    subprocess.run(["systemctl", "daemon-reload"], check=False)
-    return old
+    manifest_path.write_text(json.dumps(good["manifest"], indent=2, sort_keys=True) + "\n")
+    return good["manifest"]
 
 
 def verify(args: argparse.Namespace) -> None:
@@ -248,6 +230,30 @@ def verify(args: argparse.Namespace) -> None:
     fail(f"verification of the new vLLM deploy failed and it was rolled back; {state}.\nWhat failed:\n{report}")
 
 
+def restore(args: argparse.Namespace) -> None:
+    """Explicit rollback (deploys/rollback.py): the last verified units and keys back, and
+    their units restarted, when what is on the host differs from them; else nothing (a
+    restart would reload the model for minutes)."""
+    manifest_path = Path(args.manifest)
+    state = GOOD.state()
+    if state is None:
+        fail("no verified vLLM state on this host to roll back to")
+    saved = GOOD.link / "units"
+    differs = [
+        s["unit"]
+        for s in state["manifest"]["services"]
+        if not (UNIT_DIR / s["unit"]).exists()
+        or (UNIT_DIR / s["unit"]).read_bytes() != (saved / s["unit"]).read_bytes()
+    ]
+    if not differs and manifest_path.exists() and json.loads(manifest_path.read_text()) == state["manifest"]:
+        log("vLLM services are at their last verified state; nothing to put back")
+        return
+    restore_good(manifest_path)
+    units = [s["unit"] for s in state["manifest"]["services"]]
+    subprocess.run(["systemctl", "restart", *units], check=False)
+    log("put back the last verified vLLM units and keys: " + ", ".join(units))
+
+
 # --- status --------------------------------------------------------------------------------
 
 
@@ -257,9 +263,8 @@ def status(args: argparse.Namespace) -> None:
     except (OSError, ValueError):
         print(json.dumps({"services": []}))
         return
-    good = None
-    if (GOOD / "services.json").exists():
-        good = {s["name"]: s["image"] for s in json.loads((GOOD / "services.json").read_text())["services"]}
+    state = GOOD.state()
+    good = {s["name"]: s["image"] for s in state["manifest"]["services"]} if state else None
     out = []
     for svc in manifest["services"]:
         inspect = docker("inspect", "--format", "{{.State.Status}} {{.Config.Image}}", svc["container"])
@@ -291,13 +296,14 @@ def main() -> None:
     p.add_argument("--patches", default="")
     p = sub.add_parser("mtp-check")
     p.add_argument("--model", required=True)
-    for name in ("verify", "status"):
+    for name in ("verify", "status", "restore"):
         p = sub.add_parser(name)
         p.add_argument("--manifest", default="/etc/rigkit/vllm/services.json")
         if name == "verify":
             p.add_argument("--rollback", action="store_true")
     args = parser.parse_args()
-    {"build": build, "mtp-check": mtp_check, "verify": verify, "status": status}[args.command](args)
+    commands = {"build": build, "mtp-check": mtp_check, "verify": verify, "status": status, "restore": restore}
+    commands[args.command](args)
 
 
 if __name__ == "__main__":
