@@ -62,7 +62,7 @@ def parse(raw: dict, gpus: int = 1, host: str = "h", key: str = "services[0]") -
         raise HostDataError(host, f"{key}.{unknown[0]}", "one of the known keys", "unknown key")
     common = coerce_fields(Service, {k: v for k, v in raw.items() if k in COMMON}, host, key)
     opts = SglangOptions(**coerce_fields(SglangOptions, {k: v for k, v in raw.items() if k in own}, host, key))
-    svc = Service(**common, options=opts)  # type: ignore[arg-type]  # Service.options is llama.cpp's today
+    svc = Service(**common, options=opts)  # Service.options is typed for llama.cpp today
     check_sglang(host, key, opts, svc.model, svc.gpus, Gpus(count=gpus, cuda_arch=("90",)))
     check_extra_args(host, key, svc)
     return svc
