@@ -17,6 +17,13 @@ How each engine reads argv (mirrored here; the table's ``rules`` say the same):
   flags from a YAML file; argparse accepts unambiguous prefixes (``--api-ke``): refused here,
   only full spellings are accepted; a bare word is the positional model.
 
+- SGLang (``sglang/srt/server_args.py`` ``prepare_server_args``: a plain
+  ``argparse.ArgumentParser``): ``--x=v`` is ``--x v``; no ``_`` -> ``-`` rewriting
+  (``--api_key`` is an error there and here); argparse accepts unambiguous prefixes (``--tp``
+  is ``--tp-size``): refused here, as for vLLM; the word ``--config`` splices a YAML file's
+  options in: a managed option. Options whose name says they carry a secret (``*-api-key``,
+  ``*-token``, ``*-password``, ``*-secret``) are managed whatever the version adds.
+
 A value may hold JSON, spaces and quotes: it reaches the unit through
 :func:`rigkit.render.systemd.escape`; control characters are refused.
 """
@@ -113,6 +120,56 @@ VLLM_MANAGED: dict[str, str] = {
 }
 
 
+SGLANG_MANAGED: dict[str, str] = {
+    "--model-path": "the service's model",
+    "--host": "the service's host",
+    "--port": "the service's port",
+    "--api-key": "api_key_file (keys never go on a command line)",
+    "--admin-api-key": "nothing: keys never go on a command line (the admin endpoints stay closed)",
+    "--served-model-name": "the service's alias",
+    "--context-length": "the service's ctx",
+    "--tensor-parallel-size": "tensor_parallel",
+    "--mem-fraction-static": "mem_fraction_static",
+    "--config": "typed keys or extra_args (a YAML file of more flags is not checked)",
+    "--trust-remote-code": "nothing: it runs code from the model repository",
+    "--enable-custom-logit-processor": "nothing: it runs code that a request sends",
+    "--download-dir": "models (ref: a locked Hub model)",
+    "--remote-instance-weight-loader-seed-instance-ip": "models (the service loads its own model directory)",
+    "--ssl-keyfile": "nothing: TLS belongs in front of the service",
+    "--ssl-certfile": "nothing: TLS belongs in front of the service",
+    "--ssl-ca-certs": "nothing: TLS belongs in front of the service",
+    "--ssl-keyfile-password": "nothing: TLS belongs in front of the service",
+    "--enable-ssl-refresh": "nothing: TLS belongs in front of the service",
+    "--grpc-mode": "nothing: the service speaks the OpenAI HTTP API rigkit verifies",
+    "--encoder-only": "nothing: the service speaks the OpenAI HTTP API rigkit verifies",
+    "--use-ray": "nothing: one host per SGLang service",
+    "--dist-init-addr": "nothing: one host per SGLang service",
+    "--nnodes": "nothing: one host per SGLang service",
+    "--node-rank": "nothing: one host per SGLang service",
+    "--reasoning-parser": "reasoning_parser",
+    "--tool-call-parser": "tool_call_parser",
+    "--speculative-algorithm": "speculative.algorithm",
+    "--speculative-num-steps": "speculative.num_steps",
+    "--speculative-eagle-topk": "speculative.eagle_topk",
+    "--speculative-num-draft-tokens": "speculative.num_draft_tokens",
+    "--speculative-draft-model-path": "speculative.draft_model_path",
+    "--help": _EXITS,
+}
+#: An option whose name says it carries a secret: managed in every table of SGLang, so a
+#: version that adds one (``--hf-token``) does not open a way around api_key_file.
+SECRET_OPTION = re.compile(r"--(?:[a-z0-9-]+-)?(?:api-key|key|token|password|secret)", re.ASCII)
+
+
+def secret_options(table: Mapping[str, Any]) -> dict[str, str]:
+    """canonical option -> why: every option of ``table`` taking a value whose name (any
+    spelling) says it carries a secret."""
+    out: dict[str, str] = {}
+    for spelling, entry in table["options"].items():
+        if entry["arity"] != 0 and entry.get("kind") == "text" and SECRET_OPTION.fullmatch(spelling):
+            out.setdefault(entry["canonical"], "nothing: secrets never go on a command line (api_key_file for the key)")
+    return out
+
+
 def managed_options(table: Mapping[str, Any], managed: Mapping[str, str], rendered: Sequence[str]) -> dict[str, str]:
     """canonical option -> why it is refused: ``managed``'s options and every flag of the
     command line rigkit ``rendered`` for the service, in the table's canonical names."""
@@ -194,13 +251,13 @@ def check_extra_args(
             name, inline = "--optimization-level", word[3:] if word[2:3] == "=" else word[2:]
         elif vllm and word == "-O" and i + 1 < len(args) and args[i + 1] in ("0", "1", "2", "3"):
             name = "--optimization-level"
-        elif vllm and "=" in word:
+        elif table["rules"].get("equals_form") is True and "=" in word:
             name, inline = word.split("=", 1)
         dotted = None
         if vllm and "." in name:
             name, dotted = name.split(".", 1)
-        if name.startswith("--"):
-            name = name.replace("_", "-")  # both engines (vLLM's only before the first '.': split off)
+        if name.startswith("--") and table["rules"].get("underscore_to_dash") != "none":
+            name = name.replace("_", "-")  # llama-server and vLLM (vLLM's only before the first '.': split off)
         entry = options.get(name)
         if entry is None:
             raise HostDataError(host, at, _unknown(table, name, word), word)
@@ -244,7 +301,7 @@ def _unknown(table: Mapping[str, Any], name: str, word: str) -> str:
     options = table["options"]
     if not word.isascii():
         return f"an option of {engine} (ASCII only: '-' and letters, not look-alikes)"
-    if table["engine"] != "vllm" and "=" in word and word.split("=", 1)[0].replace("_", "-") in options:
+    if not table["rules"].get("equals_form") and "=" in word and word.split("=", 1)[0].replace("_", "-") in options:
         return f"an option of {engine}: it takes no '=' form; give the option and its value as two elements"
     if name.startswith("--") and len(name) > 2:
         longer = sorted(o for o in options if o.startswith(name))

@@ -21,8 +21,12 @@ from typing import Any
 #: llama-server tables by build number, vLLM tables by version; the newest is the last.
 LLAMA_SERVER_BUILDS = (9976, 11312)
 VLLM_VERSIONS = ("0.19.1",)
+#: SGLang tables by version (lmsysorg/sglang:v<version>-cu130 images).
+SGLANG_VERSIONS = ("0.5.12",)
 BUILD_TAG = re.compile(r"b([0-9]+)", re.ASCII)
 VERSION = re.compile(r"v?([0-9]+(?:\.[0-9]+){1,2})", re.ASCII)
+# lmsysorg/sglang tags: v0.5.12, v0.5.12-cu130, v0.5.12.post1-cu130-amd64
+SGLANG_TAG = re.compile(r"v?([0-9]+\.[0-9]+\.[0-9]+(?:\.post[0-9]+)?)(?:-[A-Za-z0-9_.-]+)?", re.ASCII)
 
 
 @cache
@@ -52,3 +56,12 @@ def vllm_table(base_image: str | None) -> dict[str, Any]:
     m = VERSION.fullmatch(tag)
     version = m.group(1) if m and m.group(1) in VLLM_VERSIONS else VLLM_VERSIONS[-1]
     return load(f"vllm-{version}")
+
+
+def sglang_table(image: str | None) -> dict[str, Any]:
+    """The table for an ``lmsysorg/sglang`` image: the version in its tag
+    (``lmsysorg/sglang:v0.5.12-cu130``), else (a digest, an unknown version) the newest table."""
+    tag = (image or "").split("@", 1)[0].rpartition("/")[2].partition(":")[2]
+    m = SGLANG_TAG.fullmatch(tag)
+    version = m.group(1) if m and m.group(1) in SGLANG_VERSIONS else SGLANG_VERSIONS[-1]
+    return load(f"sglang-{version}")

@@ -10,12 +10,15 @@ the engines' own sources, statically (nothing is built or imported).
   keeps it: ``add_opt`` keeps an option of LLAMA_EXAMPLE_SERVER or LLAMA_EXAMPLE_COMMON not
   excluded from the server) and ``if (ex == LLAMA_EXAMPLE_SERVER)`` branches.
 - vLLM: ``vllm serve``'s parser, read with :mod:`ast` from the wheel (see :func:`vllm_table`).
+- SGLang: ``python3 -m sglang.launch_server``'s parser (``ServerArgs.add_cli_args``), read with
+  :mod:`ast` from the wheel (see :func:`sglang_table`).
 
 Regenerate for a new pin (then add it to ``LLAMA_SERVER_BUILDS``/``VLLM_VERSIONS`` and run
 tests/test_engine_args.py, which regenerates every committed table and compares)::
 
     python -m rigkit.hostdata.option_tables.generate llama-server 0.3.36   # llama-cpp-python
     python -m rigkit.hostdata.option_tables.generate vllm 0.19.1
+    python -m rigkit.hostdata.option_tables.generate sglang 0.5.12
 
 The sdist comes through :func:`rigkit.sandbox.offline.fetch_llama_sdist` (sha256 checked
 against PyPI), the wheel from ``pip download vllm==<version> --no-deps`` into the cache.
@@ -717,6 +720,255 @@ def vllm_table(version: str) -> dict[str, Any]:
     }
 
 
+# --------------------------------------------------------------------------------------------
+# SGLang: `python3 -m sglang.launch_server`'s argparse parser, read with ast (importing SGLang
+# needs torch).
+#
+# sglang/launch_server.py calls prepare_server_args(sys.argv[1:]) (sglang/srt/server_args.py):
+# a plain `argparse.ArgumentParser(prog="sglang serve")`, ServerArgs.add_cli_args(parser), and
+# a `--config` YAML merge when the word "--config" is in argv. add_cli_args is a flat list of
+# `parser.add_argument(...)` calls with literal spellings; the kwargs read: action (store_true;
+# argparse.BooleanOptionalAction -> --x and --no-x; SGLang's own Action classes take the
+# `nargs` default of their __init__: 0 for the deprecated flags), nargs, type (int, float,
+# json.loads / json_list_type -> JSON, human_readable_int "256k" -> text, str) and choices
+# (literals, module-level constants, `["auto"] + <local>` where the local is the keys of a
+# parser registry dict in another file). Options sharing a `dest` are one option: their
+# canonical is the first long spelling registered for that dest.
+
+SGLANG_FILES = (
+    "sglang/launch_server.py",
+    "sglang/srt/server_args.py",
+    "sglang/srt/utils/common.py",  # SUPPORTED_LORA_TARGET_MODULES, imported by server_args.py
+    "sglang/srt/parser/reasoning_parser.py",
+    "sglang/srt/function_call/function_call_parser.py",
+)
+#: Registries whose keys are choices (`list(<Class>.<dict>.keys())`) -> the file defining it.
+SGLANG_REGISTRIES = {
+    "ReasoningParser.DetectorMap": "sglang/srt/parser/reasoning_parser.py",
+    "FunctionCallParser.ToolCallParserEnum": "sglang/srt/function_call/function_call_parser.py",
+}
+_SGLANG_KINDS = {
+    "int": "int",
+    "float": "float",
+    "json.loads": "json",
+    "json_list_type": "json",
+    "str": "text",
+    "nullable_str": "text",
+    "human_readable_int": "text",  # "262144", "256k", "1Mi"
+}
+
+
+def _registry_keys(sources: dict[str, str], ref: str) -> list[str]:
+    """The string keys of a class-level dict literal, e.g. ``ReasoningParser.DetectorMap``."""
+    import ast
+
+    cls_name, attr = ref.split(".")
+    tree = ast.parse(sources[SGLANG_REGISTRIES[ref]])
+    cls = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == cls_name)
+    for node in cls.body:
+        target: ast.expr
+        value: ast.expr | None
+        if isinstance(node, ast.AnnAssign):
+            target, value = node.target, node.value
+        elif isinstance(node, ast.Assign) and len(node.targets) == 1:
+            target, value = node.targets[0], node.value
+        else:
+            continue
+        if isinstance(target, ast.Name) and target.id == attr and isinstance(value, ast.Dict):
+            return [k.value for k in value.keys if isinstance(k, ast.Constant) and isinstance(k.value, str)]
+    raise ValueError(f"{ref}: no dict literal")
+
+
+class _SglangChoices:
+    """Evaluates a ``choices=`` expression: literals, module constants, ``+``, locals."""
+
+    def __init__(self, sources: dict[str, str], tree: Any) -> None:
+        import ast
+
+        self.sources = sources
+        self.names: dict[str, Any] = {}
+        imported: set[str] = set()
+        for node in tree.body:
+            if isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name):
+                self.names[node.targets[0].id] = node.value
+            elif isinstance(node, ast.ImportFrom) and node.module == "sglang.srt.utils.common":
+                imported |= {a.asname or a.name for a in node.names}
+        for node in ast.parse(sources["sglang/srt/utils/common.py"]).body:
+            if (
+                isinstance(node, ast.Assign)
+                and len(node.targets) == 1
+                and isinstance(node.targets[0], ast.Name)
+                and node.targets[0].id in imported
+            ):
+                self.names.setdefault(node.targets[0].id, node.value)
+        self.local: dict[str, list[str]] = {}
+
+    def assign(self, node: Any) -> None:
+        """A local of add_cli_args: ``x = list(<Registry>.keys())``."""
+        import ast
+
+        if not (isinstance(node.targets[0], ast.Name) and isinstance(node.value, ast.Call)):
+            return
+        text = ast.unparse(node.value)
+        for ref in SGLANG_REGISTRIES:
+            if text == f"list({ref}.keys())":
+                self.local[node.targets[0].id] = _registry_keys(self.sources, ref)
+
+    def value(self, expr: Any, depth: int = 0) -> list[str]:
+        import ast
+
+        if depth > 10:
+            raise ValueError(f"choices too deep: {ast.unparse(expr)}")
+        if isinstance(expr, (ast.List, ast.Tuple, ast.Set)):
+            out = []
+            for e in expr.elts:
+                if isinstance(e, ast.Name) and isinstance(self.names.get(e.id), ast.Constant):
+                    e = self.names[e.id]
+                if not isinstance(e, ast.Constant):
+                    raise ValueError(f"choices element not a literal: {ast.unparse(e)}")
+                out.append(str(e.value))
+            return out
+        if isinstance(expr, ast.BinOp) and isinstance(expr.op, ast.Add):
+            return self.value(expr.left, depth + 1) + self.value(expr.right, depth + 1)
+        if isinstance(expr, ast.Name) and expr.id in self.local:
+            return list(self.local[expr.id])
+        if isinstance(expr, ast.Name) and expr.id in self.names:
+            return self.value(self.names[expr.id], depth + 1)
+        raise ValueError(f"choices not understood: {ast.unparse(expr)}")
+
+
+def _action_nargs(tree: Any) -> dict[str, Any]:
+    """Module-level argparse.Action subclasses -> the ``nargs`` default of their __init__
+    (None when they take argparse's default, one value)."""
+    import ast
+
+    out: dict[str, Any] = {}
+    for cls in tree.body:
+        if not (isinstance(cls, ast.ClassDef) and any(ast.unparse(b) == "argparse.Action" for b in cls.bases)):
+            continue
+        out[cls.name] = None
+        for fn in cls.body:
+            if isinstance(fn, ast.FunctionDef) and fn.name == "__init__":
+                args = fn.args.args
+                defaults = dict(zip([a.arg for a in args[len(args) - len(fn.args.defaults) :]], fn.args.defaults))
+                default = defaults.get("nargs")
+                if isinstance(default, ast.Constant):
+                    out[cls.name] = default.value
+    return out
+
+
+def sglang_launch_options(sources: dict[str, str]) -> dict[str, dict[str, Any]]:
+    """Every spelling ``sglang.launch_server`` accepts -> canonical, arity (0, 1, "?", "*",
+    "+"), kind and choices."""
+    import ast
+
+    tree = ast.parse(sources["sglang/srt/server_args.py"])
+    cls = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "ServerArgs")
+    fn = _method(cls, "add_cli_args")
+    choices = _SglangChoices(sources, tree)
+    actions = _action_nargs(tree)
+    options: dict[str, dict[str, Any]] = {}
+    canonical_of_dest: dict[str, str] = {}
+    for node in fn.body:
+        if isinstance(node, ast.Assign):
+            choices.assign(node)
+            continue
+        if not (
+            isinstance(node, ast.Expr)
+            and isinstance(node.value, ast.Call)
+            and ast.unparse(node.value.func) == "parser.add_argument"
+        ):
+            raise ValueError(f"add_cli_args: statement not understood at line {node.lineno}")
+        call = node.value
+        flags = []
+        for a in call.args:
+            if not (isinstance(a, ast.Constant) and isinstance(a.value, str) and a.value.startswith("-")):
+                raise ValueError(f"add_argument with a spelling that is no literal option at line {node.lineno}")
+            flags.append(a.value)
+        kw = {k.arg: k.value for k in call.keywords if k.arg is not None}
+        if len(kw) != len(call.keywords):
+            raise ValueError(f"add_argument(**...) at line {node.lineno}")
+        long = [f for f in flags if f.startswith("--")]
+        dest_node = kw.get("dest")
+        dest = (
+            str(dest_node.value)
+            if isinstance(dest_node, ast.Constant)
+            else (long[0] if long else flags[0]).lstrip("-").replace("-", "_")
+        )
+        canonical = canonical_of_dest.setdefault(dest, long[0] if long else flags[0])
+        action = ast.unparse(kw["action"]).strip("'\"") if "action" in kw else None
+        nargs_node = kw.get("nargs")
+        nargs = nargs_node.value if isinstance(nargs_node, ast.Constant) else None
+        if nargs_node is not None and nargs is None:
+            raise ValueError(f"nargs not a literal at line {node.lineno}")
+        if action in actions and nargs_node is None:
+            nargs = actions[action]
+        kind = _SGLANG_KINDS.get(ast.unparse(kw["type"]), "text") if "type" in kw else "text"
+        entry: dict[str, Any]
+        if action in ("store_true", "store_false", "store_const", "count", "help", "version") or nargs == 0:
+            entry = {"arity": 0, "kind": "flag"}
+        elif action == "argparse.BooleanOptionalAction":
+            entry = {"arity": 0, "kind": "flag"}
+            for f in long:  # argparse.BooleanOptionalAction: --no-<name> for every -- spelling
+                options["--no-" + f[2:]] = {"canonical": canonical, "arity": 0, "kind": "flag", "negative": True}
+        elif action is not None and action not in actions:
+            raise ValueError(f"action {action} not understood at line {node.lineno}")
+        else:
+            entry = {"arity": nargs if nargs in ("?", "*", "+") or isinstance(nargs, int) else 1, "kind": kind}
+            if "choices" in kw:
+                entry["kind"] = "choice"
+                entry["choices"] = sorted(set(choices.value(kw["choices"])))
+        for f in flags:
+            options[f] = {"canonical": canonical, **entry}
+    # argparse's own: ArgumentParser(prog="sglang serve") keeps add_help=True.
+    options["-h"] = options["--help"] = {"canonical": "--help", "arity": 0, "kind": "flag"}
+    return dict(sorted(options.items()))
+
+
+SGLANG_RULES = {
+    # prepare_server_args (sglang/srt/server_args.py): `argparse.ArgumentParser(prog="sglang
+    # serve")` with argparse's defaults: allow_abbrev=True (an unambiguous prefix of a long
+    # option is that option: `--tp 2` is --tp-size, `--api-ke` is --api-key), `--x=v` is
+    # `--x v`, no '_' -> '-' rewriting (`--api_key` is an error), no `@file` arguments
+    # (fromfile_prefix_chars None), no positionals. When the exact word "--config" is in
+    # argv, ConfigArgumentMerger splices a YAML file's options in before parsing.
+    # launch_server.py first runs load_plugins(): installed plugins (entry points) may add
+    # choices (add_*_choices); the pinned image's are its own.
+    "underscore_to_dash": "none",
+    "equals_form": True,
+    "abbreviations": True,
+    "config_file": "--config",
+    "positionals": False,
+}
+
+
+def sglang_wheel_sources(version: str) -> dict[str, str]:
+    """The files the generator reads, from the SGLang ``version`` wheel (pip download, cached)."""
+    from rigkit.sandbox.offline import default_cache_dir
+
+    wheels = default_cache_dir() / "wheels"
+    found = sorted(wheels.glob(f"sglang-{version}-*.whl"))
+    if not found:
+        wheels.mkdir(parents=True, exist_ok=True)
+        subprocess.run(
+            [sys.executable, "-m", "pip", "download", "-q", f"sglang=={version}", "--no-deps", "-d", str(wheels)],
+            check=True,
+        )
+        found = sorted(wheels.glob(f"sglang-{version}-*.whl"))
+    with zipfile.ZipFile(found[0]) as zf:
+        return {name: zf.read(name).decode() for name in SGLANG_FILES}
+
+
+def sglang_table(version: str) -> dict[str, Any]:
+    return {
+        "engine": "sglang",
+        "version": version,
+        "source": f"sglang {version} wheel: {', '.join(SGLANG_FILES)}",
+        "rules": SGLANG_RULES,
+        "options": sglang_launch_options(sglang_wheel_sources(version)),
+    }
+
+
 def render(table: dict[str, Any]) -> str:
     """A table as committed: sorted, indented JSON."""
     return json.dumps(table, indent=1, sort_keys=True) + "\n"
@@ -724,13 +976,15 @@ def render(table: dict[str, Any]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("engine", choices=["llama-server", "vllm"])
-    parser.add_argument("version", help="llama-cpp-python sdist version (llama-server) or vLLM version")
+    parser.add_argument("engine", choices=["llama-server", "vllm", "sglang"])
+    parser.add_argument("version", help="llama-cpp-python sdist version (llama-server), vLLM or SGLang version")
     args = parser.parse_args(argv)
     if args.engine == "llama-server":
         table = llama_server_table(args.version)
-    else:
+    elif args.engine == "vllm":
         table = vllm_table(args.version)
+    else:
+        table = sglang_table(args.version)
     out = OUT_DIR / f"{table['engine']}-{table['version']}.json"
     out.write_text(render(table))
     print(f"{out}: {len(table['options'])} spellings")
