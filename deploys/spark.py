@@ -10,11 +10,12 @@ touched.
 
 from pyinfra import host
 
-from rigkit import rig, spark
+from rigkit import spark
 from rigkit.hostdata import rig_for
-from rigkit.vllm import vllm_services
+from rigkit.models.deploy import models
+from rigkit.serve import serve_all
 
 config = rig_for(host)  # every component validated before any host changes
 spark.preflight(config)
-models = rig.models(config)
-vllm_services(config, models=models)
+placed = models(config)
+serve_all(config, models=placed, address=host.data.get("ssh_hostname") or host.name)

@@ -10,8 +10,9 @@ from typing import Any
 from rigkit.facts.cluster import RayNodes
 from rigkit.facts.vllm import VllmStatus
 from rigkit.hostdata import Rig
+from rigkit.hostdata.vllm import options_of
 from rigkit.render import ray as render_ray
-from rigkit.render.vllm import MANIFEST, ImageIdentity
+from rigkit.render.vllm import MANIFEST, image_identity
 
 
 def facts(state: Any) -> dict:
@@ -31,7 +32,7 @@ def drift(rig: Rig, info: dict) -> list[str]:
         if seen is None:
             problems.append(f"{svc.name}: declared, not deployed")
             continue
-        declared = ImageIdentity.of(svc.options).tag  # type: ignore[arg-type]
+        declared = image_identity(options_of(svc)).tag
         if seen.get("image") != declared:
             problems.append(f"{svc.name}: runs {seen.get('image')}, declared {declared}")
         if seen.get("container") != "running" or not seen.get("healthy"):

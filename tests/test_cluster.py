@@ -332,7 +332,7 @@ def test_spark_cluster_inventory():
     import runpy
     from pathlib import Path
 
-    from rigkit.render.vllm import ImageIdentity
+    from rigkit.render.vllm import image_identity
 
     inventory = runpy.run_path(str(Path(__file__).resolve().parent.parent / "inventories" / "spark-cluster.py"))
     data = dict(inventory["sparks"])
@@ -343,7 +343,7 @@ def test_spark_cluster_inventory():
     )
     assert head.is_head and not worker.is_head
     svc = head.services[0]
-    image = ImageIdentity.of(svc.options).tag
+    image = image_identity(svc.options).tag
     argv = render_vllm.command_line(svc, image, head.gpus.count, head.cluster)
     serve = argv[argv.index(image) + 1 :]
     assert serve[serve.index("--tensor-parallel-size") + 1] == "2"
@@ -355,7 +355,7 @@ def test_spark_cluster_inventory():
 
 
 def test_a_second_vllm_service_on_the_head_is_not_wired_into_ray():
-    from rigkit.vllm import spanned
+    from rigkit.engines.vllm import spanned
 
     data = spark_pair()
     data["spark-1"]["services"].append(

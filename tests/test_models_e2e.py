@@ -1,5 +1,5 @@
 """Hub models end to end: a token-protected Hub mirror on the sandbox gateway, ``rigkit lock``,
-then ``rig.models`` through pyinfra on 2 real hosts; byte-identical shards, a no-op second
+then the models step (``rigkit.models.deploy``) through pyinfra on 2 real hosts; byte-identical shards, a no-op second
 run, a missing lock stopping the deploy before any host changes, the token never printed."""
 
 from __future__ import annotations
@@ -32,11 +32,11 @@ from io import StringIO
 from pyinfra import host
 from pyinfra.operations import files
 
-from rigkit import rig
 from rigkit.hostdata import rig_for
+from rigkit.models.deploy import models
 
 config = rig_for(host)  # resolves "ref:tiny" through the lock, or fails before any change
-rig.models(config)
+models(config)
 files.put(name="Resolved model path", src=StringIO(config.services[0].model + "\\n"), dest="{marker}")
 """
 

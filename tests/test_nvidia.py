@@ -385,7 +385,7 @@ def test_toolkit_from_nvcc_without_version_json():
 
 
 def test_llama_cpp_build_takes_cuda_arch_from_the_gpu_facts(monkeypatch):
-    from rigkit import rig as rig_steps
+    from rigkit.engines import llama_cpp as rig_steps
     from rigkit.hostdata import parse_rig
 
     class Host:

@@ -6,7 +6,6 @@ hostile host data is refused naming host, key and what was expected."""
 from __future__ import annotations
 
 import copy
-import dataclasses
 import json
 import os
 import shlex
@@ -19,14 +18,10 @@ import pytest
 
 from rigkit.hostdata import HostDataError, Service, option_tables
 from rigkit.hostdata.gpus import Gpus
-from rigkit.hostdata.schema import coerce_fields
-from rigkit.hostdata.services import COMMON
+from rigkit.hostdata.services import parse_service
 from rigkit.hostdata.sglang import (
     IMAGE_SOURCE,
     SPECULATIVE_ALGORITHMS,
-    SglangOptions,
-    check_extra_args,
-    check_sglang,
     env_problem,
 )
 from rigkit.render import sglang as render
@@ -54,18 +49,9 @@ def seed() -> dict:
 
 
 def parse(raw: dict, gpus: int = 1, host: str = "h", key: str = "services[0]") -> Service:
-    """What the services parser will do for engine "sglang" once it is wired in: the common
-    keys to Service, the rest to SglangOptions, then SGLang's checks."""
-    own = {f.name for f in dataclasses.fields(SglangOptions)}
-    unknown = sorted(set(raw) - COMMON - own)
-    if unknown:
-        raise HostDataError(host, f"{key}.{unknown[0]}", "one of the known keys", "unknown key")
-    common = coerce_fields(Service, {k: v for k, v in raw.items() if k in COMMON}, host, key)
-    opts = SglangOptions(**coerce_fields(SglangOptions, {k: v for k, v in raw.items() if k in own}, host, key))
-    svc = Service(**common, options=opts)  # Service.options is typed for llama.cpp today
-    check_sglang(host, key, opts, svc.model, svc.gpus, Gpus(count=gpus, cuda_arch=("90",)))
-    check_extra_args(host, key, svc)
-    return svc
+    """What the services parser does for engine "sglang": the common keys to Service, the rest
+    to SglangOptions, then SGLang's checks."""
+    return parse_service(host, key, {"engine": "sglang", **raw}, Gpus(count=gpus, cuda_arch=("90",)))
 
 
 def refused(raw: dict, gpus: int = 1) -> HostDataError:
@@ -252,7 +238,7 @@ def test_command_line_and_unit(tmp_path):
     ):
         assert line in unit.splitlines(), line
     assert "--api-key" not in argv and "--api-key" not in unit and "API_KEY=" not in unit
-    assert render.unit_name(svc) == "rigkit-sglang-qwen35.service"
+    assert svc.unit == "rigkit-sglang-qwen35.service"
 
 
 def test_draft_model_mounted_read_only():
@@ -266,12 +252,12 @@ def test_draft_model_mounted_read_only():
 def test_image_tag_is_the_content_hash(tmp_path):
     for name in render.CONTEXT_FILES:
         (tmp_path / name).write_bytes((IMAGE_SOURCE / name).read_bytes())
-    a = render.ImageIdentity.of(IMAGE, tmp_path)
-    assert a == render.ImageIdentity.of(IMAGE, tmp_path) and a.tag.startswith("rigkit/sglang:")
-    assert render.ImageIdentity.of("lmsysorg/sglang:v0.5.12-cu129", tmp_path).tag != a.tag
+    a = render.image_identity(IMAGE, tmp_path)
+    assert a == render.image_identity(IMAGE, tmp_path) and a.tag.startswith("rigkit/sglang:")
+    assert render.image_identity("lmsysorg/sglang:v0.5.12-cu129", tmp_path).tag != a.tag
     (tmp_path / "entrypoint.py").write_text("# changed\n")
-    assert render.ImageIdentity.of(IMAGE, tmp_path).tag != a.tag
-    assert render.ImageIdentity.of(IMAGE).tag == render.ImageIdentity.of(IMAGE).tag
+    assert render.image_identity(IMAGE, tmp_path).tag != a.tag
+    assert render.image_identity(IMAGE).tag == render.image_identity(IMAGE).tag
 
 
 def test_extra_args_render_as_meant():

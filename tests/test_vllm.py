@@ -232,8 +232,8 @@ def test_image_tag_is_the_content_hash(tmp_path):
     src = tmp_path / "vllm"
     shutil.copytree(IMAGE_SOURCE, src)
     opts = parse_rig("h", spark()).services[0].options
-    first = render.ImageIdentity.of(opts, src)
-    assert first == render.ImageIdentity.of(opts, src) and first.tag.startswith("rigkit/vllm:")
+    first = render.image_identity(opts, src)
+    assert first == render.image_identity(opts, src) and first.tag.startswith("rigkit/vllm:")
     assert {rel for rel, _ in first.files} >= {
         "Dockerfile",
         "rigkit_vllm_patches/apply.py",
@@ -242,9 +242,9 @@ def test_image_tag_is_the_content_hash(tmp_path):
     assert not any("02-rope" in rel for rel, _ in first.files)  # only the chosen patches
     diff = src / "patches/01-inc-hybrid-fp8/inc.py.diff"
     diff.write_text(diff.read_text() + "\n")
-    assert render.ImageIdentity.of(opts, src).tag != first.tag
+    assert render.image_identity(opts, src).tag != first.tag
     other_base = parse_rig("h", mutate(spark, base_image="vllm/vllm-openai:v0.19.0")).services[0].options
-    assert render.ImageIdentity.of(other_base, src).tag != render.ImageIdentity.of(opts, src).tag
+    assert render.image_identity(other_base, src).tag != render.image_identity(opts, src).tag
 
 
 # --- the patches against vLLM 0.19.1's real files ----------------------------------------

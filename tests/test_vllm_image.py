@@ -17,7 +17,7 @@ from vllm_docker import Dockerd, import_base
 
 from rigkit.hostdata import parse_rig
 from rigkit.hostdata.vllm import IMAGE_SOURCE
-from rigkit.render.vllm import ImageIdentity
+from rigkit.render.vllm import image_identity
 
 pytestmark = [
     pytest.mark.e2e,
@@ -42,12 +42,16 @@ def build(engine: Dockerd, source: Path, patches: list[str]) -> tuple[subprocess
     opts = (
         parse_rig(
             "h",
-            {"services": [{"name": "s", "engine": "vllm", "model": "/srv/m", "base_image": BASE, "patches": patches}]},
+            {
+                "services": [
+                    {"name": "s", "engine": "vllm", "model": "/srv/models/m", "base_image": BASE, "patches": patches}
+                ]
+            },
         )
         .services[0]
         .options
     )
-    identity = ImageIdentity.of(opts, source)
+    identity = image_identity(opts, source)
     context = source.parent / ("ctx-" + identity.tag.split(":")[1])
     for rel, path in identity.files:
         (context / rel).parent.mkdir(parents=True, exist_ok=True)

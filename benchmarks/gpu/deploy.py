@@ -4,16 +4,16 @@ machine): the host tool, the pinned build for the GPU's architecture, then the s
 
     pyinfra -y benchmarks/gpu/inventory.py benchmarks/gpu/deploy.py
 
-The same operations ``rigkit.rig.llama_cpp_build`` runs, less its apt step (cmake, git,
+The same operations ``rigkit.engines.llama_cpp.llama_cpp_build`` runs, less its apt step (cmake, git,
 a C++ compiler and the CUDA toolkit must be there already).
 """
 
 from pyinfra import host
 
+from rigkit.engines.llama_cpp import cuda_arch
 from rigkit.hostdata import rig_for
 from rigkit.operations import llama_cpp
 from rigkit.operations.llama_cpp import BuildIdentity
-from rigkit.rig import cuda_arch
 
 config = rig_for(host)
 assert config.llama_cpp is not None, "benchmarks/gpu/inventory.py declares llama_cpp"

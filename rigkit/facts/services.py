@@ -6,18 +6,20 @@ import re
 
 from pyinfra.api import FactBase
 
-from rigkit.hostdata.services import ENGINES, SERVICE_NAME
+from rigkit.host_paths import UNIT_DIR, key_dir
+from rigkit.hostdata.engines import SPECS
+from rigkit.hostdata.services import SERVICE_NAME
 
-UNIT_DIR = "/etc/systemd/system"
-KEY_DIR = "/etc/rigkit/llama"
 _TIMER = re.compile(r"rigkit-watchdog-(.+)\.timer", re.ASCII)
-_UNIT = re.compile(rf"rigkit-({'|'.join(prefix for _, prefix in ENGINES.values())})-(.+)\.service", re.ASCII)
+_UNIT = re.compile(rf"rigkit-({'|'.join(spec.prefix for spec in SPECS.values())})-(.+)\.service", re.ASCII)
+_KEYS = re.compile(r"--keys ([a-z0-9]+)--", re.ASCII)
 
 
 class ManagedServices(FactBase[dict]):
     """
     Service units rigkit wrote (``rigkit-<engine prefix>-<name>.service``) and the API key
-    files it placed, by service name; names that are not valid service names are ignored.
+    files it placed in each engine's key directory, by service name; names that are not
+    valid service names are ignored.
 
     .. code:: python
 
@@ -30,17 +32,21 @@ class ManagedServices(FactBase[dict]):
         return {"units": {}, "keys": [], "timers": []}
 
     def command(self) -> str:
-        return f"ls -1 {UNIT_DIR} 2>/dev/null; echo --keys--; ls -1 {KEY_DIR} 2>/dev/null; true"
+        listings = "; ".join(
+            f"echo --keys {spec.prefix}--; ls -1 {key_dir(spec.prefix)} 2>/dev/null" for spec in SPECS.values()
+        )
+        return f"ls -1 {UNIT_DIR} 2>/dev/null; {listings}; true"
 
     def process(self, output: list[str]) -> dict:
         facts = self.default()
         in_keys = False
         for line in output:
             line = line.strip()
-            if line == "--keys--":
+            if _KEYS.fullmatch(line):
                 in_keys = True
             elif in_keys and line.endswith(".key") and SERVICE_NAME.fullmatch(line[:-4]):
-                facts["keys"].append(line[:-4])
+                if line[:-4] not in facts["keys"]:
+                    facts["keys"].append(line[:-4])
             elif not in_keys and (match := _UNIT.fullmatch(line)) and SERVICE_NAME.fullmatch(match.group(2)):
                 facts["units"][match.group(2)] = line
             elif not in_keys and (match := _TIMER.fullmatch(line)) and SERVICE_NAME.fullmatch(match.group(1)):

@@ -10,37 +10,10 @@ import shlex
 
 from pyinfra.api import FactBase, QuoteString, StringCommand
 
+from rigkit.host_paths import TOOLS_DIR
+
 #: rigkit's host-side vLLM tool (``rigkit/scripts/vllm_host.py``), beside check_service.py.
-VLLM_TOOL = "/opt/rigkit/bin/vllm_host.py"
-
-
-class DockerImages(FactBase[list]):
-    """Tags of the ``rigkit/vllm`` images in the host's Docker (empty without Docker).
-
-    .. code:: python
-
-        ["rigkit/vllm:0123456789abcdef"]
-    """
-
-    def command(self) -> StringCommand:
-        return StringCommand(
-            "docker",
-            "image",
-            "ls",
-            "--format",
-            QuoteString("{{.Repository}}:{{.Tag}}"),
-            "rigkit/vllm",
-            "2>/dev/null",
-            "||",
-            "true",
-        )
-
-    def process(self, output: list[str]) -> list:
-        return sorted(line.strip() for line in output if line.strip().startswith("rigkit/vllm:"))
-
-    @staticmethod
-    def default() -> list:
-        return []
+VLLM_TOOL = f"{TOOLS_DIR}/vllm_host.py"
 
 
 class VllmStatus(FactBase[dict]):

@@ -23,6 +23,7 @@ INVENTORY``), which the inventory names in host data ``model_lock``
 
 from rigkit.hostdata.gpus import Gpus
 from rigkit.hostdata.llama_cpp import UPSTREAM_LLAMA_CPP, LlamaCpp
+from rigkit.hostdata.llama_server import SAMPLING_PRESETS, LlamaServerOptions
 from rigkit.hostdata.models import MODEL_REF_PREFIX, HubModel, UploadModel, parse_models
 from rigkit.hostdata.rig import (
     LOCK_ENV,
@@ -34,7 +35,7 @@ from rigkit.hostdata.rig import (
     rig_for,
 )
 from rigkit.hostdata.schema import HostDataError
-from rigkit.hostdata.services import SAMPLING_PRESETS, LlamaServerOptions, Service
+from rigkit.hostdata.services import Service
 
 __all__ = [
     "LOCK_ENV",

@@ -37,6 +37,11 @@ COMPONENTS = ("gpus", "nvidia", "llama_cpp", "services", "models", "cluster")
 HOST_KEYS = ("model_roots", INSECURE_HTTP)
 
 
+def spans_cluster(svc: Service) -> str | None:
+    """The name of the cluster a service spans (a vLLM service's ``cluster``), or None."""
+    return svc.options.cluster if isinstance(svc.options, VllmOptions) else None
+
+
 class ModelLockError(PyinfraError, LockError):
     """The model lock is missing or does not match a host's Hub models; names ``rigkit lock``."""
 
@@ -68,7 +73,7 @@ class Rig:
     def serves(self, svc: Service) -> bool:
         """Whether the service's unit runs here: everywhere but on a cluster's other nodes
         (which run Ray workers in its image)."""
-        return self.cluster is None or getattr(svc.options, "cluster", None) is None or self.is_head
+        return self.cluster is None or spans_cluster(svc) is None or self.is_head
 
     @property
     def is_head(self) -> bool:
@@ -76,7 +81,7 @@ class Rig:
 
     def clustered(self) -> Service | None:
         """The vLLM service that spans this host's cluster."""
-        return next((s for s in self.services if getattr(s.options, "cluster", None) is not None), None)
+        return next((s for s in self.services if spans_cluster(s) is not None), None)
 
     @property
     def hub_models(self) -> tuple[HubModel, ...]:
@@ -157,9 +162,9 @@ def _check_clustered_services(host: str, services: tuple[Service, ...], cluster:
     """A service that names a cluster names this host's; a cluster has exactly one service."""
     spanning = []
     for i, svc in enumerate(services):
-        name = getattr(svc.options, "cluster", None)
-        if name is None:
+        if not isinstance(svc.options, VllmOptions) or svc.options.cluster is None:
             continue
+        opts, name = svc.options, svc.options.cluster
         if cluster is None or cluster.name != name:
             raise HostDataError(
                 host,
@@ -167,12 +172,11 @@ def _check_clustered_services(host: str, services: tuple[Service, ...], cluster:
                 f"the name of this host's cluster ({cluster.name if cluster else 'none declared'})",
                 name,
             )
-        opts = svc.options
         if svc.gpus:
             raise HostDataError(
                 host, f"services[{i}].gpus", "no GPU subset: a service across a cluster uses every GPU of its nodes"
             )
-        for var in opts.env:  # type: ignore[attr-defined]
+        for var in opts.env:
             if var in CLUSTER_ENV:
                 raise HostDataError(
                     host,
@@ -180,13 +184,13 @@ def _check_clustered_services(host: str, services: tuple[Service, ...], cluster:
                     f"none of {', '.join(sorted(CLUSTER_ENV))} (rigkit sets them for the cluster's interconnect)",
                     var,
                 )
-        if cluster.parallel and (opts.tensor_parallel, opts.pipeline_parallel) != cluster.parallel:  # type: ignore[attr-defined]
+        if cluster.parallel and (opts.tensor_parallel, opts.pipeline_parallel) != cluster.parallel:
             raise HostDataError(
                 host,
                 f"services[{i}].tensor_parallel",
                 f"the cluster's tensor_parallel and pipeline_parallel ({cluster.tensor_parallel}, "
                 f"{cluster.pipeline_parallel})",
-                [opts.tensor_parallel, opts.pipeline_parallel],  # type: ignore[attr-defined]
+                [opts.tensor_parallel, opts.pipeline_parallel],
             )
         spanning.append(svc.name)
     if cluster is not None and len(spanning) != 1:

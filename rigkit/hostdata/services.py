@@ -1,8 +1,9 @@
 """
 Host data ``services``: what every engine shares (name, engine, model, address, key,
-enabled, ...) in :class:`Service`, the engine's own flags in its options class
-(:class:`LlamaServerOptions` for ``engine: "llama.cpp"``). In host data both sit side by
-side in one mapping; parsing sorts each key to its side::
+enabled, ...) in :class:`Service`, the engine's own flags in its options class (the
+engine's in ``rigkit.hostdata.engines``: :class:`LlamaServerOptions` for ``engine:
+"llama.cpp"``). In host data both sit side by side in one mapping; parsing sorts each key to
+its side::
 
     {"name": "qwen122b", "engine": "llama.cpp", "model": "ref:qwen122b-q6", "port": 8000,
      "ctx": 262144, "cache_type_k": "q8_0", "tensor_split": [0.9, 1, 1, 1, 1, 1]}
@@ -20,51 +21,18 @@ from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 from typing import Any
 
+from rigkit.host_paths import ServiceNames
+from rigkit.hostdata.engines import DEFAULT_ENGINE, SPECS, EngineOptions, EngineSpec
 from rigkit.hostdata.gpus import Gpus
+from rigkit.hostdata.llama_server import SHARD, LlamaServerOptions
 from rigkit.hostdata.models import MODEL_NAME, MODEL_REF_PREFIX
 from rigkit.hostdata.schema import HostDataError, check_address, check_path, check_pattern, coerce_fields
-from rigkit.hostdata.vllm import VllmOptions, check_vllm
 
 SERVICE_NAME = re.compile(r"[a-z][a-z0-9-]{0,23}", re.ASCII)
-SHARD = re.compile(r"-(\d{5})-of-(\d{5})\.gguf", re.ASCII)
 # What clients call the model: printable, no spaces, quotes, '%' or shell syntax.
 MODEL_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:/@+-]{0,127}", re.ASCII)
 DISPLAY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9 ._:/@+()-]{0,127}", re.ASCII)
-KV_TYPES = ("f32", "f16", "bf16", "q8_0", "q4_0", "q4_1", "iq4_nl", "q5_0", "q5_1")
-SPLIT_MODES = ("none", "layer", "row")
 LOOPBACK = "127.0.0.1"
-
-# Named sampling presets; values are llama-server flags.
-SAMPLING_PRESETS: dict[str, dict[str, str]] = {
-    # Qwen3.5 thinking / coding preset, as in seeds 000 and 001.
-    "qwen3.5-thinking": {"--temp": "0.6", "--top-p": "0.95", "--top-k": "20", "--min-p": "0.0"},
-    # Qwen's recommended non-thinking (instruct) preset.
-    "qwen3.5-instruct": {"--temp": "0.7", "--top-p": "0.8", "--top-k": "20", "--min-p": "0.0"},
-    "greedy": {"--temp": "0.0", "--top-k": "1"},
-}
-
-
-@dataclass(frozen=True)
-class LlamaServerOptions:
-    """llama-server's own flags (``engine: "llama.cpp"``)."""
-
-    parallel: int = 1
-    cache_type_k: str = "f16"
-    cache_type_v: str = "f16"
-    n_gpu_layers: int = 999
-    split_mode: str = "layer"
-    tensor_split: tuple[float, ...] = ()
-    sampling: str | None = None
-    jinja: bool = True
-    flash_attn: str | None = None  # "on", "off", "auto"; None leaves llama-server's default
-    metrics: bool = True
-
-
-# engine -> (options class, unit and user prefix)
-ENGINES: dict[str, tuple[type, str]] = {
-    "llama.cpp": (LlamaServerOptions, "llama"),
-    "vllm": (VllmOptions, "vllm"),
-}
 
 
 @dataclass(frozen=True)
@@ -89,28 +57,37 @@ class Service:
     watchdog: bool = True
     watchdog_interval: int = 60  # seconds; a probe may take as long
     watchdog_failures: int = 3
-    options: LlamaServerOptions = field(default_factory=LlamaServerOptions)  # the engine's own (ENGINES)
+    options: EngineOptions = field(default_factory=LlamaServerOptions)  # the engine's own (its SPECS type)
+
+    @property
+    def spec(self) -> EngineSpec:
+        return SPECS[self.engine]
 
     @property
     def prefix(self) -> str:
-        return ENGINES[self.engine][1]
+        return self.spec.prefix
+
+    @property
+    def names(self) -> ServiceNames:
+        """What the service is called on the host (rigkit.host_paths)."""
+        return ServiceNames(self.prefix, self.name)
 
     @property
     def unit(self) -> str:
-        return f"rigkit-{self.prefix}-{self.name}.service"
+        return self.names.unit
 
     @property
     def watchdog_unit(self) -> str:
         """The watchdog's oneshot unit; its timer has the same name ending in ``.timer``."""
-        return f"rigkit-watchdog-{self.name}.service"
+        return self.names.watchdog_unit
 
     @property
     def watchdog_timer(self) -> str:
-        return f"rigkit-watchdog-{self.name}.timer"
+        return self.names.watchdog_timer
 
     @property
     def user(self) -> str:
-        return f"{self.prefix}-{self.name}"
+        return self.names.user
 
     @property
     def model_id(self) -> str:
@@ -135,10 +112,10 @@ def parse_service(host: str, key: str, raw: Any, gpus: Gpus, llama_ref: str | No
         return raw
     if not isinstance(raw, dict):
         raise HostDataError(host, key, "a mapping of service fields", raw)
-    engine = raw.get("engine", "llama.cpp")
-    if engine not in ENGINES:
-        raise HostDataError(host, f"{key}.engine", f"one of {', '.join(ENGINES)}", engine)
-    options_cls = ENGINES[engine][0]
+    engine = raw.get("engine", DEFAULT_ENGINE)
+    if engine not in SPECS:
+        raise HostDataError(host, f"{key}.engine", f"one of {', '.join(SPECS)}", engine)
+    options_cls = SPECS[engine].options
     own = {f.name for f in dataclasses.fields(options_cls)}
     unknown = sorted(set(raw) - COMMON - own)
     if unknown:
@@ -153,11 +130,7 @@ def parse_service(host: str, key: str, raw: Any, gpus: Gpus, llama_ref: str | No
     options = options_cls(**coerce_fields(options_cls, {k: v for k, v in raw.items() if k in own}, host, key))
     svc = Service(**common, options=options)
     _check_common(host, key, svc, gpus)
-    _check_extra_args(host, key, svc, llama_ref)
-    if engine == "llama.cpp":
-        _check_llama_server(host, key, svc, gpus)
-    elif engine == "vllm":
-        check_vllm(host, key, svc.options, svc.model, svc.gpus, gpus)  # type: ignore[arg-type]
+    SPECS[engine].check(host, key, svc, gpus, llama_ref)
     return svc
 
 
@@ -236,76 +209,3 @@ def _check_common(host: str, key: str, svc: Service, gpus: Gpus) -> None:
             "listening beyond loopback (or allow_unauthenticated: true to open it knowingly)",
             svc.host,
         )
-
-
-def _check_extra_args(host: str, key: str, svc: Service, llama_ref: str | None) -> None:
-    """``extra_args`` parsed as the engine parses them (rigkit.hostdata.engine_args), with the
-    option table of its pinned version; refused where they name an option rigkit sets
-    (the static lists and every flag of the command line rigkit renders for this service)."""
-    if not svc.extra_args:
-        return
-    # The renderers import this module: imported here, when a service has extra_args.
-    from rigkit.hostdata import engine_args, option_tables
-
-    bare = dataclasses.replace(svc, extra_args=())
-    if svc.engine == "vllm":
-        from rigkit.render import ray
-        from rigkit.render.vllm import serve_args
-
-        table = option_tables.vllm_table(svc.options.base_image)  # type: ignore[attr-defined]
-        rendered = serve_args(bare) + ray.VLLM_SERVE_ARGS
-        managed = engine_args.managed_options(table, engine_args.VLLM_MANAGED, rendered)
-    else:
-        from rigkit.render.llama_server import command_line
-
-        table = option_tables.llama_server_table(llama_ref)
-        # The rendered line holds the sampling preset's flags only when the service names one:
-        # otherwise sampling is the service's own to set.
-        managed = engine_args.managed_options(
-            table, engine_args.LLAMA_SERVER_MANAGED, command_line(bare, "llama-server")
-        )
-    engine_args.check_extra_args(host, key, svc.extra_args, table, managed)
-
-
-def _check_llama_server(host: str, key: str, svc: Service, gpus: Gpus) -> None:
-    opts: LlamaServerOptions = svc.options
-    if not svc.model.startswith(MODEL_REF_PREFIX):
-        model = PurePosixPath(svc.model)
-        if model.suffix != ".gguf":
-            raise HostDataError(
-                host,
-                f"{key}.model",
-                f"an absolute path to a .gguf file on the host (or {MODEL_REF_PREFIX}<name> of a Hub model)",
-                svc.model,
-            )
-        shard = SHARD.search(model.name)
-        if shard and shard.group(1) != "00001":
-            first = SHARD.sub(f"-00001-of-{shard.group(2)}.gguf", model.name)
-            raise HostDataError(
-                host, f"{key}.model", f"the first shard (llama-server loads the rest), i.e. {first}", model.name
-            )
-    if opts.parallel < 1:
-        raise HostDataError(host, f"{key}.parallel", "a positive integer", opts.parallel)
-    for name, value in (("cache_type_k", opts.cache_type_k), ("cache_type_v", opts.cache_type_v)):
-        if value not in KV_TYPES:
-            raise HostDataError(host, f"{key}.{name}", f"one of {', '.join(KV_TYPES)}", value)
-    if opts.split_mode not in SPLIT_MODES:
-        raise HostDataError(host, f"{key}.split_mode", f"one of {', '.join(SPLIT_MODES)}", opts.split_mode)
-    used_gpus = len(svc.gpus) or gpus.count
-    if opts.tensor_split and not used_gpus:
-        raise HostDataError(
-            host,
-            f"{key}.tensor_split",
-            "GPUs to split across: gpus.count in host data (or the service's gpus); this host declares none",
-            list(opts.tensor_split),
-        )
-    if opts.tensor_split and len(opts.tensor_split) != used_gpus:
-        raise HostDataError(
-            host, f"{key}.tensor_split", f"{used_gpus} values, one per GPU the service uses", list(opts.tensor_split)
-        )
-    if any(v < 0 for v in opts.tensor_split):
-        raise HostDataError(host, f"{key}.tensor_split", "non-negative ratios", list(opts.tensor_split))
-    if opts.sampling is not None and opts.sampling not in SAMPLING_PRESETS:
-        raise HostDataError(host, f"{key}.sampling", f"one of the presets {', '.join(SAMPLING_PRESETS)}", opts.sampling)
-    if opts.flash_attn is not None and opts.flash_attn not in ("on", "off", "auto"):
-        raise HostDataError(host, f"{key}.flash_attn", "on, off or auto", opts.flash_attn)

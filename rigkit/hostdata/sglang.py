@@ -73,6 +73,7 @@ class SglangOptions:
     env: dict[str, str] = field(default_factory=dict)  # container environment (no secrets)
     ready_timeout: int = 900  # seconds for the model to load
     stop_timeout: int = 60
+    keep_images: int = 2  # images kept beyond what serves, the last verified and other services'
 
 
 def image_repository(ref: str) -> str:
@@ -83,7 +84,7 @@ def image_repository(ref: str) -> str:
 
 
 def options_of(svc: Service) -> SglangOptions:
-    """An SGLang service's options, typed (``Service.options`` is typed for llama.cpp today)."""
+    """An SGLang service's options, typed."""
     opts: object = svc.options
     if not isinstance(opts, SglangOptions):
         raise TypeError(f"service {svc.name}: not an SGLang service ({type(opts).__name__})")
@@ -111,6 +112,12 @@ def env_problem(name: str, value: str) -> tuple[str, str] | None:
     ):
         return "name", "SGLANG_*, SGL_* or " + problem[1]
     return problem
+
+
+def check_service(host: str, key: str, svc: Service, gpus: Gpus, build_ref: str | None = None) -> None:
+    """An SGLang service's own options with its model and GPUs, and its ``extra_args``."""
+    check_sglang(host, key, options_of(svc), svc.model, svc.gpus, gpus)
+    check_extra_args(host, key, svc)
 
 
 def check_sglang(
@@ -170,6 +177,8 @@ def check_sglang(
         raise HostDataError(host, f"{key}.ready_timeout", "seconds between 60 and 7200", opts.ready_timeout)
     if not 1 <= opts.stop_timeout <= 600:
         raise HostDataError(host, f"{key}.stop_timeout", "seconds between 1 and 600", opts.stop_timeout)
+    if not 0 <= opts.keep_images <= 20:
+        raise HostDataError(host, f"{key}.keep_images", "a count of images between 0 and 20", opts.keep_images)
     if model.endswith(".gguf"):
         raise HostDataError(
             host,

@@ -19,11 +19,14 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from rigkit.hostdata.gpus import Gpus
 from rigkit.hostdata.schema import HostDataError, check_path, check_pattern
+
+if TYPE_CHECKING:
+    from rigkit.hostdata.services import Service
 
 #: ``files/vllm`` of this checkout: the Dockerfile, the patches, the helper package.
 IMAGE_SOURCE = Path(__file__).resolve().parents[2] / "files" / "vllm"
@@ -126,6 +129,9 @@ class VllmOptions:
     drop_page_cache: bool = False
     ready_timeout: int = 900  # seconds for the model to load (~15 min for 122B on a Spark)
     stop_timeout: int = 60
+    # Images of the engine kept beyond what serves, the last verified and other services' own
+    # (each is tens of GB on a Spark's disk).
+    keep_images: int = 2
     # The host's ``cluster`` (rigkit.hostdata.cluster) this service spans: declared alike on
     # every node; the head serves it through Ray, the other nodes run Ray in its image.
     cluster: str | None = None
@@ -137,7 +143,7 @@ class VllmOptions:
 
     @property
     def mtp(self) -> bool:
-        return bool(self.speculative) and self.speculative.get("method") == "mtp"  # type: ignore[union-attr]
+        return self.speculative is not None and self.speculative.get("method") == "mtp"
 
 
 def image_tag_problem(ref: str) -> str | None:
@@ -208,6 +214,33 @@ def available_patches() -> dict[str, Path]:
             if d.is_dir() and (d / "patch.json").is_file():
                 found[d.name.split("-", 1)[1]] = d
     return found
+
+
+def options_of(svc: Service) -> VllmOptions:
+    """A vLLM service's options, typed."""
+    opts = svc.options
+    if not isinstance(opts, VllmOptions):
+        raise TypeError(f"service {svc.name}: not a vLLM service ({type(opts).__name__})")
+    return opts
+
+
+def check_service(host: str, key: str, svc: Service, gpus: Gpus, build_ref: str | None = None) -> None:
+    """A vLLM service's own options with its model and GPUs, and its ``extra_args`` against
+    vLLM's parser for the base image's version (``build_ref`` is llama.cpp's; unused)."""
+    check_vllm(host, key, options_of(svc), svc.model, svc.gpus, gpus)
+    if not svc.extra_args:
+        return
+    # The renderers import this module: imported here, when a service has extra_args.
+    import dataclasses
+
+    from rigkit.hostdata import engine_args, option_tables
+    from rigkit.render import ray
+    from rigkit.render.vllm import serve_args
+
+    table = option_tables.vllm_table(options_of(svc).base_image)
+    rendered = serve_args(dataclasses.replace(svc, extra_args=())) + ray.VLLM_SERVE_ARGS
+    managed = engine_args.managed_options(table, engine_args.VLLM_MANAGED, rendered)
+    engine_args.check_extra_args(host, key, svc.extra_args, table, managed)
 
 
 def check_vllm(host: str, key: str, opts: VllmOptions, model: str, service_gpus: tuple[int, ...], gpus: Gpus) -> None:
@@ -313,6 +346,8 @@ def check_vllm(host: str, key: str, opts: VllmOptions, model: str, service_gpus:
         raise HostDataError(host, f"{key}.ready_timeout", "seconds between 60 and 7200", opts.ready_timeout)
     if not 1 <= opts.stop_timeout <= 600:
         raise HostDataError(host, f"{key}.stop_timeout", "seconds between 1 and 600", opts.stop_timeout)
+    if not 0 <= opts.keep_images <= 20:
+        raise HostDataError(host, f"{key}.keep_images", "a count of images between 0 and 20", opts.keep_images)
     if model.endswith(".gguf"):
         raise HostDataError(
             host,

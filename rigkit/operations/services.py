@@ -8,10 +8,10 @@ from __future__ import annotations
 from pyinfra.api import QuoteString, StringCommand, operation
 
 from rigkit.facts.secrets import VERSION_SUFFIX
-from rigkit.facts.services import UNIT_DIR
+from rigkit.host_paths import ServiceNames, manifest_path, unit_path
 from rigkit.operations.llama_cpp import tool_command
 
-MANIFEST = "/etc/rigkit/llama/services.json"
+MANIFEST = manifest_path("llama")
 
 
 @operation(is_idempotent=False)
@@ -30,29 +30,33 @@ def verify(manifest: str = MANIFEST, rollback: bool = True):
 
 
 @operation()
-def removed(unit: str, user: str, key_file: str | None = None):
+def removed(names: ServiceNames, key_file: bool = False):
     """
-    A service the inventory no longer declares: stop and disable its unit, remove the unit
-    file, its key file and its user. Called for units found on the host (``ManagedServices``).
+    A service the inventory no longer declares: stop and disable its unit and watchdog,
+    remove their unit files, its key file (with ``key_file``) and its user. Called for units
+    found on the host (``ManagedServices``).
+
+    + names: what the service is called on the host (``ServiceNames.of_unit`` of the unit found)
+    + key_file: whether the host holds a key file of it
 
     .. code:: python
 
-        services.removed(unit="rigkit-llama-old.service", user="llama-old",
-                         key_file="/etc/rigkit/llama/old.key")
+        services.removed(names=ServiceNames("llama", "old"), key_file=True)
     """
-    name = unit.split("-", 2)[2].removesuffix(".service")
-    watchdog = [f"rigkit-watchdog-{name}.timer", f"rigkit-watchdog-{name}.service"]
+    watchdog = [names.watchdog_timer, names.watchdog_unit]
     yield StringCommand(
         "systemctl",
         "disable",
         "--now",
-        QuoteString(unit),
+        QuoteString(names.unit),
         *(QuoteString(w) for w in watchdog),
         "2>/dev/null",
         "||",
         "true",
     )
-    paths = [f"{UNIT_DIR}/{u}" for u in (unit, *watchdog)] + ([key_file, key_file + VERSION_SUFFIX] if key_file else [])
+    paths = [unit_path(u) for u in (names.unit, *watchdog)]
+    if key_file:
+        paths += [names.key_file, names.key_file + VERSION_SUFFIX]
     yield StringCommand("rm", "-f", *(QuoteString(p) for p in paths))
     yield StringCommand("systemctl", "daemon-reload")
-    yield StringCommand("!", "id", QuoteString(user), ">/dev/null 2>&1", "||", "userdel", QuoteString(user))
+    yield StringCommand("!", "id", QuoteString(names.user), ">/dev/null 2>&1", "||", "userdel", QuoteString(names.user))

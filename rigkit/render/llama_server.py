@@ -9,20 +9,20 @@ import json
 from pathlib import PurePosixPath
 
 from rigkit.hostdata import SAMPLING_PRESETS, Rig, Service
+from rigkit.hostdata.llama_server import options_of
 from rigkit.render.systemd import exec_line, templates
 
-KEY_DIR = "/etc/rigkit/llama"
 BINARY = "{root}/current/bin/llama-server"
 
 
 def key_path(service: Service) -> str:
     """Where a service's API key lives on the host (when it has ``api_key_file``)."""
-    return f"{KEY_DIR}/{service.name}.key"
+    return service.names.key_file
 
 
 def command_line(service: Service, binary: str) -> list[str]:
     """The llama-server argv for a service (no secret ever appears in it)."""
-    opts = service.options
+    opts = options_of(service)
     argv = [
         binary,
         "-m",

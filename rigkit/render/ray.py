@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from rigkit.hostdata.cluster import Cluster
 from rigkit.hostdata.services import Service
+from rigkit.hostdata.vllm import options_of
 from rigkit.render.systemd import exec_line, templates
 
 USER = "rigkit-ray"
@@ -77,7 +78,7 @@ def node_argv(cluster: Cluster, head: Cluster, is_head: bool, service: Service, 
     argv += ["-v", f"{service.model}:{service.model}:ro", "-v", f"{volume_name(cluster)}:{SESSION_DIR}"]
     # vLLM's workers are Ray's worker processes: they inherit this container's environment.
     argv += interconnect_env(cluster) + ["-e", "HF_HUB_OFFLINE=1"]
-    for name, value in sorted(service.options.env.items()):  # type: ignore[attr-defined]
+    for name, value in sorted(options_of(service).env.items()):
         argv += ["-e", f"{name}={value}"]
     return argv + ["--entrypoint", "ray", image, *ray_argv(cluster, head, is_head)]
 

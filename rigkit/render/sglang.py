@@ -5,65 +5,39 @@ sglang.launch_server`` argv, the ``docker run`` argv around it and the hardened 
 functions of the host data, tested without a host.
 
 The API key never appears on a command line, in the unit or in ``docker inspect``: the key
-file is mounted read-only at :data:`CONTAINER_KEY` and the image's entrypoint
+file is mounted read-only at :data:`rigkit.render.containers.CONTAINER_KEY` and the image's entrypoint
 (``files/sglang/entrypoint.py``) reads it into the server's arguments inside its own process.
 """
 
 from __future__ import annotations
 
-import hashlib
-from dataclasses import dataclass
 from pathlib import Path
 
-from rigkit.hostdata import Service
+from rigkit.hostdata import Rig, Service
 from rigkit.hostdata.sglang import IMAGE_SOURCE, SPECULATIVE_FLAGS, options_of
-from rigkit.render.systemd import exec_line, templates
+from rigkit.render import containers
+from rigkit.render.containers import ImageIdentity
 
-PREFIX = "sglang"  # unit rigkit-sglang-<name>.service, user sglang-<name>
-KEY_DIR = "/etc/rigkit/sglang"
 IMAGE_REPO = "rigkit/sglang"
-DOCKER = "/usr/bin/docker"
-CONTAINER_KEY = "/run/rigkit/api.key"
+CONTEXT_ROOT = "/opt/rigkit/sglang/context"
 LAUNCH = ["python3", "-m", "sglang.launch_server"]
+#: What the host tool adds beyond the context (a change builds every image again).
 BUILD_SCHEME = "build 1"
-#: The files of the build context, in files/sglang.
 CONTEXT_FILES = ("Dockerfile", "entrypoint.py")
 
 
-@dataclass(frozen=True)
-class ImageIdentity:
-    """One image build: its tag, base and the files of its build context."""
-
-    tag: str
-    base: str
-    files: tuple[tuple[str, Path], ...]  # (path in the context, file here)
-
-    @classmethod
-    def of(cls, image: str, source: Path = IMAGE_SOURCE) -> ImageIdentity:
-        files = tuple((name, source / name) for name in CONTEXT_FILES)
-        digest = hashlib.sha256()
-        digest.update(f"{BUILD_SCHEME}\nbase {image}\n".encode())
-        for rel, path in files:
-            content = path.read_bytes()
-            digest.update(f"{rel} {len(content)}\n".encode())
-            digest.update(content)
-        return cls(tag=f"{IMAGE_REPO}:{digest.hexdigest()[:16]}", base=image, files=files)
-
-
-def unit_name(service: Service) -> str:
-    return f"rigkit-{PREFIX}-{service.name}.service"
-
-
-def user(service: Service) -> str:
-    return f"{PREFIX}-{service.name}"
+def image_identity(image: str, source: Path = IMAGE_SOURCE) -> ImageIdentity:
+    """rigkit's image of a pinned ``lmsysorg/sglang`` base: the base and files/sglang."""
+    files = [(name, source / name) for name in CONTEXT_FILES]
+    return ImageIdentity.of(IMAGE_REPO, image, files, scheme=BUILD_SCHEME, context_root=CONTEXT_ROOT)
 
 
 def key_path(service: Service) -> str:
-    return f"{KEY_DIR}/{service.name}.key"
+    return service.names.key_file
 
 
 def container_name(service: Service) -> str:
-    return f"rigkit-{PREFIX}-{service.name}"
+    return service.names.container
 
 
 def launch_args(service: Service) -> list[str]:
@@ -99,55 +73,45 @@ def launch_args(service: Service) -> list[str]:
     return argv
 
 
+def draft_paths(service: Service) -> tuple[str, ...]:
+    """The draft model the speculative options name, which the container mounts read-only."""
+    draft = (options_of(service).speculative or {}).get("draft_model_path")
+    return (draft,) if isinstance(draft, str) else ()
+
+
 def command_line(service: Service, image: str, gpus: int) -> list[str]:
-    """The ``docker run`` argv of a service's container (no secret in it: the key is a file
-    mounted read-only that the entrypoint reads)."""
+    """The ``docker run`` argv of a service's container (rigkit.render.containers: no secret in
+    it; the key is a file mounted read-only that the entrypoint reads)."""
     opts = options_of(service)
-    argv = [
-        DOCKER,
-        "run",
-        "--name",
-        container_name(service),
-        "--pull",
-        "never",
-        "--network",
-        "host",
-        "--ipc",
-        "host",
-        "--init",
-        "--label",
-        f"org.rigkit.service={service.name}",
-        "--stop-timeout",
-        str(opts.stop_timeout),
-    ]
-    if service.gpus:
-        argv += ["--gpus", '"device=' + ",".join(str(g) for g in service.gpus) + '"']
-    elif gpus:
-        argv += ["--gpus", "all"]
-    argv += ["-v", f"{service.model}:{service.model}:ro"]
-    draft = (opts.speculative or {}).get("draft_model_path")
-    if isinstance(draft, str) and draft != service.model:
-        argv += ["-v", f"{draft}:{draft}:ro"]
-    argv += ["-e", "HF_HUB_OFFLINE=1"]
-    if service.api_key_file:
-        argv += ["-v", f"{key_path(service)}:{CONTAINER_KEY}:ro", "-e", f"RIGKIT_API_KEY_FILE={CONTAINER_KEY}"]
-    for name, value in sorted(opts.env.items()):
-        argv += ["-e", f"{name}={value}"]
-    return argv + [image] + launch_args(service)
+    return containers.docker_run(
+        service,
+        container=container_name(service),
+        image=image,
+        command=launch_args(service),
+        gpus=gpus,
+        stop_timeout=opts.stop_timeout,
+        key_file=key_path(service),
+        mounts=draft_paths(service),
+        env=opts.env,
+    )
 
 
 def render_unit(service: Service, image: str, gpus: int) -> str:
     """The hardened unit (the Docker client under systemd; the container isolated by Docker)."""
     opts = options_of(service)
-    name = container_name(service)
-    return templates.get_template("sglang.service.j2").render(
-        service=service,
+    return containers.render_unit(
+        service,
+        title="SGLang",
         image=image,
-        user=user(service),
-        state=f"rigkit-{PREFIX}-{service.name}",
-        exec_start=exec_line(command_line(service, image, gpus)),
-        exec_remove=exec_line([DOCKER, "rm", "-f", name]),
-        exec_stop=exec_line([DOCKER, "stop", "-t", str(opts.stop_timeout), name]),
+        run=command_line(service, image, gpus),
+        container=container_name(service),
+        stop_timeout=opts.stop_timeout,
         start_timeout=opts.ready_timeout + 60,
-        stop_timeout=opts.stop_timeout + 30,
+    )
+
+
+def services_manifest(rig: Rig, images: dict[str, str]) -> str:
+    """What the host tool, the watchdog and status read of the host's SGLang services."""
+    return containers.services_manifest(
+        rig, "sglang", "SGLang", images, lambda s: {"ready_timeout": options_of(s).ready_timeout}
     )
