@@ -25,6 +25,7 @@ from rigkit.operations import llama_cpp, packages, rendered, services, units
 from rigkit.operations import models as model_ops
 from rigkit.operations.llama_cpp import BuildIdentity
 from rigkit.render import llama_server as render
+from rigkit.render.watchdog import render_watchdog
 from rigkit.service_identity import user_and_key
 from rigkit.transport import may_carry_token
 
@@ -148,7 +149,7 @@ def llama_services(rig: Rig, identity: BuildIdentity, address: str, models: Sequ
     for svc in served:
         restart_on[svc.name] = user_and_key(rig, svc, render.key_path(svc), key_on_host=svc.name in on_host["keys"])
         if svc.enabled and svc.watchdog:
-            unit, timer = render.render_watchdog(svc, services.MANIFEST)
+            unit, timer = render_watchdog(svc, services.MANIFEST)
             watchdog_units.append(
                 rendered.put(
                     name=f"Watchdog {svc.watchdog_unit}",

@@ -203,6 +203,7 @@ def services_manifest(rig: Rig, images: dict[str, str]) -> str:
                         "port": s.port,
                         "model": s.model,
                         "model_id": s.model_id,
+                        "engine": s.engine,
                         "key_file": key_path(s) if s.api_key_file else None,
                         "ready_timeout": s.options.ready_timeout,  # type: ignore[attr-defined]
                         "mtp": s.options.mtp,  # type: ignore[attr-defined]
