@@ -181,13 +181,21 @@ WATCHDOG_STATE = Path("/var/lib/rigkit/watchdog")
 # tokens_predicted_total only when a request ends (metrics_on_prediction on slot reset), so
 # alone it would look frozen during one long answer. vLLM 0.19.1 v1/metrics/loggers.py:
 # vllm:generation_tokens and vllm:prompt_tokens counters, incremented every engine step.
+# SGLang 0.5.12 srt/observability/metrics_collector.py (with --enable-metrics):
+# realtime_tokens_total grows every decode log interval, generation_tokens_total only when a
+# request ends (observe_one_finished_request).
 COUNTERS: dict[str, tuple[str, ...]] = {
     "llama.cpp": ("llamacpp:n_decode_total", "llamacpp:tokens_predicted_total", "llamacpp:prompt_tokens_total"),
     "vllm": ("vllm:generation_tokens_total", "vllm:prompt_tokens_total"),
+    "sglang": ("sglang:realtime_tokens_total", "sglang:generation_tokens_total", "sglang:prompt_tokens_total"),
 }
-# The gauge saying how much work is in progress (llama.cpp: slots processing; vLLM: requests
-# in the running batch).
-BUSY_GAUGE = {"llama.cpp": "llamacpp:requests_processing", "vllm": "vllm:num_requests_running"}
+# The gauge saying how much work is in progress (llama.cpp: slots processing; vLLM, SGLang:
+# requests in the running batch).
+BUSY_GAUGE = {
+    "llama.cpp": "llamacpp:requests_processing",
+    "vllm": "vllm:num_requests_running",
+    "sglang": "sglang:num_running_reqs",
+}
 # How long a round waits for the counters: the engine answers them between two decode steps.
 COUNTERS_TIMEOUT = 30.0
 
