@@ -40,12 +40,12 @@ class StandInEngine:
     - ``busy-frozen``: like busy, but the counters never move (a wedged slot);
     - ``hung``: no request gets an answer (SIGSTOP: the port is open, nothing answers).
 
-    ``metrics=False`` answers /metrics 501 as llama-server without ``--metrics`` does, so the
-    counters come from /slots; ``engine="vllm"`` names its counters as vLLM does, with labels.
+    ``slots=False`` answers /slots 501 as llama-server with ``--no-slots`` does, so the
+    counters come from /metrics; ``engine="vllm"`` names its counters as vLLM does, with labels.
     /v1/*, /metrics and /slots need the key (as llama-server's ``--api-key`` does)."""
 
-    def __init__(self, engine: str = "llama.cpp", metrics: bool = True) -> None:
-        self.engine, self.metrics = engine, metrics
+    def __init__(self, engine: str = "llama.cpp", slots: bool = True) -> None:
+        self.engine, self.slots = engine, slots
         self.state = "answering"
         self.decoded = 100  # tokens decoded so far (all counters derive from it)
         self.released = threading.Event()
@@ -126,12 +126,12 @@ class StandInEngine:
                         return self._block()  # queued behind the slot's long answer
                     engine.decoded += 2
                     return self._send(200, json.dumps({"choices": [{"message": {"content": "po"}}]}))
+                if path == "/slots" and (engine.engine != "llama.cpp" or not engine.slots):
+                    return self._send(501, '{"error": {"message": "Start it with `--slots`"}}')
                 if path in ("/metrics", "/slots"):
                     if engine.state == "busy":
                         engine.decoded += 33  # tokens of the long answer since the last look
                     if path == "/metrics":
-                        if not engine.metrics:
-                            return self._send(501, '{"error": {"message": "Start it with `--metrics`"}}')
                         return self._send(200, engine._counters_text(), "text/plain; version=0.0.4")
                     return self._send(200, json.dumps(engine._slots()))
                 return self._send(404, '{"error": "not found"}')
@@ -214,8 +214,8 @@ def make_rig(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator:
     engines: list[StandInEngine] = []
     monkeypatch.setattr(check_service, "WATCHDOG_STATE", tmp_path / "watchdog")
 
-    def make(engine: str = "llama.cpp", metrics: bool = True, failures: int = 2, ready_timeout: int | None = None):
-        standin = StandInEngine(engine, metrics)
+    def make(engine: str = "llama.cpp", slots: bool = True, failures: int = 2, ready_timeout: int | None = None):
+        standin = StandInEngine(engine, slots)
         engines.append(standin)
         rig = Rig(tmp_path, standin, failures, ready_timeout)
         monkeypatch.setattr(check_service, "systemctl", rig.systemd)
@@ -300,7 +300,7 @@ def test_the_manifests_ready_timeout_is_the_grace(make_rig):
 
 def test_busy_with_moving_counters_is_not_hung(make_rig):
     """One slot serving a long answer: every probe times out behind it, for many rounds, but
-    llamacpp:n_decode_total grows: never restarted; and the probe sent the key."""
+    its slot's counters grow: never restarted; and the watchdog sent the key."""
     rig = make_rig(failures=2)
     rig.round(120)
     rig.engine.state = "busy"
@@ -308,9 +308,10 @@ def test_busy_with_moving_counters_is_not_hung(make_rig):
         rig.round()
     assert rig.systemd.restarts == []
     assert rig.state()["failures"] == 0
-    assert "is busy, not hung" in rig.log[-1] and "llamacpp:n_decode_total" in rig.log[-1]
+    assert "is busy, not hung" in rig.log[-1] and "slot 0 task 17" in rig.log[-1]
     assert "1 in progress" in rig.log[-1]
-    assert ("/metrics", f"Bearer {KEY}") in rig.engine.seen
+    assert ("/slots", f"Bearer {KEY}") in rig.engine.seen
+    assert not any(path == "/metrics" for path, _ in rig.engine.seen)  # its scrape resets gauges
     # The answer ends; the server answers again.
     rig.engine.state = "answering"
     rig.round()
@@ -342,14 +343,16 @@ def test_busy_then_frozen_counts_from_the_freeze(make_rig):
     assert len(rig.systemd.restarts) == 1
 
 
-def test_llama_server_without_metrics_is_read_through_slots(make_rig):
-    rig = make_rig(metrics=False)
+def test_llama_server_without_slots_is_read_through_metrics(make_rig):
+    """llamacpp:n_decode_total grows with every decode (tokens_predicted_total only when a
+    request ends)."""
+    rig = make_rig(slots=False)
     rig.round(120)
     rig.engine.state = "busy"
     for _ in range(4):
         rig.round()
     assert rig.systemd.restarts == []
-    assert "slot 0 task 17" in rig.log[-1]
+    assert "llamacpp:n_decode_total 201 -> 234" in rig.log[-1]
     rig.engine.state = "busy-frozen"
     rig.round()
     rig.round()

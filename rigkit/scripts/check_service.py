@@ -176,7 +176,7 @@ def check_all(services: list[dict], log=print) -> list[str]:
 
 WATCHDOG_STATE = Path("/var/lib/rigkit/watchdog")
 # The engines' own work counters (Prometheus /metrics), checked against their sources:
-# llama.cpp b11312 tools/server/server-task.cpp to_metrics(): n_decode_total grows with every
+# llama.cpp b11312 (where /slots is off) tools/server/server-task.cpp to_metrics(): n_decode_total grows with every
 # llama_decode() (prompt and generation, server-context.cpp metrics_post_decode);
 # tokens_predicted_total only when a request ends (metrics_on_prediction on slot reset), so
 # alone it would look frozen during one long answer. vLLM 0.19.1 v1/metrics/loggers.py:
@@ -246,23 +246,30 @@ def prometheus_values(text: str) -> dict[str, float]:
 
 def progress(engine: str, base: str, key: str | None, timeout: float) -> dict | None:
     """The engine's work counters now, ``{"counters": {...}, "busy": n}``, or None when
-    unreadable. llama.cpp without ``--metrics`` answers them through ``/slots``."""
+    unreadable. llama-server's come from ``/slots`` (read-only; a ``/metrics`` scrape resets
+    the averaged gauges a user's Prometheus reads), else, with ``--no-slots``, ``/metrics``."""
+    if engine == "llama.cpp":
+        status, body = request(f"{base}/slots", key, timeout=timeout)
+        if status == 0:  # no answer: /metrics would wait as long again
+            return None
+        if status == 200:
+            return slot_counters(body)
     status, body = request(f"{base}/metrics", key, timeout=timeout)
-    if status == 200:
-        values = prometheus_values(body)
-        counters = {name: values[name] for name in COUNTERS.get(engine, ()) if name in values}
-        if counters:
-            busy = values.get(BUSY_GAUGE.get(engine, ""))
-            return {"counters": counters, "busy": busy}
-    if status == 0 or engine != "llama.cpp":  # no answer: /slots would wait as long again
-        return None
-    status, body = request(f"{base}/slots", key, timeout=timeout)
     if status != 200:
         return None
+    values = prometheus_values(body)
+    counters = {name: values[name] for name in COUNTERS.get(engine, ()) if name in values}
+    if not counters:
+        return None
+    return {"counters": counters, "busy": values.get(BUSY_GAUGE.get(engine, ""))}
+
+
+def slot_counters(body: str) -> dict | None:
+    """Per slot of llama-server's ``/slots``: its task (a new id with each request) and the
+    tokens it processed (server-context.cpp server_slot::to_json: n_prompt_tokens_processed
+    grows with each prompt token, next_token[0].n_decoded with each generated one)."""
     try:
         slots = json.loads(body)
-        # A slot's task id changes with each request, its counters grow while it works
-        # (server-context.cpp server_slot::to_json: next_token[0].n_decoded is stats.n_gen).
         counters = {
             f"slot {s['id']} task {s.get('id_task')}": float(
                 sum(t.get("n_decoded", 0) for t in s.get("next_token", [])) + s.get("n_prompt_tokens_processed", 0)
@@ -389,7 +396,7 @@ def describe(before: dict | None, after: dict | None) -> str:
     if not after:
         return "unreadable"
     old = (before or {}).get("counters", {})
-    moved = ", ".join(f"{k} {old.get(k, '-')} -> {v:g}" for k, v in after["counters"].items())
+    moved = ", ".join(f"{k} {f'{old[k]:g}' if k in old else '-'} -> {v:g}" for k, v in after["counters"].items())
     busy = after.get("busy")
     return moved + (f"; {busy:g} in progress" if busy is not None else "")
 
