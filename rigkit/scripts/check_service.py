@@ -345,8 +345,9 @@ def watchdog(manifest: dict, name: str, failures: int, timeout: float, log=print
     state["last_check"] = now
     unit = unit_properties(svc["unit"], START_PROPS)
     if unit.get("ActiveState") != "active":
-        # Not running, or starting: systemd's Restart= handles that, and a new start comes.
-        state.update(failures=0, answered=False, progress=None)
+        # Not running, or starting: systemd's Restart= handles that. A new start resets the
+        # rest (its InvocationID); a reload keeps the start it had.
+        state["failures"] = 0
         return save_state(state_file, state)
     start, age = started(unit)
     if state.get("start") != start:
