@@ -89,6 +89,7 @@ def services_manifest(rig: Rig, llama_root: str) -> str:
                         "port": s.port,
                         "model": s.model,
                         "model_id": s.model_id,
+                        "engine": s.engine,
                         "key_file": key_path(s) if s.api_key_file else None,
                     }
                     for s in rig.enabled_services
@@ -122,23 +123,3 @@ def opencode_config(rig: Rig, address: str) -> str:
         json.dumps({"$schema": "https://opencode.ai/config.json", "provider": providers}, indent=2, sort_keys=True)
         + "\n"
     )
-
-
-def render_watchdog(service: Service, manifest: str) -> tuple[str, str]:
-    """The watchdog's oneshot unit and its timer (``rigkit/scripts/check_service.py --watchdog``)."""
-    from rigkit.facts.llama_cpp import CHECK_TOOL
-
-    argv = [
-        "/usr/bin/python3",
-        CHECK_TOOL,
-        manifest,
-        "--watchdog",
-        service.name,
-        "--failures",
-        str(service.watchdog_failures),
-        "--timeout",
-        str(service.watchdog_interval),
-    ]
-    unit = templates.get_template("rigkit-watchdog.service.j2").render(service=service, exec_start=exec_line(argv))
-    timer = templates.get_template("rigkit-watchdog.timer.j2").render(service=service)
-    return unit, timer

@@ -8,6 +8,13 @@ when the service has one.
     check_service.py MANIFEST   (JSON: {"services": [{name, unit, port, model, model_id, key_file}]})
 
 Exit 0 when every service answers; else 1 and, per failed service, what failed and its journal.
+
+    check_service.py MANIFEST --watchdog NAME --failures N --timeout S
+
+One watchdog round (a timer runs it every S seconds): a short generation probe; after N
+failures in a row, the unit is restarted. The manifest entry's ``engine`` (llama.cpp's or
+vLLM's manifest) says which work counters tell a busy server from a hung one, and its
+``ready_timeout`` how long a load may take; state per service in /var/lib/rigkit/watchdog.
 """
 
 from __future__ import annotations
@@ -69,11 +76,25 @@ def model_bytes(model: str) -> int:
     return sum(p.stat().st_size for p in shards if p.exists())
 
 
-def unit_state(unit: str) -> dict:
-    out = subprocess.run(
-        ["systemctl", "show", "-p", "ActiveState,SubState,NRestarts", unit], capture_output=True, text=True
-    ).stdout
+def systemctl(*args: str) -> str:
+    """systemctl's output: the watchdog's one way to systemd (tests put a recorded fake here)."""
+    return subprocess.run(["systemctl", *args], capture_output=True, text=True).stdout
+
+
+def unit_properties(unit: str, props: str) -> dict[str, str]:
+    """``systemctl show -p PROPS UNIT`` as a mapping."""
+    out = systemctl("show", "-p", props, unit)
     return dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
+
+
+def ready_timeout(svc: dict) -> float:
+    """Seconds a service may take to load: the manifest's ``ready_timeout`` (vLLM), else what
+    loading reads the whole model in: 60 s plus 15 s per GB (slow disks, 100 GB models)."""
+    return float(svc.get("ready_timeout") or 60 + 15 * model_bytes(svc["model"]) / 1e9)
+
+
+def unit_state(unit: str) -> dict:
+    return unit_properties(unit, "ActiveState,SubState,NRestarts")
 
 
 def journal_tail(unit: str, lines: int = 40) -> str:
@@ -84,8 +105,7 @@ def journal_tail(unit: str, lines: int = 40) -> str:
 
 def wait_ready(svc: dict, base: str, key: str | None) -> str | None:
     """Until /health (or, where a server has none, /v1/models) answers 200 while the unit stays up."""
-    # Loading reads the whole model: allow 60 s plus 15 s per GB (slow disks, 100 GB models).
-    timeout = svc.get("ready_timeout") or 60 + 15 * model_bytes(svc["model"]) / 1e9
+    timeout = ready_timeout(svc)
     deadline = time.monotonic() + timeout
     restarts = unit_state(svc["unit"]).get("NRestarts")
     status, body = 0, ""
@@ -105,7 +125,7 @@ def wait_ready(svc: dict, base: str, key: str | None) -> str | None:
 
 def check_service(svc: dict) -> str | None:
     """None when the service is ready and answers; else what went wrong."""
-    key = Path(svc["key_file"]).read_text().strip() if svc.get("key_file") else None
+    key = service_key(svc)
     base = f"http://127.0.0.1:{svc['port']}"
     problem = wait_ready(svc, base, key)
     if problem:
@@ -149,25 +169,47 @@ def check_all(services: list[dict], log=print) -> list[str]:
         if problem:
             problems.append(f"{svc['name']}: {problem}\n--- journal of {svc['unit']} ---\n{journal_tail(svc['unit'])}")
         else:
+            note_answered(svc)
             log(f"[rigkit] {svc['name']}: ready, /v1/models, chat and tool-call replay answered")
     return problems
 
 
 WATCHDOG_STATE = Path("/var/lib/rigkit/watchdog")
+# The engines' own work counters (Prometheus /metrics), checked against their sources:
+# llama.cpp b11312 (where /slots is off) tools/server/server-task.cpp to_metrics(): n_decode_total grows with every
+# llama_decode() (prompt and generation, server-context.cpp metrics_post_decode);
+# tokens_predicted_total only when a request ends (metrics_on_prediction on slot reset), so
+# alone it would look frozen during one long answer. vLLM 0.19.1 v1/metrics/loggers.py:
+# vllm:generation_tokens and vllm:prompt_tokens counters, incremented every engine step.
+# SGLang 0.5.12 srt/observability/metrics_collector.py (with --enable-metrics):
+# realtime_tokens_total grows every decode log interval, generation_tokens_total only when a
+# request ends (observe_one_finished_request).
+COUNTERS: dict[str, tuple[str, ...]] = {
+    "llama.cpp": ("llamacpp:n_decode_total", "llamacpp:tokens_predicted_total", "llamacpp:prompt_tokens_total"),
+    "vllm": ("vllm:generation_tokens_total", "vllm:prompt_tokens_total"),
+    "sglang": ("sglang:realtime_tokens_total", "sglang:generation_tokens_total", "sglang:prompt_tokens_total"),
+}
+# The gauge saying how much work is in progress (llama.cpp: slots processing; vLLM, SGLang:
+# requests in the running batch).
+BUSY_GAUGE = {
+    "llama.cpp": "llamacpp:requests_processing",
+    "vllm": "vllm:num_requests_running",
+    "sglang": "sglang:num_running_reqs",
+}
+# How long a round waits for the counters: the engine answers them between two decode steps.
+COUNTERS_TIMEOUT = 30.0
 
 
-def probe(svc: dict, timeout: float) -> str | None:
-    """A few generated tokens within ``timeout``: None, or why not. A service still loading
-    (/health 503) or not running (systemd's Restart= handles that) counts as no failure."""
-    key = Path(svc["key_file"]).read_text().strip() if svc.get("key_file") else None
-    base = f"http://127.0.0.1:{svc['port']}"
-    if unit_state(svc["unit"]).get("ActiveState") != "active":
-        return None
+def service_key(svc: dict) -> str | None:
+    return Path(svc["key_file"]).read_text().strip() if svc.get("key_file") else None
+
+
+def probe(svc: dict, base: str, key: str | None, timeout: float) -> tuple[str | None, bool]:
+    """A few generated tokens within ``timeout``: (None, False), or (why not, whether the
+    server gave no answer at all, which a busy server and a hung one have in common)."""
     status, body = request(f"{base}/health", None, timeout=timeout)
-    if status == 503:
-        return None
-    if status not in (200, 404):
-        return f"/health: {status or 'no answer'} {body[:200]}"
+    if status not in (200, 404):  # 404: a server without /health
+        return f"/health: {status or 'no answer'} {body[:200]}", status == 0
     status, body = request(
         f"{base}/v1/chat/completions",
         key,
@@ -180,41 +222,184 @@ def probe(svc: dict, timeout: float) -> str | None:
         timeout=timeout,
     )
     if status != 200:
-        return f"chat completion: {status or 'no answer'} {body[:200]}"
-    return None
+        return f"chat completion: {status or 'no answer'} {body[:200]}", status == 0
+    return None, False
 
 
-def watchdog(manifest: dict, name: str, failures: int, timeout: float) -> None:
-    """One watchdog round for service ``name``: probe, count failures in a row, restart the
-    service after ``failures`` of them, saying why in the journal."""
-    svc = next((s for s in manifest["services"] if s["name"] == name), None)
-    if svc is None:
-        print(f"[rigkit] watchdog: {name} is not an enabled service here; nothing to do")
-        return
-    WATCHDOG_STATE.mkdir(parents=True, exist_ok=True)
-    state_file = WATCHDOG_STATE / f"{name}.json"
+def prometheus_values(text: str) -> dict[str, float]:
+    """Each sample's value in a Prometheus text exposition, summed over its label sets (vLLM
+    labels per engine and model)."""
+    values: dict[str, float] = {}
+    for line in text.splitlines():
+        if not line or line.startswith("#"):
+            continue
+        name_labels, _, rest = line.partition(" ")
+        if "}" in line:  # labels may hold spaces: the value follows the closing brace
+            name_labels, _, rest = line.rpartition("}")
+        name = name_labels.split("{", 1)[0].strip()
+        try:
+            values[name] = values.get(name, 0.0) + float(rest.split()[0])
+        except (IndexError, ValueError):
+            continue
+    return values
+
+
+def progress(engine: str, base: str, key: str | None, timeout: float) -> dict | None:
+    """The engine's work counters now, ``{"counters": {...}, "busy": n}``, or None when
+    unreadable. llama-server's come from ``/slots`` (read-only; a ``/metrics`` scrape resets
+    the averaged gauges a user's Prometheus reads), else, with ``--no-slots``, ``/metrics``."""
+    if engine == "llama.cpp":
+        status, body = request(f"{base}/slots", key, timeout=timeout)
+        if status == 0:  # no answer: /metrics would wait as long again
+            return None
+        if status == 200:
+            return slot_counters(body)
+    status, body = request(f"{base}/metrics", key, timeout=timeout)
+    if status != 200:
+        return None
+    values = prometheus_values(body)
+    counters = {name: values[name] for name in COUNTERS.get(engine, ()) if name in values}
+    if not counters:
+        return None
+    return {"counters": counters, "busy": values.get(BUSY_GAUGE.get(engine, ""))}
+
+
+def slot_counters(body: str) -> dict | None:
+    """Per slot of llama-server's ``/slots``: its task (a new id with each request) and the
+    tokens it processed (server-context.cpp server_slot::to_json: n_prompt_tokens_processed
+    grows with each prompt token, next_token[0].n_decoded with each generated one)."""
+    try:
+        slots = json.loads(body)
+        counters = {
+            f"slot {s['id']} task {s.get('id_task')}": float(
+                sum(t.get("n_decoded", 0) for t in s.get("next_token", [])) + s.get("n_prompt_tokens_processed", 0)
+            )
+            for s in slots
+        }
+        return {"counters": counters, "busy": float(sum(bool(s.get("is_processing")) for s in slots))}
+    except (ValueError, TypeError, KeyError, AttributeError):
+        return None
+
+
+def started(unit: dict[str, str]) -> tuple[str, float | None]:
+    """The unit's current start, (an id that changes with every start, seconds since it),
+    from systemd: InvocationID, and ActiveEnterTimestampMonotonic (CLOCK_MONOTONIC, µs)."""
+    start = unit.get("InvocationID") or unit.get("ActiveEnterTimestampMonotonic") or ""
+    try:
+        entered = int(unit.get("ActiveEnterTimestampMonotonic", "0")) / 1e6
+    except ValueError:
+        entered = 0
+    return start, (time.monotonic() - entered if entered > 0 else None)
+
+
+START_PROPS = "ActiveState,SubState,InvocationID,ActiveEnterTimestampMonotonic"
+
+
+def load_state(state_file: Path) -> dict:
     try:
         state = json.loads(state_file.read_text())
     except (OSError, ValueError):
-        state = {"failures": 0, "restarts": 0}
-    problem = probe(svc, timeout)
+        state = {}
+    return state if isinstance(state, dict) else {}
+
+
+def save_state(state_file: Path, state: dict) -> None:
+    """Replace the state file whole (the status command reads it any time)."""
+    state_file.parent.mkdir(parents=True, exist_ok=True)
+    tmp = state_file.with_suffix(".new")
+    tmp.write_text(json.dumps(state, sort_keys=True) + "\n")
+    tmp.rename(state_file)
+
+
+def note_answered(svc: dict) -> None:
+    """Tell the watchdog the service answered since its current start (the deploy's check
+    just saw it answer), so its load grace ends now; best effort."""
+    start, _ = started(unit_properties(svc["unit"], START_PROPS))
+    if not start:
+        return
+    state_file = WATCHDOG_STATE / f"{svc['name']}.json"
+    try:
+        state = load_state(state_file)
+        state.update(start=start, answered=True, failures=0)
+        save_state(state_file, state)
+    except OSError:
+        pass
+
+
+def watchdog(manifest: dict, name: str, failures: int, timeout: float, log=print) -> None:
+    """One watchdog round for service ``name``: probe, count failures in a row, restart the
+    service after ``failures`` of them, saying why in the journal.
+
+    A failed probe counts only once the service has answered since its current start, or
+    once its ``ready_timeout`` has passed since that start (so a long load is never killed).
+    A probe that got no answer counts only when the engine's work counters did not move
+    since the last round (a one-slot server busy with a long answer is not hung)."""
+    svc = next((s for s in manifest["services"] if s["name"] == name), None)
+    if svc is None:
+        log(f"[rigkit] watchdog: {name} is not an enabled service here; nothing to do")
+        return
+    engine = svc.get("engine") or manifest.get("engine") or "llama.cpp"
+    state_file = WATCHDOG_STATE / f"{name}.json"
+    state = {"failures": 0, "restarts": 0, **load_state(state_file)}
     now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     state["last_check"] = now
+    unit = unit_properties(svc["unit"], START_PROPS)
+    if unit.get("ActiveState") != "active":
+        # Not running, or starting: systemd's Restart= handles that. A new start resets the
+        # rest (its InvocationID); a reload keeps the start it had.
+        state["failures"] = 0
+        return save_state(state_file, state)
+    start, age = started(unit)
+    if state.get("start") != start:
+        state.update(start=start, answered=False, failures=0, progress=None)
+        state.pop("seen_at", None)
+    if age is None:  # systemd gave no start time: count from the first round that saw this start
+        state.setdefault("seen_at", time.time())
+        age = time.time() - state["seen_at"]
+    key = service_key(svc)
+    base = f"http://127.0.0.1:{svc['port']}"
+    problem, no_answer = probe(svc, base, key, timeout)
+    before, after = state.get("progress"), progress(engine, base, key, min(timeout, COUNTERS_TIMEOUT))
+    state["progress"] = after
+    grace = ready_timeout(svc)
     if problem is None:
-        state.update(failures=0, last_ok=now)
+        state.update(failures=0, answered=True, last_ok=now)
+    elif not state.get("answered") and age < grace:
+        log(
+            f"[rigkit] watchdog: {svc['unit']} has not answered since its start {age:.0f}s ago "
+            f"(loading; failures count after {grace:.0f}s): {problem}"
+        )
+        state["failures"] = 0
+    elif no_answer and before and after and before["counters"] != after["counters"]:
+        log(
+            f"[rigkit] watchdog: {svc['unit']} is busy, not hung: no answer within {timeout:g}s, but its "
+            f"counters moved ({describe(before, after)})"
+        )
+        state["failures"] = 0
     else:
+        if no_answer:
+            frozen = "counters unreadable" if after is None else f"counters did not move ({describe(before, after)})"
+            problem = f"{problem}; {frozen}"
         state["failures"] = state.get("failures", 0) + 1
         state["last_error"] = problem
-        print(f"[rigkit] watchdog: {svc['unit']} probe failed ({state['failures']}/{failures}): {problem}")
+        log(f"[rigkit] watchdog: {svc['unit']} probe failed ({state['failures']}/{failures}): {problem}")
         if state["failures"] >= failures:
-            print(
+            log(
                 f"[rigkit] watchdog: restarting {svc['unit']} after {failures} failed probes in a row (last: {problem})"
             )
-            subprocess.run(["systemctl", "restart", "--no-block", svc["unit"]], check=False)
+            systemctl("restart", "--no-block", svc["unit"])
             state.update(failures=0, restarts=state.get("restarts", 0) + 1, last_restart=now)
-    tmp = state_file.with_suffix(".new")
-    tmp.write_text(json.dumps(state) + "\n")
-    tmp.rename(state_file)
+    save_state(state_file, state)
+
+
+def describe(before: dict | None, after: dict | None) -> str:
+    """The counters of two rounds, for the journal: ``name a -> b``, and the busy gauge."""
+    if not after:
+        return "unreadable"
+    old = (before or {}).get("counters", {})
+    moved = ", ".join(f"{k} {f'{old[k]:g}' if k in old else '-'} -> {v:g}" for k, v in after["counters"].items())
+    busy = after.get("busy")
+    return moved + (f"; {busy:g} in progress" if busy is not None else "")
 
 
 def main() -> None:
