@@ -10,7 +10,7 @@ from pyinfra import host
 
 from rigkit import rig
 from rigkit.hostdata import rig_for
-from rigkit.operations import nvidia
+from rigkit.nvidia import deploy as nvidia
 from rigkit.vllm import vllm_services
 
 config = rig_for(host)  # every component validated before any host changes

@@ -13,7 +13,9 @@ from rigkit.facts import nvidia as facts
 from rigkit.facts.nvidia import DgxOs, HostOs, NvidiaPackages, SecureBootState, parse_gpus
 from rigkit.hostdata.nvidia import NVIDIA_REPO, parse_nvidia
 from rigkit.hostdata.schema import HostDataError
+from rigkit.nvidia import checks, repository
 from rigkit.operations import nvidia as ops
+from rigkit.render import nvidia as render
 
 REC = Path(__file__).parent / "recordings" / "nvidia"
 UBUNTU = HostOs(distro="ubuntu", release="24.04", arch="x86_64", kernel="6.8.0-45-generic")
@@ -167,34 +169,36 @@ def test_fact_commands_only_read():
 )
 def test_repo_line_per_distro_and_arch(distro, release, arch, path):
     os = HostOs(distro, release, arch, "k")
-    assert ops.repo_dir(os) == path
-    assert ops.repo_line(NVIDIA_REPO, os) == (
+    assert repository.repo_dir(os) == path
+    assert repository.repo_line(NVIDIA_REPO, os) == (
         "deb [signed-by=/usr/share/keyrings/cuda-archive-keyring.gpg] "
         f"https://developer.download.nvidia.com/compute/cuda/repos/{path}/ /"
     )
-    assert ops.repo_list(os) == f"/etc/apt/sources.list.d/cuda-{path.replace('/', '-')}.list"
+    assert repository.repo_list(os) == f"/etc/apt/sources.list.d/cuda-{path.replace('/', '-')}.list"
 
 
 def test_unknown_distro_is_refused():
     with pytest.raises(ValueError, match="no ubuntu 20.10"):
-        ops.repo_dir(HostOs("ubuntu", "20.10", "x86_64", "k"))
+        repository.repo_dir(HostOs("ubuntu", "20.10", "x86_64", "k"))
     nv = parse_nvidia("h", {"driver_branch": "580"})
     assert "no fedora" in " ".join(
-        ops.problems(nv, HostOs("fedora", "41", "x86_64", "k"), None, NO_SB, None, True, False)
+        checks.problems(nv, HostOs("fedora", "41", "x86_64", "k"), None, NO_SB, None, True, False)
     )
 
 
 def test_branch_pinning_the_repository_way():
-    assert ops.driver_packages("ubuntu", 580, True) == (None, "nvidia-open-580")
-    assert ops.driver_packages("ubuntu", 580, False) == (None, "cuda-drivers-580")
-    assert ops.driver_packages("ubuntu", 590, True) == ("nvidia-driver-pinning-590", "nvidia-open")
-    assert ops.driver_packages("ubuntu", 595, False) == ("nvidia-driver-pinning-595", "cuda-drivers")
-    assert ops.driver_packages("debian", 580, True) == ("nvidia-driver-pinning-580", "nvidia-open")
-    assert ops.toolkit_package("13.0") == "cuda-toolkit-13-0"
+    assert repository.driver_packages("ubuntu", 580, True) == (None, "nvidia-open-580")
+    assert repository.driver_packages("ubuntu", 580, False) == (None, "cuda-drivers-580")
+    assert repository.driver_packages("ubuntu", 590, True) == ("nvidia-driver-pinning-590", "nvidia-open")
+    assert repository.driver_packages("ubuntu", 595, False) == ("nvidia-driver-pinning-595", "cuda-drivers")
+    assert repository.driver_packages("debian", 580, True) == ("nvidia-driver-pinning-580", "nvidia-open")
+    assert repository.toolkit_package("13.0") == "cuda-toolkit-13-0"
     hold = ops.hold_driver_command("580")
     assert "apt-mark hold" in hold and "/^580\\./" in hold and "nvidia\\-container" in hold
-    assert ops.is_driver_package("libnvidia-compute") and not ops.is_driver_package("nvidia-container-toolkit")
-    assert not ops.is_driver_package("cuda-toolkit-13-0") and ops.is_driver_package("cuda-drivers-580")
+    assert repository.is_driver_package("libnvidia-compute") and not repository.is_driver_package(
+        "nvidia-container-toolkit"
+    )
+    assert not repository.is_driver_package("cuda-toolkit-13-0") and repository.is_driver_package("cuda-drivers-580")
 
 
 # --- host data ---------------------------------------------------------------------------------
@@ -254,33 +258,35 @@ def test_proprietary_allowed_before_open_modules():
 
 def test_power_limit_out_of_range_refused():
     nv = parse_nvidia("rig", {"driver_branch": "580", "power_limit_w": 450})
-    found = ops.problems(nv, UBUNTU, gpus("rtx3090x6"), NO_SB, None, False, False)
+    found = checks.problems(nv, UBUNTU, gpus("rtx3090x6"), NO_SB, None, False, False)
     assert len(found) == 6 and "450 W is outside GPU 0's range (NVIDIA GeForce RTX 3090: 100-400 W)" in found[0]
     ok = parse_nvidia("rig", {"driver_branch": "580", "power_limit_w": 350})
-    assert ops.problems(ok, UBUNTU, gpus("rtx3090x6"), NO_SB, None, False, False) == []
+    assert checks.problems(ok, UBUNTU, gpus("rtx3090x6"), NO_SB, None, False, False) == []
     per = parse_nvidia("rig", {"driver_branch": "580", "power_limit_w": [350, 350]})
-    assert "expected 6 values" in ops.problems(per, UBUNTU, gpus("rtx3090x6"), NO_SB, None, False, False)[0]
+    assert "expected 6 values" in checks.problems(per, UBUNTU, gpus("rtx3090x6"), NO_SB, None, False, False)[0]
     h100 = parse_nvidia("rig", {"driver_branch": "580", "power_limit_w": 150})
-    assert "200-700 W" in ops.problems(h100, UBUNTU, gpus("h100"), NO_SB, None, False, False)[0]
+    assert "200-700 W" in checks.problems(h100, UBUNTU, gpus("h100"), NO_SB, None, False, False)[0]
 
 
 def test_gb10_has_no_power_limit_and_needs_open_modules():
     dgx = {"DGX_NAME": "DGX Spark"}
     nv = parse_nvidia("spark", {"power_limit_w": 100})
-    [problem] = ops.problems(nv, UBUNTU, gpus("gb10"), NO_SB, dgx, False, False)
+    [problem] = checks.problems(nv, UBUNTU, gpus("gb10"), NO_SB, dgx, False, False)
     assert "no settable power limit" in problem
     prop = parse_nvidia("spark", {"driver_branch": "580", "open_modules": False})
-    assert "only with the open kernel modules" in ops.problems(prop, UBUNTU, gpus("gb10"), NO_SB, None, True, False)[0]
+    assert (
+        "only with the open kernel modules" in checks.problems(prop, UBUNTU, gpus("gb10"), NO_SB, None, True, False)[0]
+    )
 
 
 def test_secure_boot_without_key_stops_a_driver_install():
     nv = parse_nvidia("rig", {"driver_branch": "580"})
     on = SecureBootState(enabled=True, signing_key=None)
-    [problem] = ops.problems(nv, UBUNTU, None, on, None, True, False)
+    [problem] = checks.problems(nv, UBUNTU, None, on, None, True, False)
     assert "Secure Boot is on and there is no module signing key" in problem
-    assert ops.problems(nv, UBUNTU, None, on, None, False, False) == []  # nothing to install
+    assert checks.problems(nv, UBUNTU, None, on, None, False, False) == []  # nothing to install
     keyed = SecureBootState(enabled=True, signing_key="/var/lib/dkms/mok.pub")
-    assert ops.problems(nv, UBUNTU, None, keyed, None, True, False) == []
+    assert checks.problems(nv, UBUNTU, None, keyed, None, True, False) == []
 
 
 def test_old_gpus_and_the_toolkit():
@@ -290,14 +296,14 @@ def test_old_gpus_and_the_toolkit():
         ]
     )
     nv = parse_nvidia("rig", {"driver_branch": "580", "cuda_toolkit": "13.0"})
-    found = " ".join(ops.problems(nv, UBUNTU, pascal, NO_SB, None, False, False))
+    found = " ".join(checks.problems(nv, UBUNTU, pascal, NO_SB, None, False, False))
     assert "needs the proprietary modules" in found and "CUDA 13 builds for compute 7.5" in found
 
 
 def test_container_toolkit_needs_docker():
     nv = parse_nvidia("rig", {"container_toolkit": True})
-    assert "Docker is not installed" in ops.problems(nv, UBUNTU, None, NO_SB, None, False, False)[0]
-    assert ops.problems(nv, UBUNTU, None, NO_SB, None, False, True) == []
+    assert "Docker is not installed" in checks.problems(nv, UBUNTU, None, NO_SB, None, False, False)[0]
+    assert checks.problems(nv, UBUNTU, None, NO_SB, None, False, True) == []
 
 
 # --- the power unit ------------------------------------------------------------------------------
@@ -305,7 +311,7 @@ def test_container_toolkit_needs_docker():
 
 def test_power_unit_per_gpu_by_uuid():
     rig = gpus("rtx3090x6")
-    unit = ops.power_unit(rig, (350,) * 6)
+    unit = render.power_unit(rig, (350,) * 6)
     lines = unit.splitlines()
     starts = [line for line in lines if line.startswith("ExecStart=")]
     assert starts == [f"ExecStart=/usr/bin/nvidia-smi -i {g.uuid} -pl 350" for g in rig]
@@ -325,9 +331,9 @@ def test_power_unit_per_gpu_by_uuid():
         assert needed in lines, needed
     assert "DeviceAllow=/dev/nvidia6 rw" not in lines
     assert "# GPU 0: NVIDIA GeForce RTX 3090, 100-400 W" in lines
-    check = ops.power_check_command(rig, (350,) * 6)
+    check = render.power_check_command(rig, (350,) * 6)
     assert check.count("--query-gpu=power.limit") == 6 and "-v w=350" in check
-    mixed = ops.power_unit(rig[:2], (300, 350))
+    mixed = render.power_unit(rig[:2], (300, 350))
     assert f"-i {rig[0].uuid} -pl 300" in mixed and f"-i {rig[1].uuid} -pl 350" in mixed
 
 
@@ -358,12 +364,12 @@ def test_h100_facts_as_recorded_on_the_lent_machine():
     assert not state.reboot_pending
     os = recorded("NvidiaHostOs")
     assert (os.distro, os.release, os.arch) == ("ubuntu", "24.04", "x86_64")
-    assert ops.repo_dir(os) == "ubuntu2404/x86_64"
+    assert repository.repo_dir(os) == "ubuntu2404/x86_64"
     pkgs = recorded("NvidiaPackages")
-    assert "cuda-compat-13-0" in pkgs and not [n for n in pkgs if ops.is_driver_package(n)]
+    assert "cuda-compat-13-0" in pkgs and not [n for n in pkgs if repository.is_driver_package(n)]
     assert recorded("DgxOs") is None and recorded("SecureBoot") == SecureBootState(None, None)
     nv = parse_nvidia("h100", {"driver_branch": "580", "cuda_toolkit": "13.0", "power_limit_w": 350})
-    assert ops.problems(nv, os, [gpu], recorded("SecureBoot"), None, True, False) == []
+    assert checks.problems(nv, os, [gpu], recorded("SecureBoot"), None, True, False) == []
 
 
 def test_h100_dry_run_plan():
