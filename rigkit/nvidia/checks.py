@@ -2,21 +2,72 @@
 The host's NVIDIA facts against its ``nvidia`` host data, before anything changes: the
 distribution has a repository, Secure Boot has a key to sign the modules with, each power
 limit lies inside its GPU's range, the GPUs suit the kernel module flavour and the toolkit,
-and whether the pinned driver branch is installed already. Pure functions of facts and
-host data (:mod:`rigkit.facts.nvidia`, :mod:`rigkit.hostdata.nvidia`).
+and whether the pinned driver branch and toolkit are there already. Pure functions of facts
+and host data (:mod:`rigkit.facts.nvidia`, :mod:`rigkit.hostdata.nvidia`).
+
+A driver and a toolkit count whatever installed them (NVIDIA's ``.run`` installer, a cloud or
+container image, Debian packages): a driver of the pinned branch that is loaded and answering
+(:func:`driver_outside_packages`) and a toolkit of the pinned release on disk
+(:func:`toolkit_outside_packages`) are kept, never installed a second time beside themselves;
+a loaded driver of another branch installed that way stops the deploy (:func:`problems`).
 """
 
 from __future__ import annotations
 
-from rigkit.facts.nvidia import DebPackage, Gpu, HostOs, SecureBootState
+from rigkit.facts.nvidia import CudaToolkits, DebPackage, DriverState, Gpu, HostOs, SecureBootState
 from rigkit.hostdata.nvidia import Nvidia
-from rigkit.nvidia.repository import driver_packages, repo_dir
+from rigkit.nvidia.repository import driver_packages, is_driver_package, repo_dir, toolkit_package
 
 
 def driver_installed(pkgs: dict[str, DebPackage], distro: str, branch: int, open_modules: bool) -> bool:
     pin, meta = driver_packages(distro, branch, open_modules)
     current = pkgs.get(meta)
     return bool(current and current.version.startswith(f"{branch}.") and (pin is None or pin in pkgs))
+
+
+def branch_of(version: str) -> str:
+    """``580.159.04`` -> ``580``."""
+    return version.split(".", 1)[0]
+
+
+def driver_outside_packages(state: DriverState, gpus: list[Gpu] | None, pkgs: dict[str, DebPackage]) -> str | None:
+    """The version of the driver that is loaded and answering when no Debian driver package
+    of its branch is installed (the ``.run`` installer, a cloud or container image); ``None``
+    otherwise. Loaded: the kernel module reports its version (``/sys/module/nvidia/version``,
+    else ``/proc/driver/nvidia/version``). Answering: ``nvidia-smi`` lists at least one GPU,
+    and every GPU reports that same driver version."""
+    version = state.kernel
+    if version is None or not gpus or any(gpu.driver_version != version for gpu in gpus):
+        return None
+    branch = branch_of(version)
+    if any(is_driver_package(n) and p.version.startswith(f"{branch}.") for n, p in pkgs.items()):
+        return None  # the packages' driver: installed, held and switched the repository's way
+    return version
+
+
+def outside_message(version: str) -> str:
+    return f"driver {version} (branch {branch_of(version)}) is loaded and answering, installed outside Debian packages"
+
+
+def other_branch(nv: Nvidia, outside: str | None) -> str | None:
+    """Why a driver found outside Debian packages stops the deploy: its branch is not the
+    pinned one (rigkit installs no second driver beside it); ``None``: it does not."""
+    if outside is None or nv.driver_branch is None or branch_of(outside) == nv.driver_branch:
+        return None
+    return (
+        f"nvidia.driver_branch: {outside_message(outside)} (the .run installer, or the machine's image), "
+        f"and the host data pins branch {nv.driver_branch}: rigkit installs no second driver beside it. "
+        f'Pin its branch (driver_branch: "{branch_of(outside)}"), or remove that driver first'
+    )
+
+
+def toolkit_outside_packages(release: str, toolkits: CudaToolkits, pkgs: dict[str, DebPackage]) -> tuple[str, ...]:
+    """Where toolkit ``release`` is on disk (``/usr/local/cuda*``: its ``version.json``, else
+    its ``nvcc --version``) while its ``cuda-toolkit-X-Y`` package is not installed; empty
+    when it is not on disk, or the package is installed (then apt keeps it)."""
+    if toolkit_package(release) in pkgs or release not in toolkits.installed:
+        return ()
+    return toolkits.found_at(release) or ("/usr/local/cuda*",)
 
 
 def problems(
@@ -27,10 +78,16 @@ def problems(
     dgx: dict[str, str] | None,
     driver_changes: bool,
     docker: bool,
+    outside: str | None = None,
 ) -> list[str]:
-    """What stops this deploy on this host, found from facts alone; empty: go ahead."""
+    """What stops this deploy on this host, found from facts alone; empty: go ahead.
+    ``outside``: the version of a driver loaded and answering that no Debian package
+    installed (:func:`driver_outside_packages`)."""
     found = []
     if not dgx:
+        mismatch = other_branch(nv, outside)
+        if mismatch:
+            found.append(mismatch)
         try:
             repo_dir(os)
         except ValueError as exc:

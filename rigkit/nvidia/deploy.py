@@ -31,9 +31,16 @@ from rigkit.facts.nvidia import (
     SystemdBooted,
 )
 from rigkit.hostdata.nvidia import Nvidia
-from rigkit.nvidia.checks import driver_installed, problems
-from rigkit.nvidia.repository import CONTAINER_KEYRING, CONTAINER_LIST, driver_packages, repo_dir, toolkit_package
-from rigkit.operations.nvidia import container_key, cuda_repository, debian_contrib, docker_runtime, driver
+from rigkit.nvidia.checks import driver_installed, driver_outside_packages, problems
+from rigkit.nvidia.repository import CONTAINER_KEYRING, CONTAINER_LIST, driver_packages, repo_dir
+from rigkit.operations.nvidia import (
+    container_key,
+    cuda_repository,
+    cuda_toolkit,
+    debian_contrib,
+    docker_runtime,
+    driver,
+)
 from rigkit.render.nvidia import POWER_UNIT, nouveau_blacklist, power_check_command, power_unit
 
 logger = logging.getLogger("pyinfra")
@@ -58,8 +65,11 @@ def setup(nv: Nvidia, gpu_count: int = 0):
     pkgs = host.get_fact(NvidiaPackages)
     docker = host.get_fact(DockerInstalled)
     managed = nv.driver_branch is not None and not dgx
-    changes = managed and not driver_installed(pkgs, os.distro, nv.branch or 0, nv.open_modules)
-    found = problems(nv, os, gpus, host.get_fact(SecureBoot), dgx, changes, docker)
+    # A driver that no Debian package installed, loaded and answering: kept when it is of the
+    # pinned branch (no second driver, no kernel headers), else refused in problems().
+    outside = driver_outside_packages(state, gpus, pkgs) if managed else None
+    changes = managed and outside is None and not driver_installed(pkgs, os.distro, nv.branch or 0, nv.open_modules)
+    found = problems(nv, os, gpus, host.get_fact(SecureBoot), dgx, changes, docker, outside=outside)
     if found:
         raise PyinfraError(f"host {host.name}: " + "\n  ".join(found) + "\n(nothing was changed)")
 
@@ -91,9 +101,10 @@ def setup(nv: Nvidia, gpu_count: int = 0):
             name=f"NVIDIA CUDA repository ({repo_dir(os)})", repo_url=nv.repo_url, os=os, sha256=nv.keyring_sha256
         )
         apt.update(name="Update apt after repository changes", _if=any_changed(repo, *([contrib] if contrib else [])))
-        apt.packages(
-            name=f"Kernel headers for {os.kernel}", packages=[f"linux-headers-{os.kernel}"], no_recommends=True
-        )
+        if outside is None:  # DKMS builds the packages' modules against them
+            apt.packages(
+                name=f"Kernel headers for {os.kernel}", packages=[f"linux-headers-{os.kernel}"], no_recommends=True
+            )
         blacklist = files.put(
             name="Blacklist nouveau",
             src=_text(nouveau_blacklist()),
@@ -105,7 +116,14 @@ def setup(nv: Nvidia, gpu_count: int = 0):
             commands=["if command -v update-initramfs >/dev/null; then update-initramfs -u; fi"],
             _if=blacklist.did_change,
         )
-        if nv.driver_branch is not None:
+        if nv.driver_branch is not None and outside is not None:
+            driver(
+                name=f"NVIDIA driver branch {nv.driver_branch} ({outside}, installed outside Debian packages: kept)",
+                branch=nv.driver_branch,
+                open_modules=nv.open_modules,
+                distro=os.distro,
+            )
+        elif nv.driver_branch is not None:
             pin, meta = driver_packages(os.distro, nv.branch or 0, nv.open_modules)
             driver_op = driver(
                 name=f"NVIDIA driver branch {nv.driver_branch} ({pin + ' + ' if pin else ''}{meta}, held)",
@@ -115,9 +133,7 @@ def setup(nv: Nvidia, gpu_count: int = 0):
             )
             pending = pending or driver_op.will_change
         if nv.cuda_toolkit:
-            apt.packages(
-                name=f"CUDA toolkit {nv.cuda_toolkit}", packages=[toolkit_package(nv.cuda_toolkit)], no_recommends=True
-            )
+            cuda_toolkit(name=f"CUDA toolkit {nv.cuda_toolkit}", release=nv.cuda_toolkit)
 
     if not host.get_fact(SystemdBooted):
         _report(

@@ -14,12 +14,27 @@ from __future__ import annotations
 import shlex
 
 from pyinfra import host
-from pyinfra.api import QuoteString, StringCommand, operation
+from pyinfra.api import OperationError, QuoteString, StringCommand, operation
 from pyinfra.facts.apt import noninteractive_apt
 from pyinfra.facts.files import File, FindInFile
 
-from rigkit.facts.nvidia import DebianSourcesWithoutContrib, DockerRuntimes, HostOs, NvidiaPackages
-from rigkit.nvidia.checks import driver_installed
+from rigkit.facts.nvidia import (
+    CudaToolkit,
+    DebianSourcesWithoutContrib,
+    DockerRuntimes,
+    HostOs,
+    NvidiaDriver,
+    NvidiaGpus,
+    NvidiaPackages,
+)
+from rigkit.hostdata.nvidia import Nvidia
+from rigkit.nvidia.checks import (
+    driver_installed,
+    driver_outside_packages,
+    other_branch,
+    outside_message,
+    toolkit_outside_packages,
+)
 from rigkit.nvidia.repository import (
     CONTAINER_KEYRING,
     DRIVER_PREFIXES,
@@ -29,6 +44,7 @@ from rigkit.nvidia.repository import (
     is_driver_package,
     repo_dir,
     repo_list,
+    toolkit_package,
 )
 
 
@@ -103,6 +119,9 @@ def driver(branch: str, open_modules: bool, distro: str):
     """
     The driver branch, pinned the repository's way (:mod:`rigkit.nvidia.repository`), its
     packages held. A branch change unholds, installs the new branch (up or down) and holds again.
+    A driver of the branch that is loaded and answering, installed outside Debian packages
+    (the ``.run`` installer, the machine's image), is kept as it is; one of another branch
+    installed that way is an error, not a second driver.
 
     + branch: the driver branch, ``"580"`` (host data ``driver_branch``)
     + open_modules: the open kernel modules (``nvidia-open``) rather than the proprietary ones
@@ -115,6 +134,13 @@ def driver(branch: str, open_modules: bool, distro: str):
     number = int(branch)
     pin, meta = driver_packages(distro, number, open_modules)
     pkgs = host.get_fact(NvidiaPackages)
+    outside = driver_outside_packages(host.get_fact(NvidiaDriver), host.get_fact(NvidiaGpus), pkgs)
+    if outside is not None:
+        mismatch = other_branch(Nvidia(driver_branch=branch), outside)
+        if mismatch:
+            raise OperationError(mismatch)
+        host.noop(f"{outside_message(outside)}: kept")
+        return
     if driver_installed(pkgs, distro, number, open_modules):
         unheld = sorted(
             n for n, p in pkgs.items() if is_driver_package(n) and p.version.startswith(f"{branch}.") and not p.held
@@ -131,6 +157,31 @@ def driver(branch: str, open_modules: bool, distro: str):
     for package in ([pin] if pin else []) + [meta]:
         yield noninteractive_apt(f"install --allow-downgrades --no-install-recommends {shlex.quote(package)}")
     yield hold_driver_command(branch)
+
+
+@operation()
+def cuda_toolkit(release: str):
+    """
+    The CUDA toolkit release from the repository (``cuda-toolkit-X-Y``), unless that release is
+    on disk already, whatever installed it (``/usr/local/cuda*``: its ``version.json`` or its
+    ``nvcc``): then it is kept, and no second copy is installed.
+
+    + release: the toolkit release, ``"13.0"`` (host data ``cuda_toolkit``)
+
+    .. code:: python
+
+        nvidia.cuda_toolkit(release="13.0")
+    """
+    package = toolkit_package(release)
+    pkgs = host.get_fact(NvidiaPackages)
+    if package in pkgs:
+        host.noop(f"package {package} is installed ({pkgs[package].version})")
+        return
+    found = toolkit_outside_packages(release, host.get_fact(CudaToolkit), pkgs)
+    if found:
+        host.noop(f"CUDA {release} is on disk ({', '.join(found)}), installed outside the {package} package: kept")
+        return
+    yield noninteractive_apt(f"install --no-install-recommends {shlex.quote(package)}")
 
 
 def hold_driver_command(branch: str) -> str:
