@@ -9,7 +9,7 @@ each host that declares ``nvidia`` host data; DGX OS keeps its own driver.
 from pyinfra import host
 
 from rigkit.hostdata import HostDataError, rig_for
-from rigkit.operations import nvidia
+from rigkit.nvidia import deploy as nvidia
 
 config = rig_for(host)  # validated, then checked against the host's facts, before any change
 if config.nvidia is None:

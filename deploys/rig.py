@@ -11,7 +11,7 @@ from pyinfra import host
 
 from rigkit.hostdata import rig_for
 from rigkit.models.deploy import models
-from rigkit.operations.nvidia import setup as nvidia_setup
+from rigkit.nvidia.deploy import setup as nvidia_setup
 from rigkit.serve import serve_all
 
 config = rig_for(host)  # every component validated before any host changes

@@ -3,7 +3,7 @@ A vLLM service across the nodes of a Ray cluster (host data ``cluster``, validat
 the inventory before any host changes): on every node the service's image, proven the same
 across the nodes (built from the same base image ID) before anything starts, and a unit
 running the node's Ray role in that image; on the head, the readiness unit that the vLLM
-unit requires. :func:`rigkit.vllm.vllm_services` calls :func:`ray_node` for the service
+unit requires. The vLLM engine (:mod:`rigkit.engines.vllm`) calls :func:`ray_node` for the service
 that spans the host's cluster.
 """
 
@@ -21,7 +21,7 @@ from pyinfra.operations.util import any_changed
 from rigkit.facts import per_run
 from rigkit.facts.cluster import ImageBase
 from rigkit.hostdata import Rig, Service
-from rigkit.hostdata.cluster import Cluster, parse_cluster
+from rigkit.hostdata.cluster import Cluster, ClusterMembers, parse_cluster
 from rigkit.hostdata.gpus import parse_gpus
 from rigkit.operations import cluster as cluster_ops
 from rigkit.operations import users
@@ -29,26 +29,37 @@ from rigkit.render import ray as render
 
 SCRIPTS = Path(__file__).resolve().parent / "scripts"
 
-# Cluster name -> every node's operations (pyinfra prepares all hosts before running any):
-# the image builds, and what (re)starts the node's Ray. The head's vLLM restarts when any
-# node's Ray did: its Ray actors lived there.
-_IMAGE_OPS: dict[tuple[int, str], list] = {}
-_RAY_OPS: dict[tuple[int, str], list] = {}
+
+def _run_ops(kind: str, cluster: str) -> list:
+    """Every node's operations of ``kind`` for ``cluster`` in this run (pyinfra prepares all
+    hosts before running any): the image builds, and what (re)starts the node's Ray. The
+    head's vLLM restarts when any node's Ray did: its Ray actors lived there."""
+    return per_run.for_run(host.state).setdefault(f"cluster_{kind}_ops", {}).setdefault(cluster, [])
 
 
 class ImageMismatch(PyinfraError):
     """The nodes of a cluster hold images built from different bases."""
 
 
+def _members(rig: Rig) -> ClusterMembers:
+    """The cluster as rig_for resolved it once for the run (else read from the inventory)."""
+    assert rig.cluster is not None
+    if rig.members is not None:
+        return rig.members
+    data = {n: host.inventory.get_host(n).data for n in rig.cluster.nodes}
+    return ClusterMembers(
+        nodes={n: parse_cluster(n, d.get("cluster")) for n, d in data.items()},
+        gpus={n: parse_gpus(n, d.get("gpus")).count for n, d in data.items()},
+    )
+
+
 def nodes_of(rig: Rig) -> dict[str, Cluster]:
     """Every node's cluster entry, head first (the inventory was validated by rig_for)."""
-    assert rig.cluster is not None
-    return {n: parse_cluster(n, host.inventory.get_host(n).data.get("cluster")) for n in rig.cluster.nodes}
+    return dict(_members(rig).nodes)
 
 
 def cluster_gpus(rig: Rig) -> int:
-    assert rig.cluster is not None
-    return sum(parse_gpus(n, host.inventory.get_host(n).data.get("gpus")).count for n in rig.cluster.nodes)
+    return _members(rig).gpu_count
 
 
 def check_present_images(cluster: Cluster, image: str) -> None:
@@ -78,10 +89,9 @@ def ray_node(rig: Rig, service: Service, image: str, image_op) -> Callable[[], b
     assert mine is not None
     nodes = nodes_of(rig)
     head = nodes[mine.head]
-    run = (id(host.state), mine.name)
-    image_ops = _IMAGE_OPS.setdefault(run, [])
+    image_ops = _run_ops("image", mine.name)
     image_ops.append(image_op)
-    ray_ops = _RAY_OPS.setdefault(run, [])
+    ray_ops = _run_ops("ray", mine.name)
 
     check_present_images(mine, image)
     built = _any(image_ops)

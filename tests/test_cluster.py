@@ -365,3 +365,57 @@ def test_a_second_vllm_service_on_the_head_is_not_wired_into_ray():
     assert spanned(rig, rig.services[1]) == (None, None)
     unit = render_vllm.render_unit(rig.services[1], "rigkit/vllm:x", 1, *spanned(rig, rig.services[1]))
     assert "ray" not in unit.lower().replace("array", "")
+
+
+class _Data(dict):
+    def dict(self):
+        return dict(self)
+
+
+class _Run:
+    """What rig_for reads of a pyinfra run: hosts with data, their inventory and state."""
+
+    def __init__(self, data):
+        self.hosts = [
+            type("Host", (), {"name": n, "data": _Data(d), "state": self, "inventory": self})() for n, d in data.items()
+        ]
+
+    def __iter__(self):
+        return iter(self.hosts)
+
+
+def test_the_cluster_is_resolved_once_per_run_into_each_nodes_rig(monkeypatch):
+    from rigkit.cluster import cluster_gpus, nodes_of
+    from rigkit.hostdata import rig as rig_module
+
+    calls = []
+    real = rig_module.check_clusters
+    monkeypatch.setattr(rig_module, "check_clusters", lambda data: calls.append(sorted(data)) or real(data))
+    run = _Run(spark_pair())
+    head, worker = (rig_module.rig_for(h) for h in run)
+    assert calls == [["spark-1", "spark-2"]]  # once for the run, not once per host
+    for rig in (head, worker):
+        assert rig.members is not None and list(rig.members.nodes) == ["spark-1", "spark-2"]
+        assert rig.members.head.address == "192.168.100.11" and rig.members.gpu_count == 2
+        assert rig.members.addresses == {"spark-1": "192.168.100.11", "spark-2": "192.168.100.12"}
+        assert nodes_of(rig) == parsed() and cluster_gpus(rig) == 2
+    assert head == parse_rig("spark-1", spark_pair()["spark-1"])  # the same rig, members aside
+    rig_module.rig_for(next(iter(_Run(spark_pair()))))
+    assert len(calls) == 2  # a new run checks its own inventory
+
+    bad = spark_pair()
+    bad["spark-2"]["services"][0]["port"] = 8001
+    run = _Run(bad)
+    for host in run:  # every host of the run is refused, the inventory checked once
+        with pytest.raises(HostDataError, match="declared as on its head spark-1"):
+            rig_module.rig_for(host)
+    assert len(calls) == 3
+
+
+def test_image_bases_are_recorded_per_run():
+    from rigkit.operations import cluster as cluster_ops
+
+    one, two = _Run({}), _Run({})
+    cluster_ops.recorded(one, "qwen")["spark-1"] = "sha256:a"
+    assert cluster_ops.recorded(one, "qwen") == {"spark-1": "sha256:a"}
+    assert cluster_ops.recorded(two, "qwen") == {} and cluster_ops.recorded(one, "other") == {}

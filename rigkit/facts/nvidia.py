@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from pyinfra.api import FactBase
 
@@ -198,8 +198,14 @@ class NvidiaDriver(FactBase[DriverState]):
 
 @dataclass(frozen=True)
 class CudaToolkits:
-    installed: tuple[str, ...]  # "13.0", from /usr/local/cuda-X.Y/version.json
+    installed: tuple[str, ...]  # "13.0", from /usr/local/cuda-X.Y/version.json (or its nvcc)
     default: str | None  # what /usr/local/cuda is
+    # (directory, release) for each toolkit found: ("/usr/local/cuda-13.0", "13.0")
+    dirs: tuple[tuple[str, str], ...] = field(default=(), compare=False, repr=False)
+
+    def found_at(self, release: str) -> tuple[str, ...]:
+        """The directories holding toolkit ``release``."""
+        return tuple(path for path, version in self.dirs if version == release)
 
 
 def _major_minor(version: str) -> str | None:
@@ -209,6 +215,7 @@ def _major_minor(version: str) -> str | None:
 
 def parse_toolkits(output: list[str]) -> CudaToolkits:
     installed: set[str] = set()
+    dirs: list[tuple[str, str]] = []
     default = None
     for line in output:
         path, _, doc = line.partition(" ")
@@ -224,7 +231,8 @@ def parse_toolkits(output: list[str]) -> CudaToolkits:
         if path == "/usr/local/cuda":
             default = version
         installed.add(version)
-    return CudaToolkits(installed=tuple(sorted(installed)), default=default)
+        dirs.append((path, version))
+    return CudaToolkits(installed=tuple(sorted(installed)), default=default, dirs=tuple(dirs))
 
 
 class CudaToolkit(FactBase[CudaToolkits]):

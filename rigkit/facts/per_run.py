@@ -30,3 +30,12 @@ def forget(host: Any, fact: type[FactBase]) -> None:
     """Ask the host again next time: an operation changed what ``fact`` describes."""
     for key in [k for k in _READ.get(host, {}) if k[0] is fact]:
         del _READ[host][key]
+
+
+_RUNS: WeakKeyDictionary[Any, dict[str, Any]] = WeakKeyDictionary()
+
+
+def for_run(state: Any) -> dict[str, Any]:
+    """What rigkit keeps for one run (one pyinfra ``State``, ``host.state``), across hosts and
+    operations: dropped with the state, never shared with another run's."""
+    return _RUNS.setdefault(state, {})

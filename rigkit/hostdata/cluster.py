@@ -23,6 +23,7 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -63,6 +64,35 @@ class Cluster:
     def shared(self) -> tuple:
         """What every node must declare alike."""
         return (self.name, self.nodes, self.ray_port, self.tensor_parallel, self.pipeline_parallel)
+
+
+@dataclass(frozen=True)
+class ClusterMembers:
+    """A cluster across its nodes, resolved once per run from the validated inventory: each
+    node's own entry (its address on the interconnect), head first, and the GPUs it brings."""
+
+    nodes: Mapping[str, Cluster]
+    gpus: Mapping[str, int]
+
+    @property
+    def head(self) -> Cluster:
+        return next(iter(self.nodes.values()))
+
+    @property
+    def addresses(self) -> dict[str, str]:
+        return {n: c.address for n, c in self.nodes.items()}
+
+    @property
+    def gpu_count(self) -> int:
+        return sum(self.gpus.values())
+
+
+def members(hosts_data: Mapping[str, Mapping[str, Any]], cluster: Cluster) -> ClusterMembers:
+    """``cluster``'s nodes from the inventory's host data (validated: :func:`validate_cluster`)."""
+    return ClusterMembers(
+        nodes={n: parse_cluster(n, hosts_data[n]["cluster"]) for n in cluster.nodes},
+        gpus={n: parse_gpus(n, hosts_data[n].get("gpus")).count for n in cluster.nodes},
+    )
 
 
 def parse_cluster(host: str, raw: Any) -> Cluster:

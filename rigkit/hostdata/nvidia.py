@@ -1,6 +1,6 @@
 """
 Host data ``nvidia``: the NVIDIA driver branch, CUDA toolkit, container toolkit and power
-limits a host gets (``rigkit.operations.nvidia``)::
+limits a host gets (``rigkit.nvidia``)::
 
     "nvidia": {"driver_branch": "580", "cuda_toolkit": "13.0", "power_limit_w": 350}
 

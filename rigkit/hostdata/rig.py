@@ -14,7 +14,8 @@ from typing import Any
 
 from pyinfra.api.exceptions import PyinfraError
 
-from rigkit.hostdata.cluster import Cluster, parse_cluster, validate_cluster
+from rigkit.facts import per_run
+from rigkit.hostdata.cluster import Cluster, ClusterMembers, members, parse_cluster, validate_cluster
 from rigkit.hostdata.gpus import Gpus, parse_gpus
 from rigkit.hostdata.llama_cpp import LlamaCpp, parse_llama_cpp
 from rigkit.hostdata.models import INSECURE_HTTP, MODEL_REF_PREFIX, HubModel, Model, parse_models
@@ -62,6 +63,8 @@ class Rig:
     model_roots: tuple[str, ...] = MODEL_ROOTS
     # ModelRef.key -> the lock entry, filled by resolve_model_refs()
     locks: Mapping[str, LockEntry] = field(default_factory=dict, compare=False)
+    # The cluster's nodes, head, addresses and GPUs, resolved once per run by rig_for()
+    members: ClusterMembers | None = field(default=None, compare=False)
 
     @property
     def enabled_services(self) -> tuple[Service, ...]:
@@ -224,6 +227,28 @@ def check_clusters(hosts_data: Mapping[str, Mapping[str, Any]]) -> None:
             )
 
 
+def resolve_cluster(host: Any, cluster: Cluster) -> ClusterMembers:
+    """The inventory's clusters checked (:func:`check_clusters`) and each resolved, once per
+    run (``host.state``) for all its hosts; a problem is raised again for every host."""
+    run = per_run.for_run(host.state) if getattr(host, "state", None) is not None else {}
+    if "clusters" not in run:
+        hosts_data = {h.name: h.data.dict() for h in host.inventory}
+        try:
+            check_clusters(hosts_data)
+        except HostDataError as exc:
+            run["clusters"] = exc
+        else:
+            run["clusters"] = {
+                name: members(hosts_data, parse_cluster(name, data["cluster"]))
+                for name, data in hosts_data.items()
+                if data.get("cluster") is not None
+            }
+    resolved = run["clusters"]
+    if isinstance(resolved, HostDataError):
+        raise resolved
+    return resolved[host.name]
+
+
 def resolve_model_refs(rig: Rig, lock: Mapping[str, LockEntry], inventory: str = "INVENTORY") -> Rig:
     """The rig with its Hub models' lock entries and each ``ref:`` service model replaced by
     ``<dest>/<first shard>``; raises LockError naming ``rigkit lock`` when an entry is missing
@@ -311,7 +336,7 @@ def rig_for(host: Any) -> Rig:
     rig = parse_rig(host.name, data)
     check_model_supply(host.name, host.data)
     if rig.cluster is not None:
-        check_clusters({h.name: h.data.dict() for h in host.inventory})
+        rig = dataclasses.replace(rig, members=resolve_cluster(host, rig.cluster))
     if not rig.hub_models:
         return rig
     model_lock = host.data.get("model_lock")

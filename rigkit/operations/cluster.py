@@ -15,13 +15,16 @@ from pyinfra.api import FunctionCommand, operation
 from pyinfra.api.host import Host
 from pyinfra.api.state import State
 
+from rigkit.facts import per_run
 from rigkit.facts.cluster import ImageBase
 
 logger = logging.getLogger("pyinfra")
 
-#: (run, cluster) -> node -> the base ID its image was built from (None: no image), filled when
-#: record_image runs on the node.
-RECORDED: dict[tuple[int, str], dict[str, str | None]] = {}
+
+def recorded(state: State, cluster: str) -> dict[str, str | None]:
+    """Node -> the base ID its image was built from (None: no image), filled in this run as
+    record_image runs on each node."""
+    return per_run.for_run(state).setdefault("cluster_images", {}).setdefault(cluster, {})
 
 
 def mismatch(cluster: str, image: str, bases: dict[str, str | None]) -> str | None:
@@ -37,13 +40,13 @@ def mismatch(cluster: str, image: str, bases: dict[str, str | None]) -> str | No
 
 def _record(state: State, host: Host, cluster: str, image: str) -> bool:
     found = host.get_fact(ImageBase, image=image)  # read now, after this run's builds
-    RECORDED.setdefault((id(state), cluster), {})[host.name] = found["base"] if found else None
+    recorded(state, cluster)[host.name] = found["base"] if found else None
     return True
 
 
 def _compare(state: State, host: Host, cluster: str, image: str, nodes: Sequence[str]) -> bool:
-    recorded = RECORDED.get((id(state), cluster), {})
-    problem = mismatch(cluster, image, {node: recorded.get(node) for node in nodes})
+    bases = recorded(state, cluster)
+    problem = mismatch(cluster, image, {node: bases.get(node) for node in nodes})
     if problem:
         host.log_styled(f"Refused: {problem}", fg="red", log_func=logger.error)
         return False

@@ -12,7 +12,8 @@ import json, subprocess, sys
 from rigkit.facts import nvidia as f
 out = sys.argv[1]
 facts = {}
-for cls in (f.NvidiaGpus, f.NvidiaDriver, f.CudaToolkit, f.DgxOs, f.SecureBoot, f.NvidiaHostOs, f.NvidiaPackages):
+for cls in (f.NvidiaGpus, f.NvidiaDriver, f.CudaToolkit, f.DgxOs, f.SecureBoot, f.NvidiaHostOs, f.NvidiaPackages,
+            f.DockerInstalled, f.SystemdBooted):
     cmd = cls().command()
     run = subprocess.run(["sh", "-c", cmd], capture_output=True, text=True)
     lines = run.stdout.splitlines()
