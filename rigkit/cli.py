@@ -48,9 +48,9 @@ def _sandbox(args: argparse.Namespace) -> int:
 
 
 def _lock(argv: list[str]) -> int:
-    from rigkit.models import lockfile
+    from rigkit.models import lock_command
 
-    return lockfile.lock_main(argv)
+    return lock_command.lock_main(argv)
 
 
 def _mirror(argv: list[str]) -> int:

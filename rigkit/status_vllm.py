@@ -65,9 +65,9 @@ def cluster_facts(hosts: list[Any], rigs: dict[str, Rig]) -> dict[str, dict]:
         rig = rigs[host.name]
         if rig.cluster is None or not rig.is_head:
             continue
-        nodes = {n: rigs[n].cluster for n in rig.cluster.nodes}
+        nodes = {n: c for n in rig.cluster.nodes if (c := rigs[n].cluster) is not None}
         gpus = sum(rigs[n].gpus.count for n in nodes)
-        argv = render_ray.ready_argv(rig.cluster, nodes, gpus)  # type: ignore[arg-type]
+        argv = render_ray.ready_argv(rig.cluster, nodes, gpus)
         out[host.name] = host.get_fact(RayNodes, ready_argv=argv)
     return out
 

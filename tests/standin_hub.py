@@ -7,7 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from rigkit.hostdata import HubModel, parse_models
-from rigkit.models import lockfile, mirror
+from rigkit.models import lock_command, lockfile, mirror
 
 # The files the seeds name, as the Hub lays them out (a stand-in: a few bytes each).
 SEED_FILES = {
@@ -27,7 +27,9 @@ def standin_lock(root: Path, lock_path: Path, inventory: str) -> dict[str, lockf
             (root / repo / path).write_bytes(f"stand-in for {repo}/{path}\n".encode())
     srv = mirror.serve(str(root))
     try:
-        entries = lockfile.lock_refs(lockfile.collect_model_refs(inventory), endpoint=srv.url, log=lambda _: None)
+        entries = lock_command.lock_refs(
+            lock_command.collect_model_refs(inventory), endpoint=srv.url, log=lambda _: None
+        )
     finally:
         srv.stop()
     lockfile.dump(entries, lock_path, inventory=inventory)

@@ -9,7 +9,7 @@ import pytest
 import yaml
 from test_mirror import REPO, make_repo
 
-from rigkit.models import hub, lockfile, mirror
+from rigkit.models import hub, lock_command, lockfile, mirror
 from rigkit.models.hub import HubClient, ModelRef
 
 TOKEN = "hf_TopSecretToken_1234567890"
@@ -120,12 +120,12 @@ def test_lock_main_check_and_stale(served, tmp_path, monkeypatch, capsys):
     s, files = served
     monkeypatch.setenv("HF_ENDPOINT", s.url)
     inv = write_inventory(tmp_path)
-    refs = lockfile.collect_model_refs(inv)
+    refs = lock_command.collect_model_refs(inv)
     assert {r.dest for r in refs} == {"/models/tiny", "/srv/models/other"} and len({r.key for r in refs}) == 1
     # deploy before lock: names the fix
     with pytest.raises(lockfile.LockError, match=f"rigkit lock {inv}"):
-        lockfile.entries_for_inventory(str(inv))
-    assert lockfile.lock_main([str(inv)]) == 0
+        lock_command.entries_for_inventory(str(inv))
+    assert lock_command.lock_main([str(inv)]) == 0
     lp = tmp_path / "inv" / "prod.lock.yaml"
     data = yaml.safe_load(lp.read_text())
     entry = data["models"][f"{REPO}@main:Q4/*.gguf"]
@@ -135,18 +135,18 @@ def test_lock_main_check_and_stale(served, tmp_path, monkeypatch, capsys):
         "size": 3_000_000,
         "sha256": hashlib.sha256(files["Q4/tiny-00001-of-00002.gguf"]).hexdigest(),
     }
-    refs2, entries = lockfile.entries_for_inventory(str(inv))
+    refs2, entries = lock_command.entries_for_inventory(str(inv))
     e = entries[refs2[0].key]
     assert e.model_path("/models/tiny") == "/models/tiny/Q4/tiny-00001-of-00002.gguf"
-    assert lockfile.lock_main([str(inv), "--check"]) == 0
+    assert lock_command.lock_main([str(inv), "--check"]) == 0
     # inventory changes revision -> stale lock, error names the command
     write_inventory(tmp_path, revision="v2")
     with pytest.raises(lockfile.LockError, match=rf"no lock entry[\s\S]*run: rigkit lock {inv}"):
-        lockfile.entries_for_inventory(str(inv))
-    assert lockfile.lock_main([str(inv), "--check"]) == 1
+        lock_command.entries_for_inventory(str(inv))
+    assert lock_command.lock_main([str(inv), "--check"]) == 1
     # bad revision: clear error, lockfile untouched
     before = lp.read_text()
-    assert lockfile.lock_main([str(inv)]) == 1
+    assert lock_command.lock_main([str(inv)]) == 1
     assert "revision 'v2' not found" in capsys.readouterr().err
     assert lp.read_text() == before and not list(lp.parent.glob("*.tmp"))
 
@@ -159,9 +159,9 @@ def test_lock_main_token_not_printed(tmp_path, monkeypatch, capsys):
         monkeypatch.setenv("HF_ENDPOINT", s.url)
         monkeypatch.setenv("HF_TOKEN", TOKEN)
         inv = write_inventory(tmp_path)
-        assert lockfile.lock_main([str(inv)]) == 0
+        assert lock_command.lock_main([str(inv)]) == 0
         monkeypatch.setenv("HF_TOKEN", TOKEN + "x")
-        assert lockfile.lock_main([str(inv)]) == 1
+        assert lock_command.lock_main([str(inv)]) == 1
         out = capsys.readouterr()
         assert "401" in out.err
         assert TOKEN not in out.out + out.err

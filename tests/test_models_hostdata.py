@@ -16,7 +16,7 @@ import yaml
 
 from rigkit import hostdata
 from rigkit.hostdata import HostDataError, HubModel, UploadModel, parse_rig
-from rigkit.models import hub, lockfile, mirror
+from rigkit.models import hub, lock_command, lockfile, mirror
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 HUB_REPO = "acme/tiny-GGUF"
@@ -131,12 +131,12 @@ def test_collect_model_refs_skips_uploads_and_applies_hf_endpoint(tmp_path):
         ]
     """)
     )
-    refs = lockfile.collect_model_refs(inv)
+    refs = lock_command.collect_model_refs(inv)
     assert {r.key for r in refs} == {f"{HUB_REPO}@main:Q8/*.gguf"}  # one lock entry for both hosts
     assert {(r.dest, r.endpoint) for r in refs} == {("/srv/models/tiny", "http://mirror:8090"), ("/srv/models/m", None)}
     inv.write_text('hosts = [("a", {"models": [{"name": "x", "repo": "bad", "dest": "/srv/models/m"}]})]\n')
     with pytest.raises(HostDataError, match=r"host a: models\[0\].repo"):
-        lockfile.collect_model_refs(inv)
+        lock_command.collect_model_refs(inv)
 
 
 # --- the CLI --------------------------------------------------------------------------------

@@ -136,7 +136,7 @@ def parse_cluster(host: str, raw: Any) -> Cluster:
     return c
 
 
-def validate_cluster(hosts_data: dict[str, dict]) -> None:
+def validate_cluster(hosts_data: Mapping[str, Mapping[str, Any]]) -> None:
     """Every host's ``cluster`` entry checked, then the clusters across hosts: every node
     exists in the inventory and declares the same cluster, no address is used twice, and
     tensor x pipeline parallel equals the GPUs the nodes bring. Raises :class:`HostDataError`

@@ -9,16 +9,16 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Union
+from typing import Union
 
-from rigkit.hostdata import llama_server, sglang, vllm
+import rigkit.hostdata.llama_server as llama_server
+import rigkit.hostdata.sglang as sglang
+import rigkit.hostdata.vllm as vllm
 from rigkit.hostdata.gpus import Gpus
 from rigkit.hostdata.llama_server import LlamaServerOptions
+from rigkit.hostdata.schema import ServiceFields
 from rigkit.hostdata.sglang import SglangOptions
 from rigkit.hostdata.vllm import VllmOptions
-
-if TYPE_CHECKING:
-    from rigkit.hostdata.services import Service
 
 #: A service's own options: its engine's type.
 EngineOptions = Union[LlamaServerOptions, VllmOptions, SglangOptions]  # noqa: UP007 - a runtime alias
@@ -32,7 +32,7 @@ class EngineSpec:
     prefix: str  # of its units, users, key directory: rigkit-<prefix>-<service>.service
     options: type  # its options dataclass
     # (host, key, service, gpus, the host's pinned llama.cpp build) -> None, or HostDataError
-    check: Callable[[str, str, Service, Gpus, str | None], None]
+    check: Callable[[str, str, ServiceFields, Gpus, str | None], None]
     loads_directory: bool  # a model's directory (safetensors); else its first shard (GGUF)
     needs_llama_cpp: bool = False  # runs the host's llama.cpp build (host data llama_cpp)
 

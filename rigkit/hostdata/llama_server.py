@@ -11,22 +11,36 @@ locked Hub model (its first shard under ``dest``).
 
 from __future__ import annotations
 
-import dataclasses
 import re
 from dataclasses import dataclass
 from pathlib import PurePosixPath
-from typing import TYPE_CHECKING
 
 from rigkit.hostdata.gpus import Gpus
 from rigkit.hostdata.models import MODEL_REF_PREFIX
-from rigkit.hostdata.schema import HostDataError
-
-if TYPE_CHECKING:
-    from rigkit.hostdata.services import Service
+from rigkit.hostdata.schema import HostDataError, ServiceFields
 
 SHARD = re.compile(r"-(\d{5})-of-(\d{5})\.gguf", re.ASCII)
 KV_TYPES = ("f32", "f16", "bf16", "q8_0", "q4_0", "q4_1", "iq4_nl", "q5_0", "q5_1")
 SPLIT_MODES = ("none", "layer", "row")
+#: Every flag rigkit.render.llama_server.command_line may give llama-server (a test renders a
+#: service with every option set and compares): none of them may come again in extra_args.
+RENDERED_FLAGS = (
+    "-m",
+    "--host",
+    "--port",
+    "-ngl",
+    "-c",
+    "-ctk",
+    "-ctv",
+    "--parallel",
+    "--split-mode",
+    "-ts",
+    "-fa",
+    "--alias",
+    "--jinja",
+    "--metrics",
+    "--api-key-file",
+)
 
 # Named sampling presets; values are llama-server flags.
 SAMPLING_PRESETS: dict[str, dict[str, str]] = {
@@ -54,7 +68,7 @@ class LlamaServerOptions:
     metrics: bool = True
 
 
-def options_of(svc: Service) -> LlamaServerOptions:
+def options_of(svc: ServiceFields) -> LlamaServerOptions:
     """A llama.cpp service's options, typed."""
     opts = svc.options
     if not isinstance(opts, LlamaServerOptions):
@@ -62,7 +76,7 @@ def options_of(svc: Service) -> LlamaServerOptions:
     return opts
 
 
-def check_llama_server(host: str, key: str, svc: Service, gpus: Gpus, build_ref: str | None) -> None:
+def check_llama_server(host: str, key: str, svc: ServiceFields, gpus: Gpus, build_ref: str | None) -> None:
     """A llama.cpp service's own options, its model file and its ``extra_args`` (with the
     option table of ``build_ref``, the host's ``llama_cpp.ref``)."""
     opts = options_of(svc)
@@ -109,19 +123,19 @@ def check_llama_server(host: str, key: str, svc: Service, gpus: Gpus, build_ref:
     check_extra_args(host, key, svc, build_ref)
 
 
-def check_extra_args(host: str, key: str, svc: Service, build_ref: str | None) -> None:
+def check_extra_args(host: str, key: str, svc: ServiceFields, build_ref: str | None) -> None:
     """``extra_args`` parsed as llama-server parses them (rigkit.hostdata.engine_args), with the
     option table of the pinned build; refused where they name an option rigkit sets (the
     static list and every flag of the command line rigkit renders for this service)."""
     if not svc.extra_args:
         return
     # The renderer imports this module: imported here, when a service has extra_args.
-    from rigkit.hostdata import engine_args, option_tables
-    from rigkit.render.llama_server import command_line
+    import rigkit.hostdata.engine_args as engine_args
+    import rigkit.hostdata.option_tables as option_tables
 
-    bare = dataclasses.replace(svc, extra_args=())
     table = option_tables.llama_server_table(build_ref)
-    # The rendered line holds the sampling preset's flags only when the service names one:
-    # otherwise sampling is the service's own to set.
-    managed = engine_args.managed_options(table, engine_args.LLAMA_SERVER_MANAGED, command_line(bare, "llama-server"))
+    # The sampling preset's flags only when the service names one: otherwise sampling is the
+    # service's own to set.
+    preset = tuple(SAMPLING_PRESETS.get(options_of(svc).sampling or "", {}))
+    managed = engine_args.managed_options(table, engine_args.LLAMA_SERVER_MANAGED, RENDERED_FLAGS + preset)
     engine_args.check_extra_args(host, key, svc.extra_args, table, managed)

@@ -208,7 +208,7 @@ def _check_clustered_services(host: str, services: tuple[Service, ...], cluster:
 def check_clusters(hosts_data: Mapping[str, Mapping[str, Any]]) -> None:
     """The inventory's clusters across hosts (:func:`validate_cluster`), and the service that
     spans each declared alike on every node (same image, model and flags everywhere)."""
-    validate_cluster(dict(hosts_data))  # type: ignore[arg-type]
+    validate_cluster(hosts_data)
     rigs: dict[str, Rig] = {}
     for name, data in hosts_data.items():
         if data.get("cluster") is not None:

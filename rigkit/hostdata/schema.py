@@ -17,7 +17,7 @@ import re
 import types
 import typing
 from pathlib import PurePosixPath
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, Protocol, TypeVar, cast
 
 from pyinfra.api.exceptions import PyinfraError
 
@@ -66,6 +66,26 @@ class HostDataError(PyinfraError, ValueError):
         if got is not dataclasses.MISSING:
             message += f", got {got!r}"
         super().__init__(message)
+
+
+class ServiceFields(Protocol):
+    """What an engine's own checks read of a service (:class:`rigkit.hostdata.services.Service`,
+    which names the engines: they name it by this shape instead)."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def model(self) -> str: ...
+
+    @property
+    def gpus(self) -> tuple[int, ...]: ...
+
+    @property
+    def extra_args(self) -> tuple[str, ...]: ...
+
+    @property
+    def options(self) -> object: ...
 
 
 def check_text(value: str, host: str, key: str) -> str:
@@ -160,7 +180,7 @@ def build(cls: type[T], raw: Any, host: str, key: str) -> T:
         return raw
     if not isinstance(raw, dict):
         raise HostDataError(host, key, f"a mapping of {cls.__name__} fields", raw)
-    fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    fields = {f.name: f for f in dataclasses.fields(cast(Any, cls))}  # a dataclass type, by contract
     unknown = sorted(set(raw) - set(fields))
     if unknown:
         raise HostDataError(host, f"{key}.{unknown[0]}", f"one of the known keys ({', '.join(fields)})", "unknown key")

@@ -18,16 +18,13 @@ image's version, :func:`rigkit.hostdata.option_tables.sglang_table`).
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from rigkit.hostdata import vllm
+import rigkit.hostdata.vllm as vllm
 from rigkit.hostdata.gpus import Gpus
-from rigkit.hostdata.schema import HostDataError, check_path, check_pattern
-
-if TYPE_CHECKING:
-    from rigkit.hostdata.services import Service
+from rigkit.hostdata.schema import HostDataError, ServiceFields, check_path, check_pattern
 
 #: ``files/sglang`` of this checkout: the Dockerfile and the entrypoint.
 IMAGE_SOURCE = Path(__file__).resolve().parents[2] / "files" / "sglang"
@@ -47,6 +44,20 @@ SPECULATIVE_FLAGS: dict[str, tuple[str, type]] = {
 }
 #: sglang/srt/speculative/spec_info.py SpeculativeAlgorithm (less NONE) and the NEXTN alias
 #: of server_args.py _resolve_speculative_algorithm_alias.
+#: Every flag rigkit.render.sglang.launch_args may give SGLang (a test renders a service with
+#: every option set and compares): none of them may come again in extra_args.
+RENDERED_FLAGS: tuple[str, ...] = (
+    "--model-path",
+    "--served-model-name",
+    "--host",
+    "--port",
+    "--context-length",
+    "--tp-size",
+    "--mem-fraction-static",
+    "--reasoning-parser",
+    "--tool-call-parser",
+    *(flag for flag, _ in SPECULATIVE_FLAGS.values()),
+)
 SPECULATIVE_ALGORITHMS = ("DFLASH", "EAGLE", "EAGLE3", "FROZEN_KV_MTP", "NEXTN", "NGRAM", "STANDALONE")
 #: Algorithms with a separate draft model (the others draft with the model's own layers or none).
 DRAFT_MODEL_ALGORITHMS = ("DFLASH", "EAGLE3", "FROZEN_KV_MTP", "STANDALONE")
@@ -83,7 +94,7 @@ def image_repository(ref: str) -> str:
     return f"{head}/{last.partition(':')[0]}" if head else last.partition(":")[0]
 
 
-def options_of(svc: Service) -> SglangOptions:
+def options_of(svc: ServiceFields) -> SglangOptions:
     """An SGLang service's options, typed."""
     opts: object = svc.options
     if not isinstance(opts, SglangOptions):
@@ -114,7 +125,7 @@ def env_problem(name: str, value: str) -> tuple[str, str] | None:
     return problem
 
 
-def check_service(host: str, key: str, svc: Service, gpus: Gpus, build_ref: str | None = None) -> None:
+def check_service(host: str, key: str, svc: ServiceFields, gpus: Gpus, build_ref: str | None = None) -> None:
     """An SGLang service's own options with its model and GPUs, and its ``extra_args``."""
     check_sglang(host, key, options_of(svc), svc.model, svc.gpus, gpus)
     check_extra_args(host, key, svc)
@@ -125,7 +136,7 @@ def check_sglang(
 ) -> None:
     """An SGLang service's own options, with the service's model and GPUs (the services
     parser calls this with its fields)."""
-    from rigkit.hostdata import option_tables
+    import rigkit.hostdata.option_tables as option_tables
 
     if not opts.image:
         raise HostDataError(
@@ -219,17 +230,17 @@ def _check_speculative(host: str, key: str, spec: dict[str, Any]) -> None:
         )
 
 
-def check_extra_args(host: str, key: str, svc: Service) -> None:
+def check_extra_args(host: str, key: str, svc: ServiceFields) -> None:
     """``extra_args`` parsed as ``sglang.launch_server`` parses argv, with the table of the
     image's version; refused where they name an option rigkit manages (the static list, any
     option carrying a secret, and every flag of the command line rigkit renders)."""
     if not svc.extra_args:
         return
-    from rigkit.hostdata import engine_args, option_tables
-    from rigkit.render.sglang import launch_args
+    import rigkit.hostdata.engine_args as engine_args
+    import rigkit.hostdata.option_tables as option_tables
 
     table = option_tables.sglang_table(options_of(svc).image)
-    managed = engine_args.managed_options(table, engine_args.SGLANG_MANAGED, launch_args(replace(svc, extra_args=())))
+    managed = engine_args.managed_options(table, engine_args.SGLANG_MANAGED, RENDERED_FLAGS)
     for canonical, reason in engine_args.secret_options(table).items():
         managed.setdefault(canonical, reason)
     engine_args.check_extra_args(host, key, svc.extra_args, table, managed)

@@ -19,14 +19,11 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from urllib.parse import urlsplit
 
 from rigkit.hostdata.gpus import Gpus
-from rigkit.hostdata.schema import HostDataError, check_path, check_pattern
-
-if TYPE_CHECKING:
-    from rigkit.hostdata.services import Service
+from rigkit.hostdata.schema import HostDataError, ServiceFields, check_path, check_pattern
 
 #: ``files/vllm`` of this checkout: the Dockerfile, the patches, the helper package.
 IMAGE_SOURCE = Path(__file__).resolve().parents[2] / "files" / "vllm"
@@ -101,6 +98,32 @@ RESERVED_ENV = frozenset(
     }
 )
 SECRET_ENV = re.compile(r"(?:.*_)?(?:KEY|TOKEN|SECRET|PASSWORD)(?:_.*)?", re.ASCII)
+
+
+#: Every flag rigkit.render.vllm.serve_args may give ``vllm serve`` (across a Ray cluster too; a
+#: test renders services with every option set and compares): none may come again in extra_args.
+RENDERED_FLAGS = (
+    "--served-model-name",
+    "--host",
+    "--port",
+    "--max-model-len",
+    "--gpu-memory-utilization",
+    "--tensor-parallel-size",
+    "--pipeline-parallel-size",
+    "--distributed-executor-backend",
+    "--dtype",
+    "--reasoning-parser",
+    "--enable-auto-tool-choice",
+    "--tool-call-parser",
+    "--attention-backend",
+    "--speculative-config",
+    "--skip-mm-profiling",
+    "--limit-mm-per-prompt",
+    "--max-num-batched-tokens",
+    "--max-num-seqs",
+    "--enable-prefix-caching",
+    "--no-enable-prefix-caching",
+)
 
 
 @dataclass(frozen=True)
@@ -216,7 +239,7 @@ def available_patches() -> dict[str, Path]:
     return found
 
 
-def options_of(svc: Service) -> VllmOptions:
+def options_of(svc: ServiceFields) -> VllmOptions:
     """A vLLM service's options, typed."""
     opts = svc.options
     if not isinstance(opts, VllmOptions):
@@ -224,22 +247,17 @@ def options_of(svc: Service) -> VllmOptions:
     return opts
 
 
-def check_service(host: str, key: str, svc: Service, gpus: Gpus, build_ref: str | None = None) -> None:
+def check_service(host: str, key: str, svc: ServiceFields, gpus: Gpus, build_ref: str | None = None) -> None:
     """A vLLM service's own options with its model and GPUs, and its ``extra_args`` against
     vLLM's parser for the base image's version (``build_ref`` is llama.cpp's; unused)."""
     check_vllm(host, key, options_of(svc), svc.model, svc.gpus, gpus)
     if not svc.extra_args:
         return
-    # The renderers import this module: imported here, when a service has extra_args.
-    import dataclasses
-
-    from rigkit.hostdata import engine_args, option_tables
-    from rigkit.render import ray
-    from rigkit.render.vllm import serve_args
+    import rigkit.hostdata.engine_args as engine_args
+    import rigkit.hostdata.option_tables as option_tables
 
     table = option_tables.vllm_table(options_of(svc).base_image)
-    rendered = serve_args(dataclasses.replace(svc, extra_args=())) + ray.VLLM_SERVE_ARGS
-    managed = engine_args.managed_options(table, engine_args.VLLM_MANAGED, rendered)
+    managed = engine_args.managed_options(table, engine_args.VLLM_MANAGED, RENDERED_FLAGS)
     engine_args.check_extra_args(host, key, svc.extra_args, table, managed)
 
 

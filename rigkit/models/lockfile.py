@@ -22,12 +22,9 @@ share one entry).  Deploys call :func:`check`, which fails naming
 
 from __future__ import annotations
 
-import argparse
-import importlib.util
 import os
 import posixpath
 import re
-import sys
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,15 +36,10 @@ from rigkit.models.hub import (
     INCLUDE_RE,
     REPO_RE,
     REVISION_RE,
-    HubClient,
-    HubError,
     ModelRef,
     RemoteFile,
     first_shard,
-    read_token,
-    resolve_endpoint,
 )
-from rigkit.transport import may_carry_token
 
 LOCK_VERSION = 1
 SHA256_RE = re.compile(r"[0-9a-f]{64}", re.ASCII)
@@ -254,115 +246,3 @@ def check(
             "model lock does not match the inventory:\n  " + "\n  ".join(problems) + f"\nrun: rigkit lock {inventory}"
         )
     return out
-
-
-def entries_for_inventory(inventory_path: str) -> tuple[list[ModelRef], dict[str, LockEntry]]:
-    """What a deploy calls: the inventory's refs and their checked lock entries."""
-    refs = collect_model_refs(inventory_path)
-    lock = load(lock_path_for(inventory_path), inventory=inventory_path)
-    return refs, check(refs, lock, inventory=inventory_path)
-
-
-# --------------------------------------------------------------------------- #
-# Model references of an inventory
-# --------------------------------------------------------------------------- #
-
-
-def collect_model_refs(inventory_path: str | os.PathLike) -> list[ModelRef]:
-    """ModelRefs of the Hub models (host data ``models``, see rigkit.hostdata) of every host
-    in a pyinfra Python inventory.
-
-    Hosts are module-level lists/tuples of ``"name"`` or ``("name", {data})``;
-    ``hf_endpoint`` in host data is the default endpoint for that host's models.
-    Upload entries (``{"upload": ..., "dest": ...}``) need no lock and are skipped.
-    """
-    from rigkit.hostdata.models import HubModel, parse_models
-    from rigkit.hostdata.rig import check_model_supply, insecure_http
-    from rigkit.hostdata.schema import check_model_roots
-
-    path = Path(inventory_path)
-    spec = importlib.util.spec_from_file_location(f"_rigkit_inventory_{abs(hash(str(path.resolve())))}", path)
-    if spec is None or spec.loader is None:
-        raise ValueError(f"inventory {path}: expected a Python inventory file")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    refs: dict[ModelRef, None] = {}
-    for name, group in vars(mod).items():
-        if name.startswith("_") or not isinstance(group, (list, tuple)):
-            continue
-        for item in group:
-            if not (isinstance(item, tuple) and len(item) == 2 and isinstance(item[1], Mapping)):
-                continue
-            host, data = item
-            check_model_supply(str(host), data)
-            roots = check_model_roots(data.get("model_roots"), str(host))
-            for m in parse_models(str(host), data.get("models"), roots, insecure_http(str(host), data)):
-                if isinstance(m, HubModel):
-                    ref = m.ref
-                    if ref.endpoint is None and data.get("hf_endpoint"):
-                        ref = ModelRef(ref.repo, ref.revision, ref.include, ref.dest, data["hf_endpoint"])
-                    refs.setdefault(ref, None)
-    return list(refs)
-
-
-# --------------------------------------------------------------------------- #
-# rigkit lock
-# --------------------------------------------------------------------------- #
-
-
-def lock_refs(
-    refs: Iterable[ModelRef], *, endpoint: str | None = None, token: str | None = None, log=print
-) -> dict[str, LockEntry]:
-    entries: dict[str, LockEntry] = {}
-    clients: dict[str, HubClient] = {}
-    for ref in refs:
-        if ref.key in entries:
-            continue
-        ep = ref.endpoint or endpoint
-        if (ep or "") not in clients:
-            url = resolve_endpoint(ep)
-            carried = token if token and may_carry_token(url) else None
-            if token and not carried:
-                log(f"{url}: plain http, the Hub token is not sent there")
-            clients[ep or ""] = HubClient(ep, carried)
-        client = clients[ep or ""]
-        res = client.resolve(ref)
-        listed = LockEntry(repo=ref.repo, revision=ref.revision, include=ref.include, sha=res.sha, files=res.files)
-        # What the Hub (or a mirror) listed is as untrusted as a lock read back: checked alike.
-        entries[ref.key] = LockEntry.from_data(ref.key, listed.to_data())
-        e = entries[ref.key]
-        log(f"locked {ref.key} -> {res.sha[:12]} ({len(e.files)} files, {e.total_bytes / 1e9:.2f} GB)")
-    return entries
-
-
-def lock_main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(
-        prog="rigkit lock",
-        description="Pin every model reference of an inventory "
-        "to a commit and per-file sha256; writes <inventory stem>.lock.yaml next to it.",
-    )
-    ap.add_argument("inventory", help="Python inventory file")
-    ap.add_argument(
-        "--endpoint",
-        help="Hub endpoint (default: model 'endpoint', host 'hf_endpoint', $HF_ENDPOINT, https://huggingface.co)",
-    )
-    ap.add_argument(
-        "--token-file",
-        help="file holding the Hub token (default: $HF_TOKEN, $HF_TOKEN_PATH, ~/.cache/huggingface/token)",
-    )
-    ap.add_argument("--check", action="store_true", help="only check that the lockfile matches the inventory")
-    args = ap.parse_args(argv)
-    try:
-        lp = lock_path_for(args.inventory)
-        if args.check:
-            refs, _ = entries_for_inventory(args.inventory)
-            print(f"{lp}: {len(refs)} model reference(s) locked")
-            return 0
-        refs = collect_model_refs(args.inventory)
-        entries = lock_refs(refs, endpoint=args.endpoint, token=read_token(args.token_file))
-        dump(entries, lp, inventory=args.inventory)
-        print(f"wrote {lp} ({len(entries)} model(s))")
-        return 0
-    except (HubError, LockError, ValueError, OSError) as e:
-        print(f"rigkit lock: error: {e}", file=sys.stderr)
-        return 1

@@ -132,7 +132,7 @@ def problems(
                     f"nvidia.power_limit_w: GPU {gpu.index} ({gpu.name}) reports no settable power "
                     "limit ([N/A]); leave power_limit_w out for this host"
                 )
-            elif not gpu.power_min_w <= watts <= gpu.power_max_w:  # type: ignore[operator]
+            elif gpu.power_min_w is None or gpu.power_max_w is None or not gpu.power_min_w <= watts <= gpu.power_max_w:
                 found.append(
                     f"nvidia.power_limit_w: {watts} W is outside GPU {gpu.index}'s range "
                     f"({gpu.name}: {gpu.power_min_w:g}-{gpu.power_max_w:g} W)"

@@ -23,7 +23,7 @@ import tarfile
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, NamedTuple
+from typing import IO, TYPE_CHECKING, NamedTuple, cast
 from urllib.parse import urljoin
 
 import requests
@@ -450,7 +450,8 @@ def llama_gguf_writer(
     import gguf
 
     tok = _tokenizer_fields(read_llama_file(llama_src, VOCAB_PATH))
-    n_vocab = len(tok["tokenizer.ggml.tokens"])  # type: ignore[arg-type]
+    tokens = cast(list, tok["tokenizer.ggml.tokens"])
+    n_vocab = len(tokens)
     writer = gguf.GGUFWriter(path, "llama", split_max_tensors=split_max_tensors)
     writer.add_name(name)
     writer.add_file_type(file_type)
@@ -466,12 +467,12 @@ def llama_gguf_writer(
     writer.add_vocab_size(n_vocab)
     writer.add_tokenizer_model(str(tok["tokenizer.ggml.model"]))
     writer.add_tokenizer_pre(str(tok["tokenizer.ggml.pre"]))
-    writer.add_token_list(tok["tokenizer.ggml.tokens"])  # type: ignore[arg-type]
-    writer.add_token_types(tok["tokenizer.ggml.token_type"])  # type: ignore[arg-type]
-    writer.add_token_merges(tok["tokenizer.ggml.merges"])  # type: ignore[arg-type]
+    writer.add_token_list(tokens)
+    writer.add_token_types(cast(list, tok["tokenizer.ggml.token_type"]))
+    writer.add_token_merges(cast(list, tok["tokenizer.ggml.merges"]))
     for key in ("bos_token_id", "eos_token_id", "padding_token_id"):
         if f"tokenizer.ggml.{key}" in tok:
-            writer.add_uint32(f"tokenizer.ggml.{key}", int(tok[f"tokenizer.ggml.{key}"]))  # type: ignore[call-overload]
+            writer.add_uint32(f"tokenizer.ggml.{key}", int(cast(int, tok[f"tokenizer.ggml.{key}"])))
     writer.add_add_bos_token(False)  # Qwen never prepends BOS
     writer.add_chat_template(read_llama_file(llama_src, CHAT_TEMPLATE_PATH).decode())
     return writer, n_vocab

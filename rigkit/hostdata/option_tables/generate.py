@@ -334,7 +334,7 @@ class _Module:
                 elif isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name) and node.value is not None:
                     self.aliases.setdefault(node.target.id, node.value)
                 elif type(node).__name__ == "TypeAlias":  # `type X = ...` (Python 3.12)
-                    self.aliases.setdefault(node.name.id, node.value)  # type: ignore[attr-defined]
+                    self.aliases.setdefault(getattr(node, "name").id, getattr(node, "value"))  # noqa: B009 - no 3.11 type
 
     def is_dataclass(self, name: str) -> bool:
         import ast
