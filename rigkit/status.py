@@ -22,7 +22,9 @@ from pyinfra.api.connect import connect_all, disconnect_all
 from pyinfra.api.exceptions import PyinfraError
 from pyinfra.api.facts import get_facts
 
-from rigkit import status_vllm
+from rigkit import status_containers, status_vllm
+from rigkit.engines import ENGINES
+from rigkit.engines.containers import ContainerEngine
 from rigkit.facts.llama_cpp import RigStatus
 from rigkit.hostdata import Rig, rig_for
 from rigkit.operations.llama_cpp import BuildIdentity
@@ -30,6 +32,7 @@ from rigkit.render import llama_server as render
 from rigkit.scripts.llama_host import matches
 
 OK, UNHEALTHY, INVALID, UNREACHABLE = 0, 1, 2, 3
+CONTAINER_ENGINES = [e for e in ENGINES.values() if isinstance(e, ContainerEngine)]
 
 
 def load(inventory_path: str) -> tuple[State, Any]:
@@ -65,7 +68,7 @@ def drift(rig: Rig, info: dict) -> list[str]:
             problems.append(f"llama.cpp: running {current['ref']}, pinned {pin.ref}")
     on_host = {s["name"]: s for s in info.get("services", [])}
     for svc in rig.enabled_services:
-        if svc.engine == "vllm":  # rigkit.status_vllm
+        if svc.engine != "llama.cpp":  # the container engines': rigkit.status_containers
             continue
         seen = on_host.get(svc.name)
         if seen is None:
@@ -81,7 +84,7 @@ def drift(rig: Rig, info: dict) -> list[str]:
             problems.append(f"{svc.name}: {seen.get('active')}, not healthy")
         if not seen.get("model_present"):
             problems.append(f"{svc.name}: model missing")
-    for name in set(on_host) - {s.name for s in rig.enabled_services if s.engine != "vllm"}:
+    for name in set(on_host) - {s.name for s in rig.enabled_services if s.engine == "llama.cpp"}:
         problems.append(f"{name}: deployed, no longer declared enabled")
     problems += [f"{unit}: on the host, not in the inventory" for unit in info.get("orphans", [])]
     return problems
@@ -100,7 +103,7 @@ def collect(inventory_path: str) -> tuple[int, dict[str, dict]]:
     if errors:
         return INVALID, {"errors": {"problems": errors}}
     facts: dict = {}
-    vllm_facts: dict = {}
+    container_facts: dict[str, dict] = {}  # engine -> per host
     ray_facts: dict = {}
     try:
         connect_all(state)
@@ -109,7 +112,9 @@ def collect(inventory_path: str) -> tuple[int, dict[str, dict]]:
     else:
         try:
             facts = get_facts(state, RigStatus)
-            vllm_facts = status_vllm.facts(state) if any(r.engine_services("vllm") for r in rigs.values()) else {}
+            for engine in CONTAINER_ENGINES:
+                if any(engine.services(r) for r in rigs.values()):
+                    container_facts[engine.name] = status_containers.facts(state, engine)
             ray_facts = status_vllm.cluster_facts([h for h in inventory if h in facts], rigs)
         finally:
             disconnect_all(state)
@@ -122,9 +127,10 @@ def collect(inventory_path: str) -> tuple[int, dict[str, dict]]:
             code = UNREACHABLE
             continue
         problems = drift(rigs[host.name], info)
-        if rigs[host.name].engine_services("vllm"):
-            info = {**info, "vllm": vllm_facts.get(host) or {"services": []}}
-            problems += status_vllm.drift(rigs[host.name], info["vllm"])
+        for engine in CONTAINER_ENGINES:
+            if engine.services(rigs[host.name]):
+                info = {**info, engine.name: container_facts.get(engine.name, {}).get(host) or {"services": []}}
+                problems += status_containers.drift(rigs[host.name], info[engine.name], engine)
         if rigs[host.name].cluster is not None:
             info = {**info, "cluster": status_vllm.cluster_info(rigs[host.name], ray_facts.get(host.name))}
             problems += status_vllm.cluster_drift(info["cluster"])
@@ -137,9 +143,10 @@ def collect(inventory_path: str) -> tuple[int, dict[str, dict]]:
 def render_text(report: dict[str, dict]) -> str:
     lines = []
     for host, info in report.items():
-        if info.get("reachable", True) and "vllm" in info and "current" not in info:
-            lines.append(f"{host}: vLLM services")
-            lines += status_vllm.lines(info["vllm"])
+        if info.get("reachable", True) and any(e.name in info for e in CONTAINER_ENGINES) and "current" not in info:
+            lines.append(f"{host}: " + ", ".join(f"{e.title} services" for e in CONTAINER_ENGINES if e.name in info))
+            for engine in CONTAINER_ENGINES:
+                lines += status_containers.lines(info.get(engine.name, {}), engine.title)
             lines += status_vllm.cluster_lines(info.get("cluster"))
             lines += [f"  DRIFT/PROBLEM: {problem}" for problem in info["problems"]]
             continue
@@ -170,7 +177,8 @@ def render_text(report: dict[str, dict]) -> str:
                 f"{'healthy' if svc['healthy'] else 'unhealthy'}  {model} "
                 f"({svc['model_bytes'] / 1e9:.2f} GB) {svc['model']}; {watchdog}"
             )
-        lines += status_vllm.lines(info.get("vllm", {}))
+        for engine in CONTAINER_ENGINES:
+            lines += status_containers.lines(info.get(engine.name, {}), engine.title)
         for problem in info["problems"]:
             lines.append(f"  DRIFT/PROBLEM: {problem}")
     return "\n".join(lines)

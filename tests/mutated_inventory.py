@@ -22,6 +22,9 @@ def mutated(data):
         if key == "@data":
             data.update(value)
             continue
+        if key == "@services":
+            data["services"] = data["services"] + value
+            continue
         if key == "@models":
             data["models"] = data["models"] + value
             continue
@@ -40,7 +43,7 @@ sandbox = [(name, {{**data, **mutated(data)}}) for name, data in pyinfra_hosts()
 
 def write_inventory(tmp_path: Path, mutation: dict, name: str = "mutated") -> Path:
     """An inventory file (``"@hosts": [...]`` in ``mutation`` keeps only those hosts, ``"@llama_cpp"``
-    updates llama_cpp, ``"@models"`` adds models, ``"@data"`` sets host-level keys, a ``None``
+    updates llama_cpp, ``"@models"`` adds models, ``"@data"`` sets host-level keys, ``"@services"`` adds services, a ``None``
     value drops a service key); run pyinfra with ``PYTHONPATH=tmp_path`` so it finds the copy of
     inventories/sandbox.py it imports."""
     (tmp_path / "inventories_sandbox.py").write_text((REPO / "inventories/sandbox.py").read_text())

@@ -2,7 +2,8 @@
 """A STAND-IN for ``vllm serve`` in the test base image (no GPU or torch here): it takes
 vLLM's command line, serves /health, /v1/models and /v1/chat/completions (tool calls too) on
 --host/--port as --served-model-name, and requires VLLM_API_KEY as a bearer token when set,
-as vLLM does. MODE "fail" exits at start like a vLLM that cannot load its model.
+as vLLM does. MODE "fail" exits at start like a vLLM that cannot load its model;
+$VLLM_RIGKIT_STANDIN_LOAD_SECONDS makes it answer nothing for that long first (a load).
 
 With ``--distributed-executor-backend ray`` it is a Ray driver as vLLM is (Ray must be in the
 image): it joins the cluster at $RAY_ADDRESS (else "auto"; exit 1 if it cannot), places one
@@ -25,6 +26,11 @@ if args[:1] == ["serve"]:
 if MODE == "fail":
     print("stand-in vllm: simulated start failure (RuntimeError: CUDA graph capture failed)", flush=True)
     sys.exit(3)
+# A load that takes this long before anything answers (a real 122B load takes ~15 minutes).
+LOAD_SECONDS = float(os.environ.get("VLLM_RIGKIT_STANDIN_LOAD_SECONDS", "0"))
+if LOAD_SECONDS:
+    print(f"stand-in vllm: loading for {LOAD_SECONDS:g}s", flush=True)
+    time.sleep(LOAD_SECONDS)
 
 
 def flag(name, default=None):

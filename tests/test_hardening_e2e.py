@@ -80,11 +80,6 @@ def test_hostile_inventories_change_nothing_on_a_serving_host(sandbox_hosts, fir
     assert ssh(sb, host, "test -e /root/pwned && echo yes || echo no") == "no"
 
 
-WORD = st.text(st.characters(blacklist_categories=("Cc", "Cs"), max_codepoint=0x2FF), max_size=12)
-
-
-@settings(max_examples=3, deadline=None, suppress_health_check=list(HealthCheck))
-@given(argvs=st.lists(st.lists(WORD, min_size=1, max_size=6), min_size=40, max_size=40))
 def test_a_tampered_lock_changes_nothing_on_a_serving_host(sandbox_hosts, first_deploy, tmp_path):
     """A lock whose file path climbs out of the model's dest is refused when it is read, before
     any host changes (the root fetcher would have written it)."""
@@ -112,6 +107,11 @@ def test_a_tampered_lock_changes_nothing_on_a_serving_host(sandbox_hosts, first_
     assert ssh(sb, host, "ls /etc/cron.d/rigkit-pwned /srv/models/evil 2>&1 | grep -c 'No such'") == "2"
 
 
+WORD = st.text(st.characters(blacklist_categories=("Cc", "Cs"), max_codepoint=0x2FF), max_size=12)
+
+
+@settings(max_examples=3, deadline=None, suppress_health_check=list(HealthCheck))
+@given(argvs=st.lists(st.lists(WORD, min_size=1, max_size=6), min_size=40, max_size=40))
 def test_systemd_runs_exactly_the_argv_rigkit_meant(sandbox_hosts, argvs):
     """Round trip through systemd itself: one oneshot unit, one ExecStart= per argv (rendered
     by the one escaping function), each writing the argv it received as JSON."""

@@ -48,9 +48,11 @@ class ContainerEngine(Engine):
 
     # --- the serve step's hooks -------------------------------------------------------------
 
-    def _tool_args(self) -> tuple[str, ...]:
-        # container_host.py serves every engine and is told which; a wrapper knows its own.
-        return () if self.tool != images.CONTAINER_TOOL else (self.name,)
+    @property
+    def tool_engine(self) -> str | None:
+        """What the host tool is told the engine is: container_host.py serves every engine and
+        is told which; a wrapper (vllm_host.py) knows its own."""
+        return self.name if self.tool == images.CONTAINER_TOOL else None
 
     def prepare(self, rig: Rig, before: object) -> Prepared:
         images.tool(name=f"Install rigkit's {self.title} host tool", scripts=list(self.tool_scripts))
@@ -73,14 +75,14 @@ class ContainerEngine(Engine):
             tool=self.tool,
             manifest=self.manifest,
             rollback=self.rollback(services),
-            engine=(self._tool_args() or (None,))[0],
+            engine=self.tool_engine,
             _if=when,
         )
 
     def roll_back(self, rig: Rig) -> None:
         if not self.services(rig):
             return
-        engine = (self._tool_args() or (None,))[0]
+        engine = self.tool_engine
         images.tool(name=f"Install rigkit's {self.title} host tool", scripts=list(self.tool_scripts))
         images.restore(
             name=f"Put back the last verified {self.title} services",
@@ -103,6 +105,6 @@ class ContainerEngine(Engine):
             tool=self.tool,
             repository=self.repository,
             keep=keep,
-            engine=(self._tool_args() or (None,))[0],
+            engine=self.tool_engine,
             _if=lambda: any(op.did_change() for op in built),
         )

@@ -1,11 +1,10 @@
 """
-Facts for vLLM services in containers: which rigkit images a host's Docker has, the
-services' state (``vllm_host.py status``), and what the DGX Spark preflight looks at.
+Facts for vLLM services in containers: where rigkit's vLLM host tool is, and what the DGX
+Spark preflight looks at (the services' state: rigkit.facts.images.ContainerStatus).
 """
 
 from __future__ import annotations
 
-import json
 import shlex
 
 from pyinfra.api import FactBase, QuoteString, StringCommand
@@ -14,26 +13,6 @@ from rigkit.host_paths import TOOLS_DIR
 
 #: rigkit's host-side vLLM tool (``rigkit/scripts/vllm_host.py``), beside check_service.py.
 VLLM_TOOL = f"{TOOLS_DIR}/vllm_host.py"
-
-
-class VllmStatus(FactBase[dict]):
-    """Per vLLM service: unit state, container state, running and verified image, health."""
-
-    def command(self, manifest: str) -> StringCommand:
-        return StringCommand(
-            "python3",
-            QuoteString(VLLM_TOOL),
-            "status",
-            "--manifest",
-            QuoteString(manifest),
-            "2>/dev/null",
-            "||",
-            "echo",
-            QuoteString('{"services": []}'),
-        )
-
-    def process(self, output: list[str]) -> dict:
-        return json.loads("\n".join(output) or '{"services": []}')
 
 
 class SparkPreflight(FactBase[dict]):

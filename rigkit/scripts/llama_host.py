@@ -213,7 +213,9 @@ def rollback(args: argparse.Namespace) -> None:
     root = Path(args.root)
     current, previous = root / "current", root / "previous"
     if not previous.is_symlink():
-        fail(f"no previous build in {root} to roll back to")
+        # Nothing older to go back to: the current build stays (and is verified again).
+        log(f"no previous build in {root}: the current one stays")
+        return
     old_current = os.readlink(current) if current.is_symlink() else None
     point(current, os.readlink(previous))
     if old_current:

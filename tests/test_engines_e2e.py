@@ -1,0 +1,309 @@
+"""
+Every engine behind the one serve step, on one sandbox host that already serves llama.cpp
+(sandbox-1 after the suite's first deploy), with a dockerd of this module's own (started in
+the host's network namespace: rigkit.sandbox.docker) for the container engines. vLLM's base
+image carries vLLM 0.19.1's real sources and a STAND-IN ``vllm`` speaking the OpenAI API
+(tests/standin_vllm.py); SGLang's is that base with a STAND-IN ``sglang`` package
+(tests/standin_sglang.py) behind rigkit's real entrypoint. Shown here and nowhere else:
+
+- each engine's last verified state beside the others': a verified llama.cpp deploy no
+  longer erases vLLM's, a failed vLLM check rolls vLLM back while llama.cpp serves
+  throughout, and deploys/rollback.py verifies both;
+- old images beyond ``keep_images`` pruned, never what serves, the last verified or another
+  service's;
+- the watchdog's load grace on a container service (a load longer than two intervals is
+  never killed, the same server stopped with SIGSTOP after it answered is restarted);
+- SGLang through the seam: its unit, container, key, checks, exposure, no-op re-run,
+  rollback and status.
+
+The module leaves sandbox-1 as the first deploy did (inventories/sandbox.py deployed again).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shlex
+import shutil
+import signal
+import struct
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from mutated_inventory import write_inventory
+from pyinfra_run import run_pyinfra, ssh
+from standin_sglang import build_image
+from vllm_docker import Dockerd, import_base
+
+from rigkit.sandbox import docker as sandbox_docker
+
+pytestmark = [
+    pytest.mark.e2e,
+    pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("dockerd"), reason="needs root and dockerd"),
+]
+BASE = "rigkit-test/vllm-base:0.19.1"
+BROKEN = "rigkit-test/vllm-base:0.19.1-broken"  # its stand-in exits at start
+SGLANG = "lmsysorg/sglang:v0.5.12-cu130"  # the stand-in's tag: the pinned repository and tag
+SGLANG_BROKEN = "lmsysorg/sglang:v0.5.12-cu130-broken"
+LLAMA = "rigkit-llama-tiny.service"
+MODEL_DEST = "/srv/models/tiny-st"
+
+
+def write_model(d: Path) -> Path:
+    """A safetensors checkpoint's layout (what vLLM and SGLang load: a directory)."""
+    d.mkdir(parents=True, exist_ok=True)
+    header = json.dumps({"model.embed_tokens.weight": {"dtype": "BF16", "shape": [2, 2], "data_offsets": [0, 8]}})
+    (d / "config.json").write_text(json.dumps({"architectures": ["Qwen3ForCausalLM"]}))
+    (d / "model-00001-of-00001.safetensors").write_bytes(struct.pack("<Q", len(header)) + header.encode() + b"\0" * 8)
+    return d
+
+
+@pytest.fixture(scope="module")
+def engines(sandbox_hosts, first_deploy, tmp_path_factory):
+    sb, host = sandbox_hosts, sandbox_hosts.hosts[0]
+    tmp = Path(tmp_path_factory.mktemp("engines-e2e"))
+    work = Path(os.environ.get("RIGKIT_SANDBOX_DIR", "/var/lib/rigkit/sandbox-tests")) / "dockerd-engines"
+    socket = sandbox_docker.prepare_client(sb, host)
+    dockerd = Dockerd(work, argv=sandbox_docker.dockerd_argv(host, work), socket=socket).start()
+    try:
+        import_base(dockerd, BASE, tmp)
+        import_base(dockerd, BROKEN, tmp, standin_mode="fail")
+        build_image(dockerd, SGLANG, BASE, tmp)
+        build_image(dockerd, SGLANG_BROKEN, BROKEN, tmp)
+        yield {
+            "sb": sb,
+            "host": host,
+            "docker": dockerd,
+            "tmp": tmp,
+            "model": write_model(tmp / "model"),
+            **{"env": dict(first_deploy[1], PYTHONPATH=str(tmp))},
+        }
+    finally:
+        # Back to what the first deploy left: the services of this module are removed.
+        back = run_pyinfra("inventories/sandbox.py", "deploys/rig.py", "--limit", "sandbox-1", env=first_deploy[1])
+        dockerd.stop()
+        shutil.rmtree(work, ignore_errors=True)
+        assert back.returncode == 0, back.stderr[-3000:]
+
+
+def container_service(engine: str, name: str, port: int, **kw) -> dict:
+    svc = {
+        "name": name,
+        "engine": engine,
+        "model": MODEL_DEST,
+        "alias": f"{name}-model",
+        "port": port,
+        "ctx": 4096,
+        "ready_timeout": 60,
+        "stop_timeout": 5,
+        "watchdog": False,
+    }
+    if engine == "vllm":
+        svc["base_image"] = BASE
+    else:
+        svc["image"] = SGLANG
+    svc.update(kw)
+    return svc
+
+
+def deploy(engines, services: list[dict], llama: dict | None = None, deploy_file: str = "deploys/rig.py"):
+    """sandbox-1's llama.cpp service (with ``llama``'s changes) and ``services`` beside it."""
+    mutation = {
+        "@hosts": ["sandbox-1"],
+        "@services": services,
+        "@models": [{"upload": str(engines["model"]), "dest": MODEL_DEST}],
+        **(llama or {}),
+    }
+    inventory = write_inventory(engines["tmp"], mutation, name=f"engines{abs(hash(json.dumps(mutation))) % 10**8}")
+    return run_pyinfra(str(inventory), deploy_file, env=engines["env"], timeout=900)
+
+
+def main_pid(engines, unit: str) -> str:
+    return ssh(engines["sb"], engines["host"], f"systemctl show -p MainPID --value {unit}")
+
+
+def container(engines, name: str) -> dict:
+    return json.loads(engines["docker"].docker("inspect", name).stdout)[0]
+
+
+def ask(engines, port: int, path: str = "/v1/models", key: str | None = None) -> str:
+    """GET on the host (no curl there): the body, or the HTTP status of an error."""
+    header = f", headers={{'Authorization': 'Bearer {key}'}}" if key else ""
+    script = (
+        f"import urllib.request, urllib.error\ntry:\n print(urllib.request.urlopen(urllib.request.Request("
+        f"'http://127.0.0.1:{port}{path}'{header}), timeout=5).read().decode())\nexcept urllib.error.HTTPError as e:\n"
+        f" print(e.code)\nexcept OSError as e:\n print('down')"
+    )
+    return engines["sb"].ssh(engines["host"], f"python3 -c {shlex.quote(script)}")
+
+
+def tags(engines, repository: str) -> set[str]:
+    listed = engines["docker"].docker("image", "ls", "--format", "{{.Repository}}:{{.Tag}}", repository)
+    return set(listed.stdout.split())
+
+
+def output(run) -> str:
+    return run.stdout + run.stderr
+
+
+def test_each_engine_rolls_back_its_own_and_llama_serves_throughout(engines, api_key):
+    secret = api_key[0]
+    vllm = container_service("vllm", "side", 8001)
+    first = deploy(engines, [vllm])
+    assert first.returncode == 0, output(first)[-4000:]
+    assert "Serve vLLM | Verify vLLM services (ready, /v1/models, chat, tool-call replay)" in first.changed
+    image = container(engines, "rigkit-vllm-side")["Config"]["Image"]
+
+    # A verified llama.cpp deploy (new flags): it saved its own state, and vLLM's is still there.
+    llama_changed = {"extra_args": ["--no-warmup", "-b", "1024"]}
+    second = deploy(engines, [vllm], llama=llama_changed)
+    assert second.returncode == 0, output(second)[-4000:]
+    assert f"Serve llama.cpp | Restart {LLAMA}" in second.changed
+    assert "Serve llama.cpp | Verify services (health, chat, tool-call replay)" in second.changed
+    listing = ssh(engines["sb"], engines["host"], "ls -l /var/lib/rigkit/last-good/")
+    assert re.search(r"llama\.cpp -> \.llama\.cpp-\d+", listing) and re.search(r"vllm -> \.vllm-\d+", listing), listing
+    pid = main_pid(engines, LLAMA)
+
+    # vLLM's next image cannot start: vLLM goes back to its image; llama.cpp answers all along.
+    failures: list[str] = []
+    stop = threading.Event()
+
+    def watch_llama():
+        while not stop.is_set():
+            answer = ask(engines, 8000, "/v1/models", key=secret)
+            if '"data"' not in answer:
+                failures.append(answer)
+            time.sleep(1)
+
+    watcher = threading.Thread(target=watch_llama)
+    watcher.start()
+    try:
+        broken = deploy(engines, [dict(vllm, base_image=BROKEN)], llama=llama_changed)
+    finally:
+        stop.set()
+        watcher.join()
+    assert broken.returncode != 0
+    assert "the previous image is serving and verified" in output(broken), output(broken)[-4000:]
+    assert not failures and main_pid(engines, LLAMA) == pid
+    assert container(engines, "rigkit-vllm-side")["Config"]["Image"] == image
+    assert json.loads(ask(engines, 8001))["data"][0]["id"] == "side-model"
+
+    # Explicit rollback verifies every engine's services.
+    back = deploy(engines, [vllm], llama=llama_changed, deploy_file="deploys/rollback.py")
+    assert back.returncode == 0, output(back)[-4000:]
+    assert any(n.endswith("| Verify llama.cpp services") or n == "Verify llama.cpp services" for n in back.changed)
+    assert any("Verify vLLM services" in n for n in back.changed), back.changed
+    assert "vllm services are at their last verified state; nothing to put back" in output(back)
+
+
+def test_old_images_beyond_keep_images_are_pruned(engines):
+    other = container_service("vllm", "other", 8002, patches=["inc-hybrid-fp8", "rope-keys-set"])
+    built = []
+    for patches in ([], ["inc-hybrid-fp8"], ["rope-keys-set"]):
+        svc = container_service("vllm", "side", 8001, patches=patches, keep_images=1)
+        run = deploy(engines, [svc, other])
+        assert run.returncode == 0, output(run)[-4000:]
+        built.append(container(engines, "rigkit-vllm-side")["Config"]["Image"])
+    kept = tags(engines, "rigkit/vllm")
+    other_image = container(engines, "rigkit-vllm-other")["Config"]["Image"]
+    # Serving (and last verified): the newest; one more besides; the other service's own.
+    assert {built[2], built[1], other_image} <= kept and built[0] not in kept, (built, kept)
+    again = deploy(engines, [container_service("vllm", "side", 8001, patches=["rope-keys-set"], keep_images=1), other])
+    assert again.returncode == 0 and not [n for n in again.changed if "Keep " in n or "Image " in n], again.changed
+
+
+def test_a_load_is_not_killed_and_a_hung_server_is(engines):
+    svc = container_service(
+        "vllm",
+        "slow",
+        8004,
+        env={"VLLM_RIGKIT_STANDIN_LOAD_SECONDS": "15"},
+        watchdog=True,
+        watchdog_interval=5,
+        watchdog_failures=2,
+    )
+    run = deploy(engines, [svc])
+    assert run.returncode == 0, output(run)[-4000:]
+    # A new load while the watchdog runs: 15 s of nothing answering, three rounds and more.
+    ssh(engines["sb"], engines["host"], "systemctl restart rigkit-vllm-slow.service")
+    loading = container(engines, "rigkit-vllm-slow")["State"]["StartedAt"]
+    time.sleep(25)
+    assert container(engines, "rigkit-vllm-slow")["State"]["StartedAt"] == loading
+    assert json.loads(ask(engines, 8004))["data"][0]["id"] == "slow-model"
+    # Answered since its start, then hung: restarted after two failed rounds.
+    top = engines["docker"].docker("top", "rigkit-vllm-slow", "-eo", "pid,args").stdout.splitlines()
+    server = next(int(line.split()[0]) for line in top[1:] if "/usr/local/bin/vllm" in line)
+    os.kill(server, signal.SIGSTOP)
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
+        if container(engines, "rigkit-vllm-slow")["State"]["StartedAt"] != loading:
+            break
+        time.sleep(2)
+    else:
+        pytest.fail("the hung server was not restarted in 90 s")
+    journal = ssh(engines["sb"], engines["host"], "journalctl -u rigkit-watchdog-slow.service --no-pager -o cat")
+    assert "restarting rigkit-vllm-slow.service" in journal, journal[-2000:]
+
+
+def test_sglang_through_the_seam(engines, api_key):
+    key = engines["tmp"] / "sglang.key"
+    secret = "sglang-" + os.urandom(6).hex()
+    key.write_text(secret + "\n")
+    key.chmod(0o600)
+    svc = container_service(
+        "sglang",
+        "sg",
+        8003,
+        api_key_file=str(key),
+        reasoning_parser="qwen3",
+        tool_call_parser="qwen3_coder",
+        mem_fraction_static=0.85,
+    )
+    first = deploy(engines, [svc])
+    assert first.returncode == 0, output(first)[-4000:]
+    assert "Serve SGLang | Verify SGLang services (ready, /v1/models, chat, tool-call replay)" in first.changed
+    c = container(engines, "rigkit-sglang-sg")
+    assert c["State"]["Running"] and c["Config"]["Image"].startswith("rigkit/sglang:")
+    assert c["Args"][:4] == ["/opt/rigkit/sglang/entrypoint.py", "python3", "-m", "sglang.launch_server"] or (
+        c["Config"]["Cmd"][:3] == ["python3", "-m", "sglang.launch_server"]
+    )
+    assert "--mem-fraction-static" in c["Config"]["Cmd"] and "--tp-size" in c["Config"]["Cmd"]
+    unit = ssh(engines["sb"], engines["host"], "cat /etc/systemd/system/rigkit-sglang-sg.service")
+    ps = ssh(engines["sb"], engines["host"], "ps -eo args")
+    for text in (unit, json.dumps(c), ps, output(first)):
+        assert secret not in text
+    assert json.loads(ask(engines, 8003, key=secret))["data"][0]["id"] == "sg-model"
+    assert ask(engines, 8003) == "401"
+    exposure = ssh(engines["sb"], engines["host"], "systemd-analyze security rigkit-sglang-sg.service | tail -1")
+    assert float(exposure.split("exposure level for")[1].split(":")[1].split()[0]) <= 3.0, exposure
+
+    again = deploy(engines, [svc])
+    assert again.returncode == 0, output(again)[-3000:]
+    assert not [n for n in again.changed if "SGLang" in n], again.changed
+
+    broken = deploy(engines, [dict(svc, image=SGLANG_BROKEN)])
+    assert broken.returncode != 0 and "the previous image is serving and verified" in output(broken)
+    assert container(engines, "rigkit-sglang-sg")["Config"]["Image"] == c["Config"]["Image"]
+
+    inventory = write_inventory(
+        engines["tmp"],
+        {
+            "@hosts": ["sandbox-1"],
+            "@services": [svc],
+            "@models": [{"upload": str(engines["model"]), "dest": MODEL_DEST}],
+        },
+        name="engines_status",
+    )
+    status = subprocess.run(
+        [str(Path(sys.executable).with_name("rigkit")), "status", str(inventory)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **engines["env"]},
+        timeout=120,
+    )
+    assert f"sg               :8003  active    healthy  SGLang {c['Config']['Image']}" in status.stdout, status.stdout
