@@ -193,12 +193,13 @@ def test_each_engine_rolls_back_its_own_and_llama_serves_throughout(engines, api
     assert container(engines, "rigkit-vllm-side")["Config"]["Image"] == image
     assert json.loads(ask(engines, 8001))["data"][0]["id"] == "side-model"
 
-    # Explicit rollback verifies every engine's services.
+    # Explicit rollback verifies every engine's services; vLLM already runs its last verified
+    # state, so its container is not restarted (a real model would load for minutes).
+    started = container(engines, "rigkit-vllm-side")["State"]["StartedAt"]
     back = deploy(engines, [vllm], llama=llama_changed, deploy_file="deploys/rollback.py")
     assert back.returncode == 0, output(back)[-4000:]
-    assert any(n.endswith("| Verify llama.cpp services") or n == "Verify llama.cpp services" for n in back.changed)
-    assert any("Verify vLLM services" in n for n in back.changed), back.changed
-    assert "vllm services are at their last verified state; nothing to put back" in output(back)
+    assert "Verify llama.cpp services" in back.changed and "Verify vLLM services" in back.changed, back.changed
+    assert container(engines, "rigkit-vllm-side")["State"]["StartedAt"] == started
 
 
 def test_old_images_beyond_keep_images_are_pruned(engines):

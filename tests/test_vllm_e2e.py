@@ -195,6 +195,9 @@ def test_status_shows_the_vllm_service(env):
         "services": [service(env, max_num_seqs=4)],
         "models": [{"upload": str(env["tmp"] / "model"), "dest": "/srv/models/tiny-vllm"}],
     }
+    # The service as the tests before leave it (alone: deployed here; in order: nothing changes).
+    deployed = deploy(env, service(env, max_num_seqs=4))
+    assert deployed.returncode == 0, deployed.stderr[-3000:]
     rigkit = str(Path(sys.executable).with_name("rigkit"))
     done = subprocess.run(
         [rigkit, "status", str(env["tmp"] / "inventory.py")],
