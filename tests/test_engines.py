@@ -12,8 +12,8 @@ import dataclasses
 from rigkit.engines import ENGINES
 from rigkit.engines.containers import ContainerEngine
 from rigkit.host_paths import ServiceNames
-from rigkit.hostdata import parse_rig
 from rigkit.hostdata import llama_server as llama_hostdata
+from rigkit.hostdata import parse_rig
 from rigkit.hostdata import sglang as sglang_hostdata
 from rigkit.hostdata import vllm as vllm_hostdata
 from rigkit.hostdata.engines import SPECS
