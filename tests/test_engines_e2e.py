@@ -127,8 +127,17 @@ def main_pid(engines, unit: str) -> str:
     return ssh(engines["sb"], engines["host"], f"systemctl show -p MainPID --value {unit}")
 
 
-def container(engines, name: str) -> dict:
-    return json.loads(engines["docker"].docker("inspect", name).stdout)[0]
+def container(engines, name: str, wait: float = 30) -> dict:
+    """``docker inspect`` of a running container, waited for (a unit that just (re)started
+    creates its container a moment later)."""
+    deadline = time.monotonic() + wait
+    while True:
+        found = engines["docker"].docker("inspect", name, check=False)
+        if found.returncode == 0 and json.loads(found.stdout)[0]["State"]["Running"]:
+            return json.loads(found.stdout)[0]
+        if time.monotonic() > deadline:
+            raise AssertionError(f"container {name} is not running: {found.stdout[-500:]}{found.stderr[-500:]}")
+        time.sleep(1)
 
 
 def ask(engines, port: int, path: str = "/v1/models", key: str | None = None) -> str:
@@ -242,7 +251,8 @@ def test_a_load_is_not_killed_and_a_hung_server_is(engines):
     os.kill(server, signal.SIGSTOP)
     deadline = time.monotonic() + 90
     while time.monotonic() < deadline:
-        if container(engines, "rigkit-vllm-slow")["State"]["StartedAt"] != loading:
+        found = engines["docker"].docker("inspect", "rigkit-vllm-slow", check=False)
+        if found.returncode == 0 and json.loads(found.stdout)[0]["State"]["StartedAt"] != loading:
             break
         time.sleep(2)
     else:
