@@ -23,7 +23,15 @@ UNIT = "rigkit-llama-tiny.service"
 INTERVAL, FAILURES = 5, 2
 # One slot, a fast watchdog; a context long enough for one answer of many intervals (the
 # tiny model's KV cache at 64k tokens is a few MB).
-ONE_SLOT = {"parallel": 1, "watchdog_interval": INTERVAL, "watchdog_failures": FAILURES, "ctx": 65536}
+# llama-server caps a slot's context at the model's training context (server-context.cpp
+# n_ctx_slot: min(n_ctx, n_ctx_train), 4096 for the tiny model), so the model's own is raised.
+ONE_SLOT = {
+    "parallel": 1,
+    "watchdog_interval": INTERVAL,
+    "watchdog_failures": FAILURES,
+    "ctx": 65536,
+    "extra_args": ["--no-warmup", "--override-kv", "llama.context_length=int:65536"],
+}
 # How long the long answer should last: several watchdog rounds (a busy round takes the
 # probe's timeout plus the interval).
 ANSWER_SECONDS = 8 * INTERVAL * FAILURES
