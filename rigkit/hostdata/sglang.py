@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import rigkit.hostdata.vllm as vllm
+from rigkit.hostdata.containers import Environment, check_container_options
 from rigkit.hostdata.gpus import Gpus
 from rigkit.hostdata.schema import HostDataError, ServiceFields, check_path, check_pattern
 
@@ -64,10 +65,10 @@ DRAFT_MODEL_ALGORITHMS = ("DFLASH", "EAGLE3", "FROZEN_KV_MTP", "STANDALONE")
 #: A path mounted into the container as ``-v P:P:ro``: no ':' or ',' (docker's separators),
 #: no spaces, quotes or shell syntax.
 MOUNT_PATH = re.compile(r"/[A-Za-z0-9._/@+-]{1,4095}", re.ASCII)
-#: SGLang's own environment (sglang/srt/environ.py: SGLANG_*, and the older SGL_*).
-ENV_FAMILY = re.compile(r"(?:SGLANG|SGL)_[A-Z0-9_]+", re.ASCII)
-#: Of SGLang's own, what picks code to load (a hardware platform plugin, general plugins).
-ENV_LOADS_CODE = frozenset({"SGLANG_PLATFORM", "SGLANG_PLUGINS"})
+#: SGLang's own environment (sglang/srt/environ.py: SGLANG_*, and the older SGL_*; the vLLM
+#: kernels its images carry read VLLM_*), beside the families every container engine takes;
+#: of its own, what picks code to load (a hardware platform plugin, general plugins) is refused.
+ENVIRONMENT = Environment(own=("SGLANG", "SGL", "VLLM"), loads_code=frozenset({"SGLANG_PLATFORM", "SGLANG_PLUGINS"}))
 
 
 @dataclass(frozen=True)
@@ -103,26 +104,8 @@ def options_of(svc: ServiceFields) -> SglangOptions:
 
 
 def env_problem(name: str, value: str) -> tuple[str, str] | None:
-    """Why ``name=value`` may not enter an SGLang container, as (what is wrong, what is
-    expected), or None: vLLM's rules (:func:`rigkit.hostdata.vllm.env_problem`), with SGLang's
-    own family (``SGLANG_*``, ``SGL_*``) allowed beside the families they name."""
-    if name in ENV_LOADS_CODE:
-        return "name", "a tuning variable, not one that picks code to load (SGLANG_PLATFORM, SGLANG_PLUGINS)"
-    if ENV_FAMILY.fullmatch(name):
-        # vLLM's rules judge everything but the family (reserved names, secrets, variables
-        # that point at files or code, the value): the name is judged as a family member.
-        return vllm.env_problem(f"VLLM_{name}", value)
-    problem = vllm.env_problem(name, value)
-    if (
-        problem is not None
-        and problem[0] == "name"
-        and name not in vllm.RESERVED_ENV
-        and not vllm.SECRET_ENV.fullmatch(name.upper())
-        and name not in vllm.PROXY_ENV
-        and not vllm.ENV_FAMILY.fullmatch(name)
-    ):
-        return "name", "SGLANG_*, SGL_* or " + problem[1]
-    return problem
+    """Why ``name=value`` may not enter an SGLang container (rigkit.hostdata.containers), or None."""
+    return ENVIRONMENT.problem(name, value)
 
 
 def check_service(host: str, key: str, svc: ServiceFields, gpus: Gpus, build_ref: str | None = None) -> None:
@@ -177,26 +160,17 @@ def check_sglang(
             raise HostDataError(host, f"{key}.{attr}", f"one of SGLang's parsers ({', '.join(known)})", value)
     if opts.speculative is not None:
         _check_speculative(host, f"{key}.speculative", opts.speculative)
-    for k, v in opts.env.items():
-        if k not in vllm.PROXY_ENV:
-            check_pattern(k, vllm.ENV_NAME, host, f"{key}.env", "variable names of A-Z, 0-9 and _ (or the proxy pair)")
-        refusal = env_problem(k, v)
-        if refusal:
-            what, expected = refusal
-            raise HostDataError(host, f"{key}.env.{k}", expected, k if what == "name" else v)
-    if not 60 <= opts.ready_timeout <= 7200:
-        raise HostDataError(host, f"{key}.ready_timeout", "seconds between 60 and 7200", opts.ready_timeout)
-    if not 1 <= opts.stop_timeout <= 600:
-        raise HostDataError(host, f"{key}.stop_timeout", "seconds between 1 and 600", opts.stop_timeout)
-    if not 0 <= opts.keep_images <= 20:
-        raise HostDataError(host, f"{key}.keep_images", "a count of images between 0 and 20", opts.keep_images)
-    if model.endswith(".gguf"):
-        raise HostDataError(
-            host,
-            f"{key}.model",
-            "the model's directory on the host (SGLang loads safetensors checkpoints), or ref:<name> of a Hub model",
-            model,
-        )
+    check_container_options(
+        host,
+        key,
+        title="SGLang",
+        environment=ENVIRONMENT,
+        env=opts.env,
+        ready_timeout=opts.ready_timeout,
+        stop_timeout=opts.stop_timeout,
+        keep_images=opts.keep_images,
+        model=model,
+    )
 
 
 def _check_speculative(host: str, key: str, spec: dict[str, Any]) -> None:

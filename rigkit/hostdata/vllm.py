@@ -20,8 +20,8 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
+from rigkit.hostdata.containers import Environment, check_container_options
 from rigkit.hostdata.gpus import Gpus
 from rigkit.hostdata.schema import HostDataError, ServiceFields, check_path, check_pattern
 
@@ -64,40 +64,10 @@ ATTENTION_BACKEND = re.compile(r"[A-Z][A-Z0-9_]{0,63}", re.ASCII)
 SPEC_KEY = re.compile(r"[a-z][a-z0-9_]{0,63}", re.ASCII)
 # A speculative value: a word, or a draft model's absolute path on the host (mounted read-only).
 SPEC_TEXT = re.compile(r"[A-Za-z0-9_/][A-Za-z0-9_.:/@+-]{0,255}", re.ASCII)
-ENV_NAME = re.compile(r"[A-Z_][A-Z0-9_]{0,63}", re.ASCII)
-#: Printable ASCII without spaces (NCCL's "^lo,docker0" and "=eth0" forms included); the value
-#: reaches the unit through rigkit.render.systemd.escape like every other word.
-ENV_VALUE = re.compile(r"[!-~]{0,256}", re.ASCII)
-#: What a service's ``env`` may name: the documented tuning variables of what runs in the
-#: container (vLLM's own, vllm/envs.py; NCCL, Gloo, CUDA, PyTorch and Inductor, Triton,
-#: FlashInfer, Ray, OpenMP, the Hugging Face libraries) and the proxy pair in either case.
-ENV_FAMILY = re.compile(
-    r"(?:VLLM|NCCL|GLOO|CUDA|TORCH|TORCHINDUCTOR|PYTORCH|TRITON|FLASHINFER|RAY|OMP|MKL|HF|HF_HUB|TRANSFORMERS|"
-    r"TOKENIZERS|SAFETENSORS)_[A-Z0-9_]+",
-    re.ASCII,
-)
-PROXY_ENV = frozenset({"HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY", "http_proxy", "https_proxy", "no_proxy"})
-#: Even in those families, a variable that points the process at files or code to load (a
-#: plugin, a library, a logging config, a cache or home directory) is not host data's to set:
-#: what runs in the container is the image's.
-ENV_POINTS_AT_CODE = re.compile(
-    r".*_(?:PATH|PATHS|DIR|DIRS|HOME|ROOT|FILE|LIB|LIBS|PLUGIN|PLUGINS|CONFIG_PATH)", re.ASCII
-)
 DTYPES = ("auto", "half", "float16", "bfloat16", "float", "float32")
 MM_KINDS = ("image", "video", "audio")
-#: Environment rigkit sets itself, or that would carry a secret into the unit.
-RESERVED_ENV = frozenset(
-    {
-        "VLLM_API_KEY",
-        "HF_TOKEN",
-        "HUGGING_FACE_HUB_TOKEN",
-        "HF_HUB_OFFLINE",
-        "CUDA_VISIBLE_DEVICES",
-        "NVIDIA_VISIBLE_DEVICES",
-        "RIGKIT_API_KEY_FILE",
-    }
-)
-SECRET_ENV = re.compile(r"(?:.*_)?(?:KEY|TOKEN|SECRET|PASSWORD)(?:_.*)?", re.ASCII)
+#: vLLM's own variables (vllm/envs.py) beside the families every container engine takes.
+ENVIRONMENT = Environment(own=("VLLM",))
 
 
 #: Every flag rigkit.render.vllm.serve_args may give ``vllm serve`` (across a Ray cluster too; a
@@ -194,38 +164,8 @@ def image_tag_problem(ref: str) -> str | None:
 
 
 def env_problem(name: str, value: str) -> tuple[str, str] | None:
-    """Why ``name=value`` may not enter a service's container, as (what is wrong, what is
-    expected), or None."""
-    if name in RESERVED_ENV or SECRET_ENV.fullmatch(name.upper()):
-        return "name", (
-            "no secret and nothing rigkit sets itself (the key goes through api_key_file; "
-            "HF_HUB_OFFLINE and the GPUs are rigkit's)"
-        )
-    if name not in PROXY_ENV and not ENV_FAMILY.fullmatch(name):
-        return "name", (
-            "a documented variable of what runs in the container: VLLM_*, NCCL_*, GLOO_*, CUDA_*, TORCH_*, "
-            "PYTORCH_*, TRITON_*, FLASHINFER_*, RAY_*, OMP_*, HF_*, TRANSFORMERS_*, TOKENIZERS_*, "
-            "or HTTP(S)_PROXY / NO_PROXY in either case"
-        )
-    if ENV_POINTS_AT_CODE.fullmatch(name):
-        return "name", (
-            "a tuning variable, not one that points the process at files or code to load "
-            "(*_PATH, *_DIR, *_HOME, *_ROOT, *_FILE, *_LIB, *_PLUGIN(S): the container's files are the image's)"
-        )
-    if not ENV_VALUE.fullmatch(value):
-        return "value", "printable ASCII without spaces (at most 256 characters)"
-    for word in value.split(","):
-        if "://" in word:
-            try:
-                url = urlsplit(word)
-            except ValueError:
-                return "value", "a well-formed URL"
-            if url.username is not None or url.password is not None:
-                return "value", (
-                    "a URL without credentials (a password in a unit is readable by every local user; "
-                    "use a proxy that needs none, or one on the host's loopback)"
-                )
-    return None
+    """Why ``name=value`` may not enter a vLLM container (rigkit.hostdata.containers), or None."""
+    return ENVIRONMENT.problem(name, value)
 
 
 def available_patches() -> dict[str, Path]:
@@ -353,26 +293,17 @@ def check_vllm(host: str, key: str, opts: VllmOptions, model: str, service_gpus:
         value = getattr(opts, name)
         if value is not None and value < 1:
             raise HostDataError(host, f"{key}.{name}", "a positive integer", value)
-    for k, v in opts.env.items():
-        if k not in PROXY_ENV:
-            check_pattern(k, ENV_NAME, host, f"{key}.env", "variable names of A-Z, 0-9 and _ (or the proxy pair)")
-        env_refusal = env_problem(k, v)
-        if env_refusal:
-            what, expected = env_refusal
-            raise HostDataError(host, f"{key}.env.{k}", expected, k if what == "name" else v)
-    if not 60 <= opts.ready_timeout <= 7200:
-        raise HostDataError(host, f"{key}.ready_timeout", "seconds between 60 and 7200", opts.ready_timeout)
-    if not 1 <= opts.stop_timeout <= 600:
-        raise HostDataError(host, f"{key}.stop_timeout", "seconds between 1 and 600", opts.stop_timeout)
-    if not 0 <= opts.keep_images <= 20:
-        raise HostDataError(host, f"{key}.keep_images", "a count of images between 0 and 20", opts.keep_images)
-    if model.endswith(".gguf"):
-        raise HostDataError(
-            host,
-            f"{key}.model",
-            "the model's directory on the host (vLLM loads safetensors checkpoints), or ref:<name> of a Hub model",
-            model,
-        )
+    check_container_options(
+        host,
+        key,
+        title="vLLM",
+        environment=ENVIRONMENT,
+        env=opts.env,
+        ready_timeout=opts.ready_timeout,
+        stop_timeout=opts.stop_timeout,
+        keep_images=opts.keep_images,
+        model=model,
+    )
 
 
 def mtp_problem(model_dir: Any) -> str | None:
