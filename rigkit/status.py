@@ -113,7 +113,7 @@ def collect(inventory_path: str) -> tuple[int, dict[str, dict]]:
         try:
             facts = get_facts(state, RigStatus)
             for engine in CONTAINER_ENGINES:
-                if any(engine.services(r) for r in rigs.values()):
+                if any(engine.declared(r) for r in rigs.values()):
                     container_facts[engine.name] = status_containers.facts(state, engine)
             ray_facts = status_vllm.cluster_facts([h for h in inventory if h in facts], rigs)
         finally:
@@ -128,7 +128,9 @@ def collect(inventory_path: str) -> tuple[int, dict[str, dict]]:
             continue
         problems = drift(rigs[host.name], info)
         for engine in CONTAINER_ENGINES:
-            if engine.services(rigs[host.name]):
+            # A cluster's worker declares the service too (it runs Ray in its image): its
+            # lines say whose worker it is.
+            if engine.declared(rigs[host.name]):
                 info = {**info, engine.name: container_facts.get(engine.name, {}).get(host) or {"services": []}}
                 problems += status_containers.drift(rigs[host.name], info[engine.name], engine)
         if rigs[host.name].cluster is not None:
