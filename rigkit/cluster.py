@@ -20,6 +20,7 @@ from pyinfra.operations.util import any_changed
 
 from rigkit.facts import per_run
 from rigkit.facts.cluster import ImageBase
+from rigkit.host_paths import unit_path
 from rigkit.hostdata import Rig, Service
 from rigkit.hostdata.cluster import Cluster, ClusterMembers, parse_cluster
 from rigkit.hostdata.gpus import parse_gpus
@@ -118,7 +119,7 @@ def ray_node(rig: Rig, service: Service, image: str, image_op) -> Callable[[], b
     node_unit = files.put(
         name=f"Unit {unit}",
         src=StringIO(render.render_node_unit(mine, head, rig.is_head, service, image, rig.gpus.count)),
-        dest=f"/etc/systemd/system/{unit}",
+        dest=unit_path(unit),
         mode="644",
     )
     changed = [*scripts, node_unit]
@@ -127,7 +128,7 @@ def ray_node(rig: Rig, service: Service, image: str, image_op) -> Callable[[], b
             files.put(
                 name=f"Unit {render.ready_unit_name(mine)}",
                 src=StringIO(render.render_ready_unit(head, nodes, cluster_gpus(rig))),
-                dest=f"/etc/systemd/system/{render.ready_unit_name(mine)}",
+                dest=unit_path(render.ready_unit_name(mine)),
                 mode="644",
             )
         )

@@ -46,6 +46,11 @@ def manifest_path(prefix: str) -> str:
     return f"{key_dir(prefix)}/services.json"
 
 
+def image_context_dir(prefix: str) -> str:
+    """Where a container engine's image build contexts are uploaded, one directory per tag."""
+    return f"/opt/rigkit/{prefix}/context"
+
+
 def last_good_dir(engine: str) -> str:
     return f"{LAST_GOOD_DIR}/{engine}"
 

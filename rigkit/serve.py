@@ -68,10 +68,9 @@ def _either(first: Callable[[], bool], second: Callable[[], bool] | None) -> Cal
 
 def _warn_open(rig: Rig, svc: Service, engine: Engine) -> None:
     if svc.enabled and svc.public and not svc.api_key_file:
-        open_paths = "/v1/*, /metrics, /slots and /props are" if engine.name == "llama.cpp" else "/v1/* is"
         logger.warning(
             f"host {rig.host}: service {svc.name} listens on {svc.host}:{svc.port} WITHOUT "
-            f"an API key (allow_unauthenticated: true): {open_paths} open to the network"
+            f"an API key (allow_unauthenticated: true): {engine.open_paths} open to the network"
         )
 
 

@@ -19,7 +19,7 @@ from rigkit.operations import users
 def user_and_key(rig: Rig, svc: Service, key_path: str, key_on_host: bool = True) -> list:
     """The service's user and key; returns the key operations (a changed or removed key
     restarts the service). ``key_on_host``: whether a key may be there to remove."""
-    users.system_user(name=f"System user {svc.user}", user=svc.user, home=f"/var/lib/rigkit-{svc.prefix}-{svc.name}")
+    users.system_user(name=f"System user {svc.user}", user=svc.user, home=svc.names.home)
     if not svc.api_key_file:
         if not key_on_host:
             return []

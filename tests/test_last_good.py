@@ -44,10 +44,6 @@ class Host:
         return entry
 
 
-def user_of(unit: str) -> str:
-    return unit.removeprefix("rigkit-").removesuffix(".service")
-
-
 @pytest.fixture
 def host(tmp_path):
     return Host(tmp_path)
@@ -68,12 +64,12 @@ def test_each_engine_saves_and_restores_only_its_own(host):
     # A vLLM deploy that fails puts back vLLM's unit; llama.cpp's files are not touched.
     (host.units / big["unit"]).write_text("[Service]\nExecStart=/image-b\n")
     (host.units / tiny["unit"]).write_text("[Service]\nExecStart=/new-llama\n")
-    assert vllm.restore({"services": [big]}, user_of)["manifest"]["services"] == [big]
+    assert vllm.restore({"services": [big]})["manifest"]["services"] == [big]
     assert (host.units / big["unit"]).read_text() == "[Service]\nExecStart=/image-a\n"
     assert (host.units / tiny["unit"]).read_text() == "[Service]\nExecStart=/new-llama\n"
     # ... and llama.cpp's comes back with its key and the key's version marker.
     Path(tiny["key_file"]).write_text("k2")
-    llama.restore({"services": [tiny]}, user_of)
+    llama.restore({"services": [tiny]})
     assert (host.units / tiny["unit"]).read_text() == "[Service]\nExecStart=/good\n"
     assert Path(tiny["key_file"]).read_text() == "k1"
     assert Path(tiny["key_file"] + ".version").read_text() == "v1\n"
@@ -98,14 +94,14 @@ def test_restore_stops_units_the_good_state_lacks_and_brings_back_users(host):
         host.commands.append(list(argv)) or subprocess.CompletedProcess(argv, 1 if argv[0] == "id" else 0)
     )
     llama.run = host.run
-    llama.restore({"services": [tiny, extra]}, user_of)
+    llama.restore({"services": [tiny, extra]})
     assert ["systemctl", "disable", "--now", extra["unit"]] in host.commands
     assert ["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", "llama-tiny"] in host.commands
 
 
 def test_no_saved_state_is_none(host):
     assert host.engine("vllm").state() is None
-    assert host.engine("vllm").restore({"services": []}, user_of) is None
+    assert host.engine("vllm").restore({"services": []}) is None
 
 
 def test_states_of_the_layout_before_are_kept(host):
@@ -134,7 +130,7 @@ def test_states_of_the_layout_before_are_kept(host):
 
     (host.units / big["unit"]).write_text("new")
     Path(big["key_file"]).write_text("changed")
-    vllm.restore({"services": [big]}, user_of)
+    vllm.restore({"services": [big]})
     assert (host.units / big["unit"]).read_text() == "old vllm unit" and Path(big["key_file"]).read_text() == "k9"
     vllm.save({"services": [big]})  # the plain directory becomes the symlink
     assert vllm.link.is_symlink() and llama.state()["build"] == "builds/b0"

@@ -360,3 +360,16 @@ def test_a_draft_model_by_absolute_path_is_mounted_read_only():
 def test_a_draft_model_outside_the_roots_is_refused(path):
     err = refused(vllm_rig(speculative={"method": "eagle3", "model": path}))
     assert err.key == "services[0].speculative.model"
+
+
+# --- keep_images: a count ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("value", [-1, 21, True, "2", 2.5, "2\n"])
+def test_keep_images_is_a_small_count(value):
+    assert refused(vllm_rig(keep_images=value)).key == "services[0].keep_images"
+
+
+@pytest.mark.parametrize("value", [0, 2, 20])
+def test_keep_images_takes_a_count(value):
+    assert parse_rig("h", vllm_rig(keep_images=value)).services[0].options.keep_images == value

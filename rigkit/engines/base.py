@@ -41,6 +41,8 @@ class Engine:
     manifest_title: str = "Services manifest for verification"
     #: the engine's key and manifest directory's prefix (rigkit.host_paths.key_dir)
     prefix: str = ""
+    #: what a service open without a key exposes, for the deploy's warning
+    open_paths: str = "/v1/* is"
 
     @property
     def manifest(self) -> str:

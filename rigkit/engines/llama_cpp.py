@@ -63,6 +63,7 @@ class LlamaCppEngine(Engine):
     name = "llama.cpp"
     title = "llama.cpp"
     prefix = "llama"
+    open_paths = "/v1/*, /metrics, /slots and /props are"
 
     def declared(self, rig: Rig) -> bool:
         # The step runs wherever llama.cpp is declared: it removes what is no longer served.

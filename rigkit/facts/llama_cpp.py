@@ -9,13 +9,12 @@ import json
 
 from pyinfra.api import FactBase, QuoteString, StringCommand
 
+from rigkit.host_paths import TOOLS_DIR
+
 #: rigkit's host-side llama.cpp tool (``rigkit/scripts/llama_host.py``), uploaded by
 #: ``rigkit.operations.llama_cpp.tool``.
-TOOL = "/opt/rigkit/bin/llama_host.py"
+TOOL = f"{TOOLS_DIR}/llama_host.py"
 #: the engine-neutral service check beside it (``rigkit/scripts/check_service.py``).
-CHECK_TOOL = "/opt/rigkit/bin/check_service.py"
-#: Every engine's last verified state (rigkit/scripts/last_good.py), beside the check.
-LAST_GOOD_TOOL = "/opt/rigkit/bin/last_good.py"
 
 
 class LlamaCppBuilds(FactBase[dict]):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
+from typing import Protocol
 from urllib.parse import urlsplit
 
 from rigkit.hostdata.schema import HostDataError, check_pattern
@@ -114,21 +115,29 @@ class Environment:
                 raise HostDataError(host, f"{key}.env.{k}", expected, k if what == "name" else v)
 
 
+class ContainerOptions(Protocol):
+    """What every container engine's options have (VllmOptions, SglangOptions)."""
+
+    @property
+    def env(self) -> Mapping[str, str]: ...
+
+    @property
+    def ready_timeout(self) -> int: ...
+
+    @property
+    def stop_timeout(self) -> int: ...
+
+    @property
+    def keep_images(self) -> int: ...
+
+
 def check_container_options(
-    host: str,
-    key: str,
-    *,
-    title: str,
-    environment: Environment,
-    env: Mapping[str, str],
-    ready_timeout: int,
-    stop_timeout: int,
-    keep_images: int,
-    model: str,
+    host: str, key: str, opts: ContainerOptions, model: str, *, title: str, environment: Environment
 ) -> None:
     """What every container service has: its environment, its timeouts, how many old images
     it keeps, and a model directory (not a GGUF file)."""
-    environment.check(host, key, env)
+    environment.check(host, key, opts.env)
+    ready_timeout, stop_timeout, keep_images = opts.ready_timeout, opts.stop_timeout, opts.keep_images
     if not 60 <= ready_timeout <= 7200:
         raise HostDataError(host, f"{key}.ready_timeout", "seconds between 60 and 7200", ready_timeout)
     if not 1 <= stop_timeout <= 600:

@@ -160,17 +160,7 @@ def check_sglang(
             raise HostDataError(host, f"{key}.{attr}", f"one of SGLang's parsers ({', '.join(known)})", value)
     if opts.speculative is not None:
         _check_speculative(host, f"{key}.speculative", opts.speculative)
-    check_container_options(
-        host,
-        key,
-        title="SGLang",
-        environment=ENVIRONMENT,
-        env=opts.env,
-        ready_timeout=opts.ready_timeout,
-        stop_timeout=opts.stop_timeout,
-        keep_images=opts.keep_images,
-        model=model,
-    )
+    check_container_options(host, key, opts, model, title="SGLang", environment=ENVIRONMENT)
 
 
 def _check_speculative(host: str, key: str, spec: dict[str, Any]) -> None:

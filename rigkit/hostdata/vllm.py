@@ -293,17 +293,7 @@ def check_vllm(host: str, key: str, opts: VllmOptions, model: str, service_gpus:
         value = getattr(opts, name)
         if value is not None and value < 1:
             raise HostDataError(host, f"{key}.{name}", "a positive integer", value)
-    check_container_options(
-        host,
-        key,
-        title="vLLM",
-        environment=ENVIRONMENT,
-        env=opts.env,
-        ready_timeout=opts.ready_timeout,
-        stop_timeout=opts.stop_timeout,
-        keep_images=opts.keep_images,
-        model=model,
-    )
+    check_container_options(host, key, opts, model, title="vLLM", environment=ENVIRONMENT)
 
 
 def mtp_problem(model_dir: Any) -> str | None:

@@ -30,6 +30,7 @@ from rigkit.facts.nvidia import (
     SecureBoot,
     SystemdBooted,
 )
+from rigkit.host_paths import unit_path
 from rigkit.hostdata.nvidia import Nvidia
 from rigkit.nvidia.checks import driver_installed, driver_outside_packages, problems
 from rigkit.nvidia.repository import CONTAINER_KEYRING, CONTAINER_LIST, driver_packages, repo_dir
@@ -165,7 +166,7 @@ def setup(nv: Nvidia, gpu_count: int = 0):
                 unit = files.put(
                     name=f"Power limit unit ({', '.join(f'{w} W' for w in limits)} by GPU UUID)",
                     src=_text(power_unit(gpus, limits)),
-                    dest=f"/etc/systemd/system/{POWER_UNIT}",
+                    dest=unit_path(POWER_UNIT),
                     mode="644",
                 )
                 systemd.daemon_reload(name="Reload systemd units", _if=unit.did_change)

@@ -16,7 +16,8 @@ from pyinfra import host
 from pyinfra.api import QuoteString, StringCommand, operation
 
 from rigkit.facts import per_run
-from rigkit.facts.llama_cpp import CHECK_TOOL, LAST_GOOD_TOOL, TOOL, LlamaCppBuilds
+from rigkit.facts.llama_cpp import TOOL, LlamaCppBuilds
+from rigkit.host_paths import CHECK_TOOL, LAST_GOOD_TOOL
 from rigkit.hostdata import LlamaCpp
 from rigkit.operations import rendered
 from rigkit.scripts.llama_host import matches

@@ -23,13 +23,14 @@ from pyinfra.api import FileUploadCommand, QuoteString, StringCommand, operation
 from pyinfra.operations import files
 
 from rigkit.facts.models import ShardsVerified
+from rigkit.host_paths import STATE_DIR
 from rigkit.models.hub import ModelRef, read_token, resolve_endpoint
 from rigkit.operations import rendered
 from rigkit.operations.secrets import secret_file
 from rigkit.scripts.fetch_shards import STATE_NAME
 from rigkit.transport import may_carry_token
 
-REMOTE_DIR = "/var/lib/rigkit"  # the fetch script, the token and the manifests on the host
+REMOTE_DIR = STATE_DIR  # the fetch script, the token and the manifests on the host
 
 
 def manifest_for(

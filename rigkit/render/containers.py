@@ -22,8 +22,6 @@ from rigkit.render.systemd import exec_line, templates
 
 DOCKER = "/usr/bin/docker"
 CONTAINER_KEY = "/run/rigkit/api.key"
-#: Where a build context is uploaded on the host, one directory per image tag.
-CONTEXT_ROOT = "/opt/rigkit/images"
 #: The label every container and image of rigkit carries: which service, which engine.
 SERVICE_LABEL = "org.rigkit.service"
 ENGINE_LABEL = "org.rigkit.engine"
@@ -38,7 +36,7 @@ class ImageIdentity:
     base: str
     files: tuple[tuple[str, Path], ...]  # (path in the context, file here)
     build_args: tuple[tuple[str, str], ...] = ()
-    context_root: str = CONTEXT_ROOT
+    context_root: str = ""  # rigkit.host_paths.image_context_dir of the engine
     dirs: tuple[str, ...] = ()  # directories of the context its Dockerfile copies, even when empty
 
     @property
@@ -58,7 +56,7 @@ class ImageIdentity:
         *,
         scheme: str,
         build_args: Sequence[tuple[str, str]] = (),
-        context_root: str = CONTEXT_ROOT,
+        context_root: str,
         dirs: Sequence[str] = (),
     ) -> ImageIdentity:
         """The identity of ``base`` plus ``files``; ``scheme`` names what the host tool adds

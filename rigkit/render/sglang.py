@@ -13,13 +13,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from rigkit import host_paths
 from rigkit.hostdata import Rig, Service
 from rigkit.hostdata.sglang import IMAGE_SOURCE, SPECULATIVE_FLAGS, options_of
 from rigkit.render import containers
 from rigkit.render.containers import ImageIdentity
 
 IMAGE_REPO = "rigkit/sglang"
-CONTEXT_ROOT = "/opt/rigkit/sglang/context"
+CONTEXT_ROOT = host_paths.image_context_dir("sglang")
 LAUNCH = ["python3", "-m", "sglang.launch_server"]
 #: What the host tool adds beyond the context (a change builds every image again).
 BUILD_SCHEME = "build 1"

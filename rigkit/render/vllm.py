@@ -18,7 +18,7 @@ from rigkit.render import containers, ray
 from rigkit.render.containers import ImageIdentity
 
 MANIFEST = host_paths.manifest_path("vllm")
-CONTEXT_ROOT = "/opt/rigkit/vllm/context"
+CONTEXT_ROOT = host_paths.image_context_dir("vllm")
 IMAGE_REPO = "rigkit/vllm"
 #: What vllm_host.py build adds beyond the context (in the tag: an image built before it
 #: changed is built again): the base image's ID as a label, which a cluster's nodes compare.

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from pathlib import PurePosixPath
 
+from rigkit.host_paths import CHECK_TOOL
 from rigkit.hostdata import Service
 from rigkit.render.systemd import exec_line, templates
 
@@ -16,7 +17,6 @@ from rigkit.render.systemd import exec_line, templates
 def render_watchdog(service: Service, manifest: str) -> tuple[str, str]:
     """The watchdog's oneshot unit and its timer for ``service``, whose entry is in the
     services manifest at ``manifest`` (llama.cpp's or vLLM's) on the host."""
-    from rigkit.facts.llama_cpp import CHECK_TOOL  # the one spelling of the tool's path
 
     argv = [
         "/usr/bin/python3",

@@ -60,11 +60,6 @@ def image_present(tag: str) -> bool:
     return docker("image", "inspect", "--format", "{{.Id}}", tag).returncode == 0
 
 
-def unit_user(unit: str) -> str:
-    """``rigkit-vllm-big.service`` -> ``vllm-big``."""
-    return unit.removeprefix("rigkit-").removesuffix(".service")
-
-
 # --- build -------------------------------------------------------------------------------
 
 
@@ -141,7 +136,7 @@ def restore_good(good: LastGood, manifest_path: Path) -> dict | None:
     """The last verified units and keys back (so the previous image), and the manifest that
     named them; None when this host has none."""
     failed = json.loads(manifest_path.read_text()) if manifest_path.exists() else {"services": []}
-    state = good.restore(failed, unit_user)
+    state = good.restore(failed)
     if state is None:
         return None
     manifest_path.write_text(json.dumps(state["manifest"], indent=2, sort_keys=True) + "\n")

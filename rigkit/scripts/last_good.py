@@ -132,7 +132,7 @@ class LastGood:
 
     # --- putting back ----------------------------------------------------------------------
 
-    def restore(self, manifest: dict, user_of: Callable[[str], str]) -> dict | None:
+    def restore(self, manifest: dict) -> dict | None:
         """Put back the saved units and key files (and the users of their services); units of
         ``manifest`` (what failed) that the saved state lacks are stopped. Returns the saved
         state, or None when there is none. The engine puts back what it adds (a build link, its
@@ -146,7 +146,7 @@ class LastGood:
         if gone:
             self.run(["systemctl", "disable", "--now", *gone], check=False, capture_output=True)
         for svc in old["services"]:
-            user = user_of(svc["unit"])
+            user = unit_user(svc["unit"])
             if self.run(["id", user], capture_output=True).returncode != 0:  # removed with its service
                 self.run(["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", user], check=False)
             shutil.copy2(self.link / "units" / svc["unit"], self.unit_dir / svc["unit"])
@@ -158,6 +158,12 @@ class LastGood:
                 copy_key(saved, Path(key))
         self.run(["systemctl", "daemon-reload"], check=False)
         return state
+
+
+def unit_user(unit: str) -> str:
+    """The user a service's unit runs as (rigkit.host_paths.ServiceNames): ``rigkit-vllm-big.service``
+    -> ``vllm-big``."""
+    return unit.removeprefix("rigkit-").removesuffix(".service")
 
 
 def copy_key(src: Path, dest: Path) -> None:

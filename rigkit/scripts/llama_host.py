@@ -247,11 +247,6 @@ GOOD = LastGood("llama.cpp")
 UNIT_DIR = Path("/etc/systemd/system")
 
 
-def unit_user(unit: str) -> str:
-    """``rigkit-llama-tiny.service`` -> ``llama-tiny``."""
-    return unit.removeprefix("rigkit-").removesuffix(".service")
-
-
 def mark_verified(root: Path) -> None:
     current = root / "current"
     info = read_build(current)
@@ -269,7 +264,7 @@ def save_good(manifest: dict, root: Path) -> None:
 
 def restore_good(manifest: dict, root: Path) -> dict | None:
     """Put back the last good units, keys and build; the manifest that served then, or None."""
-    good = GOOD.restore(manifest, unit_user)
+    good = GOOD.restore(manifest)
     if good is None:
         return None
     current = root / "current"
