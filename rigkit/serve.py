@@ -24,6 +24,7 @@ from pyinfra.operations.util import any_changed
 
 from rigkit.engines import ENGINES
 from rigkit.engines.base import Engine, Prepared
+from rigkit.facts import per_run
 from rigkit.facts.services import ManagedServices
 from rigkit.host_paths import ServiceNames, unit_path
 from rigkit.hostdata import Rig, Service
@@ -95,7 +96,8 @@ def _serve(rig: Rig, engine: Engine, before: Any, models: Sequence[Any], address
     for svc in served:
         _warn_open(rig, svc, engine)
     prepared: Prepared = engine.prepare(rig, before)
-    on_host = host.get_fact(ManagedServices)
+    # Every engine's step plans against the host as it was before the run: asked once.
+    on_host = per_run.read(host, ManagedServices)
     if remove_undeclared:
         _remove_undeclared(rig, on_host)
 

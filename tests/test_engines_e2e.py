@@ -24,7 +24,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shlex
 import shutil
 import signal
 import struct
@@ -35,6 +34,7 @@ import time
 from pathlib import Path
 
 import pytest
+from host_http import get
 from mutated_inventory import write_inventory
 from pyinfra_run import run_pyinfra, ssh
 from standin_sglang import build_image
@@ -141,14 +141,7 @@ def container(engines, name: str, wait: float = 30) -> dict:
 
 
 def ask(engines, port: int, path: str = "/v1/models", key: str | None = None) -> str:
-    """GET on the host (no curl there): the body, or the HTTP status of an error."""
-    header = f", headers={{'Authorization': 'Bearer {key}'}}" if key else ""
-    script = (
-        f"import urllib.request, urllib.error\ntry:\n print(urllib.request.urlopen(urllib.request.Request("
-        f"'http://127.0.0.1:{port}{path}'{header}), timeout=5).read().decode())\nexcept urllib.error.HTTPError as e:\n"
-        f" print(e.code)\nexcept OSError as e:\n print('down')"
-    )
-    return engines["sb"].ssh(engines["host"], f"python3 -c {shlex.quote(script)}")
+    return get(engines["sb"], engines["host"], port, path, key)
 
 
 def tags(engines, repository: str) -> set[str]:

@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import json
 import os
-import shlex
 import shutil
 import struct
 from pathlib import Path
 
 import pytest
+from host_http import get
 from pyinfra_run import run_pyinfra
 from vllm_docker import Dockerd, import_base
 
@@ -133,14 +133,8 @@ def container(env) -> dict:
 
 
 def ask(env, path="/v1/models", key: str | None = SECRET) -> str:
-    """GET on the host (no curl there): the body, or the HTTP status code of an error."""
-    header = f", headers={{'Authorization': 'Bearer {key}'}}" if key else ""
-    script = (
-        f"import urllib.request, urllib.error\ntry:\n print(urllib.request.urlopen(urllib.request.Request("
-        f"'http://127.0.0.1:8000{path}'{header})).read().decode())\nexcept urllib.error.HTTPError as e:\n"
-        f" print(e.code)"
-    )
-    return env["sb"].ssh(env["host"], f"python3 -c {shlex.quote(script)}")
+    """GET on the host: the body, or the HTTP status code of an error."""
+    return get(env["sb"], env["host"], 8000, path, key)
 
 
 def test_deploy_unit_checks_and_key(env):

@@ -9,6 +9,7 @@ from __future__ import annotations
 import posixpath
 from collections.abc import Sequence
 from importlib.resources import files as package_files
+from pathlib import Path
 
 from pyinfra import host
 from pyinfra.api import QuoteString, StringCommand, operation
@@ -16,6 +17,7 @@ from pyinfra.operations import files
 
 from rigkit.facts.images import DockerImages
 from rigkit.host_paths import CHECK_TOOL, LAST_GOOD_TOOL, TOOLS_DIR
+from rigkit.operations import rendered
 from rigkit.render.containers import ImageIdentity
 
 CONTAINER_TOOL = f"{TOOLS_DIR}/container_host.py"
@@ -39,14 +41,18 @@ def tool(scripts: Sequence[str] = ()):
 
         images.tool(name="Install rigkit's vLLM host tool", scripts=["vllm_host.py"])
     """
-    source = package_files("rigkit") / "scripts"
-    for name, dest in (
+    source = Path(str(package_files("rigkit") / "scripts"))
+    tools = (
         ("check_service.py", CHECK_TOOL),
         ("last_good.py", LAST_GOOD_TOOL),
         ("container_host.py", CONTAINER_TOOL),
         *((s, f"{TOOLS_DIR}/{s}") for s in scripts),
-    ):
-        yield from files.put._inner(src=str(source / name), dest=dest, mode="755", create_remote_dir=True)
+    )
+    for name, dest in tools:
+        # One fact answers for every tool (rigkit.operations.rendered), not two round trips each.
+        yield from rendered.put._inner(
+            content=source / name, dest=dest, mode="755", batch=tuple(dest for _, dest in tools)
+        )
 
 
 @operation()
