@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from vllm_wheel import unpack
+from vllm_wheel import VLLM_VERSIONS, unpack
 
 from rigkit.hostdata import HostDataError, parse_rig
 from rigkit.hostdata.vllm import IMAGE_SOURCE
@@ -237,17 +237,17 @@ def test_image_tag_is_the_content_hash(tmp_path):
     assert {rel for rel, _ in first.files} >= {
         "Dockerfile",
         "rigkit_vllm_patches/apply.py",
-        "patches/01-inc-hybrid-fp8/inc.py.diff",
+        "patches/01-inc-hybrid-fp8/inc-0.19.diff",
     }
     assert not any("02-rope" in rel for rel, _ in first.files)  # only the chosen patches
-    diff = src / "patches/01-inc-hybrid-fp8/inc.py.diff"
+    diff = src / "patches/01-inc-hybrid-fp8/inc-0.19.diff"
     diff.write_text(diff.read_text() + "\n")
     assert render.image_identity(opts, src).tag != first.tag
     other_base = parse_rig("h", mutate(spark, base_image="vllm/vllm-openai:v0.19.0")).services[0].options
     assert render.image_identity(other_base, src).tag != render.image_identity(opts, src).tag
 
 
-# --- the patches against vLLM 0.19.1's real files ----------------------------------------
+# --- the patches against the real files of every supported vLLM ----------------------------------------
 
 
 @pytest.fixture(scope="module")
@@ -255,28 +255,35 @@ def real_vllm(tmp_path_factory):
     return unpack(tmp_path_factory.mktemp("wheel"))
 
 
-def test_every_patch_applies_to_the_real_vllm(real_vllm, tmp_path, monkeypatch):
+@pytest.mark.parametrize("version", VLLM_VERSIONS)
+def test_every_patch_applies_to_the_real_vllm(version, tmp_path_factory, tmp_path, monkeypatch):
     import shutil
 
+    real = unpack(tmp_path_factory.mktemp("wheel"), version=version)
     monkeypatch.syspath_prepend(str(tmp_path))  # the patched vllm package, for the self-check's imports
     for name in [m for m in sys.modules if m == "vllm" or m.startswith("vllm.")]:
         monkeypatch.delitem(sys.modules, name)
 
     root = tmp_path / "vllm"
-    shutil.copytree(real_vllm, root)
-    version = apply.vllm_version(root)
-    assert version == "0.19.1"
+    shutil.copytree(real, root)
+    assert apply.vllm_version(root) == version
     patches = apply.load_patches(IMAGE_SOURCE / "patches")
     assert set(patches) == {"inc-hybrid-fp8", "rope-keys-set"}
     inc = apply.apply_patch(root, version, *patches["inc-hybrid-fp8"])
     assert inc["edits"] == [{"file": "model_executor/layers/quantization/inc.py", "kind": "diff", "result": "patched"}]
     text = (root / "model_executor/layers/quantization/inc.py").read_text()
     assert "RIGKIT_INC_HYBRID_FP8 = True" in text and "Fp8LinearMethod(self.fp8_config)" in text
+    # Both of get_quant_method's not-INT4 paths (the GPTQ method's and extra_config's) ask first.
+    assert text.count("if (fp8 := self._rigkit_fp8_method(layer, prefix)) is not None:") == 2
+    real_text = (real / "model_executor/layers/quantization/inc.py").read_text()
+    other = "inc-0.19.diff" if version.startswith("0.20.") else "inc-0.20.diff"
+    with pytest.raises(apply.PatchError, match="does not apply"):  # each line's diff is its own
+        apply.apply_hunks(real_text, apply.parse_diff((patches["inc-hybrid-fp8"][0] / other).read_text()), "x")
     rope = apply.apply_patch(root, version, *patches["rope-keys-set"])
-    # 0.19.1 has the set form: decided by the file, nothing changed.
+    # 0.19.1 and 0.20.2 have the set form: decided by the file, nothing changed.
     assert [e["result"].split(" ")[0] for e in rope["edits"]] == ["not", "not"]
     assert (root / "transformers_utils/configs/qwen3_5_moe.py").read_text() == (
-        real_vllm / "transformers_utils/configs/qwen3_5_moe.py"
+        real / "transformers_utils/configs/qwen3_5_moe.py"
     ).read_text()
     record = {"vllm": version, "vllm_dir": str(root), "patches": [inc, rope]}
     failures, notes = selfcheck.check(record)
@@ -318,8 +325,12 @@ def test_a_patch_that_does_not_apply_names_file_and_hunk(real_vllm, tmp_path):
         r"\(@@ -86,6 \+92,9 @@\) does not apply",
     ):
         apply.apply_patch(root, "0.19.1", *patches["inc-hybrid-fp8"])
-    with pytest.raises(apply.PatchError, match=r"inc-hybrid-fp8 is for vLLM >=0.19,<0.20; this image has vLLM 0.20.0"):
-        apply.apply_patch(root, "0.20.0", *patches["inc-hybrid-fp8"])
+    with pytest.raises(
+        apply.PatchError, match=r"inc-hybrid-fp8 is for vLLM >=0.19,<0.20 or >=0.20,<0.21; this image has vLLM 0.21.0"
+    ):
+        apply.apply_patch(root, "0.21.0", *patches["inc-hybrid-fp8"])
+    with pytest.raises(apply.PatchError, match=r"inc-hybrid-fp8 is for vLLM .*; this image has vLLM 0.18.1"):
+        apply.apply_patch(root, "0.18.1", *patches["inc-hybrid-fp8"])
 
 
 def test_versions():

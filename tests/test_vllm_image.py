@@ -116,7 +116,7 @@ def test_build_selfcheck_no_rebuild_new_tag_and_failing_patch(engine, tmp_path):
     again, same = build(engine, source, ["inc-hybrid-fp8", "rope-keys-set"])
     assert same == tag and again.returncode == 0 and "is present: nothing to build" in again.stdout
     # A changed patch: a new tag, the old image kept (rollback).
-    diff = source / "patches/01-inc-hybrid-fp8/inc.py.diff"
+    diff = source / "patches/01-inc-hybrid-fp8/inc-0.19.diff"
     diff.write_text(diff.read_text().replace("use the FP8 linear method", "go to the FP8 linear method"))
     changed, new_tag = build(engine, source, ["inc-hybrid-fp8", "rope-keys-set"])
     assert changed.returncode == 0, changed.stderr and new_tag != tag

@@ -10,6 +10,9 @@ import zipfile
 from pathlib import Path
 
 VLLM_VERSION = "0.19.1"
+#: Every vLLM version rigkit supports (rigkit.hostdata.option_tables.VLLM_VERSIONS): the oldest
+#: line kept and the current one the inventories pin.
+VLLM_VERSIONS = ("0.19.1", "0.20.2")
 WHEELS = Path(os.environ.get("RIGKIT_CACHE", "/var/cache/rigkit")) / "wheels"
 #: What the patches edit, and what the applier reads (the version).
 PATCHED_FILES = (

@@ -6,15 +6,19 @@ Apply rigkit's patches to the vLLM installed in an image (run by ``files/vllm/Do
 
 Each patch is a directory ``patches/<NN>-<name>/`` with ``patch.json``::
 
-    {"name": "...", "vllm": ">=0.19,<0.20",           # the vLLM versions it is for
-     "edits": [{"file": "model_executor/.../inc.py",   # relative to the vllm package
-                "diff": "inc.py.diff"}                 # a unified diff, applied exactly
-               | {"file": "...", "transform": "rope_keys", "optional": true}],
-     "marker": "RIGKIT_INC_HYBRID_FP8 = True",         # in each diff-edited file after applying
+    {"name": "...",
+     "versions": [                                      # one entry per vLLM line whose file differs
+       {"vllm": ">=0.19,<0.20",                         # the versions this entry is for
+        "edits": [{"file": "model_executor/.../inc.py", # relative to the vllm package
+                   "diff": "inc-0.19.diff"}             # a unified diff, applied exactly
+                  | {"file": "...", "transform": "rope_keys", "optional": true}]},
+       {"vllm": ">=0.20,<0.21", "edits": [...]}],
+     "marker": "RIGKIT_INC_HYBRID_FP8 = True",          # in each diff-edited file after applying
      "imports": ["vllm.model_executor.layers.quantization.inc"]}   # what the self-check imports
 
-A hunk whose lines are not in the file fails the build naming the file and the hunk; a
-transform edit goes by the file's content (``rigkit_vllm_patches.<transform>.fix``). The
+A vLLM outside every entry's range fails the build naming the patch, its ranges and the
+version found; a hunk whose lines are not in the file fails it naming the file and the hunk;
+a transform edit goes by the file's content (``rigkit_vllm_patches.<transform>.fix``). The
 record of what was done goes to /opt/rigkit/vllm/applied.json for the self-check.
 Stdlib only; vLLM is located without importing it.
 """
@@ -173,11 +177,19 @@ def load_patches(patch_dir: Path) -> dict[str, tuple[Path, dict]]:
     return found
 
 
+def edits_for(meta: dict, version: str) -> list[dict]:
+    """The edits of the patch's entry whose range holds ``version``."""
+    for line in meta["versions"]:
+        if version_matches(version, line["vllm"]):
+            return list(line["edits"])
+    ranges = " or ".join(line["vllm"] for line in meta["versions"])
+    raise PatchError(f"patch {meta['name']} is for vLLM {ranges}; this image has vLLM {version}")
+
+
 def apply_patch(root: Path, version: str, directory: Path, meta: dict) -> dict:
     """Apply one patch to the vLLM at ``root``; what was done, for the record."""
     name = meta["name"]
-    if not version_matches(version, meta["vllm"]):
-        raise PatchError(f"patch {name} is for vLLM {meta['vllm']}; this image has vLLM {version}")
+    edits = edits_for(meta, version)
     done: dict = {
         "name": name,
         "vllm": version,
@@ -186,7 +198,7 @@ def apply_patch(root: Path, version: str, directory: Path, meta: dict) -> dict:
         "imports": meta.get("imports", []),
         "modules": meta.get("modules", []),
     }
-    for edit in meta["edits"]:
+    for edit in edits:
         target = root / edit["file"]
         label = f"vllm/{edit['file']}"
         if not target.is_file():
