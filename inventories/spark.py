@@ -1,5 +1,5 @@
 """
-Seed 003: Qwen3.5-122B-A10B on one DGX Spark (GB10, 128 GB unified memory) with vLLM 0.19.x,
+Seed 003: Qwen3.5-122B-A10B on one DGX Spark (GB10, 128 GB unified memory) with vLLM 0.20.2,
 Intel's AutoRound INT4 checkpoint, the INC hybrid INT4+FP8 dispatch patch and MTP
 speculative decoding (the checkpoint's model_extra_tensors.safetensors, referenced by its
 index; checked on the host before MTP is enabled).
@@ -42,8 +42,10 @@ spark = [
                     "host": _listen,
                     "port": 8000,
                     "ctx": 262144,
-                    # vLLM 0.19.1's official image, pinned by its exact tag; the patches declare 0.19.x.
-                    "base_image": "vllm/vllm-openai:v0.19.1",
+                    # vLLM's official image, pinned by its exact tag: 0.20.x is built for CUDA 13
+                    # and runs on the GB10 (SM121) as it is; inc-hybrid-fp8 has an edit for 0.20.x
+                    # (and for 0.19.x: "vllm/vllm-openai:v0.19.1" still builds). README: vLLM versions.
+                    "base_image": "vllm/vllm-openai:v0.20.2",
                     "patches": ["inc-hybrid-fp8"],
                     "gpu_memory_utilization": 0.90,
                     "reasoning_parser": "qwen3",

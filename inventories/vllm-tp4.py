@@ -2,7 +2,7 @@
 Seed 002: the GPTQ 4-bit Qwen3.5-122B-A10B on a host with 4 GPUs, tensor parallel 4, with the
 model card's exact `vllm serve` flags, deployed by deploys/rig.py (vLLM services need no
 llama_cpp section). The rope-keys patch is applied only if the base's vLLM still has the list
-form (0.19.x has the set: the patch records "not needed").
+form (0.19.x and 0.20.x have the set: the patch records "not needed").
 
     rigkit lock inventories/vllm-tp4.py               # writes inventories/vllm-tp4.lock.yaml
     TP4_HOST=gpu4.lan pyinfra inventories/vllm-tp4.py deploys/rig.py
@@ -34,7 +34,7 @@ tp4 = [
                     "model": "ref:qwen122b-gptq",
                     "alias": "btbtyler09/Qwen3.5-122B-A10B-GPTQ-4bit",
                     "port": 8000,
-                    "base_image": "vllm/vllm-openai:v0.19.1",
+                    "base_image": "vllm/vllm-openai:v0.20.2",
                     "patches": ["rope-keys-set"],
                     # vllm serve btbtyler09/Qwen3.5-122B-A10B-GPTQ-4bit --gpu-memory-utilization 0.95
                     #   --max-model-len 32768 --tensor-parallel-size 4 --reasoning-parser qwen3

@@ -232,3 +232,115 @@ def test_vllm_table_is_what_the_sources_say():
         table = generate.vllm_table(version)
         assert generate.render(table) == generate.render(tables.load(f"vllm-{version}"))
         assert json.loads(generate.render(table))["rules"]["abbreviations"] is True
+
+
+# --- the choices of the base image's vLLM version (its table's registries, from its wheel) ----
+
+
+def vllm_service(base: str, **options) -> dict:
+    data = vllm_data([], base)
+    data["services"][0].update(options)
+    return data
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        # Seed 003's and seed 002's values, accepted by both lines.
+        dict(reasoning_parser="qwen3", tool_call_parser="qwen3_coder", enable_auto_tool_choice=True),
+        dict(attention_backend="FLASHINFER", speculative={"method": "mtp", "num_speculative_tokens": 1}),
+        dict(attention_backend="FLASH_ATTN", speculative={"method": "qwen3_5_mtp", "num_speculative_tokens": 2}),
+        dict(dtype="bfloat16", tool_call_parser="hermes", enable_auto_tool_choice=True),
+    ],
+)
+@pytest.mark.parametrize("base", ["vllm/vllm-openai:v0.19.1", "vllm/vllm-openai:v0.20.2"])
+def test_vllm_choices_both_lines_accept(base, options):
+    opts = parse_rig("h", vllm_service(base, **options)).services[0].options
+    for name, value in options.items():
+        assert getattr(opts, name) == value
+
+
+# (options, key, the version named, the table's list of choices it must name)
+VLLM_CHOICE_REFUSED = [
+    # What 0.20 added: the 0.19.1 base lacks it.
+    (dict(reasoning_parser="deepseek_v4"), "services[0].reasoning_parser", "0.19.1", "reasoning_parser"),
+    (
+        dict(tool_call_parser="mimo", enable_auto_tool_choice=True),
+        "services[0].tool_call_parser",
+        "0.19.1",
+        "tool_call_parser",
+    ),
+    (dict(attention_backend="TURBOQUANT"), "services[0].attention_backend", "0.19.1", "attention_backend"),
+    (dict(speculative={"method": "dflash"}), "services[0].speculative.method", "0.19.1", "speculative_method"),
+    # No vLLM has these.
+    (dict(reasoning_parser="qwen3_5"), "services[0].reasoning_parser", "0.20.2", "reasoning_parser"),
+    (dict(attention_backend="FLASHINFER_V2"), "services[0].attention_backend", "0.20.2", "attention_backend"),
+    (
+        dict(speculative={"method": "mtp", "num_speculative_tokens": 1, "drafter": "x"}),
+        "services[0].speculative",
+        "0.20.2",
+        "speculative_config_keys",
+    ),
+    (dict(speculative={"method": "medusa2"}), "services[0].speculative.method", "0.20.2", "speculative_method"),
+    (dict(dtype="fp8"), "services[0].dtype", "0.20.2", "--dtype"),
+    # A key 0.20 renamed (synthetic_acceptance_rate -> synthetic_acceptance_rates).
+    (
+        dict(speculative={"method": "mtp", "num_speculative_tokens": 1, "synthetic_acceptance_rate": 0.5}),
+        "services[0].speculative",
+        "0.20.2",
+        "speculative_config_keys",
+    ),
+]
+
+
+@pytest.mark.parametrize("options, key, version, choices", VLLM_CHOICE_REFUSED)
+def test_vllm_choice_the_version_lacks_is_refused(options, key, version, choices):
+    err = refused(vllm_service(f"vllm/vllm-openai:v{version}", **options))
+    assert err.key == key and f"one of vLLM {version}'s " in str(err)
+    table = tables.load(f"vllm-{version}")
+    accepted = table["options"][choices]["choices"] if choices.startswith("--") else table["registries"][choices]
+    named = str(err).split(" (", 1)[1].split(")", 1)[0].split(", ")
+    assert named == accepted  # that version's own choices, all of them
+
+
+def test_vllm_choices_are_refused_before_the_pattern_lets_a_lookalike_through():
+    # A Unicode look-alike of a real backend: refused by the pattern (ASCII only) with its key.
+    err = refused(vllm_service("vllm/vllm-openai:v0.20.2", attention_backend="FLASH\u0410TTN"))
+    assert err.key == "services[0].attention_backend"
+    err = refused(vllm_service("vllm/vllm-openai:v0.20.2", reasoning_parser="qwen3\n"))
+    assert err.key == "services[0].reasoning_parser"
+
+
+@pytest.mark.parametrize(
+    "base, patches, says",
+    [
+        ("vllm/vllm-openai:v0.21.0", ["inc-hybrid-fp8"], "inc-hybrid-fp8 is for vLLM >=0.19,<0.20 or >=0.20,<0.21"),
+        ("vllm/vllm-openai:v0.18.1", ["inc-hybrid-fp8"], "a patch for the base's vLLM 0.18.1"),
+    ],
+)
+def test_a_patch_without_an_edit_for_the_base_version_is_refused(base, patches, says):
+    err = refused(vllm_service(base, patches=patches))
+    assert err.key == "services[0].patches[0]" and says in str(err)
+
+
+@pytest.mark.parametrize(
+    "base",
+    [
+        "vllm/vllm-openai:v0.19.1",
+        "vllm/vllm-openai:v0.20.0",
+        "vllm/vllm-openai:v0.20.2",
+        # A digest names no version: the image build reads vLLM's own and decides.
+        "vllm/vllm-openai@sha256:" + "0" * 64,
+    ],
+)
+def test_patches_for_every_supported_line_accepted(base):
+    svc = parse_rig("h", vllm_service(base, patches=["inc-hybrid-fp8", "rope-keys-set"])).services[0]
+    assert svc.options.patches == ("inc-hybrid-fp8", "rope-keys-set")
+
+
+def test_vllm_table_by_release_line():
+    assert tables.vllm_table("vllm/vllm-openai:v0.20.0")["version"] == "0.20.2"  # its line's table
+    assert tables.vllm_table("vllm/vllm-openai:v0.19.0")["version"] == "0.19.1"
+    assert tables.vllm_table("vllm/vllm-openai:v0.18.1")["version"] == "0.19.1"  # older than any: the oldest
+    assert tables.vllm_table("vllm/vllm-openai:v0.22.0")["version"] == "0.20.2"  # newer: the nearest older
+    assert tables.vllm_table("vllm/vllm-openai@sha256:" + "0" * 64)["version"] == tables.VLLM_VERSIONS[-1]

@@ -16,6 +16,7 @@ the model's directory on the host (or ``ref:`` a locked Hub model: its ``dest``)
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -64,7 +65,6 @@ ATTENTION_BACKEND = re.compile(r"[A-Z][A-Z0-9_]{0,63}", re.ASCII)
 SPEC_KEY = re.compile(r"[a-z][a-z0-9_]{0,63}", re.ASCII)
 # A speculative value: a word, or a draft model's absolute path on the host (mounted read-only).
 SPEC_TEXT = re.compile(r"[A-Za-z0-9_/][A-Za-z0-9_.:/@+-]{0,255}", re.ASCII)
-DTYPES = ("auto", "half", "float16", "bfloat16", "float", "float32")
 MM_KINDS = ("image", "video", "audio")
 #: vLLM's own variables (vllm/envs.py) beside the families every container engine takes.
 ENVIRONMENT = Environment(own=("VLLM",))
@@ -208,7 +208,7 @@ def check_vllm(host: str, key: str, opts: VllmOptions, model: str, service_gpus:
         raise HostDataError(
             host,
             f"{key}.base_image",
-            "a pinned base image (exact tag or digest) for files/vllm/Dockerfile, e.g. vllm/vllm-openai:v0.19.1",
+            "a pinned base image (exact tag or digest) for files/vllm/Dockerfile, e.g. vllm/vllm-openai:v0.20.2",
         )
     problem = image_tag_problem(opts.base_image)
     if problem:
@@ -230,6 +230,7 @@ def check_vllm(host: str, key: str, opts: VllmOptions, model: str, service_gpus:
             )
     if len(set(opts.patches)) != len(opts.patches):
         raise HostDataError(host, f"{key}.patches", "each patch once", list(opts.patches))
+    check_patch_versions(host, key, opts)
     for name, value in (("tensor_parallel", opts.tensor_parallel), ("pipeline_parallel", opts.pipeline_parallel)):
         if value < 1:
             raise HostDataError(host, f"{key}.{name}", "a positive integer", value)
@@ -245,12 +246,16 @@ def check_vllm(host: str, key: str, opts: VllmOptions, model: str, service_gpus:
         )
     if not 0 < opts.gpu_memory_utilization <= 1:
         raise HostDataError(host, f"{key}.gpu_memory_utilization", "a fraction in (0, 1]", opts.gpu_memory_utilization)
-    if opts.dtype is not None and opts.dtype not in DTYPES:
-        raise HostDataError(host, f"{key}.dtype", f"one of {', '.join(DTYPES)}", opts.dtype)
+    import rigkit.hostdata.option_tables as option_tables
+
+    table = option_tables.vllm_table(opts.base_image)
+    if opts.dtype is not None:
+        check_choice(host, f"{key}.dtype", opts.dtype, table, "--dtype choices", table["options"]["--dtype"]["choices"])
     for name in ("reasoning_parser", "tool_call_parser"):
         value = getattr(opts, name)
         if value is not None:
             check_pattern(value, PARSER, host, f"{key}.{name}", "a parser name (lowercase letters, digits, _)")
+            check_choice(host, f"{key}.{name}", value, table, f"{name.replace('_', ' ')}s")
     if opts.enable_auto_tool_choice and not opts.tool_call_parser:
         raise HostDataError(
             host, f"{key}.tool_call_parser", "a tool-call parser (enable_auto_tool_choice needs one, e.g. qwen3_coder)"
@@ -263,11 +268,13 @@ def check_vllm(host: str, key: str, opts: VllmOptions, model: str, service_gpus:
             f"{key}.attention_backend",
             "a vLLM attention backend name such as FLASHINFER",
         )
+        check_choice(host, f"{key}.attention_backend", opts.attention_backend, table, "attention backends")
     if opts.speculative is not None:
         if "method" not in opts.speculative:
             raise HostDataError(host, f"{key}.speculative.method", "a speculative method (e.g. mtp)")
         for k, v in opts.speculative.items():
             check_pattern(k, SPEC_KEY, host, f"{key}.speculative", "keys of lowercase letters, digits and _")
+            check_choice(host, f"{key}.speculative", k, table, "speculative config keys", key="speculative_config_keys")
             if isinstance(v, str):
                 check_pattern(
                     v,
@@ -278,6 +285,10 @@ def check_vllm(host: str, key: str, opts: VllmOptions, model: str, service_gpus:
                 )
                 if v.startswith("/"):  # a draft model on the host; rigkit.hostdata.rig checks its root
                     check_path(v, host, f"{key}.speculative.{k}", "a draft model's absolute path on the host")
+        method = opts.speculative["method"]
+        check_choice(
+            host, f"{key}.speculative.method", str(method), table, "speculative methods", key="speculative_method"
+        )
         tokens = opts.speculative.get("num_speculative_tokens")
         if opts.mtp and (not isinstance(tokens, int) or not 1 <= tokens <= 8):
             raise HostDataError(
@@ -294,6 +305,46 @@ def check_vllm(host: str, key: str, opts: VllmOptions, model: str, service_gpus:
         if value is not None and value < 1:
             raise HostDataError(host, f"{key}.{name}", "a positive integer", value)
     check_container_options(host, key, opts, model, title="vLLM", environment=ENVIRONMENT)
+
+
+def check_choice(
+    host: str,
+    where: str,
+    value: str,
+    table: dict[str, Any],
+    what: str,
+    choices: list[str] | None = None,
+    *,
+    key: str | None = None,
+) -> None:
+    """``value`` among what the base image's vLLM accepts (its option table's ``registries``,
+    read from its wheel: rigkit.hostdata.option_tables.generate), naming the version and the choices."""
+    accepted = choices if choices is not None else table["registries"][key or where.rpartition(".")[2]]
+    if value not in accepted:
+        raise HostDataError(host, where, f"one of vLLM {table['version']}'s {what} ({', '.join(accepted)})", value)
+
+
+def check_patch_versions(host: str, key: str, opts: VllmOptions) -> None:
+    """Each chosen patch has an edit for the vLLM version the base image's tag names (the
+    image build refuses the same; this says so before any host changes). A base whose tag
+    names no version (a digest) is judged by the build, which reads vLLM's own version."""
+    from packaging.specifiers import SpecifierSet
+
+    import rigkit.hostdata.option_tables as option_tables
+
+    version = option_tables.vllm_version(opts.base_image)
+    if version is None:
+        return
+    known = available_patches()
+    for i, name in enumerate(opts.patches):
+        ranges = [line["vllm"] for line in json.loads((known[name] / "patch.json").read_text())["versions"]]
+        if not any(SpecifierSet(r).contains(version) for r in ranges):
+            raise HostDataError(
+                host,
+                f"{key}.patches[{i}]",
+                f"a patch for the base's vLLM {version} ({name} is for vLLM {' or '.join(ranges)})",
+                name,
+            )
 
 
 def mtp_problem(model_dir: Any) -> str | None:

@@ -20,7 +20,7 @@ from typing import Any
 
 #: llama-server tables by build number, vLLM tables by version; the newest is the last.
 LLAMA_SERVER_BUILDS = (9976, 11312)
-VLLM_VERSIONS = ("0.19.1",)
+VLLM_VERSIONS = ("0.19.1", "0.20.2")
 #: SGLang tables by version (lmsysorg/sglang:v<version>-cu130 images).
 SGLANG_VERSIONS = ("0.5.12",)
 BUILD_TAG = re.compile(r"b([0-9]+)", re.ASCII)
@@ -49,13 +49,28 @@ def llama_server_table(ref: str | None) -> dict[str, Any]:
     return load(f"llama-server-b{build}")
 
 
-def vllm_table(base_image: str | None) -> dict[str, Any]:
-    """The table for a vLLM base image: the version in its tag (``vllm/vllm-openai:v0.19.1``),
-    else the newest table."""
+def vllm_version(base_image: str | None) -> str | None:
+    """The vLLM version a base image's tag names (``vllm/vllm-openai:v0.20.2`` -> ``0.20.2``),
+    or None (a digest, a tag that is not a version)."""
     tag = (base_image or "").split("@", 1)[0].rpartition("/")[2].partition(":")[2]
     m = VERSION.fullmatch(tag)
-    version = m.group(1) if m and m.group(1) in VLLM_VERSIONS else VLLM_VERSIONS[-1]
-    return load(f"vllm-{version}")
+    return m.group(1) if m else None
+
+
+def _release(version: str) -> tuple[int, ...]:
+    return tuple(int(p) for p in version.split("."))
+
+
+def vllm_table(base_image: str | None) -> dict[str, Any]:
+    """The table for a vLLM base image: the one of its tag's release line (``v0.20.0`` ->
+    0.20.2's: patch releases keep their options), else the nearest older line's (older than
+    any: the oldest); no version in the tag: the newest table."""
+    version = vllm_version(base_image)
+    if version is None:
+        return load(f"vllm-{VLLM_VERSIONS[-1]}")
+    line = _release(version)[:2]
+    older = [v for v in VLLM_VERSIONS if _release(v)[:2] <= line]
+    return load(f"vllm-{older[-1] if older else VLLM_VERSIONS[0]}")
 
 
 def sglang_table(image: str | None) -> dict[str, Any]:

@@ -689,6 +689,53 @@ VLLM_RULES = {
 }
 
 
+#: Where vLLM registers the names some options take (read for the table's ``registries``).
+VLLM_REGISTRY_FILES = {
+    "reasoning_parser": "vllm/reasoning/__init__.py",
+    "tool_call_parser": "vllm/tool_parsers/__init__.py",
+    "attention_backend": "vllm/v1/attention/backends/registry.py",
+}
+
+
+def vllm_registries(sources: dict[str, str]) -> dict[str, list[str]]:
+    """The names vLLM's registries accept: ``--reasoning-parser`` (the keys of
+    ``_REASONING_PARSERS_TO_REGISTER``), ``--tool-call-parser`` (``_TOOL_PARSERS_TO_REGISTER``),
+    ``--attention-backend`` (the members of ``AttentionBackendEnum``), the speculative
+    config's ``method`` (the ``SpeculativeMethod`` Literal, flattened) and its keys."""
+    import ast
+
+    def registered(path: str, variable: str) -> list[str]:
+        for node in ast.parse(sources[path]).body:
+            if (
+                isinstance(node, ast.Assign)
+                and [ast.unparse(t) for t in node.targets] == [variable]
+                and isinstance(node.value, ast.Dict)
+            ):
+                return sorted(str(k.value) for k in node.value.keys if isinstance(k, ast.Constant))
+        raise ValueError(f"{path}: no {variable} = {{...}}")
+
+    backends = next(
+        n
+        for n in ast.parse(sources[VLLM_REGISTRY_FILES["attention_backend"]]).body
+        if isinstance(n, ast.ClassDef) and n.name == "AttentionBackendEnum"
+    )
+    members = sorted(
+        s.targets[0].id
+        for s in backends.body
+        if isinstance(s, ast.Assign) and len(s.targets) == 1 and isinstance(s.targets[0], ast.Name)
+    )
+    mod = _Module(sources)
+    method = next(h for h in _hints(mod, mod.aliases["SpeculativeMethod"]) if h[0] == "Literal")
+    return {
+        "reasoning_parser": registered(VLLM_REGISTRY_FILES["reasoning_parser"], "_REASONING_PARSERS_TO_REGISTER"),
+        "tool_call_parser": registered(VLLM_REGISTRY_FILES["tool_call_parser"], "_TOOL_PARSERS_TO_REGISTER"),
+        "attention_backend": members,
+        "speculative_method": sorted(str(v) for v in _literal_kind(mod, method[1])[1]),
+        # --speculative-config's JSON becomes SpeculativeConfig(**json): its fields are the keys.
+        "speculative_config_keys": sorted(name for name, _ in mod.fields("SpeculativeConfig")),
+    }
+
+
 def vllm_wheel_sources(version: str) -> dict[str, str]:
     """The files the generator reads, from the vLLM ``version`` wheel (pip download, cached)."""
     from rigkit.sandbox.offline import default_cache_dir
@@ -706,17 +753,22 @@ def vllm_wheel_sources(version: str) -> dict[str, str]:
         return {
             name: zf.read(name).decode()
             for name in zf.namelist()
-            if name in VLLM_FILES or (name.endswith(".py") and name.startswith(VLLM_TYPE_DIRS))
+            if name in VLLM_FILES
+            or name in VLLM_REGISTRY_FILES.values()
+            or (name.endswith(".py") and name.startswith(VLLM_TYPE_DIRS))
         }
 
 
 def vllm_table(version: str) -> dict[str, Any]:
+    sources = vllm_wheel_sources(version)
     return {
         "engine": "vllm",
         "version": version,
-        "source": f"vllm {version} wheel: {', '.join(VLLM_FILES)} and the config dataclasses",
+        "source": f"vllm {version} wheel: {', '.join(VLLM_FILES)}, the config dataclasses and the registries "
+        f"({', '.join(VLLM_REGISTRY_FILES.values())})",
         "rules": VLLM_RULES,
-        "options": vllm_serve_options(vllm_wheel_sources(version)),
+        "options": vllm_serve_options(sources),
+        "registries": vllm_registries(sources),
     }
 
 
