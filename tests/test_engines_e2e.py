@@ -14,7 +14,10 @@ image carries vLLM 0.19.1's real sources and a STAND-IN ``vllm`` speaking the Op
 - the watchdog's load grace on a container service (a load longer than two intervals is
   never killed, the same server stopped with SIGSTOP after it answered is restarted);
 - SGLang through the seam: its unit, container, key, checks, exposure, no-op re-run,
-  rollback and status.
+  rollback and status;
+- a vLLM upgrade as a llama.cpp one: the base bumped from 0.19.1 to 0.20.2, the new image
+  (with the patch's 0.20 edit) built beside the serving one, switched to and verified; a
+  failed start on the next base leaves the verified image serving.
 
 The module leaves sandbox-1 as the first deploy did (inventories/sandbox.py deployed again).
 """
@@ -48,6 +51,8 @@ pytestmark = [
 ]
 BASE = "rigkit-test/vllm-base:0.19.1"
 BROKEN = "rigkit-test/vllm-base:0.19.1-broken"  # its stand-in exits at start
+NEXT = "rigkit-test/vllm-base:0.20.2"  # the current line's real files: the upgrade
+NEXT_BROKEN = "rigkit-test/vllm-base:0.20.2-broken"
 SGLANG = "lmsysorg/sglang:v0.5.12-cu130"  # the stand-in's tag: the pinned repository and tag
 SGLANG_BROKEN = "lmsysorg/sglang:v0.5.12-cu130-broken"
 LLAMA = "rigkit-llama-tiny.service"
@@ -73,6 +78,8 @@ def engines(sandbox_hosts, first_deploy, tmp_path_factory):
     try:
         import_base(dockerd, BASE, tmp)
         import_base(dockerd, BROKEN, tmp, standin_mode="fail")
+        import_base(dockerd, NEXT, tmp, version="0.20.2")
+        import_base(dockerd, NEXT_BROKEN, tmp, standin_mode="fail", version="0.20.2")
         build_image(dockerd, SGLANG, BASE, tmp)
         build_image(dockerd, SGLANG_BROKEN, BROKEN, tmp)
         yield {
@@ -202,6 +209,41 @@ def test_each_engine_rolls_back_its_own_and_llama_serves_throughout(engines, api
     assert back.returncode == 0, output(back)[-4000:]
     assert "Verify llama.cpp services" in back.changed and "Verify vLLM services" in back.changed, back.changed
     assert container(engines, "rigkit-vllm-side")["State"]["StartedAt"] == started
+
+
+def applied(engines, image: str) -> dict:
+    """What rigkit's patches did in ``image`` (/opt/rigkit/vllm/applied.json)."""
+    shown = engines["docker"].docker("run", "--rm", "--entrypoint", "cat", image, "/opt/rigkit/vllm/applied.json")
+    return json.loads(shown.stdout)
+
+
+def test_a_vllm_upgrade_builds_beside_switches_and_rolls_back(engines):
+    svc = container_service("vllm", "up", 8003, patches=["inc-hybrid-fp8"])
+    first = deploy(engines, [svc])
+    assert first.returncode == 0, output(first)[-4000:]
+    old = container(engines, "rigkit-vllm-up")["Config"]["Image"]
+    assert applied(engines, old)["vllm"] == "0.19.1"
+
+    # Bump the base: a new image beside the serving one, the service switched and verified.
+    upgraded = deploy(engines, [dict(svc, base_image=NEXT)])
+    assert upgraded.returncode == 0, output(upgraded)[-4000:]
+    assert "Serve vLLM | Verify vLLM services (ready, /v1/models, chat, tool-call replay)" in upgraded.changed
+    new = container(engines, "rigkit-vllm-up")["Config"]["Image"]
+    record = applied(engines, new)
+    assert new != old and record["vllm"] == "0.20.2"
+    assert [(p["name"], [e["result"] for e in p["edits"]]) for p in record["patches"]] == [
+        ("inc-hybrid-fp8", ["patched"])
+    ]
+    assert {old, new} <= tags(engines, "rigkit/vllm")  # the old image kept: what a rollback runs
+    assert json.loads(ask(engines, 8003))["data"][0]["id"] == "up-model"
+    again = deploy(engines, [dict(svc, base_image=NEXT)])
+    assert again.returncode == 0 and not again.changed, again.changed
+
+    # The next base cannot start: the verified 0.20.2 image serves again.
+    broken = deploy(engines, [dict(svc, base_image=NEXT_BROKEN)])
+    assert broken.returncode != 0
+    assert "the previous image is serving and verified" in output(broken), output(broken)[-4000:]
+    assert container(engines, "rigkit-vllm-up")["Config"]["Image"] == new
 
 
 def test_old_images_beyond_keep_images_are_pruned(engines):

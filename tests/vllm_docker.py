@@ -1,7 +1,7 @@
 """A Docker engine of the test's own (its data-root, exec-root, pidfile and socket under one
 work directory; no iptables, bridge or ip_forward changes to this machine) and the test base
 image: a root filesystem with Python (the sandbox's debootstrapped base, without its
-/var/cache) carrying vLLM 0.19.1's real sources from PyPI's wheel, imported with
+/var/cache) carrying a vLLM version's real sources from PyPI's wheel (0.19.1 unless told), imported with
 ``docker import``. Its ``vllm`` command is a STAND-IN that speaks the OpenAI API
 (``standin_vllm.py``): no GPU, no torch, no real vLLM runs here. With ``ray_wheels`` the
 image also carries Ray 2.40.0 (installed from its wheelhouse, ``ray_wheelhouse()``) and a
@@ -18,7 +18,7 @@ import tarfile
 import time
 from pathlib import Path
 
-from vllm_wheel import PATCHED_FILES, unpack
+from vllm_wheel import PATCHED_FILES, VLLM_VERSION, unpack
 
 HERE = Path(__file__).resolve().parent
 SITE = "usr/local/lib/python3.11/dist-packages"
@@ -177,18 +177,23 @@ def install_ray(site: Path, bin_dir: Path, wheels: Path) -> None:
 
 
 def import_base(
-    dockerd: Dockerd, tag: str, work: Path, standin_mode: str = "serve", ray_wheels: Path | None = None
+    dockerd: Dockerd,
+    tag: str,
+    work: Path,
+    standin_mode: str = "serve",
+    ray_wheels: Path | None = None,
+    version: str = VLLM_VERSION,
 ) -> str:
-    """The test base image ``tag``: Python, vLLM 0.19.1's patched files from the wheel, and
-    the stand-in ``vllm`` command (``standin_mode`` ``fail`` makes it exit at start).
-    ``ray_wheels`` (``ray_wheelhouse()``): Ray 2.40.0 and its ``ray`` command too, under
-    another ``tag`` than the image without."""
+    """The test base image ``tag``: Python, the files rigkit's patches edit from vLLM
+    ``version``'s wheel, and the stand-in ``vllm`` command (``standin_mode`` ``fail`` makes it
+    exit at start). ``ray_wheels`` (``ray_wheelhouse()``): Ray 2.40.0 and its ``ray`` command
+    too, under another ``tag`` than the image without."""
     if dockerd.docker("image", "inspect", tag, check=False).returncode == 0:
         return tag
-    name = standin_mode + ("-ray" if ray_wheels else "")
+    name = f"{standin_mode}-{version}" + ("-ray" if ray_wheels else "")
     extra = work / f"extra-{name}"
     shutil.rmtree(extra, ignore_errors=True)
-    unpack(extra / SITE, PATCHED_FILES)
+    unpack(extra / SITE, PATCHED_FILES, version=version)
     (extra / "usr/local/bin").mkdir(parents=True)
     if ray_wheels:
         install_ray(extra / SITE, extra / "usr/local/bin", ray_wheels)
