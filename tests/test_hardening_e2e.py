@@ -33,6 +33,9 @@ SNAPSHOT = (
     "find /etc/rigkit -type f | sort | xargs md5sum; ls -a /root | md5sum"
 )
 
+#: A vLLM service beside sandbox-1's llama.cpp one (refused before any host change: no image is built).
+VLLM_SIDE = {"name": "side", "engine": "vllm", "model": "/srv/models/side", "port": 8001}
+
 HOSTILE = {  # mutation of sandbox-1's service (or llama_cpp) -> the key the error names
     "newline ExecStartPre": (
         {"extra_args": ["--no-warmup", "\nExecStartPre=+/usr/bin/touch", "/root/pwned"]},
@@ -62,6 +65,15 @@ HOSTILE = {  # mutation of sandbox-1's service (or llama_cpp) -> the key the err
     "system dest": ({"@models": [{"upload": "/tmp", "dest": "/etc"}]}, "models[1].dest"),
     "model under /var/run": ({"model": "/var/run/x.gguf"}, "services[0].model"),
     "http keyring": ({"@data": {"nvidia": {"repo_url": "http://mirror.lan/cuda/repos"}}}, "nvidia.repo_url"),
+    # Issue 21: what the base image's vLLM version does not have.
+    "parser the base lacks": (
+        {"@services": [dict(VLLM_SIDE, base_image="vllm/vllm-openai:v0.19.1", reasoning_parser="deepseek_v4")]},
+        "services[1].reasoning_parser",
+    ),
+    "patch without an edit for the base": (
+        {"@services": [dict(VLLM_SIDE, base_image="vllm/vllm-openai:v0.21.0", patches=["inc-hybrid-fp8"])]},
+        "services[1].patches[0]",
+    ),
 }
 
 
