@@ -421,3 +421,26 @@ def test_mtp_weights(tmp_path):
     write_safetensors(short / "model_extra_tensors.safetensors", {"mtp.fc.weight": ("BF16", [2, 2])})
     assert "lacks 1 MTP tensor(s)" in mtp_weights_problem(short)
     assert "is missing" in mtp_weights_problem(tmp_path)
+
+
+@pytest.mark.parametrize("inventory", ["spark.py", "spark-cluster.py", "vllm-tp4.py"])
+def test_the_seeds_inventories_pin_the_current_line_with_their_flags_unchanged(inventory):
+    """Each seed inventory's vLLM service pins 0.20.2; its ``vllm serve`` argv is the one it had
+    on 0.19.1 (the same flags, values and order), and every flag is one of 0.20.2's options."""
+    import runpy
+
+    from rigkit.hostdata import option_tables
+
+    hosts = runpy.run_path(str(Path(__file__).resolve().parents[1] / "inventories" / inventory))
+    [(name, data)] = [h for group in hosts.values() if isinstance(group, list) for h in group][:1]
+    keys = ("gpus", "cluster", "services", "models")
+    svc = parse_rig(name, {k: data[k] for k in keys if k in data}).services[0]
+    assert svc.options.base_image == "vllm/vllm-openai:v0.20.2"
+    old = copy.deepcopy({k: data[k] for k in keys if k in data})
+    old["services"][0]["base_image"] = "vllm/vllm-openai:v0.19.1"
+    before = parse_rig(name, old).services[0]
+    argv, argv_before = render.serve_args(svc), render.serve_args(before)
+    assert argv == argv_before
+    table = option_tables.vllm_table(svc.options.base_image)
+    assert table["version"] == "0.20.2"
+    assert all(word in table["options"] for word in argv if word.startswith("--"))
