@@ -59,6 +59,12 @@ def _mirror(argv: list[str]) -> int:
     return mirror.mirror_main(argv)
 
 
+def _checkpoint(argv: list[str]) -> int:
+    from rigkit.checkpoints import command
+
+    return command.main(argv)
+
+
 def _status(argv: list[str]) -> int:
     from rigkit import status
 
@@ -72,7 +78,7 @@ def _bench(argv: list[str]) -> int:
 
 
 # Commands with their own argument parsers: everything after the command name goes to them.
-PASS_THROUGH = {"lock": _lock, "mirror": _mirror, "status": _status, "bench": _bench}
+PASS_THROUGH = {"lock": _lock, "mirror": _mirror, "status": _status, "bench": _bench, "checkpoint": _checkpoint}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -101,6 +107,11 @@ def build_parser() -> argparse.ArgumentParser:
     for name, help_text in (
         ("lock", "pin an inventory's Hub models to commits and sha256s (rigkit lock INVENTORY [-h])"),
         ("mirror", "serve downloaded models over the Hub's download API (rigkit mirror serve DIR [-h])"),
+        (
+            "checkpoint",
+            "derived checkpoints from local directories (rigkit checkpoint hybrid-fp8 --base DIR --fp8 DIR "
+            "--out DIR | mtp-index --source DIR --target DIR [-h])",
+        ),
         ("status", "per host: llama.cpp build, services active/healthy, models (rigkit status INVENTORY)"),
         (
             "bench",

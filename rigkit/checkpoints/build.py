@@ -45,9 +45,9 @@ class Result:
     bytes_written: int = 0
 
     def lines(self) -> list[str]:
-        if not self.changed:
-            return [f"{self.out}: up to date ({self.identity[:16]}), nothing built"]
         out = [r.summary() for r in self.reports]
+        if not self.changed:
+            return [*out, f"{self.out}: up to date ({self.identity[:16]}), nothing built"]
         out.append(
             f"{self.out}: {len(self.linked)} file(s) linked unchanged, {len(self.written)} written "
             f"({self.bytes_written} bytes)"
@@ -155,8 +155,13 @@ def build(
     if done is not None and done.get("identity") == identity and done.get("complete") is True:
         return Result(out, identity, [], changed=False)
     plan, reports = plan_build(base, inputs, recipes, model)
-    for r in reports:
-        log(r.summary())
+    unchanged = (
+        not plan.config_changes
+        and all(ref.checkpoint is base and ref.file == base.weight_map[name] for name, ref in plan.tensors.items())
+        and len(plan.tensors) == len(base.weight_map)
+    )
+    if unchanged and out.resolve() == base.dir.resolve():
+        return Result(out, identity, reports, changed=False)  # e.g. the MTP weights already indexed
     linked, written = _layout(plan)
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = out.parent / f".{out.name}.rigkit-build-{os.getpid()}"
@@ -264,3 +269,19 @@ def replace_dir(new: Path, out: Path) -> None:
         os.rename(old, out)
         raise
     shutil.rmtree(old, ignore_errors=True)
+
+
+def fingerprint(ckpt: LocalCheckpoint) -> dict[str, Any]:
+    """What identifies a local input without hashing its data: each file's name, size and
+    header sha256 (a header fixes every tensor's name, dtype, shape and place), and the
+    sha256 of config.json."""
+    files = {}
+    for file, header in sorted(ckpt.headers.items()):
+        with open(ckpt.path(file), "rb") as f:
+            raw = f.read(header.data_start)
+        files[file] = {"size": header.file_size, "header_sha256": hashlib.sha256(raw).hexdigest()}
+    config = ckpt.dir / CONFIG_NAME
+    return {
+        "files": files,
+        "config_sha256": hashlib.sha256(config.read_bytes()).hexdigest() if config.is_file() else None,
+    }
