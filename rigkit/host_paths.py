@@ -10,6 +10,7 @@ A service ``tiny`` of an engine whose prefix is ``llama`` is::
     /var/lib/rigkit-llama-tiny      its state directory (the user's home)
     /etc/rigkit/llama/tiny.key      its API key (0400, the service's user)
     /etc/rigkit/llama/services.json what the engine's verifier reads
+    /etc/rigkit/llama/tiny.<sha>.ini a router service's model preset
     rigkit-watchdog-tiny.{service,timer}
 """
 
@@ -78,6 +79,12 @@ class ServiceNames:
     @property
     def key_file(self) -> str:
         return f"{key_dir(self.prefix)}/{self.name}.key"
+
+    def preset_file(self, digest: str) -> str:
+        """A router service's model preset, named by its content's ``digest``: the unit names
+        the one it runs with, so a changed preset is a changed unit (a restart), and the
+        last verified unit's preset is still there when a rollback puts that unit back."""
+        return f"{key_dir(self.prefix)}/{self.name}.{digest}.ini"
 
     @property
     def container(self) -> str:

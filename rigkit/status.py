@@ -75,7 +75,9 @@ def drift(rig: Rig, info: dict) -> list[str]:
             problems.append(f"{svc.name}: declared, not deployed")
             continue
         if pin is not None:
-            wanted = hashlib.sha256(render.render_unit(svc, pin.root, gpu=pin.cuda).encode()).hexdigest()
+            wanted = hashlib.sha256(
+                render.render_unit(svc, pin.root, gpu=pin.cuda, build_ref=pin.ref).encode()
+            ).hexdigest()
             if seen.get("unit_sha256") != wanted:
                 problems.append(f"{svc.name}: unit differs from the inventory's")
         if seen.get("model") != svc.model:

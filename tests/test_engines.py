@@ -50,12 +50,32 @@ def test_llama_server_flags_rigkit_renders_are_the_listed_ones():
                     "flash_attn": "on",
                     "sampling": "qwen3.5-thinking",
                     "api_key_file": "/tmp/k",
+                    "sleep_idle_seconds": 600,
                 }
             ],
         },
     ).services[0]
     preset = set(llama_hostdata.SAMPLING_PRESETS["qwen3.5-thinking"])
     assert flags(llama_server.command_line(svc, "llama-server")) == set(llama_hostdata.RENDERED_FLAGS) | preset
+    # A router's own line: its flags and the address and key; every model's are in the preset.
+    router = parse_rig(
+        "h",
+        {
+            "llama_cpp": {"ref": "b11312", "cuda": False},
+            "services": [
+                {
+                    "name": "r",
+                    "model": "/srv/models/a.gguf",
+                    "api_key_file": "/tmp/k",
+                    "sleep_idle_seconds": 600,
+                    "router_models": [{"model": "/srv/models/b.gguf"}],
+                }
+            ],
+        },
+    ).services[0]
+    assert flags(llama_server.command_line(router, "llama-server", "/etc/p.ini")) == set(
+        llama_hostdata.ROUTER_FLAGS
+    ) | {"--host", "--port", "--api-key-file"}
 
 
 def test_vllm_flags_rigkit_renders_are_the_listed_ones():

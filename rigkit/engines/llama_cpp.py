@@ -76,13 +76,19 @@ class LlamaCppEngine(Engine):
 
     def unit(self, rig: Rig, svc: Service, prepared: Prepared) -> str:
         pin = prepared.context.pin
-        return render.render_unit(svc, pin.root, gpu=pin.cuda)
+        return render.render_unit(svc, pin.root, gpu=pin.cuda, build_ref=pin.ref)
 
     def manifest_content(self, rig: Rig, services: Sequence[Service], prepared: Prepared) -> str:
         return render.services_manifest(rig, prepared.context.pin.root)
 
     def files(self, rig: Rig, address: str) -> list[tuple[str, str, str]]:
-        return [("opencode.json provider entries", OPENCODE_CONFIG, render.opencode_config(rig, address))]
+        presets = []
+        for svc in self.services(rig):
+            if svc.router_models:
+                # Placed before the unit that names it restarts the service.
+                preset = render.render_preset(svc, llama_pin(rig).ref)
+                presets.append((f"Model preset of {svc.name}", render.preset_path(svc, preset), preset))
+        return [*presets, ("opencode.json provider entries", OPENCODE_CONFIG, render.opencode_config(rig, address))]
 
     def activate(self, rig: Rig, prepared: Prepared):
         identity = prepared.context

@@ -77,9 +77,12 @@ LLAMA_SERVER_MANAGED: dict[str, str] = {
     "--mmproj-url": "models (ref: a locked Hub model)",
     "--docker-repo": "models (ref: a locked Hub model)",
     "--offline": "nothing: rigkit's services never download",
-    # Router mode: more models from other directories or presets.
-    "--models-dir": "one service per model",
-    "--models-preset": "one service per model",
+    # Router mode: the models come from the service's router_models, through rigkit's preset.
+    "--models-dir": "router_models (rigkit writes the router's preset)",
+    "--models-preset": "router_models (rigkit writes the router's preset)",
+    "--models-max": "models_max of a router service",
+    "--models-autoload": "nothing: a router service loads the model a request names",
+    "--sleep-idle-seconds": "sleep_idle_seconds",
     "--help": _EXITS,
     "--version": _EXITS,
     "--list-devices": _EXITS,

@@ -93,7 +93,7 @@ class Rig:
     @property
     def unresolved(self) -> tuple[Service, ...]:
         """Services whose model is still a ``ref:`` (no lock applied yet)."""
-        return tuple(s for s in self.services if s.model.startswith(MODEL_REF_PREFIX))
+        return tuple(s for s in self.services if any(m.model.startswith(MODEL_REF_PREFIX) for m in s.served))
 
     def lock_for(self, model: HubModel) -> LockEntry:
         """The lock entry (commit sha, files with sha256) of a Hub model of this rig."""
@@ -124,14 +124,14 @@ def parse_rig(host: str, data: Mapping[str, Any]) -> Rig:
             )
     models = parse_models(host, data.get("models"), roots, insecure_http=insecure_http(host, data))
     hub_names = [m.name for m in models if isinstance(m, HubModel) and m.name]
-    for i, svc in enumerate(services):
-        if svc.model.startswith(MODEL_REF_PREFIX) and svc.model[len(MODEL_REF_PREFIX) :] not in hub_names:
+    for key, model in served_models(services):
+        if model.startswith(MODEL_REF_PREFIX) and model[len(MODEL_REF_PREFIX) :] not in hub_names:
             raise HostDataError(
                 host,
-                f"services[{i}].model",
+                key,
                 f"{MODEL_REF_PREFIX}<name> naming a Hub model of this host's models "
                 f"({', '.join(hub_names) or 'none declared'})",
-                svc.model,
+                model,
             )
     cluster = parse_cluster(host, data["cluster"]) if data.get("cluster") is not None else None
     _check_clustered_services(host, services, cluster)
@@ -148,6 +148,16 @@ def parse_rig(host: str, data: Mapping[str, Any]) -> Rig:
     )
 
 
+def served_models(services: tuple[Service, ...]) -> list[tuple[str, str]]:
+    """(host data key, model) of every model the services serve: each service's own and a
+    router's models."""
+    return [
+        (f"services[{i}]" + (f".router_models[{j - 1}]" if j else "") + ".model", model.model)
+        for i, svc in enumerate(services)
+        for j, model in enumerate(svc.served)
+    ]
+
+
 def _check_model_paths(host: str, services: tuple[Service, ...], roots: tuple[str, ...]) -> None:
     """A service's model given as a path lies under the model roots (``ref:`` models have their
     ``dest`` checked alike): llama-server reads it, vLLM's root container mounts it."""
@@ -156,9 +166,9 @@ def _check_model_paths(host: str, services: tuple[Service, ...], roots: tuple[st
             for k, v in (svc.options.speculative or {}).items():
                 if v in svc.options.draft_paths:
                     check_under_roots(str(v), roots, host, f"services[{i}].speculative.{k}", "a draft model")
-        if svc.model.startswith(MODEL_REF_PREFIX):
-            continue
-        check_under_roots(svc.model, roots, host, f"services[{i}].model", "a model")
+    for key, model in served_models(services):
+        if not model.startswith(MODEL_REF_PREFIX):
+            check_under_roots(model, roots, host, key, "a model")
 
 
 def _check_clustered_services(host: str, services: tuple[Service, ...], cluster: Cluster | None) -> None:
@@ -259,25 +269,30 @@ def resolve_model_refs(rig: Rig, lock: Mapping[str, LockEntry], inventory: str =
     labels = {}
     for i, m in enumerate(rig.models):
         if isinstance(m, HubModel):
-            users = [
-                f"services[{j}].model" for j, s in enumerate(rig.services) if s.model == MODEL_REF_PREFIX + str(m.name)
-            ]
+            users = [key for key, model in served_models(rig.services) if model == MODEL_REF_PREFIX + str(m.name)]
             labels[m.ref.key] = ", ".join([f"models[{i}]" + (f" {m.name}" if m.name else ""), *users])
     entries = lockfile.check([m.ref for m in hub], lock, inventory=inventory, labels=labels)
     locks = {m.ref.key: entries[m.ref.key] for m in hub}
     by_name = {m.name: m for m in hub if m.name}
+
+    def resolved(model: str, engine: str, key: str) -> str:
+        if not model.startswith(MODEL_REF_PREFIX):
+            return model
+        m = by_name[model[len(MODEL_REF_PREFIX) :]]
+        try:
+            # vLLM loads the model's directory; llama-server its first shard.
+            return m.dest if engine == "vllm" else locks[m.ref.key].model_path(m.dest)
+        except ValueError as exc:
+            raise HostDataError(rig.host, key, f"a Hub model with one first shard ({exc})") from None
+
     services = []
     for i, svc in enumerate(rig.services):
-        if svc.model.startswith(MODEL_REF_PREFIX):
-            m = by_name[svc.model[len(MODEL_REF_PREFIX) :]]
-            try:
-                # vLLM loads the model's directory; llama-server its first shard.
-                path = m.dest if svc.engine == "vllm" else locks[m.ref.key].model_path(m.dest)
-            except ValueError as exc:
-                raise HostDataError(
-                    rig.host, f"services[{i}].model", f"a Hub model with one first shard ({exc})"
-                ) from None
-            svc = dataclasses.replace(svc, model=path)
+        svc = dataclasses.replace(svc, model=resolved(svc.model, svc.engine, f"services[{i}].model"))
+        if svc.router_models:
+            svc = svc.with_router_models(
+                dataclasses.replace(m, model=resolved(m.model, svc.engine, f"services[{i}].router_models[{j}].model"))
+                for j, m in enumerate(svc.router_models)
+            )
         services.append(svc)
     return dataclasses.replace(rig, services=tuple(services), locks=locks)
 

@@ -203,6 +203,9 @@ def coerce_fields(cls: type, raw: dict[str, Any], host: str, key: str) -> dict[s
 
 
 def coerce(value: Any, hint: Any, host: str, key: str) -> Any:
+    if isinstance(hint, type) and hasattr(hint, "from_hostdata"):
+        # A nested component that sorts its own keys (a router service's models).
+        return hint.from_hostdata(value, host, key)
     origin = typing.get_origin(hint)
     args = typing.get_args(hint)
     if origin is Annotated:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 from typing import Any
@@ -24,7 +25,7 @@ from typing import Any
 from rigkit.host_paths import ServiceNames
 from rigkit.hostdata.engines import DEFAULT_ENGINE, SPECS, EngineOptions, EngineSpec
 from rigkit.hostdata.gpus import Gpus
-from rigkit.hostdata.llama_server import SHARD, LlamaServerOptions
+from rigkit.hostdata.llama_server import SHARD, LlamaServerOptions, RouterModel, check_router
 from rigkit.hostdata.models import MODEL_NAME, MODEL_REF_PREFIX
 from rigkit.hostdata.schema import HostDataError, check_address, check_path, check_pattern, coerce_fields
 
@@ -97,6 +98,39 @@ class Service:
         return SHARD.sub("", PurePosixPath(self.model).name).removesuffix(".gguf")
 
     @property
+    def router_models(self) -> tuple[RouterModel, ...]:
+        """The models a llama.cpp router service serves besides its own (none: one model)."""
+        return self.options.router_models if isinstance(self.options, LlamaServerOptions) else ()
+
+    @property
+    def served(self) -> tuple[Service, ...]:
+        """Every model the service serves, each as a service of its own (its file, id,
+        context, options and extra_args; the service's name, port and key): the service
+        itself first (a router's default, loaded at its start), then its router models."""
+        if not self.router_models:
+            return (self,)
+        return (
+            self.with_router_models(()),
+            *(
+                dataclasses.replace(
+                    self,
+                    model=m.model,
+                    alias=m.alias,
+                    display_name=m.display_name,
+                    ctx=m.ctx or self.ctx,
+                    extra_args=m.extra_args,
+                    options=m.options,
+                )
+                for m in self.router_models
+            ),
+        )
+
+    def with_router_models(self, models: Iterable[RouterModel]) -> Service:
+        """The service with its router models replaced (their ``ref:`` models resolved)."""
+        assert isinstance(self.options, LlamaServerOptions)
+        return dataclasses.replace(self, options=dataclasses.replace(self.options, router_models=tuple(models)))
+
+    @property
     def public(self) -> bool:
         """Listening beyond loopback."""
         return not ipaddress.ip_address(self.host).is_loopback
@@ -129,8 +163,14 @@ def parse_service(host: str, key: str, raw: Any, gpus: Gpus, llama_ref: str | No
         )
     options = options_cls(**coerce_fields(options_cls, {k: v for k, v in raw.items() if k in own}, host, key))
     svc = Service(**common, options=options)
-    _check_common(host, key, svc, gpus)
-    SPECS[engine].check(host, key, svc, gpus, llama_ref)
+    # A router's models are checked as services of their own, then as the router's.
+    served = svc.served
+    for i, model in enumerate(served):
+        at = key if i == 0 else f"{key}.router_models[{i - 1}]"
+        _check_common(host, at, model, gpus)
+        SPECS[engine].check(host, at, model, gpus, llama_ref)
+    if svc.router_models:
+        check_router(host, key, [(m.model_id, m) for m in served], llama_ref)
     return svc
 
 

@@ -1,5 +1,6 @@
 """
-The one way a value reaches a systemd unit: :func:`escape`. Every template rigkit renders
+The one way a value reaches a systemd unit: :func:`escape`; and a llama-server preset:
+:func:`preset_value`. Every template rigkit renders
 goes through :data:`templates`, whose ``finalize`` refuses any rendered value that holds a
 control character, so no value can end a directive's line and start another.
 
@@ -14,6 +15,8 @@ import re
 from typing import Any
 
 from jinja2 import Environment, PackageLoader, StrictUndefined
+
+from rigkit.hostdata.llama_server import PRESET_GLOBAL_SECTIONS, PRESET_SECTION, PRESET_VALUE
 
 CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 # Characters that need quoting inside a word: whitespace, quotes, backslash, ';' (a command
@@ -41,6 +44,22 @@ def escape(value: str, word: bool = True) -> str:
     return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
+def preset_value(value: str) -> str:
+    """``value`` for a llama-server router preset (an INI file): written as it is, since the
+    format has no quoting and no escape (rigkit.hostdata.llama_server.PRESET_VALUE says what
+    it reads back whole); anything else is refused, never escaped."""
+    if not PRESET_VALUE.fullmatch(value):
+        raise UnsafeValue(f"not a value a llama-server preset holds whole: {value!r}")
+    return value
+
+
+def preset_section(name: str) -> str:
+    """A model's id as a preset's section name (rigkit.hostdata.llama_server.PRESET_SECTION)."""
+    if not PRESET_SECTION.fullmatch(name) or name in PRESET_GLOBAL_SECTIONS:
+        raise UnsafeValue(f"not a section name a llama-server preset keeps as it is: {name!r}")
+    return name
+
+
 def exec_line(argv: list[str]) -> str:
     """An argv as the value of ``ExecStart=``."""
     return " ".join(escape(arg) for arg in argv)
@@ -62,3 +81,5 @@ templates = Environment(
 )
 templates.filters["systemd"] = escape
 templates.filters["systemd_text"] = lambda v: escape(v, word=False)
+templates.filters["preset"] = preset_value
+templates.filters["preset_section"] = preset_section
