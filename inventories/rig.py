@@ -1,8 +1,9 @@
 """
 The seeds' rig: 6x RTX 3090 (Threadripper), llama.cpp b8137 with CUDA and FA_ALL_QUANTS,
 Qwen3.5-122B-A10B UD-Q6_K_XL on port 8000 with seed 000's exact server settings, and the
-397B UD-TQ1_0 of seed 001 as a second service, installed but disabled (same port: one runs
-at a time).
+397B UD-TQ1_0 of seed 001 through the same port: one llama-server router service, the 122B
+loaded at its start, the 397B loaded when a request names it (--models-max 1: the two do not
+fit together, so loading one unloads the other).
 
     rigkit lock inventories/rig.py                      # pin the models: rig.lock.yaml (commit it)
     pyinfra inventories/rig.py deploys/rig.py --dry     # the plan
@@ -17,14 +18,10 @@ from rigkit.models.lockfile import lock_path_for
 
 MODELS = "/srv/models/qwen-3.5"
 
-# The server settings both seeds use: all layers on the GPUs, the full 262k context with a
-# q8_0 KV cache, one slot, layer split, Qwen3.5's thinking sampling preset, Jinja templates.
+# The server settings both seeds use, per model: all layers on the GPUs, the full 262k
+# context with a q8_0 KV cache, one slot, layer split, Qwen3.5's thinking sampling preset,
+# Jinja templates.
 QWEN_SERVER = {
-    # The seeds serve the LAN without a key; rigkit listens on 127.0.0.1 unless told, and
-    # opens a port without a key only when the inventory says so (RIG_API_KEY_FILE adds one).
-    "host": "0.0.0.0",
-    "allow_unauthenticated": True,
-    "port": 8000,
     "n_gpu_layers": 999,
     "ctx": 262144,
     "cache_type_k": "q8_0",
@@ -69,22 +66,31 @@ rig = [
             ],
             "services": [
                 {
+                    "name": "qwen",
+                    # The seeds serve the LAN without a key; rigkit listens on 127.0.0.1 unless
+                    # told, and opens a port without a key only when the inventory says so
+                    # (RIG_API_KEY_FILE adds one).
+                    "host": "0.0.0.0",
+                    "allow_unauthenticated": True,
+                    "port": 8000,
+                    "api_key_file": os.environ.get("RIG_API_KEY_FILE") or None,
+                    # The default model, loaded at the start (seed 000).
                     **QWEN_SERVER,
-                    "name": "qwen122b",
                     "model": "ref:qwen122b-q6",
                     "alias": "Qwen3.5-122B-A10B-UD-Q6_K_XL",
                     "display_name": "Qwen3.5-122B",
                     "tensor_split": [0.9, 1, 1, 1, 1, 1],  # 0.9 on GPU 0 against OOM (seed 000)
                     "extra_args": ["--no-warmup"],
-                    "api_key_file": os.environ.get("RIG_API_KEY_FILE") or None,
-                },
-                {
-                    **QWEN_SERVER,
-                    "name": "qwen397b",
-                    "model": "ref:qwen397b-tq1",
-                    "alias": "Qwen3.5-397B-A17B-UD-TQ1_0",
-                    "display_name": "Qwen3.5-397B",
-                    "enabled": False,  # same port: one of the two runs at a time
+                    # One model loaded at a time: a request naming the other unloads this one.
+                    "models_max": 1,
+                    "router_models": [
+                        {
+                            **QWEN_SERVER,
+                            "model": "ref:qwen397b-tq1",
+                            "alias": "Qwen3.5-397B-A17B-UD-TQ1_0",
+                            "display_name": "Qwen3.5-397B",
+                        },  # seed 001
+                    ],
                 },
             ],
         },

@@ -86,6 +86,7 @@ def drift(rig: Rig, info: dict) -> list[str]:
             problems.append(f"{svc.name}: {seen.get('active')}, not healthy")
         if not seen.get("model_present"):
             problems.append(f"{svc.name}: model missing")
+        problems += [f"{svc.name}: model {m['id']} missing" for m in seen.get("models", []) if not m["present"]]
     for name in set(on_host) - {s.name for s in rig.enabled_services if s.engine == "llama.cpp"}:
         problems.append(f"{name}: deployed, no longer declared enabled")
     problems += [f"{unit}: on the host, not in the inventory" for unit in info.get("orphans", [])]
@@ -181,6 +182,11 @@ def render_text(report: dict[str, dict]) -> str:
                 f"{'healthy' if svc['healthy'] else 'unhealthy'}  {model} "
                 f"({svc['model_bytes'] / 1e9:.2f} GB) {svc['model']}; {watchdog}"
             )
+            for model in svc.get("models", []):
+                lines.append(
+                    f"    model {model['id']:<24} {model['state'] or 'unknown'}"
+                    + ("" if model["present"] else " MODEL MISSING")
+                )
         for engine in CONTAINER_ENGINES:
             lines += status_containers.lines(info.get(engine.name, {}), engine.title)
         for problem in info["problems"]:

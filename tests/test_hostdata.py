@@ -40,7 +40,8 @@ def base(**services_kw):
 
 def test_seed_inventory_renders_seed_000_command_line(tmp_path):
     rig = seed_rig(tmp_path)
-    qwen122, qwen397 = rig.services
+    (router,) = rig.services
+    qwen122, qwen397 = router.served
     argv = llama_server.command_line(qwen122, "/opt/rigkit/llama.cpp/current/bin/llama-server")
     line = " ".join(argv)
     for fragment in [
@@ -48,6 +49,7 @@ def test_seed_inventory_renders_seed_000_command_line(tmp_path):
         "-m /srv/models/qwen-3.5/UD-Q6_K_XL/Qwen3.5-122B-A10B-UD-Q6_K_XL-00001-of-00004.gguf",
         "--host 0.0.0.0",
         "--port 8000",
+        "--alias Qwen3.5-122B-A10B-UD-Q6_K_XL",
         "-ngl 999",
         "-c 262144",
         "-ctk q8_0",
@@ -64,8 +66,27 @@ def test_seed_inventory_renders_seed_000_command_line(tmp_path):
         "--metrics",
     ]:
         assert fragment in line, fragment
-    assert qwen397.enabled is False and qwen397.model == "/srv/models/qwen-3.5/Qwen3.5-397B-A17B-UD-TQ1_0.gguf"
-    assert rig.enabled_services == (qwen122,)
+    assert qwen397.model == "/srv/models/qwen-3.5/Qwen3.5-397B-A17B-UD-TQ1_0.gguf"  # resolved through the lock
+    assert rig.enabled_services == (router,) and router.options.models_max == 1
+
+
+def test_seed_inventory_is_one_router_serving_both_seed_models(tmp_path):
+    (router,) = seed_rig(tmp_path).services
+    preset = llama_server.render_preset(router, "b8137")
+    unit = llama_server.render_unit(router, "/opt/rigkit/llama.cpp", gpu=True, build_ref="b8137")
+    path = llama_server.preset_path(router, preset)
+    exec_start = next(line for line in unit.splitlines() if line.startswith("ExecStart="))
+    assert exec_start == (
+        "ExecStart=/opt/rigkit/llama.cpp/current/bin/llama-server --host 0.0.0.0 --port 8000 "
+        f"--models-preset {path} --models-max 1"
+    )
+    sections = [line for line in preset.splitlines() if line.startswith("[")]
+    assert sections == ["[Qwen3.5-122B-A10B-UD-Q6_K_XL]", "[Qwen3.5-397B-A17B-UD-TQ1_0]"]
+    first, second = preset.split("[Qwen3.5-397B-A17B-UD-TQ1_0]")
+    assert "load-on-startup = true" in first and "load-on-startup" not in second  # the 397B on request
+    assert "m = /srv/models/qwen-3.5/Qwen3.5-397B-A17B-UD-TQ1_0.gguf" in second
+    assert "c = 262144" in second and "ctk = q8_0" in second and "temp = 0.6" in second
+    assert "ts = 0.9,1,1,1,1,1" in first and "no-warmup = true" in first and "ts =" not in second
 
 
 def test_seed_build_flags():
@@ -95,16 +116,33 @@ def test_model_under_home_is_bound_read_only():
     assert "ProtectHome=tmpfs" in unit and "BindReadOnlyPaths=/home/tom/models" in unit
 
 
-def test_opencode_entries_have_context_length():
+def test_opencode_entries_list_every_model_of_a_router():
     config = json.loads(llama_server.opencode_config(seed_rig(), "rig.lan"))
-    provider = config["provider"]["llama-cpp-qwen122b"]
+    assert list(config["provider"]) == ["llama-cpp-qwen"]
+    provider = config["provider"]["llama-cpp-qwen"]
     assert provider["options"]["baseURL"] == "http://rig.lan:8000/v1"
-    assert provider["models"]["Qwen3.5-122B-A10B-UD-Q6_K_XL"] == {
-        "name": "Qwen3.5-122B",
-        "contextLength": 262144,
-        "supportsStructuredOutputs": False,
+    assert provider["models"] == {
+        "Qwen3.5-122B-A10B-UD-Q6_K_XL": {
+            "name": "Qwen3.5-122B",
+            "contextLength": 262144,
+            "supportsStructuredOutputs": False,
+        },
+        "Qwen3.5-397B-A17B-UD-TQ1_0": {
+            "name": "Qwen3.5-397B",
+            "contextLength": 262144,
+            "supportsStructuredOutputs": False,
+        },
     }
-    assert "llama-cpp-qwen397b" not in config["provider"]  # disabled
+
+
+def test_every_service_passes_its_model_id_as_alias():
+    """/v1/models then names the model as opencode.json does (without --alias llama-server
+    names it by its path)."""
+    rig = parse_rig("h", base())
+    argv = llama_server.command_line(rig.services[0], "llama-server")
+    assert argv[argv.index("--alias") + 1] == rig.services[0].model_id == "m"
+    config = json.loads(llama_server.opencode_config(rig, "h"))
+    assert list(config["provider"]["llama-cpp-svc"]["models"]) == ["m"]
 
 
 @pytest.mark.parametrize(

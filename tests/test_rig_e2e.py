@@ -191,13 +191,14 @@ def test_seed_inventory_dry_run_prints_a_plan(sandbox_hosts, tmp_path):
     plan = {op["name"] for op in json.loads(run.stdout)["plan"]}
     for name in (
         "Build llama.cpp | Build llama.cpp b8137",
-        "Serve llama.cpp | Unit rigkit-llama-qwen122b.service",
-        "Serve llama.cpp | Unit rigkit-llama-qwen397b.service",
+        # One router service holds both seed models.
+        "Serve llama.cpp | Unit rigkit-llama-qwen.service",
+        "Serve llama.cpp | Model preset of qwen",
         "Serve llama.cpp | Switch llama.cpp to b8137",
-        "Serve llama.cpp | Enable rigkit-llama-qwen122b.service",
-        "Serve llama.cpp | Disable rigkit-llama-qwen397b.service",
+        "Serve llama.cpp | Enable rigkit-llama-qwen.service",
     ):
         assert name in plan, name
+    assert not any("qwen122b.service" in name or "qwen397b.service" in name for name in plan), plan
     for model in ("qwen122b-q6", "qwen397b-tq1"):
         assert any(name.startswith(f"Models | Model {model} (unsloth/") for name in plan), plan
     assert ssh(sb, host, marker) == before

@@ -8,6 +8,9 @@ when the service has one.
     check_service.py MANIFEST   (JSON: {"services": [{name, unit, port, model, model_id, key_file}]})
 
 Exit 0 when every service answers; else 1 and, per failed service, what failed and its journal.
+A llama-server router (an entry with ``models``, the default first, and ``models_max``) has
+each model loaded in turn by a request naming it, and checked alike; the default last, so it
+stays loaded.
 
     check_service.py MANIFEST --watchdog NAME --failures N --timeout S
 
@@ -24,6 +27,7 @@ import subprocess
 import sys
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from pathlib import Path
 
@@ -137,15 +141,23 @@ def check_service(svc: dict) -> str | None:
     # llama-server without --alias lists the model's path; the alias (or file stem) is in it.
     if not any(isinstance(m, str) and svc["model_id"] in m for m in served):
         return f"/v1/models lists {served}, not {svc['model_id']}"
+    if svc.get("models"):
+        return check_router(svc, base, key)
+    return answers(base, key, svc["model_id"], timeout=600)
+
+
+def answers(base: str, key: str | None, model_id: str, timeout: float) -> str | None:
+    """None when ``model_id`` answers a chat completion and the tool-call replay."""
     status, body = request(
         f"{base}/v1/chat/completions",
         key,
         {
-            "model": svc["model_id"],
+            "model": model_id,
             "max_tokens": 8,
             "temperature": 0,
             "messages": [{"role": "user", "content": "Say hello."}],
         },
+        timeout=timeout,
     )
     if status != 200:
         return f"chat completion returned {status}: {body[:300]}"
@@ -154,10 +166,54 @@ def check_service(svc: dict) -> str | None:
     status, body = request(
         f"{base}/v1/chat/completions",
         key,
-        {"model": svc["model_id"], "max_tokens": 8, "temperature": 0, "messages": TOOL_REPLAY, "tools": TOOLS},
+        {"model": model_id, "max_tokens": 8, "temperature": 0, "messages": TOOL_REPLAY, "tools": TOOLS},
+        timeout=timeout,
     )
     if status != 200:
         return f"tool-call replay returned {status}: {body[:300]}"
+    return None
+
+
+# A router's model states (llama.cpp b11312 tools/server/server-models.h): these hold a
+# model's llama-server (a sleeping one was unloaded from memory but wakes on a request).
+RUNNING = ("loading", "loaded", "sleeping")
+
+
+def router_models(base: str, key: str | None, timeout: float = 30) -> dict[str, str] | None:
+    """A router's models and their state (``GET /models``, server-models.cpp
+    get_router_models: ``{"data": [{"id", "status": {"value"}}]}``), or None when it does not
+    answer so."""
+    status, body = request(f"{base}/models", key, timeout=timeout)
+    if status != 200:
+        return None
+    try:
+        return {m["id"]: m["status"]["value"] for m in json.loads(body)["data"]}
+    except (ValueError, TypeError, KeyError):
+        return None
+
+
+def check_router(svc: dict, base: str, key: str | None) -> str | None:
+    """Each model of a router, the default last (it stays loaded): loaded by a request naming
+    it (the router starts its llama-server and unloads the least recently used past
+    ``models_max``), then it must answer, and no more than ``models_max`` may be loaded."""
+    listed = router_models(base, key)
+    if listed is None:
+        return "GET /models did not list the router's models"
+    missing = [m["model_id"] for m in svc["models"] if m["model_id"] not in listed]
+    if missing:
+        return f"GET /models lists {sorted(listed)}, not {missing}"
+    limit = svc.get("models_max") or 0
+    for model in [*svc["models"][1:], svc["models"][0]]:
+        model_id = model["model_id"]
+        problem = answers(base, key, model_id, timeout=ready_timeout(model) + 600)
+        if problem:
+            return f"model {model_id}: {problem}"
+        states = router_models(base, key) or {}
+        if states.get(model_id) != "loaded":
+            return f"model {model_id} answered but is {states.get(model_id)!r}, not loaded"
+        running = sorted(m for m, state in states.items() if state in RUNNING)
+        if limit and len(running) > limit:
+            return f"{running} are loaded, more than models_max {limit}"
     return None
 
 
@@ -204,17 +260,32 @@ def service_key(svc: dict) -> str | None:
     return Path(svc["key_file"]).read_text().strip() if svc.get("key_file") else None
 
 
+def probed_model(svc: dict, base: str, key: str | None, timeout: float) -> tuple[str | None, str]:
+    """The model a watchdog round probes and the query that keeps a router from loading
+    another (server-models.cpp is_autoload: ``?autoload=false``): a service's own model; a
+    router's loaded one, its default first, or None when none is loaded (nothing to probe
+    but the router itself: loading one would evict what a user loaded)."""
+    if not svc.get("models"):
+        return svc["model_id"], ""
+    states = router_models(base, key, timeout=timeout) or {}
+    loaded = [m["model_id"] for m in svc["models"] if states.get(m["model_id"]) == "loaded"]
+    return (loaded[0] if loaded else None), "?autoload=false"
+
+
 def probe(svc: dict, base: str, key: str | None, timeout: float) -> tuple[str | None, bool]:
     """A few generated tokens within ``timeout``: (None, False), or (why not, whether the
     server gave no answer at all, which a busy server and a hung one have in common)."""
     status, body = request(f"{base}/health", None, timeout=timeout)
     if status not in (200, 404):  # 404: a server without /health
         return f"/health: {status or 'no answer'} {body[:200]}", status == 0
+    model_id, query = probed_model(svc, base, key, timeout)
+    if model_id is None:
+        return None, False
     status, body = request(
-        f"{base}/v1/chat/completions",
+        f"{base}/v1/chat/completions{query}",
         key,
         {
-            "model": svc["model_id"],
+            "model": model_id,
             "max_tokens": 2,
             "temperature": 0,
             "messages": [{"role": "user", "content": "ping"}],
@@ -244,17 +315,20 @@ def prometheus_values(text: str) -> dict[str, float]:
     return values
 
 
-def progress(engine: str, base: str, key: str | None, timeout: float) -> dict | None:
+def progress(engine: str, base: str, key: str | None, timeout: float, model: str = "") -> dict | None:
     """The engine's work counters now, ``{"counters": {...}, "busy": n}``, or None when
     unreadable. llama-server's come from ``/slots`` (read-only; a ``/metrics`` scrape resets
-    the averaged gauges a user's Prometheus reads), else, with ``--no-slots``, ``/metrics``."""
+    the averaged gauges a user's Prometheus reads), else, with ``--no-slots``, ``/metrics``;
+    a router's from its loaded ``model`` (``?model=ID&autoload=false``: GET routes by the
+    query, server-models.cpp proxy_get)."""
+    query = f"?model={urllib.parse.quote(model, safe='')}&autoload=false" if model else ""
     if engine == "llama.cpp":
-        status, body = request(f"{base}/slots", key, timeout=timeout)
+        status, body = request(f"{base}/slots{query}", key, timeout=timeout)
         if status == 0:  # no answer: /metrics would wait as long again
             return None
         if status == 200:
             return slot_counters(body)
-    status, body = request(f"{base}/metrics", key, timeout=timeout)
+    status, body = request(f"{base}/metrics{query}", key, timeout=timeout)
     if status != 200:
         return None
     values = prometheus_values(body)
@@ -359,7 +433,8 @@ def watchdog(manifest: dict, name: str, failures: int, timeout: float, log=print
     key = service_key(svc)
     base = f"http://127.0.0.1:{svc['port']}"
     problem, no_answer = probe(svc, base, key, timeout)
-    before, after = state.get("progress"), progress(engine, base, key, min(timeout, COUNTERS_TIMEOUT))
+    model = probed_model(svc, base, key, min(timeout, COUNTERS_TIMEOUT))[0] if svc.get("models") else ""
+    before, after = state.get("progress"), progress(engine, base, key, min(timeout, COUNTERS_TIMEOUT), model or "")
     state["progress"] = after
     grace = ready_timeout(svc)
     if problem is None:

@@ -31,10 +31,17 @@ from pathlib import Path
 from typing import NoReturn
 
 try:  # on the host: the sibling scripts in /opt/rigkit/bin; in the package: their modules
-    from check_service import check_all, model_bytes, request, unit_state
+    from check_service import check_all, model_bytes, request, router_models, service_key, unit_state
     from last_good import LastGood
 except ImportError:
-    from rigkit.scripts.check_service import check_all, model_bytes, request, unit_state
+    from rigkit.scripts.check_service import (
+        check_all,
+        model_bytes,
+        request,
+        router_models,
+        service_key,
+        unit_state,
+    )
     from rigkit.scripts.last_good import LastGood
 
 CCACHE_DIR = "/var/cache/rigkit/ccache"
@@ -351,9 +358,25 @@ def status(args: argparse.Namespace) -> None:
                 "model_bytes": model_bytes(svc["model"]),
                 "unit_sha256": hashlib.sha256(unit_file.read_bytes()).hexdigest() if unit_file.exists() else None,
                 "watchdog": {"timer": timer, **(watchdog or {})},
+                # A router's models: each one's state (loaded, unloaded, sleeping, ...).
+                **({"models": router_state(svc)} if svc.get("models") else {}),
             }
         )
     print(json.dumps(report))
+
+
+def router_state(svc: dict) -> list[dict]:
+    """Each model of a router service: its id, state (the router's ``GET /models``; None when
+    the router does not answer) and whether its file is there."""
+    try:
+        key = service_key(svc)
+    except OSError:
+        key = None
+    states = router_models(f"http://127.0.0.1:{svc['port']}", key, timeout=3) or {}
+    return [
+        {"id": m["model_id"], "state": states.get(m["model_id"]), "present": Path(m["model"]).exists()}
+        for m in svc["models"]
+    ]
 
 
 # --- the host lock ------------------------------------------------------------------------
