@@ -117,7 +117,7 @@ class Service:
                     model=m.model,
                     alias=m.alias,
                     display_name=m.display_name,
-                    ctx=m.ctx or self.ctx,
+                    ctx=self.ctx if m.ctx is None else m.ctx,
                     extra_args=m.extra_args,
                     options=m.options,
                 )
