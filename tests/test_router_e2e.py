@@ -107,7 +107,13 @@ def test_router_serves_two_models_through_one_port(sandbox_hosts, first_deploy, 
         assert states(host, key) == {"tiny": "loaded", "tiny-two": "unloaded"}
 
         status = subprocess.run(
-            [sys.executable, "-m", "rigkit.cli", "status", str(write_inventory(tmp_path, mutation, "router"))],
+            [
+                sys.executable,
+                "-m",
+                "rigkit.cli",
+                "status",
+                str(write_inventory(tmp_path, {**mutation, "@hosts": ["sandbox-1"]}, "router-status")),
+            ],
             cwd=REPO,
             capture_output=True,
             text=True,
