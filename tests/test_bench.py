@@ -121,14 +121,14 @@ class FakeLlamaServer:
                     self.wfile.write(f"{len(data):x}\r\n".encode() + data + b"\r\n")
                     self.wfile.flush()
 
-                t0 = time.monotonic()
                 time.sleep(n_prompt * 1e-5)  # "prefill"
-                t1 = time.monotonic()
                 for i in range(body["max_tokens"]):
                     chunk({"choices": [{"text": f" w{i}", "index": 0, "finish_reason": None}]})
                     time.sleep(fake.decode_s)
-                t2 = time.monotonic()
                 n = body["max_tokens"]
+                # The server's own timings are what it was told to take (as llama-server reports
+                # its compute time, not the client's): exact however loaded this machine is.
+                t0, t1, t2 = 0.0, n_prompt * 1e-5, n_prompt * 1e-5 + n * fake.decode_s
                 chunk(
                     {
                         "choices": [{"text": "", "index": 0, "finish_reason": "length"}],
