@@ -192,3 +192,184 @@ def test_patched_copy_leaves_the_pristine_tree_alone(cpu_env, version):
     assert pristine.stat().st_ino != patched.stat().st_ino
     with vllm_wheel.zipfile.ZipFile(vllm_wheel.wheel(version)) as zf:
         assert pristine.read_bytes() == zf.read(f"vllm/{inc}")
+
+
+# --- C: every flag rigkit renders, parsed by each version's own `vllm serve` parser ----------
+
+REPO = Path(__file__).resolve().parents[1]
+INVENTORIES = {"spark.py": "spark", "spark-cluster.py": "sparks", "vllm-tp4.py": "tp4"}
+
+
+def inventory_services() -> dict[str, list[str]]:
+    """name -> serve argv, for every vLLM service of the seeds' inventories (a cluster's head
+    with its Ray flags), rendered by rigkit.render.vllm.serve_args as deploys/rig.py does."""
+    import runpy
+
+    from rigkit.hostdata import parse_rig
+    from rigkit.render import vllm as render
+
+    out: dict[str, list[str]] = {}
+    for file, group in INVENTORIES.items():
+        for host, data in runpy.run_path(str(REPO / "inventories" / file))[group]:
+            rig = parse_rig(host, {k: v for k, v in data.items() if k in ("gpus", "cluster", "services", "models")})
+            for svc in rig.services:
+                if svc.engine != "vllm" or (rig.cluster is not None and not rig.is_head):
+                    continue
+                out[f"{file}:{host}:{svc.name}"] = render.serve_args(svc, rig.cluster if rig.cluster else None)
+    return out
+
+
+def every_option_services():
+    """Services that between them set every option rigkit renders (both prefix-caching forms)."""
+    from rigkit.hostdata import parse_rig
+
+    base = {
+        "engine": "vllm",
+        "model": "/srv/models/every",
+        "alias": "every-option",
+        "port": 8000,
+        "ctx": 65536,
+        "base_image": "vllm/vllm-openai:v0.20.2",
+        "gpu_memory_utilization": 0.85,
+        "tensor_parallel": 2,
+        "pipeline_parallel": 2,
+        "dtype": "bfloat16",
+        "reasoning_parser": "qwen3",
+        "enable_auto_tool_choice": True,
+        "tool_call_parser": "qwen3_coder",
+        "attention_backend": "FLASHINFER",
+        "speculative": {"method": "mtp", "num_speculative_tokens": 2},
+        "skip_mm_profiling": True,
+        "limit_mm_per_prompt": {"image": 2, "video": 0},
+        "max_num_batched_tokens": 8192,
+        "max_num_seqs": 64,
+    }
+    services = []
+    for name, caching in (("every-on", True), ("every-off", False)):
+        rig = parse_rig(
+            "every", {"gpus": {"count": 4}, "services": [dict(base, name=name, enable_prefix_caching=caching)]}
+        )
+        services.append(rig.services[0])
+    return services
+
+
+def meant(svc, argv: list[str]) -> dict:
+    """The parsed values rigkit means by ``argv`` (from the service's own fields)."""
+    from rigkit.hostdata.vllm import options_of
+
+    opts = options_of(svc)
+    want: dict = {
+        "model_tag": svc.model,
+        "served_model_name": [svc.model_id],
+        "host": svc.host,
+        "port": svc.port,
+        "max_model_len": svc.ctx,
+        "gpu_memory_utilization": opts.gpu_memory_utilization,
+        "tensor_parallel_size": opts.tensor_parallel,
+        "pipeline_parallel_size": opts.pipeline_parallel,
+        "dtype": opts.dtype or "auto",
+        "reasoning_parser": opts.reasoning_parser or "",
+        "enable_auto_tool_choice": opts.enable_auto_tool_choice,
+        "tool_call_parser": opts.tool_call_parser,
+        "attention_backend": opts.attention_backend,
+        "speculative_config": opts.speculative,
+        "skip_mm_profiling": opts.skip_mm_profiling,
+        "limit_mm_per_prompt": opts.limit_mm_per_prompt or {},
+        "enable_prefix_caching": opts.enable_prefix_caching,
+    }
+    if opts.max_num_batched_tokens:
+        want["max_num_batched_tokens"] = opts.max_num_batched_tokens
+    if opts.max_num_seqs:
+        want["max_num_seqs"] = opts.max_num_seqs
+    if "--distributed-executor-backend" in argv:
+        want["distributed_executor_backend"] = argv[argv.index("--distributed-executor-backend") + 1]
+    return want
+
+
+@pytest.fixture(scope="session")
+def parsed_by_version(cpu_env, tmp_path_factory):
+    """One vLLM process per version parses every argv and reads the registries."""
+    services = {f"every-option:{s.name}": s for s in every_option_services()}
+    from rigkit.render import vllm as render
+
+    argvs = inventory_services() | {name: render.serve_args(s) for name, s in services.items()}
+    cache: dict[str, dict] = {}
+
+    def get(version: str) -> tuple[dict, dict[str, list[str]]]:
+        if version not in cache:
+            work = tmp_path_factory.mktemp(f"parser-{version}")
+            (work / "in.json").write_text(json.dumps({"argvs": argvs}))
+            done = vllm_cpu.run(
+                cpu_env,
+                cpu_env.trees[version].pristine,
+                "serve_parser_case.py",
+                str(work / "in.json"),
+                str(work / "out.json"),
+            )
+            assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-8000:]
+            cache[version] = json.loads((work / "out.json").read_text())
+        return cache[version], argvs
+
+    get.services = services  # type: ignore[attr-defined]
+    return get
+
+
+def _service_of(name: str):
+    import runpy
+
+    from rigkit.hostdata import parse_rig
+
+    file, host, svc_name = name.split(":")
+    group = INVENTORIES[file]
+    data = dict(runpy.run_path(str(REPO / "inventories" / file))[group])[host]
+    rig = parse_rig(host, {k: v for k, v in data.items() if k in ("gpus", "cluster", "services", "models")})
+    return next(s for s in rig.services if s.name == svc_name)
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_every_rendered_flag_parses_in_vllms_own_parser(parsed_by_version, version):
+    from rigkit.hostdata.vllm import RENDERED_FLAGS
+
+    result, argvs = parsed_by_version(version)
+    assert result["vllm"] == version
+    assert len([n for n in argvs if not n.startswith("every-option:")]) >= 3  # spark, spark-cluster head, tp4
+    # The argvs between them carry every flag rigkit can render.
+    assert set(RENDERED_FLAGS) <= {a for argv in argvs.values() for a in argv if a.startswith("--")}
+    for name, argv in argvs.items():
+        got = result["parsed"][name]
+        assert got["ok"], f"vLLM {version} refuses {name}: {got['error'].splitlines()[-1:]}"
+        svc = parsed_by_version.services.get(name) or _service_of(name)
+        for dest, value in meant(svc, argv).items():
+            assert got["namespace"][dest] == value, (version, name, dest, got["namespace"][dest], value)
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_a_flag_vllm_lacks_is_refused_by_its_parser(cpu_env, parsed_by_version, version, tmp_path):
+    """The parser case tells a refusal from a parse: the same argv with one unknown flag fails."""
+    result, argvs = parsed_by_version(version)
+    name = next(iter(argvs))
+    (tmp_path / "in.json").write_text(json.dumps({"argvs": {"bad": [*argvs[name], "--no-such-rigkit-flag"]}}))
+    done = vllm_cpu.run(
+        cpu_env,
+        cpu_env.trees[version].pristine,
+        "serve_parser_case.py",
+        str(tmp_path / "in.json"),
+        str(tmp_path / "out.json"),
+    )
+    assert done.returncode == 0, done.stderr[-4000:]
+    bad = json.loads((tmp_path / "out.json").read_text())["parsed"]["bad"]
+    assert not bad["ok"] and "--no-such-rigkit-flag" in bad["error"]
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_option_tables_registries_are_vllms_own(parsed_by_version, version):
+    """The committed option table's registries (rigkit/hostdata/option_tables/vllm-<version>.json,
+    key "registries") equal what this version registers, and its --dtype choices the parser's."""
+    result, _ = parsed_by_version(version)
+    table = json.loads((REPO / "rigkit" / "hostdata" / "option_tables" / f"vllm-{version}.json").read_text())
+    assert "registries" in table, (
+        f"option table vllm-{version}.json has no 'registries'; vLLM's are {result['registries']}"
+    )
+    for key, names in result["registries"].items():
+        assert sorted(table["registries"][key]) == names, (version, key)
+    assert sorted(table["options"]["--dtype"]["choices"]) == result["dtype_choices"]

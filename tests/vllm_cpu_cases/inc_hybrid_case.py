@@ -27,6 +27,8 @@ import sys
 import types
 from pathlib import Path
 
+import cuda_platform  # beside this file
+
 HIDDEN = 256
 SHARED_INTER = 256
 HEAD_DIM = 64
@@ -160,45 +162,6 @@ def write_checkpoint(root: Path) -> dict:
     return config
 
 
-#: torch.ops._C's capability queries -> the lowest SM that answers yes.
-QUERIES = {
-    "cutlass_scaled_mm_supports_fp8": 89,
-    "cutlass_scaled_mm_supports_block_fp8": 90,
-    "cutlass_scaled_mm_supports_fp4": 100,
-    "cutlass_group_gemm_supported": 90,
-}
-_LIBRARY = None
-
-
-def present_cuda() -> object:
-    """vLLM's own CudaPlatform as current_platform, with an empty vllm._C (see the docstring)."""
-    from unittest import mock
-
-    import vllm
-    import vllm.platforms
-
-    root = Path(vllm.__file__).parent
-    for so in root.rglob("*.so"):  # _C, _C_stable_libtorch, _moe_C, vllm_flash_attn/_vllm_fa2_C, ...
-        name = ".".join(("vllm", *so.relative_to(root).parent.parts, so.name.split(".")[0]))
-        sys.modules.setdefault(name, types.ModuleType(name))
-    # The kernel library's capability queries, asked at import time by vLLM's FP8 helpers: a
-    # stand-in answer per SM (what vLLM's CUTLASS build reports; no kernel is called).
-    import torch
-
-    global _LIBRARY
-    _LIBRARY = torch.library.Library("_C", "FRAGMENT")
-    for op, lowest in QUERIES.items():
-        _LIBRARY.define(f"{op}(int cuda_device_capability) -> bool")
-        _LIBRARY.impl(op, lambda cap, lowest=lowest: cap >= lowest, "CompositeExplicitAutograd")
-    from vllm.platforms.cuda import CudaPlatform
-    from vllm.platforms.interface import DeviceCapability
-
-    mock.patch.object(CudaPlatform, "get_device_capability", return_value=DeviceCapability(12, 1)).start()
-    platform = CudaPlatform()
-    vllm.platforms.current_platform = platform  # what patch("vllm.platforms.current_platform", ...) does
-    return platform
-
-
 def _class_assigns(path: Path, cls: str) -> dict[str, ast.expr]:
     tree = ast.parse(path.read_text())
     for node in tree.body:
@@ -245,7 +208,7 @@ def main() -> int:
     for entry in os.environ.get("PYTHONPATH", "").split(os.pathsep):
         if entry:
             site.addsitedir(entry)  # its .pth files, as in site-packages: apply.py's rigkit_vllm_patches.pth
-    platform = present_cuda()
+    platform = cuda_platform.present()
     import inspect
 
     import torch
