@@ -29,7 +29,9 @@ import argparse
 import importlib
 import importlib.util
 import json
+import os
 import re
+import shutil
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -221,17 +223,31 @@ def apply_patch(root: Path, version: str, directory: Path, meta: dict) -> dict:
                 raise PatchError(f"patch {name}: {label}: the transform left the form it fixes")
         if new is not None:
             compile(new, str(target), "exec")  # a patch that breaks the syntax fails here
-            target.write_text(new)
+            replace_file(target, new)
         done["edits"].append(
             {"file": edit["file"], "kind": "diff" if "diff" in edit else edit["transform"], "result": result}
         )
     return done
 
 
+def replace_file(target: Path, text: str) -> None:
+    """Write ``target`` whole or not at all: a temporary file beside it, then ``os.replace``.
+    A build that dies midway leaves the old file, and a file hard-linked elsewhere (a test's
+    ``cp -al`` copy of a pristine vLLM) gets a new inode instead of changing the other copy."""
+    tmp = target.with_name(f".{target.name}.rigkit-{os.getpid()}.tmp")
+    try:
+        tmp.write_text(text)
+        if target.exists():
+            shutil.copymode(target, tmp)
+        os.replace(tmp, target)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
 def install_path(root: Path) -> Path:
     """A ``.pth`` in vLLM's site-packages so the patched files import ``rigkit_vllm_patches``."""
     pth = root.parent / "rigkit_vllm_patches.pth"
-    pth.write_text(str(HERE.parent) + "\n")
+    replace_file(pth, str(HERE.parent) + "\n")
     return pth
 
 
@@ -256,7 +272,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"[rigkit] {n}: " + "; ".join(f"vllm/{e['file']} {e['result']}" for e in done["edits"]), flush=True)
         install_path(root)
         Path(args.record).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.record).write_text(json.dumps(record, indent=2) + "\n")
+        replace_file(Path(args.record), json.dumps(record, indent=2) + "\n")
     except PatchError as exc:
         print(f"[rigkit] PATCH FAILED: {exc}", file=sys.stderr, flush=True)
         return 1

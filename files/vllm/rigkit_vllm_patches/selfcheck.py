@@ -14,6 +14,7 @@ never as passed. Prints a JSON report; exit 1 on any failure.
 
 from __future__ import annotations
 
+import argparse
 import importlib
 import json
 import sys
@@ -73,14 +74,40 @@ def check(record: dict) -> tuple[list[str], list[str]]:
     return failures, notes
 
 
-def main() -> int:
-    record = json.loads(RECORD.read_text())
+def patch_states(record: dict, notes: list[str], failures: list[str]) -> dict[str, dict]:
+    """Per patch: ``state`` ("applied" when an edit changed a file, else "not needed": every
+    edit found its file already in the fixed form, or absent) and ``import``, the result for
+    the modules it names ("imported", "compiled only" without vLLM's dependencies, "failed")."""
+    states = {}
+    for patch in record["patches"]:
+        name = patch["name"]
+        applied = any(e["result"] == "patched" for e in patch["edits"])
+        mine = [line for line in failures if line.startswith(f"{name}: ")]
+        said = [line for line in notes if line.startswith(f"{name}: ")]
+        if mine:
+            result = "failed"
+        elif any("compiled only" in line for line in said):
+            result = "compiled only"
+        elif patch.get("imports"):
+            result = "imported"
+        else:
+            result = "nothing to import"
+        states[name] = {"state": "applied" if applied else "not needed", "import": result}
+    return states
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="selfcheck.py")
+    parser.add_argument("--record", default=str(RECORD), help="apply.py's record (default: %(default)s)")
+    args = parser.parse_args(argv)
+    record = json.loads(Path(args.record).read_text())
     failures, notes = check(record)
     print(
         json.dumps(
             {
                 "vllm": record["vllm"],
                 "patches": [p["name"] for p in record["patches"]],
+                "patch_states": patch_states(record, notes, failures),
                 "ok": not failures,
                 "failures": failures,
                 "notes": notes,
