@@ -54,4 +54,13 @@ def lines(info: dict, title: str) -> list[str]:
             f"{'healthy' if s.get('healthy') else 'unhealthy'}  {title} {s.get('image')} "
             f"(container {s.get('container')}, {verified})"
         )
+        report = s.get("selfcheck")
+        if isinstance(report, dict) and report.get("vllm"):
+            states = report.get("patch_states") or {}
+            patches = ", ".join(
+                f"{name} {info.get('state', '?')} ({info.get('import', '?')})"
+                for name, info in sorted(states.items())
+                if isinstance(info, dict)
+            )
+            out.append(f"  {'':<16}  vLLM {report['vllm']}; patches: {patches or 'none'}")
     return out

@@ -444,3 +444,36 @@ def test_the_seeds_inventories_pin_the_current_line_with_their_flags_unchanged(i
     table = option_tables.vllm_table(svc.options.base_image)
     assert table["version"] == "0.20.2"
     assert all(word in table["options"] for word in argv if word.startswith("--"))
+
+
+def test_status_shows_the_images_vllm_and_patch_states(tmp_path, monkeypatch):
+    """The build keeps the self-check's report per image; status reads it for the running
+    image and prints the base's vLLM and each patch's state."""
+    from rigkit import status_containers
+    from rigkit.scripts import container_host
+
+    monkeypatch.setattr(container_host, "SELFCHECK_DIR", str(tmp_path / "{engine}" / "selfcheck"))
+    tag = "rigkit/vllm:0123abcd"
+    record = container_host.selfcheck_record("vllm", tag)
+    assert record.parent == tmp_path / "vllm" / "selfcheck" and "/" not in record.name
+    record.parent.mkdir(parents=True)
+    report = {
+        "vllm": "0.20.2",
+        "ok": True,
+        "patch_states": {
+            "rope-keys-set": {"state": "not needed", "import": "imported"},
+            "inc-hybrid-fp8": {"state": "applied", "import": "imported"},
+        },
+    }
+    record.write_text(json.dumps(report))
+    assert container_host.read_selfcheck("vllm", tag) == report
+    assert container_host.read_selfcheck("vllm", "rigkit/vllm:other") is None  # built before: nothing shown
+    record.write_text("not json")
+    assert container_host.read_selfcheck("vllm", tag) is None
+    info = {"services": [{"name": "q", "port": 8000, "image": tag, "verified_image": tag, "selfcheck": report}]}
+    shown = status_containers.lines(info, "vLLM")
+    assert shown[1].strip() == (
+        "vLLM 0.20.2; patches: inc-hybrid-fp8 applied (imported), rope-keys-set not needed (imported)"
+    )
+    info["services"][0]["selfcheck"] = None
+    assert len(status_containers.lines(info, "vLLM")) == 1

@@ -203,6 +203,8 @@ def test_status_shows_the_vllm_service(env):
     image = container(env)["Config"]["Image"]
     assert done.returncode == 0, done.stdout + done.stderr
     assert f"tiny             :8000  active    healthy  vLLM {image} (container running, verified)" in done.stdout
+    # The image's self-check, kept at its build: the base's vLLM and what each patch did.
+    assert "vLLM 0.19.1; patches: " in done.stdout, done.stdout
     assert "tiny" in done.stdout and ":8000" in done.stdout
 
 

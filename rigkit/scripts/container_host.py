@@ -41,6 +41,13 @@ except ImportError:
 
 DOCKER = "docker"
 UNIT_DIR = Path("/etc/systemd/system")
+#: The self-check's report per image, kept at build time (``rigkit status`` shows it).
+SELFCHECK_DIR = "/var/lib/rigkit/{engine}/selfcheck"
+
+
+def selfcheck_record(engine: str, tag: str) -> Path:
+    """Where the build keeps ``tag``'s self-check report (a tag is ``rigkit/<engine>:<hash>``)."""
+    return Path(SELFCHECK_DIR.format(engine=engine)) / (re.sub(r"[^A-Za-z0-9_.-]", "_", tag) + ".json")
 
 
 def log(message: str) -> None:
@@ -106,6 +113,9 @@ def build(args: argparse.Namespace) -> None:
         if check.returncode != 0:
             docker("image", "rm", args.tag)
             fail(f"{args.tag} failed its self-check (tag removed):\n{check.stdout}{check.stderr}")
+        record = selfcheck_record(args.engine, args.tag)
+        record.parent.mkdir(parents=True, exist_ok=True)
+        record.write_text(check.stdout)
         log(f"built {args.tag} in {time.monotonic() - started:.0f}s; self-check: {check.stdout.strip()}")
     else:
         log(f"built {args.tag} in {time.monotonic() - started:.0f}s")
@@ -236,6 +246,15 @@ def prune(args: argparse.Namespace) -> None:
 # --- status --------------------------------------------------------------------------------
 
 
+def read_selfcheck(engine: str, tag: str) -> dict | None:
+    """The self-check report the build kept for ``tag`` (its version and patch states), or None."""
+    try:
+        report = json.loads(selfcheck_record(engine, tag).read_text())
+    except (OSError, ValueError):
+        return None
+    return report if isinstance(report, dict) else None
+
+
 def status(args: argparse.Namespace) -> None:
     try:
         manifest = json.loads(Path(args.manifest).read_text())
@@ -260,6 +279,7 @@ def status(args: argparse.Namespace) -> None:
                 "declared_image": svc["image"],
                 "verified_image": (good or {}).get(svc["name"]),
                 "healthy": code == 200,
+                "selfcheck": read_selfcheck(args.engine, image or svc["image"]),
             }
         )
     print(json.dumps({"services": out}))
