@@ -12,10 +12,12 @@ key and what was expected::
         "services": [{"name": "qwen122b", "model": "/srv/models/...-00001-of-00004.gguf"}],
     })]
 
-``models`` entries are either uploads from the deploying machine, ``{"upload": LOCAL_DIR,
+``models`` entries are uploads from the deploying machine, ``{"upload": LOCAL_DIR,
 "dest": HOST_DIR}``, or Hub references with a name, ``{"name": "qwen122b-q6", "repo":
 "unsloth/Qwen3.5-122B-A10B-GGUF", "revision": "main", "include": ["UD-Q6_K_XL/*.gguf"],
-"dest": "/srv/models/qwen122b"}``. A service names a Hub model with ``"model":
+"dest": "/srv/models/qwen122b"}``, or derived checkpoints built on the host from those
+(:mod:`rigkit.hostdata.models`, ``{"name": ..., "derive": {"recipes": [...], "inputs":
+{"base": ..., ...}}, "dest": ...}``). A service names a Hub model with ``"model":
 "ref:qwen122b-q6"``; :func:`rig_for` resolves it through the model lock (``rigkit lock
 INVENTORY``), which the inventory names in host data ``model_lock``
 (``lockfile.lock_path_for(__file__)``) or ``$RIGKIT_MODEL_LOCK`` names.
@@ -24,7 +26,7 @@ INVENTORY``), which the inventory names in host data ``model_lock``
 from rigkit.hostdata.gpus import Gpus
 from rigkit.hostdata.llama_cpp import UPSTREAM_LLAMA_CPP, LlamaCpp
 from rigkit.hostdata.llama_server import SAMPLING_PRESETS, LlamaServerOptions
-from rigkit.hostdata.models import MODEL_REF_PREFIX, HubModel, UploadModel, parse_models
+from rigkit.hostdata.models import MODEL_REF_PREFIX, DerivedModel, HubModel, UploadModel, parse_models
 from rigkit.hostdata.rig import (
     LOCK_ENV,
     ModelLockError,
@@ -42,6 +44,7 @@ __all__ = [
     "MODEL_REF_PREFIX",
     "SAMPLING_PRESETS",
     "UPSTREAM_LLAMA_CPP",
+    "DerivedModel",
     "Gpus",
     "HostDataError",
     "HubModel",

@@ -18,7 +18,15 @@ from rigkit.facts import per_run
 from rigkit.hostdata.cluster import Cluster, ClusterMembers, members, parse_cluster, validate_cluster
 from rigkit.hostdata.gpus import Gpus, parse_gpus
 from rigkit.hostdata.llama_cpp import LlamaCpp, parse_llama_cpp
-from rigkit.hostdata.models import INSECURE_HTTP, MODEL_REF_PREFIX, HubModel, Model, parse_models
+from rigkit.hostdata.models import (
+    INSECURE_HTTP,
+    MODEL_REF_PREFIX,
+    DerivedModel,
+    HubModel,
+    Model,
+    derivation_order,
+    parse_models,
+)
 from rigkit.hostdata.nvidia import Nvidia, parse_nvidia
 from rigkit.hostdata.schema import MODEL_ROOTS, HostDataError, check_model_roots, check_text, check_under_roots
 from rigkit.hostdata.services import Service, parse_services
@@ -91,6 +99,41 @@ class Rig:
         return tuple(m for m in self.models if isinstance(m, HubModel))
 
     @property
+    def derived_models(self) -> tuple[DerivedModel, ...]:
+        """The derived models, each after the derived models it is made from."""
+        by_name: dict[str, Model] = {
+            m.name: m for m in self.models if isinstance(m, (HubModel, DerivedModel)) and m.name
+        }
+        order: list[DerivedModel] = []
+        for m in self.models:
+            if isinstance(m, DerivedModel):
+                order.extend(d for d in derivation_order(self.host, m, by_name) if d not in order)
+        return tuple(order)
+
+    @property
+    def ranged_only(self) -> frozenset[str]:
+        """Hub models only read by range for derived models: their files are never placed
+        whole on the host (an FP8 checkpoint of 100+ GB for a few hundred MB of tensors)."""
+        ranged: set[str] = set()
+        whole = {model[len(MODEL_REF_PREFIX) :] for _, model in served_models(self.services)}
+        for d in self.derived_models:
+            for role, name in d.derive.inputs.items():
+                (ranged if role in d.derive.ranged_roles else whole).add(name)
+        return frozenset(ranged - whole)
+
+    @property
+    def placed_models(self) -> tuple[Model, ...]:
+        """Uploads and Hub models placed whole on the host (not the ranged-only ones)."""
+        return tuple(
+            m
+            for m in self.models
+            if not isinstance(m, DerivedModel) and not (isinstance(m, HubModel) and m.name in self.ranged_only)
+        )
+
+    def model_named(self, name: str) -> HubModel | DerivedModel:
+        return next(m for m in self.models if isinstance(m, (HubModel, DerivedModel)) and m.name == name)
+
+    @property
     def unresolved(self) -> tuple[Service, ...]:
         """Services whose model is still a ``ref:`` (no lock applied yet)."""
         return tuple(s for s in self.services if any(m.model.startswith(MODEL_REF_PREFIX) for m in s.served))
@@ -123,14 +166,28 @@ def parse_rig(host: str, data: Mapping[str, Any]) -> Rig:
                 f"services[{i}] ({svc.name}) has engine llama.cpp",
             )
     models = parse_models(host, data.get("models"), roots, insecure_http=insecure_http(host, data))
-    hub_names = [m.name for m in models if isinstance(m, HubModel) and m.name]
+    hub_names = [m.name for m in models if isinstance(m, (HubModel, DerivedModel)) and m.name]
+    derived_names = {m.name for m in models if isinstance(m, DerivedModel)}
     for key, model in served_models(services):
         if model.startswith(MODEL_REF_PREFIX) and model[len(MODEL_REF_PREFIX) :] not in hub_names:
             raise HostDataError(
                 host,
                 key,
-                f"{MODEL_REF_PREFIX}<name> naming a Hub model of this host's models "
+                f"{MODEL_REF_PREFIX}<name> naming a Hub or derived model of this host's models "
                 f"({', '.join(hub_names) or 'none declared'})",
+                model,
+            )
+    for key, model in served_models(services):
+        engine = services[int(key[len("services[") : key.index("]")])].engine
+        if (
+            engine == "llama.cpp"
+            and model.startswith(MODEL_REF_PREFIX)
+            and model[len(MODEL_REF_PREFIX) :] in derived_names
+        ):
+            raise HostDataError(
+                host,
+                key,
+                "a GGUF model for llama.cpp (a derived model is a safetensors checkpoint: vLLM or SGLang serve it)",
                 model,
             )
     cluster = parse_cluster(host, data["cluster"]) if data.get("cluster") is not None else None
@@ -273,12 +330,21 @@ def resolve_model_refs(rig: Rig, lock: Mapping[str, LockEntry], inventory: str =
             labels[m.ref.key] = ", ".join([f"models[{i}]" + (f" {m.name}" if m.name else ""), *users])
     entries = lockfile.check([m.ref for m in hub], lock, inventory=inventory, labels=labels)
     locks = {m.ref.key: entries[m.ref.key] for m in hub}
-    by_name = {m.name: m for m in hub if m.name}
+    for d in rig.derived_models:
+        for role in sorted(d.derive.ranged_roles):
+            ranged = rig.model_named(d.derive.inputs[role])
+            if isinstance(ranged, HubModel) and not locks[ranged.ref.key].ranges:
+                raise LockError(
+                    f"{ranged.ref.key}: the lock entry has no tensor ranges, which derived model {d.name} reads "
+                    f"({role}) by range\nrun: rigkit lock {inventory}"
+                )
 
     def resolved(model: str, engine: str, key: str) -> str:
         if not model.startswith(MODEL_REF_PREFIX):
             return model
-        m = by_name[model[len(MODEL_REF_PREFIX) :]]
+        m = rig.model_named(model[len(MODEL_REF_PREFIX) :])
+        if isinstance(m, DerivedModel):  # vLLM and SGLang load its directory (the dest symlink)
+            return m.dest
         try:
             # vLLM loads the model's directory; llama-server its first shard.
             return m.dest if engine == "vllm" else locks[m.ref.key].model_path(m.dest)

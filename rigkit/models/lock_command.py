@@ -8,12 +8,17 @@ reads locks through lockfile: this module sits above both.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib.util
 import os
 import sys
 from collections.abc import Iterable, Mapping
 from pathlib import Path
+from urllib.parse import quote
 
+from rigkit.checkpoints.recipes import RECIPES
+from rigkit.checkpoints.safetensors import CheckpointError
+from rigkit.checkpoints.sources import RangeReader, RemoteCheckpoint
 from rigkit.models.hub import HubClient, HubError, ModelRef, read_token, resolve_endpoint
 from rigkit.models.lockfile import LockEntry, LockError, check, dump, load, lock_path_for
 from rigkit.transport import may_carry_token
@@ -39,7 +44,13 @@ def collect_model_refs(inventory_path: str | os.PathLike) -> list[ModelRef]:
     ``hf_endpoint`` in host data is the default endpoint for that host's models.
     Upload entries (``{"upload": ..., "dest": ...}``) need no lock and are skipped.
     """
-    from rigkit.hostdata.models import HubModel, parse_models
+    return list(collect_models(inventory_path))
+
+
+def collect_models(inventory_path: str | os.PathLike) -> dict[ModelRef, set[str]]:
+    """Each Hub model of the inventory (:func:`collect_model_refs`) -> the recipes that read it
+    by range as an input of a derived model (empty when none does)."""
+    from rigkit.hostdata.models import DerivedModel, HubModel, parse_models
     from rigkit.hostdata.rig import check_model_supply, insecure_http
     from rigkit.hostdata.schema import check_model_roots
 
@@ -49,7 +60,7 @@ def collect_model_refs(inventory_path: str | os.PathLike) -> list[ModelRef]:
         raise ValueError(f"inventory {path}: expected a Python inventory file")
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
-    refs: dict[ModelRef, None] = {}
+    refs: dict[ModelRef, set[str]] = {}
     for name, group in vars(mod).items():
         if name.startswith("_") or not isinstance(group, (list, tuple)):
             continue
@@ -59,13 +70,20 @@ def collect_model_refs(inventory_path: str | os.PathLike) -> list[ModelRef]:
             host, data = item
             check_model_supply(str(host), data)
             roots = check_model_roots(data.get("model_roots"), str(host))
-            for m in parse_models(str(host), data.get("models"), roots, insecure_http(str(host), data)):
+            parsed = parse_models(str(host), data.get("models"), roots, insecure_http(str(host), data))
+            ranged: dict[str, set[str]] = {}
+            for m in parsed:
+                if isinstance(m, DerivedModel):
+                    for recipe in m.derive.recipe_objects:
+                        for role in recipe.ranged:
+                            ranged.setdefault(m.derive.inputs[role], set()).add(recipe.name)
+            for m in parsed:
                 if isinstance(m, HubModel):
                     ref = m.ref
                     if ref.endpoint is None and data.get("hf_endpoint"):
                         ref = ModelRef(ref.repo, ref.revision, ref.include, ref.dest, data["hf_endpoint"])
-                    refs.setdefault(ref, None)
-    return list(refs)
+                    refs.setdefault(ref, set()).update(ranged.get(m.name or "", ()))
+    return refs
 
 
 # --------------------------------------------------------------------------- #
@@ -74,8 +92,15 @@ def collect_model_refs(inventory_path: str | os.PathLike) -> list[ModelRef]:
 
 
 def lock_refs(
-    refs: Iterable[ModelRef], *, endpoint: str | None = None, token: str | None = None, log=print
+    refs: Iterable[ModelRef] | Mapping[ModelRef, set[str]],
+    *,
+    endpoint: str | None = None,
+    token: str | None = None,
+    log=print,
 ) -> dict[str, LockEntry]:
+    """Each reference's lock entry; for one a derived model reads by range (``refs`` a
+    mapping to those recipes), the ranges it needs read once and recorded with their sha256."""
+    ranged = refs if isinstance(refs, Mapping) else {}
     entries: dict[str, LockEntry] = {}
     clients: dict[str, HubClient] = {}
     for ref in refs:
@@ -95,7 +120,35 @@ def lock_refs(
         entries[ref.key] = LockEntry.from_data(ref.key, listed.to_data())
         e = entries[ref.key]
         log(f"locked {ref.key} -> {res.sha[:12]} ({len(e.files)} files, {e.total_bytes / 1e9:.2f} GB)")
+        recipes = sorted(ranged.get(ref, ()))
+        if recipes:
+            with_ranges = lock_ranges(e, client.endpoint, carried, recipes, log=log)
+            entries[ref.key] = LockEntry.from_data(ref.key, with_ranges.to_data())
     return entries
+
+
+def lock_ranges(entry: LockEntry, endpoint: str, token: str | None, recipes: list[str], log=print) -> LockEntry:
+    """``entry`` with the byte ranges the recipes read of it: every safetensors header, then
+    each tensor a recipe may take, read once by HTTP range and hashed (the Hub's sha256
+    covers whole files only; every host checks its reads against these)."""
+    files = {f.path: f.size for f in entry.files if f.path.endswith(".safetensors")}
+    base = f"{endpoint.rstrip('/')}/{entry.repo}/resolve/{entry.sha}/"
+    reader = RangeReader(lambda path: base + quote(path), token=token)
+    try:
+        remote = RemoteCheckpoint(f"{entry.repo}@{entry.sha[:12]}", reader, files)
+        wanted = sorted({name for r in recipes for name in RECIPES[r].wanted(remote)})
+        for name in wanted:
+            for _ in remote.chunks(name):
+                pass  # hashed by the checkpoint as it streams
+    except CheckpointError as exc:
+        raise LockError(f"{entry.repo}: reading the ranges {', '.join(recipes)} needs: {exc}") from None
+    ranges = tuple(sorted(remote.seen.values(), key=lambda r: (r.path, r.start)))
+    log(
+        f"ranges of {entry.repo} for {', '.join(recipes)}: {len(wanted)} tensor(s) and {len(files)} header(s), "
+        f"{reader.fetched} bytes read of {entry.total_bytes} ({100 * reader.fetched / max(entry.total_bytes, 1):.2f}%) "
+        f"in {reader.requests} request(s)"
+    )
+    return dataclasses.replace(entry, ranges=ranges)
 
 
 def lock_main(argv: list[str] | None = None) -> int:
@@ -121,8 +174,8 @@ def lock_main(argv: list[str] | None = None) -> int:
             refs, _ = entries_for_inventory(args.inventory)
             print(f"{lp}: {len(refs)} model reference(s) locked")
             return 0
-        refs = collect_model_refs(args.inventory)
-        entries = lock_refs(refs, endpoint=args.endpoint, token=read_token(args.token_file))
+        models = collect_models(args.inventory)
+        entries = lock_refs(models, endpoint=args.endpoint, token=read_token(args.token_file))
         dump(entries, lp, inventory=args.inventory)
         print(f"wrote {lp} ({len(entries)} model(s))")
         return 0

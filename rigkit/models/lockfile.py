@@ -32,6 +32,8 @@ from typing import Any
 
 import yaml
 
+from rigkit.checkpoints.safetensors import CheckpointError, check_tensor_name
+from rigkit.checkpoints.sources import HEADER_RANGE, SHARD_FILE, LockedRange
 from rigkit.models.hub import (
     INCLUDE_RE,
     REPO_RE,
@@ -52,7 +54,11 @@ FILE_PATH_RE = re.compile(r"[\x20-\x5b\x5d-\x7e]{1,1024}", re.ASCII)
 RESERVED_PREFIX = ".rigkit-"
 RESERVED_SUFFIXES = (".partial", ".tmp", ".rigkit-upload")
 ENTRY_KEYS = ("repo", "revision", "include", "sha", "files")
+#: Only for a derived model's input read by range (rigkit.checkpoints): the byte ranges a
+#: host reads of it, each with the sha256 ``rigkit lock`` saw (the Hub's covers whole files).
+OPTIONAL_ENTRY_KEYS = ("ranges",)
 FILE_KEYS = ("path", "size", "sha256")
+RANGE_KEYS = ("path", "name", "start", "size", "sha256")
 
 
 class LockError(Exception):
@@ -70,6 +76,7 @@ class LockEntry:
     include: tuple[str, ...]
     sha: str
     files: tuple[LockedFile, ...]
+    ranges: tuple[LockedRange, ...] = ()
 
     @property
     def total_bytes(self) -> int:
@@ -86,7 +93,12 @@ class LockEntry:
             "include": list(self.include),
             "sha": self.sha,
             "files": [{"path": f.path, "size": f.size, "sha256": f.sha256} for f in self.files],
+            **({"ranges": [r.to_data() for r in self.ranges]} if self.ranges else {}),
         }
+
+    @property
+    def ranges_bytes(self) -> int:
+        return sum(r.size for r in self.ranges)
 
     @classmethod
     def from_data(cls, key: Any, d: Any) -> LockEntry:
@@ -99,7 +111,7 @@ class LockEntry:
         where = f"lock entry {key!r}"
         if not isinstance(d, Mapping):
             raise LockError(f"{where}: expected a mapping of {', '.join(ENTRY_KEYS)}, got {type(d).__name__}")
-        _check_keys(d, ENTRY_KEYS, where)
+        _check_keys(d, ENTRY_KEYS, where, optional=OPTIONAL_ENTRY_KEYS)
         repo = _field(d, "repo", REPO_RE, where, "'<org>/<name>'")
         if ".." in repo:
             raise LockError(f"{where}: repo: expected '<org>/<name>' without '..', got {repo!r}")
@@ -136,12 +148,54 @@ class LockEntry:
                 raise LockError(f"{where}: {at}.size: expected a number of bytes (an integer, 0 or more), got {size!r}")
             digest = _checked(f["sha256"], SHA256_RE, where, f"{at}.sha256", "a sha256 (64 lower-case hex digits)")
             files.append(LockedFile(path, size, digest))
-        return cls(repo=repo, revision=revision, include=include, sha=sha, files=tuple(files))
+        ranges = _ranges(d["ranges"], {f.path: f.size for f in files}, where) if "ranges" in d else ()
+        return cls(repo=repo, revision=revision, include=include, sha=sha, files=tuple(files), ranges=ranges)
 
 
-def _check_keys(d: Mapping[Any, Any], keys: tuple[str, ...], where: str) -> None:
+def _ranges(raw: Any, sizes: Mapping[str, int], where: str) -> tuple[LockedRange, ...]:
+    """An entry's byte ranges, checked whole: each of a .safetensors file of the entry, inside
+    that file, after its header (whose range starts the file and is locked too), once."""
+    if not isinstance(raw, list) or not raw:
+        raise LockError(f"{where}: ranges: expected a non-empty list of {{{', '.join(RANGE_KEYS)}}}, got {raw!r}")
+    out: dict[tuple[str, str], LockedRange] = {}
+    for i, r in enumerate(raw):
+        at = f"{where}: ranges[{i}]"
+        if not isinstance(r, Mapping):
+            raise LockError(f"{at}: expected a mapping of {', '.join(RANGE_KEYS)}, got {r!r}")
+        _check_keys(r, RANGE_KEYS, at)
+        path = r["path"]
+        if not isinstance(path, str) or path not in sizes or not SHARD_FILE.fullmatch(path):
+            raise LockError(f"{at}.path: expected a .safetensors file of this entry's files, got {path!r}")
+        name = r["name"]
+        if name != HEADER_RANGE:
+            try:
+                check_tensor_name(name, f"{at}.name")
+            except CheckpointError as exc:
+                raise LockError(str(exc)) from None
+        start, size = r["start"], r["size"]
+        for field, value in (("start", start), ("size", size)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise LockError(f"{at}.{field}: expected a number of bytes (an integer, 0 or more), got {value!r}")
+        if start + size > sizes[path]:
+            raise LockError(f"{at}: bytes {start}+{size} end beyond {path}, which the lock says is {sizes[path]} bytes")
+        if name == HEADER_RANGE and (start != 0 or size < 8):
+            raise LockError(f"{at}: a header's range starts the file (0) and has its 8-byte length, got {start}+{size}")
+        digest = _checked(r["sha256"], SHA256_RE, at, "sha256", "a sha256 (64 lower-case hex digits)")
+        if (path, name) in out:
+            raise LockError(f"{at}: expected each range once, got {path} {name} twice")
+        out[(path, name)] = LockedRange(path, name, start, size, digest)
+    for (path, name), r in out.items():
+        header = out.get((path, HEADER_RANGE))
+        if header is None:
+            raise LockError(f"{where}: ranges: {path} has tensor ranges but no {HEADER_RANGE} range")
+        if name != HEADER_RANGE and r.start < header.size:
+            raise LockError(f"{where}: ranges: {path} {name} starts at {r.start}, inside the header (0+{header.size})")
+    return tuple(out.values())
+
+
+def _check_keys(d: Mapping[Any, Any], keys: tuple[str, ...], where: str, optional: tuple[str, ...] = ()) -> None:
     missing = [k for k in keys if k not in d]
-    unknown = sorted(str(k) for k in d if k not in keys)
+    unknown = sorted(str(k) for k in d if k not in keys and k not in optional)
     if missing or unknown:
         problem = f"missing {', '.join(missing)}" if missing else f"unknown key {unknown[0]!r}"
         raise LockError(f"{where}: expected the keys {', '.join(keys)} ({problem})")
