@@ -5,7 +5,10 @@ refused when hostile, and the models step's operations (built once, a no-op afte
 from __future__ import annotations
 
 import copy
+import dataclasses
+import json
 import os
+import shutil
 import textwrap
 from pathlib import Path
 
@@ -295,3 +298,180 @@ def test_lock_ranges_round_trip(locked_text, tmp_path):
     lockfile.dump(lock, path)
     assert lockfile.load(path) == lock
     assert os.path.getsize(path) > 0
+
+
+# --------------------------------------------------------------------------- #
+# The host's build: spec, switch, idempotency, the old output kept
+# --------------------------------------------------------------------------- #
+
+
+def host_rig(tmp_path: Path, text: str, endpoint: str):
+    """The rig resolved through the lock, its model dirs under ``tmp_path`` (the host's roots)."""
+    from rigkit.hostdata import parse_rig, resolve_model_refs
+
+    root = str(tmp_path / "models")
+    models = models_data()
+    for m in models:
+        m["dest"] = m["dest"].replace("/srv/models", root)
+    data = {**rig_data(models), "model_roots": [root]}
+    path = tmp_path / "derived.lock.yaml"
+    path.write_text(text)
+    return resolve_model_refs(parse_rig("h", data), lockfile.load(path), "derived.py")
+
+
+def write_spec(tmp_path: Path, rig, endpoint: str) -> Path:
+    from rigkit.models import derived
+
+    (model,) = rig.derived_models
+    spec = derived.spec_for(rig, model, {}, endpoint=endpoint)
+    path = tmp_path / "spec.json"
+    path.write_text(json.dumps(spec))
+    return path
+
+
+def run_builder(spec: Path) -> tuple[int, str]:
+    import contextlib
+    import io
+
+    from rigkit.scripts import build_checkpoint
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        rc = build_checkpoint.main([str(spec)])
+    return rc, out.getvalue() + err.getvalue()
+
+
+@pytest.fixture
+def placed(hub_root, tmp_path):
+    """The INT4 input placed where the rig's base dest says (as the models step leaves it)."""
+    dest = tmp_path / "models" / "int4"
+    shutil.copytree(hub_root / INT4, dest)
+    return dest
+
+
+def test_the_host_builds_from_the_lock_and_a_rerun_changes_nothing(locked_text, hub, hub_root, placed, tmp_path):
+    rig = host_rig(tmp_path, locked_text, hub.url)
+    spec_file = write_spec(tmp_path, rig, hub.url)
+    spec = json.loads(spec_file.read_text())
+    dest = Path(spec["dest"])
+    hub.reset_stats()
+    rc, out = run_builder(spec_file)
+    assert rc == 0, out
+    assert "hybrid-fp8-shared-experts v1: replaced 144" in out and "skipped: no counterpart 408" in out
+    # The INT4 base's index maps its MTP weights already: mtp-index finds all 785 there.
+    assert "mtp-index v1: replaced 0, present 785" in out
+    fp8 = next(e for e in rig.locks.values() if e.repo == FP8)
+    assert hub.total_sent() == fp8.ranges_bytes  # only the locked ranges: the FP8 checkpoint is not fetched
+    shards = sum(f.size for f in fp8.files if f.path.endswith(".safetensors"))
+    assert f"{fp8.ranges_bytes} bytes fetched by range of {shards}" in out
+    assert dest.is_symlink() and os.readlink(dest) == Path(spec["output"]).name
+    manifest = json.loads((dest / ".rigkit-derived.json").read_text())
+    assert manifest["identity"] == spec["identity"] and manifest["complete"] is True
+    counts = {r["recipe"]: r["counts"] for r in manifest["recipes"]}
+    assert counts[HYBRID]["replaced"] == 144 and counts[MTP]["present"] == 785
+    # The replaced tensors are the FP8 checkpoint's bytes.
+    from rigkit.checkpoints.sources import LocalCheckpoint
+
+    built, fp8_local = LocalCheckpoint(dest), LocalCheckpoint(hub_root / FP8)
+    name = "model.language_model.layers.7.mlp.shared_expert.down_proj.weight"
+    assert b"".join(built.chunks(name)) == b"".join(fp8_local.chunks(name))
+    # Again: nothing read, nothing built, the link unchanged.
+    before = os.lstat(dest).st_mtime_ns
+    hub.reset_stats()
+    rc, out = run_builder(spec_file)
+    assert rc == 0 and "up to date, nothing built" in out
+    assert hub.total_sent() == 0 and os.lstat(dest).st_mtime_ns == before
+
+
+def test_a_changed_input_builds_beside_and_keeps_the_previous_output(locked_text, hub, placed, tmp_path):
+    rig = host_rig(tmp_path, locked_text, hub.url)
+    first = json.loads(write_spec(tmp_path, rig, hub.url).read_text())
+    assert run_builder(tmp_path / "spec.json")[0] == 0
+    # The INT4 input changed (a new commit in the lock): a new identity, a new output beside.
+    int4_key = next(k for k, e in rig.locks.items() if e.repo == INT4)
+    locks = dict(rig.locks)
+    locks[int4_key] = dataclasses.replace(locks[int4_key], sha="b" * 40)
+    changed = dataclasses.replace(rig, locks=locks)
+    second = json.loads(write_spec(tmp_path, changed, hub.url).read_text())
+    assert second["identity"] != first["identity"] and second["output"] != first["output"]
+    rc, out = run_builder(tmp_path / "spec.json")
+    assert rc == 0, out
+    dest = Path(second["dest"])
+    assert os.readlink(dest) == Path(second["output"]).name
+    assert (Path(first["output"]) / ".rigkit-derived.json").is_file()  # the previous, for a rollback
+
+
+def test_a_range_that_differs_from_the_lock_fails_and_keeps_the_last_good_output(locked_text, hub, placed, tmp_path):
+    rig = host_rig(tmp_path, locked_text, hub.url)
+    spec_file = write_spec(tmp_path, rig, hub.url)
+    assert run_builder(spec_file)[0] == 0
+    good = json.loads(spec_file.read_text())
+    spec = copy.deepcopy(good)
+    spec["identity"] = "c" * 64
+    spec["output"] = good["output"][:-16] + "c" * 16
+    tensor = next(r for r in spec["inputs"]["fp8"]["ranges"] if r["name"] != "__header__")
+    tensor["sha256"] = "0" * 64  # the bytes the Hub sends are not the ones locked
+    spec_file.write_text(json.dumps(spec))
+    rc, out = run_builder(spec_file)
+    assert rc == 1 and "the remote changed or lies" in out
+    dest = Path(good["dest"])
+    assert os.readlink(dest) == Path(good["output"]).name and not Path(spec["output"]).exists()
+    assert json.loads((dest / ".rigkit-derived.json").read_text())["identity"] == good["identity"]
+
+
+def test_a_dest_that_is_a_real_directory_is_left_as_it_is(locked_text, hub, placed, tmp_path):
+    rig = host_rig(tmp_path, locked_text, hub.url)
+    spec_file = write_spec(tmp_path, rig, hub.url)
+    dest = Path(json.loads(spec_file.read_text())["dest"])
+    dest.mkdir(parents=True)
+    (dest / "mine").write_text("keep")
+    rc, out = run_builder(spec_file)
+    assert rc == 1 and "a directory rigkit did not make" in out
+    assert (dest / "mine").read_text() == "keep" and not dest.is_symlink()
+
+
+def test_a_spec_whose_output_is_not_its_identitys_is_refused(locked_text, hub, placed, tmp_path):
+    rig = host_rig(tmp_path, locked_text, hub.url)
+    spec_file = write_spec(tmp_path, rig, hub.url)
+    spec = json.loads(spec_file.read_text())
+    spec["output"] = "/etc/hybrid"
+    spec_file.write_text(json.dumps(spec))
+    rc, out = run_builder(spec_file)
+    assert rc == 1 and "output: expected" in out and not Path(spec["dest"]).exists()
+
+
+class FakeHost:
+    """What the operation asks of pyinfra's host: the fact (the real script's answer on
+    ``dest``) and the no-op it reports."""
+
+    def __init__(self):
+        self.noops: list[str] = []
+
+    def get_fact(self, fact, **kwargs):
+        import subprocess
+
+        cmd = fact().command(**kwargs)
+        args = [a.obj if hasattr(a, "obj") else a for a in cmd.bits]
+        return fact().process(subprocess.run(args, capture_output=True, text=True, check=True).stdout.splitlines())
+
+    def noop(self, why: str) -> None:
+        self.noops.append(why)
+
+
+def test_the_operation_builds_once_then_noops(locked_text, hub, placed, tmp_path, monkeypatch):
+    from rigkit.operations import checkpoints as ops
+
+    rig = host_rig(tmp_path, locked_text, hub.url)
+    spec = json.loads(write_spec(tmp_path, rig, hub.url).read_text())
+    fake = FakeHost()
+    monkeypatch.setattr(ops, "host", fake)
+    monkeypatch.setattr(ops.rendered.put, "_inner", lambda **kw: iter(["put " + kw["dest"]]))
+    commands = [str(c) if isinstance(c, str) else c.get_raw_value() for c in ops.derived._inner(spec=spec)]
+    assert commands[0] == f"put {ops.REMOTE_DIR}/derived/hybrid.json" and "build_checkpoint.py" in commands[1]
+    assert fake.noops == []
+    # The builder run on the host (as the command would), then the operation again: a no-op.
+    assert run_builder(tmp_path / "spec.json")[0] == 0
+    assert list(ops.derived._inner(spec=spec)) == []
+    assert fake.noops == [f"{spec['dest']} -> {Path(spec['output']).name}: built from these inputs, complete"]
+    # Another identity (an input changed) is built again.
+    assert list(ops.derived._inner(spec={**spec, "identity": "d" * 64}))

@@ -1,6 +1,7 @@
 """
 The models step of a deploy: every model of the host in place before any service (re)starts,
-uploaded from the deploying machine or fetched on the host as the model lock pins them.
+uploaded from the deploying machine or fetched on the host as the model lock pins them, then
+each derived model built on the host from them (an input read only by range is not placed).
 """
 
 from __future__ import annotations
@@ -11,8 +12,10 @@ from pyinfra import host
 from pyinfra.api import deploy
 from pyinfra.api.exceptions import PyinfraError
 
-from rigkit.hostdata import Rig, UploadModel
-from rigkit.models.hub import resolve_endpoint
+from rigkit.hostdata import HubModel, Rig, UploadModel
+from rigkit.models import derived
+from rigkit.models.hub import read_token, resolve_endpoint
+from rigkit.operations import checkpoints as checkpoint_ops
 from rigkit.operations import models as model_ops
 from rigkit.transport import may_carry_token
 
@@ -21,18 +24,18 @@ from rigkit.transport import may_carry_token
 def models(rig: Rig):
     """Model files: uploaded from this machine (``upload``) for small or air-gapped models,
     or fetched on the host from the Hub (or ``hf_endpoint``, a mirror) as the lock pins them.
+    Derived models are built after the models they are made from (``derive``).
     Returns the operations, so services restart when their model changed."""
     placed = []
+    # The token goes to the host only when a Hub model's endpoint may carry it (https).
+    use_token = any(
+        may_carry_token(resolve_endpoint(m.endpoint or host.data.get("hf_endpoint"))) for m in rig.hub_models
+    )
     if rig.models:
         model_ops.fetcher(
-            name="Install rigkit's model fetcher",
-            token_file=host.data.get("hf_token_file"),
-            # The token goes to the host only when a Hub model's endpoint may carry it (https).
-            use_token=any(
-                may_carry_token(resolve_endpoint(m.endpoint or host.data.get("hf_endpoint"))) for m in rig.hub_models
-            ),
+            name="Install rigkit's model fetcher", token_file=host.data.get("hf_token_file"), use_token=use_token
         )
-    for entry in rig.models:
+    for entry in rig.placed_models:
         if isinstance(entry, UploadModel):
             src = Path(entry.upload).expanduser()
             if not src.is_dir():
@@ -42,7 +45,7 @@ def models(rig: Rig):
             placed.append(
                 model_ops.uploaded(name=f"Model files of {src.name} in {entry.dest}", src=str(src), dest=entry.dest)
             )
-        else:
+        elif isinstance(entry, HubModel):
             locked = rig.lock_for(entry)
             placed.append(
                 model_ops.shards(
@@ -53,4 +56,29 @@ def models(rig: Rig):
                     token_file=host.data.get("hf_token_file"),
                 )
             )
+    placed.extend(derived_models(rig, use_token))
     return placed
+
+
+def derived_models(rig: Rig, use_token: bool) -> list:
+    """Each derived model built (or found built) from its inputs, in order."""
+    if not rig.derived_models:
+        return []
+    checkpoint_ops.builder(name="Install rigkit's checkpoint builder")
+    has_token = use_token and read_token(host.data.get("hf_token_file")) is not None
+    remote_token = f"{model_ops.REMOTE_DIR}/hf-token" if has_token else None
+    identities: dict[str, str] = {}
+    built = []
+    for model in rig.derived_models:
+        spec = derived.spec_for(
+            rig, model, identities, endpoint=host.data.get("hf_endpoint"), remote_token=remote_token
+        )
+        identities[model.name] = spec["identity"]
+        built.append(
+            checkpoint_ops.derived(
+                name=f"Derived model {model.name} ({' + '.join(spec['recipes'])}, {spec['identity'][:12]}) "
+                f"in {model.dest}",
+                spec=spec,
+            )
+        )
+    return built
