@@ -353,3 +353,97 @@ def test_sglang_through_the_seam(engines, api_key):
         timeout=120,
     )
     assert f"sg               :8003  active    healthy  SGLang {c['Config']['Image']}" in status.stdout, status.stdout
+
+
+DERIVED_DEST = "/srv/models/qwen-hybrid"
+
+
+def test_a_derived_model_is_built_from_locked_ranges_and_served(engines):
+    """The hybrid of seed 003 (INT4 base, FP8 shared experts, MTP weights) made on the host
+    from small synthetic checkpoints with the real layout: the INT4 input placed from one
+    mirror, the FP8 one only read by range from another (every byte it sends counted), a vLLM
+    service verified on the built model, a second deploy building nothing, and a hostile
+    inventory changing nothing."""
+    from rigkit.checkpoints import synthetic
+    from rigkit.models import lockfile, mirror
+
+    sb, tmp = engines["sb"], engines["tmp"]
+    roots = {"int4": tmp / "hub-int4", "fp8": tmp / "hub-fp8"}
+    synthetic.write_int4_autoround(roots["int4"] / synthetic.INT4_REPO)
+    synthetic.write_fp8(roots["fp8"] / synthetic.FP8_REPO)
+    int4_hub = mirror.serve(str(roots["int4"]), host=sb.gateway, port=0)
+    fp8_hub = mirror.serve(str(roots["fp8"]), host=sb.gateway, port=0)
+    try:
+        lock = tmp / "derived.lock.yaml"
+        models = [
+            {"name": "int4", "repo": synthetic.INT4_REPO, "dest": "/srv/models/int4"},
+            {"name": "fp8", "repo": synthetic.FP8_REPO, "dest": "/srv/models/fp8", "endpoint": fp8_hub.url},
+            {
+                "name": "hybrid",
+                "derive": {
+                    "recipes": ["hybrid-fp8-shared-experts", "mtp-index"],
+                    "inputs": {"base": "int4", "fp8": "fp8", "mtp": "int4"},
+                },
+                "dest": DERIVED_DEST,
+            },
+        ]
+        mutation = {
+            "@hosts": ["sandbox-1"],
+            "@data": {"model_lock": str(lock), "hf_endpoint": int4_hub.url, "hf_insecure_http": True},
+            "@models": models,
+            "@services": [container_service("vllm", "hybrid", 8004, model="ref:hybrid")],
+        }
+        inventory = write_inventory(tmp, mutation, name="derived")
+        env = engines["env"]
+        locked = subprocess.run(
+            [sys.executable, "-m", "rigkit.cli", "lock", str(inventory)],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env={**os.environ, **env},
+        )
+        assert locked.returncode == 0, locked.stderr
+        assert lockfile.lock_path_for(inventory) == lock  # what the inventory's model_lock names
+        fp8 = next(e for e in lockfile.load(lock).values() if e.repo == synthetic.FP8_REPO)
+        whole = sum(f.size for f in fp8.files if f.path.endswith(".safetensors"))
+        assert f"{fp8.ranges_bytes} bytes read of {fp8.total_bytes}" in locked.stdout
+        print(
+            f"FP8 input: {fp8.ranges_bytes} of {whole} shard bytes read by range ({100 * fp8.ranges_bytes / whole:.1f}%)"
+        )
+
+        fp8_hub.reset_stats()
+        first = run_pyinfra(str(inventory), "deploys/rig.py", env=env, timeout=900)
+        assert first.returncode == 0, output(first)[-4000:]
+        built = [n for n in first.changed if "Derived model hybrid" in n]
+        assert built, first.changed
+        assert "Serve vLLM | Verify vLLM services (ready, /v1/models, chat, tool-call replay)" in first.changed
+        # The host read of the FP8 checkpoint exactly the locked ranges, and placed none of it.
+        assert {p: n for p, n in fp8_hub.bytes_sent.items() if p.endswith(".safetensors")}
+        assert sum(n for p, n in fp8_hub.bytes_sent.items() if p.endswith(".safetensors")) == fp8.ranges_bytes
+        host = engines["host"]
+        assert ssh(sb, host, "test -e /srv/models/fp8 || echo absent") == "absent"
+        target = ssh(sb, host, f"readlink {DERIVED_DEST}")
+        assert target.startswith(".qwen-hybrid.derived-")
+        manifest = json.loads(ssh(sb, host, f"cat {DERIVED_DEST}/.rigkit-derived.json"))
+        assert manifest["complete"] and [r["counts"]["replaced"] for r in manifest["recipes"]] == [144, 0]
+        assert json.loads(ask(engines, 8004))["data"][0]["id"] == "hybrid-model"
+
+        fp8_hub.reset_stats()
+        again = run_pyinfra(str(inventory), "deploys/rig.py", env=env, timeout=900)
+        assert again.returncode == 0 and not again.changed, again.changed
+        assert fp8_hub.total_sent() == 0 and ssh(sb, host, f"readlink {DERIVED_DEST}") == target
+
+        # A derived model whose input is not in the inventory: refused before any host change.
+        hostile = dict(
+            models[2], derive={**models[2]["derive"], "inputs": {"base": "int4", "fp8": "nope", "mtp": "int4"}}
+        )
+        bad = write_inventory(tmp, {**mutation, "@models": [*models[:2], hostile]}, name="derived_hostile")
+        refused = run_pyinfra(str(bad), "deploys/rig.py", env=env, timeout=300)
+        assert refused.returncode != 0 and "derive.inputs.fp8" in output(refused)
+        assert (
+            refused.results is None and "Traceback" not in refused.stderr
+        )  # stopped while preparing: no operation ran
+        assert ssh(sb, host, f"readlink {DERIVED_DEST}") == target
+    finally:  # the module's teardown deploys sandbox-1 back as the first deploy left it
+        int4_hub.stop()
+        fp8_hub.stop()
