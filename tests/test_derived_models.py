@@ -19,6 +19,7 @@ from rigkit.checkpoints import recipes, synthetic
 from rigkit.hostdata import DerivedModel, HostDataError, HubModel, parse_rig, resolve_model_refs
 from rigkit.models import lock_command, lockfile, mirror
 from rigkit.models.lockfile import LockError
+from rigkit.scripts import build_checkpoint
 
 HYBRID, MTP = recipes.HYBRID.name, recipes.MTP_INDEX.name
 INT4, FP8 = synthetic.INT4_REPO, synthetic.FP8_REPO
@@ -222,7 +223,17 @@ def test_lock_records_the_fp8_tensors_ranges_read_once(hub, hub_root, tmp_path, 
             assert hashlib.sha256(f.read(r.size)).hexdigest() == r.sha256
     # The lock resolves the rig: a deploy with this lock reads only those ranges.
     rig = resolve_model_refs(parse_rig("h", rig_data()), lock, str(inv))
-    assert rig.services[0].model == DEST
+    # The service loads the output its inputs name (beside dest), so a rollback's unit names the
+    # previous output; another lock entry for an input is another output.
+    hybrid = rig.model_named("hybrid")
+    assert (
+        rig.services[0].model
+        == rig.derived_output(hybrid)
+        == build_checkpoint.output_dir(DEST, rig.derived_identity(hybrid))
+    )
+    changed = {key: dataclasses.replace(entry, sha="f" * 40) for key, entry in lock.items()}
+    other = resolve_model_refs(parse_rig("h", rig_data()), changed, str(inv))
+    assert other.services[0].model != rig.services[0].model and other.services[0].model.startswith("/srv/models/.")
 
 
 def test_a_lock_without_the_ranges_stops_the_deploy(hub, tmp_path):
@@ -323,7 +334,7 @@ def write_spec(tmp_path: Path, rig, endpoint: str) -> Path:
     from rigkit.models import derived
 
     (model,) = rig.derived_models
-    spec = derived.spec_for(rig, model, {}, endpoint=endpoint)
+    spec = derived.spec_for(rig, model, endpoint=endpoint)
     path = tmp_path / "spec.json"
     path.write_text(json.dumps(spec))
     return path

@@ -427,6 +427,8 @@ def test_a_derived_model_is_built_from_locked_ranges_and_served(engines):
         manifest = json.loads(ssh(sb, host, f"cat {DERIVED_DEST}/.rigkit-derived.json"))
         assert manifest["complete"] and [r["counts"]["replaced"] for r in manifest["recipes"]] == [144, 0]
         assert json.loads(ask(engines, 8004))["data"][0]["id"] == "hybrid-model"
+        # The service loads the output itself (so a rollback's unit names the previous one).
+        assert f"/srv/models/{target}" in container(engines, "rigkit-vllm-hybrid")["Args"]
 
         fp8_hub.reset_stats()
         again = run_pyinfra(str(inventory), "deploys/rig.py", env=env, timeout=900)
@@ -444,6 +446,25 @@ def test_a_derived_model_is_built_from_locked_ranges_and_served(engines):
             refused.results is None and "Traceback" not in refused.stderr
         )  # stopped while preparing: no operation ran
         assert ssh(sb, host, f"readlink {DERIVED_DEST}") == target
+
+        # Another recipe list builds a second output beside the first; the service cannot start
+        # on it (a broken base too): the previous unit comes back, on the previous output.
+        changed = {
+            **mutation,
+            "@models": [
+                *models[:2],
+                dict(models[2], derive={**models[2]["derive"], "recipes": models[2]["derive"]["recipes"][:1]}),
+            ],
+            "@services": [container_service("vllm", "hybrid", 8004, model="ref:hybrid", base_image=BROKEN)],
+        }
+        failed = run_pyinfra(
+            str(write_inventory(tmp, changed, name="derived_changed")), "deploys/rig.py", env=env, timeout=900
+        )
+        assert failed.returncode != 0 and "the previous image is serving and verified" in output(failed)
+        outputs = ssh(sb, host, "ls -a /srv/models").split()
+        assert target in outputs and len([o for o in outputs if o.startswith(".qwen-hybrid.derived-")]) == 2
+        assert f"/srv/models/{target}" in container(engines, "rigkit-vllm-hybrid")["Args"]
+        assert json.loads(ask(engines, 8004))["data"][0]["id"] == "hybrid-model"
     finally:  # the module's teardown deploys sandbox-1 back as the first deploy left it
         int4_hub.stop()
         fp8_hub.stop()

@@ -130,6 +130,29 @@ class Rig:
             if not isinstance(m, DerivedModel) and not (isinstance(m, HubModel) and m.name in self.ranged_only)
         )
 
+    def derived_identity(self, model: DerivedModel) -> str:
+        """What a derived model's output is made of: each input's lock entry (a derived
+        input: its identity), by role, and each recipe's name and version, in order."""
+        from rigkit.checkpoints.build import identity_of
+
+        inputs: dict[str, Any] = {}
+        for role, name in sorted(model.derive.inputs.items()):
+            m = self.model_named(name)
+            inputs[role] = (
+                {"hub": self.lock_for(m).to_data()}
+                if isinstance(m, HubModel)
+                else {"derived": self.derived_identity(m)}
+            )
+        recipes = [[r.name, r.version] for r in model.derive.recipe_objects]
+        return identity_of({"recipes": recipes, "inputs": inputs})
+
+    def derived_output(self, model: DerivedModel) -> str:
+        """The directory a derived model's current inputs build (beside its ``dest``): what its
+        services load, so a rollback's unit names the previous output, which stays."""
+        from rigkit.scripts.build_checkpoint import output_dir
+
+        return output_dir(model.dest, self.derived_identity(model))
+
     def model_named(self, name: str) -> HubModel | DerivedModel:
         return next(m for m in self.models if isinstance(m, (HubModel, DerivedModel)) and m.name == name)
 
@@ -339,12 +362,14 @@ def resolve_model_refs(rig: Rig, lock: Mapping[str, LockEntry], inventory: str =
                     f"({role}) by range\nrun: rigkit lock {inventory}"
                 )
 
+    locked = dataclasses.replace(rig, locks=locks)
+
     def resolved(model: str, engine: str, key: str) -> str:
         if not model.startswith(MODEL_REF_PREFIX):
             return model
         m = rig.model_named(model[len(MODEL_REF_PREFIX) :])
-        if isinstance(m, DerivedModel):  # vLLM and SGLang load its directory (the dest symlink)
-            return m.dest
+        if isinstance(m, DerivedModel):  # vLLM and SGLang load the output directory itself
+            return locked.derived_output(m)
         try:
             # vLLM loads the model's directory; llama-server its first shard.
             return m.dest if engine == "vllm" else locks[m.ref.key].model_path(m.dest)

@@ -67,13 +67,9 @@ def derived_models(rig: Rig, use_token: bool) -> list:
     checkpoint_ops.builder(name="Install rigkit's checkpoint builder")
     has_token = use_token and read_token(host.data.get("hf_token_file")) is not None
     remote_token = f"{model_ops.REMOTE_DIR}/hf-token" if has_token else None
-    identities: dict[str, str] = {}
     built = []
     for model in rig.derived_models:
-        spec = derived.spec_for(
-            rig, model, identities, endpoint=host.data.get("hf_endpoint"), remote_token=remote_token
-        )
-        identities[model.name] = spec["identity"]
+        spec = derived.spec_for(rig, model, endpoint=host.data.get("hf_endpoint"), remote_token=remote_token)
         built.append(
             checkpoint_ops.derived(
                 name=f"Derived model {model.name} ({' + '.join(spec['recipes'])}, {spec['identity'][:12]}) "

@@ -8,39 +8,25 @@ build_checkpoint.py`` builds from it.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Any
 
-from rigkit.checkpoints.build import identity_of
 from rigkit.hostdata.models import DerivedModel, HubModel
 from rigkit.hostdata.rig import Rig
 from rigkit.models.hub import resolve_endpoint
-from rigkit.scripts.build_checkpoint import SPEC_VERSION, output_dir
+from rigkit.scripts.build_checkpoint import SPEC_VERSION
 from rigkit.transport import may_carry_token
-
-
-def identity(rig: Rig, model: DerivedModel, identities: Mapping[str, str]) -> str:
-    """What the output is made of: each input's lock entry (a derived input: its identity),
-    by role, and each recipe's name and version, in order."""
-    inputs: dict[str, Any] = {}
-    for role, name in sorted(model.derive.inputs.items()):
-        m = rig.model_named(name)
-        inputs[role] = {"hub": rig.lock_for(m).to_data()} if isinstance(m, HubModel) else {"derived": identities[name]}
-    recipes = [[r.name, r.version] for r in model.derive.recipe_objects]
-    return identity_of({"recipes": recipes, "inputs": inputs})
 
 
 def spec_for(
     rig: Rig,
     model: DerivedModel,
-    identities: Mapping[str, str],
     *,
     endpoint: str | None = None,
     remote_token: str | None = None,
 ) -> dict[str, Any]:
     """The JSON spec build_checkpoint.py reads. ``remote_token``: the token file on the host,
     named only for an input whose endpoint may carry it (https)."""
-    ident = identity(rig, model, identities)
+    ident = rig.derived_identity(model)
     inputs: dict[str, Any] = {}
     for role, name in sorted(model.derive.inputs.items()):
         m = rig.model_named(name)
@@ -64,7 +50,7 @@ def spec_for(
         "version": SPEC_VERSION,
         "name": model.name,
         "dest": model.dest,
-        "output": output_dir(model.dest, ident),
+        "output": rig.derived_output(model),
         "identity": ident,
         "recipes": [r.name for r in model.derive.recipe_objects],
         # A known base (its Hub repository) has its recipes' counts checked before the switch.

@@ -76,7 +76,7 @@ def derived(spec: dict[str, Any], remote_dir: str = REMOTE_DIR):
         checkpoints.builder()
         checkpoints.derived(
             name="Derived model qwen-hybrid",
-            spec=derived.spec_for(rig, model, identities),
+            spec=derived.spec_for(rig, model),
         )
     """
     output = spec["output"]
