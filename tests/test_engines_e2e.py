@@ -449,12 +449,10 @@ def test_a_derived_model_is_built_from_locked_ranges_and_served(engines):
 
         # Another recipe list builds a second output beside the first; the service cannot start
         # on it (a broken base too): the previous unit comes back, on the previous output.
+        hybrid_only = {"recipes": ["hybrid-fp8-shared-experts"], "inputs": {"base": "int4", "fp8": "fp8"}}
         changed = {
             **mutation,
-            "@models": [
-                *models[:2],
-                dict(models[2], derive={**models[2]["derive"], "recipes": models[2]["derive"]["recipes"][:1]}),
-            ],
+            "@models": [*models[:2], dict(models[2], derive=hybrid_only)],
             "@services": [container_service("vllm", "hybrid", 8004, model="ref:hybrid", base_image=BROKEN)],
         }
         failed = run_pyinfra(
