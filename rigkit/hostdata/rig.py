@@ -17,6 +17,7 @@ from pyinfra.api.exceptions import PyinfraError
 from rigkit.facts import per_run
 from rigkit.hostdata.cluster import Cluster, ClusterMembers, members, parse_cluster, validate_cluster
 from rigkit.hostdata.gpus import Gpus, parse_gpus
+from rigkit.hostdata.interconnect import Interconnect, check_with_cluster, parse_interconnect
 from rigkit.hostdata.llama_cpp import LlamaCpp, parse_llama_cpp
 from rigkit.hostdata.models import (
     INSECURE_HTTP,
@@ -41,7 +42,7 @@ LOCK_ENV = "RIGKIT_MODEL_LOCK"
 CLUSTER_ENV = frozenset(
     {"NCCL_SOCKET_IFNAME", "GLOO_SOCKET_IFNAME", "VLLM_HOST_IP", "RAY_ADDRESS", "RAY_USAGE_STATS_ENABLED"}
 )
-COMPONENTS = ("gpus", "nvidia", "llama_cpp", "services", "models", "cluster")
+COMPONENTS = ("gpus", "nvidia", "llama_cpp", "services", "models", "cluster", "interconnect")
 #: Host-level keys parse_rig reads beside the components.
 HOST_KEYS = ("model_roots", INSECURE_HTTP)
 
@@ -67,6 +68,7 @@ class Rig:
     services: tuple[Service, ...] = ()
     models: tuple[Model, ...] = ()
     cluster: Cluster | None = None
+    interconnect: Interconnect | None = None
     # Where model files and directories may be on this host (host data model_roots).
     model_roots: tuple[str, ...] = MODEL_ROOTS
     # ModelRef.key -> the lock entry, filled by resolve_model_refs()
@@ -216,6 +218,7 @@ def parse_rig(host: str, data: Mapping[str, Any]) -> Rig:
     cluster = parse_cluster(host, data["cluster"]) if data.get("cluster") is not None else None
     _check_clustered_services(host, services, cluster)
     _check_model_paths(host, services, roots)
+    link = parse_interconnect(host, data["interconnect"]) if data.get("interconnect") is not None else None
     return Rig(
         host=host,
         gpus=gpus,
@@ -224,6 +227,7 @@ def parse_rig(host: str, data: Mapping[str, Any]) -> Rig:
         services=services,
         models=models,
         cluster=cluster,
+        interconnect=link,
         model_roots=roots,
     )
 
@@ -303,6 +307,12 @@ def check_clusters(hosts_data: Mapping[str, Mapping[str, Any]]) -> None:
     for name, data in hosts_data.items():
         if data.get("cluster") is not None:
             rigs[name] = parse_rig(name, {k: data[k] for k in COMPONENTS + HOST_KEYS if data.get(k) is not None})
+    for name, rig in rigs.items():
+        assert rig.cluster is not None
+        if rig.interconnect is not None:
+            # validate_cluster: every node declares the cluster.
+            others = {n: c.address for n in rig.cluster.nodes if n != name and (c := rigs[n].cluster) is not None}
+            check_with_cluster(name, rig.interconnect, rig.cluster.interconnect, rig.cluster.address, others)
     for name, rig in rigs.items():
         assert rig.cluster is not None
         head = rigs[rig.cluster.head]
