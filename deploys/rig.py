@@ -10,11 +10,13 @@ systemd unit per service, verified.
 from pyinfra import host
 
 from rigkit.hostdata import rig_for
+from rigkit.interconnect import bring_up
 from rigkit.models.deploy import models
 from rigkit.nvidia.deploy import setup as nvidia_setup
 from rigkit.serve import serve_all
 
 config = rig_for(host)  # every component validated before any host changes
+bring_up(config)  # configured, measured on every node, trusted: before anything else changes
 
 if config.nvidia:  # the driver, CUDA toolkit, container toolkit, power limits
     nvidia_setup(config.nvidia, gpu_count=config.gpus.count)

@@ -12,10 +12,12 @@ from pyinfra import host
 
 from rigkit import spark
 from rigkit.hostdata import rig_for
+from rigkit.interconnect import bring_up
 from rigkit.models.deploy import models
 from rigkit.serve import serve_all
 
 config = rig_for(host)  # every component validated before any host changes
 spark.preflight(config)
+bring_up(config)  # configured, measured on every node, trusted: before anything else changes
 placed = models(config)
 serve_all(config, models=placed, address=host.data.get("ssh_hostname") or host.name)

@@ -20,6 +20,7 @@ from pyinfra.operations.util import any_changed
 
 from rigkit.facts import per_run
 from rigkit.facts.cluster import ImageBase
+from rigkit.facts.interconnect import InterconnectHost
 from rigkit.host_paths import unit_path
 from rigkit.hostdata import Rig, Service
 from rigkit.hostdata.cluster import Cluster, ClusterMembers, parse_cluster
@@ -83,6 +84,22 @@ def _any(ops: list) -> Callable[[], bool]:
     return lambda: any(op.is_complete() and op.did_change() for op in ops)
 
 
+def rdma_devices(rig: Rig) -> tuple[str, ...]:
+    """The RDMA devices behind this node's interconnect port (none without an ``interconnect``;
+    the port found as the interconnect operation finds it, before any rename)."""
+    if rig.interconnect is None:
+        return ()
+    links = host.get_fact(InterconnectHost)["links"]
+    for port in links:
+        if (
+            (rig.interconnect.pci and port.get("pci") == rig.interconnect.pci)
+            or (rig.interconnect.mac and port.get("mac") == rig.interconnect.mac)
+            or (not rig.interconnect.pci and not rig.interconnect.mac and port["name"] == rig.interconnect.interface)
+        ):
+            return tuple(port.get("rdma") or ())
+    return ()
+
+
 def ray_node(rig: Rig, service: Service, image: str, image_op) -> Callable[[], bool]:
     """This node's part of ``service``'s cluster; returns whether any node's Ray (re)started
     in this run (evaluated when the operations run)."""
@@ -118,7 +135,9 @@ def ray_node(rig: Rig, service: Service, image: str, image_op) -> Callable[[], b
     unit = render.node_unit_name(mine)
     node_unit = files.put(
         name=f"Unit {unit}",
-        src=StringIO(render.render_node_unit(mine, head, rig.is_head, service, image, rig.gpus.count)),
+        src=StringIO(
+            render.render_node_unit(mine, head, rig.is_head, service, image, rig.gpus.count, rdma_devices(rig))
+        ),
         dest=unit_path(unit),
         mode="644",
     )

@@ -22,7 +22,7 @@ from pyinfra.api.connect import connect_all, disconnect_all
 from pyinfra.api.exceptions import PyinfraError
 from pyinfra.api.facts import get_facts
 
-from rigkit import status_containers, status_vllm
+from rigkit import status_containers, status_interconnect, status_vllm
 from rigkit.engines import ENGINES
 from rigkit.engines.containers import ContainerEngine
 from rigkit.facts.llama_cpp import RigStatus
@@ -108,6 +108,7 @@ def collect(inventory_path: str) -> tuple[int, dict[str, dict]]:
     facts: dict = {}
     container_facts: dict[str, dict] = {}  # engine -> per host
     ray_facts: dict = {}
+    link_facts: dict[str, dict] = {}
     try:
         connect_all(state)
     except PyinfraError:  # "No hosts remaining!": none could be reached
@@ -119,6 +120,7 @@ def collect(inventory_path: str) -> tuple[int, dict[str, dict]]:
                 if any(engine.declared(r) for r in rigs.values()):
                     container_facts[engine.name] = status_containers.facts(state, engine)
             ray_facts = status_vllm.cluster_facts([h for h in inventory if h in facts], rigs)
+            link_facts = status_interconnect.facts(state, [h for h in inventory if h in facts], rigs)
         finally:
             disconnect_all(state)
     report: dict[str, dict] = {}
@@ -130,6 +132,9 @@ def collect(inventory_path: str) -> tuple[int, dict[str, dict]]:
             code = UNREACHABLE
             continue
         problems = drift(rigs[host.name], info)
+        if host.name in link_facts:
+            info = {**info, "interconnect": link_facts[host.name]}
+            problems += status_interconnect.drift(link_facts[host.name])
         for engine in CONTAINER_ENGINES:
             # A cluster's worker declares the service too (it runs Ray in its image): its
             # lines say whose worker it is.
@@ -153,6 +158,7 @@ def render_text(report: dict[str, dict]) -> str:
             for engine in CONTAINER_ENGINES:
                 lines += status_containers.lines(info.get(engine.name, {}), engine.title)
             lines += status_vllm.cluster_lines(info.get("cluster"))
+            lines += status_interconnect.lines(info.get("interconnect"))
             lines += [f"  DRIFT/PROBLEM: {problem}" for problem in info["problems"]]
             continue
         if not info.get("reachable", True) or "current" not in info:
@@ -189,6 +195,7 @@ def render_text(report: dict[str, dict]) -> str:
                 )
         for engine in CONTAINER_ENGINES:
             lines += status_containers.lines(info.get(engine.name, {}), engine.title)
+        lines += status_interconnect.lines(info.get("interconnect"))
         for problem in info["problems"]:
             lines.append(f"  DRIFT/PROBLEM: {problem}")
     return "\n".join(lines)

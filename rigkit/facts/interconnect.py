@@ -75,3 +75,28 @@ class InterconnectHost(FactBase[dict]):
 
     def process(self, output: list[str]) -> dict:
         return json.loads("\n".join(output))
+
+
+class LinkCheck(FactBase[dict]):
+    """The interconnect measured now (``link_check.py``, run with :func:`rigkit.render.interconnect.check_argv`);
+    every node of the link runs it at once (each serves its peers' throughput test).
+
+    .. code:: python
+
+        {"interface": "enp1s0f0np0", "operstate": "up", "speed_gbps": 200.0, "mtu": 9000,
+         "rdma": [{"name": "mlx5_0", "states": ["4: ACTIVE"]}],
+         "peers": {"192.168.100.12": {"mtu_ok": True, "gbps": 31.2}},
+         "link_gbps": 200.0, "expected_gbps": 25.0, "problems": [], "ok": True}
+    """
+
+    def command(self, argv: list[str]) -> StringCommand:
+        return StringCommand(*(QuoteString(a) for a in argv), "2>/dev/null", "||", "true")
+
+    def process(self, output: list[str]) -> dict:
+        try:
+            report = json.loads("\n".join(output))
+        except ValueError:
+            report = None
+        if not isinstance(report, dict):
+            return {"ok": False, "problems": ["link_check.py gave no report"]}
+        return report

@@ -21,15 +21,19 @@ from __future__ import annotations
 import ipaddress
 import logging
 import posixpath
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from io import StringIO
 
 from pyinfra import host
-from pyinfra.api import FileUploadCommand, OperationError, QuoteString, StringCommand, operation
+from pyinfra.api import FileUploadCommand, FunctionCommand, OperationError, QuoteString, StringCommand, operation
+from pyinfra.api.host import Host
+from pyinfra.api.state import State
 
-from rigkit.facts.interconnect import InterconnectHost
+from rigkit.facts import per_run
+from rigkit.facts.interconnect import InterconnectHost, LinkCheck
 from rigkit.hostdata.interconnect import Interconnect
-from rigkit.render.interconnect import ALL_FILES, NETPLAN_FILE, choose_renderer, render_files
+from rigkit.render.interconnect import ALL_FILES, NETPLAN_FILE, check_argv, choose_renderer, render_files, summary
 
 logger = logging.getLogger("pyinfra")
 
@@ -211,3 +215,76 @@ def configure(link: Interconnect):
     for warning in p.warnings:
         host.log_styled(warning, fg="yellow", log_func=logger.warning)
     yield from commands(link, p, facts)
+
+
+def reports(state: State, group: str) -> dict[str, dict]:
+    """Node -> its measurement report, filled in this run as :func:`measure` runs on each node."""
+    return per_run.for_run(state).setdefault("interconnect_reports", {}).setdefault(group, {})
+
+
+def _measure(state: State, host: Host, group: str, argv: list[str]) -> bool:
+    report = host.get_fact(LinkCheck, argv=argv)  # measured now, with every node measuring at once
+    reports(state, group)[host.name] = report
+    line = summary(report)
+    if report.get("ok"):
+        host.log_styled(line, log_func=logger.info)
+    else:
+        host.log_styled(line, fg="red", log_func=logger.error)
+    return True
+
+
+def failures(group: str, nodes: Sequence[str], found: dict[str, dict]) -> list[str]:
+    """Every problem the nodes' measurements found (a node that did not measure is one)."""
+    problems = []
+    for node in nodes:
+        report = found.get(node)
+        if report is None:
+            problems.append(f"{node}: its interconnect was not measured")
+        else:
+            problems += [f"{node}: {p}" for p in report.get("problems") or []]
+    return problems
+
+
+def _trusted(state: State, host: Host, group: str, nodes: Sequence[str]) -> bool:
+    problems = failures(group, nodes, reports(state, group))
+    if problems:
+        host.log_styled(
+            f"Refused: the interconnect of {group} is not trusted, nothing starts: {'; '.join(problems)}",
+            fg="red",
+            log_func=logger.error,
+        )
+        return False
+    return True
+
+
+@operation(is_idempotent=False)
+def measure(link: Interconnect, group: str):
+    """
+    Measure the interconnect now (``link_check.py``: link up, negotiated speed, MTU end to end,
+    RDMA devices, throughput to each peer) and record the report for :func:`trusted`. Runs on
+    every node of ``group`` at once (each serves its peers' throughput test); changes nothing.
+
+    + link: the host's validated ``interconnect``
+    + group: what the nodes share (the cluster's name): the reports :func:`trusted` compares
+
+    .. code:: python
+
+        interconnect.measure(name="Measure the interconnect", link=rig.interconnect, group="qwen122b")
+    """
+    yield FunctionCommand(_measure, (group, check_argv(link)), {})
+
+
+@operation(is_idempotent=False)
+def trusted(group: str, nodes: Sequence[str]):
+    """
+    Fail on every node of ``group`` unless every node's measurement passed; the error names
+    each node, its link and both figures (measured and expected), so nothing after it starts.
+
+    + group: the name :func:`measure` recorded under
+    + nodes: the inventory hosts whose measurements must all pass
+
+    .. code:: python
+
+        interconnect.trusted(name="Interconnect trusted", group="qwen122b", nodes=["spark-1", "spark-2"])
+    """
+    yield FunctionCommand(_trusted, (group, list(nodes)), {})

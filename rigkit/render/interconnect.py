@@ -80,3 +80,44 @@ def render_files(link: Interconnect, renderer: str, mac: str | None) -> dict[str
     if renderer == "netplan":
         return {NETPLAN_FILE: render_netplan(link, mac)}
     return render_networkd(link)
+
+
+SCRIPT = "/usr/local/lib/rigkit/link_check.py"
+
+
+def check_argv(link: Interconnect) -> list[str]:
+    """The measurement of the link (``link_check.py``) with the host data's figures; always
+    with the throughput test (judged where ``expected_gbps`` is declared)."""
+    argv = ["/usr/bin/python3", SCRIPT, "--interface", link.interface, "--address", link.ip, "--mtu", str(link.mtu)]
+    for peer in link.peers:
+        argv += ["--peer", peer]
+    if link.link_gbps is not None:
+        argv += ["--link-gbps", f"{link.link_gbps:g}"]
+    if link.expected_gbps is not None:
+        argv += ["--expected-gbps", f"{link.expected_gbps:g}"]
+    return argv + ["--measure", "--port", str(link.test_port), "--seconds", str(link.test_seconds)]
+
+
+def summary(report: dict) -> str:
+    """One line of a measurement report (``link_check.py``'s JSON)."""
+    iface = report.get("interface", "?")
+    if not report.get("operstate"):
+        return f"interconnect {iface}: " + "; ".join(report.get("problems") or ["not measured"])
+    parts = [f"link {report['operstate']}"]
+    speed = report.get("speed_gbps")
+    expected = report.get("link_gbps")
+    parts.append(f"{speed:g} Gb/s negotiated" if speed else "speed unknown")
+    if expected:
+        parts[-1] += f" (expected {expected:g})"
+    parts.append(f"MTU {report.get('mtu')}")
+    rdma = ", ".join(d["name"] for d in report.get("rdma") or []) or "none"
+    parts.append(f"RDMA {rdma}")
+    for peer, seen in (report.get("peers") or {}).items():
+        rate = seen.get("gbps")
+        text = f"to {peer}: full-size ping {'ok' if seen.get('mtu_ok') else 'FAILED'}"
+        text += f", {rate:g} Gb/s" if rate is not None else ", no throughput"
+        if report.get("expected_gbps"):
+            text += f" (expected {report['expected_gbps']:g})"
+        parts.append(text)
+    verdict = "ok" if report.get("ok") else "FAILED: " + "; ".join(report.get("problems") or [])
+    return f"interconnect {iface}: " + ", ".join(parts) + f"; {verdict}"

@@ -46,15 +46,19 @@ def head_address(head: Cluster) -> str:
     return f"[{head.address}]:{head.ray_port}" if ":" in head.address else f"{head.address}:{head.ray_port}"
 
 
-def interconnect_env(cluster: Cluster) -> list[str]:
+def interconnect_env(cluster: Cluster, rdma: tuple[str, ...] = ()) -> list[str]:
     """``-e`` arguments of the cluster's containers on a node: the interconnect for NCCL,
-    Gloo and vLLM's own address."""
+    Gloo and vLLM's own address; ``rdma``, the RDMA devices behind the interconnect port
+    (read on the node), for NCCL's IB/RoCE transport."""
     env = {
         "NCCL_SOCKET_IFNAME": cluster.interconnect,
         "GLOO_SOCKET_IFNAME": cluster.interconnect,
         "VLLM_HOST_IP": cluster.address,
         "RAY_USAGE_STATS_ENABLED": "0",
     }
+    if rdma:
+        # Only the interconnect's own HCA (the '=' makes NCCL match the names exactly).
+        env["NCCL_IB_HCA"] = "=" + ",".join(rdma)
     return [arg for name, value in env.items() for arg in ("-e", f"{name}={value}")]
 
 
@@ -66,7 +70,9 @@ def ray_argv(cluster: Cluster, head: Cluster, is_head: bool) -> list[str]:
     return ["start", "--address", head_address(head), *common]
 
 
-def node_argv(cluster: Cluster, head: Cluster, is_head: bool, service: Service, image: str, gpus: int) -> list[str]:
+def node_argv(
+    cluster: Cluster, head: Cluster, is_head: bool, service: Service, image: str, gpus: int, rdma: tuple[str, ...] = ()
+) -> list[str]:
     """The ``docker run`` argv of the node's Ray container: host network and IPC (NCCL and
     Ray's object store), the GPUs, the model read-only at the path the head's vLLM names."""
     argv = [DOCKER, "run", "--name", container_name(cluster), "--pull", "never", "--network", "host", "--ipc", "host"]
@@ -77,13 +83,15 @@ def node_argv(cluster: Cluster, head: Cluster, is_head: bool, service: Service, 
         argv += ["--gpus", "all"]
     argv += ["-v", f"{service.model}:{service.model}:ro", "-v", f"{volume_name(cluster)}:{SESSION_DIR}"]
     # vLLM's workers are Ray's worker processes: they inherit this container's environment.
-    argv += interconnect_env(cluster) + ["-e", "HF_HUB_OFFLINE=1"]
+    argv += interconnect_env(cluster, rdma) + ["-e", "HF_HUB_OFFLINE=1"]
     for name, value in sorted(options_of(service).env.items()):
         argv += ["-e", f"{name}={value}"]
     return argv + ["--entrypoint", "ray", image, *ray_argv(cluster, head, is_head)]
 
 
-def render_node_unit(cluster: Cluster, head: Cluster, is_head: bool, service: Service, image: str, gpus: int) -> str:
+def render_node_unit(
+    cluster: Cluster, head: Cluster, is_head: bool, service: Service, image: str, gpus: int, rdma: tuple[str, ...] = ()
+) -> str:
     """The unit of this node's Ray role; ``head`` is the head node's own cluster entry."""
     wait = None
     if not is_head:
@@ -96,7 +104,7 @@ def render_node_unit(cluster: Cluster, head: Cluster, is_head: bool, service: Se
         user=USER,
         wait_head=wait,
         exec_remove=exec_line([DOCKER, "rm", "-f", name]),
-        exec_start=exec_line(node_argv(cluster, head, is_head, service, image, gpus)),
+        exec_start=exec_line(node_argv(cluster, head, is_head, service, image, gpus, rdma)),
         exec_stop=exec_line([DOCKER, "stop", "-t", "30", name]),
         start_timeout=cluster.join_timeout + 60,
     )
