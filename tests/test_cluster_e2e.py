@@ -27,7 +27,9 @@ from pyinfra_run import run_pyinfra
 from vllm_docker import Dockerd, import_base, ray_wheelhouse
 
 from rigkit import sandbox
+from rigkit.sandbox import cable
 from rigkit.sandbox import docker as sandbox_docker
+from rigkit.sandbox.network import allocate_subnet
 
 pytestmark = [
     pytest.mark.e2e,
@@ -41,6 +43,9 @@ RAY_UNIT = f"rigkit-ray-{CLUSTER}.service"
 READY_UNIT = f"rigkit-ray-ready-{CLUSTER}.service"
 VLLM_UNIT = "rigkit-vllm-tiny.service"
 JOIN_TIMEOUT = 20
+# The rate the bounded throughput test must reach over the sandbox's veths (a few Gb/s on
+# an idle machine; far above a tc-throttled port).
+EXPECTED_GBPS = 0.2
 INVENTORY = """
 import json, os
 from rigkit.sandbox import pyinfra_hosts
@@ -63,6 +68,10 @@ def cluster(tmp_path_factory):
     engines: list[Dockerd] = []
     try:
         sb = sandbox.up(hosts=3, sources=False)
+        # The nodes' own "cable": bare ports (no address) on a switch of their own, MTU 9000.
+        cable.switch(sb, sb.hosts)
+        link_net = allocate_subnet(sb.tag)
+        links = {h.name: str(link_net.network_address + 1 + i) for i, h in enumerate(sb.hosts)}
         for i, h in enumerate(sb.hosts):
             socket = sandbox_docker.prepare_client(sb, h)
             work = Path(STATE) / f"dockerd-{i}"
@@ -95,10 +104,17 @@ def cluster(tmp_path_factory):
                 "cluster": {
                     "name": CLUSTER,
                     "nodes": nodes,
-                    "interconnect": "host0",
-                    "address": h.address,
+                    "interconnect": cable.INTERFACE,
+                    "address": links[h.name],
                     "ray_port": PORT,
                     "join_timeout": JOIN_TIMEOUT,
+                },
+                "interconnect": {
+                    "interface": cable.INTERFACE,
+                    "address": f"{links[h.name]}/{link_net.prefixlen}",
+                    "peers": [a for n, a in links.items() if n != h.name],
+                    "expected_gbps": EXPECTED_GBPS,
+                    "test_seconds": 1,
                 },
                 "services": [service],
                 "models": [{"upload": str(tmp / "model"), "dest": "/srv/models/tiny-vllm"}],
@@ -108,10 +124,12 @@ def cluster(tmp_path_factory):
         env = {"RIGKIT_RAY_E2E": json.dumps(data), "RIGKIT_SANDBOX_DIR": STATE}
         first = run_pyinfra(str(tmp / "inventory.py"), "deploys/rig.py", env=env, timeout=1200)
         assert first.returncode == 0, first.stderr[-5000:] + first.stdout[-3000:]
-        yield {"sb": sb, "hosts": sb.hosts, "docker": engines, "tmp": tmp, "env": env, "first": first}
+        yield {"sb": sb, "hosts": sb.hosts, "docker": engines, "tmp": tmp, "env": env, "first": first, "links": links}
     finally:
         for engine in engines:
             engine.stop()
+        if "sb" in locals():
+            cable.remove_switch(sb, sb.hosts)
         sandbox.down()
         for i in range(3):
             shutil.rmtree(Path(STATE) / f"dockerd-{i}", ignore_errors=True)
@@ -258,8 +276,13 @@ def test_second_deploy_changes_nothing(cluster):
     pids = {h.name: c["sb"].ssh(h, f"systemctl show -p MainPID --value {RAY_UNIT}") for h in c["hosts"]}
     again = deploy(c)
     assert again.returncode == 0, again.stderr[-5000:]
-    assert again.changed == {}, again.changed
+    # The interconnect is measured on every deploy (it changes nothing on the hosts).
+    assert {op: hosts for op, hosts in again.changed.items() if not is_measurement(op)} == {}, again.changed
     assert pids == {h.name: c["sb"].ssh(h, f"systemctl show -p MainPID --value {RAY_UNIT}") for h in c["hosts"]}
+
+
+def is_measurement(op: str) -> bool:
+    return op.startswith("Measure interconnect") or op.startswith(f"Interconnect of {CLUSTER} trusted")
 
 
 def status(c) -> subprocess.CompletedProcess:
@@ -485,3 +508,58 @@ def test_a_node_that_builds_from_another_base_is_refused_before_its_units_change
         odd.docker("tag", original_base, BASE)
         odd.docker("tag", original_image, image)
         odd.docker("rmi", "rigkit-test/kept:1")
+
+
+def test_interconnect_configured_from_bare_and_measured(cluster):
+    c = cluster
+    first = c["first"].stdout + c["first"].stderr
+    for h in c["hosts"]:
+        shown = c["sb"].ssh(
+            h, f"ip -o addr show dev {cable.INTERFACE} scope global; cat /sys/class/net/{cable.INTERFACE}/mtu"
+        )
+        assert f"inet {c['links'][h.name]}/24" in shown and shown.endswith("9000"), shown
+        network = c["sb"].ssh(h, "cat /etc/systemd/network/10-rigkit-interconnect.network")
+        assert f"Address={c['links'][h.name]}/24" in network and "MTUBytes=9000" in network
+    assert "full-size ping ok" in first and "Refused" not in first
+    done = status(c)
+    for h in c["hosts"]:
+        others = [a for n, a in c["links"].items() if n != h.name]
+        assert f"  interconnect {cable.INTERFACE}: link up" in done.stdout, done.stdout
+        for peer in others:
+            assert f"to {peer}: full-size ping ok" in done.stdout, done.stdout
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def _bad_cable(c, setup: str, teardown: str, expect: str):
+    port = cable.port(c["sb"], c["hosts"][2])
+    before = host_state(c)
+    subprocess.run(setup.format(port=port), shell=True, check=True)
+    try:
+        run = deploy(c)
+    finally:
+        subprocess.run(teardown.format(port=port), shell=True, check=True)
+    out = run.stdout + run.stderr
+    assert run.returncode != 0
+    assert "Refused: the interconnect of e2e is not trusted, nothing starts" in out, out[-4000:]
+    assert re.search(expect, out), out[-4000:]
+    assert host_state(c) == before  # no unit, Ray or vLLM touched
+
+
+def test_an_mtu_1500_end_fails_before_ray_with_both_figures(cluster):
+    peer = cluster["links"][cluster["hosts"][2].name]
+    _bad_cable(
+        cluster,
+        "ip link set {port} mtu 1500",
+        "ip link set {port} mtu 9000",
+        rf"to {re.escape(peer)}: no answer to a 9000-byte do-not-fragment ping",
+    )
+
+
+def test_a_throttled_cable_fails_before_ray_with_both_figures(cluster):
+    peer = cluster["links"][cluster["hosts"][2].name]
+    _bad_cable(
+        cluster,
+        "tc qdisc add dev {port} root tbf rate 20mbit burst 64kb latency 100ms",
+        "tc qdisc del dev {port} root",
+        rf"to {re.escape(peer)}: [0-9.]+ Gb/s measured, {EXPECTED_GBPS:g} Gb/s expected",
+    )
