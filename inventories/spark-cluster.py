@@ -12,8 +12,10 @@ head, where the API listens.
     SPARK_1=spark-1.lan SPARK_2=spark-2.lan SPARK_MODEL_MIRROR=http://this-machine.lan:8080 \
         pyinfra inventories/spark-cluster.py deploys/spark.py
 
-The interconnect addresses (SPARK_1_LINK, SPARK_2_LINK) are the nodes' addresses on the
-ConnectX-7 interface (SPARK_LINK_IF); NCCL, Gloo and Ray use it. Serves on 127.0.0.1:8000 of
+The interconnect addresses (SPARK_1_LINK, SPARK_2_LINK, /SPARK_LINK_PREFIX) are the nodes'
+addresses on the ConnectX-7 interface (SPARK_LINK_IF), which the deploy configures from bare
+and measures (200 Gb/s negotiated, SPARK_LINK_EXPECTED_GBPS over TCP) before Ray starts;
+NCCL, Gloo and Ray use it. Serves on 127.0.0.1:8000 of
 the head; set SPARK_API_KEY_FILE and SPARK_LISTEN=0.0.0.0 to open it to the LAN.
 """
 
@@ -62,6 +64,15 @@ sparks = [
                 "interconnect": _link,
                 "address": address,
                 "join_timeout": 600,
+            },
+            # The CX7 port and its cable, configured and measured by the deploy before Ray.
+            "interconnect": {
+                "interface": _link,
+                "address": f"{address}/{os.environ.get('SPARK_LINK_PREFIX', '24')}",
+                "peers": [a for a in _nodes.values() if a != address],
+                "mtu": 9000,
+                "link_gbps": 200,
+                "expected_gbps": float(os.environ.get("SPARK_LINK_EXPECTED_GBPS", "20")),
             },
             "models": [_model],
             "services": [_service],
