@@ -38,6 +38,7 @@ def sysfs(tmp_path: Path, files: dict[str, str], monkeypatch) -> None:
         (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / rel).write_text(content + "\n")
     monkeypatch.setattr(link_check, "NET", str(tmp_path))
+    monkeypatch.setattr(link_check, "link_state", lambda iface: None)  # the recorded sysfs only
 
 
 def run(monkeypatch, *extra: str, ping=True, gbps=30.0):

@@ -22,15 +22,18 @@ def read(p):
     except OSError:
         return None
 links = []
-for name in sorted(os.listdir(net)):
+# Names, MACs, MTUs and states from netlink (the host's own network namespace, which a
+# container's sysfs may not show); the PCI function and RDMA devices from sysfs.
+for l in json.loads(subprocess.run(["ip", "-j", "link", "show"], capture_output=True, text=True).stdout or "[]"):
+    name = l["ifname"]
     d = os.path.join(net, name)
     dev = os.path.realpath(os.path.join(d, "device")) if os.path.exists(os.path.join(d, "device")) else ""
     ib = os.path.join(d, "device", "infiniband")
     links.append({
-        "name": name, "mac": read(os.path.join(d, "address")),
+        "name": name, "mac": l.get("address"),
         "pci": next((p for p in reversed(dev.split("/")) if re.fullmatch(r"[0-9a-f]{4}:[0-9a-f]{2}:[0-9a-f]{2}\.[0-7]", p)), None),
-        "mtu": int(read(os.path.join(d, "mtu")) or 0), "operstate": read(os.path.join(d, "operstate")),
-        "up": bool(int(read(os.path.join(d, "flags")) or "0", 16) & 1),
+        "mtu": int(l.get("mtu") or 0), "operstate": (l.get("operstate") or "").lower(),
+        "up": "UP" in (l.get("flags") or []),
         "rdma": sorted(os.listdir(ib)) if os.path.isdir(ib) else [],
     })
 addrs = {}

@@ -21,6 +21,7 @@ import json
 import os
 import socket
 import struct
+import subprocess
 import sys
 import threading
 import time
@@ -214,6 +215,23 @@ def rdma_devices(interface: str) -> list[dict]:
     return devices
 
 
+def link_state(interface: str) -> dict | None:
+    """The port's state, MTU and carrier as netlink reports them (``ip -j link``), or None."""
+    try:
+        out = subprocess.run(
+            ["ip", "-j", "link", "show", "dev", interface], capture_output=True, text=True, timeout=5
+        ).stdout
+        (found,) = json.loads(out or "[]")
+    except (OSError, ValueError, subprocess.SubprocessError):
+        return None
+    flags = found.get("flags") or []
+    return {
+        "operstate": (found.get("operstate") or "").lower(),
+        "carrier": "1" if "LOWER_UP" in flags else "0",
+        "mtu": found.get("mtu"),
+    }
+
+
 def check(args: argparse.Namespace) -> dict:
     iface = args.interface
     problems: list[str] = []
@@ -229,7 +247,12 @@ def check(args: argparse.Namespace) -> dict:
                 f"interconnect {iface}: cannot serve the throughput test on {args.address}:{args.port}: {exc}"
             )
     report: dict = {"interface": iface, "peers": {}}
-    operstate, carrier = read(f"{NET}/{iface}/operstate"), read(f"{NET}/{iface}/carrier")
+    netlink = link_state(iface)
+    if netlink is not None:
+        # Netlink sees this network namespace; a container's sysfs may show another's.
+        operstate, carrier = netlink["operstate"], netlink["carrier"]
+    else:
+        operstate, carrier = read(f"{NET}/{iface}/operstate"), read(f"{NET}/{iface}/carrier")
     report["operstate"] = operstate
     if operstate is None:
         problems.append(f"interconnect {iface}: no such interface")
@@ -241,7 +264,7 @@ def check(args: argparse.Namespace) -> dict:
         problems.append(
             f"interconnect {iface}: negotiated {report['speed_gbps'] or 0:g} Gb/s, expected {args.link_gbps:g} Gb/s"
         )
-    mtu = read(f"{NET}/{iface}/mtu")
+    mtu = str(netlink["mtu"]) if netlink is not None else read(f"{NET}/{iface}/mtu")
     report["mtu"] = int(mtu) if mtu else None
     if report["mtu"] != args.mtu:
         problems.append(f"interconnect {iface}: MTU {report['mtu']}, expected {args.mtu}")
