@@ -138,6 +138,10 @@ def boot(sb: Sandbox, state: Path, host: SandboxHost, boot_timeout: float) -> No
                 "--register=no",
                 "--keep-unit",
                 f"--network-namespace-path=/run/netns/{host.netns}",
+                # Its own namespace's links are the host's to configure (rigkit's interconnect
+                # does, as on a real host); nspawn grants CAP_NET_ADMIN only with a private
+                # network of its own making, not with a namespace given by path.
+                "--capability=CAP_NET_ADMIN",
                 "--link-journal=no",
                 f"--bind={ccache}:{HOST_CCACHE_DIR}",
                 "-b",
