@@ -220,7 +220,7 @@ def test_every_node_joins_in_the_services_image(cluster):
     state = ray_state(c)
     assert state["reachable"], state
     assert {(n["name"], n["address"]) for n in state["nodes"] if n["alive"] and n["cpu"] >= 1} == {
-        (h.name, h.address) for h in hosts
+        (h.name, c["links"][h.name]) for h in hosts
     }, state
     image = json.loads(c["docker"][0].docker("inspect", "rigkit-ray-e2e").stdout)[0]["Config"]["Image"]
     assert image.startswith("rigkit/vllm:")
@@ -228,7 +228,8 @@ def test_every_node_joins_in_the_services_image(cluster):
         info = json.loads(engine.docker("inspect", "rigkit-ray-e2e").stdout)[0]
         assert info["Config"]["Image"] == image and info["State"]["Running"]
         assert (
-            "NCCL_SOCKET_IFNAME=host0" in info["Config"]["Env"] and f"VLLM_HOST_IP={h.address}" in info["Config"]["Env"]
+            f"NCCL_SOCKET_IFNAME={cable.INTERFACE}" in info["Config"]["Env"]
+            and f"VLLM_HOST_IP={c['links'][h.name]}" in info["Config"]["Env"]
         )
         assert info["HostConfig"]["IpcMode"] == "host" and info["HostConfig"]["NetworkMode"] == "host"
         exposure = sb.ssh(h, f"systemd-analyze security {RAY_UNIT} | tail -1")
@@ -242,7 +243,10 @@ def test_every_node_joins_in_the_services_image(cluster):
     for worker in hosts[1:]:
         assert sb.ssh(worker, f"test -e /etc/systemd/system/{VLLM_UNIT} && echo yes || echo no") == "no"
     head_unit = sb.ssh(hosts[0], f"cat /etc/systemd/system/{VLLM_UNIT}")
-    assert "--distributed-executor-backend ray" in head_unit and f"RAY_ADDRESS={hosts[0].address}:{PORT}" in head_unit
+    assert (
+        "--distributed-executor-backend ray" in head_unit
+        and f"RAY_ADDRESS={c['links'][hosts[0].name]}:{PORT}" in head_unit
+    )
     assert "ExecStartPre=/usr/bin/python3 /usr/local/lib/rigkit/ray_ready.py --container rigkit-ray-e2e" in head_unit
 
 
@@ -254,7 +258,7 @@ def test_vllm_on_the_head_drives_ray_on_every_node(cluster):
     assert workers is not None
     # By address: the containers share each host's network, not its host name (the dockerds
     # of this test run in the hosts' network namespaces only).
-    assert sorted(n["ip"] for n in workers["nodes"]) == sorted(h.address for h in c["hosts"]), workers
+    assert sorted(n["ip"] for n in workers["nodes"]) == sorted(c["links"][h.name] for h in c["hosts"]), workers
 
 
 def test_task_pinned_to_a_worker_runs_there(cluster):
@@ -262,13 +266,13 @@ def test_task_pinned_to_a_worker_runs_there(cluster):
     head, worker = c["hosts"][0], c["hosts"][2]
     script = (
         "import ray\n"
-        f"ray.init(address='{head.address}:{PORT}', logging_level='ERROR', log_to_driver=False)\n"
-        f"@ray.remote(resources={{'node:{worker.address}': 0.01}})\n"
+        f"ray.init(address='{c['links'][head.name]}:{PORT}', logging_level='ERROR', log_to_driver=False)\n"
+        f"@ray.remote(resources={{'node:{c['links'][worker.name]}': 0.01}})\n"
         "def where():\n    return ray.util.get_node_ip_address()\n"
         "print(ray.get(where.remote(), timeout=120))"
     )
     out = c["docker"][0].docker("exec", "rigkit-ray-e2e", "python3", "-c", script, timeout=300).stdout
-    assert out.strip().splitlines()[-1] == worker.address
+    assert out.strip().splitlines()[-1] == c["links"][worker.name]
 
 
 def test_second_deploy_changes_nothing(cluster):
@@ -401,13 +405,15 @@ def test_head_waits_for_a_late_worker_and_names_a_missing_one(cluster):
     sb, head, late = c["sb"], c["hosts"][0], c["hosts"][2]
     sb.ssh(late, f"systemctl stop {RAY_UNIT}")
     try:
-        wait_for("Ray to mark the stopped node dead", lambda: late.address not in alive(c), 90)
+        wait_for("Ray to mark the stopped node dead", lambda: c["links"][late.name] not in alive(c), 90)
         missing = ray_state(c, timeout=5)
         assert missing["code"] == 1, missing
         report = status(c)
         assert report.returncode == 1, report.stdout + report.stderr
-        assert f"cluster {CLUSTER}: node {late.name} ({late.address}) is not in the Ray cluster" in report.stdout
-        assert f"missing node(s): {late.name} ({late.address})" in missing["err"]
+        assert (
+            f"cluster {CLUSTER}: node {late.name} ({c['links'][late.name]}) is not in the Ray cluster" in report.stdout
+        )
+        assert f"missing node(s): {late.name} ({c['links'][late.name]})" in missing["err"]
         assert head.name not in missing["err"].split("missing node(s):")[1]
         # The head's service waits (the readiness check runs before every start) for a worker
         # that comes late.
@@ -425,7 +431,7 @@ def test_head_waits_for_a_late_worker_and_names_a_missing_one(cluster):
         120,
     )
     nodes = wait_for("the head's vLLM on every node", lambda: (standin_ray(c) or {}).get("nodes"), 120)
-    assert late.address in {n["ip"] for n in nodes}
+    assert c["links"][late.name] in {n["ip"] for n in nodes}
     journal = sb.ssh(head, f"journalctl -u {VLLM_UNIT} -o cat --no-pager | grep 'ray cluster at' | tail -1")
     assert "all 3 nodes alive" in journal, journal
 
@@ -435,13 +441,13 @@ def test_missing_worker_fails_the_head_after_the_time_out(cluster):
     sb, head, gone = c["sb"], c["hosts"][0], c["hosts"][1]
     sb.ssh(gone, f"systemctl stop {RAY_UNIT}")
     try:
-        wait_for("Ray to mark the stopped node dead", lambda: gone.address not in alive(c), 90)
+        wait_for("Ray to mark the stopped node dead", lambda: c["links"][gone.name] not in alive(c), 90)
         failed = subprocess.run(
             [*ssh_argv(sb, head), f"systemctl restart {VLLM_UNIT}"], capture_output=True, text=True, timeout=300
         )
         assert failed.returncode != 0
         journal = sb.ssh(head, f"journalctl -u {VLLM_UNIT} -o cat --no-pager | tail -20")
-        assert f"not complete after {JOIN_TIMEOUT} s; missing node(s): {gone.name} ({gone.address})" in journal
+        assert f"not complete after {JOIN_TIMEOUT} s; missing node(s): {gone.name} ({c['links'][gone.name]})" in journal
         # ...and tries again by itself (a node that boots late is waited for).
         assert sb.ssh(head, f"systemctl show -p SubState --value {VLLM_UNIT}") == "auto-restart"
     finally:
