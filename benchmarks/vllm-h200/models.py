@@ -279,8 +279,17 @@ def shards_of(d: Dims, seed: int, linear, experts_linear, shared_linear, fp8_lay
     a.dense(f"{PREFIX}embed_tokens", d.vocab, d.hidden)
     for i in range(d.layers):
         s = a if i < d.layers // 2 else b
-        bind = lambda f, s=s: (lambda n, o, k: f(s, n, o, k))  # noqa: E731
-        layer(s, d, f"{PREFIX}layers.{i}.", d.is_full(i), bind(linear), fp8_layout, bind(experts_linear), bind(shared_linear))
+        bind = lambda f, s=s: lambda n, o, k: f(s, n, o, k)  # noqa: E731
+        layer(
+            s,
+            d,
+            f"{PREFIX}layers.{i}.",
+            d.is_full(i),
+            bind(linear),
+            fp8_layout,
+            bind(experts_linear),
+            bind(shared_linear),
+        )
     b.norm(f"{PREFIX}norm", d.hidden)
     b.dense("lm_head", d.vocab, d.hidden)
     return dict(zip(files, (a, b)))

@@ -268,8 +268,15 @@ def serve(name: str, budget: float, bench_runs: int, gen: int, server: list[str]
         # one tool call with tools offered (what the qwen3_coder parser returns on random weights)
         req = urllib.request.Request(
             f"{base}/v1/chat/completions",
-            data=json.dumps({"model": spec["served_model_name"], "max_tokens": 16, "temperature": 0,
-                             "messages": cs.TOOL_REPLAY, "tools": cs.TOOLS}).encode(),  # fmt: skip
+            data=json.dumps(
+                {
+                    "model": spec["served_model_name"],
+                    "max_tokens": 16,
+                    "temperature": 0,
+                    "messages": cs.TOOL_REPLAY,
+                    "tools": cs.TOOLS,
+                }
+            ).encode(),  # fmt: skip
             headers={"Content-Type": "application/json"},
         )
         try:
@@ -286,7 +293,7 @@ def serve(name: str, budget: float, bench_runs: int, gen: int, server: list[str]
                  str(bench_runs), "--gen", str(gen), "--out", str(out / "bench")],
                 env={"PYTHONPATH": str(REPO)}, timeout=max(30, left - 20), out=out / "bench.log")  # fmt: skip
             after = spec_counters(base)
-            delta = {k: after.get(k, 0) - before.get(k, 0) for k in after}
+            delta = {k: after.get(k, 0) - before.get(k, 0) for k in after if "_created" not in k}
             drafts = delta.get("vllm:spec_decode_num_draft_tokens_total", 0)
             accepted = delta.get("vllm:spec_decode_num_accepted_tokens_total", 0)
             result["bench"] = {"rc": rc, "seconds": round(time.time() - tb, 1), "tail": text.strip()[-2500:]}

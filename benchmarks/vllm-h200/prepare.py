@@ -113,7 +113,19 @@ def cmd_site(work: Path) -> None:
     (work / "carried.txt").write_text("\n".join(carried) + "\n")
     dl = work / "wheels"
     shutil.rmtree(dl, ignore_errors=True)
-    sh(sys.executable, "-m", "pip", "download", "-q", "--no-deps", *TARGET, "-d", str(dl), "-r", str(work / "carried.txt"))
+    sh(
+        sys.executable,
+        "-m",
+        "pip",
+        "download",
+        "-q",
+        "--no-deps",
+        *TARGET,
+        "-d",
+        str(dl),
+        "-r",
+        str(work / "carried.txt"),
+    )
     site = work / "site"
     shutil.rmtree(site, ignore_errors=True)
     sh(sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-compile", "--target", str(site), *TARGET,
@@ -219,12 +231,31 @@ def adapt(argv: list[str], model: str, mtp: bool) -> tuple[list[str], list[str]]
         changes.append(f"{flag} {out[i + 1]} -> {value} ({why})")
         out[i + 1] = value
 
-    set_flag("--gpu-memory-utilization", GPU_MEMORY, "an H200 of 141 GB for a model of a few MB; 0.90 is the Spark's share of 128 GB unified memory")
-    set_flag("--attention-backend", ATTENTION, "FlashInfer is not in the travelling set (flashinfer-python/-cubin are not carried); vLLM's FlashAttention 3 backend serves sm_90")
+    set_flag(
+        "--gpu-memory-utilization",
+        GPU_MEMORY,
+        "an H200 of 141 GB for a model of a few MB; 0.90 is the Spark's share of 128 GB unified memory",
+    )
+    set_flag(
+        "--attention-backend",
+        ATTENTION,
+        "FlashInfer is not in the travelling set (flashinfer-python/-cubin are not carried); vLLM's FlashAttention 3 backend serves sm_90",
+    )
     if not mtp:
         i = out.index("--speculative-config")
         changes.append(f"--speculative-config {out[i + 1]} dropped (the run without MTP)")
         del out[i : i + 2]
+    out += ["--gdn-prefill-backend", "triton"]
+    changes.append(
+        "--gdn-prefill-backend triton added (vLLM 0.20.2 picks FlashInfer's GDN prefill kernel for the "
+        'linear-attention layers on sm_90 and failed without flashinfer: "ModuleNotFoundError: No module '
+        'named \'flashinfer\'" from "from flashinfer.gdn_prefill import" while profiling CUDA graph memory)'
+    )
+    out.append("--enforce-eager")
+    changes.append(
+        "--enforce-eager added (device time: torch.compile took 34 s + 19 s for the MTP head and the "
+        "profiling run 72 s on the first start; eager decode on a model this small is bound by kernel launches)"
+    )
     out.append("--language-model-only")
     changes.append("--language-model-only added (the tiny checkpoint has no vision tower; Qwen3.5's is skipped)")
     return out, changes
