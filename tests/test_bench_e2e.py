@@ -117,7 +117,8 @@ def test_provenance_and_outputs(sweep):
         md.splitlines()[0] == "| Context | Prefill (t/s) | Decode (t/s) | TTFT (ms) | Power (W) | Decode (tokens/kWh) |"
     )
     assert md.splitlines()[2].startswith("| 128 |") and md.splitlines()[2].endswith("| n/a | n/a |")
-    assert "Server argv: `/opt/rigkit/llama.cpp/current/bin/llama-server -m /srv/models/tiny-qwen/" in md
+    assert "Server argv: `/opt/rigkit/llama.cpp/current/bin/llama-server --host " in md
+    assert " --alias tiny-qwen -m /srv/models/tiny-qwen/" in md
     assert (out / "bench.csv").read_text().startswith("depth,runs,prefill_tps")
     for png in ("throughput.png", "ttft.png"):
         assert (out / png).stat().st_size > 10_000

@@ -215,7 +215,9 @@ def run(env: Env, tree: Path, script: str, *args: str, timeout: float = 300) -> 
     path = CASES / script if not Path(script).is_absolute() else Path(script)
     environ = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "VIRTUAL_ENV", "VLLM_", "CUDA_"))}
     environ.update(
-        PYTHONPATH=str(tree),
+        # This checkout's rigkit_vllm_patches (what the image copies to /opt/rigkit/vllm): the
+        # cached tree's .pth names the checkout that built it, which may be gone.
+        PYTHONPATH=os.pathsep.join((str(tree), str(VLLM_PATCH_DIR))),
         PYTHONDONTWRITEBYTECODE="1",  # the cached trees stay as built
         HF_HUB_OFFLINE="1",
         TRANSFORMERS_OFFLINE="1",
