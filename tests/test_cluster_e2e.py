@@ -262,14 +262,17 @@ def ray_token(c) -> bytes:
 
 
 def ray_client(engine, image: str, address: str, env: list[str]) -> subprocess.Popen:
-    """A Ray driver in a container of its own from ``image`` (on a node's engine, the node's
-    network), connecting to ``address`` with ``env`` (docker's ``-v``/``-e`` arguments) only."""
+    """A Ray driver in a container of its own from ``image`` on a node's engine, connecting to
+    ``address`` with ``env`` (docker's ``-v``/``-e`` arguments)."""
     script = (
         "import ray\n"
         f"ray.init(address='{address}', logging_level='ERROR', log_to_driver=False)\n"
         "print('CONNECTED', len(ray.nodes()))"
     )
-    argv = ["docker", "run", "--rm", "--network", "host", *env, "--entrypoint", "python3", image, "-c", script]
+    # As the head's vLLM joins: the node's network, IPC and Ray session volume (where a driver
+    # finds its node's raylet), so only the token differs between the clients.
+    node = ["--network", "host", "--ipc", "host", "-v", f"rigkit-ray-{CLUSTER}:/tmp/ray"]
+    argv = ["docker", "run", "--rm", *node, *env, "--entrypoint", "python3", image, "-c", script]
     return subprocess.Popen(argv, env=engine.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
