@@ -508,3 +508,42 @@ def test_the_images_ray_version_is_read_from_its_package():
     assert fact.process([]) is None  # no such image
     assert fact.process(["present"]) == {"ray": None}  # an image without Ray
     assert fact.process(["present", "2.54.1"]) == {"ray": "2.54.1"}
+
+
+@pytest.mark.parametrize("role", ["spark-1", "spark-2"])
+def test_the_head_warns_once_where_the_images_ray_cannot_authenticate(monkeypatch, caplog, role):
+    import logging
+
+    from rigkit import cluster as cluster_mod
+
+    rig = rigs()[role]
+    facts: list[str] = []
+    scheduled: list[dict] = []
+    found: dict = {"image": {"ray": "2.40.0"}}
+    host = type("Host", (), {"get_fact": lambda self, fact, image: facts.append(image) or found["image"]})()
+    monkeypatch.setattr(cluster_mod, "host", host)
+    monkeypatch.setattr(cluster_mod.cluster_ops, "ray_auth_checked", lambda **kw: scheduled.append(kw))
+
+    def built() -> bool:
+        return True
+
+    with caplog.at_level(logging.WARNING, logger="pyinfra"):
+        cluster_mod.warn_unauthenticated(rig, "rigkit/vllm:x", built)
+        found["image"] = {"ray": "2.54.1"}
+        cluster_mod.warn_unauthenticated(rig, "rigkit/vllm:x", built)
+    warnings = [r.getMessage() for r in caplog.records]
+    if not rig.is_head:  # one line for the cluster, from its head
+        assert facts == [] and warnings == [] and scheduled == []
+        return
+    assert facts == ["rigkit/vllm:x", "rigkit/vllm:x"] and scheduled == []
+    assert warnings == [
+        "host spark-1: cluster qwen: rigkit/vllm:x has Ray 2.40.0, without token authentication (Ray 2.52+): "
+        "Ray's ports (GCS :6379, every node's raylet and workers) take any client that reaches the nodes, "
+        "over the interconnect enp1s0f0np0 included"
+    ]
+    # Not built yet: read after this run's build, by the operation.
+    found["image"] = None
+    cluster_mod.warn_unauthenticated(rig, "rigkit/vllm:x", built)
+    assert [(op["image"], op["_if"]) for op in scheduled] == [("rigkit/vllm:x", built)]
+    assert "has Ray 2.51.2, without token authentication" in scheduled[0]["warning_of"]("2.51.2")
+    assert scheduled[0]["warning_of"]("2.52.1") is None
