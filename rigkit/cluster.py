@@ -5,10 +5,15 @@ across the nodes (built from the same base image ID) before anything starts, and
 running the node's Ray role in that image; on the head, the readiness unit that the vLLM
 unit requires. The vLLM engine (:mod:`rigkit.engines.vllm`) calls :func:`ray_node` for the service
 that spans the host's cluster.
+
+Ray authenticates with the cluster's token (generated once on the deploying machine, placed on
+every node as a 0400 secret file of Ray's user) where the image's Ray has token
+authentication; the head says in one warning line what an older Ray leaves open.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from io import StringIO
 from pathlib import Path
@@ -19,17 +24,19 @@ from pyinfra.operations import files, systemd
 from pyinfra.operations.util import any_changed
 
 from rigkit.facts import per_run
-from rigkit.facts.cluster import ImageBase
+from rigkit.facts.cluster import ImageBase, ImageRayVersion
 from rigkit.facts.interconnect import InterconnectHost
 from rigkit.host_paths import unit_path
 from rigkit.hostdata import Rig, Service
 from rigkit.hostdata.cluster import Cluster, ClusterMembers, parse_cluster
 from rigkit.hostdata.gpus import parse_gpus
 from rigkit.operations import cluster as cluster_ops
+from rigkit.operations import secrets as secret_ops
 from rigkit.operations import users
 from rigkit.render import ray as render
 
 SCRIPTS = Path(__file__).resolve().parent / "scripts"
+logger = logging.getLogger("pyinfra")
 
 
 def _run_ops(kind: str, cluster: str) -> list:
@@ -100,6 +107,32 @@ def rdma_devices(rig: Rig) -> tuple[str, ...]:
     return ()
 
 
+def ray_token(cluster: Cluster) -> bytes:
+    """The cluster's Ray token: generated once on this machine, the same for every node."""
+    return secret_ops.generated_secret(f"ray-token-{cluster.name}")
+
+
+def warn_unauthenticated(rig: Rig, image: str, built: Callable[[], bool]) -> None:
+    """On the head: one warning line where the image's Ray has no token authentication,
+    read from an image already here now, else after this run builds it."""
+    mine = rig.cluster
+    assert mine is not None
+    if not rig.is_head:
+        return
+    found = host.get_fact(ImageRayVersion, image=image)
+    if found is None:
+        cluster_ops.ray_auth_checked(
+            name=f"Ray token authentication in {image}",
+            image=image,
+            warning_of=lambda version: render.exposure_warning(mine, image, version),
+            _if=built,
+        )
+        return
+    warning = render.exposure_warning(mine, image, found["ray"])
+    if warning:
+        logger.warning(f"host {rig.host}: {warning}")
+
+
 def ray_node(rig: Rig, service: Service, image: str, image_op) -> Callable[[], bool]:
     """This node's part of ``service``'s cluster; returns whether any node's Ray (re)started
     in this run (evaluated when the operations run)."""
@@ -121,7 +154,17 @@ def ray_node(rig: Rig, service: Service, image: str, image_op) -> Callable[[], b
         nodes=list(nodes),
         _if=built,
     )
+    warn_unauthenticated(rig, image, built)
     users.system_user(name=f"System user {render.USER}", user=render.USER, home=f"/var/lib/{render.USER}")
+    # Placed whatever the image's Ray: an older one ignores it, a newer one refuses to start without.
+    token = secret_ops.secret_file(
+        name=f"Ray token of cluster {mine.name} (0400, {render.USER} only)",
+        src=ray_token(mine),
+        dest=render.token_path(mine),
+        user=render.USER,
+        group=render.USER,
+        mode="400",
+    )
     scripts = [
         files.put(
             name=f"Script {script}",
@@ -157,8 +200,8 @@ def ray_node(rig: Rig, service: Service, image: str, image_op) -> Callable[[], b
         name=f"Restart {unit}",
         service=unit,
         restarted=True,
-        # Only for its own unit or image: a new readiness check or script restarts nothing.
-        _if=[any_changed(node_unit, image_op), lambda: not start.did_change()],
+        # Only for its own unit, image or token: a new readiness check or script restarts nothing.
+        _if=[any_changed(node_unit, image_op, token), lambda: not start.did_change()],
     )
     ray_ops += [start, restart]
     ray_changed = _any(ray_ops)

@@ -187,7 +187,7 @@ def test_head_vllm_joins_the_cluster_and_waits_for_it():
     rig = rigs()["spark-1"]
     svc = rig.services[0]
     argv = render_vllm.command_line(svc, "rigkit/vllm:x", 1, rig.cluster)
-    assert argv[argv.index("rigkit/vllm:x") - 12 :][:4] == [
+    assert argv[argv.index("rigkit/vllm:x") - 18 :][:4] == [
         "-v",
         "rigkit-ray-qwen:/tmp/ray",
         "-e",
@@ -210,6 +210,68 @@ def test_head_vllm_joins_the_cluster_and_waits_for_it():
     assert f"TimeoutStartSec={900 + 60 + 300}\n" in unit
     alone = render_vllm.render_unit(svc, "rigkit/vllm:x", 1)
     assert "ray_ready" not in alone and "RAY_ADDRESS" not in alone and "distributed-executor" not in alone
+
+
+def test_every_ray_process_and_the_driver_authenticate_with_the_token_file():
+    both = rigs()
+    head, worker = both["spark-1"], both["spark-2"]
+    svc = head.services[0]
+    auth = [
+        "-v",
+        "/etc/rigkit/ray/qwen.token:/run/rigkit/ray-auth-token:ro",
+        "-e",
+        "RAY_AUTH_MODE=token",
+        "-e",
+        "RAY_AUTH_TOKEN_PATH=/run/rigkit/ray-auth-token",
+    ]
+
+    def has_auth(argv: list[str]) -> bool:
+        return any(argv[i : i + len(auth)] == auth for i in range(len(argv)))
+
+    for rig in (head, worker):
+        assert rig.cluster is not None
+        argv = render.node_argv(rig.cluster, head.cluster, rig.is_head, svc, "rigkit/vllm:x", 1)
+        # Before the image: docker's options, not Ray's.
+        assert has_auth(argv[: argv.index("rigkit/vllm:x")]), argv
+        unit = render.render_node_unit(rig.cluster, head.cluster, rig.is_head, svc, "rigkit/vllm:x", 1)
+        assert " -e RAY_AUTH_MODE=token -e RAY_AUTH_TOKEN_PATH=/run/rigkit/ray-auth-token " in unit
+        assert "RAY_AUTH_TOKEN=" not in unit  # the path, never a value
+    driver = render_vllm.command_line(svc, "rigkit/vllm:x", 1, head.cluster)
+    assert has_auth(driver[: driver.index("rigkit/vllm:x")]), driver
+    # A vLLM service that spans no cluster runs no Ray: no token, no mode.
+    alone = render_vllm.command_line(svc, "rigkit/vllm:x", 1)
+    assert not any("RAY_AUTH" in a or "ray-auth-token" in a for a in alone), alone
+
+
+@pytest.mark.parametrize(
+    "version, supported",
+    [
+        ("2.52.0", True),
+        ("2.54.1", True),
+        ("2.60.0", True),
+        ("3.0.0.dev0", True),
+        ("2.52.0rc1", True),
+        ("2.51.2", False),
+        ("2.40.0", False),
+        ("1.99.9", False),
+        ("", False),
+        (None, False),
+        ("2.52.0\n; reboot", False),
+        ("latest", False),
+        ("2", False),
+    ],
+)
+def test_token_authentication_needs_ray_2_52(version, supported):
+    assert render.supports_token_auth(version) is supported
+    head = rigs()["spark-1"].cluster
+    assert head is not None
+    warning = render.exposure_warning(head, "rigkit/vllm:x", version)
+    assert (warning is None) is supported
+    if warning:
+        assert "\n" not in warning
+        assert warning.startswith("cluster qwen: rigkit/vllm:x has ")
+        assert "without token authentication (Ray 2.52+)" in warning
+        assert "GCS :6379" in warning and "over the interconnect enp1s0f0np0" in warning
 
 
 def test_only_the_head_serves():
@@ -419,3 +481,69 @@ def test_image_bases_are_recorded_per_run():
     cluster_ops.recorded(one, "qwen")["spark-1"] = "sha256:a"
     assert cluster_ops.recorded(one, "qwen") == {"spark-1": "sha256:a"}
     assert cluster_ops.recorded(two, "qwen") == {} and cluster_ops.recorded(one, "other") == {}
+
+
+def test_the_clusters_token_is_generated_once_on_this_machine(tmp_path, monkeypatch):
+    from rigkit.operations import secrets as secret_ops
+
+    monkeypatch.setattr(secret_ops, "LOCAL_GENERATED", tmp_path / "secrets")
+    first = secret_ops.generated_secret("ray-token-qwen")
+    assert len(first) == 64 and int(first, 16) >= 0
+    assert secret_ops.generated_secret("ray-token-qwen") == first  # every node, every deploy
+    assert secret_ops.generated_secret("ray-token-other") != first
+    assert (tmp_path / "secrets" / "ray-token-qwen").stat().st_mode & 0o777 == 0o600
+    assert (tmp_path / "secrets").stat().st_mode & 0o777 == 0o700
+    assert sorted(p.name for p in (tmp_path / "secrets").iterdir()) == ["ray-token-other", "ray-token-qwen"]
+    for hostile in ("../x", "a/b", ".hidden", "", "x y", "tok\n"):
+        with pytest.raises(ValueError):
+            secret_ops.generated_secret(hostile)
+
+
+def test_the_images_ray_version_is_read_from_its_package():
+    from rigkit.facts.cluster import ImageRayVersion
+
+    fact = ImageRayVersion()
+    command = fact.command(image="rigkit/vllm:x").get_raw_value()
+    assert "--network none" in command and "--pull never" in command and 'version("ray")' in command
+    assert fact.process([]) is None  # no such image
+    assert fact.process(["present"]) == {"ray": None}  # an image without Ray
+    assert fact.process(["present", "2.54.1"]) == {"ray": "2.54.1"}
+
+
+@pytest.mark.parametrize("role", ["spark-1", "spark-2"])
+def test_the_head_warns_once_where_the_images_ray_cannot_authenticate(monkeypatch, caplog, role):
+    import logging
+
+    from rigkit import cluster as cluster_mod
+
+    rig = rigs()[role]
+    facts: list[str] = []
+    scheduled: list[dict] = []
+    found: dict = {"image": {"ray": "2.40.0"}}
+    host = type("Host", (), {"get_fact": lambda self, fact, image: facts.append(image) or found["image"]})()
+    monkeypatch.setattr(cluster_mod, "host", host)
+    monkeypatch.setattr(cluster_mod.cluster_ops, "ray_auth_checked", lambda **kw: scheduled.append(kw))
+
+    def built() -> bool:
+        return True
+
+    with caplog.at_level(logging.WARNING, logger="pyinfra"):
+        cluster_mod.warn_unauthenticated(rig, "rigkit/vllm:x", built)
+        found["image"] = {"ray": "2.54.1"}
+        cluster_mod.warn_unauthenticated(rig, "rigkit/vllm:x", built)
+    warnings = [r.getMessage() for r in caplog.records]
+    if not rig.is_head:  # one line for the cluster, from its head
+        assert facts == [] and warnings == [] and scheduled == []
+        return
+    assert facts == ["rigkit/vllm:x", "rigkit/vllm:x"] and scheduled == []
+    assert warnings == [
+        "host spark-1: cluster qwen: rigkit/vllm:x has Ray 2.40.0, without token authentication (Ray 2.52+): "
+        "Ray's ports (GCS :6379, every node's raylet and workers) take any client that reaches the nodes, "
+        "over the interconnect enp1s0f0np0 included"
+    ]
+    # Not built yet: read after this run's build, by the operation.
+    found["image"] = None
+    cluster_mod.warn_unauthenticated(rig, "rigkit/vllm:x", built)
+    assert [(op["image"], op["_if"]) for op in scheduled] == [("rigkit/vllm:x", built)]
+    assert "has Ray 2.51.2, without token authentication" in scheduled[0]["warning_of"]("2.51.2")
+    assert scheduled[0]["warning_of"]("2.52.1") is None

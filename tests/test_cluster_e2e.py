@@ -1,8 +1,10 @@
 """A vLLM service across a real Ray cluster of three sandbox hosts (their own instance,
 /var/lib/rigkit/sandbox-ray), deployed by deploys/rig.py: on every host a dockerd of this
 test's own (in the host's network namespace, rigkit.sandbox.docker), the same test base image
-(loaded from one ``docker save``, so the same image ID on every node) carrying Ray 2.40.0
+(loaded from one ``docker save``, so the same image ID on every node) carrying Ray 2.54.1
 from its wheel as the real vLLM images do, and rigkit's image built on each node from it.
+That Ray has token authentication: every Ray process and the stand-in's ``ray.init`` (as
+vLLM's) authenticate with the cluster's token, which a client without it is refused.
 Ray runs for real in those containers, with the command lines rigkit's units render. The
 ``vllm`` on the head is the STAND-IN of the vLLM tests (tests/standin_vllm.py; no GPU here):
 with ``--distributed-executor-backend ray`` it joins the cluster as Ray's driver, as vLLM
@@ -121,7 +123,12 @@ def cluster(tmp_path_factory):
             }
             for h in sb.hosts
         }
-        env = {"RIGKIT_RAY_E2E": json.dumps(data), "RIGKIT_SANDBOX_DIR": STATE}
+        # The cluster's token is generated here, in this test's own directory.
+        env = {
+            "RIGKIT_RAY_E2E": json.dumps(data),
+            "RIGKIT_SANDBOX_DIR": STATE,
+            "RIGKIT_GENERATED_SECRETS": str(tmp / "secrets"),
+        }
         first = run_pyinfra(str(tmp / "inventory.py"), "deploys/rig.py", env=env, timeout=1200)
         assert first.returncode == 0, first.stderr[-5000:] + first.stdout[-3000:]
         yield {"sb": sb, "hosts": sb.hosts, "docker": engines, "tmp": tmp, "env": env, "first": first, "links": links}
@@ -248,6 +255,102 @@ def test_every_node_joins_in_the_services_image(cluster):
         and f"RAY_ADDRESS={c['links'][hosts[0].name]}:{PORT}" in head_unit
     )
     assert "ExecStartPre=/usr/bin/python3 /usr/local/lib/rigkit/ray_ready.py --container rigkit-ray-e2e" in head_unit
+
+
+def ray_token(c) -> bytes:
+    return (c["tmp"] / "secrets" / f"ray-token-{CLUSTER}").read_bytes().strip()
+
+
+def ray_client(engine, image: str, address: str, env: list[str]) -> subprocess.Popen:
+    """A Ray driver in a container of its own from ``image`` on a node's engine, connecting to
+    ``address`` with ``env`` (docker's ``-v``/``-e`` arguments)."""
+    script = (
+        "import ray\n"
+        f"ray.init(address='{address}', logging_level='ERROR', log_to_driver=False)\n"
+        "print('CONNECTED', len(ray.nodes()))"
+    )
+    # As the head's vLLM joins: the node's network, IPC and Ray session volume (where a driver
+    # finds its node's raylet), so only the token differs between the clients.
+    node = ["--network", "host", "--ipc", "host", "-v", f"rigkit-ray-{CLUSTER}:/tmp/ray"]
+    argv = ["docker", "run", "--rm", *node, *env, "--entrypoint", "python3", image, "-c", script]
+    return subprocess.Popen(argv, env=engine.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def test_a_ray_client_without_the_token_is_refused_by_the_head(cluster):
+    """From a worker, over the interconnect: a driver with no token, and one with another
+    token, are both refused by the head's GCS; the same driver with the cluster's token file
+    connects (the refusals are the token's, not the way there)."""
+    c = cluster
+    head, engine = c["hosts"][0], c["docker"][1]
+    image = json.loads(engine.docker("inspect", "rigkit-ray-e2e").stdout)[0]["Config"]["Image"]
+    address = f"{c['links'][head.name]}:{PORT}"
+    token_file = ["-v", f"/etc/rigkit/ray/{CLUSTER}.token:/run/token:ro", "-e", "RAY_AUTH_TOKEN_PATH=/run/token"]
+    clients = {  # at once: a refused driver retries for some 20 s before it gives up
+        "no token": ray_client(engine, image, address, []),
+        "another token": ray_client(
+            engine, image, address, ["-e", "RAY_AUTH_MODE=token", "-e", "RAY_AUTH_TOKEN=" + "0" * 64]
+        ),
+        "the token": ray_client(engine, image, address, ["-e", "RAY_AUTH_MODE=token", *token_file]),
+    }
+    outs = {name: (proc.communicate(timeout=180)[0], proc.returncode) for name, proc in clients.items()}
+    for name in ("no token", "another token"):
+        out, code = outs[name]
+        assert code != 0 and "CONNECTED" not in out, (name, out[-3000:])
+        assert "Authentication token is missing or incorrect" in out, (name, out[-3000:])
+    out, code = outs["the token"]
+    assert code == 0 and out.strip().splitlines()[-1] == "CONNECTED 3", out[-3000:]
+
+
+def test_the_token_is_placed_tight_and_appears_nowhere_else(cluster):
+    c = cluster
+    sb = c["sb"]
+    token = ray_token(c).decode()
+    assert len(token) == 64
+    token_file = f"/etc/rigkit/ray/{CLUSTER}.token"
+    digest = hashlib.sha256(token.encode()).hexdigest()
+    leaks = []  # where the token was found (never the token itself in an assertion's text)
+    for h, engine in zip(c["hosts"], c["docker"]):
+        assert sb.ssh(h, f"stat -c '%a %U %G' {token_file}") == "400 rigkit-ray rigkit-ray"
+        assert sb.ssh(h, f"sha256sum < {token_file}").split()[0] == digest  # the same on every node
+        # Searched for with the token read from its file, so it is in no argv here either.
+        for place, command in {
+            "units": "grep -rlF -f {t} /etc/systemd/system",
+            "journal": "journalctl -o cat --no-pager | grep -cF -f {t}",
+            "processes": "ps -eo args | grep -v grep | grep -cF -f {t}",
+        }.items():
+            found = sb.ssh(h, command.format(t=token_file) + " || true")
+            if found not in ("", "0"):
+                leaks.append(f"{h.name} {place}")
+        for container in ("rigkit-ray-e2e", "rigkit-vllm-tiny"):
+            done = engine.docker("inspect", container, check=False)
+            if done.returncode != 0:
+                continue  # the workers run no vLLM
+            info = json.loads(done.stdout)[0]
+            if token in done.stdout:
+                leaks.append(f"{h.name} docker inspect {container}")
+            assert "RAY_AUTH_MODE=token" in info["Config"]["Env"], info["Config"]["Env"]
+            assert "RAY_AUTH_TOKEN_PATH=/run/rigkit/ray-auth-token" in info["Config"]["Env"]
+            assert not any(e.startswith("RAY_AUTH_TOKEN=") for e in info["Config"]["Env"])
+            logs = engine.docker("logs", container, check=False)
+            if token in logs.stdout + logs.stderr:
+                leaks.append(f"{h.name} docker logs {container}")
+            ray_logs = engine.docker(
+                "exec", container, "sh", "-c", "grep -rlF -f /run/rigkit/ray-auth-token /tmp/ray || true", check=False
+            )
+            if ray_logs.stdout.strip():
+                leaks.append(f"{h.name} Ray's logs in {container}: {ray_logs.stdout.split()}")
+    # This machine's processes (the containers' among them: their dockerds run here).
+    if token in subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout:
+        leaks.append("processes on this machine")
+    # At pyinfra's most verbose too (a re-run: nothing to place, every fact printed).
+    again = run_pyinfra(str(c["tmp"] / "inventory.py"), "deploys/rig.py", "-vvv", env=c["env"], timeout=1200)
+    assert again.returncode == 0, again.stderr[-3000:]
+    for name, run in (("first deploy", c["first"]), ("second deploy", again)):
+        if token in run.stdout + run.stderr:
+            leaks.append(f"pyinfra output of the {name}")
+    assert not leaks, leaks
+    # A Ray that authenticates: no warning of an unauthenticated cluster.
+    assert "without token authentication" not in c["first"].stdout + c["first"].stderr
 
 
 def test_vllm_on_the_head_drives_ray_on_every_node(cluster):

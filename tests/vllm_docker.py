@@ -4,7 +4,8 @@ image: a root filesystem with Python (the sandbox's debootstrapped base, without
 /var/cache) carrying a vLLM version's real sources from PyPI's wheel (0.19.1 unless told), imported with
 ``docker import``. Its ``vllm`` command is a STAND-IN that speaks the OpenAI API
 (``standin_vllm.py``): no GPU, no torch, no real vLLM runs here. With ``ray_wheels`` the
-image also carries Ray 2.40.0 (installed from its wheelhouse, ``ray_wheelhouse()``) and a
+image also carries Ray 2.54.1 (installed from its wheelhouse, ``ray_wheelhouse()``; a Ray
+with token authentication, which rigkit's clusters use from 2.52 on) and a
 ``ray`` command, as the real vLLM images do; the stand-in then drives a Ray cluster with
 ``--distributed-executor-backend ray``."""
 
@@ -22,7 +23,7 @@ from vllm_wheel import PATCHED_FILES, VLLM_VERSION, unpack
 
 HERE = Path(__file__).resolve().parent
 SITE = "usr/local/lib/python3.11/dist-packages"
-RAY_VERSION = "2.40.0"
+RAY_VERSION = "2.54.1"
 #: The image's interpreter (Debian bookworm's python3, glibc 2.36), whatever runs the tests.
 IMAGE_PYTHON_TAGS = (
     "--python-version",
@@ -186,7 +187,7 @@ def import_base(
 ) -> str:
     """The test base image ``tag``: Python, the files rigkit's patches edit from vLLM
     ``version``'s wheel, and the stand-in ``vllm`` command (``standin_mode`` ``fail`` makes it
-    exit at start). ``ray_wheels`` (``ray_wheelhouse()``): Ray 2.40.0 and its ``ray`` command
+    exit at start). ``ray_wheels`` (``ray_wheelhouse()``): Ray RAY_VERSION and its ``ray`` command
     too, under another ``tag`` than the image without."""
     if dockerd.docker("image", "inspect", tag, check=False).returncode == 0:
         return tag

@@ -61,3 +61,50 @@ class RayNodes(FactBase[dict]):
 
     def process(self, output: list[str]) -> dict:
         return json.loads("\n".join(output))
+
+
+class ImageRayVersion(FactBase[dict | None]):
+    """The version of the Ray in an image (its package metadata, read in a throw-away
+    container with no network), None when the image is absent; ``ray`` is None when the
+    image has no readable Ray.
+
+    .. code:: python
+
+        {"ray": "2.54.1"}
+    """
+
+    def command(self, image: str) -> StringCommand:
+        probe = 'from importlib.metadata import version; print(version("ray"))'
+        return StringCommand(
+            "if",
+            "docker",
+            "image",
+            "inspect",
+            QuoteString(image),
+            ">/dev/null",
+            "2>&1;",
+            "then",
+            "echo",
+            "present;",
+            "docker",
+            "run",
+            "--rm",
+            "--pull",
+            "never",
+            "--network",
+            "none",
+            "--entrypoint",
+            "python3",
+            QuoteString(image),
+            "-c",
+            QuoteString(probe),
+            "2>/dev/null;",
+            "fi;",
+            "true",
+        )
+
+    def process(self, output: list[str]) -> dict | None:
+        lines = [line.strip() for line in output if line.strip()]
+        if not lines or lines[0] != "present":
+            return None
+        return {"ray": lines[1] if len(lines) > 1 else None}

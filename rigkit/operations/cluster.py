@@ -9,14 +9,14 @@ alike on a mismatch (so no node goes on to change its units).
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from pyinfra.api import FunctionCommand, operation
 from pyinfra.api.host import Host
 from pyinfra.api.state import State
 
 from rigkit.facts import per_run
-from rigkit.facts.cluster import ImageBase
+from rigkit.facts.cluster import ImageBase, ImageRayVersion
 
 logger = logging.getLogger("pyinfra")
 
@@ -69,3 +69,24 @@ def same_image(cluster: str, image: str, nodes: Sequence[str]):
     """Fail unless every node recorded ``image`` built from the same base image ID; the
     error names each host and its ID."""
     yield FunctionCommand(_compare, (cluster, image, list(nodes)), {})
+
+
+def _warn_unauthenticated(state: State, host: Host, warning_of: Callable[[str | None], str | None], image: str) -> bool:
+    found = host.get_fact(ImageRayVersion, image=image)  # read now, after this run's build
+    warning = warning_of(found["ray"] if found else None)
+    if warning:
+        host.log_styled(warning, fg="yellow", log_func=logger.warning)
+    return True
+
+
+@operation(is_idempotent=False)
+def ray_auth_checked(image: str, warning_of: Callable[[str | None], str | None]):
+    """Read the version of the Ray in ``image`` (built in this run) and log ``warning_of`` it:
+    the one line that says what an older Ray leaves unauthenticated (nothing for a Ray with
+    token authentication).
+
+    .. code:: python
+
+        cluster.ray_auth_checked(image="rigkit/vllm:0123456789abcdef", warning_of=lambda v: None)
+    """
+    yield FunctionCommand(_warn_unauthenticated, (warning_of, image), {})

@@ -22,6 +22,32 @@ from pyinfra.api import FileUploadCommand, QuoteString, StringCommand, operation
 from rigkit.facts.secrets import VERSION_SUFFIX, SecretVersion
 
 LOCAL_RECORDS = Path(os.environ.get("RIGKIT_SECRETS_CACHE", "~/.cache/rigkit/secrets")).expanduser()
+#: Secrets rigkit generates itself on this machine (a cluster's Ray token), kept: not a cache,
+#: since a new one changes every host that holds it.
+LOCAL_GENERATED = Path(os.environ.get("RIGKIT_GENERATED_SECRETS", "~/.local/share/rigkit/secrets")).expanduser()
+
+
+def generated_secret(name: str) -> bytes:
+    """The secret ``name`` (a file name: letters, digits, '-' and '.'), generated on this
+    machine the first time it is asked for (32 random bytes, hex) and the same ever after;
+    kept 0600 in a 0700 directory. Two hosts planned at once get the same one (the first
+    link wins)."""
+    if not name or not all(c.isascii() and (c.isalnum() or c in "-.") for c in name) or name.startswith("."):
+        raise ValueError(f"not a secret's name: {name!r}")
+    path = LOCAL_GENERATED / name
+    if not path.is_file():
+        LOCAL_GENERATED.mkdir(parents=True, exist_ok=True, mode=0o700)
+        staged = path.with_name(f".{name}.{secrets.token_hex(8)}")
+        fd = os.open(staged, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(secrets.token_hex(32))
+        try:
+            os.link(staged, path)
+        except FileExistsError:
+            pass  # generated meanwhile: that one is the secret
+        finally:
+            staged.unlink()
+    return path.read_bytes().strip()
 
 
 def _record_path(dest: str) -> Path:

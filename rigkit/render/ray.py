@@ -5,10 +5,19 @@ spans: the node's role unit, running Ray in the service's image (``ray start --h
 ... --block``), the head's readiness unit that waits until Ray reports every node, and what
 the head's vLLM container needs to join the cluster. Pure functions of the validated host
 data; every value goes through :mod:`rigkit.render.systemd`.
+
+Ray's token authentication (Ray 2.52 and newer): every Ray process and the vLLM driver run
+with ``RAY_AUTH_MODE=token`` and read the cluster's token from the file
+``RAY_AUTH_TOKEN_PATH`` names (the host's 0400 token file, mounted read-only), so the units,
+argv and ``docker inspect`` carry the token's path, never its value. An older Ray ignores
+both variables: its ports are open to anyone on the interconnect, which the deploy says.
 """
 
 from __future__ import annotations
 
+import re
+
+from rigkit import host_paths
 from rigkit.hostdata.cluster import Cluster
 from rigkit.hostdata.services import Service
 from rigkit.hostdata.vllm import options_of
@@ -23,6 +32,11 @@ DOCKER = "/usr/bin/docker"
 #: Ray's session directory, a Docker volume the head's Ray and vLLM containers share (the
 #: driver finds the node's raylet and object store there).
 SESSION_DIR = "/tmp/ray"
+#: Where the containers read the cluster's Ray token (mounted read-only from token_path).
+CONTAINER_TOKEN = "/run/rigkit/ray-auth-token"
+#: The first Ray with token authentication (RAY_AUTH_MODE=token).
+TOKEN_AUTH_SINCE = (2, 52)
+_RELEASE = re.compile(r"([0-9]{1,4})\.([0-9]{1,4})(?:\.[0-9]{1,4})?(?:[.+-]?[A-Za-z0-9.+-]{0,32})?", re.ASCII)
 
 
 def node_unit_name(cluster: Cluster) -> str:
@@ -39,6 +53,45 @@ def container_name(cluster: Cluster) -> str:
 
 def volume_name(cluster: Cluster) -> str:
     return f"rigkit-ray-{cluster.name}"
+
+
+def token_path(cluster: Cluster) -> str:
+    """The cluster's Ray token on every node (0400, owned by :data:`USER`)."""
+    return f"{host_paths.key_dir('ray')}/{cluster.name}.token"
+
+
+def token_auth_args(cluster: Cluster) -> list[str]:
+    """What every container of the cluster adds for Ray's token authentication: the token file
+    read-only, the mode, and the path Ray reads the token from (no value in any argv)."""
+    return [
+        "-v",
+        f"{token_path(cluster)}:{CONTAINER_TOKEN}:ro",
+        "-e",
+        "RAY_AUTH_MODE=token",
+        "-e",
+        f"RAY_AUTH_TOKEN_PATH={CONTAINER_TOKEN}",
+    ]
+
+
+def supports_token_auth(version: str | None) -> bool:
+    """Whether Ray ``version`` (``ray.__version__`` as the image's Ray reports it) enforces
+    ``RAY_AUTH_MODE=token``; anything unreadable counts as an older Ray."""
+    found = _RELEASE.fullmatch(version or "")
+    return found is not None and (int(found.group(1)), int(found.group(2))) >= TOKEN_AUTH_SINCE
+
+
+def exposure_warning(cluster: Cluster, image: str, version: str | None) -> str | None:
+    """The deploy's one warning line where the image's Ray cannot authenticate (None where it can)."""
+    if supports_token_auth(version):
+        return None
+    # The image's own words: shown only when they read as a version.
+    found = f"Ray {version}" if version and _RELEASE.fullmatch(version) else "no readable Ray version"
+    since = ".".join(map(str, TOKEN_AUTH_SINCE))
+    return (
+        f"cluster {cluster.name}: {image} has {found}, without token authentication (Ray {since}+): "
+        f"Ray's ports (GCS :{cluster.ray_port}, every node's raylet and workers) take any client "
+        f"that reaches the nodes, over the interconnect {cluster.interconnect} included"
+    )
 
 
 def head_address(head: Cluster) -> str:
@@ -83,7 +136,7 @@ def node_argv(
         argv += ["--gpus", "all"]
     argv += ["-v", f"{service.model}:{service.model}:ro", "-v", f"{volume_name(cluster)}:{SESSION_DIR}"]
     # vLLM's workers are Ray's worker processes: they inherit this container's environment.
-    argv += interconnect_env(cluster, rdma) + ["-e", "HF_HUB_OFFLINE=1"]
+    argv += interconnect_env(cluster, rdma) + token_auth_args(cluster) + ["-e", "HF_HUB_OFFLINE=1"]
     for name, value in sorted(options_of(service).env.items()):
         argv += ["-e", f"{name}={value}"]
     return argv + ["--entrypoint", "ray", image, *ray_argv(cluster, head, is_head)]
@@ -142,9 +195,10 @@ def render_ready_unit(head: Cluster, nodes: dict[str, Cluster], gpus: int) -> st
 
 def vllm_docker_args(cluster: Cluster, head: Cluster) -> list[str]:
     """What the head's vLLM container adds to join the cluster as Ray's driver: the session
-    volume, the head's address and the interconnect."""
+    volume, the head's address, the interconnect and the cluster's token (vLLM's ``ray.init``
+    reads it as ``ray start`` does)."""
     return ["-v", f"{volume_name(cluster)}:{SESSION_DIR}", "-e", f"RAY_ADDRESS={head_address(head)}"] + (
-        interconnect_env(cluster)
+        interconnect_env(cluster) + token_auth_args(cluster)
     )
 
 
