@@ -268,7 +268,7 @@ def cuobjdump(binary: Path) -> dict:
 # --- model ---------------------------------------------------------------------------------
 
 
-def make_models(repo_git: Path, out_dir: Path, shape: dict, pool_elems: int = 1 << 24) -> dict:
+def make_models(repo_git: Path, out_dir: Path, shape: dict, pool_elems: int = 1 << 24, stem: str = "rand-3b") -> dict:
     """A random-weight llama GGUF in F16 and Q8_0 with the same weights (the Q8_0 file is the
     F16 file quantized). The weights tile one random pool (speed does not depend on values;
     this keeps generation to seconds); tokenizer and chat template from the llama.cpp tree."""
@@ -307,10 +307,10 @@ def make_models(repo_git: Path, out_dir: Path, shape: dict, pool_elems: int = 1 
 
     models = {}
     for ftype, q8 in (("F16", False), ("Q8_0", True)):
-        path = out_dir / f"rand-3b-{ftype}.gguf"
+        path = out_dir / f"{stem}-{ftype}.gguf"
         started = time.monotonic()
         writer, n_vocab = llama_gguf_writer(
-            src, path, f"rand-3b-{ftype}", dims, gguf.LlamaFileType.MOSTLY_Q8_0 if q8 else gguf.LlamaFileType.MOSTLY_F16
+            src, path, f"{stem}-{ftype}", dims, gguf.LlamaFileType.MOSTLY_Q8_0 if q8 else gguf.LlamaFileType.MOSTLY_F16
         )
         shapes = llama_tensor_shapes(dims, n_vocab, tied_output=False)
         read_per_token = 0

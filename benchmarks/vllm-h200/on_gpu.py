@@ -49,6 +49,9 @@ ENV_BASE = {
     "NCCL_NVLS_ENABLE": "0",
     "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1",
     "NVSHMEM_DISABLE_NVLS": "1",
+    # DeepGEMM JIT-compiles every block-FP8 shape at start otherwise (132 s here); the kernels
+    # still compile on first use.
+    "VLLM_DEEP_GEMM_WARMUP": "skip",
 }
 DEPTHS = "4k,16k,64k"
 
