@@ -65,8 +65,9 @@ def build(jobs: int) -> None:
         f"set -o pipefail; start=$(date +%s); {configure} && ninja -C {WORK / 'build'} -j {jobs} llama-server; "
         f"rc=$?; echo $rc $(( $(date +%s) - start )) > {WORK / 'build.rc'}"
     )
-    subprocess.Popen(["bash", "-c", script], stdout=open(OUTDIR / "build.log", "w"), stderr=subprocess.STDOUT,
-                     start_new_session=True, stdin=subprocess.DEVNULL)  # fmt: skip
+    with open(OUTDIR / "build.log", "w") as f:  # the child keeps its own copy of the descriptor
+        subprocess.Popen(["bash", "-c", script], stdout=f, stderr=subprocess.STDOUT, start_new_session=True,
+                         stdin=subprocess.DEVNULL)  # fmt: skip
     spec = json.loads((HERE / "runs.json").read_text())
     models = (
         f"import sys, json; sys.path[:0] = [{str(REPO)!r}, {str(REPO / 'benchmarks')!r}, {str(SRC / 'gguf-py')!r}]\n"
@@ -74,8 +75,9 @@ def build(jobs: int) -> None:
         f"m = gpu.make_models(Path({str(SRC)!r}), Path({str(MODELS)!r}), {spec['shape']!r}, stem='rand-8b')\n"
         f"Path({str(OUTDIR / 'models.json')!r}).write_text(json.dumps(m, indent=2))\n"
     )
-    subprocess.Popen([sys.executable, "-c", models], stdout=open(OUTDIR / "models.log", "w"),
-                     stderr=subprocess.STDOUT, start_new_session=True, stdin=subprocess.DEVNULL)  # fmt: skip
+    with open(OUTDIR / "models.log", "w") as f:
+        subprocess.Popen([sys.executable, "-c", models], stdout=f, stderr=subprocess.STDOUT, start_new_session=True,
+                         stdin=subprocess.DEVNULL)  # fmt: skip
     log(f"build (-j {jobs}) and models started; logs in {OUTDIR}")
 
 
