@@ -16,6 +16,7 @@ import json
 import subprocess
 import sys
 import tarfile
+import tempfile
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -81,27 +82,19 @@ def source() -> None:
     """llama.cpp b11312 from the sdist, less what a CUDA llama-server build never reads (docs,
     tests, other backends); the vocabulary and template the generated model borrows apart."""
     CARRY.mkdir(parents=True, exist_ok=True)
-    top = "llama_cpp_python-0.3.36/vendor/llama.cpp/"
-    skip = ("docs/", "models/", "benches/", "tests/", "examples/")
-    skip += tuple(f"ggml/src/ggml-{b}/" for b in ("vulkan", "sycl", "metal", "cann", "opencl", "musa", "hip"))
-    keep_models = ("models/ggml-vocab-qwen2.gguf", "models/templates/Qwen-Qwen3-0.6B.jinja")
-    with (
-        tarfile.open(SDIST) as sdist,
-        tarfile.open(CARRY / "llama-src.tar.xz", "w:xz") as src,
-        tarfile.open(CARRY / "llama-models.tar.xz", "w:xz") as models,
-    ):
-        for member in sdist:
-            if not member.name.startswith(top) or not (member.isfile() or member.isdir()):
-                continue
-            rel = member.name[len(top) :]
-            if not rel:
-                continue
-            data = sdist.extractfile(member) if member.isfile() else None
-            member.name = rel
-            if rel in keep_models:
-                models.addfile(member, data)
-            elif not rel.startswith(skip) and rel.rstrip("/") + "/" not in skip:
-                src.addfile(member, data)
+    top = "llama_cpp_python-0.3.36/vendor/llama.cpp"
+    skip = {"docs", "models", "benches", "tests", "examples"}
+    skip |= {f"ggml/src/ggml-{b}" for b in ("vulkan", "sycl", "metal", "cann", "opencl", "musa", "hip")}
+    keep_models = ["models/ggml-vocab-qwen2.gguf", "models/templates/Qwen-Qwen3-0.6B.jinja"]
+    with tempfile.TemporaryDirectory() as tmp:
+        with tarfile.open(SDIST) as sdist:
+            sdist.extractall(tmp, members=[m for m in sdist if m.name.startswith(top + "/")], filter="data")
+        tree = Path(tmp, top)
+        with tarfile.open(CARRY / "llama-src.tar.xz", "w:xz") as src:
+            src.add(tree, arcname=".", filter=lambda t: None if t.name.removeprefix("./") in skip else t)
+        with tarfile.open(CARRY / "llama-models.tar.xz", "w:xz") as models:
+            for rel in keep_models:
+                models.add(tree / rel, arcname=rel)
     for p in sorted(CARRY.iterdir()):
         print(f"{p}: {p.stat().st_size / 1e6:.1f} MB")
 
