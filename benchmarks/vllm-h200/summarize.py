@@ -45,13 +45,14 @@ def main() -> None:
             f"| {d.name} | {ready} | {s['check_ok']} | {', '.join(main_shared) or 'n/a'} | "
             f"{'; '.join(s['hybrid_log']) or '-'} | {mtp} |"
         )
+        mtp_on = "yes" if "--speculative-config" in r.get("argv", []) else "no"
         if (d / "bench/bench.json").is_file():
             b = json.loads((d / "bench/bench.json").read_text())
             for depth in b["config"]["depths"]:
                 ss = [x for x in b["samples"] if x["depth"] == depth]
                 dec = [((x.get("power") or {}).get("decode") or {}) for x in ss]
                 table.append(
-                    f"| {d.name} | {depth:,} | {med([x['prefill_tps'] for x in ss]):,.0f} | "
+                    f"| {d.name} | {mtp_on} | {depth:,} | {med([x['prefill_tps'] for x in ss]):,.0f} | "
                     f"{med([x['decode_tps'] for x in ss]):.1f} | {med([x['ttft_s'] for x in ss]) * 1000:.0f} | "
                     f"{med([x.get('watts') for x in dec]) or float('nan'):.0f} | "
                     f"{med([x.get('joules') for x in dec]) or float('nan'):.1f} |"
@@ -61,8 +62,8 @@ def main() -> None:
         "|---|---|---|---|---|---|",
         *rows,
         "",
-        "| run | context | prefill t/s | decode t/s (streamed, MTP on) | TTFT ms | decode W (NVML) | decode J per request |",
-        "|---|---|---|---|---|---|---|",
+        "| run | MTP | context | prefill t/s | decode t/s (streamed) | TTFT ms | decode W (NVML) | decode J per request |",
+        "|---|---|---|---|---|---|---|---|",
         *table,
     ]
     (R / "summary.md").write_text("\n".join(md) + "\n")
