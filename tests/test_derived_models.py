@@ -412,6 +412,49 @@ def test_a_changed_input_builds_beside_and_keeps_the_previous_output(locked_text
     assert (Path(first["output"]) / ".rigkit-derived.json").is_file()  # the previous, for a rollback
 
 
+def test_an_output_a_last_verified_unit_names_outlives_two_changes(locked_text, hub, placed, tmp_path, monkeypatch):
+    """Verified on output A; change 1 builds B (its start fails, the host rolls back to A's
+    units); change 2 builds C. Keeping only the current and the previous output would remove
+    A, which the last verified units still load: it stays, and B, which nothing names, goes."""
+    from rigkit.scripts import build_checkpoint
+
+    unit_dir, last_good = tmp_path / "systemd", tmp_path / "last-good"
+    monkeypatch.setattr(build_checkpoint, "UNIT_DIR", unit_dir)
+    monkeypatch.setattr(build_checkpoint, "LAST_GOOD", last_good)
+    rig = host_rig(tmp_path, locked_text, hub.url)
+    int4_key = next(k for k, e in rig.locks.items() if e.repo == INT4)
+    outputs = []
+    for sha in ("a" * 40, "b" * 40, "c" * 40):
+        locks = dict(rig.locks)
+        locks[int4_key] = dataclasses.replace(locks[int4_key], sha=sha)
+        spec = json.loads(write_spec(tmp_path, dataclasses.replace(rig, locks=locks), hub.url).read_text())
+        rc, out = run_builder(tmp_path / "spec.json")
+        assert rc == 0, out
+        outputs.append(Path(spec["output"]))
+        if len(outputs) == 1:  # verified on A: the units installed and saved name it
+            unit = f"ExecStart=/usr/bin/docker run -v {outputs[0]}:{outputs[0]}:ro img --model {outputs[0]}\n"
+            (last_good / ".vllm-1" / "units").mkdir(parents=True)
+            (last_good / "vllm").symlink_to(".vllm-1")
+            (last_good / ".vllm-1" / "units" / "rigkit-vllm-q.service").write_text(unit)
+            unit_dir.mkdir()
+            (unit_dir / "rigkit-vllm-q.service").write_text(unit)
+        elif len(outputs) == 2:  # B failed its check: the host restored A's units (installed = saved)
+            assert "removed none" in out
+    a, b, c = outputs
+    assert os.readlink(Path(spec["dest"])) == c.name
+    assert (a / ".rigkit-derived.json").is_file()  # named by the last verified unit
+    assert (c / ".rigkit-derived.json").is_file() and (b / ".rigkit-derived.json").is_file()  # current, previous
+    # Once nothing names A (a later verified state loads C), the next change removes it.
+    for path in (unit_dir / "rigkit-vllm-q.service", last_good / ".vllm-1" / "units" / "rigkit-vllm-q.service"):
+        path.write_text(path.read_text().replace(str(a), str(c)))
+    locks = dict(rig.locks)
+    locks[int4_key] = dataclasses.replace(locks[int4_key], sha="d" * 40)
+    write_spec(tmp_path, dataclasses.replace(rig, locks=locks), hub.url)
+    rc, out = run_builder(tmp_path / "spec.json")
+    assert rc == 0, out
+    assert not a.exists() and not b.exists() and c.is_dir()
+
+
 def test_a_range_that_differs_from_the_lock_fails_and_keeps_the_last_good_output(locked_text, hub, placed, tmp_path):
     rig = host_rig(tmp_path, locked_text, hub.url)
     spec_file = write_spec(tmp_path, rig, hub.url)

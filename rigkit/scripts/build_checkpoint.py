@@ -11,8 +11,10 @@ their placed directories; an input read by range comes from its Hub (or mirror) 
 header and tensor checked against the sha256 the lock recorded. The output is built beside
 the others and checked whole (:func:`checkpoints.build.build`); only then is ``dest``, a
 symlink, switched to it with one rename. The output ``dest`` pointed at before is kept (the
-previous one, for a rollback); older outputs are removed. A spec whose output is complete
-and current changes nothing.
+previous one, for a rollback), and so is every output a unit names, installed or saved as an
+engine's last verified state (a rollback after two failed changes restores units that name
+an output older than the previous one); the others are removed. A spec whose output is
+complete and current changes nothing.
 """
 
 from __future__ import annotations
@@ -35,6 +37,10 @@ except ImportError:
     from rigkit.checkpoints.safetensors import CheckpointError
     from rigkit.checkpoints.sources import Checkpoint, LocalCheckpoint, LockedRange, RangeReader, RemoteCheckpoint
 
+#: Where units that may load an output live: installed, and each engine's last verified
+#: state (rigkit/scripts/last_good.py keeps its units under last-good/<engine>/units/).
+UNIT_DIR = Path("/etc/systemd/system")
+LAST_GOOD = Path("/var/lib/rigkit/last-good")
 SPEC_VERSION = 1
 SPEC_KEYS = frozenset({"version", "name", "dest", "output", "identity", "recipes", "model", "inputs"})
 OUTPUT_MARK = ".derived-"
@@ -102,9 +108,25 @@ def switch(dest: Path, output: Path) -> str | None:
     return previous
 
 
+def named_by_units(dest: Path) -> set[str]:
+    """The outputs of ``dest`` that a rigkit unit names, installed or in a last verified state."""
+    units = [*UNIT_DIR.glob("rigkit-*"), *LAST_GOOD.glob("*/units/*"), *LAST_GOOD.glob("units/*")]
+    pattern = re.compile(re.escape(f"{dest.parent}/.{dest.name}{OUTPUT_MARK}") + r"([0-9a-f]+)")
+    named = set()
+    for unit in units:
+        try:
+            text = unit.read_text(encoding="utf-8", errors="replace") if unit.is_file() else ""
+        except OSError:
+            continue
+        named |= {f".{dest.name}{OUTPUT_MARK}{m}" for m in pattern.findall(text)}
+    return named
+
+
 def prune(dest: Path, keep: set[str]) -> list[str]:
-    """Outputs of ``dest`` other than those in ``keep`` (the current and the previous) removed."""
+    """Outputs of ``dest`` removed, except those in ``keep`` (the current and the previous)
+    and those a unit names (:func:`named_by_units`)."""
     removed = []
+    keep = keep | named_by_units(dest)
     for path in sorted(dest.parent.glob(f".{dest.name}{OUTPUT_MARK}*")):
         if path.name not in keep and path.is_dir() and not path.is_symlink():
             shutil.rmtree(path, ignore_errors=True)
