@@ -34,9 +34,18 @@ class FakeLlamaServer:
     word with its leading whitespace; BOS is token 0 when add_special."""
 
     def __init__(
-        self, n_ctx: int = 4096, decode_s: float = 0.002, die_after: int | None = None, api_key: str | None = None
+        self,
+        n_ctx: int = 4096,
+        decode_s: float = 0.002,
+        die_after: int | None = None,
+        api_key: str | None = None,
+        vllm_mtp: bool = False,
     ):
         self.api_key = api_key
+        # vllm_mtp: vLLM's endpoints instead (/version, max_model_len, its /tokenize bodies, no
+        # timings) and an MTP head that accepts every second draft, counted on /metrics only.
+        self.vllm_mtp = vllm_mtp
+        self.drafts = self.accepted = 0
         self.vocab: dict[str, int] = {"<s>": 0}
         self.words: list[str] = ["<s>"]
         self.n_ctx = n_ctx
@@ -70,7 +79,27 @@ class FakeLlamaServer:
             def do_GET(self):
                 if self.path != "/health" and self.unauthorized():
                     return
-                if self.path == "/props":
+                if fake.vllm_mtp and self.path == "/version":
+                    self._send(200, {"version": "0.20.2"})
+                elif fake.vllm_mtp and self.path == "/metrics":
+                    labels = 'engine="0",model_name="fake"'
+                    text = (
+                        "# HELP vllm:spec_decode_num_drafts_total Number of spec decoding drafts.\n"
+                        "# TYPE vllm:spec_decode_num_drafts_total counter\n"
+                        f"vllm:spec_decode_num_drafts_total{{{labels}}} {float(fake.drafts)}\n"
+                        f"vllm:spec_decode_num_draft_tokens_total{{{labels}}} {float(fake.drafts)}\n"
+                        f"vllm:spec_decode_num_accepted_tokens_total{{{labels}}} {float(fake.accepted)}\n"
+                        f'vllm:spec_decode_num_accepted_tokens_per_pos_total{{{labels},position="0"}} '
+                        f"{float(fake.accepted)}\n"
+                    ).encode()
+                    self.send_response(200)
+                    self.send_header("Content-Type", "text/plain; version=0.0.4")
+                    self.send_header("Content-Length", str(len(text)))
+                    self.end_headers()
+                    self.wfile.write(text)
+                elif fake.vllm_mtp and self.path == "/props":
+                    self._send(404, {"detail": "Not Found"})
+                elif self.path == "/props":
                     self._send(
                         200,
                         {
@@ -81,7 +110,8 @@ class FakeLlamaServer:
                         },
                     )
                 elif self.path == "/v1/models":
-                    self._send(200, {"data": [{"id": "fake"}]})
+                    model = {"id": "fake", **({"max_model_len": fake.n_ctx} if fake.vllm_mtp else {})}
+                    self._send(200, {"data": [model]})
                 elif self.path == "/health":
                     self._send(200, {"status": "ok"})
                 else:
@@ -91,7 +121,12 @@ class FakeLlamaServer:
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
                 if self.unauthorized():
                     return
-                if self.path == "/tokenize":
+                if self.path == "/tokenize" and fake.vllm_mtp:
+                    ids = fake.tokenize(body["prompt"])
+                    self._send(200, {"tokens": ([0] if body.get("add_special_tokens") else []) + ids})
+                elif self.path == "/detokenize" and fake.vllm_mtp:
+                    self._send(200, {"prompt": "".join(fake.words[i] for i in body["tokens"])})
+                elif self.path == "/tokenize":
                     ids = fake.tokenize(body["content"])
                     self._send(200, {"tokens": ([0] if body.get("add_special") else []) + ids})
                 elif self.path == "/detokenize":
@@ -126,6 +161,15 @@ class FakeLlamaServer:
                     chunk({"choices": [{"text": f" w{i}", "index": 0, "finish_reason": None}]})
                     time.sleep(fake.decode_s)
                 n = body["max_tokens"]
+                if fake.vllm_mtp:  # one draft per step after the first token, every second accepted
+                    with fake.lock:
+                        fake.drafts += n - 1
+                        fake.accepted += (n - 1) // 2
+                    chunk({"choices": [{"text": "", "index": 0, "finish_reason": "length"}]})
+                    chunk({"choices": [], "usage": {"prompt_tokens": n_prompt, "completion_tokens": n}})
+                    chunk("[DONE]")
+                    self.wfile.write(b"0\r\n\r\n")
+                    return
                 # The server's own timings are what it was told to take (as llama-server reports
                 # its compute time, not the client's): exact however loaded this machine is.
                 t0, t1, t2 = 0.0, n_prompt * 1e-5, n_prompt * 1e-5 + n * fake.decode_s
@@ -235,6 +279,44 @@ def test_sample_figures_come_from_the_server(fake):
     body = fake.requests[-1]
     assert body["stream"] and body["stream_options"] == {"include_usage": True}
     assert body["cache_prompt"] is False and body["ignore_eos"] is True
+
+
+def test_vllm_draft_acceptance_comes_from_its_metrics():
+    """vLLM streams no timings: each sample's acceptance is the change of vLLM's /metrics
+    spec-decode counters over its request, and the report shows it (not n/a)."""
+    server = FakeLlamaServer(vllm_mtp=True)
+    try:
+        client = Client(server.url)
+        assert client.engine() == "vllm"
+        result = run_sweep(client, SweepConfig(depths=[256, 512], runs=2, gen_tokens=33, warmup=True),
+                           progress=lambda m: None)  # fmt: skip
+    finally:
+        server.close()
+    samples = result["samples"]
+    assert len(samples) == 4 and all(s["timings"] is None for s in samples)
+    for s in samples:  # 32 drafts per request (33 tokens), 16 accepted: the warm-up's are not counted
+        assert s["extra"]["spec_decode"]["vllm:spec_decode_num_draft_tokens_total"] == 32
+        assert s["acceptance"] == pytest.approx(0.5)
+    assert "50%" in report.markdown(result)
+
+
+def test_prometheus_counters_sum_label_sets_and_skip_others():
+    from rigkit.bench.client import prometheus_counters
+
+    text = (
+        "# TYPE vllm:spec_decode_num_drafts_total counter\n"
+        'vllm:spec_decode_num_drafts_total{engine="0",model_name="m"} 3.0\n'
+        'vllm:spec_decode_num_drafts_total{engine="1",model_name="m"} 4.0\n'
+        'vllm:spec_decode_num_drafts_created{engine="0"} 1.7e9\n'
+        "vllm:spec_decode_num_accepted_tokens_total 2\n"
+        'vllm:spec_decode_num_draft_tokens_total{engine="0"} not-a-number\n'
+    )
+    names = ("vllm:spec_decode_num_drafts_total", "vllm:spec_decode_num_accepted_tokens_total",
+             "vllm:spec_decode_num_draft_tokens_total")  # fmt: skip
+    assert prometheus_counters(text, names) == {
+        "vllm:spec_decode_num_drafts_total": 7.0,
+        "vllm:spec_decode_num_accepted_tokens_total": 2.0,
+    }
 
 
 def test_plan_depths_caps_at_the_context_and_adds_the_deepest_that_fits():

@@ -7,7 +7,9 @@ fixed ``max_tokens`` and ``ignore_eos``; the client stamps the request's start, 
 of the first chunk that carries generated text (the first content token: TTFT) and of the
 last one. Token counts are the server's: ``usage`` (prompt_tokens, completion_tokens), and
 llama-server's ``timings`` (prompt_n, predicted_n, its own prefill and decode speeds,
-draft_n and draft_n_accepted with a draft model or MTP).
+draft_n and draft_n_accepted with a draft model or MTP). vLLM has no per-request counts of
+drafts: its ``/metrics`` counters (:data:`SPEC_DECODE_COUNTERS`), read before and after the
+request, give them, which holds while the sweep is the server's only client.
 """
 
 from __future__ import annotations
@@ -18,6 +20,31 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import requests
+
+#: vLLM's speculative-decoding counters (vllm/v1/spec_decode/metrics.py, Prometheus names as
+#: its /metrics serves them), each summed over its label sets.
+SPEC_DECODE_COUNTERS = (
+    "vllm:spec_decode_num_drafts_total",
+    "vllm:spec_decode_num_draft_tokens_total",
+    "vllm:spec_decode_num_accepted_tokens_total",
+)
+
+
+def prometheus_counters(text: str, names: tuple[str, ...]) -> dict[str, float]:
+    """The named series of a Prometheus text exposition, summed over their labels."""
+    found: dict[str, float] = {}
+    for line in text.splitlines():
+        if not line or line.startswith("#"):
+            continue
+        name = line.split("{", 1)[0].split(" ", 1)[0]
+        if name not in names:
+            continue
+        fields = line.rsplit("}", 1)[-1].split() if "{" in line else line.split()[1:]
+        try:
+            found[name] = found.get(name, 0.0) + float(fields[0])
+        except (IndexError, ValueError):
+            continue
+    return found
 
 
 class ServerError(RuntimeError):
@@ -73,8 +100,13 @@ class Sample:
 
     @property
     def acceptance(self) -> float | None:
+        """Accepted draft tokens over drafted ones: llama-server's timings, vLLM's counters."""
         t = self.timings or {}
-        return t["draft_n_accepted"] / t["draft_n"] if t.get("draft_n") else None
+        if t.get("draft_n"):
+            return t["draft_n_accepted"] / t["draft_n"]
+        spec = self.extra.get("spec_decode") or {}
+        drafted = spec.get("vllm:spec_decode_num_draft_tokens_total")
+        return spec.get("vllm:spec_decode_num_accepted_tokens_total", 0.0) / drafted if drafted else None
 
     def to_json(self) -> dict[str, Any]:
         d = asdict(self)
@@ -170,6 +202,18 @@ class Client:
             pass
         return None
 
+    def spec_decode_counters(self) -> dict[str, float] | None:
+        """vLLM's speculative-decoding counters now (None: not vLLM, or it drafts nothing)."""
+        if self.engine() != "vllm":
+            return None
+        try:
+            resp = self._request("GET", "/metrics", timeout=10)
+        except ServerError:
+            return None
+        if resp.status_code != 200:
+            return None
+        return prometheus_counters(resp.text, SPEC_DECODE_COUNTERS) or None
+
     def health(self) -> bool:
         try:
             return self._request("GET", "/health", timeout=5).status_code == 200
@@ -214,6 +258,7 @@ class Client:
         else:
             body["prompt"] = prompt
             path = "/v1/completions"
+        drafts_before = self.spec_decode_counters()
         wall = time.time()
         t_start = time.monotonic()
         resp = self._request("POST", path, json=body, stream=True, timeout=(30, self.timeout))
@@ -262,6 +307,10 @@ class Client:
                 prompt_tokens = timings["prompt_n"] + timings.get("cache_n", 0)
             if completion_tokens is None:
                 completion_tokens = timings.get("predicted_n")
+        extra: dict[str, Any] = {}
+        drafts_after = self.spec_decode_counters() if drafts_before is not None else None
+        if drafts_before is not None and drafts_after is not None:
+            extra["spec_decode"] = {k: drafts_after.get(k, 0.0) - drafts_before.get(k, 0.0) for k in drafts_after}
         return Sample(
             depth=depth,
             run=run,
@@ -275,6 +324,7 @@ class Client:
             timings=timings,
             finish_reason=finish,
             wall_start=wall,
+            extra=extra,
         )
 
 
