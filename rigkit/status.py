@@ -156,7 +156,7 @@ def render_text(report: dict[str, dict]) -> str:
         if info.get("reachable", True) and any(e.name in info for e in CONTAINER_ENGINES) and "current" not in info:
             lines.append(f"{host}: " + ", ".join(f"{e.title} services" for e in CONTAINER_ENGINES if e.name in info))
             for engine in CONTAINER_ENGINES:
-                lines += status_containers.lines(info.get(engine.name, {}), engine.title)
+                lines += status_containers.lines(info.get(engine.name, {}), engine)
             lines += status_vllm.cluster_lines(info.get("cluster"))
             lines += status_interconnect.lines(info.get("interconnect"))
             lines += [f"  DRIFT/PROBLEM: {problem}" for problem in info["problems"]]
@@ -194,7 +194,7 @@ def render_text(report: dict[str, dict]) -> str:
                     + ("" if model["present"] else " MODEL MISSING")
                 )
         for engine in CONTAINER_ENGINES:
-            lines += status_containers.lines(info.get(engine.name, {}), engine.title)
+            lines += status_containers.lines(info.get(engine.name, {}), engine)
         lines += status_interconnect.lines(info.get("interconnect"))
         for problem in info["problems"]:
             lines.append(f"  DRIFT/PROBLEM: {problem}")

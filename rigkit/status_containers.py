@@ -41,7 +41,7 @@ def drift(rig: Rig, info: dict, engine: ContainerEngine) -> list[str]:
     return problems
 
 
-def lines(info: dict, title: str) -> list[str]:
+def lines(info: dict, engine: ContainerEngine) -> list[str]:
     out = []
     for s in info.get("services", []):
         verified = (
@@ -51,16 +51,11 @@ def lines(info: dict, title: str) -> list[str]:
         )
         out.append(
             f"  {s['name']:<16} :{s['port']:<5} {s.get('active') or 'unknown':<9} "
-            f"{'healthy' if s.get('healthy') else 'unhealthy'}  {title} {s.get('image')} "
+            f"{'healthy' if s.get('healthy') else 'unhealthy'}  {engine.title} {s.get('image')} "
             f"(container {s.get('container')}, {verified})"
         )
         report = s.get("selfcheck")
-        if isinstance(report, dict) and report.get("vllm"):
-            states = report.get("patch_states") or {}
-            patches = ", ".join(
-                f"{name} {info.get('state', '?')} ({info.get('import', '?')})"
-                for name, info in sorted(states.items())
-                if isinstance(info, dict)
-            )
-            out.append(f"  {'':<16}  vLLM {report['vllm']}; patches: {patches or 'none'}")
+        said = engine.selfcheck_line(report) if isinstance(report, dict) else None
+        if said:
+            out.append(f"  {'':<16}  {said}")
     return out

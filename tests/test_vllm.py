@@ -471,9 +471,12 @@ def test_status_shows_the_images_vllm_and_patch_states(tmp_path, monkeypatch):
     record.write_text("not json")
     assert container_host.read_selfcheck("vllm", tag) is None
     info = {"services": [{"name": "q", "port": 8000, "image": tag, "verified_image": tag, "selfcheck": report}]}
-    shown = status_containers.lines(info, "vLLM")
+    from rigkit.engines import sglang, vllm
+
+    shown = status_containers.lines(info, vllm.ENGINE)
     assert shown[1].strip() == (
         "vLLM 0.20.2; patches: inc-hybrid-fp8 applied (imported), rope-keys-set not needed (imported)"
     )
+    assert len(status_containers.lines(info, sglang.ENGINE)) == 1  # SGLang's images record no vLLM report
     info["services"][0]["selfcheck"] = None
-    assert len(status_containers.lines(info, "vLLM")) == 1
+    assert len(status_containers.lines(info, vllm.ENGINE)) == 1

@@ -26,6 +26,11 @@ class ContainerEngine(Engine):
 
     # --- what the engine says ---------------------------------------------------------------
 
+    def selfcheck_line(self, report: dict) -> str | None:
+        """What ``rigkit status`` says of an image's self-check report (the build keeps it on
+        the host); None: this engine's images record nothing to show."""
+        return None
+
     def identity(self, svc: Service) -> ImageIdentity:
         raise NotImplementedError
 

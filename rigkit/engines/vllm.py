@@ -46,6 +46,18 @@ class VllmEngine(ContainerEngine):
     def build_command(self, identity: ImageIdentity) -> list[str]:
         return ["python3", self.tool, "build", "--patches", ",".join(render.patches_of(identity))]
 
+    def selfcheck_line(self, report: dict) -> str | None:
+        """The image's vLLM version and each patch's state (files/vllm/rigkit_vllm_patches/selfcheck.py)."""
+        if not report.get("vllm"):
+            return None
+        states = report.get("patch_states") or {}
+        patches = ", ".join(
+            f"{name} {info.get('state', '?')} ({info.get('import', '?')})"
+            for name, info in sorted(states.items())
+            if isinstance(info, dict)
+        )
+        return f"vLLM {report['vllm']}; patches: {patches or 'none'}"
+
     def image_title(self, svc: Service, identity: ImageIdentity) -> str:
         patches = ", ".join(render.patches_of(identity)) or "none"
         return f"Image {identity.tag} for {svc.name} (FROM {identity.base}, patches: {patches})"
