@@ -16,6 +16,7 @@ the model's directory on the host (or ``ref:`` a locked Hub model: its ``dest``)
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from dataclasses import dataclass, field
@@ -324,6 +325,15 @@ def check_choice(
         raise HostDataError(host, where, f"one of vLLM {table['version']}'s {what} ({', '.join(accepted)})", value)
 
 
+@functools.cache
+def patch_version_ranges(name: str) -> tuple[str, ...]:
+    """The vLLM versions a patch has an edit for (its patch.json's ``versions``), read once:
+    the patches ship with rigkit and do not change while it runs."""
+    return tuple(
+        line["vllm"] for line in json.loads((available_patches()[name] / "patch.json").read_text())["versions"]
+    )
+
+
 def check_patch_versions(host: str, key: str, opts: VllmOptions) -> None:
     """Each chosen patch has an edit for the vLLM version the base image's tag names (the
     image build refuses the same; this says so before any host changes). A base whose tag
@@ -335,9 +345,8 @@ def check_patch_versions(host: str, key: str, opts: VllmOptions) -> None:
     version = option_tables.vllm_version(opts.base_image)
     if version is None:
         return
-    known = available_patches()
     for i, name in enumerate(opts.patches):
-        ranges = [line["vllm"] for line in json.loads((known[name] / "patch.json").read_text())["versions"]]
+        ranges = patch_version_ranges(name)
         if not any(SpecifierSet(r).contains(version) for r in ranges):
             raise HostDataError(
                 host,
