@@ -134,3 +134,31 @@ def test_states_of_the_layout_before_are_kept(host):
     assert (host.units / big["unit"]).read_text() == "old vllm unit" and Path(big["key_file"]).read_text() == "k9"
     vllm.save({"services": [big]})  # the plain directory becomes the symlink
     assert vllm.link.is_symlink() and llama.state()["build"] == "builds/b0"
+
+
+def test_a_verified_deploy_prunes_the_router_presets_no_unit_names(tmp_path, monkeypatch):
+    """Each change of a router's models writes a new preset beside the old one (for a
+    rollback). Once a deploy is verified and saved, presets that neither the installed units
+    nor the last verified ones name go; the one they run with, and other files, stay."""
+    from rigkit.scripts import llama_host
+
+    host = Host(tmp_path)
+    presets = tmp_path / "etc-rigkit-llama"
+    presets.mkdir()
+    current, old = presets / "tiny.0123456789abcdef.ini", presets / "tiny.fedcba9876543210.ini"
+    other = presets / "big.00000000000000aa.ini"  # a removed router's
+    for p in (current, old, other):
+        p.write_text("[m]\nmodel = /srv/models/m.gguf\n")
+    (presets / "tiny.key").write_text("k")
+    (presets / "services.json").write_text("{}")
+    (presets / "notes.ini").write_text("not a preset name")
+    unit = f"ExecStart=/opt/rigkit/llama.cpp/current/bin/llama-server --models-preset {current} --models-max 2\n"
+    svc = host.service("llama", "tiny", unit)
+    good = host.engine("llama.cpp")
+    good.save({"services": [svc]})
+    monkeypatch.setattr(llama_host, "GOOD", good)
+    monkeypatch.setattr(llama_host, "UNIT_DIR", host.units)
+    monkeypatch.setattr(llama_host, "PRESET_DIR", presets)
+    assert llama_host.prune_presets() == [other.name, old.name]
+    assert current.is_file() and (presets / "tiny.key").is_file() and (presets / "notes.ini").is_file()
+    assert llama_host.prune_presets() == []  # again: nothing more

@@ -23,6 +23,7 @@ import fcntl
 import hashlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -252,6 +253,9 @@ def prune(args: argparse.Namespace) -> None:
 
 GOOD = LastGood("llama.cpp")
 UNIT_DIR = Path("/etc/systemd/system")
+#: Where router presets live (rigkit.host_paths: key_dir("llama"), named <service>.<sha16>.ini).
+PRESET_DIR = Path("/etc/rigkit/llama")
+PRESET_NAME = re.compile(r"[A-Za-z0-9_.-]+\.[0-9a-f]{16}\.ini")
 
 
 def mark_verified(root: Path) -> None:
@@ -267,6 +271,26 @@ def mark_verified(root: Path) -> None:
 def save_good(manifest: dict, root: Path) -> None:
     """Record what serves now (verified) as the state to return to."""
     GOOD.save(manifest, build=os.readlink(root / "current") if (root / "current").is_symlink() else None)
+
+
+def prune_presets() -> list[str]:
+    """Router presets that neither an installed unit nor a last verified one names, removed.
+    Each change of a router's models writes its preset beside the old one (the unit names it
+    by content, so a rollback finds the old one); once a deploy is verified and saved, only
+    the presets of the units now installed can be rolled back to."""
+    named: set[str] = set()
+    path = re.compile(re.escape(str(PRESET_DIR)) + r"/([A-Za-z0-9_.-]+?\.[0-9a-f]{16}\.ini)")
+    for unit in [*UNIT_DIR.glob("rigkit-*.service"), *(GOOD.link / "units").glob("rigkit-*.service")]:
+        try:
+            named |= set(path.findall(unit.read_text(encoding="utf-8", errors="replace")))
+        except OSError:
+            continue
+    removed = []
+    for preset in sorted(PRESET_DIR.glob("*.ini")):
+        if PRESET_NAME.fullmatch(preset.name) and preset.name not in named and preset.is_file():
+            preset.unlink()
+            removed.append(preset.name)
+    return removed
 
 
 def restore_good(manifest: dict, root: Path) -> dict | None:
@@ -289,6 +313,9 @@ def verify(args: argparse.Namespace) -> None:
     if not problems:
         mark_verified(root)
         save_good(manifest, root)
+        removed = prune_presets()
+        if removed:
+            log(f"removed router presets no unit names: {', '.join(removed)}")
         return
     report = "\n".join(problems)
     if not args.rollback:
