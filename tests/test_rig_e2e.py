@@ -115,6 +115,11 @@ def test_second_run_changes_nothing_and_restarts_nothing(sandbox_hosts, first_de
     assert again.results["totals"]["success"] == 0
     assert ssh(sb, host, "systemctl show -p MainPID --value rigkit-llama-tiny") == pid
     assert ssh(sb, host, "systemctl show -p ActiveEnterTimestampMonotonic --value rigkit-llama-tiny") == since
+    # The llama.cpp-only deploy (README: bump the ref and run it) plans the same: nothing.
+    only = run_pyinfra("inventories/sandbox.py", "deploys/llama_cpp.py", "--limit", "sandbox-1", env=env)
+    assert only.returncode == 0, only.stderr[-3000:]
+    assert only.changed == {}, f"deploys/llama_cpp.py changed: {only.changed}"
+    assert ssh(sb, host, "systemctl show -p MainPID --value rigkit-llama-tiny") == pid
 
 
 def test_second_host_builds_from_the_shared_ccache(sandbox_hosts, first_deploy):
