@@ -405,3 +405,39 @@ def test_hardware_figures_the_table_prints_are_in_gib(qwen122b):
     text = "\n".join(plan.lines())
     assert "qwen (llama.cpp): fits (GiB)" in text and f"{24576 / 1024:.2f}" in text
     assert GIB == 1 << 30
+
+
+# --------------------------------------------------------------------------- #
+# rigkit lock records the shape, read by range
+# --------------------------------------------------------------------------- #
+
+
+def test_lock_records_the_shape_read_by_range_and_refuses_a_lying_header(tmp_path):
+    from rigkit.models import lock_command, mirror
+    from rigkit.models.hub import ModelRef
+
+    root = tmp_path / "mirror"
+    (root / "org/tiny-GGUF").mkdir(parents=True)
+    (root / "org/liar-GGUF").mkdir(parents=True)
+    model = gguf_files.llama(
+        root / "org/tiny-GGUF/tiny.gguf", n_layer=2, n_embd=256, n_head=4, n_head_kv=2, n_ff=512, n_vocab=1000
+    )
+    raw = bytearray(model.read_bytes())
+    raw[16:24] = struct.pack("<q", 1 << 40)  # the key-value count lies
+    (root / "org/liar-GGUF/liar.gguf").write_bytes(bytes(raw))
+    served = mirror.serve(str(root))
+    try:
+        logs: list[str] = []
+        refs = [
+            ModelRef("org/tiny-GGUF", include=("*.gguf",), dest="/m/t"),
+            ModelRef("org/liar-GGUF", include=("*.gguf",), dest="/m/l"),
+        ]
+        entries = lock_command.lock_refs(refs, endpoint=served.url, log=logs.append)
+    finally:
+        served.stop()
+    shape = entries["org/tiny-GGUF@main:*.gguf"].shape
+    assert shape is not None and shape.n_layer == 2 and shape.n_vocab == 1000
+    assert shape == from_gguf_files([str(model)], "tiny")
+    assert any("shape of org/tiny-GGUF" in line and "request(s)" in line for line in logs)
+    assert entries["org/liar-GGUF@main:*.gguf"].shape is None
+    assert any("shape of org/liar-GGUF: not recorded" in line and "key-values" in line for line in logs)

@@ -286,9 +286,11 @@ def from_safetensors(tensors: Mapping[str, int], config: Mapping[str, Any], wher
         interval = get("full_attention_interval") or 1
         recurrent = tuple(i for i in range(n) if (i + 1) % interval != 0)
     if recurrent:
+        # Where config.json leaves them out, transformers' Qwen3NextConfig defaults
+        # (linear_conv_kernel_dim 4, 16 key heads, 32 value heads, head dims 128).
         conv = get("linear_conv_kernel_dim", 4)
-        k_heads, v_heads = get("linear_num_key_heads"), get("linear_num_value_heads")
-        k_dim, v_dim = get("linear_key_head_dim"), get("linear_value_head_dim")
+        k_heads, v_heads = get("linear_num_key_heads", 16), get("linear_num_value_heads", 32)
+        k_dim, v_dim = get("linear_key_head_dim", 128), get("linear_value_head_dim", 128)
         # The same state as llama.cpp's n_embd_r and n_embd_s of the converted model:
         # d_inner = v_heads * v_dim, d_state = k_dim, n_group = k_heads.
         n_embd_r = (conv - 1) * (v_heads * v_dim + 2 * k_heads * k_dim)

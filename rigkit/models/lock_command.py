@@ -125,13 +125,12 @@ def lock_refs(
         entries[ref.key] = LockEntry.from_data(ref.key, listed.to_data())
         e = entries[ref.key]
         log(f"locked {ref.key} -> {res.sha[:12]} ({len(e.files)} files, {e.total_bytes / 1e9:.2f} GB)")
-        shape = lock_shape(e, client.endpoint, carried, log=log)
-        if shape is not None:
-            entries[ref.key] = e = dataclasses.replace(e, shape=shape)
         recipes = sorted(ranged.get(ref, ()))
+        remote = None
         if recipes:
-            with_ranges = lock_ranges(e, client.endpoint, carried, recipes, log=log)
-            entries[ref.key] = LockEntry.from_data(ref.key, with_ranges.to_data())
+            e, remote = lock_ranges(e, client.endpoint, carried, recipes, log=log)
+        shape = lock_shape(e, client.endpoint, carried, log=log, remote=remote)
+        entries[ref.key] = LockEntry.from_data(ref.key, dataclasses.replace(e, shape=shape).to_data())
     return entries
 
 
@@ -139,11 +138,14 @@ def lock_refs(
 MAX_CONFIG_BYTES = 1 << 20
 
 
-def lock_shape(entry: LockEntry, endpoint: str, token: str | None, log=print) -> ModelShape | None:
+def lock_shape(
+    entry: LockEntry, endpoint: str, token: str | None, log=print, remote: RemoteCheckpoint | None = None
+) -> ModelShape | None:
     """What the memory plan needs of the model (rigkit.fit.shape), read by HTTP range: each
     GGUF file's header (the first few MB, more while the header runs on, bounded), or each
     safetensors header and config.json. None, said, when the files are neither or a header
-    does not read (the plan then says the service is not planned)."""
+    does not read (the plan then says the service is not planned). ``remote``: the
+    checkpoint :func:`lock_ranges` read already (its headers are not read again)."""
     base = f"{endpoint.rstrip('/')}/{entry.repo}/resolve/{entry.sha}/"
     reader = RangeReader(lambda path: base + quote(path), token=token)
     ggufs = sorted((f for f in entry.files if f.path.endswith(".gguf")), key=lambda f: f.path)
@@ -166,7 +168,7 @@ def lock_shape(entry: LockEntry, endpoint: str, token: str | None, log=print) ->
             )
             if not isinstance(config, dict):
                 raise ShapeError(f"{entry.repo}/config.json: expected a JSON object")
-            remote = RemoteCheckpoint(f"{entry.repo}@{entry.sha[:12]}", reader, tensors)
+            remote = remote or RemoteCheckpoint(f"{entry.repo}@{entry.sha[:12]}", reader, tensors)
             sizes = {n: h.tensors[n].nbytes for h in remote.headers.values() for n in h.tensors}
             shape = from_safetensors(sizes, config, entry.repo)
         else:
@@ -181,10 +183,13 @@ def lock_shape(entry: LockEntry, endpoint: str, token: str | None, log=print) ->
     return shape
 
 
-def lock_ranges(entry: LockEntry, endpoint: str, token: str | None, recipes: list[str], log=print) -> LockEntry:
+def lock_ranges(
+    entry: LockEntry, endpoint: str, token: str | None, recipes: list[str], log=print
+) -> tuple[LockEntry, RemoteCheckpoint]:
     """``entry`` with the byte ranges the recipes read of it: every safetensors header, then
     each tensor a recipe may take, read once by HTTP range and hashed (the Hub's sha256
-    covers whole files only; every host checks its reads against these)."""
+    covers whole files only; every host checks its reads against these); and the checkpoint
+    read so (its headers give the model's shape)."""
     files = {f.path: f.size for f in entry.files if f.path.endswith(".safetensors")}
     base = f"{endpoint.rstrip('/')}/{entry.repo}/resolve/{entry.sha}/"
     reader = RangeReader(lambda path: base + quote(path), token=token)
@@ -202,7 +207,7 @@ def lock_ranges(entry: LockEntry, endpoint: str, token: str | None, recipes: lis
         f"{reader.fetched} bytes read of {entry.total_bytes} ({100 * reader.fetched / max(entry.total_bytes, 1):.2f}%) "
         f"in {reader.requests} request(s)"
     )
-    return dataclasses.replace(entry, ranges=ranges)
+    return dataclasses.replace(entry, ranges=ranges), remote
 
 
 def lock_main(argv: list[str] | None = None) -> int:
