@@ -441,3 +441,74 @@ def test_lock_records_the_shape_read_by_range_and_refuses_a_lying_header(tmp_pat
     assert any("shape of org/tiny-GGUF" in line and "request(s)" in line for line in logs)
     assert entries["org/liar-GGUF@main:*.gguf"].shape is None
     assert any("shape of org/liar-GGUF: not recorded" in line and "key-values" in line for line in logs)
+
+
+# --------------------------------------------------------------------------- #
+# After the load: plan against measured; rigkit plan
+# --------------------------------------------------------------------------- #
+
+
+def test_plan_and_measured_compared_per_gpu_with_a_warning_past_ten_percent(qwen122b):
+    from rigkit.fit import measured
+    from rigkit.status import memory_lines
+
+    [plan] = plan_rig(upload_rig(qwen122b[0], SEED_SERVICE), recorded("rtx3090x6"))
+    content = measured.plan_content([plan])
+    planned = {gpu: n for gpu, n in json.loads(content)["services"]["qwen"].items()}
+    # nvidia-smi --query-gpu=index,memory.used: GPU 2 as planned, GPU 0 30 % above.
+    csv = [f"{gpu}, {int(n * (1.3 if gpu == '0' else 1.0)) >> 20}" for gpu, n in planned.items()]
+    output = ["== /var/lib/rigkit/memory/llama.cpp.plan.json", *content.splitlines()]
+    output += ["== /var/lib/rigkit/memory/llama.cpp.measured.csv", *csv]
+    record = measured.parse_record(output)
+    assert record["llama.cpp"]["measured"]["2"] == planned["2"] >> 20
+    lines, warnings = measured.compare(record)
+    assert len(lines) == 6 and "measured 18.50 GiB (-0%)" in lines[2]
+    assert len(warnings) == 1 and warnings[0].startswith("GPU 0:") and "+30%" in warnings[0]
+    text = "\n".join(memory_lines({"lines": lines, "warnings": warnings}))
+    assert "WARNING: memory GPU 0" in text
+    # A state file someone broke is left out, not a failure of status.
+    assert measured.parse_record(["== /var/lib/rigkit/memory/vllm.plan.json", "{not json"]) == {}
+
+
+def test_measure_reads_used_memory_only_where_nvidia_smi_is(tmp_path):
+    from pyinfra.api import StringCommand
+
+    from rigkit.fit import measured
+
+    [cmd] = list(measured.measure._inner(engine="llama.cpp"))
+    assert isinstance(cmd, StringCommand)
+    text = cmd.get_raw_value()
+    assert "command -v nvidia-smi" in text and "--query-gpu=index,memory.used" in text
+    assert "/var/lib/rigkit/memory/llama.cpp.measured.csv" in text
+
+
+def test_rigkit_plan_prints_the_table_without_deploying(tmp_path, qwen122b, capsys):
+    from rigkit import cli
+
+    model = qwen122b[0]
+    service = {"name": "qwen", "model": f"/srv/models/m/{model.name}", **SEED_SERVICE}
+    host = {
+        "gpus": {"count": 6, "cuda_arch": ["86"], "memory_mib": [24576]},
+        "llama_cpp": {"ref": "b8137"},
+        "models": [{"upload": str(model.parent), "dest": "/srv/models/m"}],
+        "services": [service],
+    }
+    inv = tmp_path / "fits.py"  # one file per variant: an inventory is imported once per path
+    inv.write_text(f"hosts = [('rig', {host!r})]\n")
+    assert cli.main(["plan", str(inv), "--offline"]) == 0
+    out = capsys.readouterr().out
+    assert "rig:" in out and "qwen (llama.cpp): fits (GiB)" in out and "room for f16 K/V" in out
+    host["services"] = [{**service, "tensor_split": [2, 1, 1, 1, 1, 1]}]
+    inv = tmp_path / "unbalanced.py"
+    inv.write_text(f"hosts = [('rig', {host!r})]\n")
+    assert cli.main(["plan", str(inv), "--offline", "--service", "qwen"]) == 1
+    out = capsys.readouterr().out
+    assert "DOES NOT FIT" in out and "a tensor split that fits" in out
+    assert cli.main(["plan", str(inv), "--offline", "--json"]) == 1
+    data = json.loads(capsys.readouterr().out)
+    assert data["rig"][0]["fits"] is False and len(data["rig"][0]["gpus"]) == 6
+    host["gpus"] = {"count": 6, "memory_mib": [1, 2]}
+    inv = tmp_path / "invalid.py"
+    inv.write_text(f"hosts = [('rig', {host!r})]\n")
+    assert cli.main(["plan", str(inv), "--offline"]) == 2
+    assert "gpus.memory_mib" in capsys.readouterr().err

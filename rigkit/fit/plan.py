@@ -136,6 +136,9 @@ def service_gpus(svc: Service, gpus: list[GpuMemory]) -> list[GpuMemory]:
 
 def plan_service(rig: Rig, svc: Service, gpus: list[GpuMemory]) -> Plan:
     plan = Plan(svc.name, svc.engine)
+    if svc.engine == "llama.cpp" and rig.llama_cpp is not None and not rig.llama_cpp.cuda:
+        plan.notes.append("llama.cpp is built without CUDA here: the model is in host memory")
+        return plan
     if svc.router_models:
         plan.notes.append("a router loads its models one by one (models_max): each is planned as its own service")
     shape = shape_for(rig, svc)
