@@ -512,3 +512,25 @@ def test_rigkit_plan_prints_the_table_without_deploying(tmp_path, qwen122b, caps
     inv.write_text(f"hosts = [('rig', {host!r})]\n")
     assert cli.main(["plan", str(inv), "--offline"]) == 2
     assert "gpus.memory_mib" in capsys.readouterr().err
+
+
+def test_a_deploy_refuses_before_any_engine_step_and_passes_each_engine_its_plans(qwen122b, monkeypatch):
+    """serve_all (deploys/rig.py's serve step) plans first: a service that does not fit stops
+    the deploy before any engine's step adds an operation; one that fits goes on, its plans
+    handed to its engine's step (recorded after verification)."""
+    from rigkit import serve as serve_module
+
+    class Host:
+        def get_fact(self, fact, **kwargs):
+            assert fact.__name__ == "NvidiaGpus"
+            return recorded("rtx3090x6")
+
+    steps = []
+    monkeypatch.setattr(serve_module, "host", Host())
+    monkeypatch.setattr(serve_module, "serve", lambda rig, engine, **kw: steps.append((engine.name, kw["plans"])))
+    with pytest.raises(FitError, match="GPU 0 short"):
+        serve_module.serve_all(upload_rig(qwen122b[0], {**SEED_SERVICE, "tensor_split": [2, 1, 1, 1, 1, 1]}))
+    assert steps == []
+    serve_module.serve_all(upload_rig(qwen122b[0], SEED_SERVICE))
+    [(engine, plans)] = steps
+    assert engine == "llama.cpp" and [p.service for p in plans] == ["qwen"] and plans[0].fits
