@@ -534,3 +534,25 @@ def test_a_deploy_refuses_before_any_engine_step_and_passes_each_engine_its_plan
     serve_module.serve_all(upload_rig(qwen122b[0], SEED_SERVICE))
     [(engine, plans)] = steps
     assert engine == "llama.cpp" and [p.service for p in plans] == ["qwen"] and plans[0].fits
+
+
+def test_services_sharing_a_gpu_each_get_what_the_others_leave(tmp_path):
+    gguf_files.llama(tmp_path / "llama8b.gguf")
+    rig = parse_rig(
+        "rig",
+        {
+            "gpus": {"count": 1},
+            "llama_cpp": {"ref": "b8137"},
+            "models": [{"upload": str(tmp_path), "dest": "/srv/models/m"}],
+            "services": [
+                {"name": "a", "model": "/srv/models/m/llama8b.gguf", "ctx": 262144, "port": 8000},
+                {"name": "b", "model": "/srv/models/m/llama8b.gguf", "ctx": 262144, "port": 8001},
+            ],
+        },
+    )
+    a, b = plan_rig(rig, recorded("h100"))
+    assert a.fits and a.needs[0].have == 81559 << 20
+    assert not b.fits and b.needs[0].have == (81559 << 20) - a.needs[0].need
+    assert any("services planned before this one" in n for n in b.notes)
+    with pytest.raises(FitError, match="b: GPU 0 short"):
+        check_rig(rig, recorded("h100"))

@@ -48,6 +48,7 @@ class GpuNeed:
     layers: list[int] = field(default_factory=list)
     output: bool = False  # the output layer is here
     budget: int | None = None  # vLLM: gpu_memory_utilization x total; else the total
+    taken: int = 0  # planned for the host's services before this one on the same GPU
 
     @property
     def need(self) -> int:
@@ -55,7 +56,13 @@ class GpuNeed:
 
     @property
     def have(self) -> int:
-        return self.gpu.total_bytes if self.budget is None else self.budget
+        free = self.gpu.total_bytes - self.taken
+        return free if self.budget is None else min(self.budget, free)
+
+    @property
+    def holds(self) -> int:
+        """What the service will hold on the GPU: vLLM takes its whole budget."""
+        return self.need if self.budget is None else max(self.budget, self.need)
 
     @property
     def fits(self) -> bool:
@@ -66,6 +73,7 @@ class GpuNeed:
             "gpu": self.gpu.index,
             "name": self.gpu.name,
             "have": self.have,
+            **({"taken": self.taken} if self.taken else {}),
             "need": self.need,
             "weights": self.weights,
             "kv": self.kv,

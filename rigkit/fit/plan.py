@@ -23,6 +23,7 @@ from rigkit.fit.shape import ModelShape, ShapeError, from_checkpoint_dir, from_g
 from rigkit.hostdata import HubModel, Rig, Service, UploadModel
 from rigkit.hostdata.llama_server import SHARD
 from rigkit.hostdata.llama_server import options_of as llama_options
+from rigkit.hostdata.rig import spans_cluster
 from rigkit.hostdata.vllm import options_of as vllm_options
 
 #: A figure the lead measured on the lent H200 (8B model, Q8_0 weights, llama-bench decode):
@@ -134,8 +135,12 @@ def service_gpus(svc: Service, gpus: list[GpuMemory]) -> list[GpuMemory]:
     return [by_index[i] for i in svc.gpus if i in by_index]
 
 
-def plan_service(rig: Rig, svc: Service, gpus: list[GpuMemory]) -> Plan:
+def plan_service(rig: Rig, svc: Service, gpus: list[GpuMemory], taken: dict[int, int] | None = None) -> Plan:
+    """One service's plan; ``taken``: per GPU index, what the host's other services hold."""
     plan = Plan(svc.name, svc.engine)
+    if spans_cluster(svc) is not None:
+        plan.notes.append("the service spans a cluster (its GPUs are on several hosts): not planned here")
+        return plan
     if svc.engine == "llama.cpp" and rig.llama_cpp is not None and not rig.llama_cpp.cuda:
         plan.notes.append("llama.cpp is built without CUDA here: the model is in host memory")
         return plan
@@ -150,7 +155,12 @@ def plan_service(rig: Rig, svc: Service, gpus: list[GpuMemory]) -> Plan:
         plan.notes.append("no GPU memory known (no nvidia-smi; declare gpus.count and gpus.memory_mib)")
         return plan
     if svc.engine == "llama.cpp":
-        return _plan_llama(plan, svc, shape, mine)
+        # What the services before it hold is not there for it: its GPUs are that much smaller
+        # (for the suggestions too).
+        left = [dataclasses.replace(g, total_bytes=g.total_bytes - (taken or {}).get(g.index, 0)) for g in mine]
+        if left != mine:
+            plan.notes.append("have: what the host's services planned before this one leave")
+        return _plan_llama(plan, svc, shape, left)
     if svc.engine == "vllm":
         opts = vllm_options(svc)
         plan.needs = vllm.plan(
@@ -167,7 +177,7 @@ def plan_service(rig: Rig, svc: Service, gpus: list[GpuMemory]) -> Plan:
                 "unified memory: the OS and the page cache share it, so gpu_memory_utilization x total "
                 "must be free when vLLM starts (drop_page_cache helps)"
             )
-        return plan
+        return _with_taken(plan, taken)
     plan.notes.append(f"no memory plan for engine {svc.engine}")
     return plan
 
@@ -184,6 +194,14 @@ def llama_flags(svc: Service) -> dict:
         "tensor_split": opts.tensor_split,
         "flash_attn": opts.flash_attn != "off",  # llama-server's default is auto: on where supported
     }
+
+
+def _with_taken(plan: Plan, taken: dict[int, int] | None) -> Plan:
+    for n in plan.needs:
+        n.taken = (taken or {}).get(n.gpu.index, 0)
+    if any(n.taken for n in plan.needs):
+        plan.notes.append("have: what the host's services planned before this one leave")
+    return plan
 
 
 def _plan_llama(plan: Plan, svc: Service, shape: ModelShape, gpus: list[GpuMemory]) -> Plan:
@@ -211,13 +229,20 @@ def _plan_llama(plan: Plan, svc: Service, shape: ModelShape, gpus: list[GpuMemor
 
 
 def plan_rig(rig: Rig, found: Sequence | None, only: str | None = None) -> list[Plan]:
-    """A plan per enabled service this host serves (``only``: one of them)."""
+    """A plan per enabled service this host serves (``only``: one of them); services that
+    share a GPU each get what the ones before them leave."""
     gpus = gpus_of(rig, found)
-    return [
-        plan_service(rig, svc, gpus)
-        for svc in rig.enabled_services
-        if rig.serves(svc) and (only is None or svc.name == only)
-    ]
+    taken: dict[int, int] = {}
+    plans = []
+    for svc in rig.enabled_services:
+        if not rig.serves(svc):
+            continue
+        plan = plan_service(rig, svc, gpus, taken)
+        for n in plan.needs:
+            taken[n.gpu.index] = taken.get(n.gpu.index, 0) + n.holds
+        if only is None or svc.name == only:
+            plans.append(plan)
+    return plans
 
 
 def check_rig(rig: Rig, found: Sequence | None) -> list[Plan]:
