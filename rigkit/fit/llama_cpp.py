@@ -25,7 +25,8 @@ places it (each rule cites its source; ``src/`` is llama.cpp's):
   activations of one ubatch through the widest layer (:data:`ACTIVATION_ROWS` rows of
   ``n_embd`` and two of ``n_ff``), the attention scores of a ubatch against a stream's cells
   when flash attention is off (``n_head`` x cells x ubatch, F32), and on the output layer's
-  GPU the logits (``n_vocab`` x ubatch, F32). The lead's H200 measurement against
+  GPU the larger of that and the logits (``n_vocab`` x ubatch, F32; the graph allocator
+  reuses the layers' buffers for them). The lead's H200 measurement against
   llama-server's ``compute buffer size`` lines is in the README.
 - Every GPU used holds a CUDA context (:func:`rigkit.fit.budget.cuda_context_bytes`).
 """
@@ -128,7 +129,9 @@ def plan(
         activations += n_ubatch * F32 * max(shape.n_head) * cells
     for need in needs:
         if need.layers or need.output:
-            need.compute = activations + (n_ubatch * F32 * shape.n_vocab if need.output else 0)
+            # ggml-alloc reuses a layer's buffers for the logits: the output GPU's peak is the
+            # larger of the two, not their sum.
+            need.compute = max(activations, n_ubatch * F32 * shape.n_vocab) if need.output else activations
             need.other = cuda_context_bytes(need.gpu.name)
     return needs, cpu
 
