@@ -556,3 +556,24 @@ def test_services_sharing_a_gpu_each_get_what_the_others_leave(tmp_path):
     assert any("services planned before this one" in n for n in b.notes)
     with pytest.raises(FitError, match="b: GPU 0 short"):
         check_rig(rig, recorded("h100"))
+
+
+TINY_QWEN = Path("/var/cache/rigkit/models/tiny-qwen")  # the sandbox's model, written by llama.cpp's gguf-py
+
+
+@pytest.mark.skipif(not (TINY_QWEN / "tiny-qwen-00002-of-00002.gguf").is_file(), reason="no sandbox model cached")
+def test_the_sandbox_model_written_by_llama_cpps_gguf_py_reads_whole():
+    """A real gguf-py file split in two by gguf-split: the first shard holds the metadata
+    (a 151936-token vocabulary, merges, a chat template longer than rigkit keeps), the
+    second only split keys; tensors from both."""
+    files = sorted(str(p) for p in TINY_QWEN.glob("tiny-qwen-*.gguf"))
+    first, second = (gguf.read_local(f) for f in files)
+    assert first.metadata["split.count"] == 2 and first.metadata["split.tensors.count"] == 20
+    assert len(first.tensors) + len(second.tensors) == 20
+    assert first.array_lengths["tokenizer.ggml.tokens"] == 151936 and "tokenizer.chat_template" in first.skipped
+    shape = from_gguf_files(files, "tiny-qwen")
+    assert (shape.arch, shape.n_layer, shape.n_embd, shape.n_head_kv, shape.head_k) == ("llama", 2, 64, (1, 1), 32)
+    data = sum(h.file_size - h.data_start for h in (first, second))
+    embd = next(t for t in first.tensors + second.tensors if t.name == "token_embd.weight")
+    # No output.weight: llama.cpp loads token_embd again for the output layer.
+    assert shape.weight_bytes == data + embd.nbytes
