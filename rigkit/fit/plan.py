@@ -154,32 +154,43 @@ def plan_service(rig: Rig, svc: Service, gpus: list[GpuMemory], taken: dict[int,
     if not mine:
         plan.notes.append("no GPU memory known (no nvidia-smi; declare gpus.count and gpus.memory_mib)")
         return plan
-    if svc.engine == "llama.cpp":
-        # What the services before it hold is not there for it: its GPUs are that much smaller
-        # (for the suggestions too).
-        left = [dataclasses.replace(g, total_bytes=g.total_bytes - (taken or {}).get(g.index, 0)) for g in mine]
-        if left != mine:
-            plan.notes.append("have: what the host's services planned before this one leave")
-        return _plan_llama(plan, svc, shape, left)
-    if svc.engine == "vllm":
-        opts = vllm_options(svc)
-        plan.needs = vllm.plan(
-            shape,
-            mine,
-            max_model_len=svc.ctx,
-            gpu_memory_utilization=opts.gpu_memory_utilization,
-            tensor_parallel=opts.tensor_parallel,
-            pipeline_parallel=opts.pipeline_parallel,
-            max_num_batched_tokens=opts.max_num_batched_tokens,
+    from rigkit.engines import ENGINES  # the engines' deploy side imports this module
+
+    return ENGINES[svc.engine].plan_memory(plan, svc, shape, mine, taken or {})
+
+
+def plan_llama_service(
+    plan: Plan, svc: Service, shape: ModelShape, gpus: list[GpuMemory], taken: dict[int, int]
+) -> Plan:
+    """A llama.cpp service's plan (rigkit.engines.llama_cpp's plan_memory)."""
+    # What the services before it hold is not there for it: its GPUs are that much smaller
+    # (for the suggestions too).
+    left = [dataclasses.replace(g, total_bytes=g.total_bytes - taken.get(g.index, 0)) for g in gpus]
+    if left != gpus:
+        plan.notes.append("have: what the host's services planned before this one leave")
+    return _plan_llama(plan, svc, shape, left)
+
+
+def plan_vllm_service(
+    plan: Plan, svc: Service, shape: ModelShape, gpus: list[GpuMemory], taken: dict[int, int]
+) -> Plan:
+    """A vLLM service's plan (rigkit.engines.vllm's plan_memory)."""
+    opts = vllm_options(svc)
+    plan.needs = vllm.plan(
+        shape,
+        gpus,
+        max_model_len=svc.ctx,
+        gpu_memory_utilization=opts.gpu_memory_utilization,
+        tensor_parallel=opts.tensor_parallel,
+        pipeline_parallel=opts.pipeline_parallel,
+        max_num_batched_tokens=opts.max_num_batched_tokens,
+    )
+    if any(n.gpu.unified for n in plan.needs):
+        plan.notes.append(
+            "unified memory: the OS and the page cache share it, so gpu_memory_utilization x total "
+            "must be free when vLLM starts (drop_page_cache helps)"
         )
-        if any(n.gpu.unified for n in plan.needs):
-            plan.notes.append(
-                "unified memory: the OS and the page cache share it, so gpu_memory_utilization x total "
-                "must be free when vLLM starts (drop_page_cache helps)"
-            )
-        return _with_taken(plan, taken)
-    plan.notes.append(f"no memory plan for engine {svc.engine}")
-    return plan
+    return _with_taken(plan, taken)
 
 
 def llama_flags(svc: Service) -> dict:
@@ -196,9 +207,9 @@ def llama_flags(svc: Service) -> dict:
     }
 
 
-def _with_taken(plan: Plan, taken: dict[int, int] | None) -> Plan:
+def _with_taken(plan: Plan, taken: dict[int, int]) -> Plan:
     for n in plan.needs:
-        n.taken = (taken or {}).get(n.gpu.index, 0)
+        n.taken = taken.get(n.gpu.index, 0)
     if any(n.taken for n in plan.needs):
         plan.notes.append("have: what the host's services planned before this one leave")
     return plan

@@ -9,7 +9,9 @@ GPU, its weights (split by tensor and pipeline parallelism), the profiling peak 
 context leave room for ``max_model_len`` tokens of KV cache (and, for linear-attention layers,
 one sequence's recurrent state) inside the budget; and the budget itself must be free when
 it starts. On a GB10 the memory is the host's, shared with the OS and the page cache
-(``drop_page_cache``): the plan says so.
+(``drop_page_cache``): the plan says so. Not planned: the memory of vLLM's CUDA graphs
+(captured after the KV cache is sized, inside the same budget) and a KV cache dtype other
+than the checkpoint's (rigkit's argv sets none: ``rigkit.render.vllm``).
 """
 
 from __future__ import annotations
