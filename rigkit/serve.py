@@ -29,7 +29,7 @@ from rigkit.facts import per_run
 from rigkit.facts.nvidia import NvidiaGpus
 from rigkit.facts.services import ManagedServices
 from rigkit.fit import measured
-from rigkit.fit.plan import Plan, check_rig
+from rigkit.fit.plan import Plan, check_rig, on_gpus
 from rigkit.host_paths import MEMORY_DIR, ServiceNames, unit_path
 from rigkit.hostdata import Rig, Service
 from rigkit.operations import rendered, services, units
@@ -48,7 +48,7 @@ def serve_all(rig: Rig, models: Sequence[Any] = (), address: str | None = None) 
     """Every engine the host declares, each through :func:`serve`, once every service is
     planned to fit its GPUs (:func:`rigkit.fit.plan.check_rig` refuses before any host
     change)."""
-    plans = check_rig(rig, host.get_fact(NvidiaGpus))
+    plans = check_rig(rig, host.get_fact(NvidiaGpus) if on_gpus(rig) else None)
     for i, engine in enumerate(engines_for(rig)):
         serve(
             rig,

@@ -577,3 +577,33 @@ def test_the_sandbox_model_written_by_llama_cpps_gguf_py_reads_whole():
     embd = next(t for t in first.tensors + second.tensors if t.name == "token_embd.weight")
     # No output.weight: llama.cpp loads token_embd again for the output layer.
     assert shape.weight_bytes == data + embd.nbytes
+
+
+def test_a_cpu_rig_reads_no_gpus_and_is_not_planned(tmp_path, monkeypatch):
+    """The sandbox's rig (llama.cpp built without CUDA): the serve step asks no GPU fact and
+    plans nothing, so its deploys run as before."""
+    from rigkit import serve as serve_module
+    from rigkit.fit.plan import on_gpus
+
+    model = gguf_files.llama(tmp_path / "m.gguf", n_layer=2, n_embd=256, n_head=4, n_head_kv=2, n_ff=512, n_vocab=1000)
+    rig = parse_rig(
+        "sandbox-1",
+        {
+            "gpus": {"count": 0},
+            "llama_cpp": {"ref": "b11312", "cuda": False},
+            "models": [{"upload": str(tmp_path), "dest": "/srv/models/m"}],
+            "services": [{"name": "tiny", "model": f"/srv/models/m/{model.name}", "n_gpu_layers": 0}],
+        },
+    )
+    assert not on_gpus(rig)
+
+    class Host:
+        def get_fact(self, fact, **kwargs):
+            raise AssertionError(f"{fact.__name__} asked on a CPU rig")
+
+    steps = []
+    monkeypatch.setattr(serve_module, "host", Host())
+    monkeypatch.setattr(serve_module, "serve", lambda rig, engine, **kw: steps.append(kw["plans"]))
+    serve_module.serve_all(rig)
+    [[plan]] = steps
+    assert not plan.planned and "without CUDA" in plan.notes[0]

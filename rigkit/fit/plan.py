@@ -256,6 +256,13 @@ def plan_rig(rig: Rig, found: Sequence | None, only: str | None = None) -> list[
     return plans
 
 
+def on_gpus(rig: Rig) -> bool:
+    """Whether any service of the host loads onto GPUs (a CUDA llama.cpp build, a container
+    engine): only then are the GPUs read to plan against."""
+    cuda = rig.llama_cpp is not None and rig.llama_cpp.cuda
+    return any(rig.serves(s) and (s.engine != "llama.cpp" or cuda) for s in rig.enabled_services)
+
+
 def check_rig(rig: Rig, found: Sequence | None) -> list[Plan]:
     """The host's plans; :class:`FitError` naming each service that does not fit, its table
     and the split that would."""
