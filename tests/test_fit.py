@@ -358,6 +358,17 @@ def test_lead_function_plans_one_gpu_from_a_local_gguf(tmp_path):
     assert out["kv"] == 32 * 8192 * 2 * 1024 * 2
     assert out["weights"] > 14e9 and out["other"] > 0 and out["compute"] > 0
     assert out["total"] == out["weights"] + out["kv"] + out["compute"] + out["other"]
+    # The header alone (what a range read saves, the benchmark carries), with the file's size.
+    h = gguf.read_local(model)
+    copy = tmp_path / "header.gguf"
+    copy.write_bytes(model.read_bytes()[: h.data_start])
+    same = planned_bytes(str(copy), ctx=8192, cache_type_k="f16", cache_type_v="f16", file_size=h.file_size)
+    assert same == out
+    with pytest.raises(ShapeError, match="truncated"):
+        planned_bytes(str(copy), ctx=8192)  # the copy without its size is a truncated file
+    copy.write_bytes(model.read_bytes()[: h.data_start // 2])
+    with pytest.raises(ShapeError, match="before its header does"):
+        planned_bytes(str(copy), ctx=8192, file_size=h.file_size)
 
 
 # --------------------------------------------------------------------------- #

@@ -25,6 +25,7 @@ def planned_bytes(
     flash_attn: bool = True,
     gpu_name: str = "NVIDIA H200",
     gpu_bytes: int = 143771 << 20,
+    file_size: int | None = None,
 ) -> dict[str, int]:
     """Bytes planned on the one GPU (``--split-mode none``) for llama-server loading
     ``gguf_path`` (its first shard; the others beside it are read too) with these flags:
@@ -36,10 +37,13 @@ def planned_bytes(
     + ctx, parallel, cache_type_k, cache_type_v, n_gpu_layers, flash_attn: llama-server's -c,
       --parallel, -ctk, -ctv, -ngl, -fa on/off
     + gpu_name, gpu_bytes: the GPU (its name picks the CUDA context constant)
+    + file_size: ``gguf_path`` is a copy of a single-file model's header only (the bytes up
+      to its tensor data); the model file is this large
     """
     shard = SHARD.search(gguf_path)
     files = glob.glob(glob.escape(gguf_path[: shard.start()]) + "-*-of-*.gguf") if shard else [gguf_path]
-    shape = from_gguf_files(files, gguf_path)
+    sizes = {gguf_path: file_size} if file_size is not None and not shard else None
+    shape = from_gguf_files(files, gguf_path, sizes)
     [need], cpu = llama_cpp.plan(
         shape,
         [GpuMemory(0, gpu_name, gpu_bytes)],

@@ -298,26 +298,30 @@ def parse(buf: bytes, file_size: int, where: str) -> GgufHeader:
     return GgufHeader(version, metadata, lengths, tuple(tensors), data_start, file_size, alignment, tuple(skipped))
 
 
-def read(fetch: Callable[[int], bytes], file_size: int, where: str) -> GgufHeader:
+def read(fetch: Callable[[int], bytes], file_size: int, where: str, copy: bool = False) -> GgufHeader:
     """The header of a file read by ``fetch(n)`` (its first ``n`` bytes): the first
     :data:`FIRST_READ` bytes, more while the header runs past them, up to
-    :data:`MAX_HEADER_BYTES`."""
+    :data:`MAX_HEADER_BYTES`. ``copy``: ``fetch`` reads a copy of the file's first bytes
+    (its header), shorter than the ``file_size`` of the file itself."""
     n = min(FIRST_READ, file_size)
     while True:
         buf = fetch(n)
-        if len(buf) != n:
+        if len(buf) != n and not copy:
             raise GgufError(f"{where}: read {len(buf)} bytes, expected {n}")
         try:
             return parse(buf, file_size, where)
         except NeedMore as more:
+            if len(buf) < n:
+                raise GgufError(f"{where}: the copy ends at byte {len(buf)}, before its header does") from None
             grown = min(max(more.needed, 2 * n), file_size, MAX_HEADER_BYTES)
             if grown <= n:  # parse raises GgufError past either bound; this cannot loop
                 raise GgufError(f"{where}: header needs {more.needed} bytes") from None
             n = grown
 
 
-def read_local(path: str | os.PathLike[str]) -> GgufHeader:
-    """The header of a GGUF file on this machine."""
+def read_local(path: str | os.PathLike[str], file_size: int | None = None) -> GgufHeader:
+    """The header of a GGUF file on this machine; ``file_size``: the path holds a copy of a
+    file's header only (what a range read saves), the file itself is that large."""
     where = os.fspath(path)
     try:
         with open(path, "rb") as f:
@@ -327,6 +331,6 @@ def read_local(path: str | os.PathLike[str]) -> GgufHeader:
                 f.seek(0)
                 return f.read(n)
 
-            return read(fetch, size, where)
+            return read(fetch, file_size or size, where, copy=file_size is not None)
     except OSError as exc:
         raise GgufError(f"{where}: {exc.strerror}") from None

@@ -239,12 +239,13 @@ def from_gguf(headers: Iterable[GgufHeader], where: str) -> ModelShape:
     return shape
 
 
-def from_gguf_files(paths: Iterable[str], where: str) -> ModelShape:
-    """The shape of GGUF files on this machine (an upload, a benchmark's model)."""
+def from_gguf_files(paths: Iterable[str], where: str, sizes: Mapping[str, int] | None = None) -> ModelShape:
+    """The shape of GGUF files on this machine (an upload, a benchmark's model); ``sizes``:
+    where a path holds a copy of a file's header only, the file's own size."""
     from rigkit.fit import gguf
 
     try:
-        return from_gguf([gguf.read_local(p) for p in sorted(paths)], where)
+        return from_gguf([gguf.read_local(p, (sizes or {}).get(p)) for p in sorted(paths)], where)
     except GgufError as exc:
         raise ShapeError(str(exc)) from None
 
