@@ -436,12 +436,21 @@ def test_lock_records_the_shape_read_by_range_and_refuses_a_lying_header(tmp_pat
     raw = bytearray(model.read_bytes())
     raw[16:24] = struct.pack("<q", 1 << 40)  # the key-value count lies
     (root / "org/liar-GGUF/liar.gguf").write_bytes(bytes(raw))
+    # A hybrid MoE in two shards beside another GGUF the include matches (a projector).
+    (root / "org/split-GGUF").mkdir(parents=True)
+    split = gguf_files.qwen35moe(
+        root / "org/split-GGUF/hybrid", n_layer=4, n_embd=256, n_expert=4, n_ff_exp=256, n_vocab=1000, shards=2
+    )
+    gguf_files.llama(
+        root / "org/split-GGUF/mmproj.gguf", n_layer=1, n_embd=256, n_head=4, n_head_kv=2, n_ff=512, n_vocab=10
+    )
     served = mirror.serve(str(root))
     try:
         logs: list[str] = []
         refs = [
             ModelRef("org/tiny-GGUF", include=("*.gguf",), dest="/m/t"),
             ModelRef("org/liar-GGUF", include=("*.gguf",), dest="/m/l"),
+            ModelRef("org/split-GGUF", include=("*.gguf",), dest="/m/s"),
         ]
         entries = lock_command.lock_refs(refs, endpoint=served.url, log=logs.append)
     finally:
@@ -450,6 +459,8 @@ def test_lock_records_the_shape_read_by_range_and_refuses_a_lying_header(tmp_pat
     assert shape is not None and shape.n_layer == 2 and shape.n_vocab == 1000
     assert shape == from_gguf_files([str(model)], "tiny")
     assert any("shape of org/tiny-GGUF" in line and "request(s)" in line for line in logs)
+    assert entries["org/split-GGUF@main:*.gguf"].shape == from_gguf_files([str(p) for p in split], "split")
+    assert entries["org/split-GGUF@main:*.gguf"].shape.recurrent == (0, 1, 2)
     assert entries["org/liar-GGUF@main:*.gguf"].shape is None
     assert any("shape of org/liar-GGUF: not recorded" in line and "key-values" in line for line in logs)
 

@@ -24,7 +24,8 @@ from rigkit.checkpoints.sources import RangeReader, RemoteCheckpoint
 from rigkit.fit import gguf
 from rigkit.fit.gguf import GgufError
 from rigkit.fit.shape import ModelShape, ShapeError, from_gguf, from_safetensors
-from rigkit.models.hub import HubClient, HubError, ModelRef, read_token, resolve_endpoint
+from rigkit.hostdata.llama_server import SHARD
+from rigkit.models.hub import HubClient, HubError, ModelRef, first_shard, read_token, resolve_endpoint
 from rigkit.models.lockfile import LockEntry, LockError, check, dump, load, lock_path_for
 from rigkit.transport import may_carry_token
 
@@ -149,6 +150,19 @@ def lock_shape(
     base = f"{endpoint.rstrip('/')}/{entry.repo}/resolve/{entry.sha}/"
     reader = RangeReader(lambda path: base + quote(path), token=token)
     ggufs = sorted((f for f in entry.files if f.path.endswith(".gguf")), key=lambda f: f.path)
+    if ggufs:
+        # The model llama-server loads: its first shard and the shards of that series (an
+        # include may match other files, e.g. an mmproj or another quantization).
+        try:
+            first = first_shard(f.path for f in ggufs)
+        except ValueError as exc:
+            log(f"shape of {entry.repo}: not recorded ({exc})")
+            return None
+        series = SHARD.search(first)
+        prefix = first[: series.start()] if series else first
+        ggufs = [
+            f for f in ggufs if f.path == first or (series and f.path.startswith(prefix + "-") and SHARD.search(f.path))
+        ]
     tensors = {f.path: f.size for f in entry.files if f.path.endswith(".safetensors")}
     configs = [f for f in entry.files if f.path == "config.json"]
     try:
