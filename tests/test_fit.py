@@ -629,3 +629,26 @@ def test_a_cpu_rig_reads_no_gpus_and_is_not_planned(tmp_path, monkeypatch):
     serve_module.serve_all(rig)
     [[plan]] = steps
     assert not plan.planned and "without CUDA" in plan.notes[0]
+
+
+def test_memory_record_fact_reads_state_files_without_their_last_newline(tmp_path):
+    """The fact's own shell command, run on files as a deploy writes them (a plan put from a
+    string may end without a newline), read back whole."""
+    import subprocess
+
+    from rigkit.fit import measured
+
+    (tmp_path / "llama.cpp.plan.json").write_text('{"services": {"tiny": {"0": 1048576}}}')
+    (tmp_path / "llama.cpp.measured.csv").write_text("0, 17000\n1, 10000\n")
+    (tmp_path / "vllm.plan.json").write_text('{"services": {}}\n')
+    cmd = measured.MemoryRecord().command().get_raw_value().replace(measured.MEMORY_DIR, str(tmp_path))
+    out = subprocess.run(["sh", "-c", cmd], capture_output=True, text=True, check=True).stdout.splitlines()
+    record = measured.MemoryRecord().process(out)
+    assert record == {
+        "llama.cpp": {"plan": {"services": {"tiny": {"0": 1048576}}}, "measured": {"0": 17000, "1": 10000}},
+        "vllm": {"plan": {"services": {}}},
+    }
+    empty = subprocess.run(
+        ["sh", "-c", cmd.replace(str(tmp_path), str(tmp_path / "none"))], capture_output=True, text=True
+    )
+    assert empty.returncode == 0 and measured.MemoryRecord().process(empty.stdout.splitlines()) == {}

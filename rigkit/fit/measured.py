@@ -90,8 +90,10 @@ class MemoryRecord(FactBase[dict]):
 
     def command(self) -> StringCommand:
         # MEMORY_DIR is rigkit's own constant path (no shell syntax): the globs stay unquoted.
+        # A file may lack its last newline: each marker starts a line of its own.
         return StringCommand(
-            f'for f in {MEMORY_DIR}/*.plan.json {MEMORY_DIR}/*.measured.csv; do [ -f "$f" ] && echo "== $f" && cat "$f"; done; true'
+            f"for f in {MEMORY_DIR}/*.plan.json {MEMORY_DIR}/*.measured.csv; do "
+            '[ -f "$f" ] && echo && echo "== $f" && cat "$f"; done; true'
         )
 
     def process(self, output: list[str]) -> dict:
