@@ -71,6 +71,12 @@ def _status(argv: list[str]) -> int:
     return status.main(argv)
 
 
+def _plan(argv: list[str]) -> int:
+    from rigkit.fit import command
+
+    return command.main(argv)
+
+
 def _bench(argv: list[str]) -> int:
     from rigkit.bench import command
 
@@ -78,7 +84,14 @@ def _bench(argv: list[str]) -> int:
 
 
 # Commands with their own argument parsers: everything after the command name goes to them.
-PASS_THROUGH = {"lock": _lock, "mirror": _mirror, "status": _status, "bench": _bench, "checkpoint": _checkpoint}
+PASS_THROUGH = {
+    "lock": _lock,
+    "mirror": _mirror,
+    "status": _status,
+    "bench": _bench,
+    "checkpoint": _checkpoint,
+    "plan": _plan,
+}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -111,6 +124,11 @@ def build_parser() -> argparse.ArgumentParser:
             "checkpoint",
             "derived checkpoints from local directories (rigkit checkpoint hybrid-fp8 --base DIR --fp8 DIR "
             "--out DIR | mtp-index --source DIR --target DIR [-h])",
+        ),
+        (
+            "plan",
+            "per host and service: each GPU's memory planned from the model's headers, "
+            "without deploying (rigkit plan INVENTORY [--service NAME] [-h])",
         ),
         ("status", "per host: llama.cpp build, services active/healthy, models (rigkit status INVENTORY)"),
         (

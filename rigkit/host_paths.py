@@ -25,6 +25,8 @@ STATE_DIR = "/var/lib/rigkit"
 #: One directory per engine below (rigkit/scripts/last_good.py), side by side.
 LAST_GOOD_DIR = f"{STATE_DIR}/last-good"
 WATCHDOG_STATE_DIR = f"{STATE_DIR}/watchdog"
+#: Each engine's memory plan and what its GPUs held after the load (rigkit.fit.measured).
+MEMORY_DIR = f"{STATE_DIR}/memory"
 #: opencode's provider entries for the host's llama.cpp services.
 OPENCODE_CONFIG = f"{CONFIG_DIR}/opencode.json"
 

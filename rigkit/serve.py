@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Sequence
 from functools import partial
+from io import StringIO
 from typing import Any
 
 from pyinfra import host
@@ -25,8 +26,11 @@ from pyinfra.operations.util import any_changed
 from rigkit.engines import ENGINES
 from rigkit.engines.base import Engine, Prepared
 from rigkit.facts import per_run
+from rigkit.facts.nvidia import NvidiaGpus
 from rigkit.facts.services import ManagedServices
-from rigkit.host_paths import ServiceNames, unit_path
+from rigkit.fit import measured
+from rigkit.fit.plan import Plan, check_rig, on_gpus
+from rigkit.host_paths import MEMORY_DIR, ServiceNames, unit_path
 from rigkit.hostdata import Rig, Service
 from rigkit.operations import rendered, services, units
 from rigkit.render.watchdog import render_watchdog
@@ -41,21 +45,60 @@ def engines_for(rig: Rig) -> list[Engine]:
 
 
 def serve_all(rig: Rig, models: Sequence[Any] = (), address: str | None = None) -> None:
-    """Every engine the host declares, each through :func:`serve`."""
+    """Every engine the host declares, each through :func:`serve`, once every service is
+    planned to fit its GPUs (:func:`rigkit.fit.plan.check_rig` refuses before any host
+    change)."""
+    plans = check_rig(rig, host.get_fact(NvidiaGpus) if on_gpus(rig) else None)
     for i, engine in enumerate(engines_for(rig)):
-        serve(rig, engine, models=models, address=address or rig.host, remove_undeclared=i == 0)
+        serve(
+            rig,
+            engine,
+            models=models,
+            address=address or rig.host,
+            remove_undeclared=i == 0,
+            plans=[p for p in plans if p.engine == engine.name],
+        )
 
 
 def serve(
-    rig: Rig, engine: Engine, models: Sequence[Any] = (), address: str = "", remove_undeclared: bool = True
+    rig: Rig,
+    engine: Engine,
+    models: Sequence[Any] = (),
+    address: str = "",
+    remove_undeclared: bool = True,
+    plans: Sequence[Plan] = (),
 ) -> None:
     """The engine's step: what it builds first (its own deploy), then ``Serve <title>``.
     ``models``: the operations that placed model files (a changed model restarts too);
     ``remove_undeclared``: this step removes the host's services that no engine declares
-    (the first engine's step of a run does, before any service starts)."""
+    (the first engine's step of a run does, before any service starts); ``plans``: the
+    engine's services' memory plans, recorded with what the GPUs hold after verification."""
     before = engine.before(rig)
     step = deploy(f"Serve {engine.title}")(_serve)
-    step(rig=rig, engine=engine, before=before, models=models, address=address, remove_undeclared=remove_undeclared)
+    step(
+        rig=rig,
+        engine=engine,
+        before=before,
+        models=models,
+        address=address,
+        remove_undeclared=remove_undeclared,
+        plans=plans,
+    )
+
+
+def _record_memory(engine: Engine, plans: Sequence[Plan], verified: Callable[[], bool]) -> None:
+    """The engine's plan in the host's state, and each GPU's used memory after a verified
+    (re)start or a changed plan (rigkit.fit.measured; rigkit status compares them)."""
+    files.directory(name="Memory plan directory", path=MEMORY_DIR, mode="755")
+    written = files.put(
+        name=f"Memory plan of {engine.title}",
+        src=StringIO(measured.plan_content(plans)),
+        dest=measured.plan_path(engine.name),
+        mode="644",
+    )
+    measured.measure(
+        name=f"GPU memory after {engine.title} loaded", engine=engine.name, _if=_either(verified, written.did_change)
+    )
 
 
 def _not_changed(op: Any) -> bool:
@@ -91,7 +134,15 @@ def _remove_undeclared(rig: Rig, on_host: dict) -> None:
         )
 
 
-def _serve(rig: Rig, engine: Engine, before: Any, models: Sequence[Any], address: str, remove_undeclared: bool):
+def _serve(
+    rig: Rig,
+    engine: Engine,
+    before: Any,
+    models: Sequence[Any],
+    address: str,
+    remove_undeclared: bool,
+    plans: Sequence[Plan] = (),
+):
     served = engine.services(rig)
     for svc in served:
         _warn_open(rig, svc, engine)
@@ -176,7 +227,10 @@ def _serve(rig: Rig, engine: Engine, before: Any, models: Sequence[Any], address
     if started:
         # After any (re)start: a changed input, or a service found not running.
         conditions = [any_changed(*(start for _, start, _ in started)), *(changed for _, _, changed in started)]
-        engine.verify(rig, [svc for svc, _, _ in started], lambda: any(c() for c in conditions))
+        verified = lambda: any(c() for c in conditions)  # noqa: E731
+        engine.verify(rig, [svc for svc, _, _ in started], verified)
+        if any(p.planned for p in plans):
+            _record_memory(engine, plans, verified)
     for svc in served:
         watched = engine.watched(rig, svc)
         if watched or svc.watchdog_timer in on_host["timers"]:

@@ -26,6 +26,8 @@ from rigkit import status_containers, status_interconnect, status_vllm
 from rigkit.engines import ENGINES
 from rigkit.engines.containers import ContainerEngine
 from rigkit.facts.llama_cpp import RigStatus
+from rigkit.fit.measured import MemoryRecord
+from rigkit.fit.measured import compare as compare_memory
 from rigkit.hostdata import Rig, rig_for
 from rigkit.operations.llama_cpp import BuildIdentity
 from rigkit.render import llama_server as render
@@ -106,6 +108,7 @@ def collect(inventory_path: str) -> tuple[int, dict[str, dict]]:
     if errors:
         return INVALID, {"errors": {"problems": errors}}
     facts: dict = {}
+    memory_facts: dict = {}
     container_facts: dict[str, dict] = {}  # engine -> per host
     ray_facts: dict = {}
     link_facts: dict[str, dict] = {}
@@ -116,6 +119,7 @@ def collect(inventory_path: str) -> tuple[int, dict[str, dict]]:
     else:
         try:
             facts = get_facts(state, RigStatus)
+            memory_facts = get_facts(state, MemoryRecord)
             for engine in CONTAINER_ENGINES:
                 if any(engine.declared(r) for r in rigs.values()):
                     container_facts[engine.name] = status_containers.facts(state, engine)
@@ -144,10 +148,22 @@ def collect(inventory_path: str) -> tuple[int, dict[str, dict]]:
         if rigs[host.name].cluster is not None:
             info = {**info, "cluster": status_vllm.cluster_info(rigs[host.name], ray_facts.get(host.name))}
             problems += status_vllm.cluster_drift(info["cluster"])
+        record = memory_facts.get(host) or {}
+        if record:
+            gpu_lines, warnings = compare_memory(record)
+            info = {**info, "memory": {"record": record, "lines": gpu_lines, "warnings": warnings}}
         report[host.name] = {"reachable": True, **info, "problems": problems}
         if problems and code == OK:
             code = UNHEALTHY
     return code, report
+
+
+def memory_lines(memory: dict | None) -> list[str]:
+    """Each GPU's planned and measured memory after the load, and a warning where they
+    differ by more than 10 % (rigkit.fit.measured)."""
+    if not memory:
+        return []
+    return [*memory["lines"], *(f"  WARNING: memory {w}" for w in memory["warnings"])]
 
 
 def render_text(report: dict[str, dict]) -> str:
@@ -159,6 +175,7 @@ def render_text(report: dict[str, dict]) -> str:
                 lines += status_containers.lines(info.get(engine.name, {}), engine)
             lines += status_vllm.cluster_lines(info.get("cluster"))
             lines += status_interconnect.lines(info.get("interconnect"))
+            lines += memory_lines(info.get("memory"))
             lines += [f"  DRIFT/PROBLEM: {problem}" for problem in info["problems"]]
             continue
         if not info.get("reachable", True) or "current" not in info:
@@ -196,6 +213,7 @@ def render_text(report: dict[str, dict]) -> str:
         for engine in CONTAINER_ENGINES:
             lines += status_containers.lines(info.get(engine.name, {}), engine)
         lines += status_interconnect.lines(info.get("interconnect"))
+        lines += memory_lines(info.get("memory"))
         for problem in info["problems"]:
             lines.append(f"  DRIFT/PROBLEM: {problem}")
     return "\n".join(lines)

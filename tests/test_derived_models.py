@@ -16,6 +16,7 @@ import pytest
 import yaml
 
 from rigkit.checkpoints import recipes, synthetic
+from rigkit.checkpoints.safetensors import read_header
 from rigkit.hostdata import DerivedModel, HostDataError, HubModel, parse_rig, resolve_model_refs
 from rigkit.models import lock_command, lockfile, mirror
 from rigkit.models.lockfile import LockError
@@ -208,10 +209,16 @@ def test_lock_records_the_fp8_tensors_ranges_read_once(hub, hub_root, tmp_path, 
     assert len(tensors) == 2 * 144
     assert all(".mlp.shared_expert." in r.name and not r.name.startswith("mtp.") for r in tensors)
     whole = fp8.total_bytes
-    # Of all shards the mirror sent the FP8 ranges, each once, and nothing else (the INT4
-    # shards are not read at lock time; the listing hashes small files like config.json whole).
+    # Of all shards the mirror sent the FP8 ranges, each once, and of the INT4 shards only
+    # their headers (the memory plan's shape, rigkit.fit); the listing hashes small files like
+    # config.json whole.
     sent = {p: n for p, n in hub.bytes_sent.items() if p.endswith(".safetensors")}
-    assert sum(sent.values()) == fp8.ranges_bytes, hub.bytes_sent
+    int4_headers = sum(
+        8 + read_header(hub_root / INT4 / f.path).header_len for f in int4.files if f.path.endswith(".safetensors")
+    )
+    assert sum(sent.values()) == fp8.ranges_bytes + int4_headers, hub.bytes_sent
+    assert fp8.shape is not None and int4.shape is not None, out
+    assert fp8.shape.layer_bytes and len(fp8.shape.recurrent) == 3 * fp8.shape.n_layer // 4
     assert fp8.ranges_bytes < whole / 5
     assert f"{fp8.ranges_bytes} bytes read of {whole}" in out
     # Each range's sha256 is the sha256 of those bytes of the file.

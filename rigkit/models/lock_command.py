@@ -10,16 +10,22 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import importlib.util
+import json
 import os
 import sys
 from collections.abc import Iterable, Mapping
+from functools import partial
 from pathlib import Path
 from urllib.parse import quote
 
 from rigkit.checkpoints.recipes import RECIPES
 from rigkit.checkpoints.safetensors import CheckpointError
 from rigkit.checkpoints.sources import RangeReader, RemoteCheckpoint
-from rigkit.models.hub import HubClient, HubError, ModelRef, read_token, resolve_endpoint
+from rigkit.fit import gguf
+from rigkit.fit.gguf import GgufError
+from rigkit.fit.shape import ModelShape, ShapeError, from_gguf, from_safetensors
+from rigkit.hostdata.llama_server import SHARD
+from rigkit.models.hub import HubClient, HubError, ModelRef, first_shard, read_token, resolve_endpoint
 from rigkit.models.lockfile import LockEntry, LockError, check, dump, load, lock_path_for
 from rigkit.transport import may_carry_token
 
@@ -121,16 +127,83 @@ def lock_refs(
         e = entries[ref.key]
         log(f"locked {ref.key} -> {res.sha[:12]} ({len(e.files)} files, {e.total_bytes / 1e9:.2f} GB)")
         recipes = sorted(ranged.get(ref, ()))
+        remote = None
         if recipes:
-            with_ranges = lock_ranges(e, client.endpoint, carried, recipes, log=log)
-            entries[ref.key] = LockEntry.from_data(ref.key, with_ranges.to_data())
+            e, remote = lock_ranges(e, client.endpoint, carried, recipes, log=log)
+        shape = lock_shape(e, client.endpoint, carried, log=log, remote=remote)
+        entries[ref.key] = LockEntry.from_data(ref.key, dataclasses.replace(e, shape=shape).to_data())
     return entries
 
 
-def lock_ranges(entry: LockEntry, endpoint: str, token: str | None, recipes: list[str], log=print) -> LockEntry:
+#: The most of a config.json read (a model's is a few KB).
+MAX_CONFIG_BYTES = 1 << 20
+
+
+def lock_shape(
+    entry: LockEntry, endpoint: str, token: str | None, log=print, remote: RemoteCheckpoint | None = None
+) -> ModelShape | None:
+    """What the memory plan needs of the model (rigkit.fit.shape), read by HTTP range: each
+    GGUF file's header (the first few MB, more while the header runs on, bounded), or each
+    safetensors header and config.json. None, said, when the files are neither or a header
+    does not read (the plan then says the service is not planned). ``remote``: the
+    checkpoint :func:`lock_ranges` read already (its headers are not read again)."""
+    base = f"{endpoint.rstrip('/')}/{entry.repo}/resolve/{entry.sha}/"
+    reader = RangeReader(lambda path: base + quote(path), token=token)
+    ggufs = sorted((f for f in entry.files if f.path.endswith(".gguf")), key=lambda f: f.path)
+    if ggufs:
+        # The model llama-server loads: its first shard and the shards of that series (an
+        # include may match other files, e.g. an mmproj or another quantization).
+        try:
+            first = first_shard(f.path for f in ggufs)
+        except ValueError as exc:
+            log(f"shape of {entry.repo}: not recorded ({exc})")
+            return None
+        series = SHARD.search(first)
+        prefix = first[: series.start()] if series else first
+        ggufs = [
+            f for f in ggufs if f.path == first or (series and f.path.startswith(prefix + "-") and SHARD.search(f.path))
+        ]
+    tensors = {f.path: f.size for f in entry.files if f.path.endswith(".safetensors")}
+    configs = [f for f in entry.files if f.path == "config.json"]
+    try:
+        if ggufs:
+            headers = [
+                gguf.read(partial(reader.read, f.path, 0, file_size=f.size), f.size, f"{entry.repo}/{f.path}")
+                for f in ggufs
+            ]
+            shape = from_gguf(headers, entry.repo)
+        elif tensors and configs and "/" not in next(iter(tensors)):
+            if configs[0].size > MAX_CONFIG_BYTES:
+                raise ShapeError(
+                    f"{entry.repo}/config.json: {configs[0].size} bytes, expected at most {MAX_CONFIG_BYTES}"
+                )
+            config = (
+                json.loads(reader.read("config.json", 0, configs[0].size, configs[0].size)) if configs[0].size else {}
+            )
+            if not isinstance(config, dict):
+                raise ShapeError(f"{entry.repo}/config.json: expected a JSON object")
+            remote = remote or RemoteCheckpoint(f"{entry.repo}@{entry.sha[:12]}", reader, tensors)
+            sizes = {n: h.tensors[n].nbytes for h in remote.headers.values() for n in h.tensors}
+            shape = from_safetensors(sizes, config, entry.repo)
+        else:
+            return None
+    except (GgufError, ShapeError, CheckpointError, ValueError) as exc:
+        log(f"shape of {entry.repo}: not recorded ({exc}); its services are not planned")
+        return None
+    log(
+        f"shape of {entry.repo}: {shape.arch}, {shape.n_layer} layers ({len(shape.recurrent)} recurrent), "
+        f"{shape.weight_bytes / 1e9:.2f} GB of weights; {reader.fetched} bytes read in {reader.requests} request(s)"
+    )
+    return shape
+
+
+def lock_ranges(
+    entry: LockEntry, endpoint: str, token: str | None, recipes: list[str], log=print
+) -> tuple[LockEntry, RemoteCheckpoint]:
     """``entry`` with the byte ranges the recipes read of it: every safetensors header, then
     each tensor a recipe may take, read once by HTTP range and hashed (the Hub's sha256
-    covers whole files only; every host checks its reads against these)."""
+    covers whole files only; every host checks its reads against these); and the checkpoint
+    read so (its headers give the model's shape)."""
     files = {f.path: f.size for f in entry.files if f.path.endswith(".safetensors")}
     base = f"{endpoint.rstrip('/')}/{entry.repo}/resolve/{entry.sha}/"
     reader = RangeReader(lambda path: base + quote(path), token=token)
@@ -148,7 +221,7 @@ def lock_ranges(entry: LockEntry, endpoint: str, token: str | None, recipes: lis
         f"{reader.fetched} bytes read of {entry.total_bytes} ({100 * reader.fetched / max(entry.total_bytes, 1):.2f}%) "
         f"in {reader.requests} request(s)"
     )
-    return dataclasses.replace(entry, ranges=ranges)
+    return dataclasses.replace(entry, ranges=ranges), remote
 
 
 def lock_main(argv: list[str] | None = None) -> int:

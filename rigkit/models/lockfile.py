@@ -34,6 +34,7 @@ import yaml
 
 from rigkit.checkpoints.safetensors import CheckpointError, check_tensor_name
 from rigkit.checkpoints.sources import HEADER_RANGE, SHARD_FILE, LockedRange
+from rigkit.fit.shape import ModelShape, ShapeError
 from rigkit.models.hub import (
     INCLUDE_RE,
     REPO_RE,
@@ -56,7 +57,8 @@ RESERVED_SUFFIXES = (".partial", ".tmp", ".rigkit-upload")
 ENTRY_KEYS = ("repo", "revision", "include", "sha", "files")
 #: Only for a derived model's input read by range (rigkit.checkpoints): the byte ranges a
 #: host reads of it, each with the sha256 ``rigkit lock`` saw (the Hub's covers whole files).
-OPTIONAL_ENTRY_KEYS = ("ranges",)
+#: ``shape``: what the memory plan reads of the model (rigkit.fit.shape), from its headers.
+OPTIONAL_ENTRY_KEYS = ("ranges", "shape")
 FILE_KEYS = ("path", "size", "sha256")
 RANGE_KEYS = ("path", "name", "start", "size", "sha256")
 
@@ -77,6 +79,7 @@ class LockEntry:
     sha: str
     files: tuple[LockedFile, ...]
     ranges: tuple[LockedRange, ...] = ()
+    shape: ModelShape | None = None
 
     @property
     def total_bytes(self) -> int:
@@ -94,6 +97,7 @@ class LockEntry:
             "sha": self.sha,
             "files": [{"path": f.path, "size": f.size, "sha256": f.sha256} for f in self.files],
             **({"ranges": [r.to_data() for r in self.ranges]} if self.ranges else {}),
+            **({"shape": self.shape.to_data()} if self.shape is not None else {}),
         }
 
     @property
@@ -149,7 +153,13 @@ class LockEntry:
             digest = _checked(f["sha256"], SHA256_RE, where, f"{at}.sha256", "a sha256 (64 lower-case hex digits)")
             files.append(LockedFile(path, size, digest))
         ranges = _ranges(d["ranges"], {f.path: f.size for f in files}, where) if "ranges" in d else ()
-        return cls(repo=repo, revision=revision, include=include, sha=sha, files=tuple(files), ranges=ranges)
+        try:
+            shape = ModelShape.from_data(d["shape"], f"{where}: shape") if "shape" in d else None
+        except ShapeError as exc:
+            raise LockError(str(exc)) from None
+        return cls(
+            repo=repo, revision=revision, include=include, sha=sha, files=tuple(files), ranges=ranges, shape=shape
+        )
 
 
 def _ranges(raw: Any, sizes: Mapping[str, int], where: str) -> tuple[LockedRange, ...]:
