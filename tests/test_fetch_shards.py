@@ -122,7 +122,10 @@ def test_kill_mid_file_then_resume(env):
         p.send_signal(signal.SIGKILL)
         p.wait()
     err.seek(0)
-    assert re.search(r"\[1/1\] Q4/tiny-00001-of-00002.gguf 2\.5/6\.0 MB \d+ MB/s", err.read())
+    # one line per interval for the model: its bytes, rate, files done and in flight
+    assert re.search(
+        r"^rigtest/tiny-GGUF: 2\.5/6\.0 MB \(41%\) \d+ MB/s, 0/1 file\(s\) done, 1 in flight$", err.read(), re.M
+    )
     assert not (Path(ref.dest) / BIG).exists()
     s.stall_after_bytes = None
     s.stall_release.set()
@@ -133,6 +136,64 @@ def test_kill_mid_file_then_resume(env):
     refetched = s.bytes_sent[BIG]
     assert refetched == size - 2_500_000  # only the missing tail came again
     assert_placed(ref, entry, files)
+
+
+def test_large_file_fetched_in_ranges_at_once(env):
+    """A file larger than range_bytes comes in ranges (3 connections here): a server that
+    stalls every response after 1.5 MB still delivers all 6 MB, each range being 1 MiB."""
+    s, files, tmp = env
+    ref, entry = locked(s, include=(BIG,), tmp=tmp)
+    man = write_manifest(tmp, ref, entry, s.url, range_bytes=1 << 20, timeout=5)
+    s.stall_after_bytes = 1_500_000
+    r, summary = fetch(man)
+    assert r.returncode == 0, r.stderr
+    assert "retrying" not in r.stderr
+    assert s.bytes_sent[BIG] == len(files[BIG])  # nothing fetched twice
+    assert_placed(ref, entry, files)
+    state = json.loads((Path(ref.dest) / ".rigkit-verified.json").read_text())
+    assert "partials" not in state  # the ranges' record goes once the file is placed
+
+
+def test_kill_mid_ranged_file_then_resume(env):
+    """Killed while 3 ranges are in flight, a resumed run re-fetches less than 1 % of the file:
+    the state file records each range's written bytes (the partial file has holes)."""
+    s, files, tmp = env
+    ref, entry = locked(s, include=(BIG,), tmp=tmp)
+    man = write_manifest(tmp, ref, entry, s.url, range_bytes=1 << 20)
+    size = len(files[BIG])
+    s.stall_after_bytes = 500_000  # every range stops after 500 kB
+    state_file = Path(ref.dest) / ".rigkit-verified.json"
+
+    def written() -> int:
+        try:
+            (rec,) = json.loads(state_file.read_text())["partials"].values()
+        except (OSError, ValueError, KeyError):
+            return 0
+        return sum(done - start for start, _end, done in rec["segments"])
+
+    p = subprocess.Popen(
+        [sys.executable, str(SCRIPT), str(man), "--progress-interval", "0.05"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.time() + 20
+        while time.time() < deadline and written() < 1_500_000:
+            time.sleep(0.05)
+        assert written() == 1_500_000  # 3 connections at once, 500 kB each
+    finally:
+        p.send_signal(signal.SIGKILL)
+        p.wait()
+    assert not (Path(ref.dest) / BIG).exists()
+    s.stall_after_bytes = None
+    s.stall_release.set()
+    s.reset_stats()
+    r, summary = fetch(man)
+    assert r.returncode == 0, r.stderr
+    assert "resuming at 1.5 MB" in r.stderr
+    assert s.bytes_sent[BIG] == size - 1_500_000  # < 1 % again: nothing written came twice
+    assert_placed(ref, entry, files)
+    assert "partials" not in json.loads(state_file.read_text())
 
 
 def test_dropped_connection_resumes_in_run(env):
