@@ -17,6 +17,7 @@ import argparse
 import hashlib
 import json
 import os
+import resource
 import shutil
 import subprocess
 import sys
@@ -59,17 +60,20 @@ def drop_dir(p: Path) -> None:
     shutil.rmtree(p, ignore_errors=True)
 
 
-def run_fetch(man: Path, extra=()) -> float:
+def run_fetch(man: Path, extra=(), script: Path = SCRIPT) -> tuple[float, float]:
+    """(wall seconds, CPU seconds: user + system) of one fetch_shards run."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t = time.perf_counter()
     r = subprocess.run(
-        [sys.executable, str(SCRIPT), str(man), "--progress-interval", "3600", "--no-fsync", *extra],
+        [sys.executable, str(script), str(man), "--progress-interval", "3600", "--no-fsync", *extra],
         capture_output=True,
         text=True,
     )
     dt = time.perf_counter() - t
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if r.returncode:
         raise SystemExit(f"fetch_shards failed: {r.stderr}")
-    return dt
+    return dt, after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime
 
 
 def run_hf(url: str, dest: Path, workers: int) -> float:
@@ -114,6 +118,11 @@ def main() -> int:
     ap.add_argument("--hf-workers", type=int, default=8, help="snapshot_download max_workers (its default: 8)")
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--workdir", default=os.path.join(tempfile.gettempdir(), "rigkit-bench"))
+    ap.add_argument(
+        "--baseline",
+        type=Path,
+        help="another fetch_shards.py (e.g. git show main:rigkit/scripts/fetch_shards.py) run in each round too",
+    )
     args = ap.parse_args()
 
     work = Path(args.workdir)
@@ -144,18 +153,18 @@ def main() -> int:
         rows = []
         for _rnd in range(args.rounds):
             top = ceiling(sources, args.parallel)
+            base = (0.0, 0.0)
+            if args.baseline:
+                drop_dir(work / "rigkit-out")
+                base = run_fetch(man, script=args.baseline)
             drop_dir(work / "rigkit-out")
-            rk = run_fetch(man)
-            t = time.perf_counter()
-            run_fetch(man)  # re-run: verified files skipped without hashing
-            skip_s = time.perf_counter() - t
-            t = time.perf_counter()
-            run_fetch(man, ["--reverify"])
-            reverify_s = time.perf_counter() - t
+            rk, rk_cpu = run_fetch(man)
+            skip_s = run_fetch(man)[0]  # re-run: verified files skipped without hashing
+            reverify_s = run_fetch(man, ["--reverify"])[0]
             drop_dir(work / "hf-out")
             drop_dir(work / "hf-home")
             hf = run_hf(srv.url, work / "hf-out", args.hf_workers)
-            rows.append((rk, hf, skip_s, reverify_s, top))
+            rows.append((rk, hf, skip_s, reverify_s, top, rk_cpu, base))
             # byte-identical outputs
             for f in entry.files:
                 a, b = work / "rigkit-out" / f.path, work / "hf-out" / f.path
@@ -170,15 +179,16 @@ def main() -> int:
         f"generate {gen_s:.1f}s, mirror index (sha256 of all) {index_s:.1f}s\n"
     )
     print(
-        "| round | ceiling: read + sha256 | rigkit fetch_shards (fetch + sha256) | of ceiling "
+        "| round | ceiling: read + sha256 | rigkit fetch_shards (fetch + sha256) | of ceiling | its CPU "
         "| huggingface_hub snapshot_download (no hash) | rigkit / hf speed | re-run (skip verified) "
-        "| --reverify (re-hash all) |"
+        "| --reverify (re-hash all) |" + (" baseline fetch_shards | its CPU |" if args.baseline else "")
     )
-    print("|---|---|---|---|---|---|---|---|")
-    for i, (rk, hf, skip_s, rv, top) in enumerate(rows, 1):
+    print("|---|---|---|---|---|---|---|---|---|" + ("---|---|" if args.baseline else ""))
+    for i, (rk, hf, skip_s, rv, top, rk_cpu, (b, b_cpu)) in enumerate(rows, 1):
         print(
             f"| {i} | {top:.2f} s ({gb / top:.2f} GB/s) | {rk:.2f} s ({gb / rk:.2f} GB/s) | {100 * top / rk:.0f} % "
-            f"| {hf:.2f} s ({gb / hf:.2f} GB/s) | {hf / rk:.2f}x | {skip_s:.2f} s | {rv:.2f} s |"
+            f"| {rk_cpu:.2f} s | {hf:.2f} s ({gb / hf:.2f} GB/s) | {hf / rk:.2f}x | {skip_s:.2f} s | {rv:.2f} s |"
+            + (f" {b:.2f} s ({gb / b:.2f} GB/s) | {b_cpu:.2f} s |" if args.baseline else "")
         )
     best_rk = min(r[0] for r in rows)
     best_hf = min(r[1] for r in rows)

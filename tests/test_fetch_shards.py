@@ -434,3 +434,93 @@ def test_fetcher_never_deletes_a_file_it_did_not_place(tmp_path):
     assert r.returncode == 1 and "was not placed by rigkit" in r.stderr and "nothing was deleted" in r.stderr
     assert theirs.read_text() == "someone else's file\n"
     assert not (root / "x.gguf.partial").exists()
+
+
+class _RangeServer:
+    """A stand-in for a download server that answers ranges wrongly: ``ignore`` sends the
+    whole file to every request (no Range support), ``shift`` sends a 206 one byte later
+    than asked (and says so in Content-Range)."""
+
+    def __init__(self, data: bytes, mode: str):
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args):
+                pass
+
+            def do_GET(self):
+                m = re.match(r"bytes=(\d+)-(\d*)$", self.headers.get("Range", ""))
+                if mode == "ignore" or not m:
+                    body, status, headers = data, 200, {}
+                else:
+                    start = int(m.group(1)) + 1
+                    end = int(m.group(2)) if m.group(2) else len(data) - 1
+                    body, status = data[start : end + 1], 206
+                    headers = {"Content-Range": f"bytes {start}-{end}/{len(data)}"}
+                self.send_response(status)
+                self.send_header("Content-Length", str(len(body)))
+                for k, v in headers.items():
+                    self.send_header(k, v)
+                self.end_headers()
+                try:
+                    self.wfile.write(body)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/f.gguf"
+
+    def stop(self):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+def _one_file_manifest(tmp_path, url, data, **kw):
+    import hashlib
+
+    root = tmp_path / "host" / "m"
+    m = {
+        "files": [
+            {"url": url, "size": len(data), "sha256": hashlib.sha256(data).hexdigest(), "dest": str(root / "f.gguf")}
+        ],
+        "root": str(root),
+        "parallel": 3,
+        "margin_bytes": 0,
+        "retries": 1,
+        "range_bytes": 1 << 16,
+        **kw,
+    }
+    p = tmp_path / "manifest.json"
+    p.write_text(json.dumps(m))
+    return p, root / "f.gguf"
+
+
+def test_a_server_ignoring_range_gets_one_stream_from_the_start(tmp_path):
+    data = os.urandom(300_000)  # 5 ranges of 64 KiB
+    srv = _RangeServer(data, "ignore")
+    try:
+        man, dest = _one_file_manifest(tmp_path, srv.url, data)
+        r, summary = fetch(man)
+    finally:
+        srv.stop()
+    assert r.returncode == 0, r.stderr
+    assert "the server ignores Range; fetching it in one stream from the start" in r.stderr
+    assert dest.read_bytes() == data and not dest.with_name("f.gguf.partial").exists()
+
+
+def test_a_range_answered_with_other_bytes_is_refused(tmp_path):
+    data = os.urandom(300_000)
+    srv = _RangeServer(data, "shift")
+    try:
+        man, dest = _one_file_manifest(tmp_path, srv.url, data)
+        r, summary = fetch(man)
+    finally:
+        srv.stop()
+    assert r.returncode == 1 and summary["ok"] is False
+    assert "unexpected Content-Range 'bytes 65537-131071/300000' for bytes 65536-131071" in r.stderr
+    assert not dest.exists()  # nothing placed from bytes that were not asked for
