@@ -196,6 +196,40 @@ def test_kill_mid_ranged_file_then_resume(env):
     assert "partials" not in json.loads(state_file.read_text())
 
 
+def test_ranged_resume_keeps_what_was_written_after_the_last_record(env):
+    """Killed before its record of the written bytes caught up (here: a record of none), a
+    ranged file still resumes from what its connections wrote, as the file system's holes
+    show: each range re-fetches at most one block."""
+    s, files, tmp = env
+    ref, entry = locked(s, include=(BIG,), tmp=tmp)
+    man = write_manifest(tmp, ref, entry, s.url, range_bytes=1 << 20)
+    size = len(files[BIG])
+    s.stall_after_bytes = 500_000
+    state_file = Path(ref.dest) / ".rigkit-verified.json"
+    partial = Path(ref.dest) / (BIG + ".partial")
+    p = subprocess.Popen([sys.executable, str(SCRIPT), str(man)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 20
+        while time.time() < deadline and not (partial.exists() and partial.stat().st_blocks * 512 >= 1_500_000):
+            time.sleep(0.05)
+    finally:
+        p.send_signal(signal.SIGKILL)
+        p.wait()
+    state = json.loads(state_file.read_text())
+    (dest,) = state["partials"]
+    rec = state["partials"][dest]
+    rec["segments"] = [[a, b, a] for a, b, _done in rec["segments"]]  # as recorded before any byte
+    state_file.write_text(json.dumps(state))
+    s.stall_after_bytes = None
+    s.stall_release.set()
+    s.reset_stats()
+    r, summary = fetch(man)
+    assert r.returncode == 0, r.stderr
+    block = max(os.statvfs(ref.dest).f_bsize, 4096)
+    assert size - 1_500_000 <= s.bytes_sent[BIG] <= size - 1_500_000 + 3 * block, s.bytes_sent
+    assert_placed(ref, entry, files)
+
+
 def test_dropped_connection_resumes_in_run(env):
     s, files, tmp = env
     ref, entry = locked(s, include=(BIG,), tmp=tmp)

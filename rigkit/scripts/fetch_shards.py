@@ -498,6 +498,7 @@ def resume_plan(item, partial, ctx):
         if rec.get("size") == size and rec.get("sha256") == item["sha256"]:
             plan = Plan.from_record(size, rec.get("segments"), on_disk)
         if plan is not None:
+            written_since_record(plan, partial)
             return plan
         state.forget_partial(item["dest"])  # a record that does not describe it: start over
         os.unlink(partial)
@@ -513,6 +514,39 @@ def resume_plan(item, partial, ctx):
     else:
         plan.segments[0].done = on_disk
     return plan
+
+
+def written_since_record(plan, partial):
+    """Extend each recorded segment by what its connection wrote after the last record (a
+    killed run records at most every CHECKPOINT_S): a connection writes its segment front to
+    back, so the file's data that runs on from a segment's recorded end, as the file system
+    reports it (SEEK_DATA/SEEK_HOLE, in whole blocks), was written by it, all but the last
+    block, which may be written in part and is fetched again. Only where the file system
+    shows the partial file's holes at all; elsewhere the record alone counts."""
+    try:
+        fd = os.open(partial, os.O_RDONLY | os.O_NOFOLLOW)
+    except OSError:
+        return
+    try:
+        st = os.fstat(fd)
+        if os.lseek(fd, 0, os.SEEK_HOLE) >= st.st_size:
+            return  # no hole reported: no way to tell written bytes from a hole
+        block = max(st.st_blksize, 4096)
+        for seg in plan.segments:
+            if seg.done >= seg.end or seg.done >= st.st_size:
+                continue
+            try:
+                if os.lseek(fd, seg.done, os.SEEK_DATA) != seg.done:
+                    continue
+                hole = os.lseek(fd, seg.done, os.SEEK_HOLE)
+            except OSError:
+                continue
+            last_block = (min(hole, seg.end) - 1) // block * block  # where the last block written begins
+            seg.done = max(seg.done, last_block)
+    except OSError:
+        return
+    finally:
+        os.close(fd)
 
 
 def download(idx, item, ctx):
