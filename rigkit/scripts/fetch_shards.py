@@ -831,12 +831,14 @@ def fetch_range(idx, item, plan, seg, partial, ctx):
                     break
                 if os.pwrite(fd, mv[:n], pos) != n:
                     raise Fatal("short write to %s (disk full?)" % partial, EXIT_SPACE)
+                # The file's thread is woken only when there is something for it to hash (each
+                # wake-up costs a GIL hand-over): the written prefix grew past what is hashed.
                 with plan.cond:
                     seg.done = pos + n
                     inline = not plan.hashing and plan.hashed == pos
                     if inline:  # at the hashed position: hashed from this buffer, not re-read
                         plan.hashing = True
-                    else:
+                    elif plan.frontier() == seg.done:
                         plan.cond.notify_all()
                 if inline:
                     try:
@@ -845,7 +847,8 @@ def fetch_range(idx, item, plan, seg, partial, ctx):
                         with plan.cond:
                             plan.hashed = pos + n
                             plan.hashing = False
-                            plan.cond.notify_all()
+                            if plan.frontier() > plan.hashed:
+                                plan.cond.notify_all()
                 pos += n
                 prog.add(idx, n)
         except (TimeoutError, ConnectionError, OSError) as e:
