@@ -13,14 +13,18 @@ Manifest::
      "root": "/abs/model/dir",                      # every dest lies below it; names in progress lines are relative to it
      "state_file": "/abs/model/dir/.rigkit-verified.json",   # optional (default: in root); inside root
      "retries": 3, "timeout": 60,
+     "range_bytes": 67108864,                       # optional: a larger file comes in ranges of this size
      "repo_meta": {"dir": "/abs", "repo": "org/name", "revision": "main", "sha": "<40 hex>"}}  # optional
 
 What it does: skip files recorded as verified (size + mtime_ns + sha256 in the
 state file) without re-reading them; check free space against the bytes still
 missing plus the margin before downloading anything; download into
-``<dest>.partial`` with HTTP Range resume, hashing while streaming (a resumed
-file re-hashes only the partial bytes on disk); rename into place only when
-the sha256 matches; on a mismatch delete and retry, then fail.
+``<dest>.partial`` with HTTP Range resume over ``parallel`` connections shared by all
+files (a file larger than ``range_bytes`` in several ranges at once, written in place
+and hashed in order as they land; their progress kept in the state file), hashing
+while the bytes arrive (a resumed file re-hashes only the partial bytes on disk);
+rename into place only when the sha256 matches; on a mismatch delete and retry, then
+fail. Progress: one line per model every ``--progress-interval`` seconds.
 
 Whatever the manifest says, it writes only below ``root`` (each dest's directory resolved
 with its symlinks, ``os.path.realpath``, must stay inside root's), never through a symlink,
