@@ -576,6 +576,10 @@ def download(idx, item, ctx):
         try:
             h = fetch_and_hash(idx, item, plan, partial, name, ctx)
         except NoRanges:
+            mismatches += 1  # a start over, like a mismatch: a server cannot make it loop
+            if mismatches > retries:
+                prog.finish(idx, ok=False)
+                raise Fatal("%s: the server ignores Range; failed after %d attempts" % (name, mismatches))
             log(
                 "[%d/%d] %s: the server ignores Range; fetching it in one stream from the start" % (idx, ctx["n"], name)
             )
