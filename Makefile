@@ -12,11 +12,13 @@ VENV := .venv
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # What the build machine runs: python3-venv for the virtualenv, debootstrap + systemd-container for
 # the hosts, apt-cacher-ng and git (daemon) for what they fetch, iproute2, ssh. The hosts install
-# their own build tools (ccache included) through apt-cacher-ng.
-APT_PACKAGES := python3-venv debootstrap systemd-container apt-cacher-ng iproute2 openssh-client git docker.io
+# their own build tools (ccache included) through apt-cacher-ng. The demo uses no container
+# engine: the Docker engine is only for the tests of the container engines (make test).
+APT_PACKAGES := python3-venv debootstrap systemd-container apt-cacher-ng iproute2 openssh-client git
+TEST_APT_PACKAGES := docker.io
 PYTEST_ARGS ?=
 
-.PHONY: setup prereqs demo test lint sandbox-address sandbox-down clean
+.PHONY: setup prereqs test-prereqs demo test lint sandbox-address sandbox-down clean
 
 $(VENV)/.installed: pyproject.toml | prereqs
 	$(PYTHON) -m venv $(VENV)
@@ -26,19 +28,27 @@ $(VENV)/.installed: pyproject.toml | prereqs
 
 setup: $(VENV)/.installed
 
-prereqs:
-	@missing=$$(for p in $(APT_PACKAGES); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q 'install ok installed' || echo $$p; done); \
+# Installs the packages in $(1) that are missing.
+define apt_install
+	@missing=$$(for p in $(1); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q 'install ok installed' || echo $$p; done); \
 	if [ -n "$$missing" ]; then \
 		echo "installing: $$missing"; \
 		$(SUDO) apt-get update -q && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q $$missing; \
 	fi
+endef
+
+prereqs:
+	$(call apt_install,$(APT_PACKAGES))
+
+test-prereqs: prereqs
+	$(call apt_install,$(TEST_APT_PACKAGES))
 
 demo: prereqs setup
 	$(SUDO) $(VENV)/bin/rigkit sandbox up --hosts 1
 	$(SUDO) $(VENV)/bin/pyinfra -y inventories/sandbox.py deploys/rig.py
 	$(SUDO) $(VENV)/bin/rigkit status inventories/sandbox.py
 
-test: prereqs setup
+test: test-prereqs setup
 	$(SUDO) $(VENV)/bin/pytest $(PYTEST_ARGS)
 
 lint: setup

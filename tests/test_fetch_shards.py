@@ -122,7 +122,10 @@ def test_kill_mid_file_then_resume(env):
         p.send_signal(signal.SIGKILL)
         p.wait()
     err.seek(0)
-    assert re.search(r"\[1/1\] Q4/tiny-00001-of-00002.gguf 2\.5/6\.0 MB \d+ MB/s", err.read())
+    # one line per interval for the model: its bytes, rate, files done and in flight
+    assert re.search(
+        r"^rigtest/tiny-GGUF: 2\.5/6\.0 MB \(41%\) \d+ MB/s, 0/1 file\(s\) done, 1 in flight$", err.read(), re.M
+    )
     assert not (Path(ref.dest) / BIG).exists()
     s.stall_after_bytes = None
     s.stall_release.set()
@@ -132,6 +135,98 @@ def test_kill_mid_file_then_resume(env):
     assert "resuming at 2.5 MB" in r.stderr
     refetched = s.bytes_sent[BIG]
     assert refetched == size - 2_500_000  # only the missing tail came again
+    assert_placed(ref, entry, files)
+
+
+def test_large_file_fetched_in_ranges_at_once(env):
+    """A file larger than range_bytes comes in ranges (3 connections here): a server that
+    stalls every response after 1.5 MB still delivers all 6 MB, each range being 1 MiB."""
+    s, files, tmp = env
+    ref, entry = locked(s, include=(BIG,), tmp=tmp)
+    man = write_manifest(tmp, ref, entry, s.url, range_bytes=1 << 20, timeout=5)
+    s.stall_after_bytes = 1_500_000
+    r, summary = fetch(man)
+    assert r.returncode == 0, r.stderr
+    assert "retrying" not in r.stderr
+    assert s.bytes_sent[BIG] == len(files[BIG])  # nothing fetched twice
+    assert_placed(ref, entry, files)
+    state = json.loads((Path(ref.dest) / ".rigkit-verified.json").read_text())
+    assert "partials" not in state  # the ranges' record goes once the file is placed
+
+
+def test_kill_mid_ranged_file_then_resume(env):
+    """Killed while 3 ranges are in flight, a resumed run re-fetches less than 1 % of the file:
+    the state file records each range's written bytes (the partial file has holes)."""
+    s, files, tmp = env
+    ref, entry = locked(s, include=(BIG,), tmp=tmp)
+    man = write_manifest(tmp, ref, entry, s.url, range_bytes=1 << 20)
+    size = len(files[BIG])
+    s.stall_after_bytes = 500_000  # every range stops after 500 kB
+    state_file = Path(ref.dest) / ".rigkit-verified.json"
+
+    def written() -> int:
+        try:
+            (rec,) = json.loads(state_file.read_text())["partials"].values()
+        except (OSError, ValueError, KeyError):
+            return 0
+        return sum(done - start for start, _end, done in rec["segments"])
+
+    p = subprocess.Popen(
+        [sys.executable, str(SCRIPT), str(man), "--progress-interval", "0.05"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.time() + 20
+        while time.time() < deadline and written() < 1_500_000:
+            time.sleep(0.05)
+        assert written() == 1_500_000  # 3 connections at once, 500 kB each
+    finally:
+        p.send_signal(signal.SIGKILL)
+        p.wait()
+    assert not (Path(ref.dest) / BIG).exists()
+    s.stall_after_bytes = None
+    s.stall_release.set()
+    s.reset_stats()
+    r, summary = fetch(man)
+    assert r.returncode == 0, r.stderr
+    assert "resuming at 1.5 MB" in r.stderr
+    assert s.bytes_sent[BIG] == size - 1_500_000  # < 1 % again: nothing written came twice
+    assert_placed(ref, entry, files)
+    assert "partials" not in json.loads(state_file.read_text())
+
+
+def test_ranged_resume_keeps_what_was_written_after_the_last_record(env):
+    """Killed before its record of the written bytes caught up (here: a record of none), a
+    ranged file still resumes from what its connections wrote, as the file system's holes
+    show: each range re-fetches at most one block."""
+    s, files, tmp = env
+    ref, entry = locked(s, include=(BIG,), tmp=tmp)
+    man = write_manifest(tmp, ref, entry, s.url, range_bytes=1 << 20)
+    size = len(files[BIG])
+    s.stall_after_bytes = 500_000
+    state_file = Path(ref.dest) / ".rigkit-verified.json"
+    partial = Path(ref.dest) / (BIG + ".partial")
+    p = subprocess.Popen([sys.executable, str(SCRIPT), str(man)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 20
+        while time.time() < deadline and not (partial.exists() and partial.stat().st_blocks * 512 >= 1_500_000):
+            time.sleep(0.05)
+    finally:
+        p.send_signal(signal.SIGKILL)
+        p.wait()
+    state = json.loads(state_file.read_text())
+    (dest,) = state["partials"]
+    rec = state["partials"][dest]
+    rec["segments"] = [[a, b, a] for a, b, _done in rec["segments"]]  # as recorded before any byte
+    state_file.write_text(json.dumps(state))
+    s.stall_after_bytes = None
+    s.stall_release.set()
+    s.reset_stats()
+    r, summary = fetch(man)
+    assert r.returncode == 0, r.stderr
+    block = max(os.statvfs(ref.dest).f_bsize, 4096)
+    assert size - 1_500_000 <= s.bytes_sent[BIG] <= size - 1_500_000 + 3 * block, s.bytes_sent
     assert_placed(ref, entry, files)
 
 
@@ -373,3 +468,94 @@ def test_fetcher_never_deletes_a_file_it_did_not_place(tmp_path):
     assert r.returncode == 1 and "was not placed by rigkit" in r.stderr and "nothing was deleted" in r.stderr
     assert theirs.read_text() == "someone else's file\n"
     assert not (root / "x.gguf.partial").exists()
+
+
+class _RangeServer:
+    """A stand-in for a download server that answers ranges wrongly: ``ignore`` sends the
+    whole file to every request (no Range support), ``shift`` sends a 206 one byte later
+    than asked (and says so in Content-Range)."""
+
+    def __init__(self, data: bytes, mode: str):
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args):
+                pass
+
+            def do_GET(self):
+                m = re.match(r"bytes=(\d+)-(\d*)$", self.headers.get("Range", ""))
+                if mode == "ignore" or not m:
+                    body, status, headers = data, 200, {}
+                else:
+                    start = int(m.group(1)) + 1
+                    end = int(m.group(2)) if m.group(2) else len(data) - 1
+                    body, status = data[start : end + 1], 206
+                    headers = {"Content-Range": f"bytes {start}-{end}/{len(data)}"}
+                self.send_response(status)
+                self.send_header("Content-Length", str(len(body)))
+                for k, v in headers.items():
+                    self.send_header(k, v)
+                self.end_headers()
+                try:
+                    self.wfile.write(body)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/f.gguf"
+
+    def stop(self):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+def _one_file_manifest(tmp_path, url, data, **kw):
+    import hashlib
+
+    root = tmp_path / "host" / "m"
+    m = {
+        "files": [
+            {"url": url, "size": len(data), "sha256": hashlib.sha256(data).hexdigest(), "dest": str(root / "f.gguf")}
+        ],
+        "root": str(root),
+        "parallel": 3,
+        "margin_bytes": 0,
+        "retries": 1,
+        "range_bytes": 1 << 16,
+        **kw,
+    }
+    p = tmp_path / "manifest.json"
+    p.write_text(json.dumps(m))
+    return p, root / "f.gguf"
+
+
+def test_a_server_ignoring_range_gets_one_stream_from_the_start(tmp_path):
+    data = os.urandom(300_000)  # 5 ranges of 64 KiB
+    srv = _RangeServer(data, "ignore")
+    try:
+        man, dest = _one_file_manifest(tmp_path, srv.url, data)
+        r, summary = fetch(man)
+    finally:
+        srv.stop()
+    assert r.returncode == 0, r.stderr
+    assert "the server ignores Range; fetching it in one stream from the start" in r.stderr
+    assert dest.read_bytes() == data and not dest.with_name("f.gguf.partial").exists()
+
+
+def test_a_range_answered_with_other_bytes_is_refused(tmp_path):
+    data = os.urandom(300_000)
+    srv = _RangeServer(data, "shift")
+    try:
+        man, dest = _one_file_manifest(tmp_path, srv.url, data)
+        r, summary = fetch(man)
+    finally:
+        srv.stop()
+    assert r.returncode == 1 and summary["ok"] is False
+    refused = re.findall(r"unexpected Content-Range 'bytes (\d+)-(\d+)/300000' for bytes (\d+)-(\d+) of", r.stderr)
+    assert refused and all(int(a) == int(c) + 1 and b == d for a, b, c, d in refused), r.stderr
+    assert not dest.exists()  # nothing placed from bytes that were not asked for

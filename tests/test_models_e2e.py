@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import secrets
 import shutil
 import subprocess
@@ -142,6 +143,27 @@ def test_hub_models_on_two_hosts(sandbox_hosts, hub_files, token_mirror, tmp_pat
         assert dict(reversed(line.split()) for line in sums.splitlines()) == want
         assert ssh(sb, host, f"test -e {DEST}/README.md || echo absent") == "absent"
         assert ssh(sb, host, f"cat {MARKER}") == f"{DEST}/{FIRST}"  # llama-server's -m
+
+    # A shard gone from one host: pyinfra's default output (no -v) shows that host's download
+    # as it runs: the model's bytes and rate, the file verified.
+    repaired = sb.hosts[0]
+    ssh(sb, repaired, f"rm {DEST}/{FIRST}")
+    repair = run_pyinfra(str(inv), str(deploy), env=env, timeout=300)
+    outputs.append(repair.stdout + repair.stderr)
+    assert repair.returncode == 0, repair.stderr[-3000:]
+    # the fetcher's own lines, as they came (pyinfra's status lines are indented)
+    shown = [line for line in repair.stderr.splitlines() if line.startswith("[")]
+    assert all(line.startswith(f"[{repaired.name}] ") for line in shown), repair.stderr[-3000:]
+    patterns = [
+        r"1/2 file\(s\) already verified, skipped without hashing",
+        rf"{HUB_REPO}: downloading 1 file\(s\), 3\.0 MB missing, 4 connection\(s\)",
+        rf"\[1/2\] {FIRST} 3\.0 MB sha256 ok",
+        rf"done: {HUB_REPO}: 2 file\(s\), 1 already verified, 1 downloaded \(3\.0 MB in [\d.]+ s, \d+ MB/s\)",
+        r'\{"ok": true, "files": 2, "skipped": 1, "downloaded": 1, "bytes_fetched": 3000000, "seconds": [\d.]+\}',
+    ]  # nothing more for a download this short (a line per 5 s while one runs)
+    assert len(shown) == len(patterns), repair.stderr[-3000:]
+    for line, pattern in zip(shown, patterns):
+        assert re.fullmatch(rf"\[{repaired.name}\] {pattern}", line), (line, pattern)
 
     second = run_pyinfra(str(inv), str(deploy), env=env, timeout=300)
     outputs.append(second.stdout + second.stderr)

@@ -18,6 +18,7 @@ from pyinfra.operations import files
 from rigkit.facts.images import DockerImages
 from rigkit.host_paths import CHECK_TOOL, LAST_GOOD_TOOL, TOOLS_DIR
 from rigkit.operations import rendered
+from rigkit.operations.streamed import StreamedCommand
 from rigkit.render.containers import ImageIdentity
 
 CONTAINER_TOOL = f"{TOOLS_DIR}/container_host.py"
@@ -85,7 +86,8 @@ def image(identity: ImageIdentity, build: Sequence[str]):
     )
     for rel, path in identity.files:
         yield from files.put._inner(src=str(path), dest=f"{identity.context}/{rel}", mode="644")
-    yield StringCommand(
+    # Shown as it runs: the step the build is at, every few seconds (container_host.run_build).
+    yield StreamedCommand(
         *(QuoteString(a) for a in build),
         "--context",
         QuoteString(identity.context),

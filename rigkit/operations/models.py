@@ -2,9 +2,10 @@
 Place model files (GGUF shards, safetensors) on a host, pinned by the lockfile.
 
 Files are fetched on the host by ``rigkit/scripts/fetch_shards.py`` (python3
-stdlib only): free-space check first, parallel downloads with HTTP Range
-resume, sha256 while streaming, atomic rename, a state file so re-runs skip
-verified files without hashing.
+stdlib only): free-space check first, parallel downloads (a large file in several
+ranges at once) with HTTP Range resume, sha256 as the bytes land, atomic rename, a
+state file so re-runs skip verified files without hashing. Its progress shows in
+pyinfra's default output (``StreamedCommand``).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from rigkit.host_paths import STATE_DIR
 from rigkit.models.hub import ModelRef, read_token, resolve_endpoint
 from rigkit.operations import rendered
 from rigkit.operations.secrets import secret_file
+from rigkit.operations.streamed import StreamedCommand
 from rigkit.scripts.fetch_shards import STATE_NAME
 from rigkit.transport import may_carry_token
 
@@ -164,8 +166,10 @@ def shards(
     yield from files.put._inner(
         src=StringIO(json.dumps(manifest, indent=1)), dest=remote_manifest, mode="600", create_remote_dir=True
     )
-    yield StringCommand(
-        "python3", QuoteString(posixpath.join(remote_dir, "fetch_shards.py")), QuoteString(remote_manifest)
+    # Shown as it runs (the model's bytes and rate every 5 s, a line per verified file), its
+    # stderr on stdout so that pyinfra does not colour the progress as an error.
+    yield StreamedCommand(
+        "python3", QuoteString(posixpath.join(remote_dir, "fetch_shards.py")), QuoteString(remote_manifest), "2>&1"
     )
 
 

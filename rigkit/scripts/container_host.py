@@ -24,10 +24,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import shlex
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import NoReturn
@@ -69,6 +71,74 @@ def image_present(tag: str) -> bool:
 
 # --- build -------------------------------------------------------------------------------
 
+#: Seconds between two progress lines of a build at most; a step that runs on is named again
+#: every HEARTBEAT_S.
+PROGRESS_S = 5.0
+HEARTBEAT_S = 30.0
+# "Step 3/7 : RUN ..." (the classic builder), "#9 [stage 3/7] RUN ..." (BuildKit's plain output)
+_STEP = re.compile(r"^(?:Step (\d+)/(\d+) : ([A-Z]+)|#\d+ \[(?:[^\]\s]+ )?(\d+)/(\d+)\] ([A-Z]+))", re.ASCII)
+
+
+def build_step(line: str) -> tuple[int, int, str] | None:
+    """(step, steps, instruction) when ``line`` of docker build's output starts a step."""
+    m = _STEP.match(line)
+    if m is None:
+        return None
+    n, total, word = (m.group(1), m.group(2), m.group(3)) if m.group(1) else (m.group(4), m.group(5), m.group(6))
+    return int(n), int(total), word
+
+
+class BuildProgress:
+    """What of a build's output to show: the step it is at (its number and instruction word
+    only: a RUN line could hold anything), at most once per PROGRESS_S, and again every
+    HEARTBEAT_S while one step runs on. The clock is the caller's."""
+
+    def __init__(self, tag: str, started: float):
+        self.tag = tag
+        self.started = started
+        self.step: tuple[int, int, str] | None = None
+        self.shown: tuple[int, int, str] | None = None
+        self.shown_at = started
+
+    def feed(self, line: str) -> None:
+        step = build_step(line)
+        if step is not None:
+            self.step = step
+
+    def due(self, now: float) -> str | None:
+        """The line to show now, if any."""
+        if self.step is None or now - self.shown_at < PROGRESS_S:
+            return None
+        if self.step == self.shown and now - self.shown_at < HEARTBEAT_S:
+            return None
+        self.shown, self.shown_at = self.step, now
+        n, total, word = self.step
+        return f"building {self.tag}: step {n}/{total} ({word}), {now - self.started:.0f}s"
+
+
+def run_build(argv: list[str], tag: str) -> tuple[int, str]:
+    """Run docker build, showing its progress (BuildProgress) as it goes; (exit status, output)."""
+    started = time.monotonic()
+    progress = BuildProgress(tag, started)
+    lines: list[str] = []
+    env = {**os.environ, "BUILDKIT_PROGRESS": "plain"}  # one line per event, not a redrawn screen
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+
+    def read() -> None:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            lines.append(line)
+            progress.feed(line)
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    while reader.is_alive():
+        reader.join(1.0)
+        shown = progress.due(time.monotonic())
+        if shown:
+            log(shown)
+    return proc.wait(), "".join(lines)
+
 
 def build(args: argparse.Namespace) -> None:
     if image_present(args.tag):
@@ -96,9 +166,8 @@ def build(args: argparse.Namespace) -> None:
         args.tag,
         args.context,
     ]
-    result = subprocess.run(argv, capture_output=True, text=True)
-    output = result.stdout + result.stderr
-    if result.returncode != 0:
+    returncode, output = run_build(argv, args.tag)
+    if returncode != 0:
         patch_lines = [line for line in output.splitlines() if "PATCH FAILED" in line]
         tail = "\n".join(output.splitlines()[-30:])
         fail(

@@ -13,14 +13,18 @@ Manifest::
      "root": "/abs/model/dir",                      # every dest lies below it; names in progress lines are relative to it
      "state_file": "/abs/model/dir/.rigkit-verified.json",   # optional (default: in root); inside root
      "retries": 3, "timeout": 60,
+     "range_bytes": 67108864,                       # optional: a larger file comes in ranges of this size
      "repo_meta": {"dir": "/abs", "repo": "org/name", "revision": "main", "sha": "<40 hex>"}}  # optional
 
 What it does: skip files recorded as verified (size + mtime_ns + sha256 in the
 state file) without re-reading them; check free space against the bytes still
 missing plus the margin before downloading anything; download into
-``<dest>.partial`` with HTTP Range resume, hashing while streaming (a resumed
-file re-hashes only the partial bytes on disk); rename into place only when
-the sha256 matches; on a mismatch delete and retry, then fail.
+``<dest>.partial`` with HTTP Range resume over ``parallel`` connections shared by all
+files (a file larger than ``range_bytes`` in several ranges at once, written in place
+and hashed in order as they land; their progress kept in the state file), hashing
+while the bytes arrive (a resumed file re-hashes only the partial bytes on disk);
+rename into place only when the sha256 matches; on a mismatch delete and retry, then
+fail. Progress: one line per model every ``--progress-interval`` seconds.
 
 Whatever the manifest says, it writes only below ``root`` (each dest's directory resolved
 with its symlinks, ``os.path.realpath``, must stay inside root's), never through a symlink,
@@ -34,10 +38,12 @@ The last line of stdout is a JSON summary.
 """
 
 import argparse
+import errno
 import hashlib
 import ipaddress
 import json
 import os
+import re
 import sys
 import threading
 import time
@@ -46,7 +52,10 @@ import urllib.parse
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 
-CHUNK = 1 << 20
+CHUNK = 1 << 20  # bytes received per read, into a buffer each thread reuses
+HASH_CHUNK = 4 << 20  # bytes re-read from the page cache per sha256 update
+RANGE_BYTES = 64 << 20  # a larger file is fetched in ranges of this size, several at once
+CHECKPOINT_S = 1.0  # how often a ranged file's written segments are recorded
 STATE_VERSION = 1
 STATE_NAME = ".rigkit-verified.json"  # in each model directory: what was verified
 REPO_META = ".rigkit-repo.json"  # in each model directory: repo, revision, commit
@@ -146,13 +155,19 @@ class State:
         self.path = path
         self.lock = threading.Lock()
         self.files: dict = {}
+        # dest -> {"size", "sha256", "segments": [[start, end, written up to], ...]}: a ranged
+        # file's partial file, which has holes, so its length says nothing
+        self.partials: dict = {}
         try:
             with open(path, encoding="utf-8") as f:
                 data = json.load(f)
             if data.get("version") == STATE_VERSION:
                 self.files = data.get("files") or {}
-        except (OSError, ValueError):
+                self.partials = data.get("partials") or {}
+        except (OSError, ValueError, AttributeError):
             pass
+        if not (isinstance(self.files, dict) and isinstance(self.partials, dict)):
+            self.files, self.partials = {}, {}
 
     def is_verified(self, dest, size, sha256):
         try:
@@ -170,7 +185,29 @@ class State:
                 "sha256": sha256,
                 "verified_at": int(time.time()),
             }
+            self.partials.pop(dest, None)
             self._save()
+
+    def partial(self, dest):
+        with self.lock:
+            rec = self.partials.get(dest)
+            return rec if isinstance(rec, dict) else None
+
+    def set_partial(self, dest, rec):
+        self.set_partials({dest: rec})
+
+    def set_partials(self, records):
+        """Record ranged partial files (never one already placed: its record came first)."""
+        with self.lock:
+            records = {d: r for d, r in records.items() if d not in self.files}
+            if records and any(self.partials.get(d) != r for d, r in records.items()):
+                self.partials.update(records)
+                self._save()
+
+    def forget_partial(self, dest):
+        with self.lock:
+            if self.partials.pop(dest, None) is not None:
+                self._save()
 
     def placed(self, dest):
         """Whether this fetcher placed ``dest`` (its state file records it)."""
@@ -187,7 +224,10 @@ class State:
         os.makedirs(d, exist_ok=True)
         tmp = self.path + ".tmp"
         with open(tmp, "w", encoding="utf-8") as f:
-            json.dump({"version": STATE_VERSION, "files": self.files}, f, indent=1, sort_keys=True)
+            data = {"version": STATE_VERSION, "files": self.files}
+            if self.partials:
+                data["partials"] = self.partials
+            json.dump(data, f, indent=1, sort_keys=True)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, self.path)
@@ -247,13 +287,14 @@ def may_carry_token(url):
         return False
 
 
-def open_url(url, token, offset, timeout):
+def open_url(url, token, offset, timeout, last=None):
+    """GET ``url`` from byte ``offset`` (to byte ``last`` included, when given)."""
     req = urllib.request.Request(url, headers={"User-Agent": "rigkit-fetch/1", "Accept-Encoding": "identity"})
     if token and may_carry_token(url):
         # unredirected: urllib does not copy it onto redirects; _Redirect re-adds it for the same origin only
         req.add_unredirected_header("Authorization", "Bearer " + token)
-    if offset:
-        req.add_header("Range", "bytes=%d-" % offset)
+    if offset or last is not None:
+        req.add_header("Range", "bytes=%d-%s" % (offset, "" if last is None else last))
     try:
         return _OPENER.open(req, timeout=timeout)
     except urllib.error.HTTPError as e:
@@ -286,53 +327,69 @@ def _strip_query(url):
 
 
 class Progress:
-    def __init__(self, total_files, interval):
+    """Bytes per file and for the whole model; one line per interval for the model (its
+    bytes, the rate since the downloads began, the files done and in flight), so a long
+    download shows it is moving without a line per file per interval."""
+
+    def __init__(self, total_files, interval, model="model", total_bytes=0, have_bytes=0):
         self.total_files = total_files
         self.interval = interval
+        self.model = model
+        self.total_bytes = total_bytes
         self.lock = threading.Lock()
-        self.active = {}  # idx -> [name, done, size, t0, done0]
+        self.active = {}  # idx -> [name, done, size]
         self.stop = threading.Event()
         self.fetched = 0
+        self.have = have_bytes  # of total_bytes, on disk and verified or in partial files
+        self.files_done = 0
+        self.t0 = time.time()
 
     def start(self, idx, name, done, size):
         with self.lock:
-            self.active[idx] = [name, done, size, time.time(), done]
+            old = self.active.get(idx)
+            self.have += done - (old[1] if old else 0)
+            self.active[idx] = [name, done, size]
 
     def add(self, idx, n):
-        a = self.active.get(idx)
-        if a is not None:
-            a[1] += n
-        self.fetched += n
+        with self.lock:
+            a = self.active.get(idx)
+            if a is not None:
+                a[1] += n
+            self.fetched += n
+            self.have += n
 
     def reset(self, idx, done):
-        a = self.active.get(idx)
-        if a is not None:
-            a[1] = a[4] = done
-            a[3] = time.time()
+        with self.lock:
+            a = self.active.get(idx)
+            if a is not None:
+                self.have -= a[1] - done
+                a[1] = done
 
-    def finish(self, idx):
+    def finish(self, idx, ok=True):
         with self.lock:
             self.active.pop(idx, None)
+            self.files_done += ok
 
-    def line(self, idx):
-        name, done, size, t0, done0 = self.active[idx]
-        rate = (done - done0) / max(time.time() - t0, 1e-6)
-        unit, div = ("GB", 1e9) if size >= 1e9 else ("MB", 1e6)
-        return "[%d/%d] %s %.1f/%.1f %s %d MB/s" % (
-            idx,
-            self.total_files,
-            name,
-            done / div,
-            size / div,
-            unit,
-            rate / 1e6,
-        )
+    def line(self):
+        with self.lock:
+            total = max(self.total_bytes, 1)
+            unit, div = ("GB", 1e9) if self.total_bytes >= 1e9 else ("MB", 1e6)
+            rate = self.fetched / max(time.time() - self.t0, 1e-6)
+            return "%s: %.1f/%.1f %s (%d%%) %d MB/s, %d/%d file(s) done, %d in flight" % (
+                self.model,
+                self.have / div,
+                self.total_bytes / div,
+                unit,
+                100 * self.have // total,
+                rate / 1e6,
+                self.files_done,
+                self.total_files,
+                len(self.active),
+            )
 
     def run(self):
         while not self.stop.wait(self.interval):
-            with self.lock:
-                for idx in sorted(self.active):
-                    log(self.line(idx))
+            log(self.line())
 
 
 def hash_file(path, *also):
@@ -351,8 +408,154 @@ def hash_file(path, *also):
     return h
 
 
+class NoRanges(Exception):
+    """The server answered a request for bytes past 0 with the whole file (it ignores Range)."""
+
+
+class Segment:
+    """Bytes [start, end) of a file, fetched by one request; ``done``: written up to here."""
+
+    __slots__ = ("start", "end", "done")
+
+    def __init__(self, start, end, done):
+        self.start, self.end, self.done = start, end, done
+
+
+class Plan:
+    """How one file is fetched: its segments (one for a file up to ``range_bytes``, else ranges
+    fetched at once and written in place) and what has been written of each. sha256 is
+    sequential: the file's driver hashes the contiguous written prefix (``frontier``) while
+    the ranges after it are still arriving."""
+
+    def __init__(self, size, segments):
+        self.size = size
+        self.segments = segments
+        self.cond = threading.Condition()  # guards everything below and the segments' done
+        self.abort = False
+        self.h = hashlib.sha256()
+        self.hashed = 0  # bytes fed to h, front to back
+        self.hashing = False  # a thread is feeding h
+        self.pending = []  # segments no connection has taken yet
+        self.inflight = 0  # connections on it
+        self.results = []  # (segment, error or None) of ranges that ended short
+        self.idx, self.item, self.partial = 0, None, None
+        self.first = 0  # the first segment not written whole
+
+    @classmethod
+    def fresh(cls, size, range_bytes):
+        if size <= range_bytes:
+            return cls(size, [Segment(0, size, 0)])
+        return cls(size, [Segment(a, min(a + range_bytes, size), a) for a in range(0, size, range_bytes)])
+
+    @property
+    def ranged(self):
+        return len(self.segments) > 1
+
+    def frontier(self):
+        """Where the written prefix ends (segments only grow, so the search resumes)."""
+        while self.first < len(self.segments) and self.segments[self.first].done >= self.segments[self.first].end:
+            self.first += 1
+        return self.segments[self.first].done if self.first < len(self.segments) else self.size
+
+    def have(self):
+        return sum(seg.done - seg.start for seg in self.segments)
+
+    def record(self):
+        with self.cond:
+            return [[seg.start, seg.end, seg.done] for seg in self.segments]
+
+    @classmethod
+    def from_record(cls, size, segments, on_disk):
+        """A plan from the state file's record of a ranged partial file, or None when it does not
+        describe this file (segments that tile [0, size), each written no further than the file)."""
+        if not isinstance(segments, list) or len(segments) < 2:
+            return None
+        pos = 0
+        out = []
+        for seg in segments:
+            if not (isinstance(seg, list) and len(seg) == 3 and all(type(v) is int for v in seg)):
+                return None
+            a, b, d = seg
+            if a != pos or not (a <= d <= b) or b <= a or (d > a and d > on_disk):
+                return None
+            out.append(Segment(a, b, d))
+            pos = b
+        return cls(size, out) if pos == size else None
+
+
+def resume_plan(item, partial, ctx):
+    """What of ``partial`` can be kept: a ranged file's recorded segments (the state file holds
+    them from before its first byte), else the partial's length, written front to back."""
+    size = item["size"]
+    try:
+        on_disk = os.path.getsize(partial)
+    except OSError:
+        on_disk = -1
+    state = ctx["state"]
+    rec = state.partial(item["dest"])
+    if on_disk < 0:
+        if rec is not None:
+            state.forget_partial(item["dest"])
+        return Plan.fresh(size, ctx["range_bytes"])
+    if rec is not None:
+        plan = None
+        if rec.get("size") == size and rec.get("sha256") == item["sha256"]:
+            plan = Plan.from_record(size, rec.get("segments"), on_disk)
+        if plan is not None:
+            written_since_record(plan, partial)
+            return plan
+        state.forget_partial(item["dest"])  # a record that does not describe it: start over
+        os.unlink(partial)
+        return Plan.fresh(size, ctx["range_bytes"])
+    if on_disk > size:
+        os.unlink(partial)
+        on_disk = 0
+    plan = Plan.fresh(size, ctx["range_bytes"])
+    if plan.ranged and on_disk:
+        # written front to back by a one-stream fetch (no record): its prefix is kept
+        for seg in plan.segments:
+            seg.done = max(seg.start, min(seg.end, on_disk))
+    else:
+        plan.segments[0].done = on_disk
+    return plan
+
+
+def written_since_record(plan, partial):
+    """Extend each recorded segment by what its connection wrote after the last record (a
+    killed run records at most every CHECKPOINT_S): a connection writes its segment front to
+    back, so the file's data that runs on from a segment's recorded end, as the file system
+    reports it (SEEK_DATA/SEEK_HOLE, in whole blocks), was written by it, all but the last
+    block, which may be written in part and is fetched again. Only where the file system
+    shows the partial file's holes at all; elsewhere the record alone counts."""
+    try:
+        fd = os.open(partial, os.O_RDONLY | os.O_NOFOLLOW)
+    except OSError:
+        return
+    try:
+        st = os.fstat(fd)
+        if os.lseek(fd, 0, os.SEEK_HOLE) >= st.st_size:
+            return  # no hole reported: no way to tell written bytes from a hole
+        block = max(st.st_blksize, 4096)
+        for seg in plan.segments:
+            if seg.done >= seg.end or seg.done >= st.st_size:
+                continue
+            try:
+                if os.lseek(fd, seg.done, os.SEEK_DATA) != seg.done:
+                    continue
+                hole = os.lseek(fd, seg.done, os.SEEK_HOLE)
+            except OSError:
+                continue
+            last_block = (min(hole, seg.end) - 1) // block * block  # where the last block written begins
+            seg.done = max(seg.done, last_block)
+    except OSError:
+        return
+    finally:
+        os.close(fd)
+
+
 def download(idx, item, ctx):
-    """Download one file to <dest>.partial, verify, rename (bytes fetched are counted by Progress)."""
+    """Download one file to <dest>.partial (ranges at once for a large one), hash it in order
+    as its bytes land, verify, rename (bytes fetched are counted by Progress)."""
     dest, size, want = item["dest"], item["size"], item["sha256"]
     name = os.path.relpath(dest, ctx["root"]) if ctx.get("root") else os.path.basename(dest)
     partial = dest + ".partial"
@@ -360,36 +563,36 @@ def download(idx, item, ctx):
     check_below_root(partial, ctx["root"], "partial file")
     retries = ctx["retries"]
     mismatches = 0
-    stalls = 0
     prog = ctx["progress"]
-    track: dict = {"h": None, "pos": -1}  # hasher of the partial's first pos bytes, kept across in-process retries
+    plan = resume_plan(item, partial, ctx)
     while True:
-        # Resume: re-hash only what is already in the partial file (not even that after an in-process retry).
-        try:
-            have = os.path.getsize(partial)
-        except OSError:
-            have = 0
-        if have > size:
-            os.unlink(partial)
-            have = 0
-        if track["h"] is not None and track["pos"] == have:
-            h = track["h"]
-        else:
-            h = hash_file(partial) if have else hashlib.sha256()
-        track["h"], track["pos"] = None, -1
+        have = plan.have()
         prog.start(idx, name, have, size)
         if have:
             log("[%d/%d] %s resuming at %s of %s" % (idx, ctx["n"], name, human(have), human(size)))
+        if plan.ranged:  # recorded before any byte is written: a killed run resumes from it
+            ctx["state"].set_partial(dest, {"size": size, "sha256": want, "segments": plan.record()})
+            ctx["ranged"][dest] = (plan, partial, item)
         try:
-            if have < size:
-                h = fetch_into(idx, item, partial, have, h, ctx, track)
-        except Retryable as e:
-            stalls += 1
-            if stalls > retries:
-                raise Fatal("%s: giving up after %d attempts: %s" % (name, stalls, e))
-            log("[%d/%d] %s: %s; retrying (%d/%d)" % (idx, ctx["n"], name, e, stalls, retries))
-            time.sleep(min(2**stalls * 0.25, 10))
+            h = fetch_and_hash(idx, item, plan, partial, name, ctx)
+        except NoRanges:
+            mismatches += 1  # a start over, like a mismatch: a server cannot make it loop
+            if mismatches > retries:
+                prog.finish(idx, ok=False)
+                raise Fatal("%s: the server ignores Range; failed after %d attempts" % (name, mismatches))
+            log(
+                "[%d/%d] %s: the server ignores Range; fetching it in one stream from the start" % (idx, ctx["n"], name)
+            )
+            ctx["ranged"].pop(dest, None)
+            ctx["state"].forget_partial(dest)
+            _unlink(partial)
+            prog.reset(idx, 0)
+            plan = Plan(size, [Segment(0, size, 0)])
             continue
+        except BaseException:
+            prog.finish(idx, ok=False)
+            raise
+        ctx["ranged"].pop(dest, None)
         if size == 0 and not os.path.exists(partial):
             open(partial, "wb").close()
         got = h.hexdigest()
@@ -405,6 +608,8 @@ def download(idx, item, ctx):
             log("[%d/%d] %s %s sha256 ok" % (idx, ctx["n"], name, human(size)))
             return
         os.unlink(partial)
+        ctx["state"].forget_partial(dest)
+        prog.reset(idx, 0)
         mismatches += 1
         msg = (
             "%s: sha256 mismatch (expected %s, got %s, %d bytes)" % (name, want, got, actual)
@@ -412,58 +617,278 @@ def download(idx, item, ctx):
             else "%s: size mismatch (expected %d bytes, got %d)" % (name, size, actual)
         )
         if mismatches > retries:
-            prog.finish(idx)
+            prog.finish(idx, ok=False)
             raise Fatal(msg + "; deleted, failed after %d attempts" % mismatches)
         log("[%d/%d] %s; deleted, retrying (%d/%d)" % (idx, ctx["n"], msg, mismatches, retries))
+        plan = Plan.fresh(size, ctx["range_bytes"])
 
 
-def fetch_into(idx, item, partial, have, h, ctx, track):
-    """Stream item's URL from byte ``have`` into partial, updating h; returns the hasher.
+def _unlink(path):
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
 
-    Raises Retryable on a dropped stream (what was written stays in the partial file)."""
+
+def fetch_and_hash(idx, item, plan, partial, name, ctx):
+    """Fetch the plan's missing bytes (its segments, on the shared connections of
+    ``ctx["ranges"]``) and hash the file front to back as they land. The connection writing
+    at the hashed position hashes from its own buffer; bytes written ahead of it (another
+    range, or faster than one core hashes) are hashed here, re-read from the page cache,
+    while the connections read the next ones (hashlib lets go of the GIL on large updates).
+    Returns the hasher of the whole file.
+
+    A dropped or stalled range is fetched again from where it stopped (``retries`` times per
+    file in all); what was written stays."""
     size = item["size"]
-    resp = open_url(item["url"], ctx["token"], have, ctx["timeout"])
+    ranges = ctx["ranges"]
+    plan.item, plan.partial, plan.idx = item, partial, idx
+    if not size:
+        return plan.h
+    if not os.path.exists(partial):
+        # created before the hashing below opens it (a range may still be connecting)
+        os.close(os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW, 0o666))
+    with open(partial, "rb", buffering=0) as reader:
+        ranges.add(plan, [seg for seg in plan.segments if seg.done < seg.end])
+        try:
+            return _hash_as_written(plan, reader, name, ctx)
+        finally:
+            ranges.remove(plan)
+            with plan.cond:  # stop its connections (an error or an interrupt) and wait for them
+                plan.abort = True
+                while plan.inflight:
+                    plan.cond.wait(1.0)
+                plan.abort = False
+
+
+def _hash_as_written(plan, reader, name, ctx):
+    """fetch_and_hash's loop: hash what lands, retry the ranges that end short."""
+    size, idx, retries, ranges = plan.size, plan.idx, ctx["retries"], ctx["ranges"]
+    buf = bytearray(HASH_CHUNK)
+    mv = memoryview(buf)
+    stalls = 0
+    while True:
+        with plan.cond:
+            while True:
+                if ctx["stop"].is_set():
+                    raise Fatal("%s: stopped" % name)
+                results, plan.results = plan.results, []
+                frontier = plan.frontier()
+                if results:
+                    break
+                if not plan.hashing and frontier > plan.hashed:
+                    plan.hashing = True
+                    break
+                if not plan.pending and not plan.inflight and plan.hashed >= frontier:
+                    if plan.hashed >= size:
+                        return plan.h
+                    raise Fatal("%s: no range left to fetch at byte %d" % (name, plan.hashed))
+                plan.cond.wait(1.0)
+        for seg, error in results:
+            if isinstance(error, Retryable):
+                stalls += 1
+                if stalls > ctx["retries"] or ctx["retries"] < 0:
+                    raise Fatal("%s: giving up after %d attempts: %s" % (name, stalls, error))
+                log("[%d/%d] %s: %s; retrying (%d/%d)" % (idx, ctx["n"], name, error, stalls, retries))
+                if ctx["stop"].wait(min(2**stalls * 0.25, 10)):
+                    raise Fatal("%s: stopped" % name)
+                ranges.add(plan, [seg])
+            elif error is not None:
+                raise error
+        if not results:  # this thread holds plan.hashing: what was written ahead, from disk
+            try:
+                reader.seek(plan.hashed)
+                while plan.hashed < frontier:
+                    n = reader.readinto(mv[: min(HASH_CHUNK, frontier - plan.hashed)])
+                    if not n:
+                        raise Fatal("%s: shorter on disk than written (changed under the fetcher?)" % name)
+                    plan.h.update(mv[:n])
+                    with plan.cond:
+                        plan.hashed += n
+            finally:
+                with plan.cond:
+                    plan.hashing = False
+                    plan.cond.notify_all()
+
+
+class Ranges:
+    """The ``parallel`` connections shared by every file in flight. A free connection takes
+    the next missing segment of the file with the fewest connections (then the lowest
+    index): many files go one connection each, a few large ones get several ranges at once."""
+
+    def __init__(self, ctx, connections):
+        self.ctx = ctx
+        self.cond = threading.Condition()
+        self.plans = []
+        self.threads = [
+            threading.Thread(target=self.serve, name="range-%d" % i, daemon=True) for i in range(connections)
+        ]
+        for t in self.threads:
+            t.start()
+
+    def add(self, plan, segments):
+        with self.cond:
+            with plan.cond:
+                plan.pending.extend(segments)
+                plan.pending.sort(key=lambda seg: seg.start)
+            if plan not in self.plans:
+                self.plans.append(plan)
+            self.cond.notify_all()
+
+    def remove(self, plan):
+        with self.cond:
+            if plan in self.plans:
+                self.plans.remove(plan)
+            with plan.cond:
+                plan.pending = []
+
+    def _next(self):
+        with self.cond:
+            while not self.ctx["stop"].is_set():
+                ready = [p for p in self.plans if p.pending and not p.abort]
+                if ready:
+                    plan = min(ready, key=lambda p: (p.inflight, p.idx))
+                    with plan.cond:
+                        plan.inflight += 1
+                        return plan, plan.pending.pop(0)
+                self.cond.wait(1.0)
+        return None, None
+
+    def serve(self):
+        while True:
+            plan, seg = self._next()
+            if plan is None:
+                return
+            error = None
+            try:
+                fetch_range(plan.idx, plan.item, plan, seg, plan.partial, self.ctx)
+            except BaseException as e:  # noqa: BLE001 - the file's own thread raises it
+                error = e
+            with plan.cond:
+                plan.inflight -= 1
+                if error is not None or seg.done < seg.end and not plan.abort:
+                    plan.results.append((seg, error or Retryable("range ended early")))
+                plan.cond.notify_all()
+
+    def stop(self):
+        with self.cond:
+            self.cond.notify_all()
+        for t in self.threads:
+            t.join()
+
+
+_BUFFERS = threading.local()
+
+
+def _buffer():
+    """This thread's receive buffer, reused for every range it fetches."""
+    mv = getattr(_BUFFERS, "mv", None)
+    if mv is None:
+        mv = _BUFFERS.mv = memoryview(bytearray(CHUNK))
+    return mv
+
+
+_CONTENT_RANGE = re.compile(r"^bytes (\d+)-(\d+)/(\d+|\*)$", re.ASCII)
+
+
+def fetch_range(idx, item, plan, seg, partial, ctx):
+    """Fetch ``seg`` from where it stopped into its place in ``partial`` (a connection's thread).
+
+    The answer is checked whole before a byte is written: a 206 names exactly the bytes asked
+    for and the file's size; a 200 (the whole file) is taken only from byte 0; a body longer
+    than asked is not read past its end. Raises Retryable on a dropped or stalled stream."""
+    if plan.abort or ctx["stop"].is_set():
+        return
+    size = item["size"]
+    start, end = seg.done, seg.end
+    whole = start == 0 and end == size  # the file in one request: no Range header at all
+    resp = open_url(item["url"], ctx["token"], start, ctx["timeout"], None if whole else end - 1)
     prog = ctx["progress"]
     with resp:
         status = resp.status
-        restarted = bool(have) and status == 200  # server ignored Range: start over
-        if restarted:
-            have = 0
-            h = hashlib.sha256()
+        if status == 200 and start:
+            raise NoRanges()
         if status == 206:
-            cr = resp.headers.get("Content-Range", "")
-            if not cr.startswith("bytes %d-" % have):
-                raise Retryable("unexpected Content-Range %r for offset %d" % (cr, have))
-        mode = "r+b" if have else "wb"
-        if have and not os.path.exists(partial):
-            mode = "wb"
-        with open(partial, mode, buffering=0) as out:
-            out.seek(have)
-            out.truncate()
-            if restarted:
-                prog.reset(idx, 0)
-            pos = have
-            track["h"], track["pos"] = h, pos
-            try:
-                while pos < size:
-                    # read1: whatever has arrived (up to CHUNK), so a stalled stream still lands on disk
-                    chunk = resp.read1(min(CHUNK, size - pos))
+            m = _CONTENT_RANGE.match(resp.headers.get("Content-Range", ""))
+            if not (m and int(m.group(1)) == start and int(m.group(2)) == end - 1 and m.group(3) in ("*", str(size))):
+                raise Retryable(
+                    "unexpected Content-Range %r for bytes %d-%d of %d"
+                    % (resp.headers.get("Content-Range", "")[:80], start, end - 1, size)
+                )
+        elif status != 200:
+            raise Retryable("unexpected HTTP %d" % status)
+        # Straight from the socket into this thread's buffer (not a new bytes object per read);
+        # a chunked body goes through http.client's decoding instead.
+        readinto = resp.fp.readinto1 if not resp.chunked else None
+        mv = _buffer()
+        pos = start
+        fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW, 0o666)
+        try:
+            while pos < end:
+                if plan.abort or ctx["stop"].is_set():
+                    return
+                want = min(CHUNK, end - pos)
+                # whatever has arrived (up to CHUNK), so a stalled stream still lands on disk
+                if readinto is not None:
+                    n = readinto(mv[:want])
+                else:
+                    chunk = resp.read1(want)
                     n = len(chunk)
-                    if not n:
-                        break
-                    if out.write(chunk) != n:
-                        raise Fatal("short write to %s (disk full?)" % partial, EXIT_SPACE)
-                    h.update(chunk)
-                    pos += n
-                    track["pos"] = pos
-                    prog.add(idx, n)
-            except (TimeoutError, ConnectionError, OSError) as e:
-                if isinstance(e, OSError) and e.errno == 28:  # ENOSPC
-                    raise Fatal("disk full while writing %s" % partial, EXIT_SPACE)
-                raise Retryable("%s after %s" % (type(e).__name__, human(pos)))
-            if pos < size:
-                raise Retryable("connection closed after %s of %s" % (human(pos), human(size)))
-    return h
+                    mv[:n] = chunk
+                if not n:
+                    break
+                if os.pwrite(fd, mv[:n], pos) != n:
+                    raise Fatal("short write to %s (disk full?)" % partial, EXIT_SPACE)
+                # The file's thread is woken only when there is something for it to hash (each
+                # wake-up costs a GIL hand-over): the written prefix grew past what is hashed.
+                with plan.cond:
+                    seg.done = pos + n
+                    inline = not plan.hashing and plan.hashed == pos
+                    if inline:  # at the hashed position: hashed from this buffer, not re-read
+                        plan.hashing = True
+                    elif plan.frontier() == seg.done:
+                        plan.cond.notify_all()
+                if inline:
+                    try:
+                        plan.h.update(mv[:n])
+                    finally:
+                        with plan.cond:
+                            plan.hashed = pos + n
+                            plan.hashing = False
+                            if plan.frontier() > plan.hashed:
+                                plan.cond.notify_all()
+                pos += n
+                prog.add(idx, n)
+        except (TimeoutError, ConnectionError, OSError) as e:
+            if isinstance(e, OSError) and e.errno == errno.ENOSPC:
+                raise Fatal("disk full while writing %s" % partial, EXIT_SPACE)
+            raise Retryable("%s after %s" % (type(e).__name__, human(pos)))
+        finally:
+            os.close(fd)
+        if pos < end:
+            raise Retryable("connection closed after %s of %s" % (human(pos), human(size)))
+
+
+def checkpoint(ctx):
+    """Record what the ranged files in flight have written (their data first on disk when
+    fsync is on), so a killed run re-fetches at most what arrived since the last record."""
+    ranged = list(ctx["ranged"].values())
+    if not ranged:
+        return
+    records = {}
+    for plan, partial, item in ranged:
+        rec = plan.record()
+        if ctx["fsync"]:
+            try:
+                fd = os.open(partial, os.O_RDONLY | os.O_NOFOLLOW)
+            except OSError:
+                continue
+            try:
+                os.fdatasync(fd)
+            finally:
+                os.close(fd)
+        records[item["dest"]] = {"size": item["size"], "sha256": item["sha256"], "segments": rec}
+    ctx["state"].set_partials(records)
 
 
 # --------------------------------------------------------------------------- #
@@ -541,6 +966,37 @@ def load_manifest(path):
     return m
 
 
+def kept_bytes(item, state):
+    """Bytes of ``item`` already in its partial file (a ranged one's from its record)."""
+    partial = item["dest"] + ".partial"
+    try:
+        on_disk = os.path.getsize(partial)
+    except OSError:
+        return 0
+    rec = state.partial(item["dest"])
+    if rec is not None:
+        plan = None
+        if rec.get("size") == item["size"] and rec.get("sha256") == item["sha256"]:
+            plan = Plan.from_record(item["size"], rec.get("segments"), on_disk)
+        return plan.have() if plan else 0
+    return on_disk if on_disk <= item["size"] else 0
+
+
+def tick(ctx):
+    """The model's progress line every interval; the ranged files' record every CHECKPOINT_S."""
+    progress = ctx["progress"]
+    next_line = time.time() + progress.interval
+    next_checkpoint = time.time() + CHECKPOINT_S
+    while not progress.stop.wait(max(0.01, min(next_line, next_checkpoint) - time.time())):
+        now = time.time()
+        if now >= next_checkpoint:
+            checkpoint(ctx)
+            next_checkpoint = now + CHECKPOINT_S
+        if now >= next_line:
+            log(progress.line())
+            next_line = now + progress.interval
+
+
 def read_token(path):
     if not path:
         return None
@@ -572,6 +1028,11 @@ def run(argv=None):
     reverify = args.reverify or bool(m.get("reverify"))
     parallel = max(1, args.parallel or int(m.get("parallel") or 4))
     margin = int(m.get("margin_bytes", 1 << 30))
+    range_bytes = m.get("range_bytes", RANGE_BYTES)
+    if type(range_bytes) is not int or range_bytes < 1 << 16:
+        raise Fatal("manifest %s: range_bytes: expected an integer of at least 65536" % args.manifest, EXIT_USAGE)
+    meta = m.get("repo_meta") or {}
+    model = meta.get("repo") if isinstance(meta.get("repo"), str) else os.path.basename(root)
     t0 = time.time()
 
     # 1. What is already in place?
@@ -614,19 +1075,15 @@ def run(argv=None):
         log("%d/%d file(s) already verified, skipped without hashing" % (len(verified), n))
 
     # 2. Free space before any download.
-    missing = []
-    for _i, f in todo:
-        try:
-            have = os.path.getsize(f["dest"] + ".partial")
-        except OSError:
-            have = 0
-        missing.append((f, f["size"] - have if have <= f["size"] else f["size"]))
+    missing = [(f, f["size"] - kept_bytes(f, state)) for _i, f in todo]
     if todo:
         check_space(missing, margin)
 
     # 3. Download.
     token = read_token(m.get("token_file"))
-    progress = Progress(n, args.progress_interval)
+    total = sum(f["size"] for f in files)
+    progress = Progress(n, args.progress_interval, model, total, sum(f["size"] for f in verified))
+    progress.files_done = len(verified)
     ctx = {
         "token": token,
         "timeout": float(m.get("timeout", 60)),
@@ -636,17 +1093,23 @@ def run(argv=None):
         "n": n,
         "root": root,
         "fsync": not args.no_fsync,
+        "range_bytes": range_bytes,
+        "stop": threading.Event(),  # set on the first failure: the other files stop quickly
+        "ranged": {},  # dest -> (plan, partial, item) of the ranged files in flight
     }
     if todo:
         log(
-            "downloading %d file(s), %s missing, %d in parallel"
-            % (len(todo), human(sum(b for _, b in missing)), parallel)
+            "%s: downloading %d file(s), %s missing, %d connection(s)"
+            % (model, len(todo), human(sum(b for _, b in missing)), parallel)
         )
-        pt = threading.Thread(target=progress.run, daemon=True)
+        pt = threading.Thread(target=tick, args=(ctx,), daemon=True)
         pt.start()
         failures = []
+        # ``parallel`` connections in all (ctx["ranges"]), shared by the files being fetched;
+        # each file's own thread (ex) hashes what its connections do not.
+        ranges = ctx["ranges"] = Ranges(ctx, parallel)
         try:
-            with ThreadPoolExecutor(max_workers=parallel) as ex:
+            with ThreadPoolExecutor(max_workers=parallel, thread_name_prefix="file") as ex:
                 futs = {ex.submit(download, i, f, ctx): (i, f) for i, f in todo}
                 for fut in futs:
                     try:
@@ -654,10 +1117,15 @@ def run(argv=None):
                     except Fatal as e:
                         failures.append(e)
                         ctx["retries"] = -1  # stop the others quickly
+                        ctx["stop"].set()
                     except Exception as e:  # noqa: BLE001 - report, never print a traceback with headers
                         failures.append(Fatal("%s: %s" % (type(e).__name__, e)))
+                        ctx["stop"].set()
         finally:
+            ctx["stop"].set()
             progress.stop.set()
+            ranges.stop()
+            checkpoint(ctx)  # what the ranged files have written, for the next run
         if failures:
             worst = max(failures, key=lambda f: (f.code in (EXIT_AUTH, EXIT_SPACE, EXIT_NOTFOUND), f.code))
             for failure in failures:
@@ -679,8 +1147,8 @@ def run(argv=None):
         "seconds": round(dt, 3),
     }
     log(
-        "done: %d file(s), %d already verified, %d downloaded (%s in %.1f s)"
-        % (n, len(verified), len(todo), human(progress.fetched), dt)
+        "done: %s: %d file(s), %d already verified, %d downloaded (%s in %.1f s, %d MB/s)"
+        % (model, n, len(verified), len(todo), human(progress.fetched), dt, progress.fetched / max(dt, 1e-6) / 1e6)
     )
     print(json.dumps(summary))
     return EXIT_OK
