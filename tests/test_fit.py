@@ -6,7 +6,10 @@ with its table and the split that fits."""
 from __future__ import annotations
 
 import json
+import os
 import struct
+import subprocess
+import sys
 from pathlib import Path
 
 import gguf_files
@@ -504,9 +507,20 @@ def test_measure_reads_used_memory_only_where_nvidia_smi_is(tmp_path):
     assert "/var/lib/rigkit/memory/llama.cpp.measured.csv" in text
 
 
-def test_rigkit_plan_prints_the_table_without_deploying(tmp_path, qwen122b, capsys):
-    from rigkit import cli
+def rigkit_plan(*args: str) -> subprocess.CompletedProcess:
+    """``rigkit plan`` in its own process, as a user runs it: it loads the inventory through
+    pyinfra's CLI, whose import monkey-patches the process with gevent (fatal to the threads
+    of the tests that run after it in this one)."""
+    return subprocess.run(
+        [sys.executable, "-m", "rigkit.cli", "plan", *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])},
+    )
 
+
+def test_rigkit_plan_prints_the_table_without_deploying(tmp_path, qwen122b):
     model = qwen122b[0]
     service = {"name": "qwen", "model": f"/srv/models/m/{model.name}", **SEED_SERVICE}
     host = {
@@ -515,25 +529,26 @@ def test_rigkit_plan_prints_the_table_without_deploying(tmp_path, qwen122b, caps
         "models": [{"upload": str(model.parent), "dest": "/srv/models/m"}],
         "services": [service],
     }
-    inv = tmp_path / "fits.py"  # one file per variant: an inventory is imported once per path
+    inv = tmp_path / "fits.py"
     inv.write_text(f"hosts = [('rig', {host!r})]\n")
-    assert cli.main(["plan", str(inv), "--offline"]) == 0
-    out = capsys.readouterr().out
-    assert "rig:" in out and "qwen (llama.cpp): fits (GiB)" in out and "room for f16 K/V" in out
+    run = rigkit_plan(str(inv), "--offline")
+    assert run.returncode == 0, run.stderr
+    assert "rig:" in run.stdout and "qwen (llama.cpp): fits (GiB)" in run.stdout and "room for f16 K/V" in run.stdout
     host["services"] = [{**service, "tensor_split": [2, 1, 1, 1, 1, 1]}]
     inv = tmp_path / "unbalanced.py"
     inv.write_text(f"hosts = [('rig', {host!r})]\n")
-    assert cli.main(["plan", str(inv), "--offline", "--service", "qwen"]) == 1
-    out = capsys.readouterr().out
-    assert "DOES NOT FIT" in out and "a tensor split that fits" in out
-    assert cli.main(["plan", str(inv), "--offline", "--json"]) == 1
-    data = json.loads(capsys.readouterr().out)
+    run = rigkit_plan(str(inv), "--offline", "--service", "qwen")
+    assert run.returncode == 1, run.stderr
+    assert "DOES NOT FIT" in run.stdout and "a tensor split that fits" in run.stdout
+    run = rigkit_plan(str(inv), "--offline", "--json")
+    assert run.returncode == 1, run.stderr
+    data = json.loads(run.stdout)
     assert data["rig"][0]["fits"] is False and len(data["rig"][0]["gpus"]) == 6
     host["gpus"] = {"count": 6, "memory_mib": [1, 2]}
     inv = tmp_path / "invalid.py"
     inv.write_text(f"hosts = [('rig', {host!r})]\n")
-    assert cli.main(["plan", str(inv), "--offline"]) == 2
-    assert "gpus.memory_mib" in capsys.readouterr().err
+    run = rigkit_plan(str(inv), "--offline")
+    assert run.returncode == 2 and "gpus.memory_mib" in run.stderr
 
 
 def test_a_deploy_refuses_before_any_engine_step_and_passes_each_engine_its_plans(qwen122b, monkeypatch):
