@@ -10,7 +10,6 @@ whole files only), so a host builds from exactly the bytes the lock saw.
 from __future__ import annotations
 
 import hashlib
-import ipaddress
 import json
 import os
 import re
@@ -21,6 +20,11 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+try:  # on the host: uploaded beside build_checkpoint.py (the package's parent); here: rigkit's
+    from token_origin import OPENER, may_carry_token
+except ImportError:
+    from rigkit.scripts.token_origin import OPENER, may_carry_token
 
 from .safetensors import (
     CHUNK,
@@ -182,50 +186,6 @@ class LockedRange:
         return {"path": self.path, "name": self.name, "start": self.start, "size": self.size, "sha256": self.sha256}
 
 
-def _origin(url: str) -> tuple[str, str, int]:
-    u = urllib.parse.urlsplit(url)
-    try:
-        port = u.port or (443 if u.scheme == "https" else 80)
-    except ValueError:
-        return ("invalid", url, 0)
-    if "@" in u.netloc:
-        return ("userinfo", url, 0)
-    return (u.scheme, (u.hostname or "").lower(), port)
-
-
-def may_carry_token(url: str) -> bool:
-    """https, or plain http to the loopback interface only (rigkit.transport's rule)."""
-    u = urllib.parse.urlsplit(url)
-    if u.scheme == "https":
-        return True
-    host = (u.hostname or "").lower()
-    if u.scheme != "http":
-        return False
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
-class _Redirect(urllib.request.HTTPRedirectHandler):
-    """The Hub sends LFS files to a CDN: follow, keeping Range, the token only on its origin."""
-
-    def redirect_request(self, req, fp, code, msg, headers, newurl):
-        new = super().redirect_request(req, fp, code, msg, headers, newurl)
-        if new is None:
-            return None
-        for k in list(new.headers):
-            if k.lower() == "authorization":
-                del new.headers[k]
-        auth = req.unredirected_hdrs.get("Authorization")
-        if auth and _origin(newurl) == _origin(req.full_url) and may_carry_token(newurl):
-            new.add_unredirected_header("Authorization", auth)
-        return new
-
-
-_OPENER = urllib.request.build_opener(_Redirect())
 _CONTENT_RANGE = re.compile(r"bytes ([0-9]+)-([0-9]+)/([0-9]+)", re.ASCII)
 
 
@@ -253,7 +213,7 @@ class RangeReader:
             req.add_unredirected_header("Authorization", "Bearer " + self.token)
         safe = urllib.parse.urlunsplit(urllib.parse.urlsplit(url)[:3] + ("", ""))
         try:
-            resp = _OPENER.open(req, timeout=TIMEOUT)
+            resp = OPENER.open(req, timeout=TIMEOUT)
         except urllib.error.HTTPError as exc:
             exc.close()
             raise CheckpointError(f"{safe}: HTTP {exc.code} for bytes {start}-{start + length - 1}") from None

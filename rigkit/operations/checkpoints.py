@@ -25,15 +25,17 @@ BUILDER = "build_checkpoint.py"
 
 
 def package_modules() -> list[Path]:
-    """The modules of rigkit.checkpoints, uploaded as they are (stdlib and relative imports only)."""
+    """The modules of rigkit.checkpoints, uploaded as they are (stdlib, relative imports, and
+    token_origin.py, which :func:`builder` places beside the package)."""
     return sorted(Path(str(package_files("rigkit") / "checkpoints")).glob("*.py"))
 
 
 @operation()
 def builder(remote_dir: str = REMOTE_DIR):
     """
-    Upload the checkpoint builder and the ``checkpoints`` package it imports, once per host
-    for all ``derived`` operations.
+    Upload the checkpoint builder, the ``checkpoints`` package it imports and the token's
+    rules the package imports (``token_origin.py``), once per host for all ``derived``
+    operations.
 
     + remote_dir: where the builder, its package and the specs live on the host
 
@@ -43,13 +45,18 @@ def builder(remote_dir: str = REMOTE_DIR):
 
         checkpoints.builder()
     """
-    modules = package_modules()
-    batch = tuple(posixpath.join(remote_dir, "checkpoints", p.name) for p in modules)
+    scripts = package_files("rigkit") / "scripts"
+    # The package, and token_origin.py beside the builder (the package's sources import it).
+    modules = [*package_modules(), Path(str(scripts / "token_origin.py"))]
+    batch = tuple(
+        posixpath.join(remote_dir, *(("checkpoints",) if p.parent.name == "checkpoints" else ()), p.name)
+        for p in modules
+    )
     script = posixpath.join(remote_dir, BUILDER)
     for path, dest in zip(modules, batch):
         yield from rendered.put._inner(content=path, dest=dest, mode="644", batch=(*batch, script))
     yield from rendered.put._inner(
-        content=Path(str(package_files("rigkit") / "scripts" / BUILDER)),
+        content=Path(str(scripts / BUILDER)),
         dest=script,
         mode="755",
         batch=(*batch, script),

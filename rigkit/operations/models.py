@@ -76,8 +76,8 @@ def manifest_for(
 @operation()
 def fetcher(token_file: str | None = None, use_token: bool = True, remote_dir: str = REMOTE_DIR):
     """
-    Upload the fetch script, and the Hub token when there is one, once per host for all
-    ``shards`` operations.
+    Upload the fetch script (and ``token_origin.py``, the token's rules it imports), and the
+    Hub token when there is one, once per host for all ``shards`` operations.
 
     + token_file: local file with the Hub token (default: ``$HF_TOKEN`` or ``~/.cache/huggingface/token``)
     + use_token: send a token at all (uploaded mode 0600, sent only as a header)
@@ -96,10 +96,13 @@ def fetcher(token_file: str | None = None, use_token: bool = True, remote_dir: s
             group="root",
             mode="600",
         )
+    scripts = package_files("rigkit") / "scripts"
+    batch = (posixpath.join(remote_dir, "token_origin.py"), posixpath.join(remote_dir, "fetch_shards.py"))
+    yield from rendered.put._inner(  # the token's rules, which fetch_shards.py imports
+        content=Path(str(scripts / "token_origin.py")), dest=batch[0], mode="644", batch=batch
+    )
     yield from rendered.put._inner(
-        content=Path(str(package_files("rigkit") / "scripts" / "fetch_shards.py")),
-        dest=posixpath.join(remote_dir, "fetch_shards.py"),
-        mode="755",
+        content=Path(str(scripts / "fetch_shards.py")), dest=batch[1], mode="755", batch=batch
     )
 
 

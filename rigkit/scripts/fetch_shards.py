@@ -40,7 +40,6 @@ The last line of stdout is a JSON summary.
 import argparse
 import errno
 import hashlib
-import ipaddress
 import json
 import os
 import re
@@ -51,6 +50,11 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
+
+try:  # on the host: the sibling uploaded beside this script; in the package: its module
+    from token_origin import OPENER, may_carry_token
+except ImportError:
+    from rigkit.scripts.token_origin import OPENER, may_carry_token
 
 CHUNK = 1 << 20  # bytes received per read, into a buffer each thread reuses
 HASH_CHUNK = 4 << 20  # bytes re-read from the page cache per sha256 update
@@ -238,65 +242,16 @@ class State:
 # --------------------------------------------------------------------------- #
 
 
-def _origin(url):
-    """(scheme, host, port); a URL with userinfo or a bad port (a redirect's Location is the
-    server's to write) is no origin the token goes to."""
-    u = urllib.parse.urlsplit(url)
-    try:
-        port = u.port or (443 if u.scheme == "https" else 80)
-    except ValueError:
-        return ("invalid", url, 0)
-    if "@" in u.netloc:
-        return ("userinfo", url, 0)
-    return (u.scheme, (u.hostname or "").lower(), port)
-
-
-class _Redirect(urllib.request.HTTPRedirectHandler):
-    """Follow redirects (the Hub sends LFS files to a CDN), dropping the token when leaving the origin."""
-
-    def redirect_request(self, req, fp, code, msg, headers, newurl):
-        new = super().redirect_request(req, fp, code, msg, headers, newurl)
-        if new is None:
-            return None
-        for k in list(new.headers):
-            if k.lower() == "authorization":
-                del new.headers[k]
-        auth = req.unredirected_hdrs.get("Authorization")
-        if auth and _origin(newurl) == _origin(req.full_url) and may_carry_token(newurl):
-            new.add_unredirected_header("Authorization", auth)
-        return new
-
-
-_OPENER = urllib.request.build_opener(_Redirect())
-
-
-def may_carry_token(url):
-    """The token goes over https, or plain http only to this host's loopback interface (as
-    rigkit.transport.may_carry_token decides on the deploying machine)."""
-    u = urllib.parse.urlsplit(url)
-    if u.scheme == "https":
-        return True
-    host = (u.hostname or "").lower()
-    if u.scheme != "http":
-        return False
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
 def open_url(url, token, offset, timeout, last=None):
     """GET ``url`` from byte ``offset`` (to byte ``last`` included, when given)."""
     req = urllib.request.Request(url, headers={"User-Agent": "rigkit-fetch/1", "Accept-Encoding": "identity"})
     if token and may_carry_token(url):
-        # unredirected: urllib does not copy it onto redirects; _Redirect re-adds it for the same origin only
+        # unredirected: urllib does not copy it onto redirects; TokenRedirect re-adds it for the same origin only
         req.add_unredirected_header("Authorization", "Bearer " + token)
     if offset or last is not None:
         req.add_header("Range", "bytes=%d-%s" % (offset, "" if last is None else last))
     try:
-        return _OPENER.open(req, timeout=timeout)
+        return OPENER.open(req, timeout=timeout)
     except urllib.error.HTTPError as e:
         code = e.code
         err = e.headers.get("X-Error-Code", "") if e.headers else ""
