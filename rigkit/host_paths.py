@@ -30,6 +30,8 @@ OPENCODE_CONFIG = f"{CONFIG_DIR}/opencode.json"
 
 CHECK_TOOL = f"{TOOLS_DIR}/check_service.py"
 LAST_GOOD_TOOL = f"{TOOLS_DIR}/last_good.py"
+#: the fleet build cache's client, beside llama.cpp's host tool that imports it.
+BUILD_CACHE_TOOL = f"{TOOLS_DIR}/build_cache.py"
 
 
 def unit_path(unit: str) -> str:
