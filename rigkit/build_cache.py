@@ -19,6 +19,7 @@ hash it and move it aside when it no longer matches.
 from __future__ import annotations
 
 import argparse
+import hmac
 import json
 import os
 import re
@@ -150,6 +151,16 @@ def log(message: str) -> None:
 class Handler(BaseHTTPRequestHandler):
     server_version = "rigkit-cache/1"
     store: Store
+    token: str | None = None  # the publish token: every request that changes the cache needs it
+
+    def _authorized(self) -> bool:
+        if self.token is None:
+            return True
+        sent = self.headers.get("Authorization", "")
+        if hmac.compare_digest(sent.encode(), f"Bearer {self.token}".encode()):
+            return True
+        self._send(401, {"error": "publishing needs the cache's token (Authorization: Bearer)"})
+        return False
 
     def log_message(self, format: str, *args) -> None:  # noqa: A002 (the base class's name)
         pass
@@ -224,6 +235,10 @@ class Handler(BaseHTTPRequestHandler):
         if match is None:
             return
         key = match["key"]
+        if match["rest"] == "check":  # harmless: the server only moves aside what no longer matches
+            return self._send(*self.store.check(key))
+        if not self._authorized():
+            return
         if match["rest"] == "claim":
             doc = self._json_body()
             if doc is None:
@@ -234,13 +249,11 @@ class Handler(BaseHTTPRequestHandler):
             return self._send(*self.store.claim(key, holder))
         if match["claim"] is not None:
             return self._send(self.store.renew(key, match["claim"]))
-        if match["rest"] == "check":
-            return self._send(*self.store.check(key))
         self._send(405)
 
     def do_DELETE(self) -> None:
         match = self._route()
-        if match is None:
+        if match is None or not self._authorized():
             return
         if match["claim"] is None:
             return self._send(405)
@@ -248,7 +261,7 @@ class Handler(BaseHTTPRequestHandler):
 
     def do_PUT(self) -> None:
         match = self._route()
-        if match is None:
+        if match is None or not self._authorized():
             return
         key, claim = match["key"], self.headers.get("X-Rigkit-Claim", "")
         if not CLAIM.fullmatch(claim) or not self.store.holds(key, claim):
@@ -293,9 +306,9 @@ class Handler(BaseHTTPRequestHandler):
         self._send(201, {"sha256": digest, "size": size})
 
 
-def serve(root: str | Path, host: str, port: int) -> ThreadingHTTPServer:
+def serve(root: str | Path, host: str, port: int, token: str | None = None) -> ThreadingHTTPServer:
     store = Store(Path(root))
-    handler = type("BoundHandler", (Handler,), {"store": store})
+    handler = type("BoundHandler", (Handler,), {"store": store, "token": token})
     server = ThreadingHTTPServer((host, port), handler)
     server.daemon_threads = True
     return server
@@ -312,10 +325,22 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("dir")
     s.add_argument("--host", default="0.0.0.0", help="address to listen on (the rigs' LAN)")
     s.add_argument("--port", type=int, default=8093)
+    s.add_argument(
+        "--publish-token-file",
+        help="require 'Authorization: Bearer <token>' (the token in this file) to claim and publish; "
+        "hosts get it through llama_cpp.build_cache_token_file",
+    )
     args = ap.parse_args(argv)
-    server = serve(args.dir, args.host, args.port)
+    token = None
+    if args.publish_token_file:
+        with open(args.publish_token_file, encoding="utf-8") as f:
+            token = f.read().strip() or None
+    server = serve(args.dir, args.host, args.port, token=token)
     entries = sum(1 for _ in (Path(args.dir) / "entries").iterdir())
-    log(f"serving {args.dir} ({entries} entries) on http://{args.host}:{server.server_address[1]}")
+    log(
+        f"serving {args.dir} ({entries} entries) on http://{args.host}:{server.server_address[1]}"
+        f"{' (publishing needs the token)' if token else ' (anyone who reaches it can publish)'}"
+    )
     try:
         server.serve_forever()
     except KeyboardInterrupt:

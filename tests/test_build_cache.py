@@ -314,3 +314,48 @@ def test_build_cache_url_in_host_data():
 def test_hostile_build_cache_urls_are_refused(url):
     with pytest.raises(HostDataError, match="llama_cpp.build_cache"):
         parse_rig("h", seed_data(url))
+
+
+@pytest.fixture
+def token_cache(tmp_path):
+    server = server_module.serve(tmp_path / "cache", "127.0.0.1", 0, token="s3cret-token")
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}", tmp_path / "cache"
+    server.shutdown()
+    server.server_close()
+
+
+def test_publishing_needs_the_token_fetching_does_not(token_cache, tmp_path):
+    url, root = token_cache
+    identity = ident()
+    key = build_cache.key_of(identity)
+    with pytest.raises(CacheError, match="token was refused"):
+        Client(url, key).claim("sandbox-9 pid 9")
+    with pytest.raises(CacheError, match="token was refused"):
+        Client(url, key, token="wrong").claim("sandbox-9 pid 9")
+    built = a_build(tmp_path / "built")
+    client = Client(url, key, token="s3cret-token")
+    state, claim, _ = client.claim("sandbox-1 pid 1")
+    assert state == "claimed"
+    client.publish(claim, built, build_cache.manifest_of(built, key, identity))
+    (tmp_path / "fetched").mkdir()
+    anyone = Client(url, key)
+    manifest = anyone.manifest()
+    assert manifest is not None
+    anyone.fetch(manifest, tmp_path / "fetched")
+    assert tree(tmp_path / "fetched") == tree(built)
+    # A host without the token that cannot publish still builds (and says why).
+    work = tmp_path / "host/builds/.k.partial"
+    work.mkdir(parents=True)
+    other = llama_host.CachedBuild(url, ident(cc="gcc 13"), "llama.cpp b11312", tmp_path / "host", "k", "wrong")
+    assert other.fetch_or_claim(work, info()) == (None, None)
+
+
+def test_token_file_needs_a_cache():
+    data = seed_data("http://10.0.0.2:8093")
+    data["llama_cpp"]["build_cache_token_file"] = "~/.config/rigkit/cache.token"
+    assert parse_rig("h", data).llama_cpp.build_cache_token_file == "~/.config/rigkit/cache.token"
+    del data["llama_cpp"]["build_cache"]
+    with pytest.raises(HostDataError, match="llama_cpp.build_cache_token_file"):
+        parse_rig("h", data)

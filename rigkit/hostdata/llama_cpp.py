@@ -48,6 +48,9 @@ class LlamaCpp:
     # The fleet's build cache (`rigkit cache serve`), e.g. http://10.0.0.2:8093: one compile per
     # build identity, fetched and verified by every other host.
     build_cache: str | None = None
+    # The cache's publish token, a file on the deploying machine (`rigkit cache serve
+    # --publish-token-file`): placed 0400 root on the host, never on a command line.
+    build_cache_token_file: str | None = None
 
 
 def parse_llama_cpp(host: str, raw: Any, gpus: Gpus) -> LlamaCpp:
@@ -70,6 +73,15 @@ def parse_llama_cpp(host: str, raw: Any, gpus: Gpus) -> LlamaCpp:
             host,
             "llama_cpp.build_cache",
             "an http(s) URL of a `rigkit cache serve` (http://HOST:PORT), no credentials or query",
+        )
+    if llama.build_cache_token_file is not None and (
+        not llama.build_cache_token_file or "\x00" in llama.build_cache_token_file or llama.build_cache is None
+    ):
+        raise HostDataError(
+            host,
+            "llama_cpp.build_cache_token_file",
+            "a file on the deploying machine, with llama_cpp.build_cache set",
+            llama.build_cache_token_file,
         )
     for i, arch in enumerate(llama.cuda_arch):
         check_pattern(arch, CUDA_ARCH, host, f"llama_cpp.cuda_arch[{i}]", 'a CUDA architecture like "86"')

@@ -17,7 +17,7 @@ from pyinfra.api import QuoteString, StringCommand, operation
 
 from rigkit.facts import per_run
 from rigkit.facts.llama_cpp import TOOL, LlamaCppBuilds
-from rigkit.host_paths import BUILD_CACHE_TOOL, CHECK_TOOL, LAST_GOOD_TOOL
+from rigkit.host_paths import BUILD_CACHE_TOKEN, BUILD_CACHE_TOOL, CHECK_TOOL, LAST_GOOD_TOOL
 from rigkit.hostdata import LlamaCpp
 from rigkit.operations import rendered
 from rigkit.operations.progress import ProgressCommand
@@ -127,6 +127,7 @@ def build(identity: BuildIdentity, jobs: int = 0):
         "--jobs",
         str(jobs),
         *(("--cache", pin.build_cache) if pin.build_cache else ()),
+        *(("--cache-token-file", BUILD_CACHE_TOKEN) if pin.build_cache_token_file else ()),
         "--",
         *identity.flags,
         prefix=("PATH=/usr/local/cuda/bin:$PATH",),

@@ -18,6 +18,8 @@ The protocol (HTTP, JSON bodies), as ``rigkit cache serve`` answers it:
 
     GET    /v1/KEY/manifest.json        200 the manifest, 404 no entry
     GET    /v1/KEY/files/NAME           200 the file's bytes
+    (with ``--publish-token-file``, every request but GET and check carries
+    ``Authorization: Bearer TOKEN``, else 401)
     POST   /v1/KEY/claim                {"holder": ...}: 201 {"claim": ID, "lease": S} this host
                                         builds; 409 {"holder", "age"} another host does; 200 present
     POST   /v1/KEY/claim/ID             renew the lease (200; 410 when it was lost)
@@ -60,6 +62,10 @@ RENEW_SECONDS = 20
 
 class CacheError(Exception):
     """The cache cannot be used for this build (unreachable, malformed, a wrong byte)."""
+
+
+class EntryRefused(CacheError):
+    """An entry's content is not what it must be (its manifest, a size, a sha256)."""
 
 
 # --- identity ----------------------------------------------------------------------------
@@ -209,15 +215,19 @@ URL = re.compile(r"https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?(/[A-Za-z0-9._~/-]*)?", 
 class Client:
     """One host's view of the cache at ``url`` for one key."""
 
-    def __init__(self, url: str, key: str, timeout: float = 30):
+    def __init__(self, url: str, key: str, timeout: float = 30, token: str | None = None):
         if not URL.fullmatch(url):
             raise CacheError(f"not a cache URL: {url!r:.80}")
         self.base = f"{url.rstrip('/')}/v1/{check_key(key)}"
         self.key = key
         self.timeout = timeout
+        self.token = token  # the publish token: sent with every request that changes the cache
 
     def _call(self, method: str, path: str, body: bytes | None = None, headers: dict | None = None):
-        req = urllib.request.Request(self.base + path, data=body, method=method, headers=headers or {})
+        headers = dict(headers or {})
+        if self.token and method != "GET":
+            headers["Authorization"] = f"Bearer {self.token}"
+        req = urllib.request.Request(self.base + path, data=body, method=method, headers=headers)
         try:
             return urllib.request.urlopen(req, timeout=self.timeout)
         except urllib.error.HTTPError as err:
@@ -244,7 +254,10 @@ class Client:
             return None
         if status != 200:
             raise CacheError(f"cache {self.base}: manifest answered {status}")
-        return check_manifest(doc, self.key)
+        try:
+            return check_manifest(doc, self.key)
+        except CacheError as err:
+            raise EntryRefused(str(err)) from None
 
     def fetch(self, manifest: dict, dest: Path) -> None:
         """Every file of ``manifest`` into ``dest`` (an empty directory), each size and sha256
@@ -256,9 +269,12 @@ class Client:
                 status = resp.status if hasattr(resp, "status") else resp.code
                 if status != 200:
                     raise CacheError(f"cache {self.base}: {entry['name']} answered {status}")
-                size, digest = copy_capped(resp.read, target, entry["size"], entry["name"])
+                try:
+                    size, digest = copy_capped(resp.read, target, entry["size"], entry["name"])
+                except CacheError as err:
+                    raise EntryRefused(str(err)) from None
             if (size, digest) != (entry["size"], entry["sha256"]):
-                raise CacheError(
+                raise EntryRefused(
                     f"{entry['name']}: {size} bytes with sha256 {digest}, the manifest says "
                     f"{entry['size']} bytes with sha256 {entry['sha256']}"
                 )
@@ -274,6 +290,8 @@ class Client:
             return "present", None, 0.0
         if status == 201 and isinstance(doc, dict) and CLAIM.fullmatch(str(doc.get("claim"))):
             return "claimed", str(doc["claim"]), 0.0
+        if status == 401:
+            raise CacheError(f"cache {self.base}: the publish token was refused (401)")
         if status == 409 and isinstance(doc, dict):
             age = doc.get("age")
             return "held", str(doc.get("holder"))[:120], float(age) if isinstance(age, (int, float)) else 0.0
@@ -290,14 +308,10 @@ class Client:
             path = build_dir / entry["name"]
             with open(path, "rb") as f:
                 headers = {"X-Rigkit-Claim": claim, "Content-Length": str(entry["size"])}
-                req = urllib.request.Request(
-                    f"{self.base}/files/{entry['name']}", data=f, method="PUT", headers=headers
-                )
-                try:
-                    with urllib.request.urlopen(req, timeout=self.timeout):
-                        pass
-                except (OSError, ValueError) as err:
-                    raise CacheError(f"cache {self.base}: upload of {entry['name']}: {err}") from None
+                with self._call("PUT", f"/files/{entry['name']}", f, headers) as resp:  # type: ignore[arg-type]
+                    status = resp.status if hasattr(resp, "status") else resp.code
+                if status != 201:
+                    raise CacheError(f"cache {self.base}: upload of {entry['name']} answered {status}")
         status, doc = self._json("PUT", "/manifest.json", manifest, claim=claim)
         if status != 201:
             raise CacheError(f"cache {self.base}: publishing answered {status}: {doc}")

@@ -3,7 +3,7 @@
 rigkit's host-side tool for llama.cpp (stdlib only; uploaded to /opt/rigkit/bin).
 
     llama_host.py build    --root R --url URL --ref REF --flags-hash H [--targets T,..]
-                           [--cache URL] -- -DFLAG=..
+                           [--cache URL [--cache-token-file F]] -- -DFLAG=..
                            (with --cache: fetched and verified from the fleet's build cache
                            when another host built the same identity, else built and published)
     llama_host.py activate --root R --ref REF --flags-hash H
@@ -204,7 +204,11 @@ def build(args: argparse.Namespace) -> None:
     claim = None
     if args.cache:
         ident = build_cache.identity(commit, flags, targets, build_cache.toolchain(cuda="-DGGML_CUDA=ON" in flags))
-        cache = CachedBuild(args.cache, ident, f"llama.cpp b{number} ({commit[:9]})", root, key)
+        try:
+            token = Path(args.cache_token_file).read_text().strip() if args.cache_token_file else None
+            cache = CachedBuild(args.cache, ident, f"llama.cpp b{number} ({commit[:9]})", root, key, token)
+        except (build_cache.CacheError, OSError) as err:
+            fail(f"--cache: {err}")
         started = time.monotonic()
         fetched, claim = cache.fetch_or_claim(work, info)
         if fetched is not None:
@@ -299,6 +303,11 @@ def compile_build(
     history(root, f"{key} built in {seconds}s")
 
 
+def clear(work: Path) -> None:
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+
+
 class CachedBuild:
     """This build's entry in the fleet's build cache: fetched and verified when another host
     built it, else claimed (this host compiles it and publishes), waiting while another host
@@ -306,11 +315,11 @@ class CachedBuild:
 
     WAIT_LIMIT = 3 * 3600.0  # a claimant renews while it compiles; one that died frees the key
 
-    def __init__(self, url: str, ident: dict, label: str, root: Path, build_key: str):
+    def __init__(self, url: str, ident: dict, label: str, root: Path, build_key: str, token: str | None = None):
         self.url, self.ident, self.label = url, ident, label
         self.root, self.build_key = root, build_key
         self.key = build_cache.key_of(ident)
-        self.client = build_cache.Client(url, self.key)
+        self.client = build_cache.Client(url, self.key, token=token)
 
     def fetch_or_claim(self, work: Path, info: dict) -> tuple[str | None, str | None]:
         """(who built it, None) when fetched into ``work``; (None, claim) when this host builds
@@ -319,9 +328,12 @@ class CachedBuild:
         deadline, noted = time.monotonic() + self.WAIT_LIMIT, 0.0
         try:
             while True:
-                manifest = self.client.manifest()
-                if manifest is not None:
-                    return self._fetch(manifest, work, info), None
+                try:
+                    manifest = self.client.manifest()
+                    if manifest is not None:
+                        return self._fetch(manifest, work, info), None
+                except build_cache.EntryRefused as err:
+                    return None, self._refused(work, err, holder)
                 state, claim, age = self.client.claim(holder)
                 if state == "claimed":
                     log(f"{self.label}: not in the build cache; building it here for the fleet")
@@ -335,18 +347,22 @@ class CachedBuild:
                         noted = time.monotonic()
                     time.sleep(2)
         except build_cache.CacheError as err:
-            shutil.rmtree(work, ignore_errors=True)
-            work.mkdir(parents=True)
-            log(f"{self.label}: REFUSED the build cache's copy ({err}); compiling here instead")
-            history(self.root, f"{self.build_key} cache entry refused: {err}")
-            try:
-                # The server hashes the entry again and moves it aside when its bytes are wrong;
-                # then this host's build takes its place.
-                self.client.check()
-                state, claim, _ = self.client.claim(f"{socket.gethostname()} pid {os.getpid()}"[:120])
-            except build_cache.CacheError:
-                return None, None
-            return None, claim if state == "claimed" else None
+            clear(work)
+            log(f"{self.label}: the build cache cannot be used ({err}); building here")
+            return None, None
+
+    def _refused(self, work: Path, err: Exception, holder: str) -> str | None:
+        """Nothing of a refused entry kept; the server asked to hash it again (it moves a bad
+        entry aside) and this host's build claimed to take its place."""
+        clear(work)
+        log(f"{self.label}: REFUSED the build cache's copy ({err}); compiling here instead")
+        history(self.root, f"{self.build_key} cache entry refused: {err}")
+        try:
+            self.client.check()
+            state, claim, _ = self.client.claim(holder)
+        except build_cache.CacheError:
+            return None
+        return claim if state == "claimed" else None
 
     def _fetch(self, manifest: dict, work: Path, info: dict) -> str:
         self.client.fetch(manifest, work)
@@ -619,6 +635,7 @@ def main() -> None:
     p.add_argument("--targets", default="llama-server")
     p.add_argument("--jobs", type=int, default=0)
     p.add_argument("--cache", help="the fleet's build cache (rigkit cache serve), e.g. http://10.0.0.2:8093")
+    p.add_argument("--cache-token-file", help="the file holding the cache's publish token")
     p.add_argument("flags", nargs="*")
     p = sub.add_parser("activate")
     p.add_argument("--root", required=True)
