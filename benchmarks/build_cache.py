@@ -36,10 +36,12 @@ from rigkit import sandbox  # noqa: E402
 
 PYINFRA = str(Path(sys.executable).with_name("pyinfra"))
 PORT = 8094
-ROOT = "/opt/rigkit/llama.cpp"
+#: The one host and the fleet build under different roots (so in different build directories):
+#: their binaries, both compiled cold, show whether the build is reproducible across paths.
+ONE_ROOT, FLEET_ROOT = "/opt/rigkit/llama.cpp", "/srv/rigkit-bench/llama.cpp"
 
 
-def first_deploy(hosts: int, cold: bool) -> dict:
+def first_deploy(hosts: int, cold: bool, root: str) -> dict:
     sandbox.down()
     sb = sandbox.up(hosts=hosts)
     if cold:
@@ -69,7 +71,7 @@ def first_deploy(hosts: int, cold: bool) -> dict:
                 break
             except OSError:
                 time.sleep(0.1)
-        env = {**os.environ, "RIGKIT_SANDBOX_BUILD_CACHE": url}
+        env = {**os.environ, "RIGKIT_SANDBOX_BUILD_CACHE": url, "RIGKIT_SANDBOX_LLAMA_ROOT": root}
         try:
             started = time.monotonic()
             run = subprocess.run(
@@ -85,8 +87,8 @@ def first_deploy(hosts: int, cold: bool) -> dict:
             server.wait(timeout=10)
     if run.returncode != 0:
         sys.exit(f"deploy of {hosts} host(s) failed:\n{run.stderr[-4000:]}")
-    logs = {h.name: sb.ssh(h, f"cat {ROOT}/builds.log").splitlines() for h in sb.hosts}
-    shas = {h.name: sb.ssh(h, f"sha256sum {ROOT}/current/bin/llama-server").split()[0] for h in sb.hosts}
+    logs = {h.name: sb.ssh(h, f"cat {root}/builds.log").splitlines() for h in sb.hosts}
+    shas = {h.name: sb.ssh(h, f"sha256sum {root}/current/bin/llama-server").split()[0] for h in sb.hosts}
     return {
         "hosts": hosts,
         "seconds": round(seconds, 1),
@@ -96,6 +98,8 @@ def first_deploy(hosts: int, cold: bool) -> dict:
             line.rsplit(" in ", 1)[1] for lines in logs.values() for line in lines if " built in " in line
         ],
         "identical_binaries": len(set(shas.values())) == 1,
+        "llama_server_sha256": sorted(set(shas.values())),
+        "root": root,
     }
 
 
@@ -105,9 +109,9 @@ def main() -> None:
     ap.add_argument("--warm-ccache", action="store_true")
     args = ap.parse_args()
     try:
-        one = first_deploy(1, cold=not args.warm_ccache)
+        one = first_deploy(1, cold=not args.warm_ccache, root=ONE_ROOT)
         print(json.dumps(one), file=sys.stderr)
-        fleet = first_deploy(args.hosts, cold=not args.warm_ccache)
+        fleet = first_deploy(args.hosts, cold=not args.warm_ccache, root=FLEET_ROOT)
         print(json.dumps(fleet), file=sys.stderr)
     finally:
         sandbox.down()

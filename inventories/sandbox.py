@@ -8,7 +8,7 @@ To use upstream llama.cpp and a real small model instead, set RIGKIT_LLAMA_URL (
 https://github.com/ggml-org/llama.cpp) and RIGKIT_LLAMA_REF, and put a GGUF under
 RIGKIT_SANDBOX_MODEL_DIR with its file name in RIGKIT_SANDBOX_MODEL. RIGKIT_SANDBOX_BUILD_CACHE
 names a build cache (`rigkit cache serve`) the hosts share; RIGKIT_SANDBOX_CMAKE_FLAGS adds
-cmake flags (space-separated) to the pin.
+cmake flags (space-separated) to the pin; RIGKIT_SANDBOX_LLAMA_ROOT moves llama.cpp's directory.
 """
 
 import os

@@ -35,6 +35,7 @@ pytestmark = pytest.mark.e2e
 #: (apt, through the sandbox's cache) on these 2 CPUs; the issue's eight are benchmarks/'s.
 FLEET = 4
 FLAGS = "-DLLAMA_BUILD_EXAMPLES=OFF"
+FLAGS2 = "-DCMAKE_BUILD_TYPE=Release"  # what the build passes anyway: a new key, the same compile
 CACHE_PORT = 8093
 ROOT = "/opt/rigkit/llama.cpp"
 PROGRESS = re.compile(r"^\[sandbox-\d+\] \[rigkit\] llama\.cpp b11312 \(\w+\): \d+% compiled \(\d+s\)$", re.M)
@@ -124,34 +125,37 @@ def test_fleet_deploys_with_one_compile(fleet, deployed):
 
 def test_tampered_entry_is_refused_compiled_instead_while_serving(fleet, deployed):
     sb, env, cache_dir = fleet
-    host = sb.hosts[0]
-    good = server_sha(sb, host)
-    # Back to the build before (it serves), and forget the cached one here, so the deploy needs it.
-    back = run_pyinfra("inventories/sandbox.py", "deploys/rollback.py", "--limit", host.name, env=env)
-    assert back.returncode == 0, back.stderr[-3000:]
-    cached = ssh(sb, host, f"basename $(readlink {ROOT}/previous)")
-    assert cached.startswith("b11312-") and cached != ssh(sb, host, f"basename $(readlink {ROOT}/current)")
-    ssh(sb, host, f"rm -rf {ROOT}/builds/{cached}")
-    (entry,) = (cache_dir / "entries").iterdir()
-    binary = entry / "bin/llama-server"
+    builder, host = sb.hosts[1], sb.hosts[0]
+    # A second build identity (one more flag, the same compile): sandbox-2 builds and publishes it.
+    env2 = {**env, "RIGKIT_SANDBOX_CMAKE_FLAGS": f"{FLAGS} {FLAGS2}"}
+    fleet_entries = {p.name for p in (cache_dir / "entries").iterdir()}
+    first = run_pyinfra("inventories/sandbox.py", "deploys/rig.py", "--limit", builder.name, env=env2)
+    assert first.returncode == 0, first.stderr[-5000:]
+    good = server_sha(sb, builder)
+    (key,) = {p.name for p in (cache_dir / "entries").iterdir()} - fleet_entries
+    binary = cache_dir / "entries" / key / "bin/llama-server"
     data = bytearray(binary.read_bytes())
     data[len(data) // 2] ^= 0xFF  # one byte, same size
     binary.write_bytes(bytes(data))
     tampered = hashlib.sha256(data).hexdigest()
 
+    # sandbox-1 serves the fleet's build and now needs the second one: the cache's copy is wrong.
     before = builds_log(sb, host)
     with HealthPoller(f"http://{host.address}:8000/health") as poller:
-        run = run_pyinfra("inventories/sandbox.py", "deploys/rig.py", "--limit", host.name, env=env)
+        run = run_pyinfra("inventories/sandbox.py", "deploys/rig.py", "--limit", host.name, env=env2)
     assert run.returncode == 0, run.stderr[-5000:]
     lines = builds_log(sb, host)[len(before) :]
     assert any(" cache entry refused: bin/llama-server: " in line and "sha256" in line for line in lines), lines
     assert any(" built in " in line for line in lines), lines
     assert "REFUSED the build cache's copy" in run.stderr
-    # The tampered bytes never ran: what serves is the compiled build, the same as the fleet's.
+    # The tampered bytes never ran: what serves is the compiled build, the same bytes as sandbox-2's.
     assert server_sha(sb, host) == good != tampered
+    assert FLAGS2 in json.loads(ssh(sb, host, f"cat {ROOT}/current/build.json"))["flags"]
+    assert ssh(sb, host, "systemctl is-active rigkit-llama-tiny") == "active"
+    # The old build served while the new one compiled; only the restart onto it was an outage.
     assert poller.healthy_fraction > 0.5 and poller.samples[-1][1], poller.healthy_fraction
     # The bad entry was moved aside and this host's build took its place.
-    assert (cache_dir / "refused").iterdir()
-    manifest = json.loads((entry / "manifest.json").read_text())
+    assert len(list((cache_dir / "refused").iterdir())) == 1
+    manifest = json.loads((cache_dir / "entries" / key / "manifest.json").read_text())
     assert {f["sha256"] for f in manifest["files"] if f["name"] == "bin/llama-server"} == {good}
     print(f"\ntampered entry refused; longest /health outage {poller.longest_outage():.2f}s")

@@ -159,7 +159,7 @@ def run_logged(step: list[str], logf, env: dict, label: str, started: float, clo
         step, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, text=True, errors="replace"
     )
     assert proc.stdout is not None
-    shown_at, shown = clock(), None
+    shown_at, shown = float("-inf"), None  # the first percentage at once, then every PROGRESS_EVERY
     for line in proc.stdout:
         logf.write(line)
         percent = percent_of(line)
