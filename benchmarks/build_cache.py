@@ -87,6 +87,7 @@ def first_deploy(hosts: int, cold: bool, root: str) -> dict:
             server.wait(timeout=10)
     if run.returncode != 0:
         sys.exit(f"deploy of {hosts} host(s) failed:\n{run.stderr[-4000:]}")
+    print(f"first deploy of {hosts} host(s): {seconds:.1f} s", file=sys.stderr)
     logs = {h.name: sb.ssh(h, f"cat {root}/builds.log").splitlines() for h in sb.hosts}
     shas = {h.name: sb.ssh(h, f"sha256sum {root}/current/bin/llama-server").split()[0] for h in sb.hosts}
     return {
@@ -107,9 +108,10 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--hosts", type=int, default=8)
     ap.add_argument("--warm-ccache", action="store_true")
+    ap.add_argument("--one", help="the one-host result (its JSON line) of an earlier run, not measured again")
     args = ap.parse_args()
     try:
-        one = first_deploy(1, cold=not args.warm_ccache, root=ONE_ROOT)
+        one = json.loads(args.one) if args.one else first_deploy(1, cold=not args.warm_ccache, root=ONE_ROOT)
         print(json.dumps(one), file=sys.stderr)
         fleet = first_deploy(args.hosts, cold=not args.warm_ccache, root=FLEET_ROOT)
         print(json.dumps(fleet), file=sys.stderr)

@@ -39,6 +39,9 @@ def rig_data(data: dict) -> dict:
                 if os.environ.get("RIGKIT_SANDBOX_CMAKE_FLAGS")
                 else {}
             ),
+            **(
+                {"root": os.environ["RIGKIT_SANDBOX_LLAMA_ROOT"]} if os.environ.get("RIGKIT_SANDBOX_LLAMA_ROOT") else {}
+            ),
         },
         "models": [{"upload": model_src, "dest": MODEL_DIR}],
         "services": [
