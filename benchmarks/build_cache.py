@@ -124,9 +124,10 @@ def main() -> None:
             f"| {'one host' if row['hosts'] == 1 else 'fleet'} | {row['hosts']} | {row['seconds']} s | "
             f"{row['compiled']} | {row['fetched']} | {', '.join(row['build_seconds'])} |"
         )
-    print(
-        f"\n{args.hosts} hosts / 1 host: {ratio:.2f}x (goal: at most 1.3x); binaries identical: {fleet['identical_binaries']}"
-    )
+    print(f"\n{args.hosts} hosts / 1 host: {ratio:.2f}x (goal: at most 1.3x)")
+    print(f"the fleet's binaries identical: {fleet['identical_binaries']}")
+    across = one["llama_server_sha256"] == fleet["llama_server_sha256"]
+    print(f"compiled under {one['root']} and {fleet['root']}, the same bytes: {across}")
     print(json.dumps({"one": one, "fleet": fleet, "ratio": round(ratio, 3)}))
 
 
