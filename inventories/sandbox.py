@@ -6,7 +6,9 @@ llama.cpp from the local git mirror (a stand-in for GitHub), a tiny generated mo
 
 To use upstream llama.cpp and a real small model instead, set RIGKIT_LLAMA_URL (e.g.
 https://github.com/ggml-org/llama.cpp) and RIGKIT_LLAMA_REF, and put a GGUF under
-RIGKIT_SANDBOX_MODEL_DIR with its file name in RIGKIT_SANDBOX_MODEL.
+RIGKIT_SANDBOX_MODEL_DIR with its file name in RIGKIT_SANDBOX_MODEL. RIGKIT_SANDBOX_BUILD_CACHE
+names a build cache (`rigkit cache serve`) the hosts share; RIGKIT_SANDBOX_CMAKE_FLAGS adds
+cmake flags (space-separated) to the pin; RIGKIT_SANDBOX_LLAMA_ROOT moves llama.cpp's directory.
 """
 
 import os
@@ -26,6 +28,20 @@ def rig_data(data: dict) -> dict:
             "ref": LLAMA_REF,
             "git_url": os.environ.get("RIGKIT_LLAMA_URL", f"{data['sandbox_git_url']}/llama.cpp.git"),
             "cuda": False,
+            # The fleet's build cache (`rigkit cache serve DIR --host GATEWAY`), when one serves.
+            **(
+                {"build_cache": os.environ["RIGKIT_SANDBOX_BUILD_CACHE"]}
+                if os.environ.get("RIGKIT_SANDBOX_BUILD_CACHE")
+                else {}
+            ),
+            **(
+                {"cmake_flags": os.environ["RIGKIT_SANDBOX_CMAKE_FLAGS"].split()}
+                if os.environ.get("RIGKIT_SANDBOX_CMAKE_FLAGS")
+                else {}
+            ),
+            **(
+                {"root": os.environ["RIGKIT_SANDBOX_LLAMA_ROOT"]} if os.environ.get("RIGKIT_SANDBOX_LLAMA_ROOT") else {}
+            ),
         },
         "models": [{"upload": model_src, "dest": MODEL_DIR}],
         "services": [

@@ -65,6 +65,12 @@ def _checkpoint(argv: list[str]) -> int:
     return command.main(argv)
 
 
+def _cache(argv: list[str]) -> int:
+    from rigkit import build_cache
+
+    return build_cache.main(argv)
+
+
 def _status(argv: list[str]) -> int:
     from rigkit import status
 
@@ -87,6 +93,7 @@ def _bench(argv: list[str]) -> int:
 PASS_THROUGH = {
     "lock": _lock,
     "mirror": _mirror,
+    "cache": _cache,
     "status": _status,
     "bench": _bench,
     "checkpoint": _checkpoint,
@@ -120,6 +127,10 @@ def build_parser() -> argparse.ArgumentParser:
     for name, help_text in (
         ("lock", "pin an inventory's Hub models to commits and sha256s (rigkit lock INVENTORY [-h])"),
         ("mirror", "serve downloaded models over the Hub's download API (rigkit mirror serve DIR [-h])"),
+        (
+            "cache",
+            "serve the fleet's llama.cpp build cache: one compile per build identity (rigkit cache serve DIR [-h])",
+        ),
         (
             "checkpoint",
             "derived checkpoints from local directories (rigkit checkpoint hybrid-fp8 --base DIR --fp8 DIR "

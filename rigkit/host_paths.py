@@ -32,6 +32,10 @@ OPENCODE_CONFIG = f"{CONFIG_DIR}/opencode.json"
 
 CHECK_TOOL = f"{TOOLS_DIR}/check_service.py"
 LAST_GOOD_TOOL = f"{TOOLS_DIR}/last_good.py"
+#: the fleet build cache's client, beside llama.cpp's host tool that imports it.
+BUILD_CACHE_TOOL = f"{TOOLS_DIR}/build_cache.py"
+#: the build cache's publish token on a host (0400 root), read by that client.
+BUILD_CACHE_TOKEN = f"{CONFIG_DIR}/llama/build-cache.token"
 
 
 def unit_path(unit: str) -> str:

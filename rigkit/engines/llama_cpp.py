@@ -17,9 +17,9 @@ from pyinfra.operations import systemd
 
 from rigkit.engines.base import Engine, Prepared
 from rigkit.facts.nvidia import NvidiaGpus
-from rigkit.host_paths import OPENCODE_CONFIG
+from rigkit.host_paths import BUILD_CACHE_TOKEN, OPENCODE_CONFIG
 from rigkit.hostdata import LlamaCpp, Rig, Service
-from rigkit.operations import llama_cpp, packages, services
+from rigkit.operations import llama_cpp, packages, secrets, services
 from rigkit.operations.llama_cpp import BuildIdentity
 from rigkit.render import llama_server as render
 
@@ -57,6 +57,14 @@ def llama_cpp_build(identity: BuildIdentity):
     which the switch and prune steps take as they are."""
     packages.present(name="Install build dependencies", packages=BUILD_PACKAGES)
     llama_cpp.tool(name="Install rigkit's llama.cpp host tool")
+    if identity.pin.build_cache_token_file:
+        secrets.secret_file(
+            name="Build cache publish token (0400, root)",
+            src=identity.pin.build_cache_token_file,
+            dest=BUILD_CACHE_TOKEN,
+            user="root",
+            group="root",
+        )
     llama_cpp.build(name=f"Build llama.cpp {identity.pin.ref}", identity=identity)
 
 

@@ -8,6 +8,7 @@ from typing import Any
 
 from rigkit.hostdata.gpus import CUDA_ARCH, Gpus
 from rigkit.hostdata.schema import HostDataError, NumericText, build, check_path, check_pattern
+from rigkit.scripts.build_cache import URL as CACHE_URL
 
 UPSTREAM_LLAMA_CPP = "https://github.com/ggml-org/llama.cpp"
 BUILD_TAG = re.compile(r"b\d+", re.ASCII)
@@ -44,6 +45,12 @@ class LlamaCpp:
     targets: tuple[str, ...] = ("llama-server",)
     keep_builds: int = 3
     root: str = "/opt/rigkit/llama.cpp"
+    # The fleet's build cache (`rigkit cache serve`), e.g. http://10.0.0.2:8093: one compile per
+    # build identity, fetched and verified by every other host.
+    build_cache: str | None = None
+    # The cache's publish token, a file on the deploying machine (`rigkit cache serve
+    # --publish-token-file`): placed 0400 root on the host, never on a command line.
+    build_cache_token_file: str | None = None
 
 
 def parse_llama_cpp(host: str, raw: Any, gpus: Gpus) -> LlamaCpp:
@@ -59,6 +66,23 @@ def parse_llama_cpp(host: str, raw: Any, gpus: Gpus) -> LlamaCpp:
         llama.git_url, GIT_URL, host, "llama_cpp.git_url", "a git URL (https://, git://, ssh://) or an absolute path"
     )
     check_path(llama.root, host, "llama_cpp.root", "an absolute directory on the host")
+    if llama.build_cache is not None:
+        check_pattern(
+            llama.build_cache,
+            CACHE_URL,
+            host,
+            "llama_cpp.build_cache",
+            "an http(s) URL of a `rigkit cache serve` (http://HOST:PORT), no credentials or query",
+        )
+    if llama.build_cache_token_file is not None and (
+        not llama.build_cache_token_file or "\x00" in llama.build_cache_token_file or llama.build_cache is None
+    ):
+        raise HostDataError(
+            host,
+            "llama_cpp.build_cache_token_file",
+            "a file on the deploying machine, with llama_cpp.build_cache set",
+            llama.build_cache_token_file,
+        )
     for i, arch in enumerate(llama.cuda_arch):
         check_pattern(arch, CUDA_ARCH, host, f"llama_cpp.cuda_arch[{i}]", 'a CUDA architecture like "86"')
     if llama.cuda and not (llama.cuda_arch or gpus.cuda_arch or gpus.count):

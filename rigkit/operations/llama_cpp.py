@@ -17,9 +17,10 @@ from pyinfra.api import QuoteString, StringCommand, operation
 
 from rigkit.facts import per_run
 from rigkit.facts.llama_cpp import TOOL, LlamaCppBuilds
-from rigkit.host_paths import CHECK_TOOL, LAST_GOOD_TOOL
+from rigkit.host_paths import BUILD_CACHE_TOKEN, BUILD_CACHE_TOOL, CHECK_TOOL, LAST_GOOD_TOOL
 from rigkit.hostdata import LlamaCpp
 from rigkit.operations import rendered
+from rigkit.operations.progress import ProgressCommand
 from rigkit.scripts.llama_host import matches
 
 
@@ -64,19 +65,26 @@ class BuildIdentity:
         return cls(pin=pin, cuda_arch=cuda_arch, flags=tuple(flags), flags_hash=flags_hash(flags, pin.targets))
 
 
-def tool_command(*args: str, prefix: tuple[str, ...] = ()) -> StringCommand:
-    """``python3 TOOL ARGS...`` with every argument quoted (``prefix``: raw shell words)."""
-    return StringCommand(*prefix, "python3", *(QuoteString(a) for a in (TOOL, *args)))
+def tool_command(*args: str, prefix: tuple[str, ...] = (), progress: bool = False) -> StringCommand:
+    """``python3 TOOL ARGS...`` with every argument quoted (``prefix``: raw shell words;
+    ``progress``: its output shown as it comes, for the tool's throttled progress lines)."""
+    command = ProgressCommand if progress else StringCommand
+    return command(*prefix, "python3", *(QuoteString(a) for a in (TOOL, *args)))
 
 
 @operation()
 def tool():
     """
-    Upload rigkit's host-side llama.cpp tool (build, switch, verify) and the engine-neutral
-    service check it uses to ``/opt/rigkit/bin``.
+    Upload rigkit's host-side llama.cpp tool (build, switch, verify), its build cache client
+    and the engine-neutral service check it uses to ``/opt/rigkit/bin``.
     """
     scripts = Path(str(package_files("rigkit") / "scripts"))
-    tools = (("check_service.py", CHECK_TOOL), ("last_good.py", LAST_GOOD_TOOL), ("llama_host.py", TOOL))
+    tools = (
+        ("check_service.py", CHECK_TOOL),
+        ("last_good.py", LAST_GOOD_TOOL),
+        ("build_cache.py", BUILD_CACHE_TOOL),
+        ("llama_host.py", TOOL),
+    )
     for name, dest in tools:
         yield from rendered.put._inner(
             content=scripts / name, dest=dest, mode="755", batch=tuple(dest for _, dest in tools)
@@ -86,7 +94,9 @@ def tool():
 @operation()
 def build(identity: BuildIdentity, jobs: int = 0):
     """
-    Build llama.cpp at ``identity.pin.ref`` into its own directory under ``pin.root``.
+    Build llama.cpp at ``identity.pin.ref`` into its own directory under ``pin.root``, or,
+    with ``pin.build_cache``, fetch and verify it from the fleet's build cache when another host
+    built the same identity (else build it and publish it there). Prints the compile's progress.
 
     + identity: the pin (validated ``llama_cpp`` host data) with its flags, ``BuildIdentity.of``
     + jobs: parallel compile jobs (0: all cores)
@@ -116,9 +126,12 @@ def build(identity: BuildIdentity, jobs: int = 0):
         ",".join(pin.targets),
         "--jobs",
         str(jobs),
+        *(("--cache", pin.build_cache) if pin.build_cache else ()),
+        *(("--cache-token-file", BUILD_CACHE_TOKEN) if pin.build_cache_token_file else ()),
         "--",
         *identity.flags,
         prefix=("PATH=/usr/local/cuda/bin:$PATH",),
+        progress=True,
     )
 
 

@@ -2,7 +2,10 @@
 """
 rigkit's host-side tool for llama.cpp (stdlib only; uploaded to /opt/rigkit/bin).
 
-    llama_host.py build    --root R --url URL --ref REF --flags-hash H [--targets T,..] -- -DFLAG=..
+    llama_host.py build    --root R --url URL --ref REF --flags-hash H [--targets T,..]
+                           [--cache URL [--cache-token-file F]] -- -DFLAG=..
+                           (with --cache: fetched and verified from the fleet's build cache
+                           when another host built the same identity, else built and published)
     llama_host.py activate --root R --ref REF --flags-hash H
     llama_host.py rollback --root R
     llama_host.py prune    --root R --keep N
@@ -25,6 +28,7 @@ import json
 import os
 import re
 import shutil
+import socket
 import subprocess
 import sys
 import time
@@ -32,9 +36,11 @@ from pathlib import Path
 from typing import NoReturn
 
 try:  # on the host: the sibling scripts in /opt/rigkit/bin; in the package: their modules
+    import build_cache
     from check_service import check_all, model_bytes, request, router_models, service_key, unit_state
     from last_good import LastGood
 except ImportError:
+    from rigkit.scripts import build_cache
     from rigkit.scripts.check_service import (
         check_all,
         model_bytes,
@@ -107,12 +113,61 @@ def history(root: Path, event: str) -> None:
         f.write(f"{time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())} {event}\n")
 
 
-def fa_flags(src: Path, flags: list[str]) -> list[str]:
-    """GGML_CUDA_FA_ALL_QUANTS became GGML_CUDA_FA_QUANTS=all: use what the source knows."""
-    ggml = (src / "ggml/CMakeLists.txt").read_text()
-    if "GGML_CUDA_FA_QUANTS" in ggml:
+def fa_flags(ggml_cmake: str, flags: list[str]) -> list[str]:
+    """GGML_CUDA_FA_ALL_QUANTS became GGML_CUDA_FA_QUANTS=all: use what the source knows
+    (``ggml_cmake``: the commit's ggml/CMakeLists.txt)."""
+    if "GGML_CUDA_FA_QUANTS" in ggml_cmake:
         return ["-DGGML_CUDA_FA_QUANTS=all" if f == "-DGGML_CUDA_FA_ALL_QUANTS=ON" else f for f in flags]
     return flags
+
+
+#: Where the compiler is told the tree is (-ffile-prefix-map): __FILE__ in ggml's asserts and
+#: the unity sources' #include lines named the build directory, so two builds of one commit
+#: and flags under different roots differed in those bytes alone.
+REPRODUCIBLE_TREE = "/rigkit/llama.cpp"
+
+
+def reproducible_flags(tree: Path, flags: list[str]) -> list[str]:
+    mapping = f"-ffile-prefix-map={tree}={REPRODUCIBLE_TREE}"
+    extra = [f"-DCMAKE_C_FLAGS={mapping}", f"-DCMAKE_CXX_FLAGS={mapping}"]
+    if "-DGGML_CUDA=ON" in flags:
+        extra.append(f"-DCMAKE_CUDA_FLAGS=-Xcompiler={mapping}")
+    return extra
+
+
+PROGRESS_EVERY = 10.0  # seconds between two progress lines of one build
+# "[ 45%] Building CXX object ..." (Unix Makefiles) or "[123/456] Building ..." (Ninja).
+MAKE_PROGRESS = re.compile(r"\[\s*(\d{1,3})%\]")
+NINJA_PROGRESS = re.compile(r"\[(\d+)/(\d+)\]")
+
+
+def percent_of(line: str) -> int | None:
+    if match := MAKE_PROGRESS.match(line):
+        return int(match[1])
+    if (match := NINJA_PROGRESS.match(line)) and int(match[2]):
+        return 100 * int(match[1]) // int(match[2])
+    return None
+
+
+def run_logged(step: list[str], logf, env: dict, label: str, started: float, clock=time.monotonic) -> int:
+    """Run a build step into its log; a progress line at most every PROGRESS_EVERY seconds
+    (rigkit prints this tool's output at pyinfra's default verbosity, so a 5-minute compile
+    shows where it is instead of nothing)."""
+    logf.write(f"$ {' '.join(step)}\n")
+    logf.flush()
+    proc = subprocess.Popen(
+        step, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, text=True, errors="replace"
+    )
+    assert proc.stdout is not None
+    shown_at, shown = float("-inf"), None  # the first percentage at once, then every PROGRESS_EVERY
+    for line in proc.stdout:
+        logf.write(line)
+        percent = percent_of(line)
+        now = clock()
+        if percent is not None and percent != shown and now - shown_at >= PROGRESS_EVERY:
+            log(f"{label}: {percent}% compiled ({now - started:.0f}s)")
+            shown_at, shown = now, percent
+    return proc.wait()
 
 
 def build(args: argparse.Namespace) -> None:
@@ -135,6 +190,66 @@ def build(args: argparse.Namespace) -> None:
     work = root / "builds" / f".{key}.partial"
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
+    flags = fa_flags(git("show", f"{commit}:ggml/CMakeLists.txt", cwd=repo), args.flags)
+    targets = args.targets.split(",")
+    info = {
+        "ref": args.ref,
+        "commit": commit,
+        "build": number,
+        "url": args.url,
+        "flags": flags,
+        "flags_hash": args.flags_hash,
+        "targets": targets,
+    }
+    claim = None
+    if args.cache:
+        ident = build_cache.identity(commit, flags, targets, build_cache.toolchain(cuda="-DGGML_CUDA=ON" in flags))
+        try:
+            token = Path(args.cache_token_file).read_text().strip() if args.cache_token_file else None
+            cache = CachedBuild(args.cache, ident, f"llama.cpp b{number} ({commit[:9]})", root, key, token)
+        except (build_cache.CacheError, OSError) as err:
+            fail(f"--cache: {err}")
+        started = time.monotonic()
+        fetched, claim = cache.fetch_or_claim(work, info)
+        if fetched is not None:
+            seconds = round(time.monotonic() - started, 1)
+            finish(work, final, {**info, "fetched": {"cache": args.cache, "key": cache.key, "built_by": fetched}})
+            log(f"fetched {key} from the build cache in {seconds}s (sha256 verified)")
+            history(
+                root, f"{key} fetched from {args.cache} in {seconds}s (cache key {cache.key[:16]}, sha256 verified)"
+            )
+            return
+    if claim is None:
+        compile_build(root, repo, commit, number, key, work, final, info, args)
+        return
+    with build_cache.Renewer(cache.client, claim):
+        try:
+            compile_build(root, repo, commit, number, key, work, final, info, args)
+        except BaseException:
+            with contextlib.suppress(build_cache.CacheError):
+                cache.client.release(claim)
+            raise
+    cache.publish(claim, final)
+
+
+def finish(work: Path, final: Path, info: dict) -> None:
+    """The build directory in place: build.json written last, then one rename."""
+    for binary in (work / "bin").iterdir():
+        binary.chmod(0o755)
+    info = {
+        **info,
+        "built_at": info.get("built_at") or time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "verified_at": None,
+    }
+    tmp = work / "build.json.new"
+    tmp.write_text(json.dumps(info, indent=2) + "\n")
+    tmp.rename(work / "build.json")
+    work.rename(final)
+
+
+def compile_build(
+    root: Path, repo: Path, commit: str, number: int, key: str, work: Path, final: Path, info: dict, args
+) -> None:
     # Compiled at one path whatever the build key (builds take turns under the host lock): paths
     # end up in what ccache hashes (llama.cpp's unity sources #include absolute paths, __FILE__),
     # so a tree under the key's own directory would never hit objects compiled under another.
@@ -143,52 +258,135 @@ def build(args: argparse.Namespace) -> None:
     src = tree / "src"
     git("clone", "--quiet", "--shared", "--no-checkout", str(repo), str(src))
     git("-c", "advice.detachedHead=false", "checkout", "--quiet", commit, cwd=src)
-    flags = fa_flags(src, args.flags)
+    flags = info["flags"]
     # ccache hashes the locale (LANG, LC_ALL, LC_CTYPE, LC_MESSAGES): a build run by pyinfra (no
     # LANG) and one from a shell over ssh (LANG sent along) never shared an object. One locale.
     env = {k: v for k, v in os.environ.items() if k not in ("LANG", "LANGUAGE") and not k.startswith("LC_")}
     env.update(CCACHE_DIR=CCACHE_DIR, CCACHE_BASEDIR=str(tree), CCACHE_NOHASHDIR="1", LC_ALL="C")
     jobs = args.jobs or os.cpu_count() or 2
-    configure = ["cmake", "-S", str(src), "-B", str(tree / "build"), "-DCMAKE_BUILD_TYPE=Release", *flags]
-    log(f"building llama.cpp b{number} ({commit[:9]}) with {' '.join(flags)}; log: {work}/build.log")
+    configure = [
+        "cmake",
+        "-S",
+        str(src),
+        "-B",
+        str(tree / "build"),
+        "-DCMAKE_BUILD_TYPE=Release",
+        *reproducible_flags(tree, flags),
+        *flags,
+    ]
+    label = f"llama.cpp b{number} ({commit[:9]})"
+    log(f"building {label} with {' '.join(flags)}; log: {work}/build.log")
     started = time.monotonic()
     with open(work / "build.log", "w") as logf:
         for step in (
             configure,
-            ["cmake", "--build", str(tree / "build"), "-j", str(jobs), "--target", *args.targets.split(",")],
+            ["cmake", "--build", str(tree / "build"), "-j", str(jobs), "--target", *info["targets"]],
         ):
-            logf.write(f"$ {' '.join(step)}\n")
-            logf.flush()
-            if subprocess.run(step, stdout=logf, stderr=subprocess.STDOUT, env=env).returncode != 0:
+            if run_logged(step, logf, env, label, started) != 0:
+                logf.close()
                 tail = (work / "build.log").read_text().splitlines()[-40:]
                 failed = root / "builds" / f".{key}.failed.log"
                 shutil.copy(work / "build.log", failed)
                 shutil.rmtree(work, ignore_errors=True)
                 shutil.rmtree(tree, ignore_errors=True)
                 fail(
-                    f"llama.cpp b{number} ({commit[:9]}) did not build; the running build is "
+                    f"{label} did not build; the running build is "
                     f"untouched. Full log: {failed}. Last lines:\n" + "\n".join(tail)
                 )
     (work / "bin").mkdir()
-    for target in args.targets.split(","):
+    for target in info["targets"]:
         shutil.copy2(tree / "build/bin" / target, work / "bin" / target)
-    info = {
-        "ref": args.ref,
-        "commit": commit,
-        "build": number,
-        "url": args.url,
-        "flags": flags,
-        "flags_hash": args.flags_hash,
-        "targets": args.targets.split(","),
-        "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "build_seconds": round(time.monotonic() - started, 1),
-        "verified_at": None,
-    }
+    seconds = round(time.monotonic() - started, 1)
     shutil.rmtree(tree)
-    (work / "build.json").write_text(json.dumps(info, indent=2) + "\n")
-    work.rename(final)
-    log(f"built {key} in {info['build_seconds']}s")
-    history(root, f"{key} built in {info['build_seconds']}s")
+    finish(work, final, {**info, "build_seconds": seconds, "built_by": socket.gethostname()})
+    log(f"built {key} in {seconds}s")
+    history(root, f"{key} built in {seconds}s")
+
+
+def clear(work: Path) -> None:
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+
+
+class CachedBuild:
+    """This build's entry in the fleet's build cache: fetched and verified when another host
+    built it, else claimed (this host compiles it and publishes), waiting while another host
+    holds the claim. A cache that fails in any way leaves the host to compile."""
+
+    WAIT_LIMIT = 3 * 3600.0  # a claimant renews while it compiles; one that died frees the key
+
+    def __init__(self, url: str, ident: dict, label: str, root: Path, build_key: str, token: str | None = None):
+        self.url, self.ident, self.label = url, ident, label
+        self.root, self.build_key = root, build_key
+        self.key = build_cache.key_of(ident)
+        self.client = build_cache.Client(url, self.key, token=token)
+
+    def fetch_or_claim(self, work: Path, info: dict) -> tuple[str | None, str | None]:
+        """(who built it, None) when fetched into ``work``; (None, claim) when this host builds
+        and publishes; (None, None) when it builds without the cache."""
+        holder = f"{socket.gethostname()} pid {os.getpid()}"[:120]
+        deadline, noted = time.monotonic() + self.WAIT_LIMIT, 0.0
+        try:
+            while True:
+                try:
+                    manifest = self.client.manifest()
+                    if manifest is not None:
+                        return self._fetch(manifest, work, info), None
+                except build_cache.EntryRefused as err:
+                    return None, self._refused(work, err, holder)
+                state, claim, age = self.client.claim(holder)
+                if state == "claimed":
+                    log(f"{self.label}: not in the build cache; building it here for the fleet")
+                    return None, claim
+                if state == "held":
+                    if time.monotonic() > deadline:
+                        log(f"{self.label}: {claim} has been building it for too long; building here")
+                        return None, None
+                    if time.monotonic() - noted >= PROGRESS_EVERY:
+                        log(f"{self.label}: waiting for {claim}, which is building it ({age:.0f}s so far)")
+                        noted = time.monotonic()
+                    time.sleep(2)
+        except build_cache.CacheError as err:
+            clear(work)
+            log(f"{self.label}: the build cache cannot be used ({err}); building here")
+            return None, None
+
+    def _refused(self, work: Path, err: Exception, holder: str) -> str | None:
+        """Nothing of a refused entry kept; the server asked to hash it again (it moves a bad
+        entry aside) and this host's build claimed to take its place."""
+        clear(work)
+        log(f"{self.label}: REFUSED the build cache's copy ({err}); compiling here instead")
+        history(self.root, f"{self.build_key} cache entry refused: {err}")
+        try:
+            self.client.check()
+            state, claim, _ = self.client.claim(holder)
+        except build_cache.CacheError:
+            return None
+        return claim if state == "claimed" else None
+
+    def _fetch(self, manifest: dict, work: Path, info: dict) -> str:
+        self.client.fetch(manifest, work)
+        try:
+            cached = json.loads((work / "build.json").read_text())
+        except ValueError:
+            raise build_cache.CacheError("build.json: not JSON") from None
+        if not isinstance(cached, dict) or any(
+            cached.get(k) != info[k] for k in ("commit", "build", "flags", "targets")
+        ):
+            raise build_cache.CacheError("build.json: not this commit, build number, flags and targets")
+        by = cached.get("built_by")
+        return by if isinstance(by, str) and len(by) <= 120 else "another host"
+
+    def publish(self, claim: str, final: Path) -> None:
+        try:
+            self.client.publish(claim, final, build_cache.manifest_of(final, self.key, self.ident))
+        except build_cache.CacheError as err:
+            log(f"{self.label}: built here, but publishing to the build cache failed ({err})")
+            with contextlib.suppress(build_cache.CacheError):
+                self.client.release(claim)
+            return
+        log(f"published {self.build_key} to the build cache {self.url}")
+        history(self.root, f"{self.build_key} published to {self.url} (cache key {self.key[:16]})")
 
 
 # --- switching ---------------------------------------------------------------------------
@@ -462,6 +660,8 @@ def main() -> None:
     p.add_argument("--flags-hash", required=True)
     p.add_argument("--targets", default="llama-server")
     p.add_argument("--jobs", type=int, default=0)
+    p.add_argument("--cache", help="the fleet's build cache (rigkit cache serve), e.g. http://10.0.0.2:8093")
+    p.add_argument("--cache-token-file", help="the file holding the cache's publish token")
     p.add_argument("flags", nargs="*")
     p = sub.add_parser("activate")
     p.add_argument("--root", required=True)
