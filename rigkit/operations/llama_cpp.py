@@ -20,7 +20,7 @@ from rigkit.facts.llama_cpp import TOOL, LlamaCppBuilds
 from rigkit.host_paths import BUILD_CACHE_TOKEN, BUILD_CACHE_TOOL, CHECK_TOOL, LAST_GOOD_TOOL
 from rigkit.hostdata import LlamaCpp
 from rigkit.operations import rendered
-from rigkit.operations.progress import ProgressCommand
+from rigkit.operations.streamed import StreamedCommand
 from rigkit.scripts.llama_host import matches
 
 
@@ -68,7 +68,7 @@ class BuildIdentity:
 def tool_command(*args: str, prefix: tuple[str, ...] = (), progress: bool = False) -> StringCommand:
     """``python3 TOOL ARGS...`` with every argument quoted (``prefix``: raw shell words;
     ``progress``: its output shown as it comes, for the tool's throttled progress lines)."""
-    command = ProgressCommand if progress else StringCommand
+    command = StreamedCommand if progress else StringCommand
     return command(*prefix, "python3", *(QuoteString(a) for a in (TOOL, *args)))
 
 
