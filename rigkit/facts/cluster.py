@@ -1,5 +1,5 @@
-"""Facts for a Ray cluster's nodes: what base an image was built from (the nodes compare
-it), and the cluster's nodes as Ray on the head reports them (``rigkit status``)."""
+"""Facts for a Ray cluster's nodes: an image's ID (the nodes compare it) and the base it
+was built from, and the cluster's nodes as Ray on the head reports them (``rigkit status``)."""
 
 from __future__ import annotations
 

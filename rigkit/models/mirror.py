@@ -36,7 +36,10 @@ from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, quote, unquote, urlsplit
 
-from rigkit.scripts.fetch_shards import REPO_META, STATE_NAME, State, hash_file
+try:
+    from rigkit.scripts.fetch_shards import REPO_META, STATE_NAME, State, hash_file
+except ImportError:  # on a cluster's head, uploaded beside fetch_shards.py (rigkit.cluster_share)
+    from fetch_shards import REPO_META, STATE_NAME, State, hash_file  # type: ignore[no-redef]
 
 LFS_EXTENSIONS = {
     ".gguf",
@@ -118,7 +121,9 @@ class MirrorStore:
         parts = repo.split("/")
         if len(parts) != 2 or any(p in ("", ".", "..") or p.startswith(".") for p in parts):
             return None
-        d = os.path.join(self.root, *parts)
+        # Resolved: a cluster's head serves its models' directories through links, and the
+        # fetch script's record of verified files (the hash cache) names the real paths.
+        d = os.path.realpath(os.path.join(self.root, *parts))
         return d if os.path.isdir(d) else None
 
     def _verified(self, repo_dir: str) -> dict:
@@ -591,3 +596,7 @@ def mirror_main(argv: list[str] | None = None) -> int:
     finally:
         srv.server_close()
     return 0
+
+
+if __name__ == "__main__":
+    sys.exit(mirror_main())
