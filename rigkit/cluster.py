@@ -24,11 +24,12 @@ from pyinfra.operations import files, systemd
 from pyinfra.operations.util import any_changed
 
 from rigkit.facts import per_run
-from rigkit.facts.cluster import ImageRayVersion
+from rigkit.facts.cluster import ImageRayVersion, RayTokens
 from rigkit.facts.interconnect import InterconnectHost
-from rigkit.host_paths import unit_path
+from rigkit.facts.secrets import VERSION_SUFFIX
+from rigkit.host_paths import key_dir, unit_path
 from rigkit.hostdata import Rig, Service
-from rigkit.hostdata.cluster import Cluster, ClusterMembers, parse_cluster
+from rigkit.hostdata.cluster import CLUSTER_NAME, Cluster, ClusterMembers, parse_cluster
 from rigkit.hostdata.gpus import parse_gpus
 from rigkit.operations import cluster as cluster_ops
 from rigkit.operations import secrets as secret_ops
@@ -97,6 +98,19 @@ def rdma_devices(rig: Rig) -> tuple[str, ...]:
 def ray_token(cluster: Cluster) -> bytes:
     """The cluster's Ray token: generated once on this machine, the same for every node."""
     return secret_ops.generated_secret(f"ray-token-{cluster.name}")
+
+
+def remove_undeclared_tokens(rig: Rig) -> None:
+    """The Ray tokens of clusters this host is no longer a node of (gone from its host data)
+    removed, with their version markers; the declared cluster's stays. Only names a cluster
+    could have are touched."""
+    keep = f"{rig.cluster.name}.token" if rig.cluster is not None else None
+    for name in host.get_fact(RayTokens, directory=key_dir("ray")):
+        if name == keep or not CLUSTER_NAME.fullmatch(name.removesuffix(".token")):
+            continue
+        path = f"{key_dir('ray')}/{name}"
+        files.file(name=f"Remove the Ray token {path} (its cluster is not declared here)", path=path, present=False)
+        files.file(name=f"Remove {path}{VERSION_SUFFIX}", path=path + VERSION_SUFFIX, present=False)
 
 
 def warn_unauthenticated(rig: Rig, image: str, built: Callable[[], bool]) -> None:

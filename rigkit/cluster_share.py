@@ -144,8 +144,6 @@ def models_from_head(rig: Rig) -> list:
             "--port",
             str(head.share_port),
         ],
-        address=head.address,
-        port=head.share_port,
         links={f"{root}/{m.repo}": m.dest for m in served},
         needed=needed,
         why_not=(
@@ -202,8 +200,6 @@ def image_from_head(rig: Rig, identity: ImageIdentity, title: str, build: list[s
             "--image",
             tag,
         ],
-        address=head.address,
-        port=head.share_port,
         needed=rig.is_head and not all(holds(w) for w in _workers(rig)),
         why_not=f"every node holds {tag}" if rig.is_head else f"the head {rig.cluster.head} serves it",
     )

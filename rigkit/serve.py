@@ -22,6 +22,7 @@ from pyinfra.api import deploy
 from pyinfra.operations import files, systemd
 from pyinfra.operations.util import any_changed
 
+from rigkit.cluster import remove_undeclared_tokens
 from rigkit.engines import ENGINES
 from rigkit.engines.base import Engine, Prepared
 from rigkit.facts import per_run
@@ -41,7 +42,9 @@ def engines_for(rig: Rig) -> list[Engine]:
 
 
 def serve_all(rig: Rig, models: Sequence[Any] = (), address: str | None = None) -> None:
-    """Every engine the host declares, each through :func:`serve`."""
+    """Every engine the host declares, each through :func:`serve`; first, the Ray tokens of
+    clusters no longer declared here go."""
+    remove_undeclared_tokens(rig)
     for i, engine in enumerate(engines_for(rig)):
         serve(rig, engine, models=models, address=address or rig.host, remove_undeclared=i == 0)
 

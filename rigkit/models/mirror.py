@@ -29,6 +29,7 @@ import hashlib
 import json
 import os
 import re
+import socket
 import sys
 import threading
 import time
@@ -544,6 +545,17 @@ def serve(
     return srv
 
 
+def _notify_ready() -> None:
+    """Tell systemd (a ``Type=notify`` unit, as a cluster's head runs the mirror) that the
+    mirror listens and has indexed its models: the unit's start then ends."""
+    target = os.environ.get("NOTIFY_SOCKET")
+    if not target:
+        return
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
+        s.connect("\0" + target[1:] if target.startswith("@") else target)
+        s.sendall(b"READY=1")
+
+
 def mirror_main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(
         prog="rigkit mirror",
@@ -589,6 +601,7 @@ def mirror_main(argv: list[str] | None = None) -> int:
     )
     if srv.blob_server is not None:
         threading.Thread(target=srv.blob_server.serve_forever, daemon=True).start()
+    _notify_ready()
     try:
         srv.serve_forever()
     except KeyboardInterrupt:

@@ -19,23 +19,13 @@ IMAGE_SHARE_TOOL = f"{TOOLS_DIR}/image_share.py"
 RUNTIME_MAX_SEC = 3600
 # Hardening of the transient unit: it reads (models, Docker's socket) and writes nothing.
 _PROPERTIES = (
+    # Started once it listens (the server tells systemd): a server that cannot bind fails the start.
+    "Type=notify",
     f"RuntimeMaxSec={RUNTIME_MAX_SEC}",
     "ProtectSystem=strict",
     "ProtectHome=yes",
     "PrivateTmp=yes",
     "NoNewPrivileges=yes",
-)
-_WAIT = (
-    "import socket, sys, time\n"
-    "end = time.monotonic() + 60\n"
-    "while True:\n"
-    "    try:\n"
-    "        socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=2).close()\n"
-    "        break\n"
-    "    except OSError:\n"
-    "        if time.monotonic() > end:\n"
-    "            sys.exit('nothing listens on %s:%s' % (sys.argv[1], sys.argv[2]))\n"
-    "        time.sleep(0.2)\n"
 )
 
 
@@ -50,25 +40,24 @@ def _stop(unit: str) -> StringCommand:
 def serving(
     unit: str,
     argv: Sequence[str],
-    address: str,
-    port: int,
     links: dict[str, str] | None = None,
     needed: bool = True,
     why_not: str = "",
 ):
     """
     Start ``argv`` as the transient unit ``unit`` (any left from a deploy that stopped early
-    goes first) and wait until it listens on ``address:port``; nothing when not ``needed``.
+    goes first), done once the server says it listens (``Type=notify``); nothing when not
+    ``needed``.
 
     + unit: the transient unit's name (``rigkit-share-qwen.service``)
-    + argv: the server's command line, bound to ``address:port``
+    + argv: the server's command line (bound to the head's interconnect address)
     + links: a directory of links to create first (link path -> target), what the server serves
     + needed: whether any node takes something from it in this run
     + why_not: what the no-op says when not needed
 
     .. code:: python
 
-        cluster_share.serving(unit="rigkit-share-qwen.service", argv=[...], address="192.168.100.11", port=8470)
+        cluster_share.serving(unit="rigkit-share-qwen.service", argv=["python3", "/opt/rigkit/bin/image_share.py", ...])
     """
     if not needed:
         host.noop(why_not or f"{unit}: nothing to serve")
@@ -85,7 +74,6 @@ def serving(
         *(QuoteString(f"--property={p}") for p in _PROPERTIES),
         *(QuoteString(a) for a in argv),
     )
-    yield StringCommand("python3", "-c", QuoteString(_WAIT), QuoteString(address), QuoteString(str(port)))
 
 
 @operation(is_idempotent=False)

@@ -5,8 +5,8 @@ load that exact image (python3 stdlib only; run by rigkit.operations.cluster_sha
     image_share.py serve --address 192.168.100.11 --port 8470 --image rigkit/vllm:0123456789abcdef
     image_share.py load --url http://192.168.100.11:8470 --image rigkit/vllm:0123456789abcdef
 
-``serve`` (on the head, as a transient unit for the deploy's duration, bound to the
-interconnect address only) answers two paths for that one image and nothing else:
+``serve`` (on the head, as a transient ``Type=notify`` unit for the deploy's duration, bound
+to the interconnect address only) answers two paths for that one image and nothing else:
 ``/image-id`` (its ID) and ``/image`` (``docker save`` of it, streamed). ``load`` (on a
 node) asks the ID first: an image this node already holds is only tagged, else the stream
 goes straight into ``docker load``; either way the node's tag must then name the head's
@@ -16,7 +16,9 @@ ID, or the load fails naming both IDs. Exit 0 with "held" or "loaded" on its las
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
+import socket
 import subprocess
 import sys
 import urllib.error
@@ -33,6 +35,16 @@ def image_id(image: str) -> str | None:
         ["docker", "image", "inspect", "--format", "{{.Id}}", image], capture_output=True, text=True, check=False
     )
     return done.stdout.strip() or None if done.returncode == 0 else None
+
+
+def notify_ready() -> None:
+    """Tell systemd (a ``Type=notify`` unit) that the server listens: its start then ends."""
+    target = os.environ.get("NOTIFY_SOCKET")
+    if not target:
+        return
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
+        s.connect("\0" + target[1:] if target.startswith("@") else target)
+        s.sendall(b"READY=1")
 
 
 def serve(address: str, port: int, image: str) -> int:
@@ -71,6 +83,7 @@ def serve(address: str, port: int, image: str) -> int:
 
     server = ThreadingHTTPServer((address, port), Handler)
     print("image_share: serving %s on %s:%d" % (image, address, port), file=sys.stderr)
+    notify_ready()
     try:
         server.serve_forever()
     finally:
