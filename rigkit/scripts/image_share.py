@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -28,6 +29,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 EXIT_FAIL = 1
 EXIT_USAGE = 2
 CHUNK = 1 << 20
+IMAGE_ID = re.compile(r"sha256:[0-9a-f]{64}", re.ASCII)
 
 
 def image_id(image: str) -> str | None:
@@ -98,7 +100,7 @@ def load(url: str, image: str, timeout: float) -> int:
     except (urllib.error.URLError, OSError) as e:
         print("image_share: the head's image server at %s: %s" % (url, e), file=sys.stderr)
         return EXIT_FAIL
-    if not wanted.startswith("sha256:"):
+    if not IMAGE_ID.fullmatch(wanted):
         print("image_share: the head's image server at %s sent no image ID" % url, file=sys.stderr)
         return EXIT_FAIL
     if image_id(wanted) is not None:
