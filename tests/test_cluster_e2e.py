@@ -287,6 +287,12 @@ def test_every_node_joins_in_the_services_image(cluster):
     assert "ExecStartPre=/usr/bin/python3 /usr/local/lib/rigkit/ray_ready.py --container rigkit-ray-e2e" in head_unit
 
 
+def listening(c, host, address: str, port: int) -> bool:
+    """Whether something accepts connections on ``address:port``, asked on ``host``."""
+    probe = f"import socket\ntry:\n socket.create_connection(({address!r}, {port}), timeout=3).close(); print('yes')\nexcept OSError:\n print('no')"
+    return c["sb"].ssh(host, f"python3 -c {shlex.quote(probe)}") == "yes"
+
+
 def test_the_model_crosses_the_hub_once_and_the_workers_take_it_from_the_head(cluster):
     """One download for the cluster: the stand-in Hub sent each file once (to the head); the
     workers fetched from the head's mirror over the interconnect and verified every file
@@ -311,7 +317,7 @@ def test_the_model_crosses_the_hub_once_and_the_workers_take_it_from_the_head(cl
     journal = sb.ssh(head, f"journalctl -u {SHARE_UNIT} -o cat --no-pager")
     assert f"serving /run/rigkit/share-{CLUSTER} on http://{link}:{SHARE_PORT}" in journal, journal
     assert sb.ssh(head, f"systemctl is-active {SHARE_UNIT}", check=False) != "active"
-    assert sb.ssh(head, f"ss -Hltn 'sport = :{SHARE_PORT}'") == ""  # stopped after the deploy
+    assert not listening(c, head, link, SHARE_PORT)  # stopped after the deploy
 
 
 def test_the_image_is_built_once_and_the_same_image_id_runs_on_every_node(cluster):
@@ -700,7 +706,7 @@ def test_a_head_that_cannot_serve_its_image_fails_before_ray_with_the_previous_s
     odd.docker("rmi", image)  # untags; the running container keeps its image
     squat = "rigkit-test-squat.service"
     sb.ssh(head, f"systemd-run --unit {squat} python3 -c {shlex.quote(SQUAT)} {link} {SHARE_PORT}")
-    wait_for("the squatter listening", lambda: sb.ssh(head, f"ss -Hltn 'sport = :{SHARE_PORT}'") != "", 30)
+    wait_for("the squatter listening", lambda: listening(c, head, link, SHARE_PORT), 30)
     before = host_state(c)
     try:
         run = deploy(c)
