@@ -701,11 +701,15 @@ def test_a_head_that_cannot_serve_its_image_fails_before_ray_with_the_previous_s
     link = c["links"][head.name]
     odd.docker("tag", image, "rigkit-test/kept:1")
     odd.docker("rmi", image)  # untags; the running container keeps its image
-    squat = "rigkit-test-squat.service"
-    sb.ssh(head, f"systemd-run --unit {squat} python3 -c {shlex.quote(SQUAT)} {link} {SHARE_PORT}")
-    wait_for("the squatter listening", lambda: listening(c, head, link, SHARE_PORT), 30)
-    before = host_state(c)
+    # Started from this machine in the head's network namespace (the test's own process).
+    squatter = subprocess.Popen(
+        ["ip", "netns", "exec", head.netns, sys.executable, "-c", SQUAT, link, str(SHARE_PORT)],
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
+        wait_for("the squatter listening", lambda: squatter.poll() is None and listening(c, head, link, SHARE_PORT), 30)
+        before = host_state(c)
         run = deploy(c)
         out = run.stdout + run.stderr
         assert run.returncode != 0
@@ -716,7 +720,8 @@ def test_a_head_that_cannot_serve_its_image_fails_before_ray_with_the_previous_s
         assert host_state(c) == before
         assert len((standin_ray(c) or {}).get("nodes") or []) == 3  # still serving on every node
     finally:
-        sb.ssh(head, f"systemctl stop {squat}", check=False)
+        squatter.kill()
+        squatter.communicate(timeout=30)
         odd.docker("tag", "rigkit-test/kept:1", image)
         odd.docker("rmi", "rigkit-test/kept:1")
 
