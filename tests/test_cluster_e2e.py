@@ -696,7 +696,7 @@ def test_a_head_that_cannot_serve_its_image_fails_before_ray_with_the_previous_s
     image: the head's server cannot start, the worker cannot load, and every node stops before
     any Ray unit changes; the cluster goes on serving as it was."""
     c = cluster
-    sb, head, odd = c["sb"], c["hosts"][0], c["docker"][2]
+    head, odd = c["hosts"][0], c["docker"][2]
     image = json.loads(odd.docker("inspect", "rigkit-ray-e2e").stdout)[0]["Config"]["Image"]
     link = c["links"][head.name]
     odd.docker("tag", image, "rigkit-test/kept:1")
