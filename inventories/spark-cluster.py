@@ -6,11 +6,12 @@ tensor parallel 2 through Ray ("No problem with Ray using the unmodified model, 
 head, where the API listens.
 
     rigkit lock inventories/spark-cluster.py     # writes inventories/spark-cluster.lock.yaml
-    hf download Intel/Qwen3.5-122B-A10B-int4-AutoRound --local-dir /srv/mirror/Intel/Qwen3.5-122B-A10B-int4-AutoRound
-    rigkit mirror serve /srv/mirror --port 8080   # the model read from the internet once, then
-                                                  # served to both Sparks over the LAN
-    SPARK_1=spark-1.lan SPARK_2=spark-2.lan SPARK_MODEL_MIRROR=http://this-machine.lan:8080 \
-        pyinfra inventories/spark-cluster.py deploys/spark.py
+    SPARK_1=spark-1.lan SPARK_2=spark-2.lan pyinfra inventories/spark-cluster.py deploys/spark.py
+
+The head (spark-1) downloads the model once, from the Hub (or SPARK_MODEL_MIRROR, a LAN
+mirror: ``rigkit mirror serve``), and builds the image once; spark-2 fetches the model from
+the head's mirror and loads the head's image over the ConnectX-7 link, for the deploy's
+duration (rigkit.cluster_share), verifying the files against the lock and the image's ID.
 
 The interconnect addresses (SPARK_1_LINK, SPARK_2_LINK, /SPARK_LINK_PREFIX) are the nodes'
 addresses on the ConnectX-7 interface (SPARK_LINK_IF), which the deploy configures from bare
@@ -30,8 +31,8 @@ _nodes = {
     os.environ.get("SPARK_1", "spark-1.lan"): os.environ.get("SPARK_1_LINK", "192.168.100.11"),
     os.environ.get("SPARK_2", "spark-2.lan"): os.environ.get("SPARK_2_LINK", "192.168.100.12"),
 }
-# Where the nodes fetch the model (rigkit mirror serve on the deploying machine): the
-# internet is read once, not once per node; each node verifies every file against the lock.
+# Where the head fetches the model (the Hub, or rigkit mirror serve on the LAN); the other
+# node fetches it from the head over the link. Every node verifies every file against the lock.
 _mirror = os.environ.get("SPARK_MODEL_MIRROR")
 
 # Seed 003's model and service as inventories/spark.py declares them for one Spark (its

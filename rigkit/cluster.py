@@ -1,7 +1,8 @@
 """
 A vLLM service across the nodes of a Ray cluster (host data ``cluster``, validated across
-the inventory before any host changes): on every node the service's image, proven the same
-across the nodes (built from the same base image ID) before anything starts, and a unit
+the inventory before any host changes): on every node the service's image (built once on
+the head and loaded from it by the others, rigkit.cluster_share), proven the same across
+the nodes (the same image ID) before anything starts, and a unit
 running the node's Ray role in that image; on the head, the readiness unit that the vLLM
 unit requires. The vLLM engine (:mod:`rigkit.engines.vllm`) calls :func:`ray_node` for the service
 that spans the host's cluster.
@@ -19,16 +20,16 @@ from io import StringIO
 from pathlib import Path
 
 from pyinfra import host
-from pyinfra.api.exceptions import PyinfraError
 from pyinfra.operations import files, systemd
 from pyinfra.operations.util import any_changed
 
 from rigkit.facts import per_run
-from rigkit.facts.cluster import ImageBase, ImageRayVersion
+from rigkit.facts.cluster import ImageRayVersion, RayTokens
 from rigkit.facts.interconnect import InterconnectHost
-from rigkit.host_paths import unit_path
+from rigkit.facts.secrets import VERSION_SUFFIX
+from rigkit.host_paths import key_dir, unit_path
 from rigkit.hostdata import Rig, Service
-from rigkit.hostdata.cluster import Cluster, ClusterMembers, parse_cluster
+from rigkit.hostdata.cluster import CLUSTER_NAME, Cluster, ClusterMembers, parse_cluster
 from rigkit.hostdata.gpus import parse_gpus
 from rigkit.operations import cluster as cluster_ops
 from rigkit.operations import secrets as secret_ops
@@ -44,10 +45,6 @@ def _run_ops(kind: str, cluster: str) -> list:
     hosts before running any): the image builds, and what (re)starts the node's Ray. The
     head's vLLM restarts when any node's Ray did: its Ray actors lived there."""
     return per_run.for_run(host.state).setdefault(f"cluster_{kind}_ops", {}).setdefault(cluster, [])
-
-
-class ImageMismatch(PyinfraError):
-    """The nodes of a cluster hold images built from different bases."""
 
 
 def _members(rig: Rig) -> ClusterMembers:
@@ -71,24 +68,15 @@ def cluster_gpus(rig: Rig) -> int:
     return _members(rig).gpu_count
 
 
-def check_present_images(cluster: Cluster, image: str) -> None:
-    """Where every node already holds ``image``: the same base on each, or refuse now,
-    before any operation runs on any host."""
-    bases = {}
-    for node in cluster.nodes:
-        # Every node plans this comparison: each node's image is read once for all of them.
-        found = per_run.read(host.inventory.get_host(node), ImageBase, image=image)
-        if found is None:
-            return  # built in this run; compared after the build (cluster_ops.same_image)
-        bases[node] = found["base"]
-    problem = cluster_ops.mismatch(cluster.name, image, bases)
-    if problem:
-        raise ImageMismatch(problem + "; nothing was changed")
-
-
 def _any(ops: list) -> Callable[[], bool]:
     # A node that failed earlier never ran its operations: they did not change anything.
     return lambda: any(op.is_complete() and op.did_change() for op in ops)
+
+
+def _any_or_failed(ops: list) -> Callable[[], bool]:
+    """Whether any node's image changed, or did not come (that node failed: the nodes'
+    comparison then names it, and no node goes on to change its Ray)."""
+    return lambda: any(not op.is_complete() or not op.did_succeed() or op.did_change() for op in ops)
 
 
 def rdma_devices(rig: Rig) -> tuple[str, ...]:
@@ -110,6 +98,19 @@ def rdma_devices(rig: Rig) -> tuple[str, ...]:
 def ray_token(cluster: Cluster) -> bytes:
     """The cluster's Ray token: generated once on this machine, the same for every node."""
     return secret_ops.generated_secret(f"ray-token-{cluster.name}")
+
+
+def remove_undeclared_tokens(rig: Rig) -> None:
+    """The Ray tokens of clusters this host is no longer a node of (gone from its host data)
+    removed, with their version markers; the declared cluster's stays. Only names a cluster
+    could have are touched."""
+    keep = f"{rig.cluster.name}.token" if rig.cluster is not None else None
+    for name in host.get_fact(RayTokens, directory=key_dir("ray")):
+        if name == keep or not CLUSTER_NAME.fullmatch(name.removesuffix(".token")):
+            continue
+        path = f"{key_dir('ray')}/{name}"
+        files.file(name=f"Remove the Ray token {path} (its cluster is not declared here)", path=path, present=False)
+        files.file(name=f"Remove {path}{VERSION_SUFFIX}", path=path + VERSION_SUFFIX, present=False)
 
 
 def warn_unauthenticated(rig: Rig, image: str, built: Callable[[], bool]) -> None:
@@ -144,9 +145,8 @@ def ray_node(rig: Rig, service: Service, image: str, image_op) -> Callable[[], b
     image_ops.append(image_op)
     ray_ops = _run_ops("ray", mine.name)
 
-    check_present_images(mine, image)
-    built = _any(image_ops)
-    cluster_ops.record_image(name=f"Base of {image} on this node", cluster=mine.name, image=image, _if=built)
+    built = _any_or_failed(image_ops)
+    cluster_ops.record_image(name=f"ID of {image} on this node", cluster=mine.name, image=image, _if=built)
     cluster_ops.same_image(
         name=f"Same image on every node of cluster {mine.name}",
         cluster=mine.name,

@@ -23,6 +23,7 @@ from pyinfra.api import deploy
 from pyinfra.operations import files, systemd
 from pyinfra.operations.util import any_changed
 
+from rigkit.cluster import remove_undeclared_tokens
 from rigkit.engines import ENGINES
 from rigkit.engines.base import Engine, Prepared
 from rigkit.facts import per_run
@@ -47,8 +48,9 @@ def engines_for(rig: Rig) -> list[Engine]:
 def serve_all(rig: Rig, models: Sequence[Any] = (), address: str | None = None) -> None:
     """Every engine the host declares, each through :func:`serve`, once every service is
     planned to fit its GPUs (:func:`rigkit.fit.plan.check_rig` refuses before any host
-    change)."""
+    change); first, the Ray tokens of clusters no longer declared here go."""
     plans = check_rig(rig, host.get_fact(NvidiaGpus) if on_gpus(rig) else None)
+    remove_undeclared_tokens(rig)
     for i, engine in enumerate(engines_for(rig)):
         serve(
             rig,

@@ -111,6 +111,7 @@ def collect(inventory_path: str) -> tuple[int, dict[str, dict]]:
     memory_facts: dict = {}
     container_facts: dict[str, dict] = {}  # engine -> per host
     ray_facts: dict = {}
+    auth_facts: dict = {}
     link_facts: dict[str, dict] = {}
     try:
         connect_all(state)
@@ -124,6 +125,7 @@ def collect(inventory_path: str) -> tuple[int, dict[str, dict]]:
                 if any(engine.declared(r) for r in rigs.values()):
                     container_facts[engine.name] = status_containers.facts(state, engine)
             ray_facts = status_vllm.cluster_facts([h for h in inventory if h in facts], rigs)
+            auth_facts = status_vllm.auth_facts([h for h in inventory if h in facts], rigs)
             link_facts = status_interconnect.facts(state, [h for h in inventory if h in facts], rigs)
         finally:
             disconnect_all(state)
@@ -146,7 +148,12 @@ def collect(inventory_path: str) -> tuple[int, dict[str, dict]]:
                 info = {**info, engine.name: container_facts.get(engine.name, {}).get(host) or {"services": []}}
                 problems += status_containers.drift(rigs[host.name], info[engine.name], engine)
         if rigs[host.name].cluster is not None:
-            info = {**info, "cluster": status_vllm.cluster_info(rigs[host.name], ray_facts.get(host.name))}
+            info = {
+                **info,
+                "cluster": status_vllm.cluster_info(
+                    rigs[host.name], ray_facts.get(host.name), auth_facts.get(host.name)
+                ),
+            }
             problems += status_vllm.cluster_drift(info["cluster"])
         record = memory_facts.get(host) or {}
         if record:

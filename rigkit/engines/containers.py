@@ -48,6 +48,10 @@ class ContainerEngine(Engine):
         """Whether a failed check puts the last verified state back."""
         return True
 
+    def image(self, rig: Rig, svc: Service, identity: ImageIdentity):
+        """The operation that places the service's image on this host (built here)."""
+        return images.image(name=self.image_title(svc, identity), identity=identity, build=self.build_command(identity))
+
     def more(self, rig: Rig, svc: Service, identity: ImageIdentity, image, prepared: Prepared) -> None:
         """What else a service needs once its image is there (a Ray node)."""
 
@@ -67,9 +71,7 @@ class ContainerEngine(Engine):
             prepared.context["images"][svc.name] = identity.tag
             prepared.restart[svc.name] = []
             if svc.enabled:
-                image = images.image(
-                    name=self.image_title(svc, identity), identity=identity, build=self.build_command(identity)
-                )
+                image = self.image(rig, svc, identity)
                 prepared.context["built"].append(image)
                 self.more(rig, svc, identity, image, prepared)
         return prepared

@@ -11,6 +11,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from rigkit.cluster import cluster_gpus, nodes_of, ray_node
+from rigkit.cluster_share import image_from_head
 from rigkit.engines.base import Prepared
 from rigkit.engines.containers import ContainerEngine
 from rigkit.facts.vllm import VLLM_TOOL
@@ -38,7 +39,7 @@ class VllmEngine(ContainerEngine):
     manifest_title = "vLLM services manifest for verification"
     verify_title = "Verify vLLM services (ready, /v1/models, chat, tool-call replay)"
     tool = VLLM_TOOL
-    tool_scripts = ("vllm_host.py",)
+    tool_scripts = ("vllm_host.py", "image_share.py")
     repository = render.IMAGE_REPO
 
     def identity(self, svc: Service) -> ImageIdentity:
@@ -65,6 +66,12 @@ class VllmEngine(ContainerEngine):
 
     def keep_images(self, svc: Service) -> int:
         return options_of(svc).keep_images
+
+    def image(self, rig: Rig, svc: Service, identity: ImageIdentity):
+        if options_of(svc).cluster and rig.cluster is not None:
+            # Built once, on the head; the other nodes load that exact image from it.
+            return image_from_head(rig, identity, self.image_title(svc, identity), self.build_command(identity))
+        return super().image(rig, svc, identity)
 
     def more(self, rig: Rig, svc: Service, identity: ImageIdentity, image, prepared: Prepared) -> None:
         if options_of(svc).cluster:

@@ -1,5 +1,5 @@
-"""Facts for a Ray cluster's nodes: what base an image was built from (the nodes compare
-it), and the cluster's nodes as Ray on the head reports them (``rigkit status``)."""
+"""Facts for a Ray cluster's nodes: an image's ID (the nodes compare it) and the base it
+was built from, and the cluster's nodes as Ray on the head reports them (``rigkit status``)."""
 
 from __future__ import annotations
 
@@ -108,3 +108,81 @@ class ImageRayVersion(FactBase[dict | None]):
         if not lines or lines[0] != "present":
             return None
         return {"ray": lines[1] if len(lines) > 1 else None}
+
+
+class RayAuth(FactBase[dict]):
+    """Whether this node's Ray authenticates (``rigkit status``): the running Ray container's
+    ``RAY_AUTH_MODE`` and ``RAY_AUTH_TOKEN_PATH`` (no other variable of its environment is
+    read), the version of its Ray, and whether the token file is on the node (its size only:
+    the token is never read).
+
+    .. code:: python
+
+        {"running": True, "mode": "token", "token_path": "/run/rigkit/ray-auth-token",
+         "ray": "2.54.1", "token_file": True}
+    """
+
+    def command(self, container: str, token_file: str) -> StringCommand:
+        probe = "import ray; print('ray=' + ray.__version__)"
+        return StringCommand(
+            "docker",
+            "inspect",
+            "--format",
+            QuoteString("running={{.State.Running}}{{println}}{{range .Config.Env}}{{println .}}{{end}}"),
+            QuoteString(container),
+            "2>/dev/null",
+            "|",
+            "grep",
+            "-E",
+            QuoteString("^(running=|RAY_AUTH_MODE=|RAY_AUTH_TOKEN_PATH=)"),
+            ";",
+            "docker",
+            "exec",
+            QuoteString(container),
+            "python3",
+            "-c",
+            QuoteString(probe),
+            "2>/dev/null",
+            ";",
+            "test",
+            "-s",
+            QuoteString(token_file),
+            "&&",
+            "echo",
+            "token-file=present",
+            "||",
+            "true",
+        )
+
+    def process(self, output: list[str]) -> dict:
+        seen = dict(line.strip().split("=", 1) for line in output if "=" in line)
+        return {
+            "running": seen.get("running") == "true",
+            "mode": seen.get("RAY_AUTH_MODE"),
+            "token_path": seen.get("RAY_AUTH_TOKEN_PATH"),
+            "ray": seen.get("ray"),
+            "token_file": seen.get("token-file") == "present",
+        }
+
+    @staticmethod
+    def default() -> dict:
+        return {"running": False, "mode": None, "token_path": None, "ray": None, "token_file": False}
+
+
+class RayTokens(FactBase[list]):
+    """The names of the Ray token files in a directory (``/etc/rigkit/ray``; none read).
+
+    .. code:: python
+
+        ["qwen122b.token"]
+    """
+
+    def command(self, directory: str) -> StringCommand:
+        return StringCommand("ls", "-1", QuoteString(directory), "2>/dev/null", "||", "true")
+
+    def process(self, output: list[str]) -> list:
+        return sorted(line.strip() for line in output if line.strip().endswith(".token"))
+
+    @staticmethod
+    def default() -> list:
+        return []

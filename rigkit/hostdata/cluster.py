@@ -4,7 +4,7 @@ of the cluster carries the same ``cluster`` entry, plus its own ``interconnect``
 interface NCCL, Gloo and Ray use between the nodes) and ``address`` (this node's address
 on that interface)::
 
-    "cluster": {"name": "qwen122b", "nodes": ["spark-1", "spark-2"], "ray_port": 6379,
+    "cluster": {"name": "qwen122b", "nodes": ["spark-1", "spark-2"], "ray_port": 6379, "share_port": 8470,
                 "tensor_parallel": 2, "pipeline_parallel": 1,
                 "interconnect": "enp1s0f0np0", "address": "192.168.100.11"}
 
@@ -49,6 +49,9 @@ class Cluster:
     pipeline_parallel: int | None = None
     # How long a worker waits for the head's port, and the head for every node, in seconds.
     join_timeout: int = 300
+    # Where the head serves the cluster's model files and image to the other nodes, on its
+    # interconnect address only, for the deploy's duration (rigkit.cluster_share).
+    share_port: int = 8470
 
     @property
     def head(self) -> str:
@@ -63,7 +66,7 @@ class Cluster:
 
     def shared(self) -> tuple:
         """What every node must declare alike."""
-        return (self.name, self.nodes, self.ray_port, self.tensor_parallel, self.pipeline_parallel)
+        return (self.name, self.nodes, self.ray_port, self.share_port, self.tensor_parallel, self.pipeline_parallel)
 
 
 @dataclass(frozen=True)
@@ -125,6 +128,8 @@ def parse_cluster(host: str, raw: Any) -> Cluster:
         raise HostDataError(host, "cluster.address", "an address the other nodes can reach", c.address)
     if not 1024 <= c.ray_port <= 65535:
         raise HostDataError(host, "cluster.ray_port", "a port from 1024 to 65535", c.ray_port)
+    if not 1024 <= c.share_port <= 65535 or c.share_port == c.ray_port:
+        raise HostDataError(host, "cluster.share_port", "a port from 1024 to 65535, not ray_port", c.share_port)
     if (c.tensor_parallel is None) != (c.pipeline_parallel is None):
         raise HostDataError(host, "cluster", "tensor_parallel and pipeline_parallel together, or neither")
     for key in ("tensor_parallel", "pipeline_parallel"):
@@ -157,7 +162,7 @@ def validate_cluster(hosts_data: Mapping[str, Mapping[str, Any]]) -> None:
                 raise HostDataError(
                     node,
                     "cluster",
-                    f"the same name, nodes, ray_port and parallel sizes as {host} ({c.name}, {list(c.nodes)})",
+                    f"the same name, nodes, ray_port, share_port and parallel sizes as {host} ({c.name}, {list(c.nodes)})",
                     f"{other.name}, {list(other.nodes)}",
                 )
         addresses = [clusters[n].address for n in c.nodes]

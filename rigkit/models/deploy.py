@@ -12,6 +12,7 @@ from pyinfra import host
 from pyinfra.api import deploy
 from pyinfra.api.exceptions import PyinfraError
 
+from rigkit import cluster_share
 from rigkit.hostdata import HubModel, Rig, UploadModel
 from rigkit.models import derived
 from rigkit.models.hub import read_token, resolve_endpoint
@@ -23,13 +24,16 @@ from rigkit.transport import may_carry_token
 @deploy("Models")
 def models(rig: Rig):
     """Model files: uploaded from this machine (``upload``) for small or air-gapped models,
-    or fetched on the host from the Hub (or ``hf_endpoint``, a mirror) as the lock pins them.
+    or fetched on the host from the Hub (or ``hf_endpoint``, a mirror) as the lock pins them;
+    a cluster's other nodes fetch the head's from the head (rigkit.cluster_share).
     Derived models are built after the models they are made from (``derive``).
     Returns the operations, so services restart when their model changed."""
     placed = []
     # The token goes to the host only when a Hub model's endpoint may carry it (https).
     use_token = any(
-        may_carry_token(resolve_endpoint(m.endpoint or host.data.get("hf_endpoint"))) for m in rig.hub_models
+        may_carry_token(resolve_endpoint(m.endpoint or host.data.get("hf_endpoint")))
+        for m in rig.hub_models
+        if not cluster_share.from_head(rig, m)
     )
     if rig.models:
         model_ops.fetcher(
@@ -45,7 +49,7 @@ def models(rig: Rig):
             placed.append(
                 model_ops.uploaded(name=f"Model files of {src.name} in {entry.dest}", src=str(src), dest=entry.dest)
             )
-        elif isinstance(entry, HubModel):
+        elif isinstance(entry, HubModel) and not cluster_share.from_head(rig, entry):
             locked = rig.lock_for(entry)
             placed.append(
                 model_ops.shards(
@@ -56,6 +60,7 @@ def models(rig: Rig):
                     token_file=host.data.get("hf_token_file"),
                 )
             )
+    placed.extend(cluster_share.models_from_head(rig))
     placed.extend(derived_models(rig, use_token))
     return placed
 

@@ -29,6 +29,7 @@ import hashlib
 import json
 import os
 import re
+import socket
 import sys
 import threading
 import time
@@ -36,7 +37,10 @@ from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, quote, unquote, urlsplit
 
-from rigkit.scripts.fetch_shards import REPO_META, STATE_NAME, State, hash_file
+try:
+    from rigkit.scripts.fetch_shards import REPO_META, STATE_NAME, State, hash_file
+except ImportError:  # on a cluster's head, uploaded beside fetch_shards.py (rigkit.cluster_share)
+    from fetch_shards import REPO_META, STATE_NAME, State, hash_file  # type: ignore[no-redef]
 
 LFS_EXTENSIONS = {
     ".gguf",
@@ -118,7 +122,9 @@ class MirrorStore:
         parts = repo.split("/")
         if len(parts) != 2 or any(p in ("", ".", "..") or p.startswith(".") for p in parts):
             return None
-        d = os.path.join(self.root, *parts)
+        # Resolved: a cluster's head serves its models' directories through links, and the
+        # fetch script's record of verified files (the hash cache) names the real paths.
+        d = os.path.realpath(os.path.join(self.root, *parts))
         return d if os.path.isdir(d) else None
 
     def _verified(self, repo_dir: str) -> dict:
@@ -539,6 +545,17 @@ def serve(
     return srv
 
 
+def _notify_ready() -> None:
+    """Tell systemd (a ``Type=notify`` unit, as a cluster's head runs the mirror) that the
+    mirror listens and has indexed its models: the unit's start then ends."""
+    target = os.environ.get("NOTIFY_SOCKET")
+    if not target:
+        return
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
+        s.connect("\0" + target[1:] if target.startswith("@") else target)
+        s.sendall(b"READY=1")
+
+
 def mirror_main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(
         prog="rigkit mirror",
@@ -584,6 +601,7 @@ def mirror_main(argv: list[str] | None = None) -> int:
     )
     if srv.blob_server is not None:
         threading.Thread(target=srv.blob_server.serve_forever, daemon=True).start()
+    _notify_ready()
     try:
         srv.serve_forever()
     except KeyboardInterrupt:
@@ -591,3 +609,7 @@ def mirror_main(argv: list[str] | None = None) -> int:
     finally:
         srv.server_close()
     return 0
+
+
+if __name__ == "__main__":
+    sys.exit(mirror_main())

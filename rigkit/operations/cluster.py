@@ -1,7 +1,7 @@
 """
-The nodes of a Ray cluster agree on their image: each node's image was built from the same
-base (its image ID there), compared across the nodes after a build and before anything
-starts. Two operations, because pyinfra runs each operation on every host before the next:
+The nodes of a Ray cluster agree on their image: the head's build, loaded by the other nodes
+(rigkit.cluster_share), has the same image ID on every node, compared across the nodes after
+a build or load and before anything starts. Two operations, because pyinfra runs each operation on every host before the next:
 :func:`record_image` on every node, then :func:`same_image` on every node, which all fail
 alike on a mismatch (so no node goes on to change its units).
 """
@@ -22,25 +22,25 @@ logger = logging.getLogger("pyinfra")
 
 
 def recorded(state: State, cluster: str) -> dict[str, str | None]:
-    """Node -> the base ID its image was built from (None: no image), filled in this run as
-    record_image runs on each node."""
+    """Node -> its image's ID (None: no image), filled in this run as record_image runs on
+    each node."""
     return per_run.for_run(state).setdefault("cluster_images", {}).setdefault(cluster, {})
 
 
-def mismatch(cluster: str, image: str, bases: dict[str, str | None]) -> str | None:
+def mismatch(cluster: str, image: str, ids: dict[str, str | None]) -> str | None:
     """Why the nodes' images differ (naming the hosts and IDs), or None."""
-    missing = sorted(node for node, base in bases.items() if base is None)
+    missing = sorted(node for node, found in ids.items() if found is None)
     if missing:
-        return f"cluster {cluster}: {image} is missing (or has no base ID) on {', '.join(missing)}"
-    if len(set(bases.values())) > 1:
-        each = ", ".join(f"{node}: {base}" for node, base in bases.items())
-        return f"cluster {cluster}: the nodes' {image} were built from different base images ({each})"
+        return f"cluster {cluster}: {image} is missing on {', '.join(missing)}"
+    if len(set(ids.values())) > 1:
+        each = ", ".join(f"{node}: {found}" for node, found in ids.items())
+        return f"cluster {cluster}: the nodes' {image} are different images ({each})"
     return None
 
 
 def _record(state: State, host: Host, cluster: str, image: str) -> bool:
     found = host.get_fact(ImageBase, image=image)  # read now, after this run's builds
-    recorded(state, cluster)[host.name] = found["base"] if found else None
+    recorded(state, cluster)[host.name] = found["id"] if found else None
     return True
 
 
@@ -55,7 +55,7 @@ def _compare(state: State, host: Host, cluster: str, image: str, nodes: Sequence
 
 @operation(is_idempotent=False)
 def record_image(cluster: str, image: str):
-    """Read which base this node's ``image`` was built from, for :func:`same_image`.
+    """Read this node's ``image``'s ID, for :func:`same_image`.
 
     .. code:: python
 
@@ -66,8 +66,8 @@ def record_image(cluster: str, image: str):
 
 @operation(is_idempotent=False)
 def same_image(cluster: str, image: str, nodes: Sequence[str]):
-    """Fail unless every node recorded ``image`` built from the same base image ID; the
-    error names each host and its ID."""
+    """Fail unless every node recorded the same ID for ``image``; the error names each host
+    and its ID."""
     yield FunctionCommand(_compare, (cluster, image, list(nodes)), {})
 
 
