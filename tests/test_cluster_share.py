@@ -99,7 +99,7 @@ def test_the_heads_share_is_a_hardened_transient_unit_started_once_it_listens(mo
 
 @pytest.mark.skipif(not Path("/usr/bin/python3").exists(), reason="needs a python3 without rigkit")
 def test_the_mirror_runs_on_a_head_beside_the_fetch_script_and_serves_linked_models(tmp_path):
-    """As the head runs it: the two files in one directory, a python3 without rigkit, the
+    """As the head runs it: the scripts in one directory, a python3 without rigkit, the
     model's directory linked into the mirror's layout (its verified-files record read through
     the link, nothing hashed again)."""
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "NOTIFY_SOCKET")}
@@ -112,6 +112,7 @@ def test_the_mirror_runs_on_a_head_beside_the_fetch_script_and_serves_linked_mod
     tools.mkdir()
     shutil.copy(SCRIPTS.parent / "models" / "mirror.py", tools / "model_mirror.py")
     shutil.copy(SCRIPTS / "fetch_shards.py", tools / "fetch_shards.py")
+    shutil.copy(SCRIPTS / "token_origin.py", tools / "token_origin.py")  # fetch_shards.py imports it
     model = tmp_path / "srv" / "m"
     model.mkdir(parents=True)
     (model / "config.json").write_text("{}")
