@@ -51,6 +51,20 @@ def load(inventory_path: str) -> tuple[State, Any]:
     return state, inventory
 
 
+def load_rigs(inventory_path: str) -> tuple[State, dict[str, Rig], list[str]]:
+    """pyinfra's state, each host's validated host data, and every host's validation errors
+    (all of them, before any connection)."""
+    state, inventory = load(inventory_path)
+    rigs: dict[str, Rig] = {}
+    errors = []
+    for host in inventory:
+        try:
+            rigs[host.name] = rig_for(host)
+        except (PyinfraError, ValueError) as exc:
+            errors.append(str(exc))
+    return state, rigs, errors
+
+
 def drift(rig: Rig, info: dict) -> list[str]:
     """What on the host differs from what the inventory (and lock) declare."""
     problems = []
@@ -97,16 +111,10 @@ def drift(rig: Rig, info: dict) -> list[str]:
 
 def collect(inventory_path: str) -> tuple[int, dict[str, dict]]:
     """(exit code, per host: rig status, problems); validation errors before any connection."""
-    state, inventory = load(inventory_path)
-    rigs: dict[str, Rig] = {}
-    errors = []
-    for host in inventory:
-        try:
-            rigs[host.name] = rig_for(host)
-        except (PyinfraError, ValueError) as exc:
-            errors.append(str(exc))
+    state, rigs, errors = load_rigs(inventory_path)
     if errors:
         return INVALID, {"errors": {"problems": errors}}
+    inventory = state.inventory
     facts: dict = {}
     memory_facts: dict = {}
     container_facts: dict[str, dict] = {}  # engine -> per host

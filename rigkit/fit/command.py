@@ -24,16 +24,9 @@ def collect(inventory_path: str, service: str | None, offline: bool) -> tuple[in
 
     from rigkit.facts.nvidia import NvidiaGpus
     from rigkit.fit.plan import plan_rig
-    from rigkit.hostdata import rig_for
-    from rigkit.status import load
+    from rigkit.status import load_rigs
 
-    state, inventory = load(inventory_path)
-    rigs, errors = {}, []
-    for host in inventory:
-        try:
-            rigs[host.name] = rig_for(host)
-        except (PyinfraError, ValueError) as exc:
-            errors.append(str(exc))
+    state, rigs, errors = load_rigs(inventory_path)
     if errors:
         return INVALID, {"errors": errors}
     found: dict = {}
