@@ -102,13 +102,6 @@ class Engine:
         """Whether the service gets the generation watchdog."""
         return svc.enabled and svc.watchdog
 
-    def plan_memory(self, plan: Any, svc: Service, shape: Any, gpus: list, taken: dict[int, int]) -> Any:
-        """The service's memory per GPU before anything starts (rigkit.fit.plan.Plan, filled
-        from the model's shape, the GPUs it gets and what the host's other services
-        ``taken``); an engine without one says so."""
-        plan.notes.append(f"no memory plan for engine {self.name}")
-        return plan
-
     def ready_timeout(self, svc: Service) -> int | None:
         """Seconds the service may take to load before the watchdog counts a failure (None:
         the watchdog's own rule from the model's size)."""

@@ -8,7 +8,6 @@ with rollback, the pruning of old builds).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
 from pyinfra import host
 from pyinfra.api import deploy
@@ -120,11 +119,6 @@ class LlamaCppEngine(Engine):
         llama_cpp.prune(
             name=f"Keep the last {pin.keep_builds} llama.cpp builds", pin=pin, _if=prepared.activated.did_change
         )
-
-    def plan_memory(self, plan: Any, svc: Service, shape: Any, gpus: list, taken: dict[int, int]) -> Any:
-        from rigkit.fit.plan import plan_llama_service
-
-        return plan_llama_service(plan, svc, shape, gpus, taken)
 
 
 ENGINE = LlamaCppEngine()

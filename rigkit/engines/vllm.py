@@ -8,7 +8,6 @@ start on new inputs.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any
 
 from rigkit.cluster import cluster_gpus, nodes_of, ray_node
 from rigkit.cluster_share import image_from_head
@@ -99,11 +98,6 @@ class VllmEngine(ContainerEngine):
         # Across a cluster a probe that fails may be a node's Ray rejoining: Ray's own restart
         # policy and the readiness check before every start handle that.
         return super().watched(rig, svc) and options_of(svc).cluster is None
-
-    def plan_memory(self, plan: Any, svc: Service, shape: Any, gpus: list, taken: dict[int, int]) -> Any:
-        from rigkit.fit.plan import plan_vllm_service
-
-        return plan_vllm_service(plan, svc, shape, gpus, taken)
 
 
 ENGINE = VllmEngine()

@@ -154,15 +154,17 @@ def plan_service(rig: Rig, svc: Service, gpus: list[GpuMemory], taken: dict[int,
     if not mine:
         plan.notes.append("no GPU memory known (no nvidia-smi; declare gpus.count and gpus.memory_mib)")
         return plan
-    from rigkit.engines import ENGINES  # the engines' deploy side imports this module
-
-    return ENGINES[svc.engine].plan_memory(plan, svc, shape, mine, taken or {})
+    planner = PLANNERS.get(svc.engine)
+    if planner is None:
+        plan.notes.append(f"no memory plan for engine {svc.engine}")
+        return plan
+    return planner(plan, svc, shape, mine, taken or {})
 
 
 def plan_llama_service(
     plan: Plan, svc: Service, shape: ModelShape, gpus: list[GpuMemory], taken: dict[int, int]
 ) -> Plan:
-    """A llama.cpp service's plan (rigkit.engines.llama_cpp's plan_memory)."""
+    """A llama.cpp service's plan."""
     # What the services before it hold is not there for it: its GPUs are that much smaller
     # (for the suggestions too).
     left = [dataclasses.replace(g, total_bytes=g.total_bytes - taken.get(g.index, 0)) for g in gpus]
@@ -174,7 +176,7 @@ def plan_llama_service(
 def plan_vllm_service(
     plan: Plan, svc: Service, shape: ModelShape, gpus: list[GpuMemory], taken: dict[int, int]
 ) -> Plan:
-    """A vLLM service's plan (rigkit.engines.vllm's plan_memory)."""
+    """A vLLM service's plan."""
     opts = vllm_options(svc)
     plan.needs = vllm.plan(
         shape,
@@ -191,6 +193,11 @@ def plan_vllm_service(
             "must be free when vLLM starts (drop_page_cache helps)"
         )
     return _with_taken(plan, taken)
+
+
+#: Each engine's memory model, by the engine's name in host data (an engine missing here is
+#: not planned, and says so). The engines' deploy side does not plan: this component does.
+PLANNERS = {"llama.cpp": plan_llama_service, "vllm": plan_vllm_service}
 
 
 def llama_flags(svc: Service) -> dict:
