@@ -20,5 +20,7 @@ bring_up(config)  # configured, measured on every node, trusted: before anything
 
 if config.nvidia:  # the driver, CUDA toolkit, container toolkit, power limits
     nvidia_setup(config.nvidia, gpu_count=config.gpus.count)
-placed = models(config)
+placed = models(config)  # a Hub model's download runs on in the background from here
+# What the engines build (llama.cpp's compile, an image) meanwhile; the downloads waited for;
+# then the services, each verified.
 serve_all(config, models=placed, address=host.data.get("ssh_hostname") or host.name)

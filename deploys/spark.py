@@ -19,5 +19,7 @@ from rigkit.serve import serve_all
 config = rig_for(host)  # every component validated before any host changes
 spark.preflight(config)
 bring_up(config)  # configured, measured on every node, trusted: before anything else changes
-placed = models(config)
+placed = models(config)  # a Hub model's download runs on in the background from here
+# What the engines build (llama.cpp's compile, an image) meanwhile; the downloads waited for;
+# then the services, each verified.
 serve_all(config, models=placed, address=host.data.get("ssh_hostname") or host.name)

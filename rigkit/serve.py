@@ -6,8 +6,7 @@ verification that puts the engine's last verified state back when it fails; the 
 timers. What differs between engines is theirs (rigkit.engines): what they build or pull,
 their unit and manifest, their check, what they prune.
 
-    for engine in engines_for(config):
-        serve(config, engine, models=models, address=address)
+    serve_all(config, models=placed, address=address)
 """
 
 from __future__ import annotations
@@ -16,7 +15,7 @@ import logging
 from collections.abc import Callable, Sequence
 from functools import partial
 from io import StringIO
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pyinfra import host
 from pyinfra.api import deploy
@@ -37,6 +36,9 @@ from rigkit.operations import rendered, services, units
 from rigkit.render.watchdog import render_watchdog
 from rigkit.service_identity import user_and_key
 
+if TYPE_CHECKING:
+    from rigkit.models.deploy import PlacedModels
+
 logger = logging.getLogger("pyinfra")
 
 
@@ -45,37 +47,49 @@ def engines_for(rig: Rig) -> list[Engine]:
     return [engine for engine in ENGINES.values() if engine.declared(rig)]
 
 
-def serve_all(rig: Rig, models: Sequence[Any] = (), address: str | None = None) -> None:
-    """Every engine the host declares, each through :func:`serve`, once every service is
-    planned to fit its GPUs (:func:`rigkit.fit.plan.check_rig` refuses before any host
-    change); first, the Ray tokens of clusters no longer declared here go."""
+def serve_all(rig: Rig, models: PlacedModels | None = None, address: str | None = None) -> None:
+    """Every engine the host declares, once every service is planned to fit its GPUs
+    (:func:`rigkit.fit.plan.check_rig` refuses before any host change): first what each
+    engine builds (its own deploy), while the models step's downloads run on, then the wait
+    for those downloads, then each engine's ``Serve <title>`` step. The first of these also
+    removes the Ray tokens of clusters no longer declared here."""
     plans = check_rig(rig, host.get_fact(NvidiaGpus) if on_gpus(rig) else None)
     remove_undeclared_tokens(rig)
-    for i, engine in enumerate(engines_for(rig)):
-        serve(
+    built = [(engine, engine.before(rig)) for engine in engines_for(rig)]
+    if models is not None:
+        models.wait()  # before any unit, key or build switch changes
+    for i, (engine, before) in enumerate(built):
+        serve_step(
             rig,
             engine,
-            models=models,
+            before,
+            models=models.operations if models is not None else (),
             address=address or rig.host,
             remove_undeclared=i == 0,
             plans=[p for p in plans if p.engine == engine.name],
         )
 
 
-def serve(
+def serve(rig: Rig, engine: Engine, address: str = "") -> None:
+    """One engine on its own (deploys/llama_cpp.py): what it builds, then its serve step,
+    with the models already in place."""
+    serve_step(rig, engine, engine.before(rig), address=address)
+
+
+def serve_step(
     rig: Rig,
     engine: Engine,
+    before: Any,
     models: Sequence[Any] = (),
     address: str = "",
     remove_undeclared: bool = True,
     plans: Sequence[Plan] = (),
 ) -> None:
-    """The engine's step: what it builds first (its own deploy), then ``Serve <title>``.
+    """``Serve <title>``, with what the engine built (``before``, from ``engine.before``).
     ``models``: the operations that placed model files (a changed model restarts too);
     ``remove_undeclared``: this step removes the host's services that no engine declares
     (the first engine's step of a run does, before any service starts); ``plans``: the
     engine's services' memory plans, recorded with what the GPUs hold after verification."""
-    before = engine.before(rig)
     step = deploy(f"Serve {engine.title}")(_serve)
     step(
         rig=rig,

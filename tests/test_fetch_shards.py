@@ -559,3 +559,98 @@ def test_a_range_answered_with_other_bytes_is_refused(tmp_path):
     refused = re.findall(r"unexpected Content-Range 'bytes (\d+)-(\d+)/300000' for bytes (\d+)-(\d+) of", r.stderr)
     assert refused and all(int(a) == int(c) + 1 and b == d for a, b, c, d in refused), r.stderr
     assert not dest.exists()  # nothing placed from bytes that were not asked for
+
+
+# --------------------------------------------------------------------------- in the background
+# The transient unit itself runs on the sandbox hosts' systemd (tests/test_bring_up_e2e.py);
+# this machine has none, so here the unit's state is a flag and its log a file written as
+# the fetcher writes it.
+
+from rigkit.scripts import fetch_shards as fs  # noqa: E402
+
+
+def _follow(tmp_path, monkeypatch, capsys, log_lines, running_polls=2):
+    """``follow`` over a log whose lines come in two writes, the unit ending after the second."""
+    log = tmp_path / "0123456789abcdef.log"
+    log.write_text("".join(f"{line}\n" for line in log_lines[:-2]))
+    polls = {"n": 0}
+
+    def running(unit):
+        polls["n"] += 1
+        if polls["n"] == running_polls:  # the rest arrives, then the unit ends
+            with open(log, "a") as f:
+                f.write("".join(f"{line}\n" for line in log_lines[-2:]))
+        return polls["n"] <= running_polls
+
+    monkeypatch.setattr(fs, "_running", running)
+    code = fs.follow("rigkit-fetch-0123456789abcdef.service", str(log), progress_interval=3600, poll=0.01)
+    out = capsys.readouterr()
+    return code, out.out.splitlines(), out.err
+
+
+def _progress(pct):
+    return f"org/m: {pct / 10:.1f}/10.0 MB ({pct}%) 3 MB/s, 0/2 file(s) done, 2 in flight"
+
+
+def test_a_caught_up_wait_shows_the_latest_progress_not_a_builds_worth(tmp_path, monkeypatch, capsys):
+    assert fs.PROGRESS_LINE.fullmatch(_progress(40))  # the shape Progress.line() prints
+    lines = [
+        "org/m: download started at 2026-12-02T06:00:00Z in rigkit-fetch-0123456789abcdef.service",
+        *[_progress(p) for p in range(1, 60)],  # minutes of lines while the build ran
+        "[1/2] a.gguf 6.0 MB sha256 ok",
+        _progress(80),
+        "done: org/m: 2 file(s), 0 already verified, 2 downloaded (10.0 MB in 300.0 s, 0 MB/s)",
+        '{"ok": true, "files": 2, "skipped": 0, "downloaded": 2, "bytes_fetched": 10000000, "seconds": 300.0}',
+    ]
+    code, shown, _ = _follow(tmp_path, monkeypatch, capsys, lines)
+    assert code == 0
+    assert shown == [lines[0], lines[-4], _progress(80), lines[-2], lines[-1]]
+
+
+def test_a_failed_background_download_fails_the_wait_with_its_code(tmp_path, monkeypatch, capsys):
+    lines = [
+        "org/m: download started at 2026-12-02T06:00:00Z in rigkit-fetch-0123456789abcdef.service",
+        "fetch_shards: error: HTTP 404 for https://hub.example/org/m/resolve/abc/a.gguf",
+        '{"ok": false, "exit": 5, "error": "HTTP 404"}',
+    ]
+    code, shown, _ = _follow(tmp_path, monkeypatch, capsys, lines)
+    assert code == fs.EXIT_NOTFOUND and shown == lines
+
+
+def test_a_background_download_that_died_without_its_summary_fails_the_wait(tmp_path, monkeypatch, capsys):
+    lines = ["org/m: download started at 2026-12-02T06:00:00Z in x", _progress(10), _progress(20)]
+    code, shown, err = _follow(tmp_path, monkeypatch, capsys, lines)
+    assert code == fs.EXIT_FAIL and shown == [lines[0], _progress(20)]
+    assert "ended without its summary (see journalctl -u rigkit-fetch-0123456789abcdef.service)" in err
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "0123456789abcdef.json\n",
+        "$(reboot).json",
+        "0123456789ABCDEF.json",
+        "0123456789abcde.json",
+        "0123456789abcd\u0435f.json",  # a Cyrillic e
+        "0123456789abcdef.json.service",
+    ],
+)
+def test_background_names_take_only_rigkits_manifest_names(name, tmp_path):
+    with pytest.raises(fs.Fatal, match="expected a manifest named"):
+        fs.background_names(str(tmp_path / name))
+    unit, log = fs.background_names("/var/lib/rigkit/manifests/0123456789abcdef.json")
+    assert (unit, log) == ("rigkit-fetch-0123456789abcdef.service", "/var/lib/rigkit/manifests/0123456789abcdef.log")
+
+
+def test_a_background_start_short_of_space_fails_before_any_unit(env, monkeypatch):
+    s, files, tmp = env
+    ref, entry = locked(s, tmp=tmp)
+    man = write_manifest(tmp, ref, entry, s.url, margin_bytes=1 << 60)
+    named = man.with_name("0123456789abcdef.json")
+    man.rename(named)
+    calls = []
+    monkeypatch.setattr(fs.subprocess, "run", lambda argv, **kw: calls.append(argv))
+    with pytest.raises(fs.Fatal, match="not enough disk space") as err:
+        fs.start(str(named))
+    assert err.value.code == fs.EXIT_SPACE and calls == []  # no systemctl, no systemd-run
+    assert not named.with_suffix(".log").exists()

@@ -16,6 +16,7 @@ import gguf_files
 import pytest
 
 from rigkit.checkpoints.safetensors import TensorOut, write_safetensors
+from rigkit.engines.llama_cpp import LlamaCppEngine
 from rigkit.facts.nvidia import parse_gpus
 from rigkit.fit import gguf
 from rigkit.fit import llama_cpp as plan_llama
@@ -564,15 +565,19 @@ def test_a_deploy_refuses_before_any_engine_step_and_passes_each_engine_its_plan
 
     steps = []
     monkeypatch.setattr(serve_module, "host", Host())
-    monkeypatch.setattr(serve_module, "serve", lambda rig, engine, **kw: steps.append((engine.name, kw["plans"])))
+    monkeypatch.setattr(
+        serve_module, "serve_step", lambda rig, engine, before, **kw: steps.append((engine.name, kw["plans"]))
+    )
+    monkeypatch.setattr(LlamaCppEngine, "before", lambda self, rig: steps.append(("build", ())))
     # the other step serve_all adds, a cluster's stale tokens, asks its own facts
     monkeypatch.setattr(serve_module, "remove_undeclared_tokens", lambda rig: steps.append(("tokens", ())))
     with pytest.raises(FitError, match="GPU 0 short"):
         serve_module.serve_all(upload_rig(qwen122b[0], {**SEED_SERVICE, "tensor_split": [2, 1, 1, 1, 1, 1]}))
     assert steps == []
     serve_module.serve_all(upload_rig(qwen122b[0], SEED_SERVICE))
-    [(tokens, _), (engine, plans)] = steps  # planned before any step, the tokens' included
-    assert tokens == "tokens" and engine == "llama.cpp" and [p.service for p in plans] == ["qwen"] and plans[0].fits
+    [(tokens, _), (build, _), (engine, plans)] = steps  # planned before any step, the tokens' included
+    assert (tokens, build) == ("tokens", "build")
+    assert engine == "llama.cpp" and [p.service for p in plans] == ["qwen"] and plans[0].fits
 
 
 def test_services_sharing_a_gpu_each_get_what_the_others_leave(tmp_path):
@@ -642,7 +647,8 @@ def test_a_cpu_rig_reads_no_gpus_and_is_not_planned(tmp_path, monkeypatch):
 
     steps = []
     monkeypatch.setattr(serve_module, "host", Host())
-    monkeypatch.setattr(serve_module, "serve", lambda rig, engine, **kw: steps.append(kw["plans"]))
+    monkeypatch.setattr(serve_module, "serve_step", lambda rig, engine, before, **kw: steps.append(kw["plans"]))
+    monkeypatch.setattr(LlamaCppEngine, "before", lambda self, rig: None)  # the build's own facts
     monkeypatch.setattr(serve_module, "remove_undeclared_tokens", lambda rig: None)
     serve_module.serve_all(rig)
     [[plan]] = steps

@@ -173,3 +173,23 @@ def test_mirror_main_cli(repo_dir, tmp_path):
     finally:
         p.terminate()
         p.wait(timeout=5)
+
+
+def test_a_rate_limit_paces_every_connection_together_and_lifts_at_once(srv, repo_dir, tmp_path, monkeypatch):
+    """The throttle a test sets (a home line): the sleeps asked for add up to the bytes sent
+    over the rate, all connections taken together; lifted, the rest comes unpaced."""
+    root, files = repo_dir
+    slept = []
+    monkeypatch.setattr(mirror.time, "sleep", slept.append)
+    srv.rate_limit = 1_000_000.0
+    name = "Q4/tiny-00001-of-00002.gguf"
+    urls = [f"{srv.url}/{REPO}/resolve/main/{name}"] * 2
+    bodies = [requests.get(url, timeout=30).content for url in urls]
+    assert bodies == [files[name]] * 2
+    sent = 2 * len(files[name])
+    # each block waits for every block before it: the waits grow by one block's time each
+    assert len(slept) == -(-len(files[name]) // mirror.PACED_BLOCK) * 2
+    assert max(slept) == pytest.approx(sent / 1e6, rel=0.05)
+    srv.rate_limit = None
+    slept.clear()
+    assert requests.get(urls[0], timeout=30).content == files[name] and slept == []

@@ -37,7 +37,7 @@ from rigkit.hostdata import rig_for
 from rigkit.models.deploy import models
 
 config = rig_for(host)  # resolves "ref:tiny" through the lock, or fails before any change
-models(config)
+models(config).wait()  # the downloads run in the background until here
 files.put(name="Resolved model path", src=StringIO(config.services[0].model + "\\n"), dest="{marker}")
 """
 

@@ -2,11 +2,20 @@
 The models step of a deploy: every model of the host in place before any service (re)starts,
 uploaded from the deploying machine or fetched on the host as the model lock pins them, then
 each derived model built on the host from them (an input read only by range is not placed).
+
+A Hub model's download runs in the background on the host while the deploy goes on (a bare
+box's other long wait is the llama.cpp compile): the serve step waits for it
+(:meth:`PlacedModels.wait`) after the engines' builds and before any service changes, so a
+failed download stops the host's deploy with nothing switched. Where the models step itself
+reads the files (a cluster's head shares them, a derived model is built from them), it waits
+right there.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from pyinfra import host
 from pyinfra.api import deploy
@@ -15,20 +24,37 @@ from pyinfra.api.exceptions import PyinfraError
 from rigkit import cluster_share
 from rigkit.hostdata import HubModel, Rig, UploadModel
 from rigkit.models import derived
-from rigkit.models.hub import read_token, resolve_endpoint
+from rigkit.models.hub import ModelRef, read_token, resolve_endpoint
 from rigkit.operations import checkpoints as checkpoint_ops
 from rigkit.operations import models as model_ops
 from rigkit.transport import may_carry_token
 
 
+@dataclass
+class PlacedModels:
+    """What the models step did: its ``operations`` (a changed one restarts the services, as
+    any of their inputs), and the ``downloads`` it left running in the background (per model,
+    its title, ref and the operation that started it), which :meth:`wait` waits for."""
+
+    operations: list = field(default_factory=list)
+    downloads: list[tuple[str, ModelRef, Any]] = field(default_factory=list)
+
+    def wait(self) -> None:
+        """Each background download waited for, in order (they all ran meanwhile): the host's
+        deploy stops at the first that failed."""
+        for title, ref, started in self.downloads:
+            model_ops.downloaded(name=f"Wait for model {title}", ref=ref, _if=started.did_change)
+        self.downloads = []
+
+
 @deploy("Models")
-def models(rig: Rig):
+def models(rig: Rig) -> PlacedModels:
     """Model files: uploaded from this machine (``upload``) for small or air-gapped models,
-    or fetched on the host from the Hub (or ``hf_endpoint``, a mirror) as the lock pins them;
-    a cluster's other nodes fetch the head's from the head (rigkit.cluster_share).
-    Derived models are built after the models they are made from (``derive``).
-    Returns the operations, so services restart when their model changed."""
-    placed = []
+    or fetched on the host from the Hub (or ``hf_endpoint``, a mirror) as the lock pins them,
+    in the background (:class:`PlacedModels`); a cluster's other nodes fetch the head's from
+    the head (rigkit.cluster_share). Derived models are built after the models they are made
+    from (``derive``). Returns what it placed, so services restart when their model changed."""
+    placed = PlacedModels()
     # The token goes to the host only when a Hub model's endpoint may carry it (https).
     use_token = any(
         may_carry_token(resolve_endpoint(m.endpoint or host.data.get("hf_endpoint")))
@@ -46,22 +72,25 @@ def models(rig: Rig):
                 raise PyinfraError(
                     f"host {rig.host}: models[].upload: expected a directory on this machine, {src} is not one"
                 )
-            placed.append(
+            placed.operations.append(
                 model_ops.uploaded(name=f"Model files of {src.name} in {entry.dest}", src=str(src), dest=entry.dest)
             )
         elif isinstance(entry, HubModel) and not cluster_share.from_head(rig, entry):
             locked = rig.lock_for(entry)
-            placed.append(
-                model_ops.shards(
-                    name=f"Model {entry.name or entry.repo} ({entry.repo}@{locked.sha[:12]}, "
-                    f"{len(locked.files)} file(s)) in {entry.dest}",
-                    ref=entry.ref,
-                    lock_entry=locked,
-                    token_file=host.data.get("hf_token_file"),
-                )
+            title = entry.name or entry.repo
+            started = model_ops.shards(
+                name=f"Model {title} ({entry.repo}@{locked.sha[:12]}, {len(locked.files)} file(s)) in {entry.dest}",
+                ref=entry.ref,
+                lock_entry=locked,
+                token_file=host.data.get("hf_token_file"),
+                background=True,
             )
-    placed.extend(cluster_share.models_from_head(rig))
-    placed.extend(derived_models(rig, use_token))
+            placed.operations.append(started)
+            placed.downloads.append((title, entry.ref, started))
+    if rig.cluster is not None or rig.derived_models:  # what comes next here reads the files
+        placed.wait()
+    placed.operations.extend(cluster_share.models_from_head(rig))
+    placed.operations.extend(derived_models(rig, use_token))
     return placed
 
 

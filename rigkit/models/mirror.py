@@ -68,6 +68,7 @@ LFS_EXTENSIONS = {
     ".mlmodel",
 }
 LFS_MIN_SIZE = 10 * 1024 * 1024
+PACED_BLOCK = 64 << 10  # bytes sent at a time under a rate limit
 _SHA_RE = re.compile(r"^[0-9a-f]{40}$", re.ASCII)
 _RANGE_RE = re.compile(r"^bytes=(\d*)-(\d*)$", re.ASCII)
 
@@ -438,12 +439,15 @@ class _Handler(BaseHTTPRequestHandler):
             self.wfile.flush()
             sock = self.connection
             while sent < limit:
-                n = min(limit - sent, 8 << 20)
+                paced = srv.main.rate_limit  # read per block: a test may lift it while a file streams
+                n = min(limit - sent, 8 << 20 if paced is None else PACED_BLOCK)
                 k = sock.sendfile(f, offset=start + sent, count=n) if hasattr(sock, "sendfile") else 0
                 if not k:
                     break
                 sent += k
                 srv._count(fi, k)
+                if paced is not None:
+                    srv._pace(k, paced)
         if sent >= length:
             return
         if drop is not None and sent >= drop:
@@ -483,6 +487,9 @@ class MirrorServer(ThreadingHTTPServer):
         self.stall_release = threading.Event()
         self.stall_timeout = 60.0
         self.drop_after_bytes: int | None = None
+        # Bytes per second over all connections (a home line's), None for no limit.
+        self.rate_limit: float | None = None
+        self._paced_until = 0.0
         self.bytes_sent: dict[str, int] = {}
         self._stats_lock = threading.Lock()
         self._serve_threads: list[threading.Thread] = []
@@ -493,9 +500,23 @@ class MirrorServer(ThreadingHTTPServer):
         return f"http://{h!s}:{p}"
 
     def _count(self, fi: FileInfo, n: int):
-        owner = self._owner if self.is_blob_server and self._owner else self
+        owner = self.main
         with owner._stats_lock:
             owner.bytes_sent[fi.path] = owner.bytes_sent.get(fi.path, 0) + n
+
+    @property
+    def main(self) -> MirrorServer:
+        """The main listener (a blob server's owner), which holds the test hooks and counts."""
+        return self._owner if self.is_blob_server and self._owner else self
+
+    def _pace(self, n: int, rate: float) -> None:
+        """Sleep until ``n`` more bytes fit the server's rate, its connections taken together."""
+        owner = self.main
+        with owner._stats_lock:
+            now = time.monotonic()
+            owner._paced_until = max(owner._paced_until, now) + n / rate
+            delay = owner._paced_until - now
+        time.sleep(delay)
 
     def total_sent(self) -> int:
         return sum(self.bytes_sent.values())

@@ -5,7 +5,9 @@ Files are fetched on the host by ``rigkit/scripts/fetch_shards.py`` (python3
 stdlib only): free-space check first, parallel downloads (a large file in several
 ranges at once) with HTTP Range resume, sha256 as the bytes land, atomic rename, a
 state file so re-runs skip verified files without hashing. Its progress shows in
-pyinfra's default output (``StreamedCommand``).
+pyinfra's default output (``StreamedCommand``). A download may run in the background
+(``shards(background=True)``, a transient unit on the host) while the deploy builds, and
+``downloaded`` waits for it before anything uses the files.
 """
 
 from __future__ import annotations
@@ -106,6 +108,12 @@ def fetcher(token_file: str | None = None, use_token: bool = True, remote_dir: s
     )
 
 
+def manifest_path(ref: ModelRef, remote_dir: str = REMOTE_DIR) -> str:
+    """Where the host keeps ``ref``'s manifest (and its background download's log beside it)."""
+    name = hashlib.sha256(f"{ref.key}\0{ref.dest}".encode()).hexdigest()[:16] + ".json"
+    return posixpath.join(remote_dir, "manifests", name)
+
+
 @operation()
 def shards(
     ref: ModelRef,
@@ -117,6 +125,7 @@ def shards(
     parallel: int = 4,
     margin_bytes: int = 2 << 30,
     reverify: bool = False,
+    background: bool = False,
 ):
     """
     Download and verify the files of a locked model reference into ``ref.dest``, with the
@@ -131,6 +140,8 @@ def shards(
     + parallel: files downloaded at once
     + margin_bytes: free space required beyond the bytes still missing
     + reverify: re-hash every placed file and repair mismatches
+    + background: check the manifest and free space, then download in a transient unit
+      (``rigkit-fetch-<id>.service``) while the deploy goes on; ``downloaded`` waits for it
 
     The operation is a no-op when every file is recorded as verified (nothing hashed).
 
@@ -145,7 +156,6 @@ def shards(
             lock_entry=lock[ref.key],
         )
     """
-    manifest_file = hashlib.sha256(f"{ref.key}\0{ref.dest}".encode()).hexdigest()[:16] + ".json"
     wanted = [(posixpath.join(ref.dest, f.path), f.size, f.sha256) for f in lock_entry.files]
     if not reverify:
         status = host.get_fact(ShardsVerified, state_file=posixpath.join(ref.dest, STATE_NAME), files=wanted)
@@ -165,14 +175,43 @@ def shards(
         margin_bytes=margin_bytes,
         reverify=reverify,
     )
-    remote_manifest = posixpath.join(remote_dir, "manifests", manifest_file)
+    remote_manifest = manifest_path(ref, remote_dir)
     yield from files.put._inner(
         src=StringIO(json.dumps(manifest, indent=1)), dest=remote_manifest, mode="600", create_remote_dir=True
     )
     # Shown as it runs (the model's bytes and rate every 5 s, a line per verified file), its
     # stderr on stdout so that pyinfra does not colour the progress as an error.
+    script = QuoteString(posixpath.join(remote_dir, "fetch_shards.py"))
+    if background:
+        yield StreamedCommand("python3", script, "start", QuoteString(remote_manifest), "2>&1")
+    else:
+        yield StreamedCommand("python3", script, QuoteString(remote_manifest), "2>&1")
+
+
+@operation(is_idempotent=False)
+def downloaded(ref: ModelRef, remote_dir: str = REMOTE_DIR):
+    """
+    Wait for the background download that ``shards(background=True)`` started for ``ref``:
+    its lines shown as they come (the latest progress line every 5 s, a line per verified
+    file), failing as it failed. Run it only after that start (``_if=started.did_change``).
+
+    + ref: the ``rigkit.hub.ModelRef`` given to ``shards``
+    + remote_dir: as given to ``shards``
+
+    **Example:**
+
+    .. code:: python
+
+        started = models.shards(name="Qwen3 Q6 shards", ref=ref, lock_entry=lock[ref.key], background=True)
+        ...  # the build, meanwhile
+        models.downloaded(name="Wait for the Qwen3 Q6 shards", ref=ref, _if=started.did_change)
+    """
     yield StreamedCommand(
-        "python3", QuoteString(posixpath.join(remote_dir, "fetch_shards.py")), QuoteString(remote_manifest), "2>&1"
+        "python3",
+        QuoteString(posixpath.join(remote_dir, "fetch_shards.py")),
+        "wait",
+        QuoteString(manifest_path(ref, remote_dir)),
+        "2>&1",
     )
 
 

@@ -4,6 +4,8 @@
 Runs on the target host (Debian bookworm python3.11).  Usage::
 
     fetch_shards.py MANIFEST.json [--reverify] [--parallel N] [--progress-interval S]
+    fetch_shards.py start MANIFEST.json   # the same, in the background (a transient unit)
+    fetch_shards.py wait MANIFEST.json... # follow background downloads to their end
 
 Manifest::
 
@@ -43,6 +45,7 @@ import hashlib
 import json
 import os
 import re
+import subprocess
 import sys
 import threading
 import time
@@ -1144,12 +1147,143 @@ def record_upload(state_file, staged, dest, size, sha256):
     return 0
 
 
+# --------------------------------------------------------------------------- #
+# in the background: a bare box's download runs while the deploy builds llama.cpp
+# --------------------------------------------------------------------------- #
+
+UNIT_PREFIX = "rigkit-fetch-"
+MANIFEST_NAME = re.compile(r"[0-9a-f]{16}\.json")  # as rigkit names them (rigkit.operations.models)
+#: Progress.line()'s shape: the periodic line a waiter shows only the latest of.
+PROGRESS_LINE = re.compile(r".+: [\d.]+/[\d.]+ [MG]B \(\d+%\) \d+ MB/s, \d+/\d+ file\(s\) done, \d+ in flight")
+WAIT_POLL_S = 0.5
+
+
+def background_names(manifest):
+    """The transient unit and the log of ``manifest``'s background download (beside it)."""
+    name = os.path.basename(manifest)
+    if not MANIFEST_NAME.fullmatch(name):
+        raise Fatal("%s: expected a manifest named <16 hex digits>.json" % manifest, EXIT_USAGE)
+    stem = name[: -len(".json")]
+    return UNIT_PREFIX + stem + ".service", os.path.join(os.path.dirname(os.path.abspath(manifest)), stem + ".log")
+
+
+def _systemctl(*args):
+    return subprocess.run(["systemctl", *args], capture_output=True, text=True)
+
+
+def start(manifest, progress_interval=5.0):
+    """Check the manifest and the free space now, then download in a transient unit that
+    outlives this command, its output in the log ``wait`` follows. An earlier deploy's
+    download of the same model (a deploy interrupted while it ran) is stopped first: its
+    partial files are resumed."""
+    m = load_manifest(manifest)
+    root = m["root"]
+    for f in m["files"]:
+        check_below_root(f["dest"], root, "files[].dest")
+    state = State(m.get("state_file") or os.path.join(root, STATE_NAME))
+    # Files present but not recorded are re-hashed by the run itself; only absent ones count here.
+    missing = [
+        (f, f["size"] - kept_bytes(f, state))
+        for f in m["files"]
+        if not state.is_verified(f["dest"], f["size"], f["sha256"]) and not os.path.lexists(f["dest"])
+    ]
+    check_space(missing, int(m.get("margin_bytes", 1 << 30)))
+    unit, log_path = background_names(manifest)
+    _systemctl("stop", unit)
+    _systemctl("reset-failed", unit)
+    _unlink(log_path)
+    meta = m.get("repo_meta") or {}
+    model = meta.get("repo") if isinstance(meta.get("repo"), str) else os.path.basename(root)
+    since = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    with open(log_path, "w", encoding="utf-8") as f:
+        f.write("%s: download started at %s in %s\n" % (model, since, unit))
+    argv = [
+        "systemd-run",
+        "--unit=" + unit,
+        "--collect",
+        "--quiet",
+        "--description=rigkit: model download (%s)" % os.path.basename(manifest),
+        "--property=StandardOutput=append:" + log_path,
+        "--property=StandardError=append:" + log_path,
+        sys.executable,
+        os.path.abspath(__file__),
+        manifest,
+        "--progress-interval=%g" % progress_interval,
+    ]
+    r = subprocess.run(argv, capture_output=True, text=True)
+    if r.returncode:
+        raise Fatal("systemd-run could not start the download: %s" % r.stderr.strip())
+    log(
+        "%s: %s to download, in the background (%s) while the deploy goes on"
+        % (model, human(sum(b for _, b in missing)), unit)
+    )
+    return EXIT_OK
+
+
+def _running(unit):
+    state = _systemctl("is-active", unit).stdout.strip()
+    return state in ("active", "activating", "deactivating", "reloading")
+
+
+def follow(unit, log_path, progress_interval=5.0, poll=WAIT_POLL_S):
+    """Show the background download's lines as they come (of its periodic progress lines,
+    the latest, at most once per interval: a long build's worth of them is not replayed),
+    until its unit ends; its exit code, read from its last line (the JSON summary)."""
+    pos, pending, latest, shown_at, result = 0, b"", None, 0.0, None
+    while True:
+        running = _running(unit)  # before reading: what it wrote before it ended is read below
+        try:
+            with open(log_path, "rb") as f:
+                f.seek(pos)
+                chunk = f.read()
+        except FileNotFoundError:
+            chunk = b""
+        pos += len(chunk)
+        *lines, pending = (pending + chunk).split(b"\n")
+        for raw in lines:
+            line = raw.decode("utf-8", "replace")
+            if PROGRESS_LINE.fullmatch(line):
+                latest = line
+                continue
+            if line.startswith("{"):
+                try:
+                    result = json.loads(line)
+                except ValueError:
+                    pass
+            print(line, flush=True)
+        if latest is not None and (not running or time.time() - shown_at >= progress_interval):
+            if result is None:  # the summary says the rest
+                print(latest, flush=True)
+            latest, shown_at = None, time.time()
+        if not running:
+            break
+        time.sleep(poll)
+    if not isinstance(result, dict):
+        log("error: the download in %s ended without its summary (see journalctl -u %s)" % (unit, unit))
+        return EXIT_FAIL
+    if result.get("ok") is True:
+        return EXIT_OK
+    code = result.get("exit")
+    return code if type(code) is int and 0 < code < 128 else EXIT_FAIL
+
+
+def wait(manifests, progress_interval=5.0):
+    """Follow each manifest's background download to its end; the first failure's code."""
+    names = [background_names(m) for m in manifests]
+    codes = [follow(unit, log_path, progress_interval) for unit, log_path in names]
+    return next((c for c in codes if c), EXIT_OK)
+
+
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
     try:
         if argv[:1] == ["record-upload"]:  # record-upload STATE STAGED DEST SIZE SHA256
             state_file, staged, dest, size, sha256 = argv[1:]
             return record_upload(state_file, staged, dest, int(size), sha256)
+        if argv[:1] == ["start"] and len(argv) == 2:
+            return start(argv[1])
+        if argv[:1] == ["wait"] and len(argv) >= 2:
+            return wait(argv[1:])
         return run(argv)
     except Fatal as e:
         log("fetch_shards: error: %s" % e)
