@@ -31,9 +31,9 @@ from rigkit.sandbox.health import HealthPoller
 
 pytestmark = pytest.mark.e2e
 
-#: Hosts in the fleet: each extra nspawn host is cheap, but each installs the build packages
-#: (apt, through the sandbox's cache) on these 2 CPUs; the issue's eight are benchmarks/'s.
-FLEET = 4
+#: Hosts in the fleet, the issue's eight: each extra nspawn host is cheap, but each installs
+#: the build packages (apt, through the sandbox's cache) on these 2 CPUs.
+FLEET = 8
 FLAGS = "-DLLAMA_BUILD_EXAMPLES=OFF"
 FLAGS2 = "-DCMAKE_BUILD_TYPE=Release"  # what the build passes anyway: a new key, the same compile
 CACHE_PORT = 8093

@@ -154,7 +154,10 @@ def test_hub_models_on_two_hosts(sandbox_hosts, hub_files, token_mirror, tmp_pat
     # the fetcher's own lines, as they came (pyinfra's status lines are indented)
     shown = [line for line in repair.stderr.splitlines() if line.startswith("[")]
     assert all(line.startswith(f"[{repaired.name}] ") for line in shown), repair.stderr[-3000:]
+    unit = r"rigkit-fetch-[0-9a-f]{16}\.service"
     patterns = [
+        rf"{HUB_REPO}: 3\.0 MB to download, in the background \({unit}\) while the deploy goes on",
+        rf"{HUB_REPO}: download started at \d{{4}}-\d\d-\d\dT\d\d:\d\d:\d\dZ in {unit}",  # the wait's
         r"1/2 file\(s\) already verified, skipped without hashing",
         rf"{HUB_REPO}: downloading 1 file\(s\), 3\.0 MB missing, 4 connection\(s\)",
         rf"\[1/2\] {FIRST} 3\.0 MB sha256 ok",
