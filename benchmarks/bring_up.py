@@ -77,6 +77,7 @@ def deploy(inventory: Path, deploy_file: str) -> float:
     seconds = time.monotonic() - started
     if run.returncode != 0:
         sys.exit(f"{deploy_file} failed:\n{run.stderr[-4000:]}")
+    print(f"{Path(deploy_file).name}: {seconds:.1f} s", file=sys.stderr)
     return seconds
 
 
@@ -88,9 +89,9 @@ def bare_host(cold: bool):
     return sb
 
 
-def build_seconds(sb) -> int:
+def build_seconds(sb) -> float:
     (line,) = [x for x in sb.ssh(sb.hosts[0], "cat /opt/rigkit/llama.cpp/builds.log").splitlines() if " built in " in x]
-    return int(line.rsplit(" in ", 1)[1].rstrip("s"))
+    return float(line.rsplit(" in ", 1)[1].rstrip("s"))
 
 
 def main() -> None:
