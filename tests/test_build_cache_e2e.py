@@ -8,6 +8,8 @@ deploy the same pin and flags in one pyinfra run: exactly one compiles (counted 
 host's builds.log), publishes, and every other fetches the same bytes, verified. Then a byte
 of the cached llama-server is changed on the cache's disk: a serving host that needs the build
 refuses it, compiles instead while its old build keeps serving, and puts a good copy back.
+Last, `make demo`'s settings (the sandbox's own build cache, with its token): one host
+publishes the default build there and a host that never built it fetches it.
 
 The pin's flags carry one extra option (FLAGS) that no other test uses, so no host already
 has this build and the cache decides everything.
