@@ -1,6 +1,7 @@
 # The two commands a newcomer needs:
 #   make demo   set up, bring up a sandbox host, and deploy a verified llama-server on it
-#               (the first run builds llama.cpp from source: minutes on 2 cores)
+#               (the first run builds llama.cpp from source: minutes on 2 cores; later ones
+#               fetch that build from the sandbox's build cache)
 #   make test   set up and run every test, end-to-end ones included
 #   make lint   the formatter, the linter and the type checker (CI runs it before the tests)
 # Both need root for the sandbox (nspawn hosts, network namespaces); run them as root or
@@ -43,9 +44,11 @@ prereqs:
 test-prereqs: prereqs
 	$(call apt_install,$(TEST_APT_PACKAGES))
 
+# The deploy uses the sandbox's own build cache: the first demo compiles llama.cpp and
+# publishes it there, a later one (after sandbox-down, on a fresh host) fetches and verifies it.
 demo: prereqs setup
 	$(SUDO) $(VENV)/bin/rigkit sandbox up --hosts 1
-	$(SUDO) $(VENV)/bin/pyinfra -y inventories/sandbox.py deploys/rig.py
+	$(SUDO) env RIGKIT_SANDBOX_BUILD_CACHE=sandbox $(VENV)/bin/pyinfra -y inventories/sandbox.py deploys/rig.py
 	$(SUDO) $(VENV)/bin/rigkit status inventories/sandbox.py
 
 test: test-prereqs setup

@@ -7,7 +7,8 @@ llama.cpp from the local git mirror (a stand-in for GitHub), a tiny generated mo
 To use upstream llama.cpp and a real small model instead, set RIGKIT_LLAMA_URL (e.g.
 https://github.com/ggml-org/llama.cpp) and RIGKIT_LLAMA_REF, and put a GGUF under
 RIGKIT_SANDBOX_MODEL_DIR with its file name in RIGKIT_SANDBOX_MODEL. RIGKIT_SANDBOX_BUILD_CACHE
-names a build cache (`rigkit cache serve`) the hosts share; RIGKIT_SANDBOX_CMAKE_FLAGS adds
+names a build cache (`rigkit cache serve`) the hosts share, or is `sandbox` for the sandbox's
+own (on its gateway, kept across `sandbox down`; `make demo` uses it); RIGKIT_SANDBOX_CMAKE_FLAGS adds
 cmake flags (space-separated) to the pin; RIGKIT_SANDBOX_LLAMA_ROOT moves llama.cpp's directory.
 """
 
@@ -19,6 +20,20 @@ LLAMA_REF = os.environ.get("RIGKIT_LLAMA_REF", "b11312")
 MODEL_DIR = "/srv/models/tiny-qwen"
 
 
+def build_cache(data: dict) -> dict:
+    """``llama_cpp``'s build cache keys from RIGKIT_SANDBOX_BUILD_CACHE: none, the sandbox's
+    own (with its publish token, which only root on this machine reads), or a URL."""
+    url = os.environ.get("RIGKIT_SANDBOX_BUILD_CACHE")
+    if not url:
+        return {}
+    if url == "sandbox":
+        return {
+            "build_cache": data["sandbox_build_cache"],
+            "build_cache_token_file": data["sandbox_build_cache_token_file"],
+        }
+    return {"build_cache": url}
+
+
 def rig_data(data: dict) -> dict:
     model_src = os.environ.get("RIGKIT_SANDBOX_MODEL_DIR", f"{data['sandbox_models']}/tiny-qwen")
     model = os.environ.get("RIGKIT_SANDBOX_MODEL", "tiny-qwen-00001-of-00002.gguf")
@@ -28,12 +43,7 @@ def rig_data(data: dict) -> dict:
             "ref": LLAMA_REF,
             "git_url": os.environ.get("RIGKIT_LLAMA_URL", f"{data['sandbox_git_url']}/llama.cpp.git"),
             "cuda": False,
-            # The fleet's build cache (`rigkit cache serve DIR --host GATEWAY`), when one serves.
-            **(
-                {"build_cache": os.environ["RIGKIT_SANDBOX_BUILD_CACHE"]}
-                if os.environ.get("RIGKIT_SANDBOX_BUILD_CACHE")
-                else {}
-            ),
+            **build_cache(data),
             **(
                 {"cmake_flags": os.environ["RIGKIT_SANDBOX_CMAKE_FLAGS"].split()}
                 if os.environ.get("RIGKIT_SANDBOX_CMAKE_FLAGS")

@@ -8,6 +8,8 @@ deploy the same pin and flags in one pyinfra run: exactly one compiles (counted 
 host's builds.log), publishes, and every other fetches the same bytes, verified. Then a byte
 of the cached llama-server is changed on the cache's disk: a serving host that needs the build
 refuses it, compiles instead while its old build keeps serving, and puts a good copy back.
+Last, `make demo`'s settings (the sandbox's own build cache, with its token): one host
+publishes the default build there and a host that never built it fetches it.
 
 The pin's flags carry one extra option (FLAGS) that no other test uses, so no host already
 has this build and the cache decides everything.
@@ -18,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import shutil
 import subprocess
 import sys
 import time
@@ -159,3 +162,37 @@ def test_tampered_entry_is_refused_compiled_instead_while_serving(fleet, deploye
     manifest = json.loads((cache_dir / "entries" / key / "manifest.json").read_text())
     assert {f["sha256"] for f in manifest["files"] if f["name"] == "bin/llama-server"} == {good}
     print(f"\ntampered entry refused; longest /health outage {poller.longest_outage():.2f}s")
+
+
+def test_demo_publishes_to_the_sandboxs_cache_and_a_fresh_host_fetches(fleet):
+    """`make demo`'s deploy (RIGKIT_SANDBOX_BUILD_CACHE=sandbox, the sandbox's own cache and
+    its token): the first host to need the build compiles and publishes it there; a host
+    that never built it (as after `make sandbox-down`, the next demo's fresh sandbox-1)
+    fetches and verifies it instead of compiling."""
+    from rigkit.sandbox.services import build_cache_dir
+
+    sb = fleet[0]
+    publisher, fresh = sb.hosts[2], sb.hosts[3]  # booted by the fleet fixture: no default build
+    env = {"RIGKIT_SANDBOX_BUILD_CACHE": "sandbox"}  # what the Makefile's demo target sets
+    # This instance's cache (only this test deploys with it) may hold the build from an earlier
+    # session: start it empty, so the first host compiles.
+    for entry in (build_cache_dir(sb.tag) / "entries").iterdir():
+        shutil.rmtree(entry)
+
+    before = {h.name: builds_log(sb, h) for h in sb.hosts}
+    first = run_pyinfra("inventories/sandbox.py", "deploys/rig.py", "--limit", publisher.name, env=env)
+    assert first.returncode == 0, first.stderr[-5000:]
+    lines = new_lines(before, sb)[publisher.name]
+    assert any(" built in " in line for line in lines), lines
+    assert any(f" published to {sb.build_cache_url} " in line for line in lines), lines
+    assert ssh(sb, publisher, "stat -c %a:%U /etc/rigkit/llama/build-cache.token") == "400:root"
+
+    second = run_pyinfra("inventories/sandbox.py", "deploys/rig.py", "--limit", fresh.name, env=env)
+    assert second.returncode == 0, second.stderr[-5000:]
+    lines = new_lines(before, sb)[fresh.name]
+    assert any(f" fetched from {sb.build_cache_url} " in line for line in lines), lines
+    assert not any(" built in " in line for line in lines), lines
+    assert server_sha(sb, fresh) == server_sha(sb, publisher)
+    assert ssh(sb, fresh, "systemctl is-active rigkit-llama-tiny") == "active"
+    token = (sandbox.state_dir() / "build-cache.token").read_text().strip()
+    assert token not in first.stdout + first.stderr + second.stdout + second.stderr

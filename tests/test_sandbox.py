@@ -49,6 +49,85 @@ def leftovers(tag: str, state: Path) -> list[str]:
 
 # --- unit tests (no root needed) -----------------------------------------------------------
 
+REPO = Path(__file__).resolve().parent.parent
+
+
+def saved_sandbox(state: Path) -> sandbox.Sandbox:
+    """An inventory.json as `up` writes it (no host booted): what the inventory reads."""
+    state.mkdir(parents=True, exist_ok=True)
+    sb = sandbox.Sandbox(
+        tag="0000",
+        subnet="198.18.0.0/24",
+        gateway="198.18.0.1",
+        ssh_key=str(state / "id_ed25519"),
+        known_hosts=str(state / "known_hosts"),
+        hosts=[sandbox.SandboxHost("sandbox-1", 1, "198.18.0.11", "n", "v")],
+    )
+    sb.save(state / "inventory.json")
+    return sb
+
+
+def sandbox_inventory(monkeypatch, state: Path, build_cache: str | None) -> dict:
+    """inventories/sandbox.py's data for sandbox-1 with RIGKIT_SANDBOX_BUILD_CACHE set so."""
+    import runpy
+
+    monkeypatch.setenv("RIGKIT_SANDBOX_DIR", str(state))
+    if build_cache is None:
+        monkeypatch.delenv("RIGKIT_SANDBOX_BUILD_CACHE", raising=False)
+    else:
+        monkeypatch.setenv("RIGKIT_SANDBOX_BUILD_CACHE", build_cache)
+    return dict(runpy.run_path(str(REPO / "inventories/sandbox.py"))["sandbox"])["sandbox-1"]
+
+
+def test_demo_deploys_with_the_sandboxs_build_cache_and_its_token(tmp_path, monkeypatch):
+    from rigkit.hostdata import parse_rig
+
+    state = tmp_path / "state"
+    saved_sandbox(state)
+    data = sandbox_inventory(monkeypatch, state, "sandbox")
+    llama = parse_rig("sandbox-1", data).llama_cpp
+    assert llama.build_cache == "http://198.18.0.1:8091"
+    assert llama.build_cache_token_file == str(state / "build-cache.token")
+    # The Makefile's demo target is what asks for it.
+    makefile = (REPO / "Makefile").read_text()
+    assert "env RIGKIT_SANDBOX_BUILD_CACHE=sandbox $(VENV)/bin/pyinfra -y inventories/sandbox.py" in makefile
+
+
+def test_sandbox_inventory_uses_a_build_cache_only_when_asked(tmp_path, monkeypatch):
+    """The tests deploy without RIGKIT_SANDBOX_BUILD_CACHE: no cache, every host compiles."""
+    from rigkit.hostdata import parse_rig
+
+    saved_sandbox(tmp_path)
+    plain = parse_rig("sandbox-1", sandbox_inventory(monkeypatch, tmp_path, None)).llama_cpp
+    assert (plain.build_cache, plain.build_cache_token_file) == (None, None)
+    other = parse_rig("sandbox-1", sandbox_inventory(monkeypatch, tmp_path, "http://198.18.0.1:8093")).llama_cpp
+    assert (other.build_cache, other.build_cache_token_file) == ("http://198.18.0.1:8093", None)
+
+
+def test_build_cache_token_is_private_and_kept_until_down(tmp_path):
+    from rigkit.sandbox.services import ensure_build_cache_token
+
+    path = ensure_build_cache_token(tmp_path)
+    token = path.read_text()
+    assert path == tmp_path / "build-cache.token" and len(token.strip()) >= 40
+    assert path.stat().st_mode & 0o777 == 0o600
+    assert ensure_build_cache_token(tmp_path).read_text() == token, "a second up keeps the token"
+
+
+def test_down_keeps_a_build_cache_with_entries_and_drops_an_empty_one(tmp_path, monkeypatch):
+    from rigkit.sandbox.services import build_cache_dir, remove_build_cache_if_empty
+
+    monkeypatch.setenv("RIGKIT_CACHE", str(tmp_path))
+    for tag in ("aaaa", "bbbb"):
+        for sub in ("entries", "staging", "refused"):
+            (build_cache_dir(tag) / sub).mkdir(parents=True)
+    assert build_cache_dir("aaaa") == tmp_path / "build-cache" / "aaaa"
+    (build_cache_dir("aaaa") / "entries" / ("0" * 64)).mkdir()
+    remove_build_cache_if_empty("aaaa")
+    remove_build_cache_if_empty("bbbb")
+    assert (build_cache_dir("aaaa") / "entries" / ("0" * 64)).is_dir()
+    assert not build_cache_dir("bbbb").exists()
+
 
 def test_not_root_is_a_clear_error(monkeypatch):
     monkeypatch.setattr(os, "geteuid", lambda: 1000)
@@ -114,11 +193,39 @@ def test_up_is_idempotent_and_down_leaves_nothing(own_instance):
     info = sandbox.status()
     assert [h["ssh"] for h in info["hosts"]] == [True, True]
     assert leftovers(tag, own_instance), "sanity: the sandbox made namespaces and mounts"
+    # The build cache on the gateway: anyone reaches it, only the token's holder may publish.
+    assert info["services"]["build-cache"]["running"] and info["build_cache"] == grown.build_cache_url
+    assert cache_request(grown.build_cache_url, "POST", "claim", {"holder": "x"}) == 401
+    token = (own_instance / "build-cache.token").read_text().strip()
+    assert cache_request(grown.build_cache_url, "POST", "claim", {"holder": "x"}, token) == 201
+    assert cache_request(grown.build_cache_url, "GET", "manifest.json") == 404
 
     sandbox.down()
     assert leftovers(tag, own_instance) == []
     assert not processes.alive(pid)
     assert sandbox.status()["hosts"] == []
+    # Nothing was published: no build cache directory stays behind, and no token.
+    assert not (sandbox.cache_dir() / "build-cache" / tag).exists()
+    assert not (own_instance / "build-cache.token").exists()
+
+
+def cache_request(url: str, method: str, rest: str, doc: dict | None = None, token: str | None = None) -> int:
+    """One request to a `rigkit cache serve` for an unused key: its HTTP status."""
+    import json
+    import urllib.error
+    import urllib.request
+
+    request = urllib.request.Request(
+        f"{url}/v1/{'0' * 64}/{rest}",
+        method=method,
+        data=None if doc is None else json.dumps(doc).encode(),
+        headers={"Content-Type": "application/json", **({"Authorization": f"Bearer {token}"} if token else {})},
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.status
+    except urllib.error.HTTPError as err:
+        return err.code
 
 
 @pytest.mark.e2e

@@ -14,14 +14,16 @@ Layout (``RIGKIT_SANDBOX_DIR``, default ``/var/lib/rigkit/sandbox``)::
     known_hosts        exact host keys, so SSH checks them strictly
     inventory.json     what inventories/sandbox.py loads
     hosts/NAME/        overlay upper/work dirs (the host's disk), the merged root, nspawn.log
+    build-cache.token  the publish token of the sandbox's build cache (a new one each `up`)
 
 The debootstrapped base lives in ``RIGKIT_CACHE`` (default ``/var/cache/rigkit``) and
-is reused by every host (read-only overlay lower dir) and every later ``up``.
+is reused by every host (read-only overlay lower dir) and every later ``up``; so are the
+sandbox's build cache entries (``build-cache/<tag>/``, served at ``Sandbox.build_cache_url``).
 
 The package, by concern: ``state`` (the instance and its inventory), ``prerequisites``,
 ``rootfs`` (the base), ``network``, ``cgroups``, ``processes``, ``hosts`` (one host's disk,
-boot, shutdown, removal), ``services`` (apt-cacher-ng, git daemon and Hub mirror on the build
-machine), ``offline`` (the stand-ins those serve: a llama.cpp git mirror from PyPI sdists, a
+boot, shutdown, removal), ``services`` (apt-cacher-ng, git daemon, Hub mirror and build cache
+on the build machine), ``offline`` (the stand-ins those serve: a llama.cpp git mirror from PyPI sdists, a
 tiny model) and ``health`` (a /health poller for tests and benchmarks).
 """
 
@@ -49,8 +51,24 @@ from rigkit.sandbox.network import allocate_subnet, link_exists, ssh_ready
 from rigkit.sandbox.prerequisites import check_prerequisites
 from rigkit.sandbox.processes import alive
 from rigkit.sandbox.rootfs import ensure_base
-from rigkit.sandbox.services import SERVICE_COMM, ensure_sources, start_services, stop_services
-from rigkit.sandbox.state import Sandbox, SandboxError, SandboxHost, cache_dir, instance_tag, log, run, state_dir
+from rigkit.sandbox.services import (
+    SERVICE_COMM,
+    ensure_sources,
+    remove_build_cache_if_empty,
+    start_services,
+    stop_services,
+)
+from rigkit.sandbox.state import (
+    BUILD_CACHE_TOKEN,
+    Sandbox,
+    SandboxError,
+    SandboxHost,
+    cache_dir,
+    instance_tag,
+    log,
+    run,
+    state_dir,
+)
 
 __all__ = [
     "Sandbox",
@@ -195,9 +213,11 @@ def _down(keep_disks: Collection[str] = ()) -> list[str]:
     run(["ip", "link", "delete", f"rkbr-{tag}"], check=False)  # gone already, unless stale
     for cg in cgroup_dirs(tag):
         remove_cgroup_tree(cg)
-    for leftover in ("inventory.json", "known_hosts", "git-daemon.pid", "hf-mirror.log"):
+    for leftover in ("inventory.json", "known_hosts", "git-daemon.pid", "hf-mirror.log", "build-cache.log"):
         (state / leftover).unlink(missing_ok=True)
+    (state / BUILD_CACHE_TOKEN).unlink(missing_ok=True)  # the next `up` makes a new one
     shutil.rmtree(state / "apt-cacher-ng", ignore_errors=True)
+    remove_build_cache_if_empty(tag)
     return removed
 
 
@@ -210,6 +230,7 @@ def status() -> dict:
         "state": str(state_dir()),
         "subnet": sb.subnet,
         "gateway": sb.gateway,
+        "build_cache": sb.build_cache_url,
         "hosts": [
             {
                 "name": h.name,
@@ -243,6 +264,8 @@ def pyinfra_hosts(state: Path | None = None) -> list[tuple[str, dict]]:
                 "sandbox_gateway": sb.gateway,
                 "sandbox_git_url": sb.git_url,
                 "sandbox_hf_endpoint": sb.hf_endpoint,
+                "sandbox_build_cache": sb.build_cache_url,
+                "sandbox_build_cache_token_file": str((state or state_dir()) / BUILD_CACHE_TOKEN),
                 "sandbox_models": str(cache_dir() / "models"),
             },
         )

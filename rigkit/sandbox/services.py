@@ -1,9 +1,13 @@
 """What the build machine serves the sandbox hosts on the bridge address: apt-cacher-ng
-(packages, cached between runs), a git daemon (the local source mirrors) and a Hub mirror
-(``rigkit mirror serve <cache>/hub``); and the stand-ins those serve (``ensure_sources``)."""
+(packages, cached between runs), a git daemon (the local source mirrors), a Hub mirror
+(``rigkit mirror serve <cache>/hub``) and a build cache (``rigkit cache serve``, which
+``make demo`` deploys with); and the stand-ins those serve (``ensure_sources``)."""
 
 from __future__ import annotations
 
+import os
+import secrets
+import shutil
 import subprocess
 import sys
 import time
@@ -14,16 +18,27 @@ from rigkit.sandbox.network import wait_port
 from rigkit.sandbox.offline import LLAMA_RELEASES, MirrorRef, make_llama_mirror, make_tiny_model, mirror_tags
 from rigkit.sandbox.processes import alive, stop_pid, wait_pidfile
 from rigkit.sandbox.rootfs import SUITE, apt_mirror
-from rigkit.sandbox.state import APT_PROXY_PORT, GIT_PORT, HF_MIRROR_PORT, Sandbox, SandboxError, cache_dir, log, run
+from rigkit.sandbox.state import (
+    APT_PROXY_PORT,
+    BUILD_CACHE_PORT,
+    BUILD_CACHE_TOKEN,
+    GIT_PORT,
+    HF_MIRROR_PORT,
+    Sandbox,
+    SandboxError,
+    cache_dir,
+    log,
+    run,
+)
 
 # The process name (comm) of each service, checked before it is signalled or reported.
-SERVICE_COMM = {"apt-cacher-ng": "apt-cacher-ng", "git-daemon": "git", "hf-mirror": "python"}
+SERVICE_COMM = {"apt-cacher-ng": "apt-cacher-ng", "git-daemon": "git", "hf-mirror": "python", "build-cache": "python"}
 SANDBOX_LLAMA_VERSIONS = ["0.3.34", "0.3.36"]  # llama-cpp-python sdists: b9976, b11312
 
 
 def start_services(sb: Sandbox, state: Path) -> None:
-    """apt-cacher-ng (packages), git daemon (source mirrors) and a Hub mirror (models,
-    ``<cache>/hub/<org>/<name>/...``) on the gateway only."""
+    """apt-cacher-ng (packages), git daemon (source mirrors), a Hub mirror (models,
+    ``<cache>/hub/<org>/<name>/...``) and a build cache (``build_cache_dir``) on the gateway only."""
     if not alive(sb.services.get("apt-cacher-ng"), SERVICE_COMM["apt-cacher-ng"]):
         acng_dir = state / "apt-cacher-ng"
         (acng_dir / "log").mkdir(parents=True, exist_ok=True)
@@ -78,37 +93,69 @@ def start_services(sb: Sandbox, state: Path) -> None:
     if not alive(sb.services.get("hf-mirror"), SERVICE_COMM["hf-mirror"]):
         hub_root = cache_dir() / "hub"
         hub_root.mkdir(parents=True, exist_ok=True)
-        with open(state / "hf-mirror.log", "ab") as logf:
-            proc = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "rigkit.cli",
-                    "mirror",
-                    "serve",
-                    str(hub_root),
-                    "--host",
-                    sb.gateway,
-                    "--port",
-                    str(HF_MIRROR_PORT),
-                ],
-                stdin=subprocess.DEVNULL,
-                stdout=logf,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        sb.services["hf-mirror"] = proc.pid
+        sb.services["hf-mirror"] = spawn_rigkit(
+            ["mirror", "serve", str(hub_root), "--host", sb.gateway, "--port", str(HF_MIRROR_PORT)],
+            state / "hf-mirror.log",
+        )
+    if not alive(sb.services.get("build-cache"), SERVICE_COMM["build-cache"]):
+        sb.services["build-cache"] = spawn_rigkit(
+            ["cache", "serve", str(build_cache_dir(sb.tag)), "--host", sb.gateway, "--port", str(BUILD_CACHE_PORT)]
+            + ["--publish-token-file", str(ensure_build_cache_token(state))],
+            state / "build-cache.log",
+        )
     for name, port, wait in (
         ("apt-cacher-ng", APT_PROXY_PORT, 10),
         ("git-daemon", GIT_PORT, 10),
-        ("hf-mirror", HF_MIRROR_PORT, 120),
-    ):  # the mirror hashes new files first
+        ("hf-mirror", HF_MIRROR_PORT, 120),  # the mirror hashes new files first
+        ("build-cache", BUILD_CACHE_PORT, 10),
+    ):
         if not wait_port(sb.gateway, port, wait):
             raise SandboxError(
                 f"{name} did not listen on {sb.gateway}:{port}"
-                + (f" (log: {state / 'hf-mirror.log'})" if name == "hf-mirror" else "")
+                + (f" (log: {state / f'{name}.log'})" if name in ("hf-mirror", "build-cache") else "")
             )
     check_apt_proxy(sb)
+
+
+def spawn_rigkit(args: list[str], logfile: Path) -> int:
+    """``rigkit ARGS`` in the background, in a session of its own, its output appended to
+    ``logfile``; its pid."""
+    with open(logfile, "ab") as logf:
+        return subprocess.Popen(
+            [sys.executable, "-m", "rigkit.cli", *args],
+            stdin=subprocess.DEVNULL,
+            stdout=logf,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        ).pid
+
+
+def build_cache_dir(tag: str) -> Path:
+    """The entries of one sandbox instance's build cache: in the cache directory, so `down`
+    keeps them and the next `up` serves them again; one directory per instance, so two
+    sandboxes up at once (the tests' and a demo) never share one (each server owns its
+    staging area)."""
+    return cache_dir() / "build-cache" / tag
+
+
+def remove_build_cache_if_empty(tag: str) -> None:
+    """What `down` does with an instance's build cache: keep it, unless nothing was ever
+    published to it (a test's short-lived instance), so such instances leave no directory."""
+    root = build_cache_dir(tag)
+    if not any((root / sub).exists() and any((root / sub).iterdir()) for sub in ("entries", "refused")):
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def ensure_build_cache_token(state: Path) -> Path:
+    """The build cache's publish token (0600, in the 0700 state directory): the gateway is
+    an address of this machine, so without it any local user could publish a llama-server
+    that the sandbox hosts would run. Hosts fetch without it; the deploy places it on them."""
+    path = state / BUILD_CACHE_TOKEN
+    if not path.exists():
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(secrets.token_urlsafe(32) + "\n")
+    return path
 
 
 def check_apt_proxy(sb: Sandbox) -> None:

@@ -18,6 +18,8 @@ DEFAULT_STATE = Path("/var/lib/rigkit/sandbox")
 APT_PROXY_PORT = 3142
 GIT_PORT = 9418
 HF_MIRROR_PORT = 8090  # `rigkit mirror serve <cache>/hub`: the sandbox's stand-in for the Hub
+BUILD_CACHE_PORT = 8091  # `rigkit cache serve`: the sandbox's own build cache (make demo uses it)
+BUILD_CACHE_TOKEN = "build-cache.token"  # its publish token, in the state directory
 
 
 class SandboxError(RuntimeError):
@@ -87,6 +89,10 @@ class Sandbox:
     @property
     def hf_endpoint(self) -> str:
         return f"http://{self.gateway}:{HF_MIRROR_PORT}"
+
+    @property
+    def build_cache_url(self) -> str:
+        return f"http://{self.gateway}:{BUILD_CACHE_PORT}"
 
     def host(self, name: str) -> SandboxHost:
         """The host called ``name``; a clear error naming the hosts there are otherwise."""
