@@ -27,6 +27,10 @@ LAST_GOOD_DIR = f"{STATE_DIR}/last-good"
 WATCHDOG_STATE_DIR = f"{STATE_DIR}/watchdog"
 #: Each engine's memory plan and what its GPUs held after the load (rigkit.fit.measured).
 MEMORY_DIR = f"{STATE_DIR}/memory"
+#: The model fetcher (rigkit/scripts/fetch_shards.py) and its manifests, with their background
+#: downloads' logs beside them.
+FETCHER = f"{STATE_DIR}/fetch_shards.py"
+MANIFEST_DIR = f"{STATE_DIR}/manifests"
 #: opencode's provider entries for the host's llama.cpp services.
 OPENCODE_CONFIG = f"{CONFIG_DIR}/opencode.json"
 

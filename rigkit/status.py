@@ -26,6 +26,7 @@ from rigkit import status_containers, status_interconnect, status_vllm
 from rigkit.engines import ENGINES
 from rigkit.engines.containers import ContainerEngine
 from rigkit.facts.llama_cpp import RigStatus
+from rigkit.facts.models import BackgroundDownloads
 from rigkit.fit.measured import MemoryRecord
 from rigkit.fit.measured import compare as compare_memory
 from rigkit.hostdata import Rig, rig_for
@@ -117,6 +118,7 @@ def collect(inventory_path: str) -> tuple[int, dict[str, dict]]:
     inventory = state.inventory
     facts: dict = {}
     memory_facts: dict = {}
+    download_facts: dict = {}
     container_facts: dict[str, dict] = {}  # engine -> per host
     ray_facts: dict = {}
     auth_facts: dict = {}
@@ -129,6 +131,7 @@ def collect(inventory_path: str) -> tuple[int, dict[str, dict]]:
         try:
             facts = get_facts(state, RigStatus)
             memory_facts = get_facts(state, MemoryRecord)
+            download_facts = get_facts(state, BackgroundDownloads)
             for engine in CONTAINER_ENGINES:
                 if any(engine.declared(r) for r in rigs.values()):
                     container_facts[engine.name] = status_containers.facts(state, engine)
@@ -163,6 +166,8 @@ def collect(inventory_path: str) -> tuple[int, dict[str, dict]]:
                 ),
             }
             problems += status_vllm.cluster_drift(info["cluster"])
+        if download_facts.get(host):
+            info = {**info, "downloads": download_facts[host]}
         record = memory_facts.get(host) or {}
         if record:
             gpu_lines, warnings = compare_memory(record)
@@ -181,6 +186,12 @@ def memory_lines(memory: dict | None) -> list[str]:
     return [*memory["lines"], *(f"  WARNING: memory {w}" for w in memory["warnings"])]
 
 
+def download_lines(downloads: list | None) -> list[str]:
+    """A line per model download running in the background: its latest progress, or its
+    start while no progress line came yet."""
+    return [f"  model download in the background: {d.get('progress') or d.get('started')}" for d in downloads or []]
+
+
 def render_text(report: dict[str, dict]) -> str:
     lines = []
     for host, info in report.items():
@@ -191,10 +202,12 @@ def render_text(report: dict[str, dict]) -> str:
             lines += status_vllm.cluster_lines(info.get("cluster"))
             lines += status_interconnect.lines(info.get("interconnect"))
             lines += memory_lines(info.get("memory"))
+            lines += download_lines(info.get("downloads"))
             lines += [f"  DRIFT/PROBLEM: {problem}" for problem in info["problems"]]
             continue
         if not info.get("reachable", True) or "current" not in info:
             lines.append(f"{host}: " + "; ".join(info["problems"]))
+            lines += download_lines(info.get("downloads"))
             continue
         current, good = info.get("current"), info.get("last_verified")
         verified = f"verified {good['at']} (on {good['build']})" if good else "verified never"
@@ -229,6 +242,7 @@ def render_text(report: dict[str, dict]) -> str:
             lines += status_containers.lines(info.get(engine.name, {}), engine)
         lines += status_interconnect.lines(info.get("interconnect"))
         lines += memory_lines(info.get("memory"))
+        lines += download_lines(info.get("downloads"))
         for problem in info["problems"]:
             lines.append(f"  DRIFT/PROBLEM: {problem}")
     return "\n".join(lines)

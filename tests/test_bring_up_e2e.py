@@ -24,6 +24,8 @@ import hashlib
 import json
 import re
 import shutil
+import subprocess
+import sys
 import textwrap
 import threading
 import time
@@ -31,7 +33,7 @@ import urllib.request
 from dataclasses import dataclass
 
 import pytest
-from pyinfra_run import run_pyinfra, ssh
+from pyinfra_run import REPO, run_pyinfra, ssh
 
 from rigkit import sandbox
 from rigkit.models import lock_command, lockfile, mirror
@@ -256,13 +258,27 @@ def test_a_failed_download_beside_a_new_build_switches_nothing(bare, first):
 def test_a_failed_build_beside_a_new_model_switches_nothing_and_the_download_ends(bare, first):
     sb, host, srv, inventories, tmp = bare
     before = serving(sb, host)
-    failed = run_pyinfra(inventories[UNBUILDABLE], "deploys/rig.py", "--limit", BARE)
-    assert failed.returncode != 0
-    built = failed.stderr.split("--> Starting operation: Build llama.cpp | Build llama.cpp b99999", 1)
-    assert len(built) == 2 and "Wait for model" not in built[1], failed.stderr[-5000:]
-    assert serving(sb, host) == before
-    assert urllib.request.urlopen(f"http://{host.address}:8000/health", timeout=10).status == 200
-    # The download started before the build went on to its end by itself: the next run finds
+    srv.rate_limit = SLOW  # still downloading once the deploy has failed
+    try:
+        failed = run_pyinfra(inventories[UNBUILDABLE], "deploys/rig.py", "--limit", BARE)
+        assert failed.returncode != 0
+        built = failed.stderr.split("--> Starting operation: Build llama.cpp | Build llama.cpp b99999", 1)
+        assert len(built) == 2 and "Wait for model" not in built[1], failed.stderr[-5000:]
+        assert serving(sb, host) == before
+        assert urllib.request.urlopen(f"http://{host.address}:8000/health", timeout=10).status == 200
+        # rigkit status shows the download the failed deploy left running.
+        status = subprocess.run(
+            [sys.executable, "-m", "rigkit.cli", "status", inventories[UNBUILDABLE]],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        shown = [line for line in status.stdout.splitlines() if "model download in the background: " in line]
+        assert len(shown) == 1 and UNBUILDABLE.repo in shown[0], status.stdout + status.stderr
+    finally:
+        srv.rate_limit = None
+    # The download started before the build goes on to its end by itself: the next run finds
     # the model verified.
     for _ in range(120):
         lines = download_log(sb, host, UNBUILDABLE)

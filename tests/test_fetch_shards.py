@@ -654,3 +654,38 @@ def test_a_background_start_short_of_space_fails_before_any_unit(env, monkeypatc
         fs.start(str(named))
     assert err.value.code == fs.EXIT_SPACE and calls == []  # no systemctl, no systemd-run
     assert not named.with_suffix(".log").exists()
+
+
+def test_running_lists_the_live_downloads_with_their_latest_line(tmp_path, monkeypatch, capsys):
+    """What ``rigkit status`` reads (rigkit.facts.models.BackgroundDownloads): the downloads
+    whose unit runs, each with its log's first line and its latest progress line; an ended
+    one, a log of no manifest name and a missing directory list nothing."""
+    from rigkit.facts.models import BackgroundDownloads
+
+    live, ended = "0123456789abcdef", "fedcba9876543210"
+    first = "org/m: download started at 2026-12-02T06:00:00Z in rigkit-fetch-0123456789abcdef.service"
+    (tmp_path / f"{live}.log").write_text(f"{first}\n{_progress(10)}\n[1/2] a.gguf 6.0 MB sha256 ok\n{_progress(70)}\n")
+    (tmp_path / f"{ended}.log").write_text(f"{first}\n{_progress(99)}\n")
+    for stem in (live, ended, "not-a-manifest"):
+        (tmp_path / f"{stem}.json").write_text("{}")
+    monkeypatch.setattr(fs, "_running", lambda unit: unit == f"rigkit-fetch-{live}.service")
+    assert fs.running(str(tmp_path)) == 0
+    out = capsys.readouterr().out
+    assert json.loads(out) == [{"unit": f"rigkit-fetch-{live}.service", "started": first, "progress": _progress(70)}]
+    assert BackgroundDownloads().process(out.splitlines()) == json.loads(out)
+    assert BackgroundDownloads().process(["[]"]) == [] == BackgroundDownloads().process([])
+    assert fs.running(str(tmp_path / "absent")) == 0 and json.loads(capsys.readouterr().out) == []
+
+
+def test_status_shows_a_download_left_running_even_without_a_build():
+    from rigkit.status import render_text
+
+    progress = _progress(70)
+    report = {
+        "rig": {"reachable": True, "problems": [], "downloads": [{"unit": "u", "started": "s", "progress": progress}]}
+    }
+    assert render_text(report).splitlines() == ["rig: ", f"  model download in the background: {progress}"]
+    report["rig"]["downloads"] = [{"unit": "u", "started": "org/m: download started at T in u", "progress": None}]
+    assert (
+        render_text(report).splitlines()[1] == "  model download in the background: org/m: download started at T in u"
+    )

@@ -6,6 +6,7 @@ import json
 
 from pyinfra.api import FactBase, QuoteString, StringCommand
 
+from rigkit.host_paths import FETCHER, MANIFEST_DIR
 from rigkit.scripts.fetch_shards import STATE_VERSION, entry_verified
 
 # Prints the state file fetch_shards.py keeps and (size, mtime_ns) of each file; the verdict
@@ -68,3 +69,31 @@ class ShardsVerified(FactBase[dict]):
                 else "unverified"
             )
         return out
+
+
+class BackgroundDownloads(FactBase[list]):
+    """
+    The model downloads a deploy left running in the background (``rigkit-fetch-*.service``:
+    a deploy whose build failed, or one interrupted): per download its unit, its log's first
+    line and its latest progress line. Empty without rigkit's fetcher.
+
+    .. code:: python
+
+        [{"unit": "rigkit-fetch-0123456789abcdef.service",
+          "started": "org/model: download started at 2026-12-02T06:28:43Z in rigkit-fetch-...",
+          "progress": "org/model: 41.2/105.0 GB (39%) 512 MB/s, 1/3 file(s) done, 2 in flight"}]
+    """
+
+    @staticmethod
+    def default() -> list:
+        return []
+
+    def command(self) -> StringCommand:
+        return StringCommand(
+            "python3", QuoteString(FETCHER), "running", QuoteString(MANIFEST_DIR), "2>/dev/null || echo '[]'"
+        )
+
+    def process(self, output: list[str]) -> list:
+        text = "\n".join(output).strip()
+        seen = json.loads(text) if text else []
+        return [d for d in seen if isinstance(d, dict)] if isinstance(seen, list) else []

@@ -6,6 +6,7 @@ Runs on the target host (Debian bookworm python3.11).  Usage::
     fetch_shards.py MANIFEST.json [--reverify] [--parallel N] [--progress-interval S]
     fetch_shards.py start MANIFEST.json   # the same, in the background (a transient unit)
     fetch_shards.py wait MANIFEST.json... # follow background downloads to their end
+    fetch_shards.py running MANIFEST_DIR  # those running now (JSON), for rigkit status
 
 Manifest::
 
@@ -1274,6 +1275,31 @@ def wait(manifests, progress_interval=5.0):
     return next((c for c in codes if c), EXIT_OK)
 
 
+def running(manifest_dir):
+    """The background downloads running now, as JSON: per download its unit, its log's first
+    line (the model, since when) and its latest progress line."""
+    out = []
+    try:
+        names = sorted(os.listdir(manifest_dir))
+    except OSError:
+        names = []
+    for name in names:
+        if not MANIFEST_NAME.fullmatch(name):
+            continue
+        unit, log_path = background_names(os.path.join(manifest_dir, name))
+        if not _running(unit):
+            continue
+        try:
+            with open(log_path, encoding="utf-8", errors="replace") as f:
+                lines = f.read().splitlines()
+        except OSError:
+            lines = []
+        progress = next((line for line in reversed(lines) if PROGRESS_LINE.fullmatch(line)), None)
+        out.append({"unit": unit, "started": lines[0] if lines else None, "progress": progress})
+    print(json.dumps(out))
+    return EXIT_OK
+
+
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
     try:
@@ -1284,6 +1310,8 @@ def main(argv=None):
             return start(argv[1])
         if argv[:1] == ["wait"] and len(argv) >= 2:
             return wait(argv[1:])
+        if argv[:1] == ["running"] and len(argv) == 2:
+            return running(argv[1])
         return run(argv)
     except Fatal as e:
         log("fetch_shards: error: %s" % e)
