@@ -11,6 +11,7 @@ import pytest
 from pyinfra_run import REPO, run_pyinfra
 
 from rigkit import sandbox
+from rigkit.spark import IMAGE_GB
 
 pytestmark = pytest.mark.e2e
 STATE = "/var/lib/rigkit/sandbox-vllm"
@@ -49,6 +50,17 @@ def test_preflight_lists_everything_missing_and_changes_nothing(bare_host, tmp_p
     }
     (tmp_path / "inventory.py").write_text(INVENTORY)
     before = bare_host.ssh(bare_host.hosts[0], "ls /etc/systemd/system /srv 2>&1; getent passwd | wc -l")
+    # The sandbox's root lives on this machine's disk, so whether it has an image's worth free
+    # depends on the machine: read it the way the preflight does and expect the line only then.
+    free_gb = int(bare_host.ssh(bare_host.hosts[0], "df -P -B1G /var/lib | awk 'NR==2{print $4}'").strip())
+    expected = [
+        "DGX OS: /etc/dgx-release not found (OS debian-12); this deploy is for a DGX Spark as shipped",
+        "architecture: aarch64 expected, got x86_64",
+        "GPU: nvidia-smi not found or no GPU listed (a GB10 expected; DGX OS ships the driver)",
+        "Docker: the docker command is not installed",
+    ]
+    if free_gb < IMAGE_GB:
+        expected.append(f"disk: {IMAGE_GB} GB free needed under Docker's data root, {free_gb} GB free")
     run = run_pyinfra(
         str(tmp_path / "inventory.py"),
         "deploys/spark.py",
@@ -58,10 +70,7 @@ def test_preflight_lists_everything_missing_and_changes_nothing(bare_host, tmp_p
     out = run.stdout + run.stderr
     assert run.returncode != 0
     assert (
-        "host sandbox-1: not ready for the Spark deploy (4 problem(s)); nothing was changed:\n"
-        "  - DGX OS: /etc/dgx-release not found (OS debian-12); this deploy is for a DGX Spark as shipped\n"
-        "  - architecture: aarch64 expected, got x86_64\n"
-        "  - GPU: nvidia-smi not found or no GPU listed (a GB10 expected; DGX OS ships the driver)\n"
-        "  - Docker: the docker command is not installed"
+        f"host sandbox-1: not ready for the Spark deploy ({len(expected)} problem(s)); nothing was changed:\n"
+        + "".join(f"  - {line}\n" for line in expected)
     ) in out, out[-3000:]
     assert bare_host.ssh(bare_host.hosts[0], "ls /etc/systemd/system /srv 2>&1; getent passwd | wc -l") == before

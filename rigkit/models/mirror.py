@@ -441,11 +441,15 @@ class _Handler(BaseHTTPRequestHandler):
             while sent < limit:
                 paced = srv.main.rate_limit  # read per block: a test may lift it while a file streams
                 n = min(limit - sent, 8 << 20 if paced is None else PACED_BLOCK)
+                # Counted before the send: the client may read the last byte and ask the test for
+                # the count before this thread runs again; a short send takes back what it did not send.
+                srv._count(fi, n)
                 k = sock.sendfile(f, offset=start + sent, count=n) if hasattr(sock, "sendfile") else 0
+                if k != n:
+                    srv._count(fi, k - n)
                 if not k:
                     break
                 sent += k
-                srv._count(fi, k)
                 if paced is not None:
                     srv._pace(k, paced)
         if sent >= length:
