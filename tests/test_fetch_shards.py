@@ -689,3 +689,47 @@ def test_status_shows_a_download_left_running_even_without_a_build():
     assert (
         render_text(report).splitlines()[1] == "  model download in the background: org/m: download started at T in u"
     )
+
+
+@pytest.mark.parametrize("direct", [True, False], ids=["direct", "page-cache"])
+def test_received_bytes_land_exactly_at_any_alignment(tmp_path, direct):
+    """write_at puts the aligned part of a chunk on disk with O_DIRECT and the rest through the
+    page cache: every byte lands where it belongs, whatever the offset and length (a file's
+    last block, a resumed range's unaligned start), and without direct I/O the same."""
+    from rigkit.scripts import fetch_shards as fs
+
+    path = tmp_path / "f.partial"
+    expected = bytearray(64 << 10)
+    buf = fs._buffer()
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
+    direct_fd = fs.open_direct(str(path), os.O_WRONLY) if direct else None
+    if direct:
+        assert direct_fd is not None, "the test directory's filesystem refuses O_DIRECT"
+    try:
+        for pos, n in ((0, 8192), (8192, 5000), (13192, 2904), (16384, 4097), (20481, 9000), (40960, 4096)):
+            data = os.urandom(n)
+            buf[:n] = data
+            fs.write_at(fd, direct_fd, buf[:n], pos)
+            expected[pos : pos + n] = data
+    finally:
+        os.close(fd)
+        if direct_fd is not None:
+            os.close(direct_fd)
+    assert path.read_bytes() == bytes(expected[:45056])
+
+
+def test_open_direct_falls_back_where_the_filesystem_refuses_it(tmp_path, monkeypatch):
+    from rigkit.scripts import fetch_shards as fs
+
+    with pytest.raises(FileNotFoundError):  # any other error is the caller's
+        fs.open_direct(str(tmp_path / "missing"), os.O_WRONLY)
+    real_open = os.open
+
+    def refuse_direct(path, flags, *mode):
+        if flags & os.O_DIRECT:
+            raise OSError(22, "Invalid argument")
+        return real_open(path, flags, *mode)
+
+    monkeypatch.setattr(os, "open", refuse_direct)
+    (tmp_path / "f").write_bytes(b"")
+    assert fs.open_direct(str(tmp_path / "f"), os.O_WRONLY) is None

@@ -44,8 +44,10 @@ import argparse
 import errno
 import hashlib
 import json
+import mmap
 import os
 import re
+import select
 import subprocess
 import sys
 import threading
@@ -60,8 +62,19 @@ try:  # on the host: the sibling uploaded beside this script; in the package: it
 except ImportError:
     from rigkit.scripts.token_origin import OPENER, may_carry_token
 
-CHUNK = 1 << 20  # bytes received per read, into a buffer each thread reuses
+CHUNK = 8 << 20  # bytes received before a write, into a buffer each thread reuses
 HASH_CHUNK = 4 << 20  # bytes re-read from the page cache per sha256 update
+# Bytes received at the hashed position are hashed from the receive buffer and go to disk
+# with O_DIRECT where the filesystem takes it, skipping the copy into the page cache (the
+# largest cost after sha256 on a small host; nothing reads them again). Bytes that land ahead
+# of the hash (another range of the file) go through the page cache, where the hash re-reads
+# them soon. Direct I/O's buffers, offsets and lengths are multiples of this (512 B and 4 KiB
+# logical blocks); what is not aligned (a file's last block, a resumed range's first) is
+# written through the page cache too.
+DIRECT_ALIGN = 4096
+# What has been received lands at least this often, and when the stream is silent this long
+# (a slow line's progress shows, a stall keeps nothing back).
+LAND_MS = 250
 RANGE_BYTES = 64 << 20  # a larger file is fetched in ranges of this size, several at once
 CHECKPOINT_S = 1.0  # how often a ranged file's written segments are recorded
 STATE_VERSION = 1
@@ -607,7 +620,8 @@ def fetch_and_hash(idx, item, plan, partial, name, ctx):
     if not os.path.exists(partial):
         # created before the hashing below opens it (a range may still be connecting)
         os.close(os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW, 0o666))
-    with open(partial, "rb", buffering=0) as reader:
+    reader = os.open(partial, os.O_RDONLY | os.O_NOFOLLOW)
+    try:
         ranges.add(plan, [seg for seg in plan.segments if seg.done < seg.end])
         try:
             return _hash_as_written(plan, reader, name, ctx)
@@ -618,13 +632,14 @@ def fetch_and_hash(idx, item, plan, partial, name, ctx):
                 while plan.inflight:
                     plan.cond.wait(1.0)
                 plan.abort = False
+    finally:
+        os.close(reader)
 
 
 def _hash_as_written(plan, reader, name, ctx):
     """fetch_and_hash's loop: hash what lands, retry the ranges that end short."""
     size, idx, retries, ranges = plan.size, plan.idx, ctx["retries"], ctx["ranges"]
-    buf = bytearray(HASH_CHUNK)
-    mv = memoryview(buf)
+    mv = memoryview(bytearray(HASH_CHUNK))
     stalls = 0
     while True:
         with plan.cond:
@@ -656,9 +671,8 @@ def _hash_as_written(plan, reader, name, ctx):
                 raise error
         if not results:  # this thread holds plan.hashing: what was written ahead, from disk
             try:
-                reader.seek(plan.hashed)
                 while plan.hashed < frontier:
-                    n = reader.readinto(mv[: min(HASH_CHUNK, frontier - plan.hashed)])
+                    n = os.preadv(reader, [mv[: min(HASH_CHUNK, frontier - plan.hashed)]], plan.hashed)
                     if not n:
                         raise Fatal("%s: shorter on disk than written (changed under the fetcher?)" % name)
                     plan.h.update(mv[:n])
@@ -740,11 +754,38 @@ _BUFFERS = threading.local()
 
 
 def _buffer():
-    """This thread's receive buffer, reused for every range it fetches."""
+    """This thread's receive buffer, reused for every range it fetches (page-aligned, as
+    direct I/O needs)."""
     mv = getattr(_BUFFERS, "mv", None)
     if mv is None:
-        mv = _BUFFERS.mv = memoryview(bytearray(CHUNK))
+        mv = _BUFFERS.mv = memoryview(mmap.mmap(-1, CHUNK))
     return mv
+
+
+def open_direct(path, flags):
+    """``path`` opened with O_DIRECT added, or None where the filesystem refuses it (tmpfs)."""
+    direct = getattr(os, "O_DIRECT", 0)
+    if not direct:
+        return None
+    try:
+        return os.open(path, flags | os.O_NOFOLLOW | direct)
+    except OSError as e:
+        if e.errno == errno.EINVAL:
+            return None
+        raise
+
+
+def write_at(fd, direct_fd, data, pos):
+    """Write ``data`` (a buffer from :func:`_buffer`) at ``pos``: its aligned part with direct
+    I/O when ``direct_fd`` is open and ``pos`` aligned, the rest through ``fd``."""
+    if direct_fd is not None and pos % DIRECT_ALIGN == 0:
+        k = len(data) - len(data) % DIRECT_ALIGN
+        if k:
+            if os.pwrite(direct_fd, data[:k], pos) != k:
+                raise Fatal("short write at byte %d (disk full?)" % pos, EXIT_SPACE)
+            data, pos = data[k:], pos + k
+    if len(data) and os.pwrite(fd, data, pos) != len(data):
+        raise Fatal("short write at byte %d (disk full?)" % pos, EXIT_SPACE)
 
 
 _CONTENT_RANGE = re.compile(r"^bytes (\d+)-(\d+)/(\d+|\*)$", re.ASCII)
@@ -777,55 +818,80 @@ def fetch_range(idx, item, plan, seg, partial, ctx):
         elif status != 200:
             raise Retryable("unexpected HTTP %d" % status)
         # Straight from the socket into this thread's buffer (not a new bytes object per read);
-        # a chunked body goes through http.client's decoding instead.
+        # a chunked body goes through http.client's decoding instead. The buffer fills to a whole
+        # chunk before it is written (direct I/O wants aligned lengths); a stream that pauses,
+        # stalls or drops lands what it has received.
         readinto = resp.fp.readinto1 if not resp.chunked else None
+        quiet = select.poll()
+        quiet.register(resp.fp.fileno(), select.POLLIN)
         mv = _buffer()
         pos = start
+        filled = 0
         fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW, 0o666)
+        direct_fd = open_direct(partial, os.O_WRONLY)
         try:
             while pos < end:
                 if plan.abort or ctx["stop"].is_set():
                     return
-                want = min(CHUNK, end - pos)
-                # whatever has arrived (up to CHUNK), so a stalled stream still lands on disk
-                if readinto is not None:
-                    n = readinto(mv[:want])
-                else:
-                    chunk = resp.read1(want)
-                    n = len(chunk)
-                    mv[:n] = chunk
-                if not n:
+                # a chunk ends on an aligned offset (the first of a resumed range is short)
+                want = min(CHUNK - pos % DIRECT_ALIGN, end - pos)
+                ended = False
+                land_by = time.monotonic() + LAND_MS / 1000
+                try:
+                    while filled < want and not ended:
+                        if filled and (time.monotonic() > land_by or not quiet.poll(LAND_MS)):
+                            break
+                        if readinto is not None:
+                            n = readinto(mv[filled:want])
+                        else:
+                            chunk = resp.read1(want - filled)
+                            n = len(chunk)
+                            mv[filled : filled + n] = chunk
+                        filled += n
+                        ended = not n
+                finally:
+                    if filled:  # what has arrived, also when the stream broke off
+                        pos = _land(idx, plan, seg, fd, direct_fd, mv[:filled], pos, prog)
+                        filled = 0
+                if ended:
                     break
-                if os.pwrite(fd, mv[:n], pos) != n:
-                    raise Fatal("short write to %s (disk full?)" % partial, EXIT_SPACE)
-                # The file's thread is woken only when there is something for it to hash (each
-                # wake-up costs a GIL hand-over): the written prefix grew past what is hashed.
-                with plan.cond:
-                    seg.done = pos + n
-                    inline = not plan.hashing and plan.hashed == pos
-                    if inline:  # at the hashed position: hashed from this buffer, not re-read
-                        plan.hashing = True
-                    elif plan.frontier() == seg.done:
-                        plan.cond.notify_all()
-                if inline:
-                    try:
-                        plan.h.update(mv[:n])
-                    finally:
-                        with plan.cond:
-                            plan.hashed = pos + n
-                            plan.hashing = False
-                            if plan.frontier() > plan.hashed:
-                                plan.cond.notify_all()
-                pos += n
-                prog.add(idx, n)
         except (TimeoutError, ConnectionError, OSError) as e:
             if isinstance(e, OSError) and e.errno == errno.ENOSPC:
                 raise Fatal("disk full while writing %s" % partial, EXIT_SPACE)
             raise Retryable("%s after %s" % (type(e).__name__, human(pos)))
         finally:
             os.close(fd)
+            if direct_fd is not None:
+                os.close(direct_fd)
         if pos < end:
             raise Retryable("connection closed after %s of %s" % (human(pos), human(size)))
+
+
+def _land(idx, plan, seg, fd, direct_fd, data, pos, prog):
+    """Write received ``data`` at ``pos`` and account for it; returns the position after it.
+    The file's thread is woken only when there is something for it to hash (each wake-up
+    costs a GIL hand-over): the written prefix grew past what is hashed."""
+    n = len(data)
+    # a hint read without the lock: a wrong guess costs only a re-read from disk or a page-cache copy
+    write_at(fd, direct_fd if plan.hashed == pos else None, data, pos)
+    with plan.cond:
+        seg.done = pos + n
+        inline = not plan.hashing and plan.hashed == pos
+        if inline:  # at the hashed position: hashed from this buffer, not re-read
+            plan.hashing = True
+        elif plan.frontier() == seg.done:
+            plan.cond.notify_all()
+    if inline:
+        try:
+            plan.h.update(data)
+        finally:
+            with plan.cond:
+                plan.hashed = pos + n
+                plan.hashing = False
+                if plan.frontier() > plan.hashed:
+                    plan.cond.notify_all()
+    prog.add(idx, n)
+    return pos + n
 
 
 def checkpoint(ctx):
