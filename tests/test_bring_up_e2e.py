@@ -22,6 +22,7 @@ from __future__ import annotations
 import calendar
 import hashlib
 import json
+import posixpath
 import re
 import shutil
 import subprocess
@@ -59,6 +60,10 @@ class Change:
     dest: str
     ref: str = "b11312"
     flags: tuple[str, ...] = ()
+
+    def model_ref(self) -> ModelRef:
+        """The model's reference, as the deploy makes it (its manifest's name comes from it)."""
+        return ModelRef(self.repo, "main", ("*.gguf",), self.dest)
 
 
 FIRST = Change("tiny", "rigkit-test/tiny-qwen-bring-up", "/srv/models/tiny-bring-up")
@@ -132,8 +137,7 @@ def host_time(stamp: str) -> float:
 
 def download_log(sb, host, change: Change) -> list[str]:
     """The host's log of its last background download of ``change``'s model."""
-    ref = ModelRef(change.repo, "main", ("*.gguf",), change.dest)
-    return ssh(sb, host, f"cat {manifest_path(ref).removesuffix('.json')}.log").splitlines()
+    return ssh(sb, host, f"cat {manifest_path(change.model_ref()).removesuffix('.json')}.log").splitlines()
 
 
 def download_interval(sb, host, change: Change) -> tuple[float, float]:
@@ -159,11 +163,15 @@ def first(bare):
     sb, host, srv, inventories, _ = bare
     srv.rate_limit = SLOW
     done = threading.Event()
+    unit = "rigkit-fetch-" + posixpath.basename(manifest_path(FIRST.model_ref())).removesuffix(".json") + ".service"
+    sandboxed = {}
 
     def lift_after_the_build():
         while not done.wait(2):
             if " built in " in ssh(sb, host, f"cat {ROOT}/builds.log 2>/dev/null || true"):
                 time.sleep(5)  # the download is still going on after the build
+                shown = ssh(sb, host, f"systemctl show -p ActiveState -p ProtectSystem -p ReadWritePaths {unit}")
+                sandboxed.update(line.split("=", 1) for line in shown.splitlines())
                 srv.rate_limit = None
                 return
 
@@ -177,12 +185,14 @@ def first(bare):
         srv.rate_limit = None
     wall = time.monotonic() - started
     assert run.returncode == 0, run.stderr[-5000:]
-    return run, wall
+    return run, wall, sandboxed
 
 
 def test_a_bare_box_downloads_while_it_builds_then_serves(bare, first):
     sb, host, srv, inventories, _ = bare
-    run, wall = first
+    run, wall, sandboxed = first
+    # The download ran in its sandbox: writable only below the model's directory.
+    assert sandboxed == {"ActiveState": "active", "ProtectSystem": "strict", "ReadWritePaths": FIRST.dest}, sandboxed
     fetch_start, fetch_end = download_interval(sb, host, FIRST)
     build_start, build_end, _ = build_interval(sb, host)
     # The build ran while the model downloaded (one-second stamps on the host's clock).

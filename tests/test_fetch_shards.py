@@ -668,8 +668,19 @@ def test_running_lists_the_live_downloads_with_their_latest_line(tmp_path, monke
     (tmp_path / f"{ended}.log").write_text(f"{first}\n{_progress(99)}\n")
     for stem in (live, ended, "not-a-manifest"):
         (tmp_path / f"{stem}.json").write_text("{}")
-    monkeypatch.setattr(fs, "_running", lambda unit: unit == f"rigkit-fetch-{live}.service")
+    listed = (  # systemctl list-units --all --plain --no-legend: UNIT LOAD ACTIVE SUB DESCRIPTION
+        f"rigkit-fetch-{live}.service loaded active running rigkit: model download ({live}.json)\n"
+        f"rigkit-fetch-{ended}.service loaded failed failed rigkit: model download ({ended}.json)\n"
+    )
+    asked = []
+
+    def systemctl(*args):
+        asked.append(args)
+        return subprocess.CompletedProcess(args, 0, listed, "")
+
+    monkeypatch.setattr(fs, "_systemctl", systemctl)
     assert fs.running(str(tmp_path)) == 0
+    assert len(asked) == 1  # one call for every manifest
     out = capsys.readouterr().out
     assert json.loads(out) == [{"unit": f"rigkit-fetch-{live}.service", "started": first, "progress": _progress(70)}]
     assert BackgroundDownloads().process(out.splitlines()) == json.loads(out)
@@ -733,3 +744,45 @@ def test_open_direct_falls_back_where_the_filesystem_refuses_it(tmp_path, monkey
     monkeypatch.setattr(os, "open", refuse_direct)
     (tmp_path / "f").write_bytes(b"")
     assert fs.open_direct(str(tmp_path / "f"), os.O_WRONLY) is None
+
+
+@pytest.mark.parametrize("root", ["/srv/models/tiny", "/srv/my models/Qwen3.5 (122B)", "/home/ana/modèles/q@v1+x"])
+def test_a_background_download_may_write_only_below_its_root(tmp_path, monkeypatch, root):
+    """start runs the download in a sandbox (the unit's properties) whose only writable path
+    is the model's root, quoted, so legitimate names with spaces or accents pass through."""
+    made = []
+    monkeypatch.setattr(fs.os, "makedirs", lambda path, exist_ok: made.append(path))
+    monkeypatch.setattr(fs.os.path, "realpath", lambda path: path)
+    assert fs.read_write_paths(root) == f'ReadWritePaths="{root}"' and made == [root]
+    assert "ProtectSystem=strict" in fs.DOWNLOAD_HARDENING and "NoNewPrivileges=yes" in fs.DOWNLOAD_HARDENING
+
+
+@pytest.mark.parametrize(
+    "root",
+    ['/srv/models/a" /etc', "/srv/models/a\\x20/etc", "/srv/models/%h", "/srv/models/a\n/etc", "/srv/models/\x7f"],
+)
+def test_a_root_a_unit_cannot_name_is_refused_before_any_unit(root, monkeypatch):
+    calls = []
+    monkeypatch.setattr(fs.os, "makedirs", lambda *a, **kw: calls.append(a))
+    with pytest.raises(fs.Fatal, match="not a path a unit can name") as err:
+        fs.read_write_paths(root)
+    assert err.value.code == fs.EXIT_USAGE and calls == []
+
+
+def test_a_background_start_runs_the_download_in_its_sandbox(env, monkeypatch):
+    s, files, tmp = env
+    ref, entry = locked(s, tmp=tmp)
+    named = write_manifest(tmp, ref, entry, s.url).rename(tmp / "0123456789abcdef.json")
+    calls = []
+
+    def run(argv, **kw):
+        calls.append(argv)
+        return subprocess.CompletedProcess(argv, 0, "", "")
+
+    monkeypatch.setattr(fs.subprocess, "run", run)
+    assert fs.start(str(named)) == fs.EXIT_OK
+    (argv,) = [c for c in calls if c[0] == "systemd-run"]
+    props = [a.removeprefix("--property=") for a in argv if a.startswith("--property=")]
+    assert f'ReadWritePaths="{os.path.realpath(ref.dest)}"' in props
+    assert set(fs.DOWNLOAD_HARDENING) <= set(props)
+    assert argv[argv.index(sys.executable) + 1 :][:2] == [os.path.abspath(fs.__file__), str(named)]

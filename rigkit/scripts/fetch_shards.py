@@ -1234,6 +1234,47 @@ def background_names(manifest):
     return UNIT_PREFIX + stem + ".service", os.path.join(os.path.dirname(os.path.abspath(manifest)), stem + ".log")
 
 
+# The background download's sandbox: it writes below its model's root and nowhere else (the
+# log is opened by systemd, outside it), reads what it needs (the manifest, the token file),
+# and keeps of root's powers only file access (model directories may belong to other users).
+DOWNLOAD_HARDENING = (
+    "CapabilityBoundingSet=CAP_DAC_OVERRIDE CAP_DAC_READ_SEARCH CAP_FOWNER",
+    "NoNewPrivileges=yes",
+    "ProtectSystem=strict",
+    "ProtectHome=read-only",
+    "PrivateTmp=yes",
+    "PrivateDevices=yes",
+    "ProtectKernelTunables=yes",
+    "ProtectKernelModules=yes",
+    "ProtectKernelLogs=yes",
+    "ProtectControlGroups=yes",
+    "ProtectClock=yes",
+    "ProtectHostname=yes",
+    "RestrictAddressFamilies=AF_INET AF_INET6 AF_UNIX",
+    "RestrictNamespaces=yes",
+    "RestrictRealtime=yes",
+    "RestrictSUIDSGID=yes",
+    "LockPersonality=yes",
+    "MemoryDenyWriteExecute=yes",
+    "SystemCallArchitectures=native",
+    "SystemCallFilter=@system-service",
+)
+# What a root may hold to be named in the unit's ReadWritePaths= (quoted there, so spaces are
+# fine; quotes, backslashes, specifiers and control characters are not).
+UNIT_PATH = re.compile(r"/[^\x00-\x1f\x7f\"\\%]*")
+
+
+def read_write_paths(root):
+    """The ``ReadWritePaths=`` property of a download into ``root`` (created if missing: a
+    path named there must exist when the unit starts)."""
+    if not UNIT_PATH.fullmatch(root):
+        raise Fatal(
+            "root %r: not a path a unit can name (quotes, backslashes, %% or control characters)" % root, EXIT_USAGE
+        )
+    os.makedirs(root, exist_ok=True)
+    return 'ReadWritePaths="%s"' % os.path.realpath(root)
+
+
 def _systemctl(*args):
     return subprocess.run(["systemctl", *args], capture_output=True, text=True)
 
@@ -1256,6 +1297,7 @@ def start(manifest, progress_interval=5.0):
     ]
     check_space(missing, int(m.get("margin_bytes", 1 << 30)))
     unit, log_path = background_names(manifest)
+    writable = read_write_paths(root)
     _systemctl("stop", unit)
     _systemctl("reset-failed", unit)
     _unlink(log_path)
@@ -1272,6 +1314,8 @@ def start(manifest, progress_interval=5.0):
         "--description=rigkit: model download (%s)" % os.path.basename(manifest),
         "--property=StandardOutput=append:" + log_path,
         "--property=StandardError=append:" + log_path,
+        "--property=" + writable,
+        *("--property=" + p for p in DOWNLOAD_HARDENING),
         sys.executable,
         os.path.abspath(__file__),
         manifest,
@@ -1287,9 +1331,17 @@ def start(manifest, progress_interval=5.0):
     return EXIT_OK
 
 
+LIVE_STATES = ("active", "activating", "deactivating", "reloading")
+
+
 def _running(unit):
-    state = _systemctl("is-active", unit).stdout.strip()
-    return state in ("active", "activating", "deactivating", "reloading")
+    return _systemctl("is-active", unit).stdout.strip() in LIVE_STATES
+
+
+def _live_units():
+    """The background download units running now, asked of systemd in one call."""
+    out = _systemctl("list-units", "--all", "--plain", "--no-legend", "--type=service", UNIT_PREFIX + "*").stdout
+    return {parts[0] for parts in map(str.split, out.splitlines()) if len(parts) >= 3 and parts[2] in LIVE_STATES}
 
 
 def follow(unit, log_path, progress_interval=5.0, poll=WAIT_POLL_S):
@@ -1349,11 +1401,12 @@ def running(manifest_dir):
         names = sorted(os.listdir(manifest_dir))
     except OSError:
         names = []
+    live = _live_units() if any(MANIFEST_NAME.fullmatch(name) for name in names) else set()
     for name in names:
         if not MANIFEST_NAME.fullmatch(name):
             continue
         unit, log_path = background_names(os.path.join(manifest_dir, name))
-        if not _running(unit):
+        if unit not in live:
             continue
         try:
             with open(log_path, encoding="utf-8", errors="replace") as f:
