@@ -746,7 +746,15 @@ def test_open_direct_falls_back_where_the_filesystem_refuses_it(tmp_path, monkey
     assert fs.open_direct(str(tmp_path / "f"), os.O_WRONLY) is None
 
 
-@pytest.mark.parametrize("root", ["/srv/models/tiny", "/srv/my models/Qwen3.5 (122B)", "/home/ana/modèles/q@v1+x"])
+@pytest.mark.parametrize(
+    "root",
+    [
+        "/srv/models/tiny",
+        "/srv/my models/Qwen3.5 (122B)",
+        "/home/ana/modèles/q@v1+x",
+        "/srv/models/a\u201d /etc",  # a look-alike quote is a letter to systemd: it cannot end the value
+    ],
+)
 def test_a_background_download_may_write_only_below_its_root(tmp_path, monkeypatch, root):
     """start runs the download in a sandbox (the unit's properties) whose only writable path
     is the model's root, quoted, so legitimate names with spaces or accents pass through."""
@@ -769,6 +777,16 @@ def test_a_root_a_unit_cannot_name_is_refused_before_any_unit(root, monkeypatch)
     assert err.value.code == fs.EXIT_USAGE and calls == []
 
 
+def test_a_root_that_resolves_to_a_name_a_unit_cannot_hold_is_refused(tmp_path):
+    """The property names the resolved path: a symlink on the way is checked where it leads."""
+    odd = tmp_path / 'models" ReadWritePaths=x'
+    odd.mkdir()
+    (tmp_path / "models").symlink_to(odd)
+    with pytest.raises(fs.Fatal, match="not a path a unit can name") as err:
+        fs.read_write_paths(str(tmp_path / "models" / "tiny"))
+    assert err.value.code == fs.EXIT_USAGE and list(odd.iterdir()) == []
+
+
 def test_a_background_start_runs_the_download_in_its_sandbox(env, monkeypatch):
     s, files, tmp = env
     ref, entry = locked(s, tmp=tmp)
@@ -786,3 +804,68 @@ def test_a_background_start_runs_the_download_in_its_sandbox(env, monkeypatch):
     assert f'ReadWritePaths="{os.path.realpath(ref.dest)}"' in props
     assert set(fs.DOWNLOAD_HARDENING) <= set(props)
     assert argv[argv.index(sys.executable) + 1 :][:2] == [os.path.abspath(fs.__file__), str(named)]
+
+
+def test_a_free_connection_takes_a_files_front_before_going_ahead_of_a_hash():
+    """Bytes received at a file's hashed position are hashed from the buffer and written once;
+    bytes ahead of it cost a page-cache write and a re-read. So a free connection starts a
+    file no connection is on, and waits for files still to start, before it takes a range
+    ahead of another file's hash; once none is waiting, several ranges go at once."""
+    import threading
+
+    ctx = {"stop": threading.Event()}
+    ranges = fs.Ranges(ctx, 0, files=[1, 2, 3])  # no connection threads: _next is called here
+
+    def plan(idx):
+        p = fs.Plan.fresh(4 << 20, 1 << 20)
+        p.idx = idx
+        ranges.add(p, list(p.segments))
+        return p
+
+    def take():
+        got = []
+        t = threading.Thread(target=lambda: got.append(ranges._next()), daemon=True)
+        t.start()
+        t.join(0.3)
+        return t, got
+
+    first = plan(1)
+    assert ranges._next() == (first, first.segments[0])  # the front of the only file in flight
+    waiting, got = take()
+    assert not got  # file 1's next range is ahead of its hash, and files 2 and 3 have not started
+    second = plan(2)
+    waiting.join(5)
+    assert got == [(second, second.segments[0])]
+    ranges.settled(3)  # nothing missing in file 3: no file waits now
+    assert ranges._next() == (first, first.segments[1])  # ahead, on the file with fewest connections
+    assert ranges._next() == (second, second.segments[1])
+    ctx["stop"].set()
+    ranges.stop()
+
+
+def test_a_write_the_disk_refuses_stops_the_file_and_counts_nothing_it_refused(env, monkeypatch, capsys):
+    """Writes run beside the receive (a connection's writer), so a refused one is found after
+    its bytes were hashed: fatal, not retried (a retry would land other bytes under that hash),
+    named, and the partial's record holds only the bytes that reached the file."""
+    s, files, tmp = env
+    ref, entry = locked(s, include=(BIG,), tmp=tmp)
+    man = write_manifest(tmp, ref, entry, s.url, range_bytes=1 << 20, parallel=1)
+    real_write_at = fs.write_at
+    written = []
+
+    def disk_full_on_the_third(fd, direct_fd, data, pos):
+        if len(written) == 2:
+            raise OSError(28, "No space left on device")
+        real_write_at(fd, direct_fd, data, pos)
+        written.append((pos, len(data)))
+
+    monkeypatch.setattr(fs, "write_at", disk_full_on_the_third)
+    refused = r"tiny-00001-of-00002\.gguf\.partial: writing at byte \d+: No space left"
+    with pytest.raises(fs.Fatal, match=refused) as err:
+        fs.run([str(man), "--progress-interval", "3600"])
+    assert err.value.code == fs.EXIT_SPACE
+    assert "retrying" not in capsys.readouterr().err
+    assert not (Path(ref.dest) / BIG).exists()
+    state = json.loads((Path(ref.dest) / ".rigkit-verified.json").read_text())
+    (record,) = state["partials"].values()
+    assert sum(done - start for start, _end, done in record["segments"]) == sum(n for _pos, n in written)

@@ -62,15 +62,16 @@ try:  # on the host: the sibling uploaded beside this script; in the package: it
 except ImportError:
     from rigkit.scripts.token_origin import OPENER, may_carry_token
 
-CHUNK = 8 << 20  # bytes received before a write, into a buffer each thread reuses
+CHUNK = 8 << 20  # bytes received before a write, into one of the two buffers each connection reuses
 HASH_CHUNK = 4 << 20  # bytes re-read from the page cache per sha256 update
 # Bytes received at the hashed position are hashed from the receive buffer and go to disk
 # with O_DIRECT where the filesystem takes it, skipping the copy into the page cache (the
-# largest cost after sha256 on a small host; nothing reads them again). Bytes that land ahead
-# of the hash (another range of the file) go through the page cache, where the hash re-reads
-# them soon. Direct I/O's buffers, offsets and lengths are multiples of this (512 B and 4 KiB
-# logical blocks); what is not aligned (a file's last block, a resumed range's first) is
-# written through the page cache too.
+# largest cost after sha256 on a small host; nothing reads them again; a Spark's GPU shares
+# that memory), written by the connection's writer thread while the next bytes arrive. Bytes
+# that land ahead of the hash (another range of the file) go through the page cache, where
+# the hash re-reads them soon. Direct I/O's buffers, offsets and lengths are multiples of
+# this (512 B and 4 KiB logical blocks); what is not aligned (a file's last block, a resumed
+# range's first) is written through the page cache too.
 DIRECT_ALIGN = 4096
 # What has been received lands at least this often, and when the stream is silent this long
 # (a slow line's progress shows, a stall keeps nothing back).
@@ -685,14 +686,19 @@ def _hash_as_written(plan, reader, name, ctx):
 
 
 class Ranges:
-    """The ``parallel`` connections shared by every file in flight. A free connection takes
-    the next missing segment of the file with the fewest connections (then the lowest
-    index): many files go one connection each, a few large ones get several ranges at once."""
+    """The ``parallel`` connections shared by every file in flight. A free connection takes,
+    first, the front of a file that no connection is on (the bytes it receives are hashed
+    from its buffer and written once, with direct I/O); only when every file has its front
+    taken and none is still to start, the next missing segment of the file with the fewest
+    connections (written ahead of its hash through the page cache, which the hash re-reads:
+    two more copies, worth it where one stream is slower than the hash). So many files go one
+    connection each and a few large ones get several ranges at once."""
 
-    def __init__(self, ctx, connections):
+    def __init__(self, ctx, connections, files=()):
         self.ctx = ctx
         self.cond = threading.Condition()
         self.plans = []
+        self.waiting = set(files)  # indices of the files that have not reached the connections yet
         self.threads = [
             threading.Thread(target=self.serve, name="range-%d" % i, daemon=True) for i in range(connections)
         ]
@@ -701,6 +707,7 @@ class Ranges:
 
     def add(self, plan, segments):
         with self.cond:
+            self.waiting.discard(plan.idx)
             with plan.cond:
                 plan.pending.extend(segments)
                 plan.pending.sort(key=lambda seg: seg.start)
@@ -715,12 +722,19 @@ class Ranges:
             with plan.cond:
                 plan.pending = []
 
+    def settled(self, idx):
+        """File ``idx`` needs no connection (done, nothing missing, or failed)."""
+        with self.cond:
+            self.waiting.discard(idx)
+            self.cond.notify_all()
+
     def _next(self):
         with self.cond:
             while not self.ctx["stop"].is_set():
                 ready = [p for p in self.plans if p.pending and not p.abort]
-                if ready:
-                    plan = min(ready, key=lambda p: (p.inflight, p.idx))
+                front = [p for p in ready if not p.inflight]
+                if front or ready and not self.waiting:
+                    plan = min(front or ready, key=lambda p: (p.inflight, p.idx))
                     with plan.cond:
                         plan.inflight += 1
                         return plan, plan.pending.pop(0)
@@ -728,20 +742,25 @@ class Ranges:
         return None, None
 
     def serve(self):
-        while True:
-            plan, seg = self._next()
-            if plan is None:
-                return
-            error = None
-            try:
-                fetch_range(plan.idx, plan.item, plan, seg, plan.partial, self.ctx)
-            except BaseException as e:  # noqa: BLE001 - the file's own thread raises it
-                error = e
-            with plan.cond:
-                plan.inflight -= 1
-                if error is not None or seg.done < seg.end and not plan.abort:
-                    plan.results.append((seg, error or Retryable("range ended early")))
-                plan.cond.notify_all()
+        # this connection's disk writer: a buffer is written while the next one arrives
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix=threading.current_thread().name) as writer:
+            while True:
+                plan, seg = self._next()
+                if plan is None:
+                    return
+                self._fetch(plan, seg, writer)
+
+    def _fetch(self, plan, seg, writer):
+        error = None
+        try:
+            fetch_range(plan.idx, plan.item, plan, seg, plan.partial, self.ctx, writer)
+        except BaseException as e:  # noqa: BLE001 - the file's own thread raises it
+            error = e
+        with plan.cond:
+            plan.inflight -= 1
+            if error is not None or seg.done < seg.end and not plan.abort:
+                plan.results.append((seg, error or Retryable("range ended early")))
+            plan.cond.notify_all()
 
     def stop(self):
         with self.cond:
@@ -753,13 +772,15 @@ class Ranges:
 _BUFFERS = threading.local()
 
 
-def _buffer():
-    """This thread's receive buffer, reused for every range it fetches (page-aligned, as
-    direct I/O needs)."""
-    mv = getattr(_BUFFERS, "mv", None)
-    if mv is None:
-        mv = _BUFFERS.mv = memoryview(mmap.mmap(-1, CHUNK))
-    return mv
+def _buffer(i=0):
+    """This thread's receive buffer ``i`` (a connection has two: one is written while the
+    other fills), reused for every range it fetches (page-aligned, as direct I/O needs)."""
+    bufs = getattr(_BUFFERS, "bufs", None)
+    if bufs is None:
+        bufs = _BUFFERS.bufs = {}
+    if i not in bufs:
+        bufs[i] = memoryview(mmap.mmap(-1, CHUNK))
+    return bufs[i]
 
 
 def open_direct(path, flags):
@@ -782,21 +803,23 @@ def write_at(fd, direct_fd, data, pos):
         k = len(data) - len(data) % DIRECT_ALIGN
         if k:
             if os.pwrite(direct_fd, data[:k], pos) != k:
-                raise Fatal("short write at byte %d (disk full?)" % pos, EXIT_SPACE)
+                raise OSError(errno.ENOSPC, "short write (disk full?)")
             data, pos = data[k:], pos + k
     if len(data) and os.pwrite(fd, data, pos) != len(data):
-        raise Fatal("short write at byte %d (disk full?)" % pos, EXIT_SPACE)
+        raise OSError(errno.ENOSPC, "short write (disk full?)")
 
 
 _CONTENT_RANGE = re.compile(r"^bytes (\d+)-(\d+)/(\d+|\*)$", re.ASCII)
 
 
-def fetch_range(idx, item, plan, seg, partial, ctx):
-    """Fetch ``seg`` from where it stopped into its place in ``partial`` (a connection's thread).
+def fetch_range(idx, item, plan, seg, partial, ctx, writer):
+    """Fetch ``seg`` from where it stopped into its place in ``partial`` (a connection's thread;
+    ``writer``, its disk writer).
 
     The answer is checked whole before a byte is written: a 206 names exactly the bytes asked
     for and the file's size; a 200 (the whole file) is taken only from byte 0; a body longer
-    than asked is not read past its end. Raises Retryable on a dropped or stalled stream."""
+    than asked is not read past its end. Raises Retryable on a dropped or stalled stream,
+    Fatal when the disk refuses a write."""
     if plan.abort or ctx["stop"].is_set():
         return
     size = item["size"]
@@ -817,22 +840,28 @@ def fetch_range(idx, item, plan, seg, partial, ctx):
                 )
         elif status != 200:
             raise Retryable("unexpected HTTP %d" % status)
-        # Straight from the socket into this thread's buffer (not a new bytes object per read);
-        # a chunked body goes through http.client's decoding instead. The buffer fills to a whole
+        # Straight from the socket into this thread's buffers (not a new bytes object per read);
+        # a chunked body goes through http.client's decoding instead. A buffer fills to a whole
         # chunk before it is written (direct I/O wants aligned lengths); a stream that pauses,
-        # stalls or drops lands what it has received.
+        # stalls or drops lands what it has received. While one buffer is written (by
+        # ``writer``, and hashed here when it is at the hashed position) the other fills: the
+        # network, the disk and sha256 work at once. One write in flight, so the segment's
+        # written bytes (what a checkpoint records) grow in order.
         readinto = resp.fp.readinto1 if not resp.chunked else None
         quiet = select.poll()
         quiet.register(resp.fp.fileno(), select.POLLIN)
-        mv = _buffer()
-        pos = start
+        bufs = (_buffer(0), _buffer(1))
+        pos = start  # where the next received byte goes
         filled = 0
+        writing = None  # the write in flight
         fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW, 0o666)
         direct_fd = open_direct(partial, os.O_WRONLY)
+        turn = 0
         try:
             while pos < end:
                 if plan.abort or ctx["stop"].is_set():
                     return
+                mv = bufs[turn]  # not the one being written
                 # a chunk ends on an aligned offset (the first of a resumed range is short)
                 want = min(CHUNK - pos % DIRECT_ALIGN, end - pos)
                 ended = False
@@ -851,36 +880,49 @@ def fetch_range(idx, item, plan, seg, partial, ctx):
                         ended = not n
                 finally:
                     if filled:  # what has arrived, also when the stream broke off
-                        pos = _land(idx, plan, seg, fd, direct_fd, mv[:filled], pos, prog)
+                        _written(plan, writing)  # the other buffer's, so it may fill again
+                        writing = _land(idx, plan, seg, writer, fd, direct_fd, mv[:filled], pos, prog)
+                        pos += filled
                         filled = 0
+                        turn ^= 1
                 if ended:
                     break
         except (TimeoutError, ConnectionError, OSError) as e:
-            if isinstance(e, OSError) and e.errno == errno.ENOSPC:
-                raise Fatal("disk full while writing %s" % partial, EXIT_SPACE)
             raise Retryable("%s after %s" % (type(e).__name__, human(pos)))
         finally:
-            os.close(fd)
-            if direct_fd is not None:
-                os.close(direct_fd)
+            try:
+                _written(plan, writing)  # before its file descriptors close
+            finally:
+                os.close(fd)
+                if direct_fd is not None:
+                    os.close(direct_fd)
         if pos < end:
             raise Retryable("connection closed after %s of %s" % (human(pos), human(size)))
 
 
-def _land(idx, plan, seg, fd, direct_fd, data, pos, prog):
-    """Write received ``data`` at ``pos`` and account for it; returns the position after it.
-    The file's thread is woken only when there is something for it to hash (each wake-up
-    costs a GIL hand-over): the written prefix grew past what is hashed."""
+def _land(idx, plan, seg, writer, fd, direct_fd, data, pos, prog):
+    """Start writing received ``data`` at ``pos`` (``writer``'s thread, which counts the bytes
+    as written once they are) and, when it is at the hashed position, hash it from the buffer
+    meanwhile; returns the write, for :func:`_written`. The file's thread is woken only when
+    there is something for it to hash (each wake-up costs a GIL hand-over)."""
     n = len(data)
-    # a hint read without the lock: a wrong guess costs only a re-read from disk or a page-cache copy
-    write_at(fd, direct_fd if plan.hashed == pos else None, data, pos)
+    # read before the hash below moves it, and without the lock: a wrong guess costs only a
+    # re-read from disk or a page-cache copy
+    direct = direct_fd if plan.hashed == pos else None
+
+    def write():
+        write_at(fd, direct, data, pos)
+        with plan.cond:  # as soon as it is on its way: a stalled stream's bytes count, and a checkpoint records them
+            seg.done = pos + n
+            if not plan.hashing and plan.frontier() > plan.hashed:
+                plan.cond.notify_all()
+        prog.add(idx, n)
+
+    started = writer.submit(write)
     with plan.cond:
-        seg.done = pos + n
         inline = not plan.hashing and plan.hashed == pos
         if inline:  # at the hashed position: hashed from this buffer, not re-read
             plan.hashing = True
-        elif plan.frontier() == seg.done:
-            plan.cond.notify_all()
     if inline:
         try:
             plan.h.update(data)
@@ -890,8 +932,20 @@ def _land(idx, plan, seg, fd, direct_fd, data, pos, prog):
                 plan.hashing = False
                 if plan.frontier() > plan.hashed:
                     plan.cond.notify_all()
-    prog.add(idx, n)
-    return pos + n
+    return started, pos
+
+
+def _written(plan, writing):
+    """Wait for the write :func:`_land` started. A write the disk refuses is fatal, not
+    retried: its bytes may already be in the file's hash."""
+    if writing is None:
+        return
+    started, pos = writing
+    try:
+        started.result()
+    except OSError as e:
+        code = EXIT_SPACE if e.errno in (errno.ENOSPC, errno.EDQUOT) else EXIT_FAIL
+        raise Fatal("%s: writing at byte %d: %s" % (os.path.basename(plan.partial), pos, e.strerror or e), code)
 
 
 def checkpoint(ctx):
@@ -1132,10 +1186,17 @@ def run(argv=None):
         failures = []
         # ``parallel`` connections in all (ctx["ranges"]), shared by the files being fetched;
         # each file's own thread (ex) hashes what its connections do not.
-        ranges = ctx["ranges"] = Ranges(ctx, parallel)
+        ranges = ctx["ranges"] = Ranges(ctx, parallel, [i for i, _f in todo])
+
+        def fetch(i, f):
+            try:
+                download(i, f, ctx)
+            finally:
+                ranges.settled(i)
+
         try:
             with ThreadPoolExecutor(max_workers=parallel, thread_name_prefix="file") as ex:
-                futs = {ex.submit(download, i, f, ctx): (i, f) for i, f in todo}
+                futs = {ex.submit(fetch, i, f): (i, f) for i, f in todo}
                 for fut in futs:
                     try:
                         fut.result()
@@ -1267,10 +1328,13 @@ UNIT_PATH = re.compile(r"/[^\x00-\x1f\x7f\"\\%]*")
 def read_write_paths(root):
     """The ``ReadWritePaths=`` property of a download into ``root`` (created if missing: a
     path named there must exist when the unit starts)."""
-    if not UNIT_PATH.fullmatch(root):
-        raise Fatal(
-            "root %r: not a path a unit can name (quotes, backslashes, %% or control characters)" % root, EXIT_USAGE
-        )
+    # the path as given and as it resolves (a symlink on the way may lead to another name)
+    for path in (root, os.path.realpath(root)):
+        if not UNIT_PATH.fullmatch(path):
+            raise Fatal(
+                "root %r: not a path a unit can name (quotes, backslashes, %% or control characters)" % path,
+                EXIT_USAGE,
+            )
     os.makedirs(root, exist_ok=True)
     return 'ReadWritePaths="%s"' % os.path.realpath(root)
 
