@@ -188,7 +188,12 @@ def main() -> int:
         type=Path,
         help="another fetch_shards.py (e.g. git show main:rigkit/scripts/fetch_shards.py) run in each round too",
     )
+    ap.add_argument("--out", type=Path, help="also write the rounds (rounds.json) and their chart (download.png) here")
+    ap.add_argument("--chart", type=Path, help="only draw the chart of a rounds.json that --out wrote, beside it")
     args = ap.parse_args()
+    if args.chart:
+        print(chart(json.loads(args.chart.read_text()), args.chart.with_name("download.png")))
+        return 0
 
     work = Path(args.workdir)
     total = int(args.total_gb * 1e9)
@@ -274,7 +279,55 @@ def main() -> int:
         f"(rigkit {best_hf / best_rk:.2f}x)"
     )
     print(f"sha256 on one core: {rate / 1e9:.2f} GB/s")
+    if args.out:
+        names = ("rigkit", "hf", "rerun", "reverify", "ceiling", "rigkit_cpu", "baseline", "with_direct_write")
+        run = {
+            "shards": args.shards,
+            "gb": gb,
+            "cpus": os.cpu_count(),
+            "date": time.strftime("%Y-%m-%d %H:%M", time.localtime()),
+            "rounds": [
+                dict(zip(names, (r[0], r[1], r[2], r[3], r[4], r[5], r[6][0] or None, r[7]), strict=True)) for r in rows
+            ],
+        }
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / "rounds.json").write_text(json.dumps(run, indent=1) + "\n")
+        print(chart(run, args.out / "download.png"))
     return 0
+
+
+def chart(run: dict, png: Path) -> Path:
+    """GB/s of every fetcher and both references, round by round (matplotlib, rigkit's bench extra)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    series = [
+        ("ceiling: read + sha256", "ceiling", "#999999"),
+        ("+ direct write, fsync (no network)", "with_direct_write", "#cccccc"),
+        ("rigkit fetch_shards", "rigkit", "#1f77b4"),
+        ("baseline fetch_shards", "baseline", "#9ecae1"),
+        ("huggingface_hub snapshot_download", "hf", "#ff7f0e"),
+    ]
+    series = [s for s in series if all(r.get(s[1]) for r in run["rounds"])]
+    n = len(run["rounds"])
+    width = 0.8 / len(series)
+    fig, ax = plt.subplots(figsize=(8, 5), dpi=110)
+    for k, (label, key, color) in enumerate(series):
+        xs = [i + (k - (len(series) - 1) / 2) * width for i in range(n)]
+        ax.bar(xs, [run["gb"] / r[key] for r in run["rounds"]], width, label=label, color=color)
+    first = ("baseline first", "rigkit first") if any(s[1] == "baseline" for s in series) else ("", "")
+    ax.set_xticks(range(n), [f"round {i + 1}\n{first[i % 2]}" for i in range(n)])
+    ax.set_ylabel("GB/s (a fetcher: until its files are on disk)")
+    files = f"{run['shards']} shard" + ("s" if run["shards"] > 1 else "")
+    ax.set_title(f"{run['gb']:.0f} GB in {files} from rigkit mirror on loopback, {run['cpus']} CPUs ({run['date']})")
+    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=3, frameon=False)
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(png)
+    plt.close(fig)
+    return png
 
 
 if __name__ == "__main__":
