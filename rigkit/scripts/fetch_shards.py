@@ -881,7 +881,8 @@ def fetch_range(idx, item, plan, seg, partial, ctx, writer):
                 finally:
                     if filled:  # what has arrived, also when the stream broke off
                         _written(plan, writing)  # the other buffer's, so it may fill again
-                        writing = _land(idx, plan, seg, writer, fd, direct_fd, mv[:filled], pos, prog)
+                        writing = _start_write(idx, plan, seg, writer, fd, direct_fd, mv[:filled], pos, prog)
+                        _hash_inline(plan, mv[:filled], pos)  # while it is written
                         pos += filled
                         filled = 0
                         turn ^= 1
@@ -900,43 +901,46 @@ def fetch_range(idx, item, plan, seg, partial, ctx, writer):
             raise Retryable("connection closed after %s of %s" % (human(pos), human(size)))
 
 
-def _land(idx, plan, seg, writer, fd, direct_fd, data, pos, prog):
-    """Start writing received ``data`` at ``pos`` (``writer``'s thread, which counts the bytes
-    as written once they are) and, when it is at the hashed position, hash it from the buffer
-    meanwhile; returns the write, for :func:`_written`. The file's thread is woken only when
-    there is something for it to hash (each wake-up costs a GIL hand-over)."""
+def _start_write(idx, plan, seg, writer, fd, direct_fd, data, pos, prog):
+    """Start writing received ``data`` at ``pos`` in ``writer``'s thread, which counts the
+    bytes as written once they are (a stalled stream's bytes count, and a checkpoint records
+    them); returns the write, for :func:`_written`."""
     n = len(data)
-    # read before the hash below moves it, and without the lock: a wrong guess costs only a
-    # re-read from disk or a page-cache copy
+    # read before the hash moves it, and without the lock: a wrong guess costs only a re-read
+    # from disk or a page-cache copy
     direct = direct_fd if plan.hashed == pos else None
 
     def write():
         write_at(fd, direct, data, pos)
-        with plan.cond:  # as soon as it is on its way: a stalled stream's bytes count, and a checkpoint records them
+        with plan.cond:
             seg.done = pos + n
             if not plan.hashing and plan.frontier() > plan.hashed:
                 plan.cond.notify_all()
         prog.add(idx, n)
 
-    started = writer.submit(write)
+    return writer.submit(write), pos
+
+
+def _hash_inline(plan, data, pos):
+    """Hash ``data`` from its buffer when it is at the hashed position and no other thread is
+    hashing (else the file's thread re-reads it once written). The file's thread is woken only
+    when there is something for it to hash (each wake-up costs a GIL hand-over)."""
     with plan.cond:
-        inline = not plan.hashing and plan.hashed == pos
-        if inline:  # at the hashed position: hashed from this buffer, not re-read
-            plan.hashing = True
-    if inline:
-        try:
-            plan.h.update(data)
-        finally:
-            with plan.cond:
-                plan.hashed = pos + n
-                plan.hashing = False
-                if plan.frontier() > plan.hashed:
-                    plan.cond.notify_all()
-    return started, pos
+        if plan.hashing or plan.hashed != pos:
+            return
+        plan.hashing = True
+    try:
+        plan.h.update(data)
+    finally:
+        with plan.cond:
+            plan.hashed = pos + len(data)
+            plan.hashing = False
+            if plan.frontier() > plan.hashed:
+                plan.cond.notify_all()
 
 
 def _written(plan, writing):
-    """Wait for the write :func:`_land` started. A write the disk refuses is fatal, not
+    """Wait for the write :func:`_start_write` started. A write the disk refuses is fatal, not
     retried: its bytes may already be in the file's hash."""
     if writing is None:
         return
