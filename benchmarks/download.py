@@ -4,8 +4,8 @@ beside this machine's ceiling for the same bytes.
 
 Both fetch the same generated shards from ``rigkit mirror`` on loopback, in one run, each
 timed until its files are on disk (fetch_shards fsyncs each file before it places it, as on
-a host; snapshot_download's files are fsynced after it returns, in its time). Two ceilings,
-measured in the same round: the mirror's files read (from the page cache, as the mirror
+a host; snapshot_download's files are fsynced after it returns, in its time). Two references,
+measured in the same round: the ceiling, the mirror's files read (from the page cache, as the mirror
 sends them) and sha256-ed, one thread per file on every CPU (``--parallel`` files at once),
 which no fetcher that verifies can beat here; and, for what the disk takes, the same while
 the bytes are also written into the work directory with direct I/O (the fetcher's buffers
@@ -138,32 +138,29 @@ def land_ceiling(paths: list[Path], dest: Path, parallel: int) -> float:
                 if f is not None:
                     os.close(f)
 
-    def fsync(out: Path) -> None:
-        fd = os.open(out, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
     t = time.perf_counter()
     with ThreadPoolExecutor(max_workers=parallel) as hashers, ThreadPoolExecutor(max_workers=parallel) as writers:
         hashed = hashers.map(hash_file, paths)
         list(writers.map(write, pieces))
-        list(writers.map(fsync, outs.values()))
+        list(writers.map(fsync_file, outs.values()))
         list(hashed)
     dt = time.perf_counter() - t
     drop_dir(dest)
     return dt
 
 
+def fsync_file(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def fsync_tree(root: Path) -> None:
     for p in root.rglob("*"):
         if p.is_file() and not p.is_symlink():
-            fd = os.open(p, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+            fsync_file(p)
 
 
 def sha256_rate(nbytes: int = 512 << 20) -> float:
@@ -224,23 +221,23 @@ def main() -> int:
         for rnd in range(args.rounds):
             top = ceiling(sources, args.parallel)
             landed = land_ceiling(sources, work / "land-out", args.parallel)
-            base = (0.0, 0.0)
+            r = {"ceiling": top, "with_direct_write": landed, "baseline": None, "baseline_cpu": None}
             if args.baseline and rnd % 2 == 0:  # the baseline first in every other round
                 drop_dir(work / "rigkit-out")
-                base = run_fetch(man, script=args.baseline)
+                r["baseline"], r["baseline_cpu"] = run_fetch(man, script=args.baseline)
             drop_dir(work / "rigkit-out")
-            rk, rk_cpu = run_fetch(man)
+            r["rigkit"], r["rigkit_cpu"] = run_fetch(man)
             if args.baseline and rnd % 2:
                 drop_dir(work / "rigkit-out")
-                base = run_fetch(man, script=args.baseline)
+                r["baseline"], r["baseline_cpu"] = run_fetch(man, script=args.baseline)
                 drop_dir(work / "rigkit-out")
                 run_fetch(man)  # what the re-runs below start from
-            skip_s = run_fetch(man)[0]  # re-run: verified files skipped without hashing
-            reverify_s = run_fetch(man, ["--reverify"])[0]
+            r["rerun"] = run_fetch(man)[0]  # verified files skipped without hashing
+            r["reverify"] = run_fetch(man, ["--reverify"])[0]
             drop_dir(work / "hf-out")
             drop_dir(work / "hf-home")
-            hf = run_hf(srv.url, work / "hf-out", args.hf_workers)
-            rows.append((rk, hf, skip_s, reverify_s, top, rk_cpu, base, landed))
+            r["hf"] = run_hf(srv.url, work / "hf-out", args.hf_workers)
+            rows.append(r)
             # byte-identical outputs
             for f in entry.files:
                 a, b = work / "rigkit-out" / f.path, work / "hf-out" / f.path
@@ -261,17 +258,19 @@ def main() -> int:
         "| --reverify (re-hash all) |" + (" baseline fetch_shards | its CPU |" if args.baseline else "")
     )
     print("|---|---|---|---|---|---|---|---|---|---|---|" + ("---|---|" if args.baseline else ""))
-    for i, (rk, hf, skip_s, rv, top, rk_cpu, (b, b_cpu), landed) in enumerate(rows, 1):
+    for i, r in enumerate(rows, 1):
+        top, landed, rk, hf, b = r["ceiling"], r["with_direct_write"], r["rigkit"], r["hf"], r["baseline"]
         print(
             f"| {i} | {top:.2f} s ({gb / top:.2f} GB/s) | {landed:.2f} s ({gb / landed:.2f} GB/s) "
             f"| {rk:.2f} s ({gb / rk:.2f} GB/s) | {100 * top / rk:.0f} % | {100 * landed / rk:.0f} % "
-            f"| {rk_cpu:.2f} s | {hf:.2f} s ({gb / hf:.2f} GB/s) | {hf / rk:.2f}x | {skip_s:.2f} s | {rv:.2f} s |"
-            + (f" {b:.2f} s ({gb / b:.2f} GB/s) | {b_cpu:.2f} s |" if args.baseline else "")
+            f"| {r['rigkit_cpu']:.2f} s | {hf:.2f} s ({gb / hf:.2f} GB/s) | {hf / rk:.2f}x "
+            f"| {r['rerun']:.2f} s | {r['reverify']:.2f} s |"
+            + (f" {b:.2f} s ({gb / b:.2f} GB/s) | {r['baseline_cpu']:.2f} s |" if args.baseline else "")
         )
-    best_rk = min(r[0] for r in rows)
-    best_hf = min(r[1] for r in rows)
-    best_top = min(r[4] for r in rows)
-    best_land = min(r[7] for r in rows)
+    best_rk = min(r["rigkit"] for r in rows)
+    best_hf = min(r["hf"] for r in rows)
+    best_top = min(r["ceiling"] for r in rows)
+    best_land = min(r["with_direct_write"] for r in rows)
     print(
         f"\nbest: ceiling {gb / best_top:.2f} GB/s, + direct write {gb / best_land:.2f} GB/s, "
         f"rigkit {gb / best_rk:.2f} GB/s ({100 * best_top / best_rk:.0f} % of ceiling, "
@@ -280,15 +279,12 @@ def main() -> int:
     )
     print(f"sha256 on one core: {rate / 1e9:.2f} GB/s")
     if args.out:
-        names = ("rigkit", "hf", "rerun", "reverify", "ceiling", "rigkit_cpu", "baseline", "with_direct_write")
         run = {
             "shards": args.shards,
             "gb": gb,
             "cpus": os.cpu_count(),
             "date": time.strftime("%Y-%m-%d %H:%M", time.localtime()),
-            "rounds": [
-                dict(zip(names, (r[0], r[1], r[2], r[3], r[4], r[5], r[6][0] or None, r[7]), strict=True)) for r in rows
-            ],
+            "rounds": rows,
         }
         args.out.mkdir(parents=True, exist_ok=True)
         (args.out / "rounds.json").write_text(json.dumps(run, indent=1) + "\n")
