@@ -1333,14 +1333,15 @@ def read_write_paths(root):
     """The ``ReadWritePaths=`` property of a download into ``root`` (created if missing: a
     path named there must exist when the unit starts)."""
     # the path as given and as it resolves (a symlink on the way may lead to another name)
-    for path in (root, os.path.realpath(root)):
+    resolved = os.path.realpath(root)
+    for path in (root, resolved):
         if not UNIT_PATH.fullmatch(path):
             raise Fatal(
                 "root %r: not a path a unit can name (quotes, backslashes, %% or control characters)" % path,
                 EXIT_USAGE,
             )
     os.makedirs(root, exist_ok=True)
-    return 'ReadWritePaths="%s"' % os.path.realpath(root)
+    return 'ReadWritePaths="%s"' % resolved
 
 
 def _systemctl(*args):
